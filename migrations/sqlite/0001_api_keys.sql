@@ -1,0 +1,26 @@
+-- Inbound API keys. Times are microseconds since the Unix epoch (UTC), so comparisons are numeric.
+CREATE TABLE api_keys (
+    id            TEXT PRIMARY KEY NOT NULL,
+    name          TEXT NOT NULL,
+    owner         TEXT NOT NULL,
+    org           TEXT,
+    env           TEXT NOT NULL CHECK (env IN ('live', 'test')),
+    scopes        TEXT NOT NULL,            -- JSON array of strings
+    hash          TEXT NOT NULL,            -- PHC-style hash string
+    lookup_kind   TEXT NOT NULL CHECK (lookup_kind IN ('id', 'digest', 'hint')),
+    lookup_value  TEXT,                     -- digest or hint; NULL for generated keys
+    hint          TEXT NOT NULL,            -- display hint
+    created_at    INTEGER NOT NULL,
+    expires_at    INTEGER,
+    last_used_at  INTEGER,
+    disabled      INTEGER NOT NULL DEFAULT 0,
+    revoked_at    INTEGER,
+    allowed_ips   TEXT NOT NULL,            -- JSON array of CIDR strings
+    rate_limit    TEXT,                     -- "100/min"
+    metadata      TEXT NOT NULL             -- JSON object
+);
+
+CREATE UNIQUE INDEX api_keys_digest ON api_keys (lookup_value) WHERE lookup_kind = 'digest';
+CREATE INDEX api_keys_hint ON api_keys (lookup_value) WHERE lookup_kind = 'hint';
+CREATE INDEX api_keys_owner ON api_keys (owner);
+CREATE INDEX api_keys_org ON api_keys (org);

@@ -1,0 +1,98 @@
+//! The crate's public error type.
+//!
+//! Backends keep their own error types privately and map them into [`Error::Store`], so callers match on one
+//! `#[non_exhaustive]` enum whatever store is behind a trait object. No variant ever carries a secret: messages
+//! name what was wrong (a length, a position, a scheme), never the value.
+
+use crate::keys::hash::HashError;
+use crate::keys::token::TokenError;
+
+/// The result type of keymeter's fallible operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in keymeter.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A token does not have keymeter's format (length, alphabet, checksum or environment tag).
+    #[error("malformed token: {0}")]
+    Token(#[from] TokenError),
+
+    /// A stored or imported hash string could not be parsed or used.
+    #[error("invalid key hash: {0}")]
+    Hash(#[from] HashError),
+
+    /// An argument was rejected: `what` names it, `reason` says why.
+    #[error("invalid {what}: {reason}")]
+    InvalidInput {
+        /// What was invalid (for example `scope` or `ip network`).
+        what: &'static str,
+        /// Why it was rejected.
+        reason: String,
+    },
+
+    /// A record with the same unique identity already exists.
+    #[error("{what} {id:?} already exists")]
+    AlreadyExists {
+        /// The kind of record (for example `key`).
+        what: &'static str,
+        /// Its identity.
+        id: String,
+    },
+
+    /// The record named does not exist.
+    #[error("{what} {id:?} not found")]
+    NotFound {
+        /// The kind of record (for example `key`).
+        what: &'static str,
+        /// Its identity.
+        id: String,
+    },
+
+    /// Too many imported keys share one lookup hint; verification would have to try them all.
+    #[error("hint {hint:?} already has {max} keys; use a longer hint")]
+    HintFull {
+        /// The shared hint.
+        hint: String,
+        /// The bound on keys per hint.
+        max: usize,
+    },
+
+    /// Missing or invalid configuration (secrets, environment, URLs).
+    #[error("configuration error: {0}")]
+    Config(String),
+
+    /// The operating system's random number generator failed.
+    #[error("random number generator failed: {0}")]
+    Random(String),
+
+    /// A background task failed (a panic or cancellation inside keymeter).
+    #[error("internal error: {0}")]
+    Internal(String),
+
+    /// A storage backend failed. `store` names the backend.
+    #[error("{store} store error: {source}")]
+    Store {
+        /// The backend, for example `sqlite`.
+        store: &'static str,
+        /// The backend's own error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
+}
+
+impl Error {
+    pub(crate) fn invalid(what: &'static str, reason: impl Into<String>) -> Self {
+        Error::InvalidInput {
+            what,
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn key_not_found(id: &str) -> Self {
+        Error::NotFound {
+            what: "key",
+            id: id.to_owned(),
+        }
+    }
+}

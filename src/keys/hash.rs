@@ -1,0 +1,590 @@
+//! Hashes at rest: self-describing PHC-style strings, so schemes can change without a migration.
+//!
+//! | scheme | string | used for |
+//! | --- | --- | --- |
+//! | `hmac-sha256` | `$hmac-sha256$v=1,p=<pepper-id>$<digest>` | generated keys (default): HMAC-SHA-256 of the whole token under a server-side pepper; `<digest>` is unpadded standard base64 |
+//! | `argon2id` | `$argon2id$v=19$m=…,t=…,p=…$<salt>$<hash>` | low-entropy or admin-chosen keys; any standard Argon2id PHC string verifies |
+//! | `sha256` | `$sha256$<64 lowercase hex>` | imported unsalted SHA-256 digests |
+//! | `bcrypt` | `$2a$`/`$2b$`/`$2y$`… | imported legacy hashes (feature `bcrypt`) |
+//!
+//! [`KeyHasher`] creates and checks them, compares in constant time, and tells when a verified hash should be
+//! re-hashed under the current scheme or pepper ([`KeyHasher::upgrade`]).
+
+use std::fmt;
+use std::sync::Arc;
+
+use argon2::password_hash::phc::PasswordHash;
+use argon2::{Algorithm, Argon2, Params, PasswordHasher, PasswordVerifier, Version};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD_NO_PAD;
+use hmac::{Hmac, KeyInit, Mac};
+use secrecy::{ExposeSecret, SecretBox};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::error::{Error, Result};
+use crate::random::{OsRandom, RandomSource};
+
+/// Length of a pepper in bytes.
+pub const PEPPER_LEN: usize = 32;
+
+/// Why a hash string cannot be parsed or used. Never carries the token.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum HashError {
+    /// The string is not of a known scheme.
+    #[error("unknown hash scheme (expected hmac-sha256, argon2id, sha256 or bcrypt)")]
+    UnknownScheme,
+    /// The string names a known scheme but is malformed.
+    #[error("malformed {scheme} hash: {reason}")]
+    Malformed {
+        /// The scheme.
+        scheme: HashScheme,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// The hash was made with a pepper this process does not have.
+    #[error("unknown pepper id {0:?}")]
+    UnknownPepper(String),
+    /// The scheme needs a cargo feature that is off.
+    #[error("{0} hashes need the `{0}` feature")]
+    FeatureDisabled(HashScheme),
+}
+
+fn malformed(scheme: HashScheme, reason: &'static str) -> HashError {
+    HashError::Malformed { scheme, reason }
+}
+
+/// A hash scheme.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HashScheme {
+    /// HMAC-SHA-256 under a pepper.
+    HmacSha256,
+    /// Argon2id.
+    Argon2id,
+    /// Unsalted SHA-256 (imported).
+    Sha256,
+    /// bcrypt (imported).
+    Bcrypt,
+}
+
+impl HashScheme {
+    /// The scheme's name as written in records and CLI output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HashScheme::HmacSha256 => "hmac-sha256",
+            HashScheme::Argon2id => "argon2id",
+            HashScheme::Sha256 => "sha256",
+            HashScheme::Bcrypt => "bcrypt",
+        }
+    }
+
+    /// Whether the scheme is deliberately slow (worth a verified-token cache).
+    pub fn is_slow(self) -> bool {
+        matches!(self, HashScheme::Argon2id | HashScheme::Bcrypt)
+    }
+}
+
+impl fmt::Display for HashScheme {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A validated hash string. Its `Debug` shows only the scheme: a hash of a low-entropy key is worth guarding.
+#[derive(Clone, PartialEq, Eq)]
+pub struct KeyHash {
+    text: String,
+    scheme: HashScheme,
+}
+
+impl fmt::Debug for KeyHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KeyHash(${}$…)", self.scheme)
+    }
+}
+
+impl KeyHash {
+    /// Parses and validates a hash string of any supported scheme.
+    ///
+    /// # Errors
+    /// [`HashError`] when the string is not a well-formed hash of a known scheme.
+    pub fn parse(text: &str) -> Result<Self, HashError> {
+        let scheme = if let Some(rest) = text.strip_prefix("$hmac-sha256$") {
+            parse_hmac(rest)?;
+            HashScheme::HmacSha256
+        } else if let Some(rest) = text.strip_prefix("$sha256$") {
+            if rest.len() != 64 || !rest.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(malformed(HashScheme::Sha256, "expected 64 hex digits"));
+            }
+            return Ok(KeyHash {
+                text: text.to_ascii_lowercase(),
+                scheme: HashScheme::Sha256,
+            });
+        } else if text.starts_with("$argon2id$") {
+            let phc = PasswordHash::new(text)
+                .map_err(|_| malformed(HashScheme::Argon2id, "not a valid PHC string"))?;
+            if phc.salt.is_none() || phc.hash.is_none() {
+                return Err(malformed(HashScheme::Argon2id, "salt or hash missing"));
+            }
+            Params::try_from(&phc)
+                .map_err(|_| malformed(HashScheme::Argon2id, "invalid parameters"))?;
+            HashScheme::Argon2id
+        } else if is_bcrypt(text) {
+            HashScheme::Bcrypt
+        } else {
+            return Err(HashError::UnknownScheme);
+        };
+        Ok(KeyHash {
+            text: text.to_owned(),
+            scheme,
+        })
+    }
+
+    /// The scheme.
+    pub fn scheme(&self) -> HashScheme {
+        self.scheme
+    }
+
+    /// The PHC-style string, as stored.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// For `sha256` hashes: the hex digest, which is also the key's lookup index.
+    pub fn sha256_hex(&self) -> Option<&str> {
+        self.text.strip_prefix("$sha256$")
+    }
+
+    /// For `hmac-sha256` hashes: the pepper id.
+    pub fn pepper_id(&self) -> Option<&str> {
+        let rest = self.text.strip_prefix("$hmac-sha256$")?;
+        parse_hmac(rest).ok().map(|(id, _)| id)
+    }
+}
+
+// `$2b$12$` + 53 characters of bcrypt base64.
+fn is_bcrypt(text: &str) -> bool {
+    let b = text.as_bytes();
+    b.len() == 60
+        && b[0] == b'$'
+        && b[1] == b'2'
+        && matches!(b[2], b'a' | b'b' | b'x' | b'y')
+        && b[3] == b'$'
+        && b[4].is_ascii_digit()
+        && b[5].is_ascii_digit()
+        && b[6] == b'$'
+        && b[7..]
+            .iter()
+            .all(|&c| c.is_ascii_alphanumeric() || c == b'.' || c == b'/')
+}
+
+/// Splits `v=1,p=<id>$<digest>` into the pepper id and the decoded digest.
+fn parse_hmac(rest: &str) -> Result<(&str, [u8; 32]), HashError> {
+    let scheme = HashScheme::HmacSha256;
+    let (params, digest) = rest
+        .split_once('$')
+        .ok_or_else(|| malformed(scheme, "missing digest"))?;
+    let pepper = params
+        .strip_prefix("v=1,p=")
+        .ok_or_else(|| malformed(scheme, "expected parameters `v=1,p=<pepper-id>`"))?;
+    if !is_valid_pepper_id(pepper) {
+        return Err(malformed(scheme, "invalid pepper id"));
+    }
+    let mut out = [0u8; 32];
+    match STANDARD_NO_PAD.decode_slice(digest, &mut out) {
+        Ok(32) if digest.len() == 43 => Ok((pepper, out)),
+        _ => Err(malformed(
+            scheme,
+            "digest must be 32 bytes of unpadded base64",
+        )),
+    }
+}
+
+/// Whether `id` is a valid pepper id: 1–32 characters of `[A-Za-z0-9-]`.
+pub fn is_valid_pepper_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 32 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+/// A 32-byte server-side secret for HMAC hashes, with an id so it can rotate.
+///
+/// The keyed HMAC state is computed once (the two key blocks), so each hash costs only the message blocks; it is
+/// zeroized on drop like the key itself.
+pub struct Pepper {
+    id: String,
+    key: SecretBox<[u8; PEPPER_LEN]>,
+    mac: Hmac<Sha256>,
+}
+
+impl fmt::Debug for Pepper {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Pepper({:?}, [REDACTED])", self.id)
+    }
+}
+
+impl Pepper {
+    /// A pepper with the given id and key bytes.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for an invalid id.
+    pub fn new(id: &str, key: SecretBox<[u8; PEPPER_LEN]>) -> Result<Self> {
+        if !is_valid_pepper_id(id) {
+            return Err(Error::Config(format!(
+                "invalid pepper id {id:?}: use 1–32 characters of [A-Za-z0-9-]"
+            )));
+        }
+        let mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key.expose_secret())
+            .map_err(|_| Error::Config("invalid pepper length".into()))?;
+        Ok(Pepper {
+            id: id.to_owned(),
+            key,
+            mac,
+        })
+    }
+
+    /// A pepper from standard base64 of exactly 32 bytes.
+    ///
+    /// # Errors
+    /// [`Error::Config`] when the text is not base64 of 32 bytes (the message never echoes it).
+    pub fn from_base64(id: &str, b64: &str) -> Result<Self> {
+        let mut key = SecretBox::new(Box::new([0u8; PEPPER_LEN]));
+        let mut buf = zeroize::Zeroizing::new([0u8; 48]);
+        let n = base64::engine::general_purpose::STANDARD
+            .decode_slice(b64.trim(), &mut buf[..])
+            .map_err(|_| Error::Config(format!("pepper {id:?} is not valid base64")))?;
+        if n != PEPPER_LEN {
+            return Err(Error::Config(format!(
+                "pepper {id:?} must be {PEPPER_LEN} bytes, found {n}"
+            )));
+        }
+        secrecy::ExposeSecretMut::expose_secret_mut(&mut key).copy_from_slice(&buf[..PEPPER_LEN]);
+        Pepper::new(id, key)
+    }
+
+    /// A fresh random pepper.
+    ///
+    /// # Errors
+    /// [`Error::Random`] when the random source fails; [`Error::Config`] for an invalid id.
+    pub fn generate(id: &str, random: &dyn RandomSource) -> Result<Self> {
+        let mut key = SecretBox::new(Box::new([0u8; PEPPER_LEN]));
+        random.fill(secrecy::ExposeSecretMut::expose_secret_mut(&mut key))?;
+        Pepper::new(id, key)
+    }
+
+    /// The pepper's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The key as standard base64, for writing a secrets file. Handle the result as a secret.
+    pub fn to_base64(&self) -> secrecy::SecretString {
+        base64::engine::general_purpose::STANDARD
+            .encode(self.key.expose_secret())
+            .into()
+    }
+
+    fn digest(&self, token: &[u8]) -> [u8; 32] {
+        let mut mac = self.mac.clone();
+        mac.update(token);
+        mac.finalize().into_bytes().into()
+    }
+}
+
+/// Peppers by id; the first is active (new hashes use it), the others still verify.
+#[derive(Debug)]
+pub struct PepperRing {
+    peppers: Vec<Pepper>,
+}
+
+impl PepperRing {
+    /// A ring whose first pepper is the active one.
+    ///
+    /// # Errors
+    /// [`Error::Config`] when the ring is empty or two peppers share an id.
+    pub fn new(peppers: Vec<Pepper>) -> Result<Self> {
+        if peppers.is_empty() {
+            return Err(Error::Config("at least one pepper is required".into()));
+        }
+        for (i, p) in peppers.iter().enumerate() {
+            if peppers[..i].iter().any(|q| q.id == p.id) {
+                return Err(Error::Config(format!("duplicate pepper id {:?}", p.id)));
+            }
+        }
+        Ok(PepperRing { peppers })
+    }
+
+    /// Parses `KEYMETER_PEPPER`: either one standard base64 key (id `default`) or `id:base64,id:base64,…` with
+    /// the first active.
+    ///
+    /// # Errors
+    /// [`Error::Config`] on any malformed entry; the message names the entry's id, never its key.
+    pub fn from_env_value(value: &str) -> Result<Self> {
+        let value = value.trim();
+        if !value.contains(':') {
+            return PepperRing::new(vec![Pepper::from_base64("default", value)?]);
+        }
+        let peppers = value
+            .split(',')
+            .map(|entry| {
+                let (id, key) = entry
+                    .split_once(':')
+                    .ok_or_else(|| Error::Config("pepper entries must be `id:base64`".into()))?;
+                Pepper::from_base64(id.trim(), key)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        PepperRing::new(peppers)
+    }
+
+    /// The active pepper.
+    pub fn active(&self) -> &Pepper {
+        &self.peppers[0]
+    }
+
+    /// The pepper with id `id`.
+    pub fn get(&self, id: &str) -> Option<&Pepper> {
+        self.peppers.iter().find(|p| p.id == id)
+    }
+
+    /// The ring as an env value (`id:base64,…`). Handle the result as a secret.
+    pub fn to_env_value(&self) -> secrecy::SecretString {
+        let mut out = String::new();
+        for (i, p) in self.peppers.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(&p.id);
+            out.push(':');
+            out.push_str(p.to_base64().expose_secret());
+        }
+        out.into()
+    }
+}
+
+/// Argon2id cost parameters for new hashes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Argon2Config {
+    /// Memory in KiB (default 19456).
+    pub m_cost: u32,
+    /// Iterations (default 2).
+    pub t_cost: u32,
+    /// Parallelism (default 1).
+    pub p_cost: u32,
+}
+
+impl Default for Argon2Config {
+    fn default() -> Self {
+        Argon2Config {
+            m_cost: 19_456,
+            t_cost: 2,
+            p_cost: 1,
+        }
+    }
+}
+
+/// Creates and verifies key hashes, and decides when a verified hash is out of date.
+///
+/// ```
+/// use keymeter::keys::hash::{KeyHasher, Pepper, PepperRing};
+/// use keymeter::random::OsRandom;
+///
+/// let ring = PepperRing::new(vec![Pepper::generate("p1", &OsRandom).unwrap()]).unwrap();
+/// let hasher = KeyHasher::new(ring);
+/// let hash = hasher.hash_hmac(b"km_live_token");
+/// assert!(hash.as_str().starts_with("$hmac-sha256$v=1,p=p1$"));
+/// assert!(hasher.verify(b"km_live_token", &hash).unwrap());
+/// assert!(!hasher.verify(b"km_live_other", &hash).unwrap());
+/// ```
+pub struct KeyHasher {
+    peppers: PepperRing,
+    argon2: Argon2Config,
+    random: Arc<dyn RandomSource>,
+}
+
+impl fmt::Debug for KeyHasher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyHasher")
+            .field("peppers", &self.peppers)
+            .field("argon2", &self.argon2)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KeyHasher {
+    /// A hasher with default Argon2id parameters and the OS random source.
+    pub fn new(peppers: PepperRing) -> Self {
+        KeyHasher {
+            peppers,
+            argon2: Argon2Config::default(),
+            random: Arc::new(OsRandom),
+        }
+    }
+
+    /// Sets the Argon2id parameters for new hashes.
+    ///
+    /// # Errors
+    /// [`Error::Config`] when argon2 rejects the parameters.
+    pub fn with_argon2(mut self, config: Argon2Config) -> Result<Self> {
+        Params::new(config.m_cost, config.t_cost, config.p_cost, None)
+            .map_err(|e| Error::Config(format!("argon2 parameters: {e}")))?;
+        self.argon2 = config;
+        Ok(self)
+    }
+
+    /// Sets the random source for salts.
+    pub fn with_random(mut self, random: Arc<dyn RandomSource>) -> Self {
+        self.random = random;
+        self
+    }
+
+    /// The pepper ring.
+    pub fn peppers(&self) -> &PepperRing {
+        &self.peppers
+    }
+
+    /// The HMAC-SHA-256 hash of `token` under the active pepper.
+    pub fn hash_hmac(&self, token: &[u8]) -> KeyHash {
+        let pepper = self.peppers.active();
+        let digest = pepper.digest(token);
+        KeyHash {
+            text: format!(
+                "$hmac-sha256$v=1,p={}${}",
+                pepper.id,
+                STANDARD_NO_PAD.encode(digest)
+            ),
+            scheme: HashScheme::HmacSha256,
+        }
+    }
+
+    /// The Argon2id hash of `token` with the configured parameters and a fresh 16-byte salt.
+    ///
+    /// # Errors
+    /// [`Error::Random`] when no salt can be drawn.
+    pub fn hash_argon2(&self, token: &[u8]) -> Result<KeyHash> {
+        let mut salt = [0u8; 16];
+        self.random.fill(&mut salt)?;
+        let hash = self
+            .argon2_context()?
+            .hash_password_with_salt(token, &salt)
+            .map_err(|e| Error::Config(format!("argon2: {e}")))?;
+        Ok(KeyHash {
+            text: hash.to_string(),
+            scheme: HashScheme::Argon2id,
+        })
+    }
+
+    fn argon2_context(&self) -> Result<Argon2<'static>> {
+        let params = Params::new(
+            self.argon2.m_cost,
+            self.argon2.t_cost,
+            self.argon2.p_cost,
+            None,
+        )
+        .map_err(|e| Error::Config(format!("argon2 parameters: {e}")))?;
+        Ok(Argon2::new(Algorithm::Argon2id, Version::V0x13, params))
+    }
+
+    /// The unsalted SHA-256 hash string of `token` (the lookup index of imported digests).
+    pub fn sha256(token: &[u8]) -> KeyHash {
+        let digest = Sha256::digest(token);
+        let mut text = String::with_capacity(8 + 64);
+        text.push_str("$sha256$");
+        for b in digest.iter() {
+            text.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));
+            text.push(char::from(b"0123456789abcdef"[usize::from(b & 15)]));
+        }
+        KeyHash {
+            text,
+            scheme: HashScheme::Sha256,
+        }
+    }
+
+    /// Whether `token` matches `hash`, comparing in constant time.
+    ///
+    /// # Errors
+    /// [`HashError::UnknownPepper`] when the hash names a pepper this hasher lacks;
+    /// [`HashError::FeatureDisabled`] for bcrypt without the `bcrypt` feature.
+    pub fn verify(&self, token: &[u8], hash: &KeyHash) -> Result<bool, HashError> {
+        match hash.scheme {
+            HashScheme::HmacSha256 => {
+                let rest = &hash.text["$hmac-sha256$".len()..];
+                let (pepper_id, expected) = parse_hmac(rest)?;
+                let pepper = self
+                    .peppers
+                    .get(pepper_id)
+                    .ok_or_else(|| HashError::UnknownPepper(pepper_id.to_owned()))?;
+                Ok(bool::from(pepper.digest(token).ct_eq(&expected)))
+            }
+            HashScheme::Sha256 => {
+                let computed = KeyHasher::sha256(token);
+                Ok(bool::from(
+                    computed.text.as_bytes().ct_eq(hash.text.as_bytes()),
+                ))
+            }
+            HashScheme::Argon2id => {
+                let phc = PasswordHash::new(&hash.text)
+                    .map_err(|_| malformed(HashScheme::Argon2id, "not a valid PHC string"))?;
+                // The parameters come from the hash string, not from our configuration.
+                Ok(Argon2::default().verify_password(token, &phc).is_ok())
+            }
+            HashScheme::Bcrypt => verify_bcrypt(token, &hash.text),
+        }
+    }
+
+    /// Spends the same work as verifying a generated key, so an unknown id is not faster than a wrong secret.
+    pub fn verify_nothing(&self, token: &[u8]) {
+        std::hint::black_box(self.peppers.active().digest(token));
+    }
+
+    /// After a successful verify: the hash to store instead of `hash`, when `hash` is not under the current
+    /// scheme or pepper.
+    ///
+    /// - `hmac-sha256` under another pepper moves to the active pepper;
+    /// - `argon2id` with other parameters, and `bcrypt`, move to `argon2id` with the configured parameters;
+    /// - `sha256` stays: its digest is the key's lookup index.
+    ///
+    /// # Errors
+    /// [`Error::Random`] when a salt cannot be drawn.
+    pub fn upgrade(&self, token: &[u8], hash: &KeyHash) -> Result<Option<KeyHash>> {
+        match hash.scheme {
+            HashScheme::HmacSha256 => {
+                if hash.pepper_id() == Some(self.peppers.active().id()) {
+                    Ok(None)
+                } else {
+                    Ok(Some(self.hash_hmac(token)))
+                }
+            }
+            HashScheme::Argon2id => {
+                let current = PasswordHash::new(&hash.text)
+                    .ok()
+                    .and_then(|phc| Params::try_from(&phc).ok())
+                    .is_some_and(|p| {
+                        p.m_cost() == self.argon2.m_cost
+                            && p.t_cost() == self.argon2.t_cost
+                            && p.p_cost() == self.argon2.p_cost
+                    });
+                if current {
+                    Ok(None)
+                } else {
+                    self.hash_argon2(token).map(Some)
+                }
+            }
+            HashScheme::Bcrypt => self.hash_argon2(token).map(Some),
+            HashScheme::Sha256 => Ok(None),
+        }
+    }
+}
+
+#[cfg(feature = "bcrypt")]
+fn verify_bcrypt(token: &[u8], hash: &str) -> Result<bool, HashError> {
+    // bcrypt reads at most 72 bytes; legacy implementations silently cut longer keys there, so do the same to
+    // verify what they hashed.
+    let token = &token[..token.len().min(72)];
+    Ok(bcrypt::verify(token, hash).unwrap_or(false))
+}
+
+#[cfg(not(feature = "bcrypt"))]
+fn verify_bcrypt(_token: &[u8], _hash: &str) -> Result<bool, HashError> {
+    Err(HashError::FeatureDisabled(HashScheme::Bcrypt))
+}

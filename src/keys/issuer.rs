@@ -1,0 +1,310 @@
+//! The [`KeyIssuer`]: creates keys (and imports hashes of keys made elsewhere).
+
+use std::fmt;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use ipnet::IpNet;
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::clock::{Clock, SystemClock};
+use crate::error::{Error, Result};
+use crate::keys::hash::{HashScheme, KeyHash, KeyHasher};
+use crate::keys::record::{KeyLookup, KeyRecord, RateLimit};
+use crate::keys::scope::Scope;
+use crate::keys::token::{self, DEFAULT_PREFIX, KeyEnv};
+use crate::random::{OsRandom, RandomSource};
+
+/// What a new key should be. Build with [`NewKey::new`] and the setters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewKey {
+    /// A human name.
+    pub name: String,
+    /// The owning user.
+    pub owner: String,
+    /// The owning organisation.
+    pub org: Option<String>,
+    /// `live` (default) or `test`.
+    pub env: KeyEnv,
+    /// Granted scopes.
+    pub scopes: Vec<Scope>,
+    /// Expiry, if any.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Allowed client networks; empty allows any.
+    pub allowed_ips: Vec<IpNet>,
+    /// Rate limit, if any.
+    pub rate_limit: Option<RateLimit>,
+    /// Token prefix (default `km`).
+    pub prefix: String,
+    /// Free-form JSON metadata (default `{}`).
+    pub metadata: serde_json::Value,
+}
+
+impl NewKey {
+    /// A live key named `name` for `owner`, with no scopes.
+    pub fn new(name: impl Into<String>, owner: impl Into<String>) -> Self {
+        NewKey {
+            name: name.into(),
+            owner: owner.into(),
+            org: None,
+            env: KeyEnv::Live,
+            scopes: Vec::new(),
+            expires_at: None,
+            allowed_ips: Vec::new(),
+            rate_limit: None,
+            prefix: DEFAULT_PREFIX.to_owned(),
+            metadata: serde_json::Value::Object(Default::default()),
+        }
+    }
+
+    /// Sets the organisation.
+    #[must_use]
+    pub fn org(mut self, org: impl Into<String>) -> Self {
+        self.org = Some(org.into());
+        self
+    }
+
+    /// Sets the environment tag.
+    #[must_use]
+    pub fn env(mut self, env: KeyEnv) -> Self {
+        self.env = env;
+        self
+    }
+
+    /// Sets the scopes.
+    #[must_use]
+    pub fn scopes(mut self, scopes: Vec<Scope>) -> Self {
+        self.scopes = scopes;
+        self
+    }
+
+    /// Sets the expiry.
+    #[must_use]
+    pub fn expires_at(mut self, at: DateTime<Utc>) -> Self {
+        self.expires_at = Some(at);
+        self
+    }
+
+    /// Sets the allowed networks.
+    #[must_use]
+    pub fn allowed_ips(mut self, nets: Vec<IpNet>) -> Self {
+        self.allowed_ips = nets;
+        self
+    }
+
+    /// Sets the rate limit.
+    #[must_use]
+    pub fn rate_limit(mut self, limit: RateLimit) -> Self {
+        self.rate_limit = Some(limit);
+        self
+    }
+
+    /// Sets the token prefix.
+    #[must_use]
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Sets the metadata.
+    #[must_use]
+    pub fn metadata(mut self, metadata: serde_json::Value) -> Self {
+        self.metadata = metadata;
+        self
+    }
+
+    fn validate(&self) -> Result<()> {
+        let field = |what: &'static str, v: &str| {
+            if v.trim().is_empty() || v.len() > 256 || v.chars().any(char::is_control) {
+                Err(Error::invalid(
+                    what,
+                    "must be 1–256 characters with no control characters",
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        field("name", &self.name)?;
+        field("owner", &self.owner)?;
+        if let Some(org) = &self.org {
+            field("org", org)?;
+        }
+        if !self.metadata.is_object() {
+            return Err(Error::invalid("metadata", "must be a JSON object"));
+        }
+        Ok(())
+    }
+
+    fn into_record(
+        self,
+        id: String,
+        hash: KeyHash,
+        lookup: KeyLookup,
+        hint: String,
+        now: DateTime<Utc>,
+    ) -> KeyRecord {
+        KeyRecord {
+            id,
+            name: self.name,
+            owner: self.owner,
+            org: self.org,
+            env: self.env,
+            scopes: self.scopes,
+            hash,
+            lookup,
+            hint,
+            created_at: now,
+            expires_at: self.expires_at,
+            last_used_at: None,
+            disabled: false,
+            revoked_at: None,
+            allowed_ips: self.allowed_ips,
+            rate_limit: self.rate_limit,
+            metadata: self.metadata,
+        }
+    }
+}
+
+/// A freshly issued key: the record and the plaintext token, which exists only here. Show it to the user once.
+pub struct IssuedKey {
+    /// The stored record.
+    pub record: KeyRecord,
+    /// The token (a secret: redacted in `Debug`, zeroized on drop).
+    pub token: SecretString,
+}
+
+impl fmt::Debug for IssuedKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IssuedKey")
+            .field("record", &self.record)
+            .field("token", &"[REDACTED]")
+            .finish()
+    }
+}
+
+/// Issues keys into a [`KeyStore`](crate::keys::KeyStore).
+#[derive(Debug)]
+pub struct KeyIssuer {
+    store: Arc<dyn crate::keys::KeyStore>,
+    hasher: Arc<KeyHasher>,
+    clock: Arc<dyn Clock>,
+    random: Arc<dyn RandomSource>,
+    hint_len: usize,
+}
+
+impl KeyIssuer {
+    /// An issuer with the system clock and the OS random source; imported hints are 8 characters.
+    pub fn new(store: Arc<dyn crate::keys::KeyStore>, hasher: Arc<KeyHasher>) -> Self {
+        KeyIssuer {
+            store,
+            hasher,
+            clock: Arc::new(SystemClock),
+            random: Arc::new(OsRandom),
+            hint_len: 8,
+        }
+    }
+
+    /// Injects the clock.
+    #[must_use]
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Injects the random source of ids and secrets.
+    #[must_use]
+    pub fn with_random(mut self, random: Arc<dyn RandomSource>) -> Self {
+        self.random = random;
+        self
+    }
+
+    /// Sets the hint length required of imports (must match the verifier's `hint_len`).
+    #[must_use]
+    pub fn with_hint_len(mut self, len: usize) -> Self {
+        self.hint_len = len;
+        self
+    }
+
+    /// Generates, hashes (HMAC-SHA-256 under the active pepper) and stores a new key.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for a bad field or prefix; store failures. An id collision (about 2⁻⁷¹ per pair)
+    /// is retried with a fresh id.
+    pub async fn issue(&self, new: NewKey) -> Result<IssuedKey> {
+        new.validate()?;
+        let now = self.clock.now();
+        let mut attempts = 0;
+        loop {
+            let (id, token) = token::generate(&new.prefix, new.env, self.random.as_ref())?;
+            let hash = self.hasher.hash_hmac(token.expose_secret().as_bytes());
+            let hint = token::display_hint(token.expose_secret());
+            let record = new.clone().into_record(id, hash, KeyLookup::Id, hint, now);
+            match self.store.create(&record).await {
+                Ok(()) => return Ok(IssuedKey { record, token }),
+                Err(Error::AlreadyExists { .. }) if attempts < 3 => attempts += 1,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Imports a key made elsewhere from its hash string.
+    ///
+    /// - `$sha256$…` is found by its digest; `hint` is optional and only shown.
+    /// - Any other scheme needs `hint`: the key's first `hint_len` characters.
+    ///
+    /// # Errors
+    /// [`Error::Hash`] for a hash string that does not parse (or bcrypt without the feature);
+    /// [`Error::InvalidInput`] for a missing or wrong-length hint; [`Error::HintFull`]; store failures.
+    pub async fn import(&self, new: NewKey, hash: &str, hint: Option<&str>) -> Result<KeyRecord> {
+        new.validate()?;
+        let hash = KeyHash::parse(hash.trim())?;
+        if hash.scheme() == HashScheme::Bcrypt && !cfg!(feature = "bcrypt") {
+            return Err(crate::keys::hash::HashError::FeatureDisabled(HashScheme::Bcrypt).into());
+        }
+        if let Some(h) = hint
+            && (h.len() != self.hint_len || !h.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            return Err(Error::invalid(
+                "hint",
+                format!("must be the key's first {} characters", self.hint_len),
+            ));
+        }
+        let lookup = match (hash.sha256_hex(), hint) {
+            (Some(hex), _) => KeyLookup::Digest(hex.to_owned()),
+            (None, Some(h)) => KeyLookup::Hint(h.to_owned()),
+            (None, None) => {
+                return Err(Error::invalid(
+                    "hint",
+                    format!(
+                        "a {} hash needs --hint: the key's first {} characters",
+                        hash.scheme(),
+                        self.hint_len
+                    ),
+                ));
+            }
+        };
+        let display = format!("{}…", hint.unwrap_or(""));
+        let mut attempts = 0;
+        loop {
+            let mut id = [0u8; token::ID_LEN];
+            crate::random::fill_base62(self.random.as_ref(), &mut id)?;
+            let id: String = id.iter().map(|&b| char::from(b)).collect();
+            let record = new.clone().into_record(
+                id,
+                hash.clone(),
+                lookup.clone(),
+                display.clone(),
+                self.clock.now(),
+            );
+            match self.store.create(&record).await {
+                Ok(()) => return Ok(record),
+                Err(Error::AlreadyExists { what: "key", .. })
+                    if attempts < 3 && matches!(lookup, KeyLookup::Hint(_)) =>
+                {
+                    attempts += 1
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}

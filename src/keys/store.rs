@@ -1,0 +1,85 @@
+//! The [`KeyStore`] trait: where key records live.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::error::Result;
+use crate::keys::hash::KeyHash;
+use crate::keys::record::{KeyFilter, KeyRecord};
+
+/// At most this many keys may share one import hint, so a verify by hint computes a bounded number of hashes.
+pub const MAX_KEYS_PER_HINT: usize = 4;
+
+/// Storage for key records. Object safe: `Arc<dyn KeyStore>` works.
+///
+/// Every operation that must be atomic on a shared database is one call here, never a read followed by a write:
+/// [`create`](KeyStore::create) fails on a duplicate id or digest (and on a full hint), [`replace_hash`]
+/// (KeyStore::replace_hash) is a compare-and-swap, [`revoke`](KeyStore::revoke) keeps the first revocation time.
+///
+/// Records are returned in an [`Arc`] so an in-memory store hands out a shared record on the hot verify path
+/// instead of copying it.
+#[async_trait]
+pub trait KeyStore: Send + Sync + std::fmt::Debug {
+    /// Inserts a new record.
+    ///
+    /// # Errors
+    /// [`Error::AlreadyExists`](crate::Error::AlreadyExists) when the id (or an imported digest) is taken;
+    /// [`Error::HintFull`](crate::Error::HintFull) when its hint already has [`MAX_KEYS_PER_HINT`] keys.
+    async fn create(&self, record: &KeyRecord) -> Result<()>;
+
+    /// The record with this id.
+    ///
+    /// # Errors
+    /// Backend failures only; a missing record is `Ok(None)`.
+    async fn get(&self, id: &str) -> Result<Option<Arc<KeyRecord>>>;
+
+    /// The imported SHA-256 key with this hex digest.
+    ///
+    /// # Errors
+    /// Backend failures only.
+    async fn find_by_digest(&self, digest: &str) -> Result<Option<Arc<KeyRecord>>>;
+
+    /// The imported keys with this hint: at most [`MAX_KEYS_PER_HINT`].
+    ///
+    /// # Errors
+    /// Backend failures only.
+    async fn find_by_hint(&self, hint: &str) -> Result<Vec<Arc<KeyRecord>>>;
+
+    /// The records passing `filter`, oldest first.
+    ///
+    /// # Errors
+    /// Backend failures only.
+    async fn list(&self, filter: &KeyFilter) -> Result<Vec<KeyRecord>>;
+
+    /// Revokes a key. Idempotent: a second revoke keeps the first time.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`](crate::Error::NotFound) for an unknown id.
+    async fn revoke(&self, id: &str, at: DateTime<Utc>) -> Result<()>;
+
+    /// Revokes every unrevoked key of `org`, returning their ids.
+    ///
+    /// # Errors
+    /// Backend failures only.
+    async fn revoke_org(&self, org: &str, at: DateTime<Utc>) -> Result<Vec<String>>;
+
+    /// Disables (`true`) or re-enables (`false`) a key.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`](crate::Error::NotFound) for an unknown id.
+    async fn set_disabled(&self, id: &str, disabled: bool) -> Result<()>;
+
+    /// Replaces the hash of `id` if it is still `old`; returns whether it did.
+    ///
+    /// # Errors
+    /// Backend failures only.
+    async fn replace_hash(&self, id: &str, old: &KeyHash, new: &KeyHash) -> Result<bool>;
+
+    /// Moves `last_used_at` forward to `at` (never backward).
+    ///
+    /// # Errors
+    /// Backend failures only.
+    async fn record_use(&self, id: &str, at: DateTime<Utc>) -> Result<()>;
+}

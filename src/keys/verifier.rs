@@ -1,0 +1,393 @@
+//! The [`Verifier`]: token + requirement → [`Verdict`].
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, Utc};
+use zeroize::Zeroizing;
+
+use crate::clock::{Clock, SystemClock};
+use crate::error::Result;
+use crate::keys::cache::VerifiedTokenCache;
+use crate::keys::hash::{KeyHash, KeyHasher};
+use crate::keys::header::credential_from_header;
+use crate::keys::record::{KeyLookup, KeyRecord};
+use crate::keys::scope::ScopeRequirement;
+use crate::keys::store::{KeyStore, MAX_KEYS_PER_HINT};
+use crate::keys::token::{self, DEFAULT_PREFIX, KeyEnv};
+use crate::keys::verdict::{Verdict, VerdictCode};
+use crate::random::{OsRandom, RandomSource};
+
+/// Longest credential the verifier looks at; anything longer is `MALFORMED`.
+pub const MAX_CREDENTIAL_LEN: usize = 512;
+
+/// How a [`Verifier`] behaves.
+#[derive(Debug, Clone)]
+pub struct VerifierConfig {
+    /// Token prefixes that mark keymeter's own tokens (default `["km"]`).
+    pub prefixes: Vec<String>,
+    /// Environment tags accepted (default both).
+    pub environments: Vec<KeyEnv>,
+    /// Length of the hint that finds imported slow-hash keys (default 8).
+    pub hint_len: usize,
+    /// Verified-token cache size for slow hashes (default 10,000; 0 turns it off).
+    pub cache_capacity: usize,
+    /// How long a cached slow-hash match is trusted (default 5 minutes).
+    pub cache_ttl: Duration,
+    /// `last_used_at` is written at most once per this interval per key (default 60 s).
+    pub last_used_interval: Duration,
+}
+
+impl Default for VerifierConfig {
+    fn default() -> Self {
+        VerifierConfig {
+            prefixes: vec![DEFAULT_PREFIX.to_owned()],
+            environments: vec![KeyEnv::Live, KeyEnv::Test],
+            hint_len: 8,
+            cache_capacity: 10_000,
+            cache_ttl: Duration::minutes(5),
+            last_used_interval: Duration::seconds(60),
+        }
+    }
+}
+
+/// What a request needs besides a valid key: scopes and, for keys with IP rules, the client address.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Requirement {
+    /// Scopes needed.
+    pub scopes: ScopeRequirement,
+    /// The client's address, if known.
+    pub client_ip: Option<IpAddr>,
+}
+
+impl Requirement {
+    /// No scope, no address.
+    pub fn new() -> Self {
+        Requirement::default()
+    }
+
+    /// Sets the scope requirement.
+    #[must_use]
+    pub fn scopes(mut self, scopes: ScopeRequirement) -> Self {
+        self.scopes = scopes;
+        self
+    }
+
+    /// Sets the client address.
+    #[must_use]
+    pub fn client_ip(mut self, ip: IpAddr) -> Self {
+        self.client_ip = Some(ip);
+        self
+    }
+}
+
+/// Verifies inbound keys.
+///
+/// Checks, in order: `MALFORMED`, `WRONG_ENVIRONMENT`, `NOT_FOUND`, `REVOKED`, `DISABLED`, `EXPIRED`,
+/// `IP_NOT_ALLOWED`, `INSUFFICIENT_SCOPE`.
+///
+/// - A generated key is found by its id: one store read and one HMAC. An unknown id still costs one HMAC.
+/// - An imported key is found by its SHA-256 digest, else by its first `hint_len` characters (at most
+///   [`MAX_KEYS_PER_HINT`] candidates). The table is never scanned.
+/// - Slow hashes (Argon2id, bcrypt) go through a [`VerifiedTokenCache`] and run on tokio's blocking pool when a
+///   runtime is present, so the KDF does not stall other requests.
+/// - A match under an outdated scheme or pepper is re-hashed ([`KeyHasher::upgrade`]) with a compare-and-swap.
+/// - `last_used_at` is written only when the stored value is older than `last_used_interval`, so a busy key costs
+///   one write a minute, not one per request.
+///
+/// Revoke and disable through the verifier also clear the key's cache entries at once.
+#[derive(Debug)]
+pub struct Verifier {
+    store: Arc<dyn KeyStore>,
+    hasher: Arc<KeyHasher>,
+    clock: Arc<dyn Clock>,
+    config: VerifierConfig,
+    cache: VerifiedTokenCache,
+}
+
+impl Verifier {
+    /// A verifier with the system clock.
+    ///
+    /// # Errors
+    /// [`crate::Error::Config`] for an invalid configuration; [`crate::Error::Random`] when the cache key cannot
+    /// be drawn.
+    pub fn new(
+        store: Arc<dyn KeyStore>,
+        hasher: Arc<KeyHasher>,
+        config: VerifierConfig,
+    ) -> Result<Self> {
+        Verifier::with_clock(store, hasher, config, Arc::new(SystemClock), &OsRandom)
+    }
+
+    /// A verifier with an injected clock and random source.
+    ///
+    /// # Errors
+    /// As [`Verifier::new`].
+    pub fn with_clock(
+        store: Arc<dyn KeyStore>,
+        hasher: Arc<KeyHasher>,
+        config: VerifierConfig,
+        clock: Arc<dyn Clock>,
+        random: &dyn RandomSource,
+    ) -> Result<Self> {
+        if config.prefixes.iter().any(|p| !token::is_valid_prefix(p)) {
+            return Err(crate::Error::Config(
+                "token prefixes must be 1–16 characters of [a-z0-9]".into(),
+            ));
+        }
+        if config.hint_len == 0 || config.hint_len > 64 {
+            return Err(crate::Error::Config(
+                "hint_len must be between 1 and 64".into(),
+            ));
+        }
+        let cache = VerifiedTokenCache::new(config.cache_capacity, config.cache_ttl, random)?;
+        Ok(Verifier {
+            store,
+            hasher,
+            clock,
+            config,
+            cache,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &VerifierConfig {
+        &self.config
+    }
+
+    /// The slow-hash cache (for inspection).
+    pub fn cache(&self) -> &VerifiedTokenCache {
+        &self.cache
+    }
+
+    /// Verifies the key carried by an HTTP header (`Authorization: Bearer …` or `x-api-key`). A header that
+    /// carries no single token is `MALFORMED`.
+    ///
+    /// # Errors
+    /// As [`Verifier::verify`].
+    pub async fn verify_header(
+        &self,
+        name: &str,
+        value: &str,
+        requirement: &Requirement,
+    ) -> Result<Verdict> {
+        match credential_from_header(name, value) {
+            Ok(token) => self.verify(token, requirement).await,
+            Err(_) => Ok(Verdict::reject(VerdictCode::Malformed)),
+        }
+    }
+
+    /// Verifies `credential` against `requirement` at the clock's current time.
+    ///
+    /// # Errors
+    /// Store failures, and a stored hash this verifier cannot check (an unknown pepper id, bcrypt without the
+    /// feature). A bad token is never an error: it is a [`Verdict`].
+    pub async fn verify(&self, credential: &str, requirement: &Requirement) -> Result<Verdict> {
+        if credential.is_empty()
+            || credential.len() > MAX_CREDENTIAL_LEN
+            || !credential.bytes().all(|b| b.is_ascii_graphic())
+        {
+            return Ok(Verdict::reject(VerdictCode::Malformed));
+        }
+        let now = self.clock.now();
+        let record = if self.has_keymeter_shape(credential) {
+            let Ok(parsed) = token::parse(credential) else {
+                return Ok(Verdict::reject(VerdictCode::Malformed));
+            };
+            if !self.config.environments.contains(&parsed.env) {
+                return Ok(Verdict::reject(VerdictCode::WrongEnvironment));
+            }
+            match self.store.get(parsed.id).await? {
+                Some(record) if record.lookup == KeyLookup::Id => {
+                    if !self.matches(credential, &record, now).await? {
+                        return Ok(Verdict::reject(VerdictCode::NotFound));
+                    }
+                    record
+                }
+                _ => {
+                    // Same work as a wrong secret, so timing does not reveal which ids exist.
+                    self.hasher.verify_nothing(credential.as_bytes());
+                    return Ok(Verdict::reject(VerdictCode::NotFound));
+                }
+            }
+        } else {
+            match self.find_imported(credential, now).await? {
+                Some(record) => {
+                    if !self.config.environments.contains(&record.env) {
+                        return Ok(Verdict::reject(VerdictCode::WrongEnvironment));
+                    }
+                    record
+                }
+                None => return Ok(Verdict::reject(VerdictCode::NotFound)),
+            }
+        };
+
+        let code = if record.revoked_at.is_some() {
+            VerdictCode::Revoked
+        } else if record.disabled {
+            VerdictCode::Disabled
+        } else if record.is_expired_at(now) {
+            VerdictCode::Expired
+        } else if !record.allows_ip(requirement.client_ip) {
+            VerdictCode::IpNotAllowed
+        } else if !requirement.scopes.is_satisfied_by(&record.scopes) {
+            VerdictCode::InsufficientScope
+        } else {
+            VerdictCode::Valid
+        };
+        if code == VerdictCode::Valid {
+            self.after_success(credential, &record, now).await;
+        }
+        Ok(Verdict::with_key(code, record))
+    }
+
+    fn has_keymeter_shape(&self, credential: &str) -> bool {
+        credential.split_once('_').is_some_and(|(prefix, rest)| {
+            (rest.starts_with("live_") || rest.starts_with("test_"))
+                && self.config.prefixes.iter().any(|p| p == prefix)
+        })
+    }
+
+    async fn find_imported(
+        &self,
+        credential: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Arc<KeyRecord>>> {
+        let digest = KeyHasher::sha256(credential.as_bytes());
+        if let Some(hex) = digest.sha256_hex()
+            && let Some(record) = self.store.find_by_digest(hex).await?
+            && matches!(record.lookup, KeyLookup::Digest(_))
+            && self.matches(credential, &record, now).await?
+        {
+            return Ok(Some(record));
+        }
+        // The credential is ASCII (checked above), so any byte offset is a char boundary.
+        if let Some(hint) = credential.get(..self.config.hint_len) {
+            let candidates = self.store.find_by_hint(hint).await?;
+            for record in candidates.into_iter().take(MAX_KEYS_PER_HINT) {
+                if matches!(record.lookup, KeyLookup::Hint(_))
+                    && self.matches(credential, &record, now).await?
+                {
+                    return Ok(Some(record));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    async fn matches(
+        &self,
+        credential: &str,
+        record: &KeyRecord,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let hash = &record.hash;
+        if !hash.scheme().is_slow() {
+            return Ok(self.hasher.verify(credential.as_bytes(), hash)?);
+        }
+        if self
+            .cache
+            .contains(credential.as_bytes(), &record.id, hash.as_str(), now)
+        {
+            return Ok(true);
+        }
+        let hasher = Arc::clone(&self.hasher);
+        let owned = Zeroizing::new(credential.to_owned());
+        let stored = hash.clone();
+        let ok = run_blocking(move || hasher.verify(owned.as_bytes(), &stored)).await?;
+        if ok {
+            self.cache
+                .insert(credential.as_bytes(), &record.id, hash.as_str(), now);
+        }
+        Ok(ok)
+    }
+
+    /// Best effort: a failed re-hash or `last_used_at` write must not fail a valid request, so both are logged.
+    async fn after_success(&self, credential: &str, record: &KeyRecord, now: DateTime<Utc>) {
+        let stale = record
+            .last_used_at
+            .is_none_or(|t| now - t >= self.config.last_used_interval);
+        if stale && let Err(e) = self.store.record_use(&record.id, now).await {
+            tracing::warn!(key_id = %record.id, error = %e, "could not record key use");
+        }
+        let hasher = Arc::clone(&self.hasher);
+        let owned = Zeroizing::new(credential.to_owned());
+        let old = record.hash.clone();
+        let upgraded = if old.scheme().is_slow() {
+            run_blocking(move || hasher.upgrade(owned.as_bytes(), &old)).await
+        } else {
+            hasher.upgrade(owned.as_bytes(), &old)
+        };
+        match upgraded {
+            Ok(Some(new)) => self.replace_hash(record, &new).await,
+            Ok(None) => {}
+            Err(e) => tracing::warn!(key_id = %record.id, error = %e, "could not re-hash key"),
+        }
+    }
+
+    async fn replace_hash(&self, record: &KeyRecord, new: &KeyHash) {
+        match self.store.replace_hash(&record.id, &record.hash, new).await {
+            Ok(_) => self.cache.invalidate(&record.id),
+            Err(e) => {
+                tracing::warn!(key_id = %record.id, error = %e, "could not store re-hashed key")
+            }
+        }
+    }
+
+    /// Revokes a key and drops its cached verifications.
+    ///
+    /// # Errors
+    /// [`crate::Error::NotFound`] for an unknown id; store failures.
+    pub async fn revoke(&self, id: &str) -> Result<()> {
+        self.store.revoke(id, self.clock.now()).await?;
+        self.cache.invalidate(id);
+        Ok(())
+    }
+
+    /// Revokes every key of `org` and drops their cached verifications; returns the ids revoked.
+    ///
+    /// # Errors
+    /// Store failures.
+    pub async fn revoke_org(&self, org: &str) -> Result<Vec<String>> {
+        let ids = self.store.revoke_org(org, self.clock.now()).await?;
+        for id in &ids {
+            self.cache.invalidate(id);
+        }
+        Ok(ids)
+    }
+
+    /// Disables a key and drops its cached verifications.
+    ///
+    /// # Errors
+    /// [`crate::Error::NotFound`] for an unknown id; store failures.
+    pub async fn disable(&self, id: &str) -> Result<()> {
+        self.store.set_disabled(id, true).await?;
+        self.cache.invalidate(id);
+        Ok(())
+    }
+
+    /// Enables a disabled key.
+    ///
+    /// # Errors
+    /// [`crate::Error::NotFound`] for an unknown id; store failures.
+    pub async fn enable(&self, id: &str) -> Result<()> {
+        self.store.set_disabled(id, false).await
+    }
+}
+
+/// Runs CPU-heavy work (a KDF) off the async workers when a tokio runtime is present.
+async fn run_blocking<T, E, F>(work: F) -> Result<T>
+where
+    F: FnOnce() -> std::result::Result<T, E> + Send + 'static,
+    E: Into<crate::Error> + Send + 'static,
+    T: Send + 'static,
+{
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) => handle
+            .spawn_blocking(work)
+            .await
+            .map_err(|e| crate::Error::Internal(format!("hash task failed: {e}")))?
+            .map_err(Into::into),
+        Err(_) => work().map_err(Into::into),
+    }
+}

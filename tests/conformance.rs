@@ -1,0 +1,20 @@
+//! Every backend runs the same conformance suite.
+
+mod memory {
+    keymeter::key_store_conformance!(std::sync::Arc::new(keymeter::store::MemoryStore::new()));
+}
+
+#[cfg(feature = "sqlite")]
+mod sqlite {
+    async fn fresh() -> std::sync::Arc<keymeter::store::SqliteStore> {
+        // A database file of its own per test, left in the OS temp dir.
+        let dir = tempfile::tempdir().expect("tempdir").keep();
+        let url = format!("sqlite://{}", dir.join("conformance.db").display());
+        std::sync::Arc::new(
+            keymeter::store::SqliteStore::connect(&url)
+                .await
+                .expect("connect"),
+        )
+    }
+    keymeter::key_store_conformance!(fresh().await);
+}

@@ -1,0 +1,769 @@
+//! Inbound keys end to end on the memory store: every verdict, every hash scheme, import and upgrade, scopes,
+//! IP rules, expiry, concurrency and redaction.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use chrono::{Duration, TimeZone, Utc};
+use keymeter::clock::ManualClock;
+use keymeter::keys::hash::Argon2Config;
+use keymeter::keys::record::parse_networks;
+use keymeter::keys::token::{self, KeyEnv};
+use keymeter::keys::{
+    HashScheme, IssuedKey, KeyFilter, KeyHasher, KeyIssuer, KeyStore, NewKey, Pepper, PepperRing,
+    Requirement, Scope, ScopeRequirement, VerdictCode, Verifier, VerifierConfig,
+};
+use keymeter::random::SeededRandom;
+use keymeter::store::MemoryStore;
+use secrecy::ExposeSecret;
+
+const SMALL_ARGON2: Argon2Config = Argon2Config {
+    m_cost: 1024,
+    t_cost: 1,
+    p_cost: 1,
+};
+
+struct Fixture {
+    store: Arc<MemoryStore>,
+    clock: Arc<ManualClock>,
+    hasher: Arc<KeyHasher>,
+    issuer: KeyIssuer,
+    verifier: Verifier,
+}
+
+fn pepper(id: &str, seed: u64) -> Pepper {
+    Pepper::generate(id, &SeededRandom::new(seed)).unwrap()
+}
+
+fn fixture_with(peppers: Vec<Pepper>, config: VerifierConfig) -> Fixture {
+    let store = Arc::new(MemoryStore::new());
+    let clock = Arc::new(ManualClock::new(
+        Utc.with_ymd_and_hms(2026, 5, 1, 9, 0, 0).unwrap(),
+    ));
+    let hasher = Arc::new(
+        KeyHasher::new(PepperRing::new(peppers).unwrap())
+            .with_argon2(SMALL_ARGON2)
+            .unwrap()
+            .with_random(Arc::new(SeededRandom::new(99))),
+    );
+    let issuer = KeyIssuer::new(store.clone(), hasher.clone())
+        .with_clock(clock.clone())
+        .with_random(Arc::new(SeededRandom::new(1)));
+    let verifier = Verifier::with_clock(
+        store.clone(),
+        hasher.clone(),
+        config,
+        clock.clone(),
+        &SeededRandom::new(2),
+    )
+    .unwrap();
+    Fixture {
+        store,
+        clock,
+        hasher,
+        issuer,
+        verifier,
+    }
+}
+
+fn fixture() -> Fixture {
+    fixture_with(vec![pepper("p1", 10)], VerifierConfig::default())
+}
+
+fn scopes(list: &str) -> Vec<Scope> {
+    Scope::parse_list(list).unwrap()
+}
+
+fn need_all(list: &[&str]) -> Requirement {
+    Requirement::new().scopes(ScopeRequirement::all(list.iter().copied()).unwrap())
+}
+
+async fn issue(f: &Fixture, new: NewKey) -> IssuedKey {
+    f.issuer.issue(new).await.unwrap()
+}
+
+async fn code(f: &Fixture, token: &str, req: &Requirement) -> VerdictCode {
+    f.verifier.verify(token, req).await.unwrap().code()
+}
+
+/// The same id with another secret and a correct checksum: well-formed, but the wrong key.
+fn wrong_secret(token: &str) -> String {
+    let body_len = token.len() - token::CHECKSUM_LEN;
+    let mut body = token[..body_len].to_owned();
+    let last = body.pop().unwrap();
+    body.push(if last == 'a' { 'b' } else { 'a' });
+    let sum = token::checksum(body.as_bytes());
+    body.push_str(std::str::from_utf8(&sum).unwrap());
+    body
+}
+
+#[tokio::test]
+async fn every_verdict_code() {
+    let f = fixture();
+    let key = issue(&f, NewKey::new("ci", "alice").scopes(scopes("read"))).await;
+    let token = key.token.expose_secret();
+    let none = Requirement::new();
+
+    let valid = f.verifier.verify(token, &none).await.unwrap();
+    assert_eq!(valid.code(), VerdictCode::Valid);
+    assert_eq!(valid.valid_key().unwrap().id, key.record.id);
+
+    // MALFORMED: a typo, a truncation, garbage characters, an empty string.
+    let mut typo = token.to_owned();
+    typo.replace_range(20..21, if &token[20..21] == "x" { "y" } else { "x" });
+    assert_eq!(code(&f, &typo, &none).await, VerdictCode::Malformed);
+    assert_eq!(
+        code(&f, &token[..token.len() - 1], &none).await,
+        VerdictCode::Malformed
+    );
+    assert_eq!(code(&f, "", &none).await, VerdictCode::Malformed);
+    assert_eq!(
+        code(&f, "km_live_ bad", &none).await,
+        VerdictCode::Malformed
+    );
+    assert_eq!(code(&f, "km_live_abc", &none).await, VerdictCode::Malformed);
+
+    // NOT_FOUND: the wrong secret for a real id, and an id nobody has.
+    assert_eq!(
+        code(&f, &wrong_secret(token), &none).await,
+        VerdictCode::NotFound
+    );
+    let (_, stranger) = token::generate("km", KeyEnv::Live, &SeededRandom::new(1234)).unwrap();
+    assert_eq!(
+        code(&f, stranger.expose_secret(), &none).await,
+        VerdictCode::NotFound
+    );
+    assert!(
+        f.verifier
+            .verify(stranger.expose_secret(), &none)
+            .await
+            .unwrap()
+            .key()
+            .is_none()
+    );
+    assert_eq!(
+        code(&f, "sk-something-else-entirely", &none).await,
+        VerdictCode::NotFound
+    );
+
+    // INSUFFICIENT_SCOPE
+    assert_eq!(
+        code(&f, token, &need_all(&["write"])).await,
+        VerdictCode::InsufficientScope
+    );
+
+    // IP_NOT_ALLOWED
+    let fenced = issue(
+        &f,
+        NewKey::new("fenced", "alice").allowed_ips(parse_networks(["192.0.2.0/24"]).unwrap()),
+    )
+    .await;
+    let outside = Requirement::new().client_ip("198.51.100.1".parse().unwrap());
+    assert_eq!(
+        code(&f, fenced.token.expose_secret(), &outside).await,
+        VerdictCode::IpNotAllowed
+    );
+
+    // EXPIRED, with the injected clock.
+    let expiring = issue(
+        &f,
+        NewKey::new("short", "alice").expires_at(f.clock.now_plus(Duration::hours(1))),
+    )
+    .await;
+    assert_eq!(
+        code(&f, expiring.token.expose_secret(), &none).await,
+        VerdictCode::Valid
+    );
+    f.clock.advance(Duration::hours(1));
+    assert_eq!(
+        code(&f, expiring.token.expose_secret(), &none).await,
+        VerdictCode::Expired
+    );
+
+    // DISABLED, then enabled again.
+    f.verifier.disable(&key.record.id).await.unwrap();
+    assert_eq!(code(&f, token, &none).await, VerdictCode::Disabled);
+    f.verifier.enable(&key.record.id).await.unwrap();
+    assert_eq!(code(&f, token, &none).await, VerdictCode::Valid);
+
+    // REVOKED wins over everything after it (disabled, expired, scope).
+    f.verifier.disable(&key.record.id).await.unwrap();
+    f.verifier.revoke(&key.record.id).await.unwrap();
+    let revoked = f
+        .verifier
+        .verify(token, &need_all(&["admin"]))
+        .await
+        .unwrap();
+    assert_eq!(revoked.code(), VerdictCode::Revoked);
+    assert_eq!(revoked.key().unwrap().id, key.record.id);
+    assert!(revoked.valid_key().is_none());
+}
+
+#[tokio::test]
+async fn wrong_environment_is_checked_before_the_store() {
+    let config = VerifierConfig {
+        environments: vec![KeyEnv::Live],
+        ..VerifierConfig::default()
+    };
+    let f = fixture_with(vec![pepper("p1", 10)], config);
+    let test_key = issue(&f, NewKey::new("t", "alice").env(KeyEnv::Test)).await;
+    let live_key = issue(&f, NewKey::new("l", "alice")).await;
+    let none = Requirement::new();
+    assert_eq!(
+        code(&f, test_key.token.expose_secret(), &none).await,
+        VerdictCode::WrongEnvironment
+    );
+    assert_eq!(
+        code(&f, live_key.token.expose_secret(), &none).await,
+        VerdictCode::Valid
+    );
+    // A test-tagged token that does not even exist is still WRONG_ENVIRONMENT: no lookup is made.
+    let (_, ghost) = token::generate("km", KeyEnv::Test, &SeededRandom::new(5)).unwrap();
+    assert_eq!(
+        code(&f, ghost.expose_secret(), &none).await,
+        VerdictCode::WrongEnvironment
+    );
+}
+
+#[tokio::test]
+async fn verdict_codes_have_stable_strings_and_statuses() {
+    let table = [
+        (VerdictCode::Valid, "VALID", 200),
+        (VerdictCode::Malformed, "MALFORMED", 401),
+        (VerdictCode::WrongEnvironment, "WRONG_ENVIRONMENT", 401),
+        (VerdictCode::NotFound, "NOT_FOUND", 401),
+        (VerdictCode::Revoked, "REVOKED", 401),
+        (VerdictCode::Disabled, "DISABLED", 403),
+        (VerdictCode::Expired, "EXPIRED", 401),
+        (VerdictCode::IpNotAllowed, "IP_NOT_ALLOWED", 403),
+        (VerdictCode::InsufficientScope, "INSUFFICIENT_SCOPE", 403),
+        (VerdictCode::RateLimited, "RATE_LIMITED", 429),
+        (VerdictCode::BudgetExceeded, "BUDGET_EXCEEDED", 402),
+    ];
+    for (code, text, status) in table {
+        assert_eq!(code.as_str(), text);
+        assert_eq!(code.http_status(), status);
+        assert_eq!(serde_json::to_string(&code).unwrap(), format!("\"{text}\""));
+    }
+}
+
+#[tokio::test]
+async fn headers_carry_keys() {
+    let f = fixture();
+    let key = issue(&f, NewKey::new("h", "alice")).await;
+    let token = key.token.expose_secret();
+    let none = Requirement::new();
+    for (name, value) in [
+        ("Authorization", format!("Bearer {token}")),
+        ("authorization", format!("bearer   {token}")),
+        ("x-api-key", token.to_owned()),
+        ("X-API-Key", format!(" {token} ")),
+    ] {
+        let verdict = f.verifier.verify_header(name, &value, &none).await.unwrap();
+        assert_eq!(verdict.code(), VerdictCode::Valid, "{name}");
+    }
+    for (name, value) in [
+        ("Authorization", format!("Basic {token}")),
+        ("Authorization", token.to_owned()),
+        ("Authorization", "Bearer ".to_owned()),
+        ("Authorization", format!("Bearer {token} extra")),
+        ("Cookie", token.to_owned()),
+    ] {
+        let verdict = f.verifier.verify_header(name, &value, &none).await.unwrap();
+        assert_eq!(verdict.code(), VerdictCode::Malformed, "{name}: {value:?}");
+    }
+}
+
+#[tokio::test]
+async fn scopes_and_wildcards() {
+    let f = fixture();
+    let star = issue(&f, NewKey::new("root", "alice").scopes(scopes("*"))).await;
+    let files = issue(
+        &f,
+        NewKey::new("files", "alice").scopes(scopes("read,files:*")),
+    )
+    .await;
+    let (star, files) = (star.token.expose_secret(), files.token.expose_secret());
+
+    assert_eq!(
+        code(&f, star, &need_all(&["admin", "billing", "x:y"])).await,
+        VerdictCode::Valid
+    );
+    assert_eq!(
+        code(&f, files, &need_all(&["read", "files:delete"])).await,
+        VerdictCode::Valid
+    );
+    assert_eq!(
+        code(&f, files, &need_all(&["files:*"])).await,
+        VerdictCode::Valid
+    );
+    assert_eq!(
+        code(&f, files, &need_all(&["read", "write"])).await,
+        VerdictCode::InsufficientScope
+    );
+    // `files:*` is not `filesystem:read`, and `admin` does not imply `read`.
+    assert_eq!(
+        code(&f, files, &need_all(&["filesystem:read"])).await,
+        VerdictCode::InsufficientScope
+    );
+    let any = Requirement::new().scopes(ScopeRequirement::any(["write", "files:upload"]).unwrap());
+    assert_eq!(code(&f, files, &any).await, VerdictCode::Valid);
+    let any = Requirement::new().scopes(ScopeRequirement::any(["write", "billing"]).unwrap());
+    assert_eq!(code(&f, files, &any).await, VerdictCode::InsufficientScope);
+
+    for bad in ["", "Read", "files:", ":x", "files:a:b", "a b", "files:*x"] {
+        assert!(Scope::new(bad).is_err(), "{bad:?} should be rejected");
+    }
+}
+
+#[tokio::test]
+async fn ip_networks_v4_v6_and_mapped() {
+    let f = fixture();
+    let nets = parse_networks(["10.1.0.0/16", "2001:db8::/32", "203.0.113.7"]).unwrap();
+    let key = issue(&f, NewKey::new("ips", "alice").allowed_ips(nets)).await;
+    let token = key.token.expose_secret();
+    let at = |ip: &str| Requirement::new().client_ip(ip.parse::<IpAddr>().unwrap());
+    for ok in ["10.1.2.3", "2001:db8::1", "203.0.113.7", "::ffff:10.1.9.9"] {
+        assert_eq!(code(&f, token, &at(ok)).await, VerdictCode::Valid, "{ok}");
+    }
+    for no in ["10.2.0.1", "2001:db9::1", "203.0.113.8", "::1"] {
+        assert_eq!(
+            code(&f, token, &at(no)).await,
+            VerdictCode::IpNotAllowed,
+            "{no}"
+        );
+    }
+    // With IP rules, an unknown client address is refused.
+    assert_eq!(
+        code(&f, token, &Requirement::new()).await,
+        VerdictCode::IpNotAllowed
+    );
+    assert!(parse_networks(["10.0.0.0/33"]).is_err());
+    assert!(parse_networks(["not-an-ip"]).is_err());
+}
+
+fn foreign() -> serde_json::Value {
+    serde_json::from_str(include_str!("fixtures/foreign_hashes.json")).unwrap()
+}
+
+#[tokio::test]
+async fn imported_sha256_is_found_by_digest() {
+    let f = fixture();
+    let fx = foreign();
+    let (key, hash) = (
+        fx["sha256"]["key"].as_str().unwrap(),
+        fx["sha256"]["hash"].as_str().unwrap(),
+    );
+    let record = f
+        .issuer
+        .import(
+            NewKey::new("legacy", "bob").scopes(scopes("read")),
+            hash,
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(record.hash.scheme(), HashScheme::Sha256);
+    let verdict = f.verifier.verify(key, &need_all(&["read"])).await.unwrap();
+    assert_eq!(verdict.code(), VerdictCode::Valid);
+    assert_eq!(verdict.key().unwrap().id, record.id);
+    assert_eq!(
+        code(
+            &f,
+            "sk-legacy-sha256-aaaabbbbccccddddEEG",
+            &Requirement::new()
+        )
+        .await,
+        VerdictCode::NotFound
+    );
+    // The same digest twice is refused.
+    assert!(
+        f.issuer
+            .import(NewKey::new("again", "bob"), hash, None)
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn imported_argon2id_from_argon2_cffi_verifies_and_upgrades() {
+    let f = fixture();
+    let fx = foreign();
+    let (key, hash) = (
+        fx["argon2id"]["key"].as_str().unwrap(),
+        fx["argon2id"]["hash"].as_str().unwrap(),
+    );
+    // A slow hash needs a hint of the configured length.
+    assert!(
+        f.issuer
+            .import(NewKey::new("a", "bob"), hash, None)
+            .await
+            .is_err()
+    );
+    assert!(
+        f.issuer
+            .import(NewKey::new("a", "bob"), hash, Some("sk-leg"))
+            .await
+            .is_err()
+    );
+    let record = f
+        .issuer
+        .import(NewKey::new("a", "bob"), hash, Some(&key[..8]))
+        .await
+        .unwrap();
+    assert_eq!(record.hint, "sk-legac…");
+
+    let verdict = f.verifier.verify(key, &Requirement::new()).await.unwrap();
+    assert_eq!(verdict.code(), VerdictCode::Valid);
+    // Made with m=8192,t=3,p=2; ours is m=1024,t=1,p=1: the verify re-hashed it under ours.
+    let stored = f.store.get(&record.id).await.unwrap().unwrap();
+    assert_eq!(stored.hash.scheme(), HashScheme::Argon2id);
+    assert!(
+        stored.hash.as_str().contains("m=1024,t=1,p=1"),
+        "{:?}",
+        stored.hash.as_str()
+    );
+    assert_eq!(code(&f, key, &Requirement::new()).await, VerdictCode::Valid);
+    // A wrong key with the same hint is NOT_FOUND.
+    assert_eq!(
+        code(
+            &f,
+            "sk-legacy-argon2-0123456789abcdefXYW",
+            &Requirement::new()
+        )
+        .await,
+        VerdictCode::NotFound
+    );
+}
+
+#[cfg(feature = "bcrypt")]
+#[tokio::test]
+async fn imported_bcrypt_from_python_verifies_and_moves_to_argon2id() {
+    let f = fixture();
+    let fx = foreign();
+    let (key, hash) = (
+        fx["bcrypt"]["key"].as_str().unwrap(),
+        fx["bcrypt"]["hash"].as_str().unwrap(),
+    );
+    let record = f
+        .issuer
+        .import(NewKey::new("b", "bob"), hash, Some(&key[..8]))
+        .await
+        .unwrap();
+    assert_eq!(record.hash.scheme(), HashScheme::Bcrypt);
+    assert_eq!(
+        code(
+            &f,
+            "sk-legacy-bcrypt-9876543210fedcbaQRT",
+            &Requirement::new()
+        )
+        .await,
+        VerdictCode::NotFound
+    );
+    assert_eq!(code(&f, key, &Requirement::new()).await, VerdictCode::Valid);
+    let stored = f.store.get(&record.id).await.unwrap().unwrap();
+    assert_eq!(stored.hash.scheme(), HashScheme::Argon2id);
+    assert_eq!(code(&f, key, &Requirement::new()).await, VerdictCode::Valid);
+}
+
+#[cfg(not(feature = "bcrypt"))]
+#[tokio::test]
+async fn bcrypt_import_needs_the_feature() {
+    let f = fixture();
+    let hash = foreign()["bcrypt"]["hash"].as_str().unwrap().to_owned();
+    let err = f
+        .issuer
+        .import(NewKey::new("b", "bob"), &hash, Some("sk-legac"))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("bcrypt"), "{err}");
+}
+
+#[tokio::test]
+async fn keys_sharing_a_hint_are_told_apart() {
+    let f = fixture();
+    let fx = foreign();
+    // The argon2id and bcrypt fixtures both start with "sk-legac".
+    let a = fx["argon2id"]["key"].as_str().unwrap();
+    f.issuer
+        .import(
+            NewKey::new("a", "bob"),
+            fx["argon2id"]["hash"].as_str().unwrap(),
+            Some(&a[..8]),
+        )
+        .await
+        .unwrap();
+    let other = f
+        .hasher
+        .hash_argon2(b"sk-legacy-other-key-000000000000")
+        .unwrap();
+    let rec = f
+        .issuer
+        .import(NewKey::new("o", "carol"), other.as_str(), Some("sk-legac"))
+        .await
+        .unwrap();
+    let verdict = f
+        .verifier
+        .verify("sk-legacy-other-key-000000000000", &Requirement::new())
+        .await
+        .unwrap();
+    assert_eq!(verdict.key().unwrap().id, rec.id);
+    assert_eq!(verdict.key().unwrap().owner, "carol");
+    assert_eq!(
+        f.verifier
+            .verify(a, &Requirement::new())
+            .await
+            .unwrap()
+            .key()
+            .unwrap()
+            .owner,
+        "bob"
+    );
+}
+
+#[tokio::test]
+async fn pepper_rotation_rehashes_under_the_active_pepper() {
+    let old = fixture_with(vec![pepper("p1", 10)], VerifierConfig::default());
+    let key = issue(&old, NewKey::new("k", "alice")).await;
+    let token = key.token.expose_secret().to_owned();
+    assert_eq!(key.record.hash.pepper_id(), Some("p1"));
+
+    // Same store, a new ring whose active pepper is p2 and which still knows p1.
+    let ring = PepperRing::new(vec![pepper("p2", 20), pepper("p1", 10)]).unwrap();
+    let hasher = Arc::new(KeyHasher::new(ring));
+    let verifier = Verifier::new(old.store.clone(), hasher, VerifierConfig::default()).unwrap();
+    assert_eq!(
+        verifier
+            .verify(&token, &Requirement::new())
+            .await
+            .unwrap()
+            .code(),
+        VerdictCode::Valid
+    );
+    let stored = old.store.get(&key.record.id).await.unwrap().unwrap();
+    assert_eq!(stored.hash.pepper_id(), Some("p2"));
+
+    // p1 can now be retired.
+    let only_p2 = Arc::new(KeyHasher::new(
+        PepperRing::new(vec![pepper("p2", 20)]).unwrap(),
+    ));
+    let verifier = Verifier::new(old.store.clone(), only_p2, VerifierConfig::default()).unwrap();
+    assert_eq!(
+        verifier
+            .verify(&token, &Requirement::new())
+            .await
+            .unwrap()
+            .code(),
+        VerdictCode::Valid
+    );
+}
+
+#[tokio::test]
+async fn unknown_pepper_is_an_error_not_a_verdict() {
+    let f = fixture();
+    let key = issue(&f, NewKey::new("k", "alice")).await;
+    let stranger = Arc::new(KeyHasher::new(
+        PepperRing::new(vec![pepper("p9", 90)]).unwrap(),
+    ));
+    let verifier = Verifier::new(f.store.clone(), stranger, VerifierConfig::default()).unwrap();
+    let err = verifier
+        .verify(key.token.expose_secret(), &Requirement::new())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("p1"), "{err}");
+}
+
+#[tokio::test]
+async fn slow_hash_cache_is_used_and_cleared_by_revoke() {
+    let f = fixture();
+    let secret = "admin-chosen-password-1";
+    let hash = f.hasher.hash_argon2(secret.as_bytes()).unwrap();
+    let rec = f
+        .issuer
+        .import(
+            NewKey::new("pw", "alice"),
+            hash.as_str(),
+            Some(&secret[..8]),
+        )
+        .await
+        .unwrap();
+    assert!(f.verifier.cache().is_empty());
+    assert_eq!(
+        code(&f, secret, &Requirement::new()).await,
+        VerdictCode::Valid
+    );
+    assert_eq!(f.verifier.cache().len(), 1);
+    assert_eq!(
+        code(&f, secret, &Requirement::new()).await,
+        VerdictCode::Valid
+    );
+    f.verifier.revoke(&rec.id).await.unwrap();
+    assert!(f.verifier.cache().is_empty());
+    assert_eq!(
+        code(&f, secret, &Requirement::new()).await,
+        VerdictCode::Revoked
+    );
+}
+
+#[tokio::test]
+async fn cache_entries_expire_after_their_ttl() {
+    let config = VerifierConfig {
+        cache_ttl: Duration::minutes(1),
+        ..VerifierConfig::default()
+    };
+    let f = fixture_with(vec![pepper("p1", 10)], config);
+    let secret = "admin-chosen-password-2";
+    let hash = f.hasher.hash_argon2(secret.as_bytes()).unwrap();
+    let rec = f
+        .issuer
+        .import(
+            NewKey::new("pw", "alice"),
+            hash.as_str(),
+            Some(&secret[..8]),
+        )
+        .await
+        .unwrap();
+    let now = f.clock.now_plus(Duration::zero());
+    assert_eq!(
+        code(&f, secret, &Requirement::new()).await,
+        VerdictCode::Valid
+    );
+    assert!(
+        f.verifier
+            .cache()
+            .contains(secret.as_bytes(), &rec.id, hash.as_str(), now)
+    );
+    assert!(!f.verifier.cache().contains(
+        secret.as_bytes(),
+        &rec.id,
+        hash.as_str(),
+        now + Duration::minutes(1)
+    ));
+    assert!(
+        !f.verifier
+            .cache()
+            .contains(b"other", &rec.id, hash.as_str(), now)
+    );
+}
+
+#[tokio::test]
+async fn last_used_is_written_at_most_once_a_minute() {
+    let f = fixture();
+    let key = issue(&f, NewKey::new("k", "alice")).await;
+    let token = key.token.expose_secret();
+    let t0 = f.clock.now_plus(Duration::zero());
+    let last = || async {
+        f.store
+            .get(&key.record.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .last_used_at
+    };
+    assert_eq!(last().await, None);
+    code(&f, token, &Requirement::new()).await;
+    assert_eq!(last().await, Some(t0));
+    f.clock.advance(Duration::seconds(30));
+    code(&f, token, &Requirement::new()).await;
+    assert_eq!(last().await, Some(t0), "coalesced");
+    f.clock.advance(Duration::seconds(31));
+    code(&f, token, &Requirement::new()).await;
+    assert_eq!(last().await, Some(t0 + Duration::seconds(61)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_issues_never_share_an_id() {
+    let f = Arc::new(fixture());
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..200 {
+        let f = f.clone();
+        tasks.spawn(async move {
+            f.issuer
+                .issue(NewKey::new(format!("k{i}"), "alice"))
+                .await
+                .unwrap()
+        });
+    }
+    let mut ids = std::collections::HashSet::new();
+    while let Some(issued) = tasks.join_next().await {
+        assert!(ids.insert(issued.unwrap().record.id));
+    }
+    assert_eq!(ids.len(), 200);
+    assert_eq!(
+        f.store.list(&KeyFilter::default()).await.unwrap().len(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn an_id_collision_is_retried() {
+    // Two issuers drawing the same random stream produce the same first id; the second retries.
+    let f = fixture();
+    let twin = KeyIssuer::new(f.store.clone(), f.hasher.clone())
+        .with_random(Arc::new(SeededRandom::new(1)));
+    let a = issue(&f, NewKey::new("a", "alice")).await;
+    let b = twin.issue(NewKey::new("b", "alice")).await.unwrap();
+    assert_ne!(a.record.id, b.record.id);
+}
+
+#[tokio::test]
+async fn no_secret_in_debug_display_errors_or_serde() {
+    let f = fixture();
+    let key = issue(&f, NewKey::new("k", "alice").scopes(scopes("read"))).await;
+    let token = key.token.expose_secret().to_owned();
+    let secret_part = &token[token.len() - 38..token.len() - 6];
+    let pepper = pepper("p7", 70);
+    let pepper_b64 = pepper.to_base64().expose_secret().to_owned();
+    let hmac_digest = key
+        .record
+        .hash
+        .as_str()
+        .rsplit('$')
+        .next()
+        .unwrap()
+        .to_owned();
+    let verdict = f
+        .verifier
+        .verify(&token, &Requirement::new())
+        .await
+        .unwrap();
+    let typo_err = token::parse(&token[..token.len() - 1]).unwrap_err();
+    let header_err =
+        keymeter::keys::credential_from_header("Authorization", &format!("Basic {token}"))
+            .unwrap_err();
+    let config_err = Pepper::from_base64("x", "not base64 but secret-ish").unwrap_err();
+
+    let outputs = [
+        format!("{key:?}"),
+        format!("{:?}", key.token),
+        format!("{:?}", key.record),
+        serde_json::to_string(&key.record).unwrap(),
+        format!("{verdict:?}"),
+        format!("{pepper:?}"),
+        format!("{:?}", f.hasher),
+        format!("{:?}", f.verifier),
+        format!("{:?}", PepperRing::new(vec![pepper]).unwrap()),
+        format!("{typo_err} {typo_err:?}"),
+        format!("{header_err} {header_err:?}"),
+        format!("{config_err} {config_err:?}"),
+    ];
+    for out in &outputs {
+        assert!(!out.contains(secret_part), "secret leaked: {out}");
+        assert!(!out.contains(&pepper_b64), "pepper leaked: {out}");
+        assert!(!out.contains(&hmac_digest), "hash leaked: {out}");
+        assert!(!out.contains("secret-ish"), "input echoed: {out}");
+    }
+    let json = serde_json::to_value(&key.record).unwrap();
+    assert_eq!(json["hash_scheme"], "hmac-sha256");
+    assert!(json.get("hash").is_none());
+}
+
+trait NowPlus {
+    fn now_plus(&self, d: Duration) -> chrono::DateTime<Utc>;
+}
+
+impl NowPlus for ManualClock {
+    fn now_plus(&self, d: Duration) -> chrono::DateTime<Utc> {
+        keymeter::clock::Clock::now(self) + d
+    }
+}
