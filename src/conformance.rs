@@ -313,8 +313,7 @@ pub mod keys {
         let record = sample("IIIIIIIIIII1");
         store.create(&record).await.expect("create");
         let new = hasher().hash_hmac(b"new");
-        let stale =
-            KeyHash::parse(&hasher().hash_hmac(b"stale").as_str().to_owned()).expect("parse");
+        let stale = KeyHash::parse(hasher().hash_hmac(b"stale").as_str()).expect("parse");
         assert!(
             !store
                 .replace_hash("IIIIIIIIIII1", &stale, &new)

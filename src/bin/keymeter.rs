@@ -1,1 +1,563 @@
-fn main() {}
+//! `keymeter`: the admin CLI (feature `cli`). See DESIGN §9 and the README for the contract.
+//!
+//! Exit codes: 0 success, 1 a negative answer (invalid key, unknown id), 2 a usage or configuration error.
+//! Secrets (the pepper, tokens) come from the environment or stdin, never from argv.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use chrono::{Duration, Utc};
+use clap::{Args, Parser, Subcommand};
+use keymeter::Error;
+use keymeter::env::{Detected, ProcessEnv, detect};
+use keymeter::keys::record::parse_networks;
+use keymeter::keys::token::{self, KeyEnv};
+use keymeter::keys::{
+    KeyFilter, KeyHasher, KeyIssuer, KeyRecord, KeyStore, NewKey, Pepper, PepperRing, RateLimit,
+    Requirement, Scope, ScopeRequirement, Verifier, VerifierConfig,
+};
+use keymeter::random::OsRandom;
+use keymeter::store::SqliteStore;
+use secrecy::ExposeSecret;
+use serde_json::{Value, json};
+use zeroize::Zeroizing;
+
+#[derive(Parser)]
+#[command(
+    name = "keymeter",
+    version,
+    about = "Admin CLI for keymeter: API keys, credentials, prices, budgets"
+)]
+struct Cli {
+    /// Store URL.
+    #[arg(
+        long,
+        env = "KEYMETER_STORE",
+        default_value = "sqlite://keymeter.db",
+        global = true
+    )]
+    store: String,
+    /// Print one JSON object on stdout.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+// Parsed once per process: the size difference between variants does not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Subcommand)]
+enum Command {
+    /// Create the store; in development, write missing secrets to `keymeter.secrets` beside the database.
+    Init,
+    /// Print the detected environment and the rule that decided it.
+    Env,
+    /// Inbound API keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[allow(clippy::large_enum_variant)]
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Issue a new key; the plaintext is printed this once.
+    Create(CreateArgs),
+    /// List keys.
+    List {
+        #[arg(long)]
+        owner: Option<String>,
+        #[arg(long)]
+        org: Option<String>,
+    },
+    /// Show one key.
+    Show { id: String },
+    /// Verify a token read from stdin.
+    Verify {
+        /// Required scope (repeatable); all are required unless --any-scope.
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// Any one of the --scope values suffices.
+        #[arg(long)]
+        any_scope: bool,
+        /// The client address, checked against the key's networks.
+        #[arg(long)]
+        ip: Option<String>,
+        /// Accept only this environment tag.
+        #[arg(long)]
+        env: Option<String>,
+    },
+    /// Revoke a key (final).
+    Revoke { id: String },
+    /// Revoke every key of an organisation.
+    RevokeAll {
+        #[arg(long)]
+        org: String,
+    },
+    /// Disable a key until enabled.
+    Disable { id: String },
+    /// Enable a disabled key.
+    Enable { id: String },
+    /// Import a key made elsewhere from its hash.
+    Import(ImportArgs),
+}
+
+#[derive(Args)]
+struct CreateArgs {
+    #[arg(long)]
+    name: String,
+    #[arg(long)]
+    owner: String,
+    #[arg(long)]
+    org: Option<String>,
+    /// Comma-separated scopes.
+    #[arg(long, default_value = "")]
+    scopes: String,
+    /// live or test.
+    #[arg(long, default_value = "live")]
+    env: String,
+    /// Lifetime such as 30d, 12h, 90m, 2w.
+    #[arg(long)]
+    expires_in: Option<String>,
+    /// Allowed client network (repeatable).
+    #[arg(long = "allow-ip")]
+    allow_ip: Vec<String>,
+    /// Such as 100/min.
+    #[arg(long)]
+    rate_limit: Option<String>,
+    #[arg(long, default_value = token::DEFAULT_PREFIX)]
+    prefix: String,
+}
+
+#[derive(Args)]
+struct ImportArgs {
+    #[arg(long)]
+    name: String,
+    #[arg(long)]
+    owner: String,
+    #[arg(long)]
+    org: Option<String>,
+    /// The hash string ($sha256$…, $argon2id$…, $2b$…, $hmac-sha256$…).
+    #[arg(long)]
+    hash: String,
+    /// The key's first 8 characters (needed for every scheme but sha256).
+    #[arg(long)]
+    hint: Option<String>,
+    #[arg(long, default_value = "")]
+    scopes: String,
+    #[arg(long, default_value = "live")]
+    env: String,
+}
+
+/// How a command ended, beyond success.
+enum Failure {
+    /// A negative answer: exit 1 with this JSON.
+    Negative(Value, String),
+    /// A usage or configuration error: exit 2.
+    Usage(String),
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::NotFound { what, ref id } => Failure::Negative(
+                json!({"code": "NOT_FOUND", "what": what, "id": id}),
+                e.to_string(),
+            ),
+            other => Failure::Usage(other.to_string()),
+        }
+    }
+}
+
+type Outcome = Result<(Value, String), Failure>;
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let json_mode = cli.json;
+    let print = |value: &Value, human: &str| {
+        if json_mode {
+            println!("{value}");
+        } else if !human.is_empty() {
+            println!("{human}");
+        }
+    };
+    match run(cli).await {
+        Ok((value, human)) => {
+            print(&value, &human);
+            ExitCode::SUCCESS
+        }
+        Err(Failure::Negative(value, human)) => {
+            print(&value, &human);
+            ExitCode::from(1)
+        }
+        Err(Failure::Usage(message)) => {
+            if json_mode {
+                println!("{}", json!({"code": "ERROR", "error": message}));
+            }
+            eprintln!("keymeter: {message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn environment() -> Result<Detected, Failure> {
+    let detected = detect(&ProcessEnv)?;
+    if detected.defaulted {
+        eprintln!("keymeter: warning: {}", detected.reason);
+    }
+    Ok(detected)
+}
+
+async fn run(cli: Cli) -> Outcome {
+    match cli.command {
+        Command::Env => {
+            let d = detect(&ProcessEnv)?;
+            Ok((
+                json!({"environment": d.environment, "reason": d.reason}),
+                format!("{} ({})", d.environment, d.reason),
+            ))
+        }
+        Command::Init => init(&cli.store).await,
+        Command::Keys(cmd) => keys(&cli.store, cmd).await,
+    }
+}
+
+/// The file beside a SQLite database where development secrets live.
+fn secrets_path(store_url: &str) -> Option<PathBuf> {
+    let path = store_url
+        .strip_prefix("sqlite://")
+        .or_else(|| store_url.strip_prefix("sqlite:"))?;
+    let path = path.split('?').next().unwrap_or(path);
+    if path.is_empty() || path.contains(":memory:") {
+        return None;
+    }
+    let dir = Path::new(path).parent().unwrap_or(Path::new(""));
+    Some(dir.join("keymeter.secrets"))
+}
+
+fn read_secrets_file(path: &Path) -> Result<Vec<(String, Zeroizing<String>)>, Failure> {
+    let text = Zeroizing::new(
+        std::fs::read_to_string(path)
+            .map_err(|e| Failure::Usage(format!("cannot read {}: {e}", path.display())))?,
+    );
+    Ok(text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.trim().to_owned(), Zeroizing::new(v.trim().to_owned())))
+        .collect())
+}
+
+/// Writes the secrets file atomically with mode 0600 (created that way, never widened afterwards).
+fn write_secrets_file(path: &Path, entries: &[(String, Zeroizing<String>)]) -> Result<(), Failure> {
+    use std::io::Write;
+    let mut text = Zeroizing::new(String::from(
+        "# keymeter development secrets: never commit this file, never use it in production.\n",
+    ));
+    for (k, v) in entries {
+        text.push_str(k);
+        text.push('=');
+        text.push_str(v);
+        text.push('\n');
+    }
+    let tmp = path.with_extension("secrets.tmp");
+    let fail = |e: std::io::Error| Failure::Usage(format!("cannot write {}: {e}", path.display()));
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(&tmp).map_err(fail)?;
+    file.write_all(text.as_bytes()).map_err(fail)?;
+    file.sync_all().map_err(fail)?;
+    std::fs::rename(&tmp, path).map_err(fail)?;
+    Ok(())
+}
+
+/// The pepper ring: `KEYMETER_PEPPER`, else (development only) the secrets file.
+fn load_peppers(store_url: &str, env: &Detected) -> Result<PepperRing, Failure> {
+    if let Ok(value) = std::env::var("KEYMETER_PEPPER") {
+        return Ok(PepperRing::from_env_value(&value)?);
+    }
+    if !env.environment.is_development() {
+        return Err(Failure::Usage(format!(
+            "KEYMETER_PEPPER is not set; it is required in {} (base64 of 32 bytes)",
+            env.environment
+        )));
+    }
+    let path = secrets_path(store_url)
+        .filter(|p| p.exists())
+        .ok_or_else(|| {
+            Failure::Usage(
+                "KEYMETER_PEPPER is not set: run `keymeter init` (development) or set it".into(),
+            )
+        })?;
+    let entries = read_secrets_file(&path)?;
+    let value = entries
+        .iter()
+        .find(|(k, _)| k == "KEYMETER_PEPPER")
+        .ok_or_else(|| Failure::Usage(format!("{} has no KEYMETER_PEPPER", path.display())))?;
+    Ok(PepperRing::from_env_value(&value.1)?)
+}
+
+async fn open(store_url: &str) -> Result<Arc<SqliteStore>, Failure> {
+    if !store_url.starts_with("sqlite:") {
+        return Err(Failure::Usage(format!(
+            "unsupported store {store_url:?}: use sqlite://PATH"
+        )));
+    }
+    Ok(Arc::new(SqliteStore::connect(store_url).await?))
+}
+
+async fn init(store_url: &str) -> Outcome {
+    let env = environment()?;
+    open(store_url).await?;
+    let mut created = Vec::new();
+    let path = secrets_path(store_url);
+    if std::env::var("KEYMETER_PEPPER").is_err() {
+        if !env.environment.is_development() {
+            return Err(Failure::Usage(format!(
+                "KEYMETER_PEPPER is not set; in {} secrets are never generated",
+                env.environment
+            )));
+        }
+        let path = path.as_ref().ok_or_else(|| {
+            Failure::Usage("an in-memory store has no place for a secrets file".into())
+        })?;
+        let mut entries = if path.exists() {
+            read_secrets_file(path)?
+        } else {
+            Vec::new()
+        };
+        if !entries.iter().any(|(k, _)| k == "KEYMETER_PEPPER") {
+            let id = format!("p{}", Utc::now().format("%Y%m%d"));
+            let ring = PepperRing::new(vec![Pepper::generate(&id, &OsRandom)?])?;
+            entries.push((
+                "KEYMETER_PEPPER".into(),
+                Zeroizing::new(ring.to_env_value().expose_secret().to_owned()),
+            ));
+            write_secrets_file(path, &entries)?;
+            created.push("KEYMETER_PEPPER");
+        }
+    }
+    let secrets_file = path.filter(|p| p.exists()).map(|p| p.display().to_string());
+    let human = format!(
+        "store ready: {store_url}\nenvironment: {} ({})\n{}",
+        env.environment,
+        env.reason,
+        match (&secrets_file, created.is_empty()) {
+            (Some(p), false) => format!("wrote {} to {p} (mode 0600)", created.join(", ")),
+            (Some(p), true) => format!("secrets file: {p}"),
+            (None, _) => "secrets: from the environment".to_owned(),
+        }
+    );
+    Ok((
+        json!({
+            "store": store_url,
+            "environment": env.environment,
+            "secrets_file": secrets_file,
+            "created_secrets": created,
+        }),
+        human,
+    ))
+}
+
+fn parse_lifetime(s: &str) -> Result<Duration, Failure> {
+    let bad = || {
+        Failure::Usage(format!(
+            "invalid --expires-in {s:?}: use a number and s, m, h, d or w (30d)"
+        ))
+    };
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+    let n: i64 = s[..split].parse().map_err(|_| bad())?;
+    let d = match &s[split..] {
+        "s" => Duration::try_seconds(n),
+        "m" => Duration::try_minutes(n),
+        "h" => Duration::try_hours(n),
+        "d" => Duration::try_days(n),
+        "w" => Duration::try_weeks(n),
+        _ => None,
+    };
+    d.filter(|d| *d > Duration::zero()).ok_or_else(bad)
+}
+
+fn read_stdin_secret() -> Result<Zeroizing<String>, Failure> {
+    let mut buf = Zeroizing::new(String::new());
+    std::io::stdin()
+        .read_to_string(&mut buf)
+        .map_err(|e| Failure::Usage(format!("cannot read stdin: {e}")))?;
+    Ok(Zeroizing::new(buf.trim().to_owned()))
+}
+
+fn record_human(r: &KeyRecord) -> String {
+    let scopes: Vec<&str> = r.scopes.iter().map(Scope::as_str).collect();
+    let state = if r.revoked_at.is_some() {
+        "revoked"
+    } else if r.disabled {
+        "disabled"
+    } else {
+        "active"
+    };
+    format!(
+        "{}  {}  {}  owner={}{}  env={}  scopes={}  {}",
+        r.id,
+        r.hint,
+        r.name,
+        r.owner,
+        r.org
+            .as_ref()
+            .map(|o| format!(" org={o}"))
+            .unwrap_or_default(),
+        r.env,
+        scopes.join(","),
+        state
+    )
+}
+
+async fn keys(store_url: &str, cmd: KeysCommand) -> Outcome {
+    let store = open(store_url).await?;
+    let dyn_store: Arc<dyn KeyStore> = store.clone();
+    let hasher = || -> Result<Arc<KeyHasher>, Failure> {
+        let env = environment()?;
+        Ok(Arc::new(KeyHasher::new(load_peppers(store_url, &env)?)))
+    };
+    match cmd {
+        KeysCommand::Create(a) => {
+            let mut new = NewKey::new(a.name, a.owner)
+                .env(a.env.parse::<KeyEnv>()?)
+                .scopes(Scope::parse_list(&a.scopes)?)
+                .allowed_ips(parse_networks(a.allow_ip.iter().map(String::as_str))?)
+                .prefix(a.prefix);
+            if let Some(org) = a.org {
+                new = new.org(org);
+            }
+            if let Some(life) = a.expires_in {
+                new = new.expires_at(Utc::now() + parse_lifetime(&life)?);
+            }
+            if let Some(limit) = a.rate_limit {
+                new = new.rate_limit(limit.parse::<RateLimit>()?);
+            }
+            let issued = KeyIssuer::new(dyn_store, hasher()?).issue(new).await?;
+            let r = &issued.record;
+            let key = issued.token.expose_secret();
+            Ok((
+                json!({
+                    "id": r.id, "key": key, "name": r.name, "owner": r.owner, "org": r.org, "env": r.env,
+                    "scopes": r.scopes, "expires_at": r.expires_at, "hint": r.hint,
+                }),
+                format!(
+                    "{key}\n\nid: {}  ({})\nStore this key now: it is not shown again.",
+                    r.id, r.hint
+                ),
+            ))
+        }
+        KeysCommand::List { owner, org } => {
+            let records = store.list(&KeyFilter { owner, org }).await?;
+            let human = records
+                .iter()
+                .map(record_human)
+                .collect::<Vec<_>>()
+                .join("\n");
+            Ok((json!({ "keys": records }), human))
+        }
+        KeysCommand::Show { id } => match store.get(&id).await? {
+            Some(r) => Ok((
+                serde_json::to_value(&*r).map_err(|e| Failure::Usage(e.to_string()))?,
+                record_human(&r),
+            )),
+            None => Err(Error::NotFound { what: "key", id }.into()),
+        },
+        KeysCommand::Verify {
+            scopes,
+            any_scope,
+            ip,
+            env,
+        } => {
+            let token = read_stdin_secret()?;
+            let scopes = scopes.iter().map(String::as_str);
+            let requirement = Requirement {
+                scopes: if any_scope {
+                    ScopeRequirement::any(scopes)?
+                } else {
+                    ScopeRequirement::all(scopes)?
+                },
+                client_ip: ip
+                    .map(|s| {
+                        s.parse()
+                            .map_err(|_| Failure::Usage(format!("invalid --ip {s:?}")))
+                    })
+                    .transpose()?,
+            };
+            let mut config = VerifierConfig::default();
+            if let Some(env) = env {
+                config.environments = vec![env.parse::<KeyEnv>()?];
+            }
+            // Accept keys minted with any prefix: a well-formed token names its own.
+            if let Ok(parsed) = token::parse(&token)
+                && !config.prefixes.iter().any(|p| p == parsed.prefix)
+            {
+                config.prefixes.push(parsed.prefix.to_owned());
+            }
+            let verifier = Verifier::new(dyn_store, hasher()?, config)?;
+            let verdict = verifier.verify(&token, &requirement).await?;
+            let key = verdict.key();
+            let value = json!({
+                "valid": verdict.is_valid(),
+                "code": verdict.code(),
+                "key_id": key.map(|k| k.id.clone()),
+                "owner": key.map(|k| k.owner.clone()),
+                "scopes": key.map(|k| k.scopes.clone()),
+            });
+            let human = match key {
+                Some(k) => format!("{}  key {} (owner {})", verdict.code(), k.id, k.owner),
+                None => verdict.code().to_string(),
+            };
+            if verdict.is_valid() {
+                Ok((value, human))
+            } else {
+                Err(Failure::Negative(value, human))
+            }
+        }
+        KeysCommand::Revoke { id } => {
+            store.revoke(&id, Utc::now()).await?;
+            Ok((json!({"id": id, "revoked": true}), format!("revoked {id}")))
+        }
+        KeysCommand::RevokeAll { org } => {
+            let ids = store.revoke_org(&org, Utc::now()).await?;
+            let human = format!("revoked {} key(s) of {org}", ids.len());
+            Ok((json!({"org": org, "revoked": ids.len(), "ids": ids}), human))
+        }
+        KeysCommand::Disable { id } => {
+            store.set_disabled(&id, true).await?;
+            Ok((
+                json!({"id": id, "disabled": true}),
+                format!("disabled {id}"),
+            ))
+        }
+        KeysCommand::Enable { id } => {
+            store.set_disabled(&id, false).await?;
+            Ok((
+                json!({"id": id, "disabled": false}),
+                format!("enabled {id}"),
+            ))
+        }
+        KeysCommand::Import(a) => {
+            let mut new = NewKey::new(a.name, a.owner)
+                .env(a.env.parse::<KeyEnv>()?)
+                .scopes(Scope::parse_list(&a.scopes)?);
+            if let Some(org) = a.org {
+                new = new.org(org);
+            }
+            let record = KeyIssuer::new(dyn_store, hasher()?)
+                .import(new, &a.hash, a.hint.as_deref())
+                .await?;
+            let human = format!("imported {}", record_human(&record));
+            Ok((
+                serde_json::to_value(&record).map_err(|e| Failure::Usage(e.to_string()))?,
+                human,
+            ))
+        }
+    }
+}

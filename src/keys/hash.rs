@@ -94,11 +94,24 @@ impl fmt::Display for HashScheme {
 }
 
 /// A validated hash string. Its `Debug` shows only the scheme: a hash of a low-entropy key is worth guarding.
-#[derive(Clone, PartialEq, Eq)]
+///
+/// An `hmac-sha256` hash keeps its decoded digest and pepper id from parsing, so the hot verify path decodes
+/// nothing.
+#[derive(Clone)]
 pub struct KeyHash {
     text: String,
     scheme: HashScheme,
+    /// For `hmac-sha256`: the pepper id's byte range in `text`, and the decoded digest.
+    hmac: Option<(std::ops::Range<usize>, [u8; 32])>,
 }
+
+impl PartialEq for KeyHash {
+    fn eq(&self, other: &Self) -> bool {
+        self.text == other.text
+    }
+}
+
+impl Eq for KeyHash {}
 
 impl fmt::Debug for KeyHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -112,8 +125,11 @@ impl KeyHash {
     /// # Errors
     /// [`HashError`] when the string is not a well-formed hash of a known scheme.
     pub fn parse(text: &str) -> Result<Self, HashError> {
+        let mut hmac = None;
         let scheme = if let Some(rest) = text.strip_prefix("$hmac-sha256$") {
-            parse_hmac(rest)?;
+            let (pepper, digest) = parse_hmac(rest)?;
+            let start = "$hmac-sha256$v=1,p=".len();
+            hmac = Some((start..start + pepper.len(), digest));
             HashScheme::HmacSha256
         } else if let Some(rest) = text.strip_prefix("$sha256$") {
             if rest.len() != 64 || !rest.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -122,6 +138,7 @@ impl KeyHash {
             return Ok(KeyHash {
                 text: text.to_ascii_lowercase(),
                 scheme: HashScheme::Sha256,
+                hmac: None,
             });
         } else if text.starts_with("$argon2id$") {
             let phc = PasswordHash::new(text)
@@ -140,6 +157,7 @@ impl KeyHash {
         Ok(KeyHash {
             text: text.to_owned(),
             scheme,
+            hmac,
         })
     }
 
@@ -160,8 +178,9 @@ impl KeyHash {
 
     /// For `hmac-sha256` hashes: the pepper id.
     pub fn pepper_id(&self) -> Option<&str> {
-        let rest = self.text.strip_prefix("$hmac-sha256$")?;
-        parse_hmac(rest).ok().map(|(id, _)| id)
+        self.hmac
+            .as_ref()
+            .map(|(range, _)| &self.text[range.clone()])
     }
 }
 
@@ -447,6 +466,7 @@ impl KeyHasher {
     pub fn hash_hmac(&self, token: &[u8]) -> KeyHash {
         let pepper = self.peppers.active();
         let digest = pepper.digest(token);
+        let start = "$hmac-sha256$v=1,p=".len();
         KeyHash {
             text: format!(
                 "$hmac-sha256$v=1,p={}${}",
@@ -454,6 +474,7 @@ impl KeyHasher {
                 STANDARD_NO_PAD.encode(digest)
             ),
             scheme: HashScheme::HmacSha256,
+            hmac: Some((start..start + pepper.id.len(), digest)),
         }
     }
 
@@ -471,6 +492,7 @@ impl KeyHasher {
         Ok(KeyHash {
             text: hash.to_string(),
             scheme: HashScheme::Argon2id,
+            hmac: None,
         })
     }
 
@@ -497,6 +519,7 @@ impl KeyHasher {
         KeyHash {
             text,
             scheme: HashScheme::Sha256,
+            hmac: None,
         }
     }
 
@@ -508,13 +531,16 @@ impl KeyHasher {
     pub fn verify(&self, token: &[u8], hash: &KeyHash) -> Result<bool, HashError> {
         match hash.scheme {
             HashScheme::HmacSha256 => {
-                let rest = &hash.text["$hmac-sha256$".len()..];
-                let (pepper_id, expected) = parse_hmac(rest)?;
+                let (range, expected) = hash
+                    .hmac
+                    .as_ref()
+                    .ok_or_else(|| malformed(HashScheme::HmacSha256, "not parsed"))?;
+                let pepper_id = &hash.text[range.clone()];
                 let pepper = self
                     .peppers
                     .get(pepper_id)
                     .ok_or_else(|| HashError::UnknownPepper(pepper_id.to_owned()))?;
-                Ok(bool::from(pepper.digest(token).ct_eq(&expected)))
+                Ok(equal_32(&pepper.digest(token), expected))
             }
             HashScheme::Sha256 => {
                 let computed = KeyHasher::sha256(token);
@@ -547,33 +573,39 @@ impl KeyHasher {
     /// # Errors
     /// [`Error::Random`] when a salt cannot be drawn.
     pub fn upgrade(&self, token: &[u8], hash: &KeyHash) -> Result<Option<KeyHash>> {
+        if !self.is_outdated(hash) {
+            return Ok(None);
+        }
         match hash.scheme {
-            HashScheme::HmacSha256 => {
-                if hash.pepper_id() == Some(self.peppers.active().id()) {
-                    Ok(None)
-                } else {
-                    Ok(Some(self.hash_hmac(token)))
-                }
-            }
-            HashScheme::Argon2id => {
-                let current = PasswordHash::new(&hash.text)
-                    .ok()
-                    .and_then(|phc| Params::try_from(&phc).ok())
-                    .is_some_and(|p| {
-                        p.m_cost() == self.argon2.m_cost
-                            && p.t_cost() == self.argon2.t_cost
-                            && p.p_cost() == self.argon2.p_cost
-                    });
-                if current {
-                    Ok(None)
-                } else {
-                    self.hash_argon2(token).map(Some)
-                }
-            }
-            HashScheme::Bcrypt => self.hash_argon2(token).map(Some),
+            HashScheme::HmacSha256 => Ok(Some(self.hash_hmac(token))),
+            HashScheme::Argon2id | HashScheme::Bcrypt => self.hash_argon2(token).map(Some),
             HashScheme::Sha256 => Ok(None),
         }
     }
+
+    /// Whether [`KeyHasher::upgrade`] would replace `hash`. Cheap: no hashing.
+    pub fn is_outdated(&self, hash: &KeyHash) -> bool {
+        match hash.scheme {
+            HashScheme::HmacSha256 => hash.pepper_id() != Some(self.peppers.active().id()),
+            HashScheme::Argon2id => !PasswordHash::new(&hash.text)
+                .ok()
+                .and_then(|phc| Params::try_from(&phc).ok())
+                .is_some_and(|p| {
+                    p.m_cost() == self.argon2.m_cost
+                        && p.t_cost() == self.argon2.t_cost
+                        && p.p_cost() == self.argon2.p_cost
+                }),
+            HashScheme::Bcrypt => true,
+            HashScheme::Sha256 => false,
+        }
+    }
+}
+
+/// Constant-time equality of two digests: OR of XORs, with one optimisation barrier on the result (cheaper than
+/// `subtle`'s barrier per byte, and just as free of data-dependent branches).
+fn equal_32(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    bool::from(diff.ct_eq(&0))
 }
 
 #[cfg(feature = "bcrypt")]

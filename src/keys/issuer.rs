@@ -3,7 +3,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use ipnet::IpNet;
 use secrecy::{ExposeSecret, SecretString};
 
@@ -143,6 +143,8 @@ impl NewKey {
         hint: String,
         now: DateTime<Utc>,
     ) -> KeyRecord {
+        // Stores keep microseconds; truncating here makes the returned record equal the stored one.
+        let micros = |t: DateTime<Utc>| t.trunc_subsecs(6);
         KeyRecord {
             id,
             name: self.name,
@@ -153,8 +155,8 @@ impl NewKey {
             hash,
             lookup,
             hint,
-            created_at: now,
-            expires_at: self.expires_at,
+            created_at: micros(now),
+            expires_at: self.expires_at.map(micros),
             last_used_at: None,
             disabled: false,
             revoked_at: None,

@@ -131,16 +131,24 @@ pub fn is_valid_prefix(prefix: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
 }
 
-fn is_base62(b: u8) -> bool {
-    b.is_ascii_alphanumeric()
-}
-
-fn base62_value(b: u8) -> u32 {
-    match b {
-        b'0'..=b'9' => u32::from(b - b'0'),
-        b'A'..=b'Z' => u32::from(b - b'A') + 10,
-        _ => u32::from(b.wrapping_sub(b'a')) + 36,
+/// Base62 digit values by byte; `INVALID` for bytes outside `0-9A-Za-z`.
+static BASE62_VALUE: [u8; 256] = {
+    let mut table = [INVALID; 256];
+    let mut i = 0;
+    while i < 62 {
+        table[BASE62_DIGITS[i] as usize] = i as u8;
+        i += 1;
     }
+    table
+};
+const INVALID: u8 = 0xff;
+const BASE62_DIGITS: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+/// Whether every byte is base62; no early exit, so the loop vectorises.
+fn all_base62(s: &[u8]) -> bool {
+    s.iter().fold(true, |ok, &b| {
+        ok & (BASE62_VALUE[usize::from(b)] != INVALID)
+    })
 }
 
 /// The checksum of `body` (everything before the checksum), as 6 base62 characters.
@@ -184,16 +192,17 @@ pub fn parse(token: &str) -> Result<ParsedToken<'_>, TokenError> {
         return Err(TokenError::SecretLength(tail.len()));
     }
     let body_len = bytes.len() - CHECKSUM_LEN;
-    let id_start = prefix.len() + env.as_str().len() + 2;
-    if let Some(pos) = bytes[id_start..]
-        .iter()
-        .position(|&b| b != b'_' && !is_base62(b))
-    {
+    if !all_base62(id.as_bytes()) || !all_base62(tail.as_bytes()) {
+        let id_start = prefix.len() + env.as_str().len() + 2;
+        let pos = bytes[id_start..]
+            .iter()
+            .position(|&b| b != b'_' && BASE62_VALUE[usize::from(b)] == INVALID)
+            .unwrap_or(0);
         return Err(TokenError::Character(id_start + pos));
     }
-    let expected = bytes[body_len..]
-        .iter()
-        .fold(0u64, |acc, &b| acc * 62 + u64::from(base62_value(b)));
+    let expected = bytes[body_len..].iter().fold(0u64, |acc, &b| {
+        acc * 62 + u64::from(BASE62_VALUE[usize::from(b)])
+    });
     if expected != u64::from(crc32fast::hash(&bytes[..body_len])) {
         return Err(TokenError::Checksum);
     }

@@ -183,13 +183,10 @@ impl Verifier {
     /// Store failures, and a stored hash this verifier cannot check (an unknown pepper id, bcrypt without the
     /// feature). A bad token is never an error: it is a [`Verdict`].
     pub async fn verify(&self, credential: &str, requirement: &Requirement) -> Result<Verdict> {
-        if credential.is_empty()
-            || credential.len() > MAX_CREDENTIAL_LEN
-            || !credential.bytes().all(|b| b.is_ascii_graphic())
-        {
+        if credential.is_empty() || credential.len() > MAX_CREDENTIAL_LEN {
             return Ok(Verdict::reject(VerdictCode::Malformed));
         }
-        let now = self.clock.now();
+        // Time is read only once a record is in hand: rejections before that need none.
         let record = if self.has_keymeter_shape(credential) {
             let Ok(parsed) = token::parse(credential) else {
                 return Ok(Verdict::reject(VerdictCode::Malformed));
@@ -199,7 +196,7 @@ impl Verifier {
             }
             match self.store.get(parsed.id).await? {
                 Some(record) if record.lookup == KeyLookup::Id => {
-                    if !self.matches(credential, &record, now).await? {
+                    if !self.matches(credential, &record).await? {
                         return Ok(Verdict::reject(VerdictCode::NotFound));
                     }
                     record
@@ -211,7 +208,10 @@ impl Verifier {
                 }
             }
         } else {
-            match self.find_imported(credential, now).await? {
+            if !credential.bytes().all(|b| b.is_ascii_graphic()) {
+                return Ok(Verdict::reject(VerdictCode::Malformed));
+            }
+            match Box::pin(self.find_imported(credential)).await? {
                 Some(record) => {
                     if !self.config.environments.contains(&record.env) {
                         return Ok(Verdict::reject(VerdictCode::WrongEnvironment));
@@ -222,6 +222,7 @@ impl Verifier {
             }
         };
 
+        let now = self.clock.now();
         let code = if record.revoked_at.is_some() {
             VerdictCode::Revoked
         } else if record.disabled {
@@ -248,16 +249,12 @@ impl Verifier {
         })
     }
 
-    async fn find_imported(
-        &self,
-        credential: &str,
-        now: DateTime<Utc>,
-    ) -> Result<Option<Arc<KeyRecord>>> {
+    async fn find_imported(&self, credential: &str) -> Result<Option<Arc<KeyRecord>>> {
         let digest = KeyHasher::sha256(credential.as_bytes());
         if let Some(hex) = digest.sha256_hex()
             && let Some(record) = self.store.find_by_digest(hex).await?
             && matches!(record.lookup, KeyLookup::Digest(_))
-            && self.matches(credential, &record, now).await?
+            && self.matches(credential, &record).await?
         {
             return Ok(Some(record));
         }
@@ -266,7 +263,7 @@ impl Verifier {
             let candidates = self.store.find_by_hint(hint).await?;
             for record in candidates.into_iter().take(MAX_KEYS_PER_HINT) {
                 if matches!(record.lookup, KeyLookup::Hint(_))
-                    && self.matches(credential, &record, now).await?
+                    && self.matches(credential, &record).await?
                 {
                     return Ok(Some(record));
                 }
@@ -275,16 +272,17 @@ impl Verifier {
         Ok(None)
     }
 
-    async fn matches(
-        &self,
-        credential: &str,
-        record: &KeyRecord,
-        now: DateTime<Utc>,
-    ) -> Result<bool> {
-        let hash = &record.hash;
-        if !hash.scheme().is_slow() {
-            return Ok(self.hasher.verify(credential.as_bytes(), hash)?);
+    async fn matches(&self, credential: &str, record: &KeyRecord) -> Result<bool> {
+        if !record.hash.scheme().is_slow() {
+            return Ok(self.hasher.verify(credential.as_bytes(), &record.hash)?);
         }
+        // Boxed: keeps the slow path's state out of every verify future.
+        Box::pin(self.matches_slow(credential, record)).await
+    }
+
+    async fn matches_slow(&self, credential: &str, record: &KeyRecord) -> Result<bool> {
+        let hash = &record.hash;
+        let now = self.clock.now();
         if self
             .cache
             .contains(credential.as_bytes(), &record.id, hash.as_str(), now)
@@ -310,15 +308,16 @@ impl Verifier {
         if stale && let Err(e) = self.store.record_use(&record.id, now).await {
             tracing::warn!(key_id = %record.id, error = %e, "could not record key use");
         }
+        if self.hasher.is_outdated(&record.hash) {
+            Box::pin(self.upgrade(credential, record)).await;
+        }
+    }
+
+    async fn upgrade(&self, credential: &str, record: &KeyRecord) {
         let hasher = Arc::clone(&self.hasher);
         let owned = Zeroizing::new(credential.to_owned());
         let old = record.hash.clone();
-        let upgraded = if old.scheme().is_slow() {
-            run_blocking(move || hasher.upgrade(owned.as_bytes(), &old)).await
-        } else {
-            hasher.upgrade(owned.as_bytes(), &old)
-        };
-        match upgraded {
+        match run_blocking(move || hasher.upgrade(owned.as_bytes(), &old)).await {
             Ok(Some(new)) => self.replace_hash(record, &new).await,
             Ok(None) => {}
             Err(e) => tracing::warn!(key_id = %record.id, error = %e, "could not re-hash key"),
