@@ -1,0 +1,387 @@
+//! The `keymeter` binary against a SQLite file, one process per command, as DESIGN §9 describes it.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use serde_json::Value;
+
+struct Cli {
+    dir: tempfile::TempDir,
+    env: Vec<(&'static str, String)>,
+}
+
+impl Cli {
+    fn new() -> Self {
+        Cli {
+            dir: tempfile::tempdir().unwrap(),
+            env: vec![("KEYMETER_ENV", "development".into())],
+        }
+    }
+
+    fn db(&self) -> PathBuf {
+        self.dir.path().join("keys.db")
+    }
+
+    fn run_with(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_keymeter"));
+        cmd.current_dir(self.dir.path())
+            .env_remove("KEYMETER_PEPPER")
+            .env_remove("KEYMETER_STORE")
+            .env_remove("DEBUG")
+            .env_remove("DEPLOY_ENV")
+            .args([
+                "--store",
+                &format!("sqlite://{}", self.db().display()),
+                "--json",
+            ])
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let mut pipe = child.stdin.take().unwrap();
+        if let Some(input) = stdin {
+            pipe.write_all(input.as_bytes()).unwrap();
+        }
+        drop(pipe);
+        child.wait_with_output().unwrap()
+    }
+
+    /// Runs and returns (exit code, the one JSON object on stdout).
+    fn run(&self, args: &[&str], stdin: Option<&str>) -> (i32, Value) {
+        let out = self.run_with(args, stdin);
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        let lines: Vec<&str> = stdout.lines().collect();
+        assert_eq!(
+            lines.len(),
+            1,
+            "one JSON line expected from {args:?}, got {stdout:?} / {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (
+            out.status.code().unwrap(),
+            serde_json::from_str(lines[0]).unwrap(),
+        )
+    }
+
+    fn ok(&self, args: &[&str]) -> Value {
+        let (code, json) = self.run(args, None);
+        assert_eq!(code, 0, "{args:?}: {json}");
+        json
+    }
+}
+
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[test]
+fn keys_walkthrough_across_invocations() {
+    let cli = Cli::new();
+    let init = cli.ok(&["init"]);
+    assert_eq!(init["environment"], "development");
+    assert_eq!(init["created_secrets"][0], "KEYMETER_PEPPER");
+    let secrets = cli.dir.path().join("keymeter.secrets");
+    assert_eq!(mode(&secrets), 0o600);
+    // A second init keeps the same pepper (keys stay verifiable).
+    let before = std::fs::read(&secrets).unwrap();
+    assert_eq!(cli.ok(&["init"])["created_secrets"], serde_json::json!([]));
+    assert_eq!(std::fs::read(&secrets).unwrap(), before);
+
+    let created = cli.ok(&[
+        "keys",
+        "create",
+        "--name",
+        "ci",
+        "--owner",
+        "alice",
+        "--org",
+        "acme",
+        "--scopes",
+        "read,files:*",
+        "--expires-in",
+        "30d",
+        "--allow-ip",
+        "10.0.0.0/8",
+        "--allow-ip",
+        "2001:db8::/32",
+        "--rate-limit",
+        "100/min",
+    ]);
+    for field in [
+        "id",
+        "key",
+        "name",
+        "owner",
+        "org",
+        "env",
+        "scopes",
+        "expires_at",
+        "hint",
+    ] {
+        assert!(created.get(field).is_some(), "missing {field}: {created}");
+    }
+    let key = created["key"].as_str().unwrap().to_owned();
+    let id = created["id"].as_str().unwrap().to_owned();
+    assert!(key.starts_with(&format!("km_live_{id}_")));
+    assert_eq!(created["env"], "live");
+
+    // The plaintext is nowhere in the database.
+    for file in std::fs::read_dir(cli.dir.path()).unwrap() {
+        let bytes = std::fs::read(file.unwrap().path()).unwrap();
+        assert!(!bytes.windows(key.len()).any(|w| w == key.as_bytes()));
+    }
+
+    let (code, v) = cli.run(
+        &["keys", "verify", "--scope", "read", "--ip", "10.9.9.9"],
+        Some(&format!("{key}\n")),
+    );
+    assert_eq!(
+        (code, &v["valid"], &v["code"]),
+        (0, &Value::Bool(true), &Value::from("VALID"))
+    );
+    assert_eq!(v["key_id"], id.as_str());
+    assert_eq!(v["owner"], "alice");
+    assert_eq!(v["scopes"], serde_json::json!(["read", "files:*"]));
+
+    let verify =
+        |args: &[&str], token: &str| cli.run(&[&["keys", "verify"], args].concat(), Some(token));
+    assert_eq!(
+        verify(&["--scope", "write", "--ip", "10.0.0.1"], &key).1["code"],
+        "INSUFFICIENT_SCOPE"
+    );
+    assert_eq!(
+        verify(
+            &[
+                "--scope",
+                "write",
+                "--scope",
+                "read",
+                "--any-scope",
+                "--ip",
+                "10.0.0.1"
+            ],
+            &key
+        )
+        .1["code"],
+        "VALID"
+    );
+    assert_eq!(
+        verify(&["--ip", "192.168.1.1"], &key).1["code"],
+        "IP_NOT_ALLOWED"
+    );
+    assert_eq!(verify(&["--ip", "2001:db8::5"], &key).1["code"], "VALID");
+    assert_eq!(
+        verify(&["--env", "test", "--ip", "10.0.0.1"], &key).1["code"],
+        "WRONG_ENVIRONMENT"
+    );
+    let (code, v) = verify(&[], &key[..key.len() - 1]);
+    assert_eq!((code, v["code"].as_str()), (1, Some("MALFORMED")));
+    assert_eq!(v["valid"], false);
+    assert_eq!(verify(&[], "").1["code"], "MALFORMED");
+
+    let list = cli.ok(&["keys", "list", "--owner", "alice"]);
+    assert_eq!(list["keys"].as_array().unwrap().len(), 1);
+    assert_eq!(list["keys"][0]["hash_scheme"], "hmac-sha256");
+    assert!(list["keys"][0].get("hash").is_none());
+    assert!(!list.to_string().contains(&key[key.len() - 38..]));
+    assert_eq!(
+        cli.ok(&["keys", "list", "--org", "globex"])["keys"],
+        serde_json::json!([])
+    );
+    let shown = cli.ok(&["keys", "show", &id]);
+    assert_eq!(shown["rate_limit"], "100/min");
+    assert_eq!(
+        shown["allowed_ips"],
+        serde_json::json!(["10.0.0.0/8", "2001:db8::/32"])
+    );
+    assert!(
+        shown["last_used_at"].is_string(),
+        "verify recorded a use: {shown}"
+    );
+
+    cli.ok(&["keys", "disable", &id]);
+    assert_eq!(verify(&["--ip", "10.0.0.1"], &key).1["code"], "DISABLED");
+    cli.ok(&["keys", "enable", &id]);
+    assert_eq!(verify(&["--ip", "10.0.0.1"], &key).1["code"], "VALID");
+
+    let second = cli.ok(&[
+        "keys", "create", "--name", "b", "--owner", "bob", "--org", "acme", "--env", "test",
+    ]);
+    assert!(second["key"].as_str().unwrap().starts_with("km_test_"));
+    let revoked = cli.ok(&["keys", "revoke-all", "--org", "acme"]);
+    assert_eq!(revoked["revoked"], 2);
+    assert_eq!(verify(&["--ip", "10.0.0.1"], &key).1["code"], "REVOKED");
+    let (code, v) = cli.run(&["keys", "revoke", "nosuchkey123"], None);
+    assert_eq!((code, v["code"].as_str()), (1, Some("NOT_FOUND")));
+    let (code, _) = cli.run(&["keys", "show", "nosuchkey123"], None);
+    assert_eq!(code, 1);
+
+    // A custom prefix verifies too.
+    let custom = cli.ok(&[
+        "keys", "create", "--name", "c", "--owner", "carol", "--prefix", "acme",
+    ]);
+    let custom_key = custom["key"].as_str().unwrap().to_owned();
+    assert!(custom_key.starts_with("acme_live_"));
+    assert_eq!(verify(&[], &custom_key).1["code"], "VALID");
+}
+
+#[test]
+fn imports_foreign_hashes() {
+    let cli = Cli::new();
+    cli.ok(&["init"]);
+    let fx: Value = serde_json::from_str(include_str!("fixtures/foreign_hashes.json")).unwrap();
+    let mut schemes = vec!["sha256", "argon2id"];
+    if cfg!(feature = "bcrypt") {
+        schemes.push("bcrypt");
+    }
+    for scheme in schemes {
+        let key = fx[scheme]["key"].as_str().unwrap();
+        let hash = fx[scheme]["hash"].as_str().unwrap();
+        let mut args = vec![
+            "keys", "import", "--name", scheme, "--owner", "dave", "--hash", hash, "--scopes",
+            "read",
+        ];
+        if scheme != "sha256" {
+            args.extend(["--hint", &key[..8]]);
+        }
+        let imported = cli.ok(&args);
+        assert_eq!(imported["hash_scheme"], scheme);
+        let (code, v) = cli.run(&["keys", "verify", "--scope", "read"], Some(key));
+        assert_eq!((code, v["code"].as_str()), (0, Some("VALID")), "{scheme}");
+        assert_eq!(v["key_id"], imported["id"]);
+        let (code, v) = cli.run(&["keys", "verify"], Some(&format!("{key}0")));
+        assert_eq!(
+            (code, v["code"].as_str()),
+            (1, Some("NOT_FOUND")),
+            "{scheme}"
+        );
+    }
+    // A slow hash without a hint is a usage error.
+    let hash = fx["argon2id"]["hash"].as_str().unwrap();
+    let (code, v) = cli.run(
+        &[
+            "keys", "import", "--name", "x", "--owner", "d", "--hash", hash,
+        ],
+        None,
+    );
+    assert_eq!(code, 2, "{v}");
+    let (code, _) = cli.run(
+        &[
+            "keys", "import", "--name", "x", "--owner", "d", "--hash", "$md5$abc",
+        ],
+        None,
+    );
+    assert_eq!(code, 2);
+}
+
+#[test]
+fn production_never_generates_secrets() {
+    let mut cli = Cli::new();
+    cli.env = vec![("KEYMETER_ENV", "production".into())];
+    let out = cli.run_with(&["init"], None);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("KEYMETER_PEPPER"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1);
+    assert!(!cli.dir.path().join("keymeter.secrets").exists());
+    let (code, _) = cli.run(&["keys", "create", "--name", "a", "--owner", "b"], None);
+    assert_eq!(code, 2);
+
+    // With the pepper in the environment, production works, and a dev secrets file is ignored.
+    cli.env.push((
+        "KEYMETER_PEPPER",
+        "cHJvZHVjdGlvbi1wZXBwZXItMzItYnl0ZXMtbG9uZyE=".into(),
+    ));
+    cli.ok(&["init"]);
+    let created = cli.ok(&["keys", "create", "--name", "a", "--owner", "b"]);
+    let (code, v) = cli.run(&["keys", "verify"], Some(created["key"].as_str().unwrap()));
+    assert_eq!((code, v["code"].as_str()), (0, Some("VALID")));
+    // A wrong-length pepper is a configuration error that does not echo the value.
+    cli.env.pop();
+    cli.env.push(("KEYMETER_PEPPER", "c2hvcnQ=".into()));
+    let out = cli.run_with(&["keys", "verify"], Some("x"));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("c2hvcnQ"));
+}
+
+#[test]
+fn env_reports_the_rule() {
+    let mut cli = Cli::new();
+    cli.env = vec![("DEPLOY_ENV", "render".into())];
+    let v = cli.ok(&["env"]);
+    assert_eq!(v["environment"], "production");
+    assert_eq!(v["reason"], "DEPLOY_ENV=render");
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let cli = Cli::new();
+    cli.ok(&["init"]);
+    for args in [
+        &[
+            "keys",
+            "create",
+            "--name",
+            "a",
+            "--owner",
+            "b",
+            "--scopes",
+            "Bad Scope",
+        ][..],
+        &[
+            "keys",
+            "create",
+            "--name",
+            "a",
+            "--owner",
+            "b",
+            "--expires-in",
+            "soon",
+        ],
+        &[
+            "keys",
+            "create",
+            "--name",
+            "a",
+            "--owner",
+            "b",
+            "--allow-ip",
+            "10.0.0.0/99",
+        ],
+        &[
+            "keys",
+            "create",
+            "--name",
+            "a",
+            "--owner",
+            "b",
+            "--rate-limit",
+            "fast",
+        ],
+        &[
+            "keys", "create", "--name", "a", "--owner", "b", "--env", "prod",
+        ],
+        &[
+            "keys", "create", "--name", "a", "--owner", "b", "--prefix", "Bad",
+        ],
+    ] {
+        let out = cli.run_with(args, None);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert_eq!(
+            String::from_utf8(out.stderr)
+                .unwrap()
+                .lines()
+                .filter(|l| !l.contains("warning"))
+                .count(),
+            1
+        );
+    }
+    let out = cli.run_with(&["keys", "create", "--name", "a"], None);
+    assert_eq!(out.status.code(), Some(2));
+}
