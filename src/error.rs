@@ -66,6 +66,39 @@ pub enum Error {
     #[error("random number generator failed: {0}")]
     Random(String),
 
+    /// A model the price catalog does not know. Never priced at zero.
+    #[error("unknown model {model:?}")]
+    UnknownModel {
+        /// The name asked for.
+        model: String,
+    },
+
+    /// The model has no price window covering the time asked for.
+    #[error("model {model:?} has no price at {at}")]
+    NoPrice {
+        /// The model.
+        model: String,
+        /// The time.
+        at: chrono::DateTime<chrono::Utc>,
+    },
+
+    /// The usage has tokens of a class the model has no rate for (audio on a text-only model, say).
+    #[error("model {model:?} has no rate for {class} tokens")]
+    UnpricedClass {
+        /// The model.
+        model: String,
+        /// The token class.
+        class: &'static str,
+    },
+
+    /// A usage object that contradicts itself or cannot be read.
+    #[error("invalid usage: {0}")]
+    InvalidUsage(String),
+
+    /// A price catalog that cannot be read.
+    #[error("invalid price catalog: {0}")]
+    Catalog(String),
+
     /// A background task failed (a panic or cancellation inside keymeter).
     #[error("internal error: {0}")]
     Internal(String),

@@ -8,6 +8,7 @@ pub mod conformance;
 pub mod env;
 pub mod error;
 pub mod keys;
+pub mod pricing;
 pub mod random;
 pub mod secret;
 pub mod store;

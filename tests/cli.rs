@@ -385,3 +385,124 @@ fn usage_errors_exit_2() {
     let out = cli.run_with(&["keys", "create", "--name", "a"], None);
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn price_commands() {
+    let cli = Cli::new();
+    let cost = cli.ok(&[
+        "price",
+        "cost",
+        "--model",
+        "claude-sonnet-4-5",
+        "--input",
+        "1500",
+        "--cache-read",
+        "20000",
+        "--cache-write",
+        "4000",
+        "--cache-write-1h",
+        "2000",
+        "--output",
+        "700",
+    ]);
+    assert_eq!(cost["total"], "0.048");
+    assert_eq!(cost["currency"], "USD");
+    assert_eq!(cost["provider"], "anthropic");
+    assert_eq!(
+        cost["lines"][2],
+        serde_json::json!({"kind": "cache_write_5m", "tokens": 4000, "rate": "0.00000375", "cost": "0.015"})
+    );
+
+    let (code, v) = cli.run(
+        &["price", "cost", "--model", "gpt-99", "--input", "1"],
+        None,
+    );
+    assert_eq!(
+        (code, v),
+        (
+            1,
+            serde_json::json!({"code": "UNKNOWN_MODEL", "model": "gpt-99"})
+        )
+    );
+
+    let usage = r#"{"usageMetadata": {"promptTokenCount": 250000, "cachedContentTokenCount": 50000,
+                    "candidatesTokenCount": 4000, "thoughtsTokenCount": 1000}}"#;
+    let (code, v) = cli.run(
+        &[
+            "price",
+            "cost",
+            "--model",
+            "gemini-2.5-pro",
+            "--usage",
+            "-",
+            "--usage-format",
+            "gemini",
+        ],
+        Some(usage),
+    );
+    assert_eq!((code, v["total"].as_str()), (0, Some("0.5875")));
+
+    let litellm = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/litellm/model_prices_and_context_window.json"
+    );
+    let batch = cli.ok(&[
+        "price",
+        "cost",
+        "--model",
+        "gpt-4o",
+        "--catalog",
+        litellm,
+        "--tier",
+        "batch",
+        "--input",
+        "10000",
+        "--output",
+        "2000",
+    ]);
+    assert_eq!(batch["total"], "0.0225");
+    let at = cli.ok(&[
+        "price",
+        "cost",
+        "--model",
+        "gpt-4o",
+        "--at",
+        "2026-01-01T00:00:00Z",
+        "--output",
+        "1",
+    ]);
+    assert_eq!(at["total"], "0.00001");
+    let (code, _) = cli.run(
+        &["price", "cost", "--model", "gpt-4o", "--tier", "turbo"],
+        None,
+    );
+    assert_eq!(code, 2);
+    let (code, v) = cli.run(
+        &[
+            "price",
+            "cost",
+            "--model",
+            "claude-sonnet-4-5",
+            "--usage",
+            "-",
+            "--usage-format",
+            "openai",
+        ],
+        Some(r#"{"prompt_tokens": 5, "prompt_tokens_details": {"cached_tokens": 9}}"#),
+    );
+    assert_eq!(code, 2, "{v}");
+
+    let list = cli.ok(&["price", "list", "--provider", "anthropic"]);
+    assert!(
+        list["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["provider"] == "anthropic")
+    );
+    assert_eq!(list["snapshot_date"], "2026-11-21");
+    let show = cli.ok(&["price", "show", "gpt-4o"]);
+    assert_eq!(show["prices"][0]["rates"]["input"], "0.0000025");
+    let (code, _) = cli.run(&["price", "show", "gpt-99"], None);
+    assert_eq!(code, 1);
+}

@@ -18,6 +18,8 @@ use keymeter::keys::{
     KeyFilter, KeyHasher, KeyIssuer, KeyRecord, KeyStore, NewKey, Pepper, PepperRing, RateLimit,
     Requirement, Scope, ScopeRequirement, Verifier, VerifierConfig,
 };
+use keymeter::pricing::normalize::normalize;
+use keymeter::pricing::{PriceCatalog, ServiceTier, Usage, UsageFormat};
 use keymeter::random::OsRandom;
 use keymeter::store::SqliteStore;
 use secrecy::ExposeSecret;
@@ -57,6 +59,75 @@ enum Command {
     /// Inbound API keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Model prices and costs.
+    #[command(subcommand)]
+    Price(PriceCommand),
+}
+
+#[derive(Subcommand)]
+enum PriceCommand {
+    /// The exact cost of a usage.
+    Cost {
+        #[arg(long)]
+        model: String,
+        #[command(flatten)]
+        pricing: PricingArgs,
+        #[command(flatten)]
+        usage: UsageArgs,
+    },
+    /// List the catalog's models.
+    List {
+        #[arg(long)]
+        provider: Option<String>,
+        /// A catalog file (keymeter's format or LiteLLM's); default: the bundled snapshot.
+        #[arg(long)]
+        catalog: Option<PathBuf>,
+    },
+    /// Show one model's prices.
+    Show {
+        model: String,
+        #[arg(long)]
+        catalog: Option<PathBuf>,
+    },
+}
+
+#[derive(Args)]
+struct PricingArgs {
+    /// A catalog file (keymeter's format or LiteLLM's); default: the bundled snapshot.
+    #[arg(long)]
+    catalog: Option<PathBuf>,
+    /// Price at this time (RFC 3339); default: now.
+    #[arg(long)]
+    at: Option<String>,
+    /// standard, batch, flex or priority.
+    #[arg(long, default_value = "standard")]
+    tier: String,
+}
+
+/// Token counts, canonical (disjoint) classes, or a provider usage object.
+#[derive(Args)]
+struct UsageArgs {
+    /// Uncached input tokens.
+    #[arg(long, default_value_t = 0)]
+    input: u64,
+    /// Output tokens (without reasoning).
+    #[arg(long, default_value_t = 0)]
+    output: u64,
+    #[arg(long, default_value_t = 0)]
+    cache_read: u64,
+    /// 5-minute cache writes.
+    #[arg(long, default_value_t = 0)]
+    cache_write: u64,
+    #[arg(long = "cache-write-1h", default_value_t = 0)]
+    cache_write_1h: u64,
+    #[arg(long, default_value_t = 0)]
+    reasoning: u64,
+    /// A provider usage (or response) JSON file, `-` for stdin; replaces the token flags.
+    #[arg(long, conflicts_with_all = ["input", "output", "cache_read", "cache_write", "cache_write_1h", "reasoning"])]
+    usage: Option<String>,
+    /// openai, anthropic or gemini.
+    #[arg(long, requires = "usage")]
+    usage_format: Option<String>,
 }
 
 #[allow(clippy::large_enum_variant)]
@@ -221,6 +292,155 @@ async fn run(cli: Cli) -> Outcome {
         }
         Command::Init => init(&cli.store).await,
         Command::Keys(cmd) => keys(&cli.store, cmd).await,
+        Command::Price(cmd) => price(cmd),
+    }
+}
+
+fn load_catalog(path: Option<&Path>) -> Result<PriceCatalog, Failure> {
+    match path {
+        None => Ok(PriceCatalog::bundled()),
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| Failure::Usage(format!("cannot read {}: {e}", path.display())))?;
+            Ok(PriceCatalog::from_any_json(&text)?)
+        }
+    }
+}
+
+impl UsageArgs {
+    fn usage(&self) -> Result<Usage, Failure> {
+        let Some(source) = &self.usage else {
+            return Ok(Usage {
+                input: self.input,
+                output: self.output,
+                cache_read: self.cache_read,
+                cache_write_5m: self.cache_write,
+                cache_write_1h: self.cache_write_1h,
+                reasoning: self.reasoning,
+                ..Usage::default()
+            });
+        };
+        let format = UsageFormat::parse(self.usage_format.as_deref().ok_or_else(|| {
+            Failure::Usage("--usage needs --usage-format openai|anthropic|gemini".into())
+        })?)?;
+        let text = if source == "-" {
+            let mut buf = String::new();
+            std::io::stdin()
+                .read_to_string(&mut buf)
+                .map_err(|e| Failure::Usage(format!("cannot read stdin: {e}")))?;
+            buf
+        } else {
+            std::fs::read_to_string(source)
+                .map_err(|e| Failure::Usage(format!("cannot read {source}: {e}")))?
+        };
+        Ok(normalize(format, &text)?)
+    }
+}
+
+fn parse_time(at: Option<&str>) -> Result<chrono::DateTime<Utc>, Failure> {
+    match at {
+        None => Ok(Utc::now()),
+        Some(s) => chrono::DateTime::parse_from_rfc3339(s)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(|_| {
+                Failure::Usage(format!(
+                    "invalid time {s:?}: use RFC 3339 (2026-03-01T12:00:00Z)"
+                ))
+            }),
+    }
+}
+
+/// Pricing answers that are negative (exit 1) rather than usage errors.
+fn pricing_failure(e: Error) -> Failure {
+    match e {
+        Error::UnknownModel { ref model } => Failure::Negative(
+            json!({"code": "UNKNOWN_MODEL", "model": model}),
+            e.to_string(),
+        ),
+        Error::UnpricedClass { ref model, class } => Failure::Negative(
+            json!({"code": "UNPRICED_CLASS", "model": model, "class": class}),
+            e.to_string(),
+        ),
+        Error::NoPrice { ref model, at } => Failure::Negative(
+            json!({"code": "NO_PRICE", "model": model, "at": at}),
+            e.to_string(),
+        ),
+        other => other.into(),
+    }
+}
+
+fn price(cmd: PriceCommand) -> Outcome {
+    match cmd {
+        PriceCommand::Cost {
+            model,
+            pricing,
+            usage,
+        } => {
+            let catalog = load_catalog(pricing.catalog.as_deref())?;
+            let usage = usage.usage()?;
+            let at = parse_time(pricing.at.as_deref())?;
+            let tier = ServiceTier::parse(&pricing.tier)?;
+            let cost = catalog
+                .cost(&model, &usage, at, tier)
+                .map_err(pricing_failure)?;
+            let mut human = String::new();
+            for l in cost.lines() {
+                human.push_str(&format!(
+                    "{:<15} {:>10} × {:<14} = {}\n",
+                    l.kind.as_str(),
+                    l.tokens,
+                    l.rate,
+                    l.cost.normalize()
+                ));
+            }
+            human.push_str(&format!(
+                "total {} {} ({} via {})",
+                cost.total, cost.currency, cost.model, cost.provider
+            ));
+            Ok((
+                serde_json::to_value(&cost).map_err(|e| Failure::Usage(e.to_string()))?,
+                human,
+            ))
+        }
+        PriceCommand::List { provider, catalog } => {
+            let catalog = load_catalog(catalog.as_deref())?;
+            let models: Vec<_> = catalog
+                .models()
+                .iter()
+                .filter(|m| provider.as_deref().is_none_or(|p| &*m.provider == p))
+                .collect();
+            let human = models
+                .iter()
+                .map(|m| {
+                    format!(
+                        "{:<48} {:<12} {}",
+                        m.id,
+                        m.provider,
+                        m.mode.as_deref().unwrap_or("")
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("\n");
+            let list: Vec<Value> = models
+                .iter()
+                .map(|m| json!({"id": &*m.id, "provider": &*m.provider, "mode": m.mode, "aliases": m.aliases}))
+                .collect();
+            Ok((
+                json!({"models": list, "snapshot_date": catalog.snapshot_date, "source": catalog.source}),
+                human,
+            ))
+        }
+        PriceCommand::Show { model, catalog } => {
+            let catalog = load_catalog(catalog.as_deref())?;
+            let found = catalog.model(&model).ok_or_else(|| {
+                pricing_failure(Error::UnknownModel {
+                    model: model.clone(),
+                })
+            })?;
+            let value = serde_json::to_value(found).map_err(|e| Failure::Usage(e.to_string()))?;
+            let human = serde_json::to_string_pretty(&value).unwrap_or_default();
+            Ok((value, human))
+        }
     }
 }
 

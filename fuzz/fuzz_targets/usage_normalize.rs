@@ -1,0 +1,45 @@
+//! Usage normalisers: never panic; an accepted usage never has more tokens than the provider reported, and
+//! cached tokens are never counted in `input` too.
+#![no_main]
+
+use keymeter::pricing::normalize::{UsageFormat, normalize};
+use libfuzzer_sys::fuzz_target;
+
+fn num(v: &serde_json::Value, path: &[&str]) -> u128 {
+    let mut cur = v;
+    for p in path {
+        match cur.get(p) {
+            Some(next) => cur = next,
+            None => return 0,
+        }
+    }
+    u128::from(cur.as_u64().unwrap_or(0))
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    let value: Option<serde_json::Value> = serde_json::from_str(text).ok();
+    for format in [UsageFormat::OpenAi, UsageFormat::Anthropic, UsageFormat::Gemini] {
+        let Ok(usage) = normalize(format, text) else { continue };
+        let Some(v) = value.as_ref() else { panic!("accepted text that is not JSON") };
+        let v = v.get("usage").or_else(|| v.get("usageMetadata")).filter(|u| u.is_object()).unwrap_or(v);
+        match format {
+            UsageFormat::OpenAi if v.get("prompt_tokens").is_some() => {
+                let prompt = num(v, &["prompt_tokens"]);
+                assert_eq!(u128::from(usage.input) + u128::from(usage.cache_read) + u128::from(usage.audio_input), prompt);
+                assert_eq!(u128::from(usage.output) + u128::from(usage.reasoning) + u128::from(usage.audio_output), num(v, &["completion_tokens"]));
+            }
+            UsageFormat::OpenAi => {
+                assert_eq!(u128::from(usage.input) + u128::from(usage.cache_read) + u128::from(usage.audio_input), num(v, &["input_tokens"]));
+            }
+            UsageFormat::Anthropic => {
+                assert_eq!(u128::from(usage.input), num(v, &["input_tokens"]));
+                assert_eq!(u128::from(usage.output), num(v, &["output_tokens"]));
+            }
+            UsageFormat::Gemini => {
+                let prompt = num(v, &["promptTokenCount"]) + num(v, &["toolUsePromptTokenCount"]);
+                assert_eq!(u128::from(usage.input) + u128::from(usage.cache_read) + u128::from(usage.audio_input), prompt);
+            }
+        }
+    }
+});
