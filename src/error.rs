@@ -99,6 +99,26 @@ pub enum Error {
     #[error("invalid price catalog: {0}")]
     Catalog(String),
 
+    /// No tier holds a key for this provider.
+    #[error("no credential for provider {provider:?}")]
+    NoCredential {
+        /// The provider.
+        provider: String,
+    },
+
+    /// A provider key that is malformed or a placeholder. Never carries the key.
+    #[error("invalid {provider} key: {reason}")]
+    InvalidCredential {
+        /// The provider.
+        provider: String,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// A stored credential that cannot be opened.
+    #[error("vault: {0}")]
+    Vault(#[from] crate::credentials::VaultError),
+
     /// A background task failed (a panic or cancellation inside keymeter).
     #[error("internal error: {0}")]
     Internal(String),

@@ -5,6 +5,7 @@
 pub mod clock;
 #[cfg(feature = "test-suite")]
 pub mod conformance;
+pub mod credentials;
 pub mod env;
 pub mod error;
 pub mod keys;

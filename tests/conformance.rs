@@ -2,6 +2,11 @@
 
 mod memory {
     keymeter::key_store_conformance!(std::sync::Arc::new(keymeter::store::MemoryStore::new()));
+    mod credentials {
+        keymeter::credential_store_conformance!(std::sync::Arc::new(
+            keymeter::store::MemoryStore::new()
+        ));
+    }
 }
 
 #[cfg(feature = "sqlite")]
@@ -17,4 +22,8 @@ mod sqlite {
         )
     }
     keymeter::key_store_conformance!(fresh().await);
+    mod credentials {
+        use super::fresh;
+        keymeter::credential_store_conformance!(fresh().await);
+    }
 }

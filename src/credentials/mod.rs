@@ -1,0 +1,99 @@
+//! Outbound provider credentials ("bring your own key"): providers and key shapes, the AES-256-GCM
+//! [`Vault`], the ciphertext-only [`CredentialStore`], and the [`CredentialResolver`] (user → system → error).
+//!
+//! ```
+//! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+//! use std::sync::Arc;
+//! use keymeter::credentials::{set_key, CredentialResolver, CredentialScope, CredentialSource, MasterKey,
+//!                             MasterKeyRing, Provider, Vault};
+//! use keymeter::env::Environment;
+//! use keymeter::random::OsRandom;
+//! use keymeter::store::MemoryStore;
+//!
+//! let store = Arc::new(MemoryStore::new());
+//! let vault = Arc::new(Vault::new(MasterKeyRing::new(vec![MasterKey::generate("k1", &OsRandom)?])?));
+//! let anthropic = Provider::anthropic();
+//! set_key(&*store, &vault, &CredentialScope::System, &anthropic, "sk-ant-api03-operator-key-0000000000").await?;
+//! set_key(&*store, &vault, &CredentialScope::user("alice")?, &anthropic, "sk-ant-api03-alice-own-key-111111111").await?;
+//!
+//! let resolver = CredentialResolver::new(store, vault, Environment::Production);
+//! assert_eq!(resolver.resolve("alice", &anthropic).await?.source, CredentialSource::User);
+//! assert_eq!(resolver.resolve("bob", &anthropic).await?.source, CredentialSource::System);
+//! assert!(resolver.resolve("bob", &Provider::openai()).await.is_err());
+//! # Ok::<(), keymeter::Error>(()) }).unwrap();
+//! ```
+
+pub mod provider;
+pub mod resolver;
+pub mod store;
+pub mod vault;
+
+pub use provider::Provider;
+pub use resolver::{
+    CredentialResolver, CredentialSource, ProviderStatus, RequestCredentials, ResolvedCredential,
+    ResolverPolicy, SystemKeySource,
+};
+pub use store::{CredentialStore, StoredCredential};
+pub use vault::{CredentialScope, MasterKey, MasterKeyRing, SealedCredential, Vault, VaultError};
+
+use crate::error::Result;
+
+/// Checks `key`'s shape for `provider` (refusing placeholders), seals it and stores it for `scope`.
+///
+/// # Errors
+/// [`crate::Error::InvalidCredential`] for a malformed or placeholder key (the message never holds the key);
+/// backend failures.
+pub async fn set_key(
+    store: &dyn CredentialStore,
+    vault: &Vault,
+    scope: &CredentialScope,
+    provider: &Provider,
+    key: &str,
+) -> Result<()> {
+    provider.check_key(key)?;
+    let sealed = vault.seal(scope, provider, key)?;
+    store.put(scope, provider, &sealed).await
+}
+
+/// What a [`rewrap`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub struct RewrapReport {
+    /// Credentials looked at.
+    pub total: usize,
+    /// Credentials re-encrypted under the active key.
+    pub rewrapped: usize,
+    /// Credentials changed by someone else meanwhile (left as they were; run again).
+    pub skipped: usize,
+}
+
+/// Re-encrypts every stored credential that is not under the active master key.
+///
+/// Each credential is swapped with a compare-and-swap on its own, so an interrupted rewrap leaves every row
+/// either old (still readable with the old key, which stays in the ring) or new: nothing is lost; run it again.
+///
+/// # Errors
+/// [`crate::Error::Vault`] when a credential does not decrypt (nothing after it is touched); backend failures.
+pub async fn rewrap(store: &dyn CredentialStore, vault: &Vault) -> Result<RewrapReport> {
+    let mut report = RewrapReport::default();
+    for item in store.list().await? {
+        report.total += 1;
+        if !vault.needs_rewrap(&item.sealed) {
+            continue;
+        }
+        let plain = vault.open(&item.scope, &item.provider, &item.sealed)?;
+        let fresh = vault.seal(
+            &item.scope,
+            &item.provider,
+            secrecy::ExposeSecret::expose_secret(&plain),
+        )?;
+        if store
+            .replace(&item.scope, &item.provider, &item.sealed, &fresh)
+            .await?
+        {
+            report.rewrapped += 1;
+        } else {
+            report.skipped += 1;
+        }
+    }
+    Ok(report)
+}

@@ -1,0 +1,348 @@
+//! `.env` files as a development source and sink of system keys (feature `env-file`).
+//!
+//! Reads with `dotenvy`; writes atomically (temporary file, fsync, rename, mode 0600) and keeps every other byte
+//! of the file (comments, order, unrelated variables) as it was. Values with a newline or NUL are refused, so no
+//! write can inject a variable. Writing is refused outside development; reading is left to the
+//! [`CredentialResolver`](crate::credentials::CredentialResolver), which uses this tier only in development.
+//!
+//! Variables: `ANTHROPIC_API_KEY`, `OPENAI_API_KEY`, `GOOGLE_API_KEY` (or `GEMINI_API_KEY`), and
+//! `<NAME>_API_KEY` for a custom provider.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use secrecy::SecretString;
+use zeroize::Zeroizing;
+
+use crate::credentials::{Provider, SystemKeySource};
+use crate::env::Environment;
+use crate::error::{Error, Result};
+
+/// Parses `.env` text into its variables (the last assignment of a name wins). Errors name the line number,
+/// never its content (it may hold a key).
+///
+/// # Errors
+/// [`Error::Config`] when dotenvy cannot parse the text.
+pub fn parse(text: &str) -> Result<HashMap<String, Zeroizing<String>>> {
+    let mut vars = HashMap::new();
+    for item in dotenvy::from_read_iter(text.as_bytes()) {
+        match item {
+            Ok((k, v)) => {
+                vars.insert(k, Zeroizing::new(v));
+            }
+            Err(dotenvy::Error::LineParse(_, index)) => {
+                return Err(Error::Config(format!(
+                    ".env file: cannot parse near byte {index}"
+                )));
+            }
+            Err(_) => return Err(Error::Config(".env file: cannot parse".into())),
+        }
+    }
+    Ok(vars)
+}
+
+/// One assignment's span of lines in a `.env` text, and its name.
+struct Entry {
+    name: String,
+    start: usize,
+    end: usize,
+}
+
+/// Byte ranges of the text's lines, each with its line ending.
+fn lines(text: &str) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    for (i, b) in text.bytes().enumerate() {
+        if b == b'\n' {
+            out.push((start, i + 1));
+            start = i + 1;
+        }
+    }
+    if start < text.len() {
+        out.push((start, text.len()));
+    }
+    out
+}
+
+/// Finds assignments, following quoted values over several lines.
+fn entries(text: &str) -> Vec<Entry> {
+    let spans = lines(text);
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < spans.len() {
+        let (start, end) = spans[i];
+        let line = &text[start..end];
+        let body = line.trim_start();
+        let body = body
+            .strip_prefix("export ")
+            .map(str::trim_start)
+            .unwrap_or(body);
+        let name_len = body
+            .bytes()
+            .take_while(|b| b.is_ascii_alphanumeric() || *b == b'_' || *b == b'.')
+            .count();
+        let rest = body[name_len..].trim_start_matches([' ', '\t']);
+        if name_len == 0 || body.starts_with('#') || !rest.starts_with('=') {
+            i += 1;
+            continue;
+        }
+        let name = body[..name_len].to_owned();
+        let value = rest[1..].trim_start_matches([' ', '\t']);
+        // A quoted value may run over several lines: find where it closes.
+        let mut last = i;
+        if let Some(q) = value.chars().next().filter(|c| *c == '"' || *c == '\'') {
+            let mut closed = closes(&value[1..], q);
+            while !closed && last + 1 < spans.len() {
+                last += 1;
+                let (s, e) = spans[last];
+                closed = closes(&text[s..e], q);
+            }
+        }
+        out.push(Entry {
+            name,
+            start,
+            end: spans[last].1,
+        });
+        i = last + 1;
+    }
+    out
+}
+
+fn closes(s: &str, quote: char) -> bool {
+    let mut escaped = false;
+    for c in s.chars() {
+        if quote == '"' && c == '\\' && !escaped {
+            escaped = true;
+            continue;
+        }
+        if c == quote && !escaped {
+            return true;
+        }
+        escaped = false;
+    }
+    false
+}
+
+fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.as_bytes()[0].is_ascii_digit()
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// The value as written: bare when it is plain, else single-quoted (literal), else double-quoted with escapes.
+fn quote(value: &str) -> String {
+    let plain = !value.is_empty()
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:/+=@,%~^".contains(&b));
+    if plain {
+        value.to_owned()
+    } else if !value.contains('\'') {
+        format!("'{value}'")
+    } else {
+        let mut out = String::with_capacity(value.len() + 2);
+        out.push('"');
+        for c in value.chars() {
+            if matches!(c, '\\' | '"' | '$') {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+        out.push('"');
+        out
+    }
+}
+
+/// Returns `text` with `name` set to `value`: the last assignment of `name` is rewritten in place, or a line is
+/// appended. Every other byte is kept.
+///
+/// ```
+/// use keymeter::store::env_file::set_var;
+/// let text = "# keys\nOPENAI_API_KEY=old # mine\nOTHER=1\n";
+/// assert_eq!(set_var(text, "OPENAI_API_KEY", "sk-new").unwrap(), "# keys\nOPENAI_API_KEY=sk-new\nOTHER=1\n");
+/// assert_eq!(set_var("A=1", "B", "two words").unwrap(), "A=1\nB='two words'\n");
+/// assert!(set_var("", "B", "x\nEVIL=1").is_err());
+/// ```
+///
+/// # Errors
+/// [`Error::InvalidInput`] for an invalid name, or a value with a newline, carriage return or NUL.
+pub fn set_var(text: &str, name: &str, value: &str) -> Result<String> {
+    if !is_valid_name(name) {
+        return Err(Error::invalid(
+            "variable name",
+            "use [A-Za-z_][A-Za-z0-9_]*",
+        ));
+    }
+    if value.contains(['\n', '\r', '\0']) {
+        return Err(Error::invalid(
+            "value",
+            "a .env value may not contain a newline or NUL",
+        ));
+    }
+    let line = format!("{name}={}", quote(value));
+    let found = entries(text).into_iter().rfind(|e| e.name == name);
+    Ok(match found {
+        Some(e) => {
+            let ending = if text[..e.end].ends_with("\r\n") {
+                "\r\n"
+            } else if text[..e.end].ends_with('\n') {
+                "\n"
+            } else {
+                ""
+            };
+            format!("{}{line}{ending}{}", &text[..e.start], &text[e.end..])
+        }
+        None => {
+            let sep = if text.is_empty() || text.ends_with('\n') {
+                ""
+            } else {
+                "\n"
+            };
+            format!("{text}{sep}{line}\n")
+        }
+    })
+}
+
+/// Returns `text` without any assignment of `name`, and whether there was one.
+pub fn remove_var(text: &str, name: &str) -> (String, bool) {
+    let mut out = String::with_capacity(text.len());
+    let mut at = 0;
+    let mut removed = false;
+    for e in entries(text).into_iter().filter(|e| e.name == name) {
+        out.push_str(&text[at..e.start]);
+        at = e.end;
+        removed = true;
+    }
+    out.push_str(&text[at..]);
+    (out, removed)
+}
+
+/// A `.env` file holding system keys for development.
+#[derive(Debug, Clone)]
+pub struct EnvFile {
+    path: PathBuf,
+    environment: Environment,
+}
+
+impl EnvFile {
+    /// The file at `path`, used in `environment` (writes are refused outside development).
+    pub fn new(path: impl Into<PathBuf>, environment: Environment) -> Self {
+        EnvFile {
+            path: path.into(),
+            environment,
+        }
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn read_text(&self) -> Result<Zeroizing<String>> {
+        match std::fs::read_to_string(&self.path) {
+            Ok(t) => Ok(Zeroizing::new(t)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Zeroizing::new(String::new())),
+            Err(e) => Err(Error::Config(format!(
+                "cannot read {}: {e}",
+                self.path.display()
+            ))),
+        }
+    }
+
+    /// The key for `provider`, from the first of its variables that is set and not empty.
+    ///
+    /// # Errors
+    /// [`Error::Config`] when the file cannot be read or parsed.
+    pub fn read_key(&self, provider: &Provider) -> Result<Option<SecretString>> {
+        let vars = parse(&self.read_text()?)?;
+        Ok(provider
+            .env_vars()
+            .iter()
+            .find_map(|v| vars.get(v).filter(|s| !s.trim().is_empty()))
+            .map(|s| SecretString::from(s.trim())))
+    }
+
+    /// Writes the key for `provider` (its first variable), checking its shape first.
+    ///
+    /// # Errors
+    /// [`Error::Config`] outside development or on I/O failure; [`Error::InvalidCredential`] for a bad key.
+    pub fn write_key(&self, provider: &Provider, key: &str) -> Result<()> {
+        self.refuse_outside_development()?;
+        provider.check_key(key)?;
+        let text = self.read_text()?;
+        let var = provider.env_vars().swap_remove(0);
+        let updated = Zeroizing::new(set_var(&text, &var, key)?);
+        self.write_atomically(&updated)
+    }
+
+    /// Removes every variable of `provider`; returns whether there was one.
+    ///
+    /// # Errors
+    /// [`Error::Config`] outside development or on I/O failure.
+    pub fn remove_key(&self, provider: &Provider) -> Result<bool> {
+        self.refuse_outside_development()?;
+        let mut text = self.read_text()?;
+        let mut any = false;
+        for var in provider.env_vars() {
+            let (rest, removed) = remove_var(&text, &var);
+            text = Zeroizing::new(rest);
+            any |= removed;
+        }
+        if any {
+            self.write_atomically(&text)?;
+        }
+        Ok(any)
+    }
+
+    fn refuse_outside_development(&self) -> Result<()> {
+        if self.environment.is_development() {
+            Ok(())
+        } else {
+            Err(Error::Config(format!(
+                "refusing to write keys to a .env file in {}: use the encrypted store",
+                self.environment
+            )))
+        }
+    }
+
+    fn write_atomically(&self, text: &str) -> Result<()> {
+        let fail =
+            |e: std::io::Error| Error::Config(format!("cannot write {}: {e}", self.path.display()));
+        let dir = self
+            .path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let name = self
+            .path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or(".env");
+        let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let result = (|| {
+            let mut file = options.open(&tmp)?;
+            file.write_all(text.as_bytes())?;
+            file.sync_all()?;
+            std::fs::rename(&tmp, &self.path)?;
+            // Make the rename itself durable.
+            std::fs::File::open(dir)?.sync_all()
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result.map_err(fail)
+    }
+}
+
+#[async_trait]
+impl SystemKeySource for EnvFile {
+    async fn system_key(&self, provider: &Provider) -> Result<Option<SecretString>> {
+        self.read_key(provider)
+    }
+}
