@@ -27,6 +27,7 @@ impl Cli {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_keymeter"));
         cmd.current_dir(self.dir.path())
             .env_remove("KEYMETER_PEPPER")
+            .env_remove("KEYMETER_MASTER_KEYS")
             .env_remove("KEYMETER_STORE")
             .env_remove("DEBUG")
             .env_remove("DEPLOY_ENV")
@@ -298,12 +299,18 @@ fn production_never_generates_secrets() {
         "KEYMETER_PEPPER",
         "cHJvZHVjdGlvbi1wZXBwZXItMzItYnl0ZXMtbG9uZyE=".into(),
     ));
+    let (code, _) = cli.run(&["init"], None);
+    assert_eq!(code, 2, "the master keys are still missing");
+    cli.env.push((
+        "KEYMETER_MASTER_KEYS",
+        "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=".into(),
+    ));
     cli.ok(&["init"]);
     let created = cli.ok(&["keys", "create", "--name", "a", "--owner", "b"]);
     let (code, v) = cli.run(&["keys", "verify"], Some(created["key"].as_str().unwrap()));
     assert_eq!((code, v["code"].as_str()), (0, Some("VALID")));
     // A wrong-length pepper is a configuration error that does not echo the value.
-    cli.env.pop();
+    cli.env.retain(|(k, _)| *k != "KEYMETER_PEPPER");
     cli.env.push(("KEYMETER_PEPPER", "c2hvcnQ=".into()));
     let out = cli.run_with(&["keys", "verify"], Some("x"));
     assert_eq!(out.status.code(), Some(2));
@@ -505,4 +512,222 @@ fn price_commands() {
     assert_eq!(show["prices"][0]["rates"]["input"], "0.0000025");
     let (code, _) = cli.run(&["price", "show", "gpt-99"], None);
     assert_eq!(code, 1);
+}
+
+#[test]
+fn creds_commands_across_invocations() {
+    let cli = Cli::new();
+    cli.ok(&["init"]);
+    let alice_key = "sk-ant-api03-alice-own-key-000000000000";
+    let (code, v) = cli.run(
+        &[
+            "creds",
+            "set",
+            "--owner",
+            "alice",
+            "--provider",
+            "anthropic",
+        ],
+        Some(alice_key),
+    );
+    assert_eq!((code, v["masked"].as_str()), (0, Some("sk-ant-…0000")));
+    let (code, _) = cli.run(
+        &["creds", "set", "--system", "--provider", "anthropic"],
+        Some("sk-ant-api03-system-key-11111111111111"),
+    );
+    assert_eq!(code, 0);
+    // Malformed and placeholder keys exit 2 with a message that does not echo them.
+    for bad in [
+        "sk-...",
+        "changeme",
+        "sk-proj-wrong-provider-key-0000000000",
+    ] {
+        let out = cli.run_with(
+            &[
+                "creds",
+                "set",
+                "--owner",
+                "alice",
+                "--provider",
+                "anthropic",
+            ],
+            Some(bad),
+        );
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+        assert!(!String::from_utf8_lossy(&out.stderr).contains(bad));
+    }
+
+    let status = cli.ok(&["creds", "status", "--owner", "alice"]);
+    assert_eq!(status["owner"], "alice");
+    assert_eq!(
+        status["providers"]["anthropic"],
+        serde_json::json!({"user": true, "system": true})
+    );
+    assert_eq!(
+        status["providers"]["openai"],
+        serde_json::json!({"user": false, "system": false})
+    );
+    assert!(!status.to_string().contains("sk-ant"));
+
+    let r = cli.ok(&[
+        "creds",
+        "resolve",
+        "--owner",
+        "alice",
+        "--provider",
+        "anthropic",
+    ]);
+    assert_eq!(
+        r,
+        serde_json::json!({"provider": "anthropic", "source": "user", "masked": "sk-ant-…0000"})
+    );
+    let r = cli.ok(&[
+        "creds",
+        "resolve",
+        "--owner",
+        "bob",
+        "--provider",
+        "anthropic",
+    ]);
+    assert_eq!(r["source"], "system");
+    let (code, v) = cli.run(
+        &["creds", "resolve", "--owner", "bob", "--provider", "openai"],
+        None,
+    );
+    assert_eq!(
+        (code, v),
+        (
+            1,
+            serde_json::json!({"code": "NO_CREDENTIAL", "provider": "openai"})
+        )
+    );
+
+    // The .env tier: ./.env is used in development...
+    std::fs::write(
+        cli.dir.path().join(".env"),
+        "# dev\nOPENAI_API_KEY=sk-proj-from-dotenv-aaaaaaaaaaaaaaaa\n",
+    )
+    .unwrap();
+    let r = cli.ok(&["creds", "resolve", "--owner", "bob", "--provider", "openai"]);
+    assert_eq!(r["source"], "env-file");
+    // ...and written to only when named, in development.
+    let (code, _) = cli.run(
+        &[
+            "creds",
+            "set",
+            "--system",
+            "--provider",
+            "google",
+            "--env-file",
+            ".env",
+        ],
+        Some("AIzaSyA-abcdefghijklmnopqrstuvwxyz01234"),
+    );
+    assert_eq!(code, 0);
+    let env_text = std::fs::read_to_string(cli.dir.path().join(".env")).unwrap();
+    assert!(env_text.starts_with(
+        "# dev\nOPENAI_API_KEY=sk-proj-from-dotenv-aaaaaaaaaaaaaaaa\nGOOGLE_API_KEY=AIza"
+    ));
+
+    // Rotate the master key: new key first, old one kept, then rewrap.
+    let secrets = std::fs::read_to_string(cli.dir.path().join("keymeter.secrets")).unwrap();
+    let old = secrets
+        .lines()
+        .find_map(|l| l.strip_prefix("KEYMETER_MASTER_KEYS="))
+        .unwrap()
+        .to_owned();
+    let pepper = secrets
+        .lines()
+        .find_map(|l| l.strip_prefix("KEYMETER_PEPPER="))
+        .unwrap()
+        .to_owned();
+    let new = cli.ok(&["vault", "keygen", "--id", "k2"])["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut rotated = Cli {
+        dir: cli.dir,
+        env: cli.env.clone(),
+    };
+    rotated
+        .env
+        .push(("KEYMETER_MASTER_KEYS", format!("{new},{old}")));
+    rotated.env.push(("KEYMETER_PEPPER", pepper));
+    let report = rotated.ok(&["creds", "rewrap"]);
+    assert_eq!(
+        (report["total"].as_u64(), report["rewrapped"].as_u64()),
+        (Some(2), Some(2))
+    );
+    rotated.env.retain(|(k, _)| *k != "KEYMETER_MASTER_KEYS");
+    rotated.env.push(("KEYMETER_MASTER_KEYS", new));
+    assert_eq!(
+        rotated.ok(&[
+            "creds",
+            "resolve",
+            "--owner",
+            "alice",
+            "--provider",
+            "anthropic"
+        ])["source"],
+        "user"
+    );
+
+    // Production never reads or writes .env keys.
+    let mut prod = Cli {
+        dir: rotated.dir,
+        env: rotated.env.clone(),
+    };
+    prod.env.retain(|(k, _)| *k != "KEYMETER_ENV");
+    prod.env.push(("KEYMETER_ENV", "production".into()));
+    let (code, v) = prod.run(
+        &["creds", "resolve", "--owner", "bob", "--provider", "openai"],
+        None,
+    );
+    assert_eq!((code, v["code"].as_str()), (1, Some("NO_CREDENTIAL")));
+    let (code, _) = prod.run(
+        &[
+            "creds",
+            "resolve",
+            "--owner",
+            "bob",
+            "--provider",
+            "openai",
+            "--env-file",
+            ".env",
+        ],
+        None,
+    );
+    assert_eq!(code, 2);
+    let before = std::fs::read(prod.dir.path().join(".env")).unwrap();
+    let (code, _) = prod.run(
+        &[
+            "creds",
+            "set",
+            "--system",
+            "--provider",
+            "openai",
+            "--env-file",
+            ".env",
+        ],
+        Some("sk-proj-abcdefghijklmnopqrstuvwxyz"),
+    );
+    assert_eq!(code, 2);
+    assert_eq!(std::fs::read(prod.dir.path().join(".env")).unwrap(), before);
+
+    let deleted = prod.ok(&["creds", "delete", "--owner", "alice"]);
+    assert_eq!(deleted["deleted"], 1);
+
+    // No plaintext key anywhere in the database files.
+    for entry in std::fs::read_dir(prod.dir.path()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.to_string_lossy().contains("keymeter.db") {
+            let bytes = std::fs::read(&path).unwrap();
+            assert!(
+                !bytes
+                    .windows(alice_key.len())
+                    .any(|w| w == alice_key.as_bytes())
+            );
+            assert!(!bytes.windows(10).any(|w| w == b"system-key"));
+        }
+    }
 }

@@ -556,7 +556,7 @@ mod env_file {
             set_var(tricky, "B", "new").unwrap(),
             "A=\"x\nB=inside\"\nB=new\n"
         );
-        let (removed, any) = remove_var(FILE, "MULTI");
+        let (removed, any) = remove_var(FILE, "MULTI").unwrap();
         assert!(any);
         assert_eq!(removed, FILE.replace("MULTI=\"line one\nline two\"\n", ""));
         // Values that need quoting survive a parse.

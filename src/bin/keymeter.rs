@@ -11,6 +11,10 @@ use std::sync::Arc;
 use chrono::{Duration, Utc};
 use clap::{Args, Parser, Subcommand};
 use keymeter::Error;
+use keymeter::credentials::{
+    CredentialResolver, CredentialScope, CredentialStore, MasterKey, MasterKeyRing, Provider,
+    Vault, rewrap, set_key,
+};
 use keymeter::env::{Detected, ProcessEnv, detect};
 use keymeter::keys::record::parse_networks;
 use keymeter::keys::token::{self, KeyEnv};
@@ -21,8 +25,11 @@ use keymeter::keys::{
 use keymeter::pricing::normalize::normalize;
 use keymeter::pricing::{PriceCatalog, ServiceTier, Usage, UsageFormat};
 use keymeter::random::OsRandom;
+use keymeter::secret::mask;
+use keymeter::store::EnvFile;
 use keymeter::store::SqliteStore;
 use secrecy::ExposeSecret;
+use secrecy::SecretString;
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
@@ -62,6 +69,69 @@ enum Command {
     /// Model prices and costs.
     #[command(subcommand)]
     Price(PriceCommand),
+    /// The master keys that encrypt provider credentials.
+    #[command(subcommand)]
+    Vault(VaultCommand),
+    /// Provider credentials (bring your own key).
+    #[command(subcommand)]
+    Creds(CredsCommand),
+}
+
+#[derive(Subcommand)]
+enum VaultCommand {
+    /// Print a new master key entry for KEYMETER_MASTER_KEYS (put it first to make it active).
+    Keygen {
+        /// The key's id (default k<date>).
+        #[arg(long)]
+        id: Option<String>,
+    },
+}
+
+#[derive(Args)]
+struct EnvFileArg {
+    /// A .env file of system keys (development only; default ./.env when it exists).
+    #[arg(long)]
+    env_file: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum CredsCommand {
+    /// Store a key read from stdin, for a user or as the system key.
+    Set {
+        #[arg(long, required_unless_present = "system", conflicts_with = "system")]
+        owner: Option<String>,
+        #[arg(long)]
+        system: bool,
+        #[arg(long)]
+        provider: String,
+        #[command(flatten)]
+        env_file: EnvFileArg,
+    },
+    /// Which providers an owner has a personal and a system key for.
+    Status {
+        #[arg(long)]
+        owner: String,
+        #[command(flatten)]
+        env_file: EnvFileArg,
+    },
+    /// Which key an owner's request would use (masked).
+    Resolve {
+        #[arg(long)]
+        owner: String,
+        #[arg(long)]
+        provider: String,
+        #[command(flatten)]
+        env_file: EnvFileArg,
+    },
+    /// Delete an owner's key for one provider, or all of them.
+    Delete {
+        #[arg(long)]
+        owner: String,
+        #[arg(long)]
+        provider: Option<String>,
+    },
+    /// Re-encrypt every stored credential under the active master key.
+    Rewrap,
 }
 
 #[derive(Subcommand)]
@@ -293,6 +363,158 @@ async fn run(cli: Cli) -> Outcome {
         Command::Init => init(&cli.store).await,
         Command::Keys(cmd) => keys(&cli.store, cmd).await,
         Command::Price(cmd) => price(cmd),
+        Command::Vault(VaultCommand::Keygen { id }) => {
+            let id = id.unwrap_or_else(|| format!("k{}", Utc::now().format("%Y%m%d")));
+            let key = MasterKey::generate(&id, &OsRandom)?;
+            let entry = key.to_env_entry();
+            Ok((
+                json!({"id": id, "key": entry.expose_secret()}),
+                format!(
+                    "{}\n\nPut it first in KEYMETER_MASTER_KEYS (comma-separated) to make it active, keep the old keys\n\
+                     after it, then run `keymeter creds rewrap`.",
+                    entry.expose_secret()
+                ),
+            ))
+        }
+        Command::Creds(cmd) => creds(&cli.store, cmd).await,
+    }
+}
+
+/// The `.env` tier for this invocation: the file named, else `./.env` if it exists. Naming one outside
+/// development is an error; the default is silently unused there.
+fn env_file_tier(arg: &EnvFileArg, env: &Detected) -> Result<Option<EnvFile>, Failure> {
+    match &arg.env_file {
+        Some(path) if !env.environment.is_development() => Err(Failure::Usage(format!(
+            "--env-file {} refused: .env keys are for development only (environment: {})",
+            path.display(),
+            env.environment
+        ))),
+        Some(path) => Ok(Some(EnvFile::new(path, env.environment))),
+        None => {
+            let default = Path::new(".env");
+            Ok((env.environment.is_development() && default.exists())
+                .then(|| EnvFile::new(default, env.environment)))
+        }
+    }
+}
+
+fn credential_failure(e: Error) -> Failure {
+    match e {
+        Error::NoCredential { ref provider } => Failure::Negative(
+            json!({"code": "NO_CREDENTIAL", "provider": provider}),
+            e.to_string(),
+        ),
+        other => other.into(),
+    }
+}
+
+async fn creds(store_url: &str, cmd: CredsCommand) -> Outcome {
+    let env = environment()?;
+    let store = open(store_url).await?;
+    let dyn_store: Arc<dyn CredentialStore> = store.clone();
+    let resolver = |vault: Arc<Vault>, file: Option<EnvFile>| {
+        let r = CredentialResolver::new(dyn_store.clone(), vault, env.environment);
+        match file {
+            Some(f) => r.with_env_file(Arc::new(f)),
+            None => r,
+        }
+    };
+    match cmd {
+        CredsCommand::Set {
+            owner,
+            system,
+            provider,
+            env_file,
+        } => {
+            let provider = Provider::new(&provider)?;
+            let key = read_stdin_secret()?;
+            let masked = mask(&key);
+            if system && let Some(path) = &env_file.env_file {
+                let file = env_file_tier(&env_file, &env)?
+                    .ok_or_else(|| Failure::Usage("no .env file".into()))?;
+                file.write_key(&provider, &key)?;
+                let human = format!(
+                    "wrote the {provider} system key {masked} to {}",
+                    path.display()
+                );
+                return Ok((
+                    json!({"scope": "system", "owner": null, "provider": provider, "masked": masked, "stored": "env-file"}),
+                    human,
+                ));
+            }
+            let scope = match &owner {
+                Some(o) => CredentialScope::user(o)?,
+                None => CredentialScope::System,
+            };
+            let vault = load_vault(store_url, &env)?;
+            set_key(&*store, &vault, &scope, &provider, &key).await?;
+            let whose = owner
+                .as_deref()
+                .map_or_else(|| "the system".to_owned(), |o| o.to_owned());
+            Ok((
+                json!({"scope": scope.kind(), "owner": owner, "provider": provider, "masked": masked, "stored": "vault"}),
+                format!("stored {whose}'s {provider} key {masked} (encrypted)"),
+            ))
+        }
+        CredsCommand::Status { owner, env_file } => {
+            let file = env_file_tier(&env_file, &env)?;
+            let status = resolver(load_vault(store_url, &env)?, file)
+                .status(&owner)
+                .await?;
+            let human = status
+                .iter()
+                .map(|(p, s)| format!("{p:<12} user: {:<5} system: {}", s.user, s.system))
+                .collect::<Vec<_>>()
+                .join("\n");
+            Ok((json!({"owner": owner, "providers": status}), human))
+        }
+        CredsCommand::Resolve {
+            owner,
+            provider,
+            env_file,
+        } => {
+            let provider = Provider::new(&provider)?;
+            let file = env_file_tier(&env_file, &env)?;
+            let resolved = resolver(load_vault(store_url, &env)?, file)
+                .resolve(&owner, &provider)
+                .await
+                .map_err(credential_failure)?;
+            let masked = resolved.masked();
+            Ok((
+                json!({"provider": provider, "source": resolved.source, "masked": masked}),
+                format!("{provider}: {} key {masked}", resolved.source.as_str()),
+            ))
+        }
+        CredsCommand::Delete { owner, provider } => {
+            let scope = CredentialScope::user(&owner)?;
+            let deleted = match provider {
+                Some(p) => u64::from(store.delete(&scope, &Provider::new(&p)?).await?),
+                None => store.delete_all(&scope).await?,
+            };
+            Ok((
+                json!({"owner": owner, "deleted": deleted}),
+                format!("deleted {deleted} key(s) of {owner}"),
+            ))
+        }
+        CredsCommand::Rewrap => {
+            let vault = load_vault(store_url, &env)?;
+            let report = rewrap(&*store, &vault).await?;
+            let human = format!(
+                "rewrapped {} of {} credential(s) under {}{}",
+                report.rewrapped,
+                report.total,
+                vault.keys().active().id(),
+                if report.skipped > 0 {
+                    format!(" ({} changed meanwhile: run again)", report.skipped)
+                } else {
+                    String::new()
+                }
+            );
+            Ok((
+                serde_json::to_value(report).map_err(|e| Failure::Usage(e.to_string()))?,
+                human,
+            ))
+        }
     }
 }
 
@@ -495,30 +717,50 @@ fn write_secrets_file(path: &Path, entries: &[(String, Zeroizing<String>)]) -> R
     Ok(())
 }
 
-/// The pepper ring: `KEYMETER_PEPPER`, else (development only) the secrets file.
-fn load_peppers(store_url: &str, env: &Detected) -> Result<PepperRing, Failure> {
-    if let Ok(value) = std::env::var("KEYMETER_PEPPER") {
-        return Ok(PepperRing::from_env_value(&value)?);
+/// A secret from the environment, else (development only) from the secrets file beside the database.
+fn load_secret(name: &str, store_url: &str, env: &Detected) -> Result<Zeroizing<String>, Failure> {
+    if let Ok(value) = std::env::var(name) {
+        return Ok(Zeroizing::new(value));
     }
     if !env.environment.is_development() {
         return Err(Failure::Usage(format!(
-            "KEYMETER_PEPPER is not set; it is required in {} (base64 of 32 bytes)",
+            "{name} is not set; it is required in {}",
             env.environment
         )));
     }
     let path = secrets_path(store_url)
         .filter(|p| p.exists())
         .ok_or_else(|| {
-            Failure::Usage(
-                "KEYMETER_PEPPER is not set: run `keymeter init` (development) or set it".into(),
-            )
+            Failure::Usage(format!(
+                "{name} is not set: run `keymeter init` (development) or set it"
+            ))
         })?;
-    let entries = read_secrets_file(&path)?;
-    let value = entries
-        .iter()
-        .find(|(k, _)| k == "KEYMETER_PEPPER")
-        .ok_or_else(|| Failure::Usage(format!("{} has no KEYMETER_PEPPER", path.display())))?;
-    Ok(PepperRing::from_env_value(&value.1)?)
+    read_secrets_file(&path)?
+        .into_iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v)
+        .ok_or_else(|| {
+            Failure::Usage(format!(
+                "{} has no {name}: run `keymeter init`",
+                path.display()
+            ))
+        })
+}
+
+/// The pepper ring: `KEYMETER_PEPPER`, else (development only) the secrets file.
+fn load_peppers(store_url: &str, env: &Detected) -> Result<PepperRing, Failure> {
+    Ok(PepperRing::from_env_value(&load_secret(
+        "KEYMETER_PEPPER",
+        store_url,
+        env,
+    )?)?)
+}
+
+/// The master keys: `KEYMETER_MASTER_KEYS`, else (development only) the secrets file.
+fn load_vault(store_url: &str, env: &Detected) -> Result<Arc<Vault>, Failure> {
+    let ring =
+        MasterKeyRing::from_env_value(&load_secret("KEYMETER_MASTER_KEYS", store_url, env)?)?;
+    Ok(Arc::new(Vault::new(ring)))
 }
 
 async fn open(store_url: &str) -> Result<Arc<SqliteStore>, Failure> {
@@ -535,10 +777,28 @@ async fn init(store_url: &str) -> Outcome {
     open(store_url).await?;
     let mut created = Vec::new();
     let path = secrets_path(store_url);
-    if std::env::var("KEYMETER_PEPPER").is_err() {
+    let day = Utc::now().format("%Y%m%d").to_string();
+    // Both secrets are generated the same way: a keyring of one fresh key, dated id.
+    let generate = |name: &str| -> Result<SecretString, Error> {
+        if name == "KEYMETER_PEPPER" {
+            Ok(
+                PepperRing::new(vec![Pepper::generate(&format!("p{day}"), &OsRandom)?])?
+                    .to_env_value(),
+            )
+        } else {
+            Ok(
+                MasterKeyRing::new(vec![MasterKey::generate(&format!("k{day}"), &OsRandom)?])?
+                    .to_env_value(),
+            )
+        }
+    };
+    for name in ["KEYMETER_PEPPER", "KEYMETER_MASTER_KEYS"] {
+        if std::env::var(name).is_ok() {
+            continue;
+        }
         if !env.environment.is_development() {
             return Err(Failure::Usage(format!(
-                "KEYMETER_PEPPER is not set; in {} secrets are never generated",
+                "{name} is not set; in {} secrets are never generated",
                 env.environment
             )));
         }
@@ -550,15 +810,13 @@ async fn init(store_url: &str) -> Outcome {
         } else {
             Vec::new()
         };
-        if !entries.iter().any(|(k, _)| k == "KEYMETER_PEPPER") {
-            let id = format!("p{}", Utc::now().format("%Y%m%d"));
-            let ring = PepperRing::new(vec![Pepper::generate(&id, &OsRandom)?])?;
+        if !entries.iter().any(|(k, _)| k == name) {
             entries.push((
-                "KEYMETER_PEPPER".into(),
-                Zeroizing::new(ring.to_env_value().expose_secret().to_owned()),
+                name.into(),
+                Zeroizing::new(generate(name)?.expose_secret().to_owned()),
             ));
             write_secrets_file(path, &entries)?;
-            created.push("KEYMETER_PEPPER");
+            created.push(name);
         }
     }
     let secrets_file = path.filter(|p| p.exists()).map(|p| p.display().to_string());
@@ -674,7 +932,7 @@ async fn keys(store_url: &str, cmd: KeysCommand) -> Outcome {
             ))
         }
         KeysCommand::List { owner, org } => {
-            let records = store.list(&KeyFilter { owner, org }).await?;
+            let records = dyn_store.list(&KeyFilter { owner, org }).await?;
             let human = records
                 .iter()
                 .map(record_human)
@@ -682,7 +940,7 @@ async fn keys(store_url: &str, cmd: KeysCommand) -> Outcome {
                 .join("\n");
             Ok((json!({ "keys": records }), human))
         }
-        KeysCommand::Show { id } => match store.get(&id).await? {
+        KeysCommand::Show { id } => match dyn_store.get(&id).await? {
             Some(r) => Ok((
                 serde_json::to_value(&*r).map_err(|e| Failure::Usage(e.to_string()))?,
                 record_human(&r),
@@ -741,23 +999,23 @@ async fn keys(store_url: &str, cmd: KeysCommand) -> Outcome {
             }
         }
         KeysCommand::Revoke { id } => {
-            store.revoke(&id, Utc::now()).await?;
+            dyn_store.revoke(&id, Utc::now()).await?;
             Ok((json!({"id": id, "revoked": true}), format!("revoked {id}")))
         }
         KeysCommand::RevokeAll { org } => {
-            let ids = store.revoke_org(&org, Utc::now()).await?;
+            let ids = dyn_store.revoke_org(&org, Utc::now()).await?;
             let human = format!("revoked {} key(s) of {org}", ids.len());
             Ok((json!({"org": org, "revoked": ids.len(), "ids": ids}), human))
         }
         KeysCommand::Disable { id } => {
-            store.set_disabled(&id, true).await?;
+            dyn_store.set_disabled(&id, true).await?;
             Ok((
                 json!({"id": id, "disabled": true}),
                 format!("disabled {id}"),
             ))
         }
         KeysCommand::Enable { id } => {
-            store.set_disabled(&id, false).await?;
+            dyn_store.set_disabled(&id, false).await?;
             Ok((
                 json!({"id": id, "disabled": false}),
                 format!("enabled {id}"),

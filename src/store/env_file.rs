@@ -50,30 +50,18 @@ struct Entry {
     end: usize,
 }
 
-/// Byte ranges of the text's lines, each with its line ending.
-fn lines(text: &str) -> Vec<(usize, usize)> {
+/// Finds assignments. Quotes may open anywhere in a value (shell style, as dotenvy reads them) and run over
+/// several lines; the assignment ends at the first newline outside quotes.
+fn entries(text: &str) -> Vec<Entry> {
+    let bytes = text.as_bytes();
     let mut out = Vec::new();
     let mut start = 0;
-    for (i, b) in text.bytes().enumerate() {
-        if b == b'\n' {
-            out.push((start, i + 1));
-            start = i + 1;
-        }
-    }
-    if start < text.len() {
-        out.push((start, text.len()));
-    }
-    out
-}
-
-/// Finds assignments, following quoted values over several lines.
-fn entries(text: &str) -> Vec<Entry> {
-    let spans = lines(text);
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < spans.len() {
-        let (start, end) = spans[i];
-        let line = &text[start..end];
+    while start < bytes.len() {
+        let line_end = bytes[start..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(bytes.len(), |i| start + i + 1);
+        let line = &text[start..line_end];
         let body = line.trim_start();
         let body = body
             .strip_prefix("export ")
@@ -84,45 +72,62 @@ fn entries(text: &str) -> Vec<Entry> {
             .take_while(|b| b.is_ascii_alphanumeric() || *b == b'_' || *b == b'.')
             .count();
         let rest = body[name_len..].trim_start_matches([' ', '\t']);
-        if name_len == 0 || body.starts_with('#') || !rest.starts_with('=') {
-            i += 1;
+        if name_len == 0 || !rest.starts_with('=') {
+            start = line_end;
             continue;
         }
         let name = body[..name_len].to_owned();
-        let value = rest[1..].trim_start_matches([' ', '\t']);
-        // A quoted value may run over several lines: find where it closes.
-        let mut last = i;
-        if let Some(q) = value.chars().next().filter(|c| *c == '"' || *c == '\'') {
-            let mut closed = closes(&value[1..], q);
-            while !closed && last + 1 < spans.len() {
-                last += 1;
-                let (s, e) = spans[last];
-                closed = closes(&text[s..e], q);
-            }
-        }
-        out.push(Entry {
-            name,
-            start,
-            end: spans[last].1,
-        });
-        i = last + 1;
+        let value_at = line_end - rest.len() + 1;
+        let end = value_end(bytes, value_at);
+        out.push(Entry { name, start, end });
+        start = end;
     }
     out
 }
 
-fn closes(s: &str, quote: char) -> bool {
-    let mut escaped = false;
-    for c in s.chars() {
-        if quote == '"' && c == '\\' && !escaped {
-            escaped = true;
-            continue;
-        }
-        if c == quote && !escaped {
-            return true;
-        }
-        escaped = false;
+/// Where a value starting at `at` ends: just past the first newline outside quotes (or the end of the text).
+fn value_end(bytes: &[u8], at: usize) -> usize {
+    #[derive(PartialEq)]
+    enum State {
+        Bare,
+        Single,
+        Double,
     }
-    false
+    let mut state = State::Bare;
+    let mut i = at;
+    let mut prev_space = false;
+    while i < bytes.len() {
+        let b = bytes[i];
+        match state {
+            State::Bare => match b {
+                b'\n' => return i + 1,
+                b'\\' => i += 1,
+                b'\'' => state = State::Single,
+                b'"' => state = State::Double,
+                b'#' if prev_space => {
+                    return bytes[i..]
+                        .iter()
+                        .position(|&c| c == b'\n')
+                        .map_or(bytes.len(), |j| i + j + 1);
+                }
+                _ => {}
+            },
+            // dotenvy reads `\'` inside single quotes as an escaped quote.
+            State::Single => match b {
+                b'\\' => i += 1,
+                b'\'' => state = State::Bare,
+                _ => {}
+            },
+            State::Double => match b {
+                b'\\' => i += 1,
+                b'"' => state = State::Bare,
+                _ => {}
+            },
+        }
+        prev_space = b == b' ' || b == b'\t';
+        i += 1;
+    }
+    bytes.len()
 }
 
 fn is_valid_name(name: &str) -> bool {
@@ -131,7 +136,8 @@ fn is_valid_name(name: &str) -> bool {
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
-/// The value as written: bare when it is plain, else single-quoted (literal), else double-quoted with escapes.
+/// The value as written: bare when it is plain, else single-quoted (literal) when it has no quote or backslash,
+/// else double-quoted with `\`, `"` and `$` escaped.
 fn quote(value: &str) -> String {
     let plain = !value.is_empty()
         && value
@@ -139,7 +145,7 @@ fn quote(value: &str) -> String {
             .all(|b| b.is_ascii_alphanumeric() || b"-_.:/+=@,%~^".contains(&b));
     if plain {
         value.to_owned()
-    } else if !value.contains('\'') {
+    } else if !value.contains(['\'', '\\']) {
         format!("'{value}'")
     } else {
         let mut out = String::with_capacity(value.len() + 2);
@@ -156,7 +162,8 @@ fn quote(value: &str) -> String {
 }
 
 /// Returns `text` with `name` set to `value`: the last assignment of `name` is rewritten in place, or a line is
-/// appended. Every other byte is kept.
+/// appended. Every other byte is kept. The result is checked with dotenvy before it is returned: it must parse
+/// to the same variables as `text`, with `name` changed, or nothing is written.
 ///
 /// ```
 /// use keymeter::store::env_file::set_var;
@@ -167,7 +174,8 @@ fn quote(value: &str) -> String {
 /// ```
 ///
 /// # Errors
-/// [`Error::InvalidInput`] for an invalid name, or a value with a newline, carriage return or NUL.
+/// [`Error::InvalidInput`] for an invalid name, or a value with a newline, carriage return or NUL;
+/// [`Error::Config`] when `text` does not parse, or is laid out in a way this editor cannot change safely.
 pub fn set_var(text: &str, name: &str, value: &str) -> Result<String> {
     if !is_valid_name(name) {
         return Err(Error::invalid(
@@ -181,9 +189,10 @@ pub fn set_var(text: &str, name: &str, value: &str) -> Result<String> {
             "a .env value may not contain a newline or NUL",
         ));
     }
+    let before = parse(text)?;
     let line = format!("{name}={}", quote(value));
     let found = entries(text).into_iter().rfind(|e| e.name == name);
-    Ok(match found {
+    let updated = match found {
         Some(e) => {
             let ending = if text[..e.end].ends_with("\r\n") {
                 "\r\n"
@@ -202,11 +211,19 @@ pub fn set_var(text: &str, name: &str, value: &str) -> Result<String> {
             };
             format!("{text}{sep}{line}\n")
         }
-    })
+    };
+    let mut expected = before;
+    expected.insert(name.to_owned(), Zeroizing::new(value.to_owned()));
+    check_edit(&updated, &expected)?;
+    Ok(updated)
 }
 
-/// Returns `text` without any assignment of `name`, and whether there was one.
-pub fn remove_var(text: &str, name: &str) -> (String, bool) {
+/// Returns `text` without any assignment of `name`, and whether there was one; checked like [`set_var`].
+///
+/// # Errors
+/// [`Error::Config`] when `text` does not parse or cannot be changed safely.
+pub fn remove_var(text: &str, name: &str) -> Result<(String, bool)> {
+    let mut expected = parse(text)?;
     let mut out = String::with_capacity(text.len());
     let mut at = 0;
     let mut removed = false;
@@ -216,7 +233,21 @@ pub fn remove_var(text: &str, name: &str) -> (String, bool) {
         removed = true;
     }
     out.push_str(&text[at..]);
-    (out, removed)
+    expected.remove(name);
+    check_edit(&out, &expected)?;
+    Ok((out, removed))
+}
+
+/// A line-preserving edit must not change how any other variable reads; if it would, refuse.
+fn check_edit(updated: &str, expected: &HashMap<String, Zeroizing<String>>) -> Result<()> {
+    let unsafe_edit =
+        || Error::Config(".env file: this layout cannot be edited safely; edit it by hand".into());
+    let after = parse(updated).map_err(|_| unsafe_edit())?;
+    let same = after.len() == expected.len()
+        && expected
+            .iter()
+            .all(|(k, v)| after.get(k).is_some_and(|a| a.as_str() == v.as_str()));
+    if same { Ok(()) } else { Err(unsafe_edit()) }
 }
 
 /// A `.env` file holding system keys for development.
@@ -286,7 +317,7 @@ impl EnvFile {
         let mut text = self.read_text()?;
         let mut any = false;
         for var in provider.env_vars() {
-            let (rest, removed) = remove_var(&text, &var);
+            let (rest, removed) = remove_var(&text, &var)?;
             text = Zeroizing::new(rest);
             any |= removed;
         }
