@@ -119,6 +119,19 @@ pub enum Error {
     #[error("vault: {0}")]
     Vault(#[from] crate::credentials::VaultError),
 
+    /// A reservation would take a budget past its limit.
+    #[error("budget {scope} exceeded: limit {limit}, spent {spent}, reserved {reserved}")]
+    BudgetExceeded {
+        /// The budget's scope, `kind:id`.
+        scope: String,
+        /// Its limit.
+        limit: rust_decimal::Decimal,
+        /// Settled spend in the period.
+        spent: rust_decimal::Decimal,
+        /// Live reservations in the period.
+        reserved: rust_decimal::Decimal,
+    },
+
     /// A background task failed (a panic or cancellation inside keymeter).
     #[error("internal error: {0}")]
     Internal(String),

@@ -9,6 +9,7 @@ pub mod credentials;
 pub mod env;
 pub mod error;
 pub mod keys;
+pub mod ledger;
 pub mod pricing;
 pub mod random;
 pub mod secret;

@@ -7,6 +7,9 @@ mod memory {
             keymeter::store::MemoryStore::new()
         ));
     }
+    mod ledger {
+        keymeter::ledger_conformance!(std::sync::Arc::new(keymeter::store::MemoryStore::new()));
+    }
 }
 
 #[cfg(feature = "sqlite")]
@@ -25,5 +28,9 @@ mod sqlite {
     mod credentials {
         use super::fresh;
         keymeter::credential_store_conformance!(fresh().await);
+    }
+    mod ledger {
+        use super::fresh;
+        keymeter::ledger_conformance!(fresh().await);
     }
 }

@@ -27,6 +27,16 @@ pub enum CredentialSource {
 }
 
 impl CredentialSource {
+    /// The source named `user`, `system` or `env-file`.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "user" => Some(CredentialSource::User),
+            "system" => Some(CredentialSource::System),
+            "env-file" => Some(CredentialSource::EnvFile),
+            _ => None,
+        }
+    }
+
     /// `user`, `system` or `env-file`.
     pub fn as_str(self) -> &'static str {
         match self {

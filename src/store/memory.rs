@@ -1,16 +1,21 @@
 //! The in-memory backend.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Duration, Utc};
+use rust_decimal::Decimal;
 
 use crate::credentials::{
     CredentialScope, CredentialStore, Provider, SealedCredential, StoredCredential,
 };
 use crate::error::{Error, Result};
 use crate::keys::{KeyFilter, KeyHash, KeyLookup, KeyRecord, KeyStore, MAX_KEYS_PER_HINT};
+use crate::ledger::{
+    Budget, BudgetScope, BudgetStatus, EventFilter, Ledger, Recorded, Reservation, Standing,
+    UsageEvent, admit,
+};
 
 #[derive(Debug, Default)]
 struct Keys {
@@ -34,10 +39,26 @@ impl Keys {
 }
 
 /// Keeps everything in process memory; share it as `Arc<MemoryStore>` (or `Arc<dyn KeyStore>`).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct MemoryStore {
     keys: RwLock<Keys>,
     credentials: RwLock<BTreeMap<(CredentialScope, Provider), SealedCredential>>,
+    ledger: std::sync::Mutex<LedgerState>,
+    // Reservation ids are this per-store random prefix and a counter: unique without a syscall per reserve.
+    reservation_prefix: String,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        let prefix = crate::ledger::reservation_id(&crate::random::OsRandom)
+            .unwrap_or_else(|_| "rsv_".into());
+        MemoryStore {
+            keys: RwLock::default(),
+            credentials: RwLock::default(),
+            ledger: std::sync::Mutex::default(),
+            reservation_prefix: format!("{prefix}_"),
+        }
+    }
 }
 
 impl MemoryStore {
@@ -259,5 +280,233 @@ impl CredentialStore for MemoryStore {
             }
             _ => Ok(false),
         }
+    }
+}
+
+/// A budget with the bounds of the period last asked about, so the hot path rarely redoes calendar arithmetic.
+#[derive(Debug, Clone)]
+struct BudgetEntry {
+    budget: Budget,
+    bounds: (DateTime<Utc>, DateTime<Utc>),
+}
+
+impl BudgetEntry {
+    fn period_start(&mut self, at: DateTime<Utc>) -> i64 {
+        if !(self.bounds.0 <= at && at < self.bounds.1) {
+            self.bounds = self.budget.period.bounds(at, self.budget.tz);
+        }
+        self.bounds.0.timestamp_micros()
+    }
+}
+
+#[derive(Debug)]
+struct Held {
+    amount: Decimal,
+    expires_at: DateTime<Utc>,
+    slots: Vec<(BudgetScope, i64)>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct LedgerState {
+    events: Vec<UsageEvent>,
+    by_request: HashMap<String, usize>,
+    budgets: HashMap<BudgetScope, BudgetEntry>,
+    spent: HashMap<(BudgetScope, i64), Decimal>,
+    reserved: HashMap<(BudgetScope, i64), Decimal>,
+    holds: HashMap<String, Held>,
+    expiries: BTreeSet<(DateTime<Utc>, String)>,
+    next_id: u64,
+}
+
+impl LedgerState {
+    fn purge(&mut self, now: DateTime<Utc>) {
+        while let Some((at, _)) = self.expiries.first() {
+            if *at > now {
+                break;
+            }
+            if let Some((_, id)) = self.expiries.pop_first() {
+                self.drop_hold(&id);
+            }
+        }
+    }
+
+    fn drop_hold(&mut self, id: &str) -> bool {
+        let Some(held) = self.holds.remove(id) else {
+            return false;
+        };
+        self.expiries.remove(&(held.expires_at, id.to_owned()));
+        for slot in held.slots {
+            if let Some(r) = self.reserved.get_mut(&slot) {
+                *r -= held.amount;
+                if r.is_zero() {
+                    self.reserved.remove(&slot);
+                }
+            }
+        }
+        true
+    }
+
+    fn record(&mut self, event: &UsageEvent) -> Recorded {
+        if let Some(&i) = self.by_request.get(&event.request_id) {
+            return Recorded {
+                event_id: self.events[i].event_id.clone(),
+                duplicate: true,
+            };
+        }
+        for scope in BudgetScope::of_event(event) {
+            if let Some(entry) = self.budgets.get_mut(&scope) {
+                let start = entry.period_start(event.at);
+                *self.spent.entry((scope, start)).or_default() += event.cost;
+            }
+        }
+        self.by_request
+            .insert(event.request_id.clone(), self.events.len());
+        self.events.push(event.clone());
+        Recorded {
+            event_id: event.event_id.clone(),
+            duplicate: false,
+        }
+    }
+
+    fn standing(&mut self, scope: &BudgetScope, now: DateTime<Utc>) -> Option<(Standing, i64)> {
+        let entry = self.budgets.get_mut(scope)?;
+        let start = entry.period_start(now);
+        let key = (scope.clone(), start);
+        let standing = Standing {
+            budget: entry.budget.clone(),
+            spent: self.spent.get(&key).copied().unwrap_or_default(),
+            reserved: self.reserved.get(&key).copied().unwrap_or_default(),
+        };
+        Some((standing, start))
+    }
+}
+
+impl MemoryStore {
+    fn ledger(&self) -> std::sync::MutexGuard<'_, LedgerState> {
+        self.ledger.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[async_trait]
+impl Ledger for MemoryStore {
+    async fn record(&self, event: &UsageEvent) -> Result<Recorded> {
+        Ok(self.ledger().record(event))
+    }
+
+    async fn record_batch(&self, events: &[UsageEvent]) -> Result<Vec<Recorded>> {
+        let mut state = self.ledger();
+        Ok(events.iter().map(|e| state.record(e)).collect())
+    }
+
+    async fn events(&self, filter: &EventFilter) -> Result<Vec<UsageEvent>> {
+        let state = self.ledger();
+        let mut out: Vec<UsageEvent> = state
+            .events
+            .iter()
+            .filter(|e| filter.matches(e))
+            .cloned()
+            .collect();
+        out.sort_by(|a, b| a.at.cmp(&b.at).then_with(|| a.event_id.cmp(&b.event_id)));
+        Ok(out)
+    }
+
+    async fn set_budget(&self, budget: &Budget) -> Result<()> {
+        let mut state = self.ledger();
+        let scope = budget.scope.clone();
+        // Recount this scope's spend under the (possibly new) period and time zone.
+        state.spent.retain(|(s, _), _| *s != scope);
+        let mut entry = BudgetEntry {
+            budget: budget.clone(),
+            bounds: (DateTime::<Utc>::MAX_UTC, DateTime::<Utc>::MAX_UTC),
+        };
+        let mut spent: HashMap<(BudgetScope, i64), Decimal> = HashMap::new();
+        for e in state.events.iter().filter(|e| scope.covers(e)) {
+            *spent
+                .entry((scope.clone(), entry.period_start(e.at)))
+                .or_default() += e.cost;
+        }
+        state.spent.extend(spent);
+        state.budgets.insert(scope, entry);
+        Ok(())
+    }
+
+    async fn budget(&self, scope: &BudgetScope) -> Result<Option<Budget>> {
+        Ok(self.ledger().budgets.get(scope).map(|e| e.budget.clone()))
+    }
+
+    async fn budget_status(
+        &self,
+        scope: &BudgetScope,
+        now: DateTime<Utc>,
+    ) -> Result<Option<BudgetStatus>> {
+        let mut state = self.ledger();
+        state.purge(now);
+        Ok(state
+            .standing(scope, now)
+            .map(|(s, _)| BudgetStatus::new(&s.budget, s.spent, s.reserved, now)))
+    }
+
+    async fn reserve(
+        &self,
+        scopes: &[BudgetScope],
+        amount: Decimal,
+        now: DateTime<Utc>,
+        ttl: Duration,
+    ) -> Result<Reservation> {
+        if amount.is_sign_negative() {
+            return Err(Error::invalid("amount", "must not be negative"));
+        }
+        let mut state = self.ledger();
+        state.purge(now);
+        let mut standings = Vec::with_capacity(scopes.len());
+        let mut slots = Vec::with_capacity(scopes.len());
+        for scope in scopes {
+            if slots.iter().any(|(s, _)| s == scope) {
+                continue;
+            }
+            if let Some((standing, start)) = state.standing(scope, now) {
+                standings.push(standing);
+                slots.push((scope.clone(), start));
+            }
+        }
+        admit(&standings, amount)?;
+        state.next_id += 1;
+        let id = format!("{}{}", self.reservation_prefix, state.next_id);
+        for slot in &slots {
+            *state.reserved.entry(slot.clone()).or_default() += amount;
+        }
+        let expires_at = now + ttl;
+        state.expiries.insert((expires_at, id.clone()));
+        let scopes = slots.iter().map(|(s, _)| s.clone()).collect();
+        state.holds.insert(
+            id.clone(),
+            Held {
+                amount,
+                expires_at,
+                slots,
+            },
+        );
+        Ok(Reservation {
+            id,
+            amount,
+            expires_at,
+            scopes,
+        })
+    }
+
+    async fn settle(
+        &self,
+        reservation_id: &str,
+        event: &UsageEvent,
+        now: DateTime<Utc>,
+    ) -> Result<Recorded> {
+        let mut state = self.ledger();
+        state.purge(now);
+        state.drop_hold(reservation_id);
+        Ok(state.record(event))
+    }
+
+    async fn release(&self, reservation_id: &str) -> Result<bool> {
+        Ok(self.ledger().drop_hold(reservation_id))
     }
 }

@@ -11,6 +11,8 @@ pub mod env_file;
 pub mod memory;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
+#[cfg(feature = "sqlite")]
+mod sqlite_ledger;
 
 #[cfg(feature = "env-file")]
 pub use env_file::EnvFile;

@@ -24,25 +24,25 @@ use crate::keys::{
 };
 
 /// SQLite errors stay private to this module; callers see [`Error::Store`] (or a more precise variant).
-fn db(e: sqlx::Error) -> Error {
+pub(crate) fn db(e: sqlx::Error) -> Error {
     Error::Store {
         store: "sqlite",
         source: Box::new(e),
     }
 }
 
-fn corrupt(what: &str) -> Error {
+pub(crate) fn corrupt(what: &str) -> Error {
     Error::Store {
         store: "sqlite",
         source: format!("stored row has an invalid {what}").into(),
     }
 }
 
-fn micros(t: DateTime<Utc>) -> i64 {
+pub(crate) fn micros(t: DateTime<Utc>) -> i64 {
     t.timestamp_micros()
 }
 
-fn from_micros(v: Option<i64>) -> Result<Option<DateTime<Utc>>> {
+pub(crate) fn from_micros(v: Option<i64>) -> Result<Option<DateTime<Utc>>> {
     v.map(|m| DateTime::from_timestamp_micros(m).ok_or_else(|| corrupt("timestamp")))
         .transpose()
 }

@@ -1,0 +1,54 @@
+-- Usage events, budgets, spend counters and reservations. Amounts are exact decimal strings; times are
+-- microseconds since the Unix epoch.
+CREATE TABLE usage_events (
+    event_id           TEXT PRIMARY KEY NOT NULL,
+    request_id         TEXT NOT NULL UNIQUE,       -- the idempotency key
+    at                 INTEGER NOT NULL,
+    key_id             TEXT,
+    owner              TEXT NOT NULL,
+    org                TEXT,
+    provider           TEXT NOT NULL,
+    model              TEXT NOT NULL,
+    usage              TEXT NOT NULL,              -- canonical usage, JSON
+    cost               TEXT NOT NULL,
+    credential_source  TEXT
+);
+CREATE INDEX usage_events_at ON usage_events (at);
+CREATE INDEX usage_events_owner ON usage_events (owner, at);
+CREATE INDEX usage_events_org ON usage_events (org, at);
+CREATE INDEX usage_events_key ON usage_events (key_id, at);
+
+CREATE TABLE budgets (
+    scope_kind   TEXT NOT NULL CHECK (scope_kind IN ('key', 'owner', 'org')),
+    scope_id     TEXT NOT NULL,
+    limit_amount TEXT NOT NULL,
+    soft_limit   TEXT,
+    period       TEXT NOT NULL CHECK (period IN ('daily', 'weekly', 'monthly', 'total')),
+    tz           TEXT NOT NULL,
+    PRIMARY KEY (scope_kind, scope_id)
+);
+
+-- Settled spend per budget and period, kept in step with usage_events inside the same transactions.
+CREATE TABLE budget_spend (
+    scope_kind   TEXT NOT NULL,
+    scope_id     TEXT NOT NULL,
+    period_start INTEGER NOT NULL,
+    spent        TEXT NOT NULL,
+    PRIMARY KEY (scope_kind, scope_id, period_start)
+);
+
+CREATE TABLE reservations (
+    id          TEXT PRIMARY KEY NOT NULL,
+    amount      TEXT NOT NULL,
+    expires_at  INTEGER NOT NULL
+);
+CREATE INDEX reservations_expiry ON reservations (expires_at);
+
+CREATE TABLE reservation_budgets (
+    reservation_id TEXT NOT NULL REFERENCES reservations (id) ON DELETE CASCADE,
+    scope_kind     TEXT NOT NULL,
+    scope_id       TEXT NOT NULL,
+    period_start   INTEGER NOT NULL,
+    PRIMARY KEY (reservation_id, scope_kind, scope_id)
+);
+CREATE INDEX reservation_budgets_scope ON reservation_budgets (scope_kind, scope_id, period_start);

@@ -1,0 +1,224 @@
+//! Budgets and reservations.
+//!
+//! A request reserves its worst-case cost first ([`Ledger::reserve`](crate::ledger::Ledger::reserve)), settles the
+//! actual cost after ([`Ledger::settle`](crate::ledger::Ledger::settle)), or releases the reservation; an
+//! abandoned reservation expires at its deadline. A reservation is admitted only if, for every budget it touches,
+//! `spent + reserved + amount ≤ limit`, checked and taken in one atomic step, so concurrent requests never
+//! overshoot.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use rust_decimal::Decimal;
+use serde::{Serialize, Serializer};
+
+use crate::error::{Error, Result};
+use crate::ledger::event::UsageEvent;
+use crate::ledger::period::BudgetPeriod;
+
+/// Whose spend a budget limits.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum BudgetScope {
+    /// One inbound API key.
+    Key(String),
+    /// One owner (user).
+    Owner(String),
+    /// One organisation.
+    Org(String),
+}
+
+impl BudgetScope {
+    /// `key`, `owner` or `org`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            BudgetScope::Key(_) => "key",
+            BudgetScope::Owner(_) => "owner",
+            BudgetScope::Org(_) => "org",
+        }
+    }
+
+    /// The key id, owner or org.
+    pub fn id(&self) -> &str {
+        match self {
+            BudgetScope::Key(s) | BudgetScope::Owner(s) | BudgetScope::Org(s) => s,
+        }
+    }
+
+    /// Rebuilds a scope from its kind and id.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for an unknown kind or an empty id.
+    pub fn from_parts(kind: &str, id: &str) -> Result<Self> {
+        if id.is_empty() {
+            return Err(Error::invalid("budget scope", "the id is empty"));
+        }
+        match kind {
+            "key" => Ok(BudgetScope::Key(id.to_owned())),
+            "owner" => Ok(BudgetScope::Owner(id.to_owned())),
+            "org" => Ok(BudgetScope::Org(id.to_owned())),
+            _ => Err(Error::invalid("budget scope", "expected key, owner or org")),
+        }
+    }
+
+    /// Whether `event` counts against this scope.
+    pub fn covers(&self, event: &UsageEvent) -> bool {
+        match self {
+            BudgetScope::Key(k) => event.key_id.as_deref() == Some(k),
+            BudgetScope::Owner(o) => event.owner == *o,
+            BudgetScope::Org(o) => event.org.as_deref() == Some(o),
+        }
+    }
+
+    /// The scopes an event counts against: its key, owner and org.
+    pub fn of_event(event: &UsageEvent) -> Vec<BudgetScope> {
+        let mut out = Vec::with_capacity(3);
+        if let Some(k) = &event.key_id {
+            out.push(BudgetScope::Key(k.clone()));
+        }
+        out.push(BudgetScope::Owner(event.owner.clone()));
+        if let Some(o) = &event.org {
+            out.push(BudgetScope::Org(o.clone()));
+        }
+        out
+    }
+}
+
+impl fmt::Display for BudgetScope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.kind(), self.id())
+    }
+}
+
+impl Serialize for BudgetScope {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// A spend limit for one scope.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Budget {
+    /// Whose spend.
+    pub scope: BudgetScope,
+    /// The hard limit.
+    pub limit: Decimal,
+    /// An alert threshold below the limit, if any.
+    pub soft_limit: Option<Decimal>,
+    /// The period the limit applies to.
+    pub period: BudgetPeriod,
+    /// The time zone of the period's calendar.
+    pub tz: Tz,
+}
+
+impl Budget {
+    /// A budget of `limit` per `period` in UTC.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for a negative limit.
+    pub fn new(scope: BudgetScope, limit: Decimal, period: BudgetPeriod) -> Result<Self> {
+        if limit.is_sign_negative() {
+            return Err(Error::invalid("budget limit", "must not be negative"));
+        }
+        Ok(Budget {
+            scope,
+            limit,
+            soft_limit: None,
+            period,
+            tz: Tz::UTC,
+        })
+    }
+
+    /// Sets the soft limit.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] when negative or above the limit.
+    pub fn soft_limit(mut self, soft: Decimal) -> Result<Self> {
+        if soft.is_sign_negative() || soft > self.limit {
+            return Err(Error::invalid(
+                "soft limit",
+                "must be between 0 and the limit",
+            ));
+        }
+        self.soft_limit = Some(soft);
+        Ok(self)
+    }
+
+    /// Sets the time zone.
+    #[must_use]
+    pub fn tz(mut self, tz: Tz) -> Self {
+        self.tz = tz;
+        self
+    }
+
+    /// The start of the period containing `at`.
+    pub fn period_start(&self, at: DateTime<Utc>) -> DateTime<Utc> {
+        self.period.bounds(at, self.tz).0
+    }
+}
+
+/// Where a budget stands now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BudgetStatus {
+    /// The budget's scope.
+    pub scope: BudgetScope,
+    /// The period.
+    pub period: BudgetPeriod,
+    /// The limit.
+    pub limit: Decimal,
+    /// Settled spend in the current period.
+    pub spent: Decimal,
+    /// Live reservations in the current period.
+    pub reserved: Decimal,
+    /// `limit − spent − reserved`, never below zero.
+    pub remaining: Decimal,
+    /// The soft limit, if any.
+    pub soft_limit: Option<Decimal>,
+    /// Whether `spent + reserved` has reached the soft limit.
+    pub soft_exceeded: bool,
+    /// The current period's start.
+    pub period_start: DateTime<Utc>,
+}
+
+impl BudgetStatus {
+    /// The status of `budget` given its spend and reservations.
+    pub fn new(budget: &Budget, spent: Decimal, reserved: Decimal, now: DateTime<Utc>) -> Self {
+        let used = spent + reserved;
+        BudgetStatus {
+            scope: budget.scope.clone(),
+            period: budget.period,
+            limit: budget.limit,
+            spent: spent.normalize(),
+            reserved: reserved.normalize(),
+            remaining: (budget.limit - used).max(Decimal::ZERO).normalize(),
+            soft_limit: budget.soft_limit,
+            soft_exceeded: budget.soft_limit.is_some_and(|s| used >= s),
+            period_start: budget.period_start(now),
+        }
+    }
+}
+
+/// A held reservation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Reservation {
+    /// Its id, for settle and release.
+    pub id: String,
+    /// The amount held.
+    pub amount: Decimal,
+    /// When it expires by itself.
+    pub expires_at: DateTime<Utc>,
+    /// The budgets it holds against.
+    pub scopes: Vec<BudgetScope>,
+}
+
+/// Parses a non-negative decimal amount (`12.50`).
+///
+/// # Errors
+/// [`Error::InvalidInput`].
+pub fn parse_amount(text: &str) -> Result<Decimal> {
+    Decimal::from_str(text.trim())
+        .ok()
+        .filter(|d| !d.is_sign_negative())
+        .ok_or_else(|| Error::invalid("amount", format!("{text:?} is not a non-negative decimal")))
+}

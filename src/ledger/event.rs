@@ -1,0 +1,155 @@
+//! Usage events: one priced request, recorded once however often it is sent.
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use crate::credentials::CredentialSource;
+use crate::error::{Error, Result};
+use crate::pricing::Usage;
+use crate::random::{RandomSource, fill_base62};
+
+/// One priced request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UsageEvent {
+    /// keymeter's id of the event.
+    pub event_id: String,
+    /// The idempotency key: the same request id is recorded once.
+    pub request_id: String,
+    /// When the request happened.
+    pub at: DateTime<Utc>,
+    /// The inbound key that made it, if any.
+    pub key_id: Option<String>,
+    /// The owner (user).
+    pub owner: String,
+    /// The organisation, if any.
+    pub org: Option<String>,
+    /// The provider called.
+    pub provider: String,
+    /// The model called.
+    pub model: String,
+    /// Canonical token counts.
+    pub usage: Usage,
+    /// The exact cost (serialised as a string).
+    pub cost: Decimal,
+    /// Whose provider key paid, if known.
+    pub credential_source: Option<CredentialSource>,
+}
+
+impl UsageEvent {
+    /// A new event with a fresh id; `request_id` is the idempotency key (a fresh random one if `None`).
+    ///
+    /// # Errors
+    /// [`Error::Random`]; [`Error::InvalidInput`] for an empty owner, model or request id.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        request_id: Option<&str>,
+        at: DateTime<Utc>,
+        owner: &str,
+        provider: &str,
+        model: &str,
+        usage: Usage,
+        cost: Decimal,
+        random: &dyn RandomSource,
+    ) -> Result<Self> {
+        let event_id = format!("ev_{}", random_id(random)?);
+        let request_id = match request_id {
+            Some(r) => r.to_owned(),
+            None => format!("req_{}", random_id(random)?),
+        };
+        for (what, v) in [
+            ("owner", owner),
+            ("model", model),
+            ("request id", request_id.as_str()),
+        ] {
+            if v.trim().is_empty() || v.len() > 256 {
+                return Err(Error::invalid(what, "must be 1–256 characters"));
+            }
+        }
+        if cost.is_sign_negative() {
+            return Err(Error::invalid("cost", "must not be negative"));
+        }
+        Ok(UsageEvent {
+            event_id,
+            request_id,
+            at,
+            key_id: None,
+            owner: owner.to_owned(),
+            org: None,
+            provider: provider.to_owned(),
+            model: model.to_owned(),
+            usage,
+            cost,
+            credential_source: None,
+        })
+    }
+
+    /// Sets the inbound key id.
+    #[must_use]
+    pub fn key_id(mut self, key_id: impl Into<String>) -> Self {
+        self.key_id = Some(key_id.into());
+        self
+    }
+
+    /// Sets the organisation.
+    #[must_use]
+    pub fn org(mut self, org: impl Into<String>) -> Self {
+        self.org = Some(org.into());
+        self
+    }
+
+    /// Sets the credential source.
+    #[must_use]
+    pub fn credential_source(mut self, source: CredentialSource) -> Self {
+        self.credential_source = Some(source);
+        self
+    }
+}
+
+fn random_id(random: &dyn RandomSource) -> Result<String> {
+    let mut id = [0u8; 16];
+    fill_base62(random, &mut id)?;
+    Ok(id.iter().map(|&b| char::from(b)).collect())
+}
+
+/// The answer to a record: the event's id (the first one's, for a duplicate) and whether it was a duplicate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Recorded {
+    /// The stored event's id.
+    pub event_id: String,
+    /// Whether an event with the same request id was already recorded (nothing was added).
+    pub duplicate: bool,
+}
+
+/// Filters for [`crate::ledger::Ledger::events`]; unset fields match everything. `since` is inclusive, `until`
+/// exclusive.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct EventFilter {
+    /// Only this owner's events.
+    pub owner: Option<String>,
+    /// Only this organisation's events.
+    pub org: Option<String>,
+    /// Only this key's events.
+    pub key_id: Option<String>,
+    /// Only this model's events.
+    pub model: Option<String>,
+    /// From this instant.
+    pub since: Option<DateTime<Utc>>,
+    /// Before this instant.
+    pub until: Option<DateTime<Utc>>,
+}
+
+impl EventFilter {
+    /// Whether `e` passes.
+    pub fn matches(&self, e: &UsageEvent) -> bool {
+        self.owner.as_ref().is_none_or(|o| *o == e.owner)
+            && self.org.as_ref().is_none_or(|o| e.org.as_ref() == Some(o))
+            && self
+                .key_id
+                .as_ref()
+                .is_none_or(|k| e.key_id.as_ref() == Some(k))
+            && self.model.as_ref().is_none_or(|m| *m == e.model)
+            && self.since.is_none_or(|s| e.at >= s)
+            && self.until.is_none_or(|u| e.at < u)
+    }
+}

@@ -1,0 +1,167 @@
+//! The ledger: usage events recorded once, spend reports, and budgets enforced by reserve → settle / release.
+//!
+//! ```
+//! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+//! use chrono::{Duration, Utc};
+//! use keymeter::ledger::{Budget, BudgetPeriod, BudgetScope, Ledger, UsageEvent};
+//! use keymeter::pricing::Usage;
+//! use keymeter::random::OsRandom;
+//! use keymeter::store::MemoryStore;
+//! use rust_decimal::Decimal;
+//!
+//! let ledger = MemoryStore::new();
+//! let alice = BudgetScope::Owner("alice".into());
+//! ledger.set_budget(&Budget::new(alice.clone(), Decimal::new(100, 2), BudgetPeriod::Monthly)?).await?;
+//!
+//! let now = Utc::now();
+//! let hold = ledger.reserve(&[alice.clone()], Decimal::new(60, 2), now, Duration::minutes(5)).await?;
+//! // A second request cannot reserve past the $1.00 limit while the first is in flight.
+//! assert!(ledger.reserve(&[alice.clone()], Decimal::new(50, 2), now, Duration::minutes(5)).await.is_err());
+//! let event = UsageEvent::new(Some("req-1"), now, "alice", "openai", "gpt-4o", Usage::default(),
+//!                             Decimal::new(42, 2), &OsRandom)?;
+//! ledger.settle(&hold.id, &event, now).await?;
+//! let status = ledger.budget_status(&alice, now).await?.unwrap();
+//! assert_eq!((status.spent, status.reserved, status.remaining), (Decimal::new(42, 2), Decimal::ZERO, Decimal::new(58, 2)));
+//! # Ok::<(), keymeter::Error>(()) }).unwrap();
+//! ```
+
+pub mod budget;
+pub mod event;
+pub mod period;
+pub mod report;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Duration, Utc};
+use chrono_tz::Tz;
+use rust_decimal::Decimal;
+
+pub use budget::{Budget, BudgetScope, BudgetStatus, Reservation, parse_amount};
+pub use event::{EventFilter, Recorded, UsageEvent};
+pub use period::{BudgetPeriod, parse_tz};
+pub use report::{GroupBy, Report, ReportGroup, aggregate};
+
+use crate::error::{Error, Result};
+
+/// Usage events and budgets. Object safe: `Arc<dyn Ledger>` works. Every call that must be atomic on a shared
+/// database is one call: record (idempotent), reserve (all budgets or none), settle (release and record).
+#[async_trait]
+pub trait Ledger: Send + Sync + std::fmt::Debug {
+    /// Records an event once: a second event with the same request id adds nothing and says `duplicate`.
+    ///
+    /// # Errors
+    /// Backend failures.
+    async fn record(&self, event: &UsageEvent) -> Result<Recorded>;
+
+    /// Records many events in one transaction (each idempotent as in [`Ledger::record`]).
+    ///
+    /// # Errors
+    /// Backend failures; nothing of the batch is stored then.
+    async fn record_batch(&self, events: &[UsageEvent]) -> Result<Vec<Recorded>>;
+
+    /// The events passing `filter`, oldest first.
+    ///
+    /// # Errors
+    /// Backend failures.
+    async fn events(&self, filter: &EventFilter) -> Result<Vec<UsageEvent>>;
+
+    /// Spend and tokens of the events passing `filter`, grouped by `by` (calendar groups in `tz`).
+    ///
+    /// # Errors
+    /// Backend failures.
+    async fn report(&self, filter: &EventFilter, by: GroupBy, tz: Tz) -> Result<Report> {
+        Ok(aggregate(&self.events(filter).await?, by, tz))
+    }
+
+    /// Sets (or replaces) the budget of a scope. The current period's spend is counted from recorded events.
+    ///
+    /// # Errors
+    /// Backend failures.
+    async fn set_budget(&self, budget: &Budget) -> Result<()>;
+
+    /// The budget of `scope`, if any.
+    ///
+    /// # Errors
+    /// Backend failures.
+    async fn budget(&self, scope: &BudgetScope) -> Result<Option<Budget>>;
+
+    /// Where the budget of `scope` stands at `now` (expired reservations no longer count).
+    ///
+    /// # Errors
+    /// Backend failures.
+    async fn budget_status(
+        &self,
+        scope: &BudgetScope,
+        now: DateTime<Utc>,
+    ) -> Result<Option<BudgetStatus>>;
+
+    /// Reserves `amount` against the budgets of every scope in `scopes` that has one, atomically: all or none.
+    /// The reservation expires at `now + ttl` unless settled or released first.
+    ///
+    /// # Errors
+    /// [`Error::BudgetExceeded`] for the first budget that would go over (nothing is reserved then);
+    /// backend failures.
+    async fn reserve(
+        &self,
+        scopes: &[BudgetScope],
+        amount: Decimal,
+        now: DateTime<Utc>,
+        ttl: Duration,
+    ) -> Result<Reservation>;
+
+    /// Ends a reservation and records the request's actual event, atomically. The actual cost may be lower or
+    /// higher than reserved: it is what was spent. An expired or unknown reservation still records the event.
+    ///
+    /// # Errors
+    /// Backend failures.
+    async fn settle(
+        &self,
+        reservation_id: &str,
+        event: &UsageEvent,
+        now: DateTime<Utc>,
+    ) -> Result<Recorded>;
+
+    /// Frees a reservation; returns whether it was still held.
+    ///
+    /// # Errors
+    /// Backend failures.
+    async fn release(&self, reservation_id: &str) -> Result<bool>;
+}
+
+/// One budget's standing, as a backend reads it inside its atomic step.
+#[derive(Debug, Clone)]
+pub struct Standing {
+    /// The budget.
+    pub budget: Budget,
+    /// Settled spend in the period containing the reservation time.
+    pub spent: Decimal,
+    /// Live reservations in that period.
+    pub reserved: Decimal,
+}
+
+/// The admission rule every backend applies: each budget must have room for `amount`. Pure.
+///
+/// # Errors
+/// [`Error::BudgetExceeded`] for the first budget without room.
+pub fn admit(standings: &[Standing], amount: Decimal) -> Result<()> {
+    for s in standings {
+        if s.spent + s.reserved + amount > s.budget.limit {
+            return Err(Error::BudgetExceeded {
+                scope: s.budget.scope.to_string(),
+                limit: s.budget.limit,
+                spent: s.spent,
+                reserved: s.reserved,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// A fresh reservation id.
+pub(crate) fn reservation_id(random: &dyn crate::random::RandomSource) -> Result<String> {
+    let mut id = [0u8; 16];
+    crate::random::fill_base62(random, &mut id)?;
+    Ok(format!(
+        "rsv_{}",
+        id.iter().map(|&b| char::from(b)).collect::<String>()
+    ))
+}

@@ -1,0 +1,450 @@
+//! The SQLite [`Ledger`]: every write is one `BEGIN IMMEDIATE` transaction, so the budget check and the write it
+//! guards cannot interleave with another writer, in this process or another. A writer that finds the database
+//! busy waits (the connection's busy timeout) and then retries with backoff instead of failing.
+
+use std::str::FromStr;
+use std::time::Duration as StdDuration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Duration, Utc};
+use rust_decimal::Decimal;
+use sqlx::sqlite::{Sqlite, SqliteRow};
+use sqlx::{Row, Transaction};
+
+use crate::credentials::CredentialSource;
+use crate::error::{Error, Result};
+use crate::ledger::{
+    Budget, BudgetPeriod, BudgetScope, BudgetStatus, EventFilter, Ledger, Recorded, Reservation,
+    Standing, UsageEvent, admit, parse_tz,
+};
+use crate::store::sqlite::{SqliteStore, corrupt, db, from_micros, micros};
+
+/// How often a transaction that hit `SQLITE_BUSY` despite the busy timeout is tried again.
+const BUSY_RETRIES: u32 = 20;
+
+fn is_busy(e: &Error) -> bool {
+    match e {
+        Error::Store { source, .. } => source
+            .downcast_ref::<sqlx::Error>()
+            .and_then(|e| e.as_database_error())
+            .and_then(|d| d.code())
+            // SQLITE_BUSY (5) and SQLITE_LOCKED (6), with any extended code.
+            .and_then(|c| c.parse::<i32>().ok())
+            .is_some_and(|c| matches!(c & 0xff, 5 | 6)),
+        _ => false,
+    }
+}
+
+fn decimal(text: &str) -> Result<Decimal> {
+    Decimal::from_str(text).map_err(|_| corrupt("decimal amount"))
+}
+
+fn row_to_event(r: &SqliteRow) -> Result<UsageEvent> {
+    let get = |c: &str| r.try_get::<String, _>(c).map_err(db);
+    let opt = |c: &str| r.try_get::<Option<String>, _>(c).map_err(db);
+    Ok(UsageEvent {
+        event_id: get("event_id")?,
+        request_id: get("request_id")?,
+        at: from_micros(Some(r.try_get("at").map_err(db)?))?.ok_or_else(|| corrupt("timestamp"))?,
+        key_id: opt("key_id")?,
+        owner: get("owner")?,
+        org: opt("org")?,
+        provider: get("provider")?,
+        model: get("model")?,
+        usage: serde_json::from_str(&get("usage")?).map_err(|_| corrupt("usage"))?,
+        cost: decimal(&get("cost")?)?,
+        credential_source: opt("credential_source")?
+            .as_deref()
+            .and_then(CredentialSource::parse),
+    })
+}
+
+fn row_to_budget(r: &SqliteRow) -> Result<Budget> {
+    let get = |c: &str| r.try_get::<String, _>(c).map_err(db);
+    Ok(Budget {
+        scope: BudgetScope::from_parts(&get("scope_kind")?, &get("scope_id")?)
+            .map_err(|_| corrupt("budget scope"))?,
+        limit: decimal(&get("limit_amount")?)?,
+        soft_limit: r
+            .try_get::<Option<String>, _>("soft_limit")
+            .map_err(db)?
+            .as_deref()
+            .map(decimal)
+            .transpose()?,
+        period: BudgetPeriod::from_str(&get("period")?).map_err(|_| corrupt("budget period"))?,
+        tz: parse_tz(&get("tz")?).map_err(|_| corrupt("time zone"))?,
+    })
+}
+
+type Tx = Transaction<'static, Sqlite>;
+
+/// Runs `$body` (a block using `$tx: &mut Tx`, which may `.await`) in a `BEGIN IMMEDIATE` transaction and
+/// commits it, retrying the whole of it while the database is busy. A macro rather than a closure so the body
+/// may borrow the caller's arguments.
+macro_rules! immediate {
+    ($store:expr, $tx:ident => $body:block) => {{
+        let mut attempt = 0u32;
+        loop {
+            let result: Result<_> = async {
+                let mut transaction: Tx = $store
+                    .pool()
+                    .begin_with("BEGIN IMMEDIATE")
+                    .await
+                    .map_err(db)?;
+                let outcome: Result<_> = {
+                    let $tx: &mut Tx = &mut transaction;
+                    $body
+                };
+                let value = outcome?;
+                transaction.commit().await.map_err(db)?;
+                Ok(value)
+            }
+            .await;
+            match result {
+                Err(e) if is_busy(&e) && attempt < BUSY_RETRIES => {
+                    attempt += 1;
+                    tokio::time::sleep(StdDuration::from_millis(5 * u64::from(attempt))).await;
+                }
+                other => break other,
+            }
+        }
+    }};
+}
+
+async fn budget_of(tx: &mut Tx, scope: &BudgetScope) -> Result<Option<Budget>> {
+    let row = sqlx::query("SELECT * FROM budgets WHERE scope_kind = ?1 AND scope_id = ?2")
+        .bind(scope.kind())
+        .bind(scope.id())
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(db)?;
+    row.as_ref().map(row_to_budget).transpose()
+}
+
+async fn spent_in(tx: &mut Tx, scope: &BudgetScope, start: i64) -> Result<Decimal> {
+    let row = sqlx::query("SELECT spent FROM budget_spend WHERE scope_kind = ?1 AND scope_id = ?2 AND period_start = ?3")
+        .bind(scope.kind())
+        .bind(scope.id())
+        .bind(start)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(db)?;
+    row.map_or(Ok(Decimal::ZERO), |r| {
+        decimal(&r.try_get::<String, _>("spent").map_err(db)?)
+    })
+}
+
+async fn reserved_in(tx: &mut Tx, scope: &BudgetScope, start: i64) -> Result<Decimal> {
+    let rows = sqlx::query(
+        "SELECT r.amount FROM reservation_budgets b JOIN reservations r ON r.id = b.reservation_id \
+         WHERE b.scope_kind = ?1 AND b.scope_id = ?2 AND b.period_start = ?3",
+    )
+    .bind(scope.kind())
+    .bind(scope.id())
+    .bind(start)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(db)?;
+    rows.iter().try_fold(Decimal::ZERO, |sum, r| {
+        Ok(sum + decimal(&r.try_get::<String, _>("amount").map_err(db)?)?)
+    })
+}
+
+async fn purge(tx: &mut Tx, now: DateTime<Utc>) -> Result<()> {
+    sqlx::query("DELETE FROM reservations WHERE expires_at <= ?1")
+        .bind(micros(now))
+        .execute(&mut **tx)
+        .await
+        .map_err(db)?;
+    Ok(())
+}
+
+async fn add_spend(tx: &mut Tx, scope: &BudgetScope, start: i64, amount: Decimal) -> Result<()> {
+    let total = spent_in(tx, scope, start).await? + amount;
+    sqlx::query(
+        "INSERT INTO budget_spend (scope_kind, scope_id, period_start, spent) VALUES (?1, ?2, ?3, ?4) \
+         ON CONFLICT (scope_kind, scope_id, period_start) DO UPDATE SET spent = excluded.spent",
+    )
+    .bind(scope.kind())
+    .bind(scope.id())
+    .bind(start)
+    .bind(total.normalize().to_string())
+    .execute(&mut **tx)
+    .await
+    .map_err(db)?;
+    Ok(())
+}
+
+async fn record_in(tx: &mut Tx, e: &UsageEvent) -> Result<Recorded> {
+    let usage =
+        serde_json::to_string(&e.usage).map_err(|err| Error::InvalidUsage(err.to_string()))?;
+    let done = sqlx::query(
+        "INSERT INTO usage_events (event_id, request_id, at, key_id, owner, org, provider, model, usage, cost, \
+         credential_source) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) ON CONFLICT (request_id) DO NOTHING",
+    )
+    .bind(&e.event_id)
+    .bind(&e.request_id)
+    .bind(micros(e.at))
+    .bind(&e.key_id)
+    .bind(&e.owner)
+    .bind(&e.org)
+    .bind(&e.provider)
+    .bind(&e.model)
+    .bind(usage)
+    .bind(e.cost.normalize().to_string())
+    .bind(e.credential_source.map(CredentialSource::as_str))
+    .execute(&mut **tx)
+    .await
+    .map_err(db)?;
+    if done.rows_affected() == 0 {
+        let row = sqlx::query("SELECT event_id FROM usage_events WHERE request_id = ?1")
+            .bind(&e.request_id)
+            .fetch_one(&mut **tx)
+            .await
+            .map_err(db)?;
+        return Ok(Recorded {
+            event_id: row.try_get("event_id").map_err(db)?,
+            duplicate: true,
+        });
+    }
+    for scope in BudgetScope::of_event(e) {
+        if let Some(budget) = budget_of(tx, &scope).await? {
+            add_spend(tx, &scope, micros(budget.period_start(e.at)), e.cost).await?;
+        }
+    }
+    Ok(Recorded {
+        event_id: e.event_id.clone(),
+        duplicate: false,
+    })
+}
+
+#[async_trait]
+impl Ledger for SqliteStore {
+    async fn record(&self, event: &UsageEvent) -> Result<Recorded> {
+        immediate!(self, tx => { record_in(tx, event).await })
+    }
+
+    async fn record_batch(&self, events: &[UsageEvent]) -> Result<Vec<Recorded>> {
+        immediate!(self, tx => {
+            let mut out = Vec::with_capacity(events.len());
+            let mut failed = None;
+            for e in events {
+                match record_in(tx, e).await {
+                    Ok(r) => out.push(r),
+                    Err(err) => {
+                        failed = Some(err);
+                        break;
+                    }
+                }
+            }
+            match failed {
+                Some(err) => Err(err),
+                None => Ok(out),
+            }
+        })
+    }
+
+    async fn events(&self, f: &EventFilter) -> Result<Vec<UsageEvent>> {
+        let rows = sqlx::query(
+            "SELECT * FROM usage_events WHERE (?1 IS NULL OR owner = ?1) AND (?2 IS NULL OR org = ?2) \
+             AND (?3 IS NULL OR key_id = ?3) AND (?4 IS NULL OR model = ?4) AND (?5 IS NULL OR at >= ?5) \
+             AND (?6 IS NULL OR at < ?6) ORDER BY at, event_id",
+        )
+        .bind(&f.owner)
+        .bind(&f.org)
+        .bind(&f.key_id)
+        .bind(&f.model)
+        .bind(f.since.map(micros))
+        .bind(f.until.map(micros))
+        .fetch_all(self.pool())
+        .await
+        .map_err(db)?;
+        rows.iter().map(row_to_event).collect()
+    }
+
+    async fn set_budget(&self, budget: &Budget) -> Result<()> {
+        let events = self
+            .events(&EventFilter {
+                owner: matches!(budget.scope, BudgetScope::Owner(_))
+                    .then(|| budget.scope.id().to_owned()),
+                org: matches!(budget.scope, BudgetScope::Org(_))
+                    .then(|| budget.scope.id().to_owned()),
+                key_id: matches!(budget.scope, BudgetScope::Key(_))
+                    .then(|| budget.scope.id().to_owned()),
+                ..EventFilter::default()
+            })
+            .await?;
+        immediate!(self, tx => {
+            async {
+                let scope = &budget.scope;
+                sqlx::query(
+                    "INSERT INTO budgets (scope_kind, scope_id, limit_amount, soft_limit, period, tz) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (scope_kind, scope_id) DO UPDATE SET \
+                     limit_amount = excluded.limit_amount, soft_limit = excluded.soft_limit, \
+                     period = excluded.period, tz = excluded.tz",
+                )
+                .bind(scope.kind())
+                .bind(scope.id())
+                .bind(budget.limit.to_string())
+                .bind(budget.soft_limit.map(|s| s.to_string()))
+                .bind(budget.period.as_str())
+                .bind(budget.tz.name())
+                .execute(&mut **tx)
+                .await
+                .map_err(db)?;
+                // Recount this scope's spend under the (possibly new) period and time zone. Events recorded
+                // between the read above and this transaction were counted by their own transactions under
+                // the old settings, so the recount covers exactly the events read.
+                sqlx::query("DELETE FROM budget_spend WHERE scope_kind = ?1 AND scope_id = ?2")
+                    .bind(scope.kind())
+                    .bind(scope.id())
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(db)?;
+                let mut sums: std::collections::BTreeMap<i64, Decimal> = std::collections::BTreeMap::new();
+                for e in events.iter().filter(|e| scope.covers(e)) {
+                    *sums.entry(micros(budget.period_start(e.at))).or_default() += e.cost;
+                }
+                for (start, amount) in sums {
+                    add_spend(tx, scope, start, amount).await?;
+                }
+                Ok(())
+            }
+            .await
+        })
+    }
+
+    async fn budget(&self, scope: &BudgetScope) -> Result<Option<Budget>> {
+        let row = sqlx::query("SELECT * FROM budgets WHERE scope_kind = ?1 AND scope_id = ?2")
+            .bind(scope.kind())
+            .bind(scope.id())
+            .fetch_optional(self.pool())
+            .await
+            .map_err(db)?;
+        row.as_ref().map(row_to_budget).transpose()
+    }
+
+    async fn budget_status(
+        &self,
+        scope: &BudgetScope,
+        now: DateTime<Utc>,
+    ) -> Result<Option<BudgetStatus>> {
+        // A deferred read transaction: one consistent snapshot of spend and reservations.
+        let mut tx = self.pool().begin().await.map_err(db)?;
+        let Some(budget) = budget_of(&mut tx, scope).await? else {
+            return Ok(None);
+        };
+        let start = micros(budget.period_start(now));
+        let spent = spent_in(&mut tx, scope, start).await?;
+        let rows = sqlx::query(
+            "SELECT r.amount FROM reservation_budgets b JOIN reservations r ON r.id = b.reservation_id \
+             WHERE b.scope_kind = ?1 AND b.scope_id = ?2 AND b.period_start = ?3 AND r.expires_at > ?4",
+        )
+        .bind(scope.kind())
+        .bind(scope.id())
+        .bind(start)
+        .bind(micros(now))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db)?;
+        let reserved = rows.iter().try_fold(Decimal::ZERO, |sum, r| {
+            Ok::<_, Error>(sum + decimal(&r.try_get::<String, _>("amount").map_err(db)?)?)
+        })?;
+        tx.commit().await.map_err(db)?;
+        Ok(Some(BudgetStatus::new(&budget, spent, reserved, now)))
+    }
+
+    async fn reserve(
+        &self,
+        scopes: &[BudgetScope],
+        amount: Decimal,
+        now: DateTime<Utc>,
+        ttl: Duration,
+    ) -> Result<Reservation> {
+        if amount.is_sign_negative() {
+            return Err(Error::invalid("amount", "must not be negative"));
+        }
+        let id = crate::ledger::reservation_id(&crate::random::OsRandom)?;
+        let expires_at = now + ttl;
+        immediate!(self, tx => {
+            async {
+                purge(tx, now).await?;
+                let mut standings = Vec::new();
+                let mut slots: Vec<(BudgetScope, i64)> = Vec::new();
+                for scope in scopes {
+                    if slots.iter().any(|(s, _)| s == scope) {
+                        continue;
+                    }
+                    if let Some(budget) = budget_of(tx, scope).await? {
+                        let start = micros(budget.period_start(now));
+                        standings.push(Standing {
+                            spent: spent_in(tx, scope, start).await?,
+                            reserved: reserved_in(tx, scope, start).await?,
+                            budget,
+                        });
+                        slots.push((scope.clone(), start));
+                    }
+                }
+                admit(&standings, amount)?;
+                sqlx::query("INSERT INTO reservations (id, amount, expires_at) VALUES (?1, ?2, ?3)")
+                    .bind(&id)
+                    .bind(amount.to_string())
+                    .bind(micros(expires_at))
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(db)?;
+                for (scope, start) in &slots {
+                    sqlx::query(
+                        "INSERT INTO reservation_budgets (reservation_id, scope_kind, scope_id, period_start) \
+                         VALUES (?1, ?2, ?3, ?4)",
+                    )
+                    .bind(&id)
+                    .bind(scope.kind())
+                    .bind(scope.id())
+                    .bind(start)
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(db)?;
+                }
+                Ok(Reservation {
+                    id: id.clone(),
+                    amount,
+                    expires_at,
+                    scopes: slots.into_iter().map(|(s, _)| s).collect(),
+                })
+            }
+            .await
+        })
+    }
+
+    async fn settle(
+        &self,
+        reservation_id: &str,
+        event: &UsageEvent,
+        now: DateTime<Utc>,
+    ) -> Result<Recorded> {
+        immediate!(self, tx => {
+            async {
+                purge(tx, now).await?;
+                sqlx::query("DELETE FROM reservations WHERE id = ?1")
+                    .bind(reservation_id)
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(db)?;
+                record_in(tx, event).await
+            }
+            .await
+        })
+    }
+
+    async fn release(&self, reservation_id: &str) -> Result<bool> {
+        immediate!(self, tx => {
+            sqlx::query("DELETE FROM reservations WHERE id = ?1")
+                .bind(reservation_id)
+                .execute(&mut **tx)
+                .await
+                .map_err(db)
+                .map(|done| done.rows_affected() > 0)
+        })
+    }
+}
