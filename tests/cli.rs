@@ -731,3 +731,211 @@ fn creds_commands_across_invocations() {
         }
     }
 }
+
+#[test]
+fn usage_and_budget_commands() {
+    let cli = Cli::new();
+    cli.ok(&["init"]);
+    let rec = |req: &str, owner: &str, at: &str, input: &str| {
+        cli.ok(&[
+            "usage",
+            "record",
+            "--owner",
+            owner,
+            "--org",
+            "acme",
+            "--key-id",
+            "k1",
+            "--model",
+            "gpt-4o",
+            "--request-id",
+            req,
+            "--at",
+            at,
+            "--input",
+            input,
+            "--output",
+            "100",
+        ])
+    };
+    // 1000 × 0.0000025 + 100 × 0.00001 = 0.0035
+    let first = rec("r1", "alice", "2026-03-29T21:30:00Z", "1000");
+    assert_eq!(
+        (first["cost"].as_str(), first["duplicate"].as_bool()),
+        (Some("0.0035"), Some(false))
+    );
+    let again = rec("r1", "alice", "2026-03-29T21:30:00Z", "1000");
+    assert_eq!(again["duplicate"], true);
+    assert_eq!(again["event_id"], first["event_id"]);
+    rec("r2", "alice", "2026-03-29T22:30:00Z", "2000");
+    rec("r3", "bob", "2026-04-02T10:00:00Z", "3000");
+
+    let report = cli.ok(&["usage", "report", "--by", "owner"]);
+    assert_eq!(report["total"], "0.018"); // 0.0035 + 0.006 + 0.0085
+    assert_eq!(
+        report["groups"][0],
+        serde_json::json!({"key": "alice", "cost": "0.0095", "events": 2, "input_tokens": 3000, "output_tokens": 200})
+    );
+    let days = cli.ok(&["usage", "report", "--by", "day", "--tz", "Europe/Berlin"]);
+    let keys: Vec<&str> = days["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["2026-03-29", "2026-03-30", "2026-04-02"]);
+    let months = cli.ok(&[
+        "usage",
+        "report",
+        "--by",
+        "month",
+        "--owner",
+        "alice",
+        "--tz",
+        "Europe/Berlin",
+    ]);
+    assert_eq!(months["groups"][0]["key"], "2026-03");
+    let window = cli.ok(&[
+        "usage",
+        "report",
+        "--by",
+        "model",
+        "--since",
+        "2026-04-01",
+        "--until",
+        "2026-05-01",
+    ]);
+    assert_eq!(window["total"], "0.0085");
+    let (code, _) = cli.run(&["usage", "report", "--by", "planet"], None);
+    assert_eq!(code, 2);
+    let (code, v) = cli.run(
+        &[
+            "usage", "record", "--owner", "a", "--model", "gpt-99", "--input", "1",
+        ],
+        None,
+    );
+    assert_eq!((code, v["code"].as_str()), (1, Some("UNKNOWN_MODEL")));
+
+    let set = cli.ok(&[
+        "budget", "set", "--org", "acme", "--limit", "25.00", "--period", "total", "--soft", "0.01",
+    ]);
+    assert_eq!(set["limit"], "25.00");
+    let status = cli.ok(&["budget", "status", "--org", "acme"]);
+    for field in [
+        "limit",
+        "spent",
+        "reserved",
+        "remaining",
+        "period_start",
+        "soft_exceeded",
+    ] {
+        assert!(status.get(field).is_some(), "{field} missing: {status}");
+    }
+    assert_eq!(
+        (status["spent"].as_str(), status["reserved"].as_str()),
+        (Some("0.018"), Some("0"))
+    );
+    assert_eq!(status["remaining"], "24.982");
+    assert_eq!(status["soft_exceeded"], true);
+    cli.ok(&[
+        "budget",
+        "set",
+        "--owner",
+        "alice",
+        "--limit",
+        "1",
+        "--period",
+        "monthly",
+        "--tz",
+        "Europe/Berlin",
+    ]);
+    let alice = cli.ok(&["budget", "status", "--owner", "alice"]);
+    assert_eq!(alice["soft_exceeded"], false);
+    let (code, v) = cli.run(&["budget", "status", "--key", "nope"], None);
+    assert_eq!((code, v["code"].as_str()), (1, Some("NO_BUDGET")));
+    for bad in [
+        &[
+            "budget", "set", "--owner", "a", "--limit", "-1", "--period", "daily",
+        ][..],
+        &[
+            "budget", "set", "--owner", "a", "--limit", "1", "--period", "hourly",
+        ],
+        &[
+            "budget",
+            "set",
+            "--owner",
+            "a",
+            "--limit",
+            "1",
+            "--period",
+            "daily",
+            "--tz",
+            "Mars/Olympus",
+        ],
+        &[
+            "budget", "set", "--owner", "a", "--org", "b", "--limit", "1", "--period", "daily",
+        ],
+        &[
+            "budget", "set", "--owner", "a", "--limit", "1", "--period", "daily", "--soft", "2",
+        ],
+    ] {
+        assert_eq!(cli.run_with(bad, None).status.code(), Some(2), "{bad:?}");
+    }
+}
+
+#[test]
+fn fifty_concurrent_record_processes_all_land() {
+    let cli = Cli::new();
+    cli.ok(&["init"]);
+    let db = format!("sqlite://{}", cli.db().display());
+    let mut children = Vec::new();
+    for i in 0..50u64 {
+        let child = Command::new(env!("CARGO_BIN_EXE_keymeter"))
+            .current_dir(cli.dir.path())
+            .env("KEYMETER_ENV", "development")
+            .args([
+                "--store",
+                &db,
+                "--json",
+                "usage",
+                "record",
+                "--owner",
+                &format!("user{}", i % 5),
+                "--model",
+                "gpt-4o",
+            ])
+            .args([
+                "--request-id",
+                &format!("req-{i}"),
+                "--input",
+                &(1000 + i).to_string(),
+                "--output",
+                "7",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        children.push(child);
+    }
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let report = cli.ok(&["usage", "report", "--by", "owner"]);
+    // Σ (1000 + i) × 0.0000025 + 7 × 0.00001 over i = 0..50 = 51225 × 0.0000025 + 50 × 0.00007
+    let expected: rust_decimal::Decimal = "0.1280625".parse::<rust_decimal::Decimal>().unwrap()
+        + "0.0035".parse::<rust_decimal::Decimal>().unwrap();
+    assert_eq!(report["total"], expected.to_string());
+    let events: u64 = report["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["events"].as_u64().unwrap())
+        .sum();
+    assert_eq!(events, 50);
+}

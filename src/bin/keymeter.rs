@@ -22,6 +22,10 @@ use keymeter::keys::{
     KeyFilter, KeyHasher, KeyIssuer, KeyRecord, KeyStore, NewKey, Pepper, PepperRing, RateLimit,
     Requirement, Scope, ScopeRequirement, Verifier, VerifierConfig,
 };
+use keymeter::ledger::{
+    Budget, BudgetPeriod, BudgetScope, EventFilter, GroupBy, Ledger, UsageEvent, parse_amount,
+    parse_tz,
+};
 use keymeter::pricing::normalize::normalize;
 use keymeter::pricing::{PriceCatalog, ServiceTier, Usage, UsageFormat};
 use keymeter::random::OsRandom;
@@ -75,6 +79,100 @@ enum Command {
     /// Provider credentials (bring your own key).
     #[command(subcommand)]
     Creds(CredsCommand),
+    /// Recorded usage and spend reports.
+    #[command(subcommand)]
+    Usage(UsageCommand),
+    /// Spend limits.
+    #[command(subcommand)]
+    Budget(BudgetCommand),
+}
+
+#[derive(Subcommand)]
+enum UsageCommand {
+    /// Price a usage and record it once (the same --request-id twice records once).
+    Record {
+        #[arg(long)]
+        owner: String,
+        #[arg(long)]
+        key_id: Option<String>,
+        #[arg(long)]
+        org: Option<String>,
+        #[arg(long)]
+        model: String,
+        /// The idempotency key; a fresh one when omitted.
+        #[arg(long)]
+        request_id: Option<String>,
+        #[command(flatten)]
+        pricing: PricingArgs,
+        #[command(flatten)]
+        usage: UsageArgs,
+    },
+    /// Spend and tokens grouped by owner, key, org, model, day or month.
+    Report {
+        #[arg(long)]
+        by: String,
+        #[arg(long)]
+        owner: Option<String>,
+        #[arg(long)]
+        org: Option<String>,
+        /// From (RFC 3339, or YYYY-MM-DD in the report's time zone), inclusive.
+        #[arg(long)]
+        since: Option<String>,
+        /// Until (RFC 3339, or YYYY-MM-DD in the report's time zone), exclusive.
+        #[arg(long)]
+        until: Option<String>,
+        /// IANA time zone for days and months (default UTC).
+        #[arg(long, default_value = "UTC")]
+        tz: String,
+    },
+}
+
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+struct BudgetScopeArgs {
+    #[arg(long)]
+    owner: Option<String>,
+    #[arg(long)]
+    key: Option<String>,
+    #[arg(long)]
+    org: Option<String>,
+}
+
+impl BudgetScopeArgs {
+    fn scope(&self) -> BudgetScope {
+        match (&self.owner, &self.key, &self.org) {
+            (Some(o), _, _) => BudgetScope::Owner(o.clone()),
+            (_, Some(k), _) => BudgetScope::Key(k.clone()),
+            (_, _, Some(o)) => BudgetScope::Org(o.clone()),
+            // clap's group makes exactly one present.
+            _ => BudgetScope::Owner(String::new()),
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum BudgetCommand {
+    /// Set (or replace) the budget of an owner, a key or an org.
+    Set {
+        #[command(flatten)]
+        scope: BudgetScopeArgs,
+        #[arg(long)]
+        limit: String,
+        /// daily, weekly, monthly or total.
+        #[arg(long)]
+        period: String,
+        /// Soft limit for alerts.
+        #[arg(long)]
+        soft: Option<String>,
+        /// IANA time zone of the period's calendar (default UTC).
+        #[arg(long, default_value = "UTC")]
+        tz: String,
+    },
+    /// Where a budget stands now.
+    Status {
+        #[command(flatten)]
+        scope: BudgetScopeArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -377,6 +475,8 @@ async fn run(cli: Cli) -> Outcome {
             ))
         }
         Command::Creds(cmd) => creds(&cli.store, cmd).await,
+        Command::Usage(cmd) => usage(&cli.store, cmd).await,
+        Command::Budget(cmd) => budget(&cli.store, cmd).await,
     }
 }
 
@@ -1036,6 +1136,168 @@ async fn keys(store_url: &str, cmd: KeysCommand) -> Outcome {
                 serde_json::to_value(&record).map_err(|e| Failure::Usage(e.to_string()))?,
                 human,
             ))
+        }
+    }
+}
+
+/// An instant from RFC 3339, or a date taken as its local midnight in `tz`.
+fn parse_instant(s: &str, tz: chrono_tz::Tz) -> Result<chrono::DateTime<Utc>, Failure> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .map(|day| keymeter::ledger::period::local_midnight(day, tz))
+        .map_err(|_| Failure::Usage(format!("invalid time {s:?}: use RFC 3339 or YYYY-MM-DD")))
+}
+
+async fn usage(store_url: &str, cmd: UsageCommand) -> Outcome {
+    let store = open(store_url).await?;
+    match cmd {
+        UsageCommand::Record {
+            owner,
+            key_id,
+            org,
+            model,
+            request_id,
+            pricing,
+            usage,
+        } => {
+            let catalog = load_catalog(pricing.catalog.as_deref())?;
+            let usage = usage.usage()?;
+            let at = parse_time(pricing.at.as_deref())?;
+            let tier = ServiceTier::parse(&pricing.tier)?;
+            let cost = catalog
+                .cost(&model, &usage, at, tier)
+                .map_err(pricing_failure)?;
+            let mut event = UsageEvent::new(
+                request_id.as_deref(),
+                at,
+                &owner,
+                &cost.provider,
+                &cost.model,
+                usage,
+                cost.total,
+                &OsRandom,
+            )?;
+            if let Some(k) = key_id {
+                event = event.key_id(k);
+            }
+            if let Some(o) = org {
+                event = event.org(o);
+            }
+            let recorded = Ledger::record(&*store, &event).await?;
+            let human = if recorded.duplicate {
+                format!(
+                    "already recorded as {} (request {})",
+                    recorded.event_id, event.request_id
+                )
+            } else {
+                format!(
+                    "recorded {}: {} {}",
+                    recorded.event_id, cost.total, cost.currency
+                )
+            };
+            Ok((
+                json!({"event_id": recorded.event_id, "cost": cost.total.to_string(), "duplicate": recorded.duplicate,
+                       "request_id": event.request_id}),
+                human,
+            ))
+        }
+        UsageCommand::Report {
+            by,
+            owner,
+            org,
+            since,
+            until,
+            tz,
+        } => {
+            let by: GroupBy = by.parse()?;
+            let tz = parse_tz(&tz)?;
+            let filter = EventFilter {
+                owner,
+                org,
+                since: since.map(|s| parse_instant(&s, tz)).transpose()?,
+                until: until.map(|s| parse_instant(&s, tz)).transpose()?,
+                ..EventFilter::default()
+            };
+            let report = store.report(&filter, by, tz).await?;
+            let mut human = String::new();
+            for g in &report.groups {
+                human.push_str(&format!(
+                    "{:<24} {:>14} {:>7} events {:>10} in {:>10} out\n",
+                    g.key, g.cost, g.events, g.input_tokens, g.output_tokens
+                ));
+            }
+            human.push_str(&format!("total {}", report.total));
+            Ok((
+                serde_json::to_value(&report).map_err(|e| Failure::Usage(e.to_string()))?,
+                human,
+            ))
+        }
+    }
+}
+
+async fn budget(store_url: &str, cmd: BudgetCommand) -> Outcome {
+    let store = open(store_url).await?;
+    match cmd {
+        BudgetCommand::Set {
+            scope,
+            limit,
+            period,
+            soft,
+            tz,
+        } => {
+            let mut budget = Budget::new(
+                scope.scope(),
+                parse_amount(&limit)?,
+                period.parse::<BudgetPeriod>()?,
+            )?
+            .tz(parse_tz(&tz)?);
+            if let Some(soft) = soft {
+                budget = budget.soft_limit(parse_amount(&soft)?)?;
+            }
+            store.set_budget(&budget).await?;
+            let value = json!({
+                "scope": budget.scope, "limit": budget.limit.to_string(),
+                "soft": budget.soft_limit.map(|s| s.to_string()), "period": budget.period, "tz": budget.tz.name(),
+            });
+            let human = format!(
+                "{}: {} per {} ({})",
+                budget.scope,
+                budget.limit,
+                budget.period,
+                budget.tz.name()
+            );
+            Ok((value, human))
+        }
+        BudgetCommand::Status { scope } => {
+            let scope = scope.scope();
+            match store.budget_status(&scope, Utc::now()).await? {
+                Some(s) => {
+                    let human = format!(
+                        "{}: spent {} + reserved {} of {} ({} remaining) since {}{}",
+                        s.scope,
+                        s.spent,
+                        s.reserved,
+                        s.limit,
+                        s.remaining,
+                        s.period_start,
+                        if s.soft_exceeded {
+                            "; soft limit reached"
+                        } else {
+                            ""
+                        }
+                    );
+                    Ok((
+                        serde_json::to_value(&s).map_err(|e| Failure::Usage(e.to_string()))?,
+                        human,
+                    ))
+                }
+                None => Err(Failure::Negative(
+                    json!({"code": "NO_BUDGET", "scope": scope}),
+                    format!("no budget for {scope}"),
+                )),
+            }
         }
     }
 }

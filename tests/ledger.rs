@@ -1,0 +1,269 @@
+//! Ledger periods in non-UTC time zones (DST included), reports in a time zone, and expiry driven by an
+//! injected clock.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
+use chrono_tz::Tz;
+use keymeter::clock::{Clock, ManualClock};
+use keymeter::ledger::period::local_midnight;
+use keymeter::ledger::{
+    Budget, BudgetPeriod, BudgetScope, EventFilter, GroupBy, Ledger, UsageEvent,
+};
+use keymeter::pricing::Usage;
+use keymeter::random::SeededRandom;
+use keymeter::store::MemoryStore;
+use rust_decimal::Decimal;
+
+fn utc(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+}
+
+fn d(s: &str) -> Decimal {
+    s.parse().unwrap()
+}
+
+fn event(request: &str, at: DateTime<Utc>, cost: &str) -> UsageEvent {
+    UsageEvent::new(
+        Some(request),
+        at,
+        "alice",
+        "openai",
+        "gpt-4o",
+        Usage {
+            input: 10,
+            ..Usage::default()
+        },
+        d(cost),
+        &SeededRandom::new(1),
+    )
+    .unwrap()
+}
+
+const BERLIN: Tz = chrono_tz::Europe::Berlin;
+
+#[test]
+fn period_bounds_across_dst_changes() {
+    // Spring forward: 29 March 2026 has 23 hours in Berlin.
+    let (start, end) = BudgetPeriod::Daily.bounds(utc("2026-03-29T12:00:00Z"), BERLIN);
+    assert_eq!(
+        (start, end),
+        (utc("2026-03-28T23:00:00Z"), utc("2026-03-29T22:00:00Z"))
+    );
+    // Fall back: 25 October 2026 has 25 hours.
+    let (start, end) = BudgetPeriod::Daily.bounds(utc("2026-10-25T12:00:00Z"), BERLIN);
+    assert_eq!(
+        (start, end),
+        (utc("2026-10-24T22:00:00Z"), utc("2026-10-25T23:00:00Z"))
+    );
+    // The ISO week holding the change runs Monday 00:00 CET to Monday 00:00 CEST.
+    let (start, end) = BudgetPeriod::Weekly.bounds(utc("2026-03-29T12:00:00Z"), BERLIN);
+    assert_eq!(
+        (start, end),
+        (utc("2026-03-22T23:00:00Z"), utc("2026-03-29T22:00:00Z"))
+    );
+    // March in Berlin, and in New York (whose DST starts 8 March).
+    let (start, end) = BudgetPeriod::Monthly.bounds(utc("2026-03-15T00:00:00Z"), BERLIN);
+    assert_eq!(
+        (start, end),
+        (utc("2026-02-28T23:00:00Z"), utc("2026-03-31T22:00:00Z"))
+    );
+    let ny: Tz = chrono_tz::America::New_York;
+    let (start, end) = BudgetPeriod::Monthly.bounds(utc("2026-03-15T00:00:00Z"), ny);
+    assert_eq!(
+        (start, end),
+        (utc("2026-03-01T05:00:00Z"), utc("2026-04-01T04:00:00Z"))
+    );
+    // Just before local midnight belongs to the old day.
+    let (start, _) = BudgetPeriod::Daily.bounds(utc("2026-03-29T21:59:59Z"), BERLIN);
+    assert_eq!(start, utc("2026-03-28T23:00:00Z"));
+    let (start, _) = BudgetPeriod::Daily.bounds(utc("2026-03-29T22:00:00Z"), BERLIN);
+    assert_eq!(start, utc("2026-03-29T22:00:00Z"));
+    // Where midnight itself does not exist (Santiago springs forward at 24:00), the day starts at 01:00.
+    let santiago: Tz = chrono_tz::America::Santiago;
+    let day = NaiveDate::from_ymd_opt(2026, 9, 6).unwrap();
+    assert_eq!(local_midnight(day, santiago), utc("2026-09-06T04:00:00Z"));
+    assert_eq!(
+        BudgetPeriod::Total.bounds(Utc::now(), BERLIN).0,
+        DateTime::UNIX_EPOCH
+    );
+}
+
+#[tokio::test]
+async fn daily_budget_in_berlin_rolls_over_at_local_midnight() {
+    let ledger = MemoryStore::new();
+    let alice = BudgetScope::Owner("alice".into());
+    let budget = Budget::new(alice.clone(), d("1"), BudgetPeriod::Daily)
+        .unwrap()
+        .tz(BERLIN);
+    ledger.set_budget(&budget).await.unwrap();
+    ledger
+        .record(&event("a", utc("2026-03-29T21:59:59Z"), "0.7"))
+        .await
+        .unwrap(); // 23:59:59 CEST, 29 March
+    ledger
+        .record(&event("b", utc("2026-03-29T22:00:00Z"), "0.2"))
+        .await
+        .unwrap(); // 00:00 CEST, 30 March
+    let s = ledger
+        .budget_status(&alice, utc("2026-03-29T21:00:00Z"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (s.spent, s.period_start),
+        (d("0.7"), utc("2026-03-28T23:00:00Z"))
+    );
+    let s = ledger
+        .budget_status(&alice, utc("2026-03-30T08:00:00Z"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (s.spent, s.period_start),
+        (d("0.2"), utc("2026-03-29T22:00:00Z"))
+    );
+    // On the 29th only 0.3 remains; on the 30th 0.8.
+    assert!(
+        ledger
+            .reserve(
+                &[alice.clone()],
+                d("0.31"),
+                utc("2026-03-29T21:00:00Z"),
+                Duration::minutes(1)
+            )
+            .await
+            .is_err()
+    );
+    ledger
+        .reserve(
+            &[alice.clone()],
+            d("0.8"),
+            utc("2026-03-30T08:00:00Z"),
+            Duration::minutes(1),
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn reports_group_days_and_months_in_the_report_time_zone() {
+    let ledger = MemoryStore::new();
+    ledger
+        .record_batch(&[
+            event("a", utc("2026-03-29T21:30:00Z"), "0.1"), // 23:30 Berlin, 29 March
+            event("b", utc("2026-03-29T22:30:00Z"), "0.2"), // 00:30 Berlin, 30 March
+            event("c", utc("2026-03-31T22:30:00Z"), "0.3"), // 00:30 Berlin, 1 April
+        ])
+        .await
+        .unwrap();
+    let keys = |r: &keymeter::ledger::Report| {
+        r.groups
+            .iter()
+            .map(|g| (g.key.clone(), g.cost))
+            .collect::<Vec<_>>()
+    };
+    let berlin = ledger
+        .report(&EventFilter::default(), GroupBy::Day, BERLIN)
+        .await
+        .unwrap();
+    assert_eq!(
+        keys(&berlin),
+        [
+            ("2026-03-29".into(), d("0.1")),
+            ("2026-03-30".into(), d("0.2")),
+            ("2026-04-01".into(), d("0.3"))
+        ]
+    );
+    let utc_days = ledger
+        .report(&EventFilter::default(), GroupBy::Day, chrono_tz::UTC)
+        .await
+        .unwrap();
+    assert_eq!(
+        keys(&utc_days),
+        [
+            ("2026-03-29".into(), d("0.3")),
+            ("2026-03-31".into(), d("0.3"))
+        ]
+    );
+    let months = ledger
+        .report(&EventFilter::default(), GroupBy::Month, BERLIN)
+        .await
+        .unwrap();
+    assert_eq!(
+        keys(&months),
+        [("2026-03".into(), d("0.3")), ("2026-04".into(), d("0.3"))]
+    );
+    assert_eq!(months.total, d("0.6"));
+}
+
+#[tokio::test]
+async fn an_abandoned_reservation_expires_by_the_injected_clock() {
+    let clock = Arc::new(ManualClock::new(
+        Utc.with_ymd_and_hms(2026, 5, 1, 9, 0, 0).unwrap(),
+    ));
+    let ledger = MemoryStore::new();
+    let key = BudgetScope::Key("k1".into());
+    ledger
+        .set_budget(&Budget::new(key.clone(), d("5"), BudgetPeriod::Total).unwrap())
+        .await
+        .unwrap();
+    let hold = ledger
+        .reserve(&[key.clone()], d("5"), clock.now(), Duration::seconds(60))
+        .await
+        .unwrap();
+    assert_eq!(hold.expires_at, clock.now() + Duration::seconds(60));
+    clock.advance(Duration::seconds(59));
+    assert_eq!(
+        ledger
+            .budget_status(&key, clock.now())
+            .await
+            .unwrap()
+            .unwrap()
+            .reserved,
+        d("5")
+    );
+    assert!(
+        ledger
+            .reserve(
+                &[key.clone()],
+                d("0.01"),
+                clock.now(),
+                Duration::seconds(60)
+            )
+            .await
+            .is_err()
+    );
+    clock.advance(Duration::seconds(1));
+    assert_eq!(
+        ledger
+            .budget_status(&key, clock.now())
+            .await
+            .unwrap()
+            .unwrap()
+            .reserved,
+        Decimal::ZERO
+    );
+    ledger
+        .reserve(&[key.clone()], d("5"), clock.now(), Duration::seconds(60))
+        .await
+        .unwrap();
+    // Settling the expired reservation still records what was spent.
+    let e = event("late", clock.now(), "1.5").key_id("k1");
+    assert!(
+        !ledger
+            .settle(&hold.id, &e, clock.now())
+            .await
+            .unwrap()
+            .duplicate
+    );
+    assert_eq!(
+        ledger
+            .budget_status(&key, clock.now())
+            .await
+            .unwrap()
+            .unwrap()
+            .spent,
+        d("1.5")
+    );
+}
