@@ -127,7 +127,7 @@ async fn daily_budget_in_berlin_rolls_over_at_local_midnight() {
     assert!(
         ledger
             .reserve(
-                &[alice.clone()],
+                std::slice::from_ref(&alice),
                 d("0.31"),
                 utc("2026-03-29T21:00:00Z"),
                 Duration::minutes(1)
@@ -137,7 +137,7 @@ async fn daily_budget_in_berlin_rolls_over_at_local_midnight() {
     );
     ledger
         .reserve(
-            &[alice.clone()],
+            std::slice::from_ref(&alice),
             d("0.8"),
             utc("2026-03-30T08:00:00Z"),
             Duration::minutes(1),
@@ -209,7 +209,12 @@ async fn an_abandoned_reservation_expires_by_the_injected_clock() {
         .await
         .unwrap();
     let hold = ledger
-        .reserve(&[key.clone()], d("5"), clock.now(), Duration::seconds(60))
+        .reserve(
+            std::slice::from_ref(&key),
+            d("5"),
+            clock.now(),
+            Duration::seconds(60),
+        )
         .await
         .unwrap();
     assert_eq!(hold.expires_at, clock.now() + Duration::seconds(60));
@@ -226,7 +231,7 @@ async fn an_abandoned_reservation_expires_by_the_injected_clock() {
     assert!(
         ledger
             .reserve(
-                &[key.clone()],
+                std::slice::from_ref(&key),
                 d("0.01"),
                 clock.now(),
                 Duration::seconds(60)
@@ -245,7 +250,12 @@ async fn an_abandoned_reservation_expires_by_the_injected_clock() {
         Decimal::ZERO
     );
     ledger
-        .reserve(&[key.clone()], d("5"), clock.now(), Duration::seconds(60))
+        .reserve(
+            std::slice::from_ref(&key),
+            d("5"),
+            clock.now(),
+            Duration::seconds(60),
+        )
         .await
         .unwrap();
     // Settling the expired reservation still records what was spent.
