@@ -129,9 +129,9 @@ pub trait Ledger: Send + Sync + std::fmt::Debug {
 
 /// One budget's standing, as a backend reads it inside its atomic step.
 #[derive(Debug, Clone)]
-pub struct Standing {
+pub struct Standing<'a> {
     /// The budget.
-    pub budget: Budget,
+    pub budget: &'a Budget,
     /// Settled spend in the period containing the reservation time.
     pub spent: Decimal,
     /// Live reservations in that period.
@@ -142,7 +142,7 @@ pub struct Standing {
 ///
 /// # Errors
 /// [`Error::BudgetExceeded`] for the first budget without room.
-pub fn admit(standings: &[Standing], amount: Decimal) -> Result<()> {
+pub fn admit(standings: &[Standing<'_>], amount: Decimal) -> Result<()> {
     for s in standings {
         if s.spent + s.reserved + amount > s.budget.limit {
             return Err(Error::BudgetExceeded {

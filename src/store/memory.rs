@@ -283,19 +283,39 @@ impl CredentialStore for MemoryStore {
     }
 }
 
-/// A budget with the bounds of the period last asked about, so the hot path rarely redoes calendar arithmetic.
+/// A budget, the bounds of the period last asked about (so the hot path rarely redoes calendar arithmetic), and
+/// its spend and reservations by period start. Kept together so one lookup by scope reaches all of it.
 #[derive(Debug, Clone)]
 struct BudgetEntry {
     budget: Budget,
     bounds: (DateTime<Utc>, DateTime<Utc>),
+    spent: BTreeMap<i64, Decimal>,
+    reserved: BTreeMap<i64, Decimal>,
 }
 
 impl BudgetEntry {
+    fn new(budget: Budget) -> Self {
+        BudgetEntry {
+            budget,
+            bounds: (DateTime::<Utc>::MAX_UTC, DateTime::<Utc>::MAX_UTC),
+            spent: BTreeMap::new(),
+            reserved: BTreeMap::new(),
+        }
+    }
+
     fn period_start(&mut self, at: DateTime<Utc>) -> i64 {
         if !(self.bounds.0 <= at && at < self.bounds.1) {
             self.bounds = self.budget.period.bounds(at, self.budget.tz);
         }
         self.bounds.0.timestamp_micros()
+    }
+
+    fn standing(&self, start: i64) -> Standing<'_> {
+        Standing {
+            budget: &self.budget,
+            spent: self.spent.get(&start).copied().unwrap_or_default(),
+            reserved: self.reserved.get(&start).copied().unwrap_or_default(),
+        }
     }
 }
 
@@ -303,87 +323,118 @@ impl BudgetEntry {
 struct Held {
     amount: Decimal,
     expires_at: DateTime<Utc>,
-    slots: Vec<(BudgetScope, i64)>,
+    /// (index into `LedgerState::budgets`, period start).
+    slots: Vec<(usize, i64)>,
 }
 
+/// The in-memory ledger, behind one mutex: a reservation over several budgets is all-or-none by construction.
 #[derive(Debug, Default)]
 pub(crate) struct LedgerState {
-    events: Vec<UsageEvent>,
+    // Fixed-size chunks: the log grows without ever copying what it holds (one big Vec would move every
+    // event on each doubling, a latency spike on the settle path).
+    events: Vec<Vec<UsageEvent>>,
+    len: usize,
     by_request: HashMap<String, usize>,
-    budgets: HashMap<BudgetScope, BudgetEntry>,
-    spent: HashMap<(BudgetScope, i64), Decimal>,
-    reserved: HashMap<(BudgetScope, i64), Decimal>,
-    holds: HashMap<String, Held>,
-    expiries: BTreeSet<(DateTime<Utc>, String)>,
+    budgets: Vec<BudgetEntry>,
+    // Budget indices by scope id, one map per kind, so an event's three scopes are found without allocating.
+    by_key: HashMap<String, usize>,
+    by_owner: HashMap<String, usize>,
+    by_org: HashMap<String, usize>,
+    holds: HashMap<u64, Held>,
+    expiries: BTreeSet<(DateTime<Utc>, u64)>,
     next_id: u64,
 }
 
+const EVENT_CHUNK: usize = 4096;
+
 impl LedgerState {
+    fn all_events(&self) -> impl Iterator<Item = &UsageEvent> {
+        self.events.iter().flatten()
+    }
+
+    fn index(&self, scope: &BudgetScope) -> Option<usize> {
+        match scope {
+            BudgetScope::Key(k) => self.by_key.get(k.as_str()),
+            BudgetScope::Owner(o) => self.by_owner.get(o.as_str()),
+            BudgetScope::Org(o) => self.by_org.get(o.as_str()),
+        }
+        .copied()
+    }
+
+    fn event_budgets(&self, e: &UsageEvent) -> [Option<usize>; 3] {
+        [
+            e.key_id
+                .as_deref()
+                .and_then(|k| self.by_key.get(k))
+                .copied(),
+            self.by_owner.get(e.owner.as_str()).copied(),
+            e.org.as_deref().and_then(|o| self.by_org.get(o)).copied(),
+        ]
+    }
+
     fn purge(&mut self, now: DateTime<Utc>) {
-        while let Some((at, _)) = self.expiries.first() {
-            if *at > now {
+        while let Some(&(at, id)) = self.expiries.first() {
+            if at > now {
                 break;
             }
-            if let Some((_, id)) = self.expiries.pop_first() {
-                self.drop_hold(&id);
-            }
+            self.drop_hold(id);
         }
     }
 
-    fn drop_hold(&mut self, id: &str) -> bool {
-        let Some(held) = self.holds.remove(id) else {
+    fn drop_hold(&mut self, id: u64) -> bool {
+        let Some(held) = self.holds.remove(&id) else {
             return false;
         };
-        self.expiries.remove(&(held.expires_at, id.to_owned()));
-        for slot in held.slots {
-            if let Some(r) = self.reserved.get_mut(&slot) {
+        self.expiries.remove(&(held.expires_at, id));
+        // A zero left in place is cheaper than freeing and re-allocating the entry on the next reserve.
+        for (i, start) in held.slots {
+            if let Some(r) = self.budgets[i].reserved.get_mut(&start) {
                 *r -= held.amount;
-                if r.is_zero() {
-                    self.reserved.remove(&slot);
-                }
             }
         }
         true
     }
 
     fn record(&mut self, event: &UsageEvent) -> Recorded {
-        if let Some(&i) = self.by_request.get(&event.request_id) {
+        if let Some(&i) = self.by_request.get(event.request_id.as_str()) {
             return Recorded {
-                event_id: self.events[i].event_id.clone(),
+                event_id: self.events[i / EVENT_CHUNK][i % EVENT_CHUNK]
+                    .event_id
+                    .clone(),
                 duplicate: true,
             };
         }
-        for scope in BudgetScope::of_event(event) {
-            if let Some(entry) = self.budgets.get_mut(&scope) {
-                let start = entry.period_start(event.at);
-                *self.spent.entry((scope, start)).or_default() += event.cost;
-            }
+        for i in self.event_budgets(event).into_iter().flatten() {
+            let entry = &mut self.budgets[i];
+            let start = entry.period_start(event.at);
+            *entry.spent.entry(start).or_default() += event.cost;
         }
-        self.by_request
-            .insert(event.request_id.clone(), self.events.len());
-        self.events.push(event.clone());
+        self.by_request.insert(event.request_id.clone(), self.len);
+        if self.len.is_multiple_of(EVENT_CHUNK) {
+            self.events.push(Vec::with_capacity(EVENT_CHUNK));
+        }
+        if let Some(chunk) = self.events.last_mut() {
+            chunk.push(event.clone());
+        }
+        self.len += 1;
         Recorded {
             event_id: event.event_id.clone(),
             duplicate: false,
         }
-    }
-
-    fn standing(&mut self, scope: &BudgetScope, now: DateTime<Utc>) -> Option<(Standing, i64)> {
-        let entry = self.budgets.get_mut(scope)?;
-        let start = entry.period_start(now);
-        let key = (scope.clone(), start);
-        let standing = Standing {
-            budget: entry.budget.clone(),
-            spent: self.spent.get(&key).copied().unwrap_or_default(),
-            reserved: self.reserved.get(&key).copied().unwrap_or_default(),
-        };
-        Some((standing, start))
     }
 }
 
 impl MemoryStore {
     fn ledger(&self) -> std::sync::MutexGuard<'_, LedgerState> {
         self.ledger.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The counter inside a reservation id this store made.
+    fn hold_number(&self, reservation_id: &str) -> Option<u64> {
+        reservation_id
+            .strip_prefix(self.reservation_prefix.as_str())?
+            .parse()
+            .ok()
     }
 }
 
@@ -401,8 +452,7 @@ impl Ledger for MemoryStore {
     async fn events(&self, filter: &EventFilter) -> Result<Vec<UsageEvent>> {
         let state = self.ledger();
         let mut out: Vec<UsageEvent> = state
-            .events
-            .iter()
+            .all_events()
             .filter(|e| filter.matches(e))
             .cloned()
             .collect();
@@ -412,26 +462,36 @@ impl Ledger for MemoryStore {
 
     async fn set_budget(&self, budget: &Budget) -> Result<()> {
         let mut state = self.ledger();
-        let scope = budget.scope.clone();
-        // Recount this scope's spend under the (possibly new) period and time zone.
-        state.spent.retain(|(s, _), _| *s != scope);
-        let mut entry = BudgetEntry {
-            budget: budget.clone(),
-            bounds: (DateTime::<Utc>::MAX_UTC, DateTime::<Utc>::MAX_UTC),
-        };
-        let mut spent: HashMap<(BudgetScope, i64), Decimal> = HashMap::new();
-        for e in state.events.iter().filter(|e| scope.covers(e)) {
-            *spent
-                .entry((scope.clone(), entry.period_start(e.at)))
-                .or_default() += e.cost;
+        let scope = &budget.scope;
+        let mut entry = BudgetEntry::new(budget.clone());
+        // Count this scope's spend under the (possibly new) period and time zone.
+        for e in state.all_events().filter(|e| scope.covers(e)) {
+            let start = entry.period_start(e.at);
+            *entry.spent.entry(start).or_default() += e.cost;
         }
-        state.spent.extend(spent);
-        state.budgets.insert(scope, entry);
+        match state.index(scope) {
+            Some(i) => {
+                // Live reservations keep their holds; they were taken under the old period's starts.
+                entry.reserved = std::mem::take(&mut state.budgets[i].reserved);
+                state.budgets[i] = entry;
+            }
+            None => {
+                let i = state.budgets.len();
+                state.budgets.push(entry);
+                let id = scope.id().to_owned();
+                match scope {
+                    BudgetScope::Key(_) => state.by_key.insert(id, i),
+                    BudgetScope::Owner(_) => state.by_owner.insert(id, i),
+                    BudgetScope::Org(_) => state.by_org.insert(id, i),
+                };
+            }
+        }
         Ok(())
     }
 
     async fn budget(&self, scope: &BudgetScope) -> Result<Option<Budget>> {
-        Ok(self.ledger().budgets.get(scope).map(|e| e.budget.clone()))
+        let state = self.ledger();
+        Ok(state.index(scope).map(|i| state.budgets[i].budget.clone()))
     }
 
     async fn budget_status(
@@ -441,9 +501,12 @@ impl Ledger for MemoryStore {
     ) -> Result<Option<BudgetStatus>> {
         let mut state = self.ledger();
         state.purge(now);
-        Ok(state
-            .standing(scope, now)
-            .map(|(s, _)| BudgetStatus::new(&s.budget, s.spent, s.reserved, now)))
+        let Some(i) = state.index(scope) else {
+            return Ok(None);
+        };
+        let start = state.budgets[i].period_start(now);
+        let s = state.budgets[i].standing(start);
+        Ok(Some(BudgetStatus::new(s.budget, s.spent, s.reserved, now)))
     }
 
     async fn reserve(
@@ -458,28 +521,35 @@ impl Ledger for MemoryStore {
         }
         let mut state = self.ledger();
         state.purge(now);
-        let mut standings = Vec::with_capacity(scopes.len());
-        let mut slots = Vec::with_capacity(scopes.len());
+        let mut slots: Vec<(usize, i64)> = Vec::with_capacity(scopes.len());
         for scope in scopes {
-            if slots.iter().any(|(s, _)| s == scope) {
+            let Some(i) = state.index(scope) else {
+                continue;
+            };
+            if slots.iter().any(|(j, _)| *j == i) {
                 continue;
             }
-            if let Some((standing, start)) = state.standing(scope, now) {
-                standings.push(standing);
-                slots.push((scope.clone(), start));
-            }
+            slots.push((i, state.budgets[i].period_start(now)));
         }
+        let standings: Vec<Standing<'_>> = slots
+            .iter()
+            .map(|&(i, start)| state.budgets[i].standing(start))
+            .collect();
         admit(&standings, amount)?;
-        state.next_id += 1;
-        let id = format!("{}{}", self.reservation_prefix, state.next_id);
-        for slot in &slots {
-            *state.reserved.entry(slot.clone()).or_default() += amount;
+        drop(standings);
+        for &(i, start) in &slots {
+            *state.budgets[i].reserved.entry(start).or_default() += amount;
         }
+        state.next_id += 1;
+        let number = state.next_id;
         let expires_at = now + ttl;
-        state.expiries.insert((expires_at, id.clone()));
-        let scopes = slots.iter().map(|(s, _)| s.clone()).collect();
+        state.expiries.insert((expires_at, number));
+        let scopes = slots
+            .iter()
+            .map(|&(i, _)| state.budgets[i].budget.scope.clone())
+            .collect();
         state.holds.insert(
-            id.clone(),
+            number,
             Held {
                 amount,
                 expires_at,
@@ -487,7 +557,7 @@ impl Ledger for MemoryStore {
             },
         );
         Ok(Reservation {
-            id,
+            id: format!("{}{number}", self.reservation_prefix),
             amount,
             expires_at,
             scopes,
@@ -500,13 +570,19 @@ impl Ledger for MemoryStore {
         event: &UsageEvent,
         now: DateTime<Utc>,
     ) -> Result<Recorded> {
+        let number = self.hold_number(reservation_id);
         let mut state = self.ledger();
         state.purge(now);
-        state.drop_hold(reservation_id);
+        if let Some(n) = number {
+            state.drop_hold(n);
+        }
         Ok(state.record(event))
     }
 
     async fn release(&self, reservation_id: &str) -> Result<bool> {
-        Ok(self.ledger().drop_hold(reservation_id))
+        let Some(n) = self.hold_number(reservation_id) else {
+            return Ok(false);
+        };
+        Ok(self.ledger().drop_hold(n))
     }
 }

@@ -2,6 +2,7 @@
 //! guards cannot interleave with another writer, in this process or another. A writer that finds the database
 //! busy waits (the connection's busy timeout) and then retries with backoff instead of failing.
 
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::str::FromStr;
 use std::time::Duration as StdDuration;
 
@@ -9,7 +10,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Duration, Utc};
 use rust_decimal::Decimal;
 use sqlx::sqlite::{Sqlite, SqliteRow};
-use sqlx::{Row, Transaction};
+use sqlx::{QueryBuilder, Row, Transaction};
 
 use crate::credentials::CredentialSource;
 use crate::error::{Error, Result};
@@ -175,73 +176,150 @@ async fn add_spend(tx: &mut Tx, scope: &BudgetScope, start: i64, amount: Decimal
     Ok(())
 }
 
-async fn record_in(tx: &mut Tx, e: &UsageEvent) -> Result<Recorded> {
-    let usage =
-        serde_json::to_string(&e.usage).map_err(|err| Error::InvalidUsage(err.to_string()))?;
-    let done = sqlx::query(
-        "INSERT INTO usage_events (event_id, request_id, at, key_id, owner, org, provider, model, usage, cost, \
-         credential_source) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) ON CONFLICT (request_id) DO NOTHING",
-    )
-    .bind(&e.event_id)
-    .bind(&e.request_id)
-    .bind(micros(e.at))
-    .bind(&e.key_id)
-    .bind(&e.owner)
-    .bind(&e.org)
-    .bind(&e.provider)
-    .bind(&e.model)
-    .bind(usage)
-    .bind(e.cost.normalize().to_string())
-    .bind(e.credential_source.map(CredentialSource::as_str))
-    .execute(&mut **tx)
-    .await
-    .map_err(db)?;
-    if done.rows_affected() == 0 {
-        let row = sqlx::query("SELECT event_id FROM usage_events WHERE request_id = ?1")
-            .bind(&e.request_id)
-            .fetch_one(&mut **tx)
-            .await
-            .map_err(db)?;
-        return Ok(Recorded {
-            event_id: row.try_get("event_id").map_err(db)?,
-            duplicate: true,
+/// Rows per multi-row INSERT: 11 parameters each stays far below SQLite's 32,766.
+const INSERT_CHUNK: usize = 500;
+
+/// Records `events` (each idempotent by request id) and adds the new ones to their budgets' spend: one multi-row
+/// insert per chunk, then one read-modify-write per (budget, period) touched, whatever the batch size.
+async fn record_in(tx: &mut Tx, events: &[UsageEvent]) -> Result<Vec<Recorded>> {
+    // Request id → event id, of rows this call inserted, and of rows that were there before.
+    let mut inserted: HashMap<String, String> = HashMap::with_capacity(events.len());
+    let mut existing: HashMap<String, String> = HashMap::new();
+    for chunk in events.chunks(INSERT_CHUNK) {
+        let usages = chunk
+            .iter()
+            .map(|e| {
+                serde_json::to_string(&e.usage).map_err(|err| Error::InvalidUsage(err.to_string()))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut qb = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO usage_events (event_id, request_id, at, key_id, owner, org, provider, model, usage, cost, \
+             credential_source) ",
+        );
+        qb.push_values(chunk.iter().zip(&usages), |mut row, (e, usage)| {
+            row.push_bind(&e.event_id)
+                .push_bind(&e.request_id)
+                .push_bind(micros(e.at))
+                .push_bind(&e.key_id)
+                .push_bind(&e.owner)
+                .push_bind(&e.org)
+                .push_bind(&e.provider)
+                .push_bind(&e.model)
+                .push_bind(usage)
+                .push_bind(e.cost.normalize().to_string())
+                .push_bind(e.credential_source.map(CredentialSource::as_str));
         });
-    }
-    for scope in BudgetScope::of_event(e) {
-        if let Some(budget) = budget_of(tx, &scope).await? {
-            add_spend(tx, &scope, micros(budget.period_start(e.at)), e.cost).await?;
+        qb.push(" ON CONFLICT (request_id) DO NOTHING RETURNING request_id, event_id");
+        for row in qb.build().fetch_all(&mut **tx).await.map_err(db)? {
+            inserted.insert(
+                row.try_get("request_id").map_err(db)?,
+                row.try_get("event_id").map_err(db)?,
+            );
         }
     }
-    Ok(Recorded {
-        event_id: e.event_id.clone(),
-        duplicate: false,
-    })
+    // Request ids already stored before this batch: look up their first event's id.
+    let missing: Vec<&str> = events
+        .iter()
+        .map(|e| e.request_id.as_str())
+        .filter(|r| !inserted.contains_key(*r))
+        .collect();
+    for chunk in missing.chunks(INSERT_CHUNK) {
+        let mut qb = QueryBuilder::<Sqlite>::new(
+            "SELECT request_id, event_id FROM usage_events WHERE request_id IN (",
+        );
+        let mut list = qb.separated(", ");
+        for r in chunk {
+            list.push_bind(*r);
+        }
+        qb.push(")");
+        for row in qb.build().fetch_all(&mut **tx).await.map_err(db)? {
+            existing.insert(
+                row.try_get("request_id").map_err(db)?,
+                row.try_get("event_id").map_err(db)?,
+            );
+        }
+    }
+    let mut counted: HashSet<&str> = HashSet::new();
+    let mut fresh: Vec<&UsageEvent> = Vec::new();
+    let mut out = Vec::with_capacity(events.len());
+    for e in events {
+        let (event_id, new) = match inserted.get(&e.request_id) {
+            // The batch's first event with this request id is the one inserted.
+            Some(id) => (
+                id.clone(),
+                *id == e.event_id && counted.insert(e.request_id.as_str()),
+            ),
+            None => (
+                existing
+                    .get(&e.request_id)
+                    .cloned()
+                    .ok_or_else(|| corrupt("usage event (neither inserted nor found)"))?,
+                false,
+            ),
+        };
+        if new {
+            fresh.push(e);
+        }
+        out.push(Recorded {
+            event_id,
+            duplicate: !new,
+        });
+    }
+    add_to_budgets(tx, &fresh).await?;
+    Ok(out)
+}
+
+/// Adds new events' costs to the spend of every budget they count against.
+async fn add_to_budgets(tx: &mut Tx, events: &[&UsageEvent]) -> Result<()> {
+    let scopes: BTreeSet<BudgetScope> = events
+        .iter()
+        .flat_map(|e| BudgetScope::of_event(e))
+        .collect();
+    if scopes.is_empty() {
+        return Ok(());
+    }
+    let mut budgets: HashMap<BudgetScope, Budget> = HashMap::new();
+    let scopes: Vec<BudgetScope> = scopes.into_iter().collect();
+    for chunk in scopes.chunks(INSERT_CHUNK) {
+        let mut qb =
+            QueryBuilder::<Sqlite>::new("SELECT * FROM budgets WHERE (scope_kind, scope_id) IN (");
+        qb.push_values(chunk, |mut row, scope| {
+            row.push_bind(scope.kind()).push_bind(scope.id());
+        });
+        qb.push(")");
+        for row in qb.build().fetch_all(&mut **tx).await.map_err(db)? {
+            let budget = row_to_budget(&row)?;
+            budgets.insert(budget.scope.clone(), budget);
+        }
+    }
+    if budgets.is_empty() {
+        return Ok(());
+    }
+    let mut deltas: BTreeMap<(BudgetScope, i64), Decimal> = BTreeMap::new();
+    for e in events {
+        for scope in BudgetScope::of_event(e) {
+            if let Some(budget) = budgets.get(&scope) {
+                *deltas
+                    .entry((scope, micros(budget.period_start(e.at))))
+                    .or_default() += e.cost;
+            }
+        }
+    }
+    for ((scope, start), amount) in deltas {
+        add_spend(tx, &scope, start, amount).await?;
+    }
+    Ok(())
 }
 
 #[async_trait]
 impl Ledger for SqliteStore {
     async fn record(&self, event: &UsageEvent) -> Result<Recorded> {
-        immediate!(self, tx => { record_in(tx, event).await })
+        let mut one = immediate!(self, tx => { record_in(tx, std::slice::from_ref(event)).await })?;
+        one.pop().ok_or_else(|| corrupt("usage event"))
     }
 
     async fn record_batch(&self, events: &[UsageEvent]) -> Result<Vec<Recorded>> {
-        immediate!(self, tx => {
-            let mut out = Vec::with_capacity(events.len());
-            let mut failed = None;
-            for e in events {
-                match record_in(tx, e).await {
-                    Ok(r) => out.push(r),
-                    Err(err) => {
-                        failed = Some(err);
-                        break;
-                    }
-                }
-            }
-            match failed {
-                Some(err) => Err(err),
-                None => Ok(out),
-            }
-        })
+        immediate!(self, tx => { record_in(tx, events).await })
     }
 
     async fn events(&self, f: &EventFilter) -> Result<Vec<UsageEvent>> {
@@ -369,23 +447,25 @@ impl Ledger for SqliteStore {
         immediate!(self, tx => {
             async {
                 purge(tx, now).await?;
-                let mut standings = Vec::new();
-                let mut slots: Vec<(BudgetScope, i64)> = Vec::new();
+                let mut found: Vec<(Budget, Decimal, Decimal, i64)> = Vec::new();
                 for scope in scopes {
-                    if slots.iter().any(|(s, _)| s == scope) {
+                    if found.iter().any(|(b, ..)| b.scope == *scope) {
                         continue;
                     }
                     if let Some(budget) = budget_of(tx, scope).await? {
                         let start = micros(budget.period_start(now));
-                        standings.push(Standing {
-                            spent: spent_in(tx, scope, start).await?,
-                            reserved: reserved_in(tx, scope, start).await?,
-                            budget,
-                        });
-                        slots.push((scope.clone(), start));
+                        let spent = spent_in(tx, scope, start).await?;
+                        let reserved = reserved_in(tx, scope, start).await?;
+                        found.push((budget, spent, reserved, start));
                     }
                 }
+                let standings: Vec<Standing<'_>> = found
+                    .iter()
+                    .map(|(budget, spent, reserved, _)| Standing { budget, spent: *spent, reserved: *reserved })
+                    .collect();
                 admit(&standings, amount)?;
+                let slots: Vec<(BudgetScope, i64)> =
+                    found.into_iter().map(|(budget, _, _, start)| (budget.scope, start)).collect();
                 sqlx::query("INSERT INTO reservations (id, amount, expires_at) VALUES (?1, ?2, ?3)")
                     .bind(&id)
                     .bind(amount.to_string())
@@ -431,7 +511,8 @@ impl Ledger for SqliteStore {
                     .execute(&mut **tx)
                     .await
                     .map_err(db)?;
-                record_in(tx, event).await
+                let mut one = record_in(tx, std::slice::from_ref(event)).await?;
+                one.pop().ok_or_else(|| corrupt("usage event"))
             }
             .await
         })
