@@ -691,6 +691,23 @@ fn pricing_failure(e: Error) -> Failure {
     }
 }
 
+/// Prices `usage` of `model` as `price cost` and `usage record` both do; returns the cost, the canonical usage
+/// and the time priced at.
+fn price_request(
+    model: &str,
+    pricing: &PricingArgs,
+    usage: &UsageArgs,
+) -> Result<(keymeter::pricing::Cost, Usage, chrono::DateTime<Utc>), Failure> {
+    let catalog = load_catalog(pricing.catalog.as_deref())?;
+    let usage = usage.usage()?;
+    let at = parse_time(pricing.at.as_deref())?;
+    let tier = ServiceTier::parse(&pricing.tier)?;
+    let cost = catalog
+        .cost(model, &usage, at, tier)
+        .map_err(pricing_failure)?;
+    Ok((cost, usage, at))
+}
+
 fn price(cmd: PriceCommand) -> Outcome {
     match cmd {
         PriceCommand::Cost {
@@ -698,13 +715,7 @@ fn price(cmd: PriceCommand) -> Outcome {
             pricing,
             usage,
         } => {
-            let catalog = load_catalog(pricing.catalog.as_deref())?;
-            let usage = usage.usage()?;
-            let at = parse_time(pricing.at.as_deref())?;
-            let tier = ServiceTier::parse(&pricing.tier)?;
-            let cost = catalog
-                .cost(&model, &usage, at, tier)
-                .map_err(pricing_failure)?;
+            let (cost, _, _) = price_request(&model, &pricing, &usage)?;
             let mut human = String::new();
             for l in cost.lines() {
                 human.push_str(&format!(
@@ -1162,13 +1173,7 @@ async fn usage(store_url: &str, cmd: UsageCommand) -> Outcome {
             pricing,
             usage,
         } => {
-            let catalog = load_catalog(pricing.catalog.as_deref())?;
-            let usage = usage.usage()?;
-            let at = parse_time(pricing.at.as_deref())?;
-            let tier = ServiceTier::parse(&pricing.tier)?;
-            let cost = catalog
-                .cost(&model, &usage, at, tier)
-                .map_err(pricing_failure)?;
+            let (cost, usage, at) = price_request(&model, &pricing, &usage)?;
             let mut event = UsageEvent::new(
                 request_id.as_deref(),
                 at,

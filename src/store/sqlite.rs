@@ -108,6 +108,22 @@ impl SqliteStore {
     }
 }
 
+impl SqliteStore {
+    /// The key record matching `condition` (with one parameter, `value`), if any.
+    async fn one_record(&self, condition: &str, value: &str) -> Result<Option<Arc<KeyRecord>>> {
+        let sql = format!("SELECT {COLUMNS} FROM api_keys WHERE {condition}");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(value)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
+        row.as_ref()
+            .map(row_to_record)
+            .transpose()
+            .map(|r| r.map(Arc::new))
+    }
+}
+
 fn row_to_record(row: &SqliteRow) -> Result<KeyRecord> {
     let get_s = |c: &str| row.try_get::<String, _>(c).map_err(db);
     let scopes: Vec<String> =
@@ -214,31 +230,12 @@ impl KeyStore for SqliteStore {
     }
 
     async fn get(&self, id: &str) -> Result<Option<Arc<KeyRecord>>> {
-        let sql = format!("SELECT {COLUMNS} FROM api_keys WHERE id = ?1");
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db)?;
-        row.as_ref()
-            .map(row_to_record)
-            .transpose()
-            .map(|r| r.map(Arc::new))
+        self.one_record("id = ?1", id).await
     }
 
     async fn find_by_digest(&self, digest: &str) -> Result<Option<Arc<KeyRecord>>> {
-        let sql = format!(
-            "SELECT {COLUMNS} FROM api_keys WHERE lookup_kind = 'digest' AND lookup_value = ?1"
-        );
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(digest)
-            .fetch_optional(&self.pool)
+        self.one_record("lookup_kind = 'digest' AND lookup_value = ?1", digest)
             .await
-            .map_err(db)?;
-        row.as_ref()
-            .map(row_to_record)
-            .transpose()
-            .map(|r| r.map(Arc::new))
     }
 
     async fn find_by_hint(&self, hint: &str) -> Result<Vec<Arc<KeyRecord>>> {
