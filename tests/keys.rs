@@ -713,7 +713,12 @@ async fn no_secret_in_debug_display_errors_or_serde() {
     let token = key.token.expose_secret().to_owned();
     let secret_part = &token[token.len() - 38..token.len() - 6];
     let pepper = pepper("p7", 70);
-    let pepper_b64 = pepper.to_base64().expose_secret().to_owned();
+    let pepper_b64 = keymeter::secret::RingKey::to_env_entry(&pepper)
+        .expose_secret()
+        .split_once(':')
+        .unwrap()
+        .1
+        .to_owned();
     let hmac_digest = key
         .record
         .hash

@@ -24,13 +24,13 @@ use std::sync::Arc;
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use base64::Engine;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use secrecy::{ExposeSecret, SecretBox, SecretString};
 use zeroize::Zeroizing;
 
 use crate::credentials::provider::Provider;
 use crate::error::{Error, Result};
-use crate::keys::hash::is_valid_pepper_id;
+use crate::secret::{KeyRing, RingKey, is_valid_key_id};
 use crate::random::{OsRandom, RandomSource};
 
 const TAG: &str = "kmv1";
@@ -143,7 +143,7 @@ impl SealedCredential {
                 "expected kmv1:<key-id>:<nonce>:<ciphertext>",
             ));
         };
-        if !is_valid_pepper_id(key_id) {
+        if !is_valid_key_id(key_id) {
             return Err(VaultError::Malformed("invalid master key id"));
         }
         let mut n = [0u8; 12];
@@ -184,16 +184,32 @@ impl fmt::Debug for MasterKey {
     }
 }
 
+impl RingKey for MasterKey {
+    const WHAT: &'static str = "master key";
+
+    fn from_bytes(id: &str, key: SecretBox<[u8; 32]>) -> Result<Self> {
+        MasterKey::new(id, key)
+    }
+
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn bytes(&self) -> &SecretBox<[u8; 32]> {
+        &self.key
+    }
+}
+
 impl MasterKey {
     /// A master key from its bytes.
     ///
     /// # Errors
     /// [`Error::Config`] for an invalid id.
     pub fn new(id: &str, key: SecretBox<[u8; 32]>) -> Result<Self> {
-        if !is_valid_pepper_id(id) {
-            return Err(Error::Config(format!(
-                "invalid master key id {id:?}: use 1–32 characters of [A-Za-z0-9-]"
-            )));
+        if !is_valid_key_id(id) {
+            return Err(Error::Config(
+                "invalid master key id: use 1–32 characters of [A-Za-z0-9-]".into(),
+            ));
         }
         let cipher = Aes256Gcm::new_from_slice(key.expose_secret())
             .map_err(|_| Error::Config("a master key must be 32 bytes".into()))?;
@@ -209,28 +225,15 @@ impl MasterKey {
     /// # Errors
     /// [`Error::Random`]; [`Error::Config`] for an invalid id.
     pub fn generate(id: &str, random: &dyn RandomSource) -> Result<Self> {
-        let mut key = SecretBox::new(Box::new([0u8; 32]));
-        random.fill(secrecy::ExposeSecretMut::expose_secret_mut(&mut key))?;
-        MasterKey::new(id, key)
+        <MasterKey as RingKey>::generate(id, random)
     }
 
     /// A master key from standard base64 of 32 bytes.
     ///
     /// # Errors
-    /// [`Error::Config`], naming the id, never the key.
+    /// [`Error::Config`], never echoing the key.
     pub fn from_base64(id: &str, b64: &str) -> Result<Self> {
-        let mut buf = Zeroizing::new([0u8; 48]);
-        let n = STANDARD
-            .decode_slice(b64.trim(), &mut buf[..])
-            .map_err(|_| Error::Config(format!("master key {id:?} is not valid base64")))?;
-        if n != 32 {
-            return Err(Error::Config(format!(
-                "master key {id:?} must be 32 bytes, found {n}"
-            )));
-        }
-        let mut key = SecretBox::new(Box::new([0u8; 32]));
-        secrecy::ExposeSecretMut::expose_secret_mut(&mut key).copy_from_slice(&buf[..32]);
-        MasterKey::new(id, key)
+        <MasterKey as RingKey>::from_base64(id, b64)
     }
 
     /// The id.
@@ -240,74 +243,12 @@ impl MasterKey {
 
     /// `id:base64`, for `KEYMETER_MASTER_KEYS`. Handle it as a secret.
     pub fn to_env_entry(&self) -> SecretString {
-        format!("{}:{}", self.id, STANDARD.encode(self.key.expose_secret())).into()
+        <MasterKey as RingKey>::to_env_entry(self)
     }
 }
 
 /// Master keys by id; the first is active (new encryptions use it), the others still decrypt.
-#[derive(Debug)]
-pub struct MasterKeyRing {
-    keys: Vec<MasterKey>,
-}
-
-impl MasterKeyRing {
-    /// A ring whose first key is active.
-    ///
-    /// # Errors
-    /// [`Error::Config`] when empty or ids repeat.
-    pub fn new(keys: Vec<MasterKey>) -> Result<Self> {
-        if keys.is_empty() {
-            return Err(Error::Config("at least one master key is required".into()));
-        }
-        for (i, k) in keys.iter().enumerate() {
-            if keys[..i].iter().any(|o| o.id == k.id) {
-                return Err(Error::Config(format!("duplicate master key id {:?}", k.id)));
-            }
-        }
-        Ok(MasterKeyRing { keys })
-    }
-
-    /// Parses `KEYMETER_MASTER_KEYS`: `id:base64,id:base64,…`, the first active.
-    ///
-    /// # Errors
-    /// [`Error::Config`] naming the bad entry's id, never its key.
-    pub fn from_env_value(value: &str) -> Result<Self> {
-        let keys = value
-            .split(',')
-            .filter(|e| !e.trim().is_empty())
-            .map(|entry| {
-                let (id, key) = entry.split_once(':').ok_or_else(|| {
-                    Error::Config("master key entries must be `id:base64`".into())
-                })?;
-                MasterKey::from_base64(id.trim(), key)
-            })
-            .collect::<Result<Vec<_>>>()?;
-        MasterKeyRing::new(keys)
-    }
-
-    /// The active key.
-    pub fn active(&self) -> &MasterKey {
-        &self.keys[0]
-    }
-
-    /// The key with this id.
-    pub fn get(&self, id: &str) -> Option<&MasterKey> {
-        self.keys.iter().find(|k| k.id == id)
-    }
-
-    /// The ring as `KEYMETER_MASTER_KEYS`. Handle it as a secret.
-    pub fn to_env_value(&self) -> SecretString {
-        let entries: Vec<SecretString> = self.keys.iter().map(MasterKey::to_env_entry).collect();
-        let joined = Zeroizing::new(
-            entries
-                .iter()
-                .map(|e| e.expose_secret())
-                .collect::<Vec<_>>()
-                .join(","),
-        );
-        SecretString::from(joined.as_str())
-    }
-}
+pub type MasterKeyRing = KeyRing<MasterKey>;
 
 /// The associated data for a credential (see the module docs).
 pub fn associated_data(scope: &CredentialScope, provider: &Provider, key_id: &str) -> Vec<u8> {

@@ -25,6 +25,7 @@ use subtle::ConstantTimeEq;
 
 use crate::error::{Error, Result};
 use crate::random::{OsRandom, RandomSource};
+use crate::secret::{KeyRing, RingKey, is_valid_key_id};
 
 /// Length of a pepper in bytes.
 pub const PEPPER_LEN: usize = 32;
@@ -209,7 +210,7 @@ fn parse_hmac(rest: &str) -> Result<(&str, [u8; 32]), HashError> {
     let pepper = params
         .strip_prefix("v=1,p=")
         .ok_or_else(|| malformed(scheme, "expected parameters `v=1,p=<pepper-id>`"))?;
-    if !is_valid_pepper_id(pepper) {
+    if !is_valid_key_id(pepper) {
         return Err(malformed(scheme, "invalid pepper id"));
     }
     let mut out = [0u8; 32];
@@ -220,11 +221,6 @@ fn parse_hmac(rest: &str) -> Result<(&str, [u8; 32]), HashError> {
             "digest must be 32 bytes of unpadded base64",
         )),
     }
-}
-
-/// Whether `id` is a valid pepper id: 1–32 characters of `[A-Za-z0-9-]`.
-pub fn is_valid_pepper_id(id: &str) -> bool {
-    !id.is_empty() && id.len() <= 32 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
 /// A 32-byte server-side secret for HMAC hashes, with an id so it can rotate.
@@ -243,16 +239,32 @@ impl fmt::Debug for Pepper {
     }
 }
 
+impl RingKey for Pepper {
+    const WHAT: &'static str = "pepper";
+
+    fn from_bytes(id: &str, key: SecretBox<[u8; PEPPER_LEN]>) -> Result<Self> {
+        Pepper::new(id, key)
+    }
+
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn bytes(&self) -> &SecretBox<[u8; PEPPER_LEN]> {
+        &self.key
+    }
+}
+
 impl Pepper {
     /// A pepper with the given id and key bytes.
     ///
     /// # Errors
     /// [`Error::Config`] for an invalid id.
     pub fn new(id: &str, key: SecretBox<[u8; PEPPER_LEN]>) -> Result<Self> {
-        if !is_valid_pepper_id(id) {
-            return Err(Error::Config(format!(
-                "invalid pepper id {id:?}: use 1–32 characters of [A-Za-z0-9-]"
-            )));
+        if !is_valid_key_id(id) {
+            return Err(Error::Config(
+                "invalid pepper id: use 1–32 characters of [A-Za-z0-9-]".into(),
+            ));
         }
         let mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key.expose_secret())
             .map_err(|_| Error::Config("invalid pepper length".into()))?;
@@ -268,18 +280,7 @@ impl Pepper {
     /// # Errors
     /// [`Error::Config`] when the text is not base64 of 32 bytes (the message never echoes it).
     pub fn from_base64(id: &str, b64: &str) -> Result<Self> {
-        let mut key = SecretBox::new(Box::new([0u8; PEPPER_LEN]));
-        let mut buf = zeroize::Zeroizing::new([0u8; 48]);
-        let n = base64::engine::general_purpose::STANDARD
-            .decode_slice(b64.trim(), &mut buf[..])
-            .map_err(|_| Error::Config(format!("pepper {id:?} is not valid base64")))?;
-        if n != PEPPER_LEN {
-            return Err(Error::Config(format!(
-                "pepper {id:?} must be {PEPPER_LEN} bytes, found {n}"
-            )));
-        }
-        secrecy::ExposeSecretMut::expose_secret_mut(&mut key).copy_from_slice(&buf[..PEPPER_LEN]);
-        Pepper::new(id, key)
+        <Pepper as RingKey>::from_base64(id, b64)
     }
 
     /// A fresh random pepper.
@@ -287,21 +288,12 @@ impl Pepper {
     /// # Errors
     /// [`Error::Random`] when the random source fails; [`Error::Config`] for an invalid id.
     pub fn generate(id: &str, random: &dyn RandomSource) -> Result<Self> {
-        let mut key = SecretBox::new(Box::new([0u8; PEPPER_LEN]));
-        random.fill(secrecy::ExposeSecretMut::expose_secret_mut(&mut key))?;
-        Pepper::new(id, key)
+        <Pepper as RingKey>::generate(id, random)
     }
 
     /// The pepper's id.
     pub fn id(&self) -> &str {
         &self.id
-    }
-
-    /// The key as standard base64, for writing a secrets file. Handle the result as a secret.
-    pub fn to_base64(&self) -> secrecy::SecretString {
-        base64::engine::general_purpose::STANDARD
-            .encode(self.key.expose_secret())
-            .into()
     }
 
     fn digest(&self, token: &[u8]) -> [u8; 32] {
@@ -312,74 +304,7 @@ impl Pepper {
 }
 
 /// Peppers by id; the first is active (new hashes use it), the others still verify.
-#[derive(Debug)]
-pub struct PepperRing {
-    peppers: Vec<Pepper>,
-}
-
-impl PepperRing {
-    /// A ring whose first pepper is the active one.
-    ///
-    /// # Errors
-    /// [`Error::Config`] when the ring is empty or two peppers share an id.
-    pub fn new(peppers: Vec<Pepper>) -> Result<Self> {
-        if peppers.is_empty() {
-            return Err(Error::Config("at least one pepper is required".into()));
-        }
-        for (i, p) in peppers.iter().enumerate() {
-            if peppers[..i].iter().any(|q| q.id == p.id) {
-                return Err(Error::Config(format!("duplicate pepper id {:?}", p.id)));
-            }
-        }
-        Ok(PepperRing { peppers })
-    }
-
-    /// Parses `KEYMETER_PEPPER`: either one standard base64 key (id `default`) or `id:base64,id:base64,…` with
-    /// the first active.
-    ///
-    /// # Errors
-    /// [`Error::Config`] on any malformed entry; the message names the entry's id, never its key.
-    pub fn from_env_value(value: &str) -> Result<Self> {
-        let value = value.trim();
-        if !value.contains(':') {
-            return PepperRing::new(vec![Pepper::from_base64("default", value)?]);
-        }
-        let peppers = value
-            .split(',')
-            .map(|entry| {
-                let (id, key) = entry
-                    .split_once(':')
-                    .ok_or_else(|| Error::Config("pepper entries must be `id:base64`".into()))?;
-                Pepper::from_base64(id.trim(), key)
-            })
-            .collect::<Result<Vec<_>>>()?;
-        PepperRing::new(peppers)
-    }
-
-    /// The active pepper.
-    pub fn active(&self) -> &Pepper {
-        &self.peppers[0]
-    }
-
-    /// The pepper with id `id`.
-    pub fn get(&self, id: &str) -> Option<&Pepper> {
-        self.peppers.iter().find(|p| p.id == id)
-    }
-
-    /// The ring as an env value (`id:base64,…`). Handle the result as a secret.
-    pub fn to_env_value(&self) -> secrecy::SecretString {
-        let mut out = String::new();
-        for (i, p) in self.peppers.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            out.push_str(&p.id);
-            out.push(':');
-            out.push_str(p.to_base64().expose_secret());
-        }
-        out.into()
-    }
-}
+pub type PepperRing = KeyRing<Pepper>;
 
 /// Argon2id cost parameters for new hashes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -142,7 +142,7 @@ pub struct Standing<'a> {
 ///
 /// # Errors
 /// [`Error::BudgetExceeded`] for the first budget without room.
-pub fn admit(standings: &[Standing<'_>], amount: Decimal) -> Result<()> {
+pub fn admit<'a>(standings: impl IntoIterator<Item = Standing<'a>>, amount: Decimal) -> Result<()> {
     for s in standings {
         if s.spent + s.reserved + amount > s.budget.limit {
             return Err(Error::BudgetExceeded {

@@ -327,14 +327,50 @@ struct Held {
     slots: Vec<(usize, i64)>,
 }
 
+/// An event as the log keeps it: the names that repeat across events (owner, org, key, provider, model) are
+/// shared, and the request id is shared with the index, so recording allocates for the two ids only.
+#[derive(Debug)]
+struct StoredEvent {
+    event_id: Box<str>,
+    request_id: Arc<str>,
+    at: DateTime<Utc>,
+    key_id: Option<Arc<str>>,
+    owner: Arc<str>,
+    org: Option<Arc<str>>,
+    provider: Arc<str>,
+    model: Arc<str>,
+    usage: crate::pricing::Usage,
+    cost: Decimal,
+    credential_source: Option<crate::credentials::CredentialSource>,
+}
+
+impl StoredEvent {
+    fn to_event(&self) -> UsageEvent {
+        UsageEvent {
+            event_id: self.event_id.to_string(),
+            request_id: self.request_id.to_string(),
+            at: self.at,
+            key_id: self.key_id.as_deref().map(str::to_owned),
+            owner: self.owner.to_string(),
+            org: self.org.as_deref().map(str::to_owned),
+            provider: self.provider.to_string(),
+            model: self.model.to_string(),
+            usage: self.usage,
+            cost: self.cost,
+            credential_source: self.credential_source,
+        }
+    }
+}
+
 /// The in-memory ledger, behind one mutex: a reservation over several budgets is all-or-none by construction.
 #[derive(Debug, Default)]
 pub(crate) struct LedgerState {
     // Fixed-size chunks: the log grows without ever copying what it holds (one big Vec would move every
     // event on each doubling, a latency spike on the settle path).
-    events: Vec<Vec<UsageEvent>>,
+    events: Vec<Vec<StoredEvent>>,
     len: usize,
-    by_request: HashMap<String, usize>,
+    by_request: HashMap<Arc<str>, usize>,
+    names: std::collections::HashSet<Arc<str>>,
     budgets: Vec<BudgetEntry>,
     // Budget indices by scope id, one map per kind, so an event's three scopes are found without allocating.
     by_key: HashMap<String, usize>,
@@ -348,8 +384,17 @@ pub(crate) struct LedgerState {
 const EVENT_CHUNK: usize = 4096;
 
 impl LedgerState {
-    fn all_events(&self) -> impl Iterator<Item = &UsageEvent> {
+    fn all_events(&self) -> impl Iterator<Item = &StoredEvent> {
         self.events.iter().flatten()
+    }
+
+    fn intern(&mut self, name: &str) -> Arc<str> {
+        if let Some(shared) = self.names.get(name) {
+            return shared.clone();
+        }
+        let shared: Arc<str> = Arc::from(name);
+        self.names.insert(shared.clone());
+        shared
     }
 
     fn index(&self, scope: &BudgetScope) -> Option<usize> {
@@ -400,7 +445,7 @@ impl LedgerState {
             return Recorded {
                 event_id: self.events[i / EVENT_CHUNK][i % EVENT_CHUNK]
                     .event_id
-                    .clone(),
+                    .to_string(),
                 duplicate: true,
             };
         }
@@ -409,12 +454,26 @@ impl LedgerState {
             let start = entry.period_start(event.at);
             *entry.spent.entry(start).or_default() += event.cost;
         }
-        self.by_request.insert(event.request_id.clone(), self.len);
+        let request_id: Arc<str> = Arc::from(event.request_id.as_str());
+        self.by_request.insert(request_id.clone(), self.len);
+        let stored = StoredEvent {
+            event_id: event.event_id.as_str().into(),
+            request_id,
+            at: event.at,
+            key_id: event.key_id.as_deref().map(|k| self.intern(k)),
+            owner: self.intern(&event.owner),
+            org: event.org.as_deref().map(|o| self.intern(o)),
+            provider: self.intern(&event.provider),
+            model: self.intern(&event.model),
+            usage: event.usage,
+            cost: event.cost,
+            credential_source: event.credential_source,
+        };
         if self.len.is_multiple_of(EVENT_CHUNK) {
             self.events.push(Vec::with_capacity(EVENT_CHUNK));
         }
         if let Some(chunk) = self.events.last_mut() {
-            chunk.push(event.clone());
+            chunk.push(stored);
         }
         self.len += 1;
         Recorded {
@@ -453,8 +512,8 @@ impl Ledger for MemoryStore {
         let state = self.ledger();
         let mut out: Vec<UsageEvent> = state
             .all_events()
+            .map(StoredEvent::to_event)
             .filter(|e| filter.matches(e))
-            .cloned()
             .collect();
         out.sort_by(|a, b| a.at.cmp(&b.at).then_with(|| a.event_id.cmp(&b.event_id)));
         Ok(out)
@@ -465,7 +524,7 @@ impl Ledger for MemoryStore {
         let scope = &budget.scope;
         let mut entry = BudgetEntry::new(budget.clone());
         // Count this scope's spend under the (possibly new) period and time zone.
-        for e in state.all_events().filter(|e| scope.covers(e)) {
+        for e in state.all_events().map(StoredEvent::to_event).filter(|e| scope.covers(e)) {
             let start = entry.period_start(e.at);
             *entry.spent.entry(start).or_default() += e.cost;
         }
@@ -531,12 +590,7 @@ impl Ledger for MemoryStore {
             }
             slots.push((i, state.budgets[i].period_start(now)));
         }
-        let standings: Vec<Standing<'_>> = slots
-            .iter()
-            .map(|&(i, start)| state.budgets[i].standing(start))
-            .collect();
-        admit(&standings, amount)?;
-        drop(standings);
+        admit(slots.iter().map(|&(i, start)| state.budgets[i].standing(start)), amount)?;
         for &(i, start) in &slots {
             *state.budgets[i].reserved.entry(start).or_default() += amount;
         }

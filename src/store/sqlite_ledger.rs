@@ -459,11 +459,10 @@ impl Ledger for SqliteStore {
                         found.push((budget, spent, reserved, start));
                     }
                 }
-                let standings: Vec<Standing<'_>> = found
+                let standings = found
                     .iter()
-                    .map(|(budget, spent, reserved, _)| Standing { budget, spent: *spent, reserved: *reserved })
-                    .collect();
-                admit(&standings, amount)?;
+                    .map(|(budget, spent, reserved, _)| Standing { budget, spent: *spent, reserved: *reserved });
+                admit(standings, amount)?;
                 let slots: Vec<(BudgetScope, i64)> =
                     found.into_iter().map(|(budget, _, _, start)| (budget.scope, start)).collect();
                 sqlx::query("INSERT INTO reservations (id, amount, expires_at) VALUES (?1, ?2, ?3)")
