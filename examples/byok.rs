@@ -5,28 +5,19 @@
 //! cargo run --example byok
 //! ```
 
-use std::sync::Arc;
-
-use keymeter::credentials::{
-    CredentialResolver, CredentialScope, MasterKey, MasterKeyRing, Provider, ResolverPolicy, Vault,
-    set_key,
-};
-use keymeter::env::{ProcessEnv, detect};
+use chrono::Utc;
+use keymeter::Config;
+use keymeter::credentials::{CredentialScope, Provider, ResolverPolicy, set_key};
+use keymeter::env::ProcessEnv;
 use keymeter::random::OsRandom;
-use keymeter::store::SqliteStore;
 
 #[tokio::main]
 async fn main() -> Result<(), keymeter::Error> {
-    let dir = std::env::temp_dir().join(format!("keymeter-byok-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| keymeter::Error::Config(e.to_string()))?;
-    let store = Arc::new(
-        SqliteStore::connect(&format!("sqlite://{}", dir.join("keymeter.db").display())).await?,
-    );
-    // In production the master keys come from KEYMETER_MASTER_KEYS; here a fresh one.
-    let vault = Arc::new(Vault::new(MasterKeyRing::new(vec![MasterKey::generate(
-        "k1", &OsRandom,
-    )?])?));
-    let environment = detect(&ProcessEnv)?.environment;
+    // Configured like any service; the master keys come from KEYMETER_MASTER_KEYS (development: keymeter.secrets).
+    let mut config = Config::from_env()?;
+    config.init_secrets(&ProcessEnv, &OsRandom, Utc::now())?;
+    let store = config.connect().await?;
+    let vault = config.vault()?;
 
     let (anthropic, openai) = (Provider::anthropic(), Provider::openai());
     set_key(
@@ -58,7 +49,7 @@ async fn main() -> Result<(), keymeter::Error> {
         Ok(()) => unreachable!("placeholders are refused"),
     }
 
-    let resolver = CredentialResolver::new(store.clone(), vault.clone(), environment);
+    let resolver = config.resolver(store.clone())?;
     for (owner, provider) in [("alice", &anthropic), ("bob", &anthropic), ("bob", &openai)] {
         match resolver.resolve(owner, provider).await {
             Ok(found) => println!(
@@ -71,11 +62,10 @@ async fn main() -> Result<(), keymeter::Error> {
     }
 
     // Operators can require users to bring their own key for a provider.
-    let strict =
-        CredentialResolver::new(store.clone(), vault, environment).with_policy(ResolverPolicy {
-            user_key_required: [anthropic.clone()].into(),
-            ..ResolverPolicy::default()
-        });
+    let strict = config.resolver(store.clone())?.with_policy(ResolverPolicy {
+        user_key_required: [anthropic.clone()].into(),
+        ..ResolverPolicy::default()
+    });
     match strict.resolve("bob", &anthropic).await {
         Err(e) => println!("with user keys required, bob -> {e}"),
         Ok(found) => println!("unexpected: {}", found.source.as_str()),
@@ -93,6 +83,5 @@ async fn main() -> Result<(), keymeter::Error> {
     }
 
     store.close().await;
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

@@ -1,48 +1,35 @@
-//! The whole path a gateway runs for one request, on SQLite: verify the inbound key, resolve the user's provider
-//! credential, reserve the worst-case cost against the key's and the org's budgets, price the provider's usage
-//! JSON, settle, and print the spend report.
+//! The calls a gateway makes for one request, on the configured store (SQLite by default): verify the inbound
+//! key, resolve whose provider key pays, reserve the worst case against the key's, owner's and org's budgets,
+//! then price what the provider reported and settle.
 //!
 //! ```sh
 //! cargo run --example gateway_flow
 //! ```
 
-use std::sync::Arc;
-
-use chrono::{Duration, Utc};
-use keymeter::credentials::{
-    CredentialResolver, CredentialScope, MasterKey, MasterKeyRing, Provider, Vault, set_key,
-};
-use keymeter::env::Environment;
-use keymeter::keys::{
-    KeyHasher, KeyIssuer, NewKey, Pepper, PepperRing, Requirement, Scope, ScopeRequirement,
-    Verifier, VerifierConfig,
-};
-use keymeter::ledger::{
-    Budget, BudgetPeriod, BudgetScope, EventFilter, GroupBy, Ledger, UsageEvent, parse_tz,
-};
-use keymeter::pricing::normalize::{UsageFormat, normalize};
-use keymeter::pricing::{PriceCatalog, ServiceTier, Usage};
+use chrono::Utc;
+use keymeter::Config;
+use keymeter::credentials::{CredentialScope, Provider, set_key};
+use keymeter::env::ProcessEnv;
+use keymeter::keys::{NewKey, Requirement, Scope, ScopeRequirement};
+use keymeter::ledger::{Budget, BudgetPeriod, BudgetScope, MeteredRequest};
+use keymeter::pricing::{Usage, UsageFormat};
 use keymeter::random::OsRandom;
-use keymeter::store::SqliteStore;
 use rust_decimal::Decimal;
 use secrecy::ExposeSecret;
 
 #[tokio::main]
 async fn main() -> Result<(), keymeter::Error> {
-    let dir = std::env::temp_dir().join(format!("keymeter-gateway-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| keymeter::Error::Config(e.to_string()))?;
-    let store = Arc::new(
-        SqliteStore::connect(&format!("sqlite://{}", dir.join("keymeter.db").display())).await?,
-    );
+    // Start-up: everything from the configuration.
+    let mut config = Config::from_env()?;
+    config.init_secrets(&ProcessEnv, &OsRandom, Utc::now())?;
+    let store = config.connect().await?;
+    let verifier = config.verifier(store.clone())?;
+    let resolver = config.resolver(store.clone())?;
+    let meter = config.meter(store.clone())?;
 
-    // Set-up an operator does once: secrets, a key for alice, her Anthropic key, budgets.
-    let hasher = Arc::new(KeyHasher::new(PepperRing::new(vec![Pepper::generate(
-        "p1", &OsRandom,
-    )?])?));
-    let vault = Arc::new(Vault::new(MasterKeyRing::new(vec![MasterKey::generate(
-        "k1", &OsRandom,
-    )?])?));
-    let issued = KeyIssuer::new(store.clone(), hasher.clone())
+    // Set-up an operator does once (the CLI does the same): a key for alice, her Anthropic key, a daily budget.
+    let issued = config
+        .issuer(store.clone())?
         .issue(
             NewKey::new("alice's app", "alice")
                 .org("acme")
@@ -50,34 +37,26 @@ async fn main() -> Result<(), keymeter::Error> {
         )
         .await?;
     let anthropic = Provider::anthropic();
+    let alice = CredentialScope::user("alice")?;
     set_key(
         &*store,
-        &vault,
-        &CredentialScope::user("alice")?,
+        &*config.vault()?,
+        &alice,
         &anthropic,
         "sk-ant-api03-alice-demo-key-0123456789",
     )
     .await?;
-    let key_scope = BudgetScope::Key(issued.record.id.clone());
-    let org_scope = BudgetScope::Org("acme".into());
+    let key_budget = BudgetScope::Key(issued.record.id.clone());
+    let berlin = "Europe/Berlin"
+        .parse()
+        .map_err(|_| keymeter::Error::Config("tz".into()))?;
     store
         .set_budget(
-            &Budget::new(key_scope.clone(), Decimal::new(5, 0), BudgetPeriod::Daily)?
-                .tz(parse_tz("Europe/Berlin")?),
+            &Budget::new(key_budget.clone(), Decimal::new(5, 0), BudgetPeriod::Daily)?.tz(berlin),
         )
         .await?;
-    store
-        .set_budget(&Budget::new(
-            org_scope.clone(),
-            Decimal::new(100, 0),
-            BudgetPeriod::Monthly,
-        )?)
-        .await?;
-    let catalog = PriceCatalog::bundled();
-    let verifier = Verifier::new(store.clone(), hasher, VerifierConfig::default())?;
-    let resolver = CredentialResolver::new(store.clone(), vault, Environment::Development);
 
-    // 1. Verify the inbound key.
+    // Per request. 1. Verify the inbound key.
     let header = format!("Bearer {}", issued.token.expose_secret());
     let need = Requirement::new().scopes(ScopeRequirement::all(["llm:messages"])?);
     let verdict = verifier
@@ -93,41 +72,38 @@ async fn main() -> Result<(), keymeter::Error> {
     };
     println!("1. key {} of {} is {}", key.id, key.owner, verdict.code());
 
-    // 2. Resolve whose provider key pays.
+    // 2. Whose provider key pays.
     let credential = resolver.resolve(&key.owner, &anthropic).await?;
     println!(
-        "2. using the {} key {} for {anthropic}",
+        "2. using the {} key {}",
         credential.source.as_str(),
         credential.masked()
     );
 
     // 3. Reserve the worst case: the prompt as fresh input plus max_tokens of output.
-    let model = "claude-sonnet-4-5";
-    let worst = Usage {
-        input: 12_000,
-        output: 4_096,
-        ..Usage::default()
-    };
-    let worst_cost = catalog
-        .cost(model, &worst, Utc::now(), ServiceTier::Standard)?
-        .total;
-    let hold = store
+    let request = MeteredRequest::new(&**key, "claude-sonnet-4-5")
+        .request_id(format!("msg_{}", Utc::now().timestamp_micros()))
+        .credential_source(credential.source);
+    let hold = meter
         .reserve(
-            &[key_scope.clone(), org_scope.clone()],
-            worst_cost,
-            Utc::now(),
-            Duration::minutes(10),
+            request,
+            &Usage {
+                input: 12_000,
+                output: 4_096,
+                ..Usage::default()
+            },
         )
         .await?;
-    println!("3. reserved {worst_cost} USD ({})", hold.id);
+    println!("3. reserved {} USD", hold.amount());
 
-    // 4. (The call to Anthropic happens here, with `credential.key`.) Price what it reports.
+    // 4. (The call to Anthropic happens here, with `credential.key`.) Price what it reports and settle.
     let response = r#"{"id": "msg_01", "type": "message", "usage": {"input_tokens": 2100, "output_tokens": 850,
         "cache_read_input_tokens": 9000, "cache_creation_input_tokens": 900,
         "cache_creation": {"ephemeral_5m_input_tokens": 900, "ephemeral_1h_input_tokens": 0}}}"#;
-    let usage = normalize(UsageFormat::Anthropic, response)?;
-    let cost = catalog.cost(model, &usage, Utc::now(), ServiceTier::Standard)?;
-    for line in cost.lines() {
+    let metered = meter
+        .settle(hold, (UsageFormat::Anthropic, response))
+        .await?;
+    for line in metered.cost.lines() {
         println!(
             "   {:<15} {:>6} × {:<11} = {}",
             line.kind.as_str(),
@@ -136,46 +112,17 @@ async fn main() -> Result<(), keymeter::Error> {
             line.cost.normalize()
         );
     }
-
-    // 5. Settle: the reservation becomes the actual cost, recorded once under the request id.
-    let event = UsageEvent::new(
-        Some("msg_01"),
-        Utc::now(),
-        &key.owner,
-        &cost.provider,
-        &cost.model,
-        usage,
-        cost.total,
-        &OsRandom,
-    )?
-    .key_id(key.id.clone())
-    .org("acme")
-    .credential_source(credential.source);
-    let recorded = store.settle(&hold.id, &event, Utc::now()).await?;
-    let retried = store.settle(&hold.id, &event, Utc::now()).await?;
     println!(
-        "4. settled {} USD as {} (a retry was a duplicate: {})",
-        cost.total, recorded.event_id, retried.duplicate
+        "4. settled {} USD as {}",
+        metered.cost.total, metered.event_id
     );
 
-    // 6. Report.
-    if let Some(status) = store.budget_status(&key_scope, Utc::now()).await? {
+    if let Some(status) = store.budget_status(&key_budget, Utc::now()).await? {
         println!(
-            "5. key budget: spent {} of {}, {} remaining today (Berlin)",
+            "5. key budget: spent {} of {}, {} left today (Berlin)",
             status.spent, status.limit, status.remaining
         );
     }
-    let report = store
-        .report(&EventFilter::default(), GroupBy::Model, chrono_tz::UTC)
-        .await?;
-    for g in &report.groups {
-        println!(
-            "   report {:<20} {} USD, {} event(s), {} in / {} out tokens",
-            g.key, g.cost, g.events, g.input_tokens, g.output_tokens
-        );
-    }
-
     store.close().await;
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

@@ -2,32 +2,26 @@
 //! lacking a scope.
 //!
 //! ```sh
-//! cargo run --example quickstart --features sqlite
+//! cargo run --example quickstart
 //! ```
 
-use std::sync::Arc;
-
-use keymeter::keys::{
-    KeyHasher, KeyIssuer, NewKey, Pepper, PepperRing, Requirement, Scope, ScopeRequirement,
-    Verifier, VerifierConfig,
-};
+use chrono::Utc;
+use keymeter::Config;
+use keymeter::env::ProcessEnv;
+use keymeter::keys::{NewKey, Requirement, Scope, ScopeRequirement};
 use keymeter::random::OsRandom;
-use keymeter::store::SqliteStore;
 use secrecy::ExposeSecret;
 
 #[tokio::main]
 async fn main() -> Result<(), keymeter::Error> {
-    // A throwaway database; a real service would open `sqlite://keymeter.db` once at start-up.
-    let dir = std::env::temp_dir().join(format!("keymeter-quickstart-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| keymeter::Error::Config(e.to_string()))?;
-    let url = format!("sqlite://{}", dir.join("keymeter.db").display());
-    let store = Arc::new(SqliteStore::connect(&url).await?);
-
-    // The pepper is a server-side secret; in production it comes from KEYMETER_PEPPER.
-    let peppers = PepperRing::new(vec![Pepper::generate("p1", &OsRandom)?])?;
-    let hasher = Arc::new(KeyHasher::new(peppers));
-    let issuer = KeyIssuer::new(store.clone(), hasher.clone());
-    let verifier = Verifier::new(store.clone(), hasher, VerifierConfig::default())?;
+    // Configured like any service: KEYMETER_STORE (default sqlite://keymeter.db), KEYMETER_PEPPER, … In
+    // development, secrets missing from the environment are written to keymeter.secrets beside the database.
+    let mut config = Config::from_env()?;
+    config.init_secrets(&ProcessEnv, &OsRandom, Utc::now())?;
+    let store = config.connect().await?;
+    let issuer = config.issuer(store.clone())?;
+    let verifier = config.verifier(store.clone())?;
+    let url = &config.store_url;
 
     let reader = issuer
         .issue(
@@ -74,6 +68,5 @@ async fn main() -> Result<(), keymeter::Error> {
     }
 
     store.close().await;
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

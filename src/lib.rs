@@ -3,11 +3,13 @@
 #![warn(missing_docs)]
 
 pub mod clock;
+pub mod config;
 #[cfg(feature = "test-suite")]
 pub mod conformance;
 pub mod credentials;
 pub mod env;
 pub mod error;
+mod file;
 pub mod keys;
 pub mod ledger;
 pub mod pricing;
@@ -15,4 +17,5 @@ pub mod random;
 pub mod secret;
 pub mod store;
 
+pub use config::Config;
 pub use error::{Error, Result};

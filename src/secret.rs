@@ -138,7 +138,10 @@ impl<K: RingKey> fmt::Debug for KeyRing<K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KeyRing")
             .field("of", &K::WHAT)
-            .field("ids", &self.keys.iter().map(RingKey::id).collect::<Vec<_>>())
+            .field(
+                "ids",
+                &self.keys.iter().map(RingKey::id).collect::<Vec<_>>(),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -150,7 +153,10 @@ impl<K: RingKey> KeyRing<K> {
     /// [`Error::Config`] when the ring is empty or two keys share an id.
     pub fn new(keys: Vec<K>) -> Result<Self> {
         if keys.is_empty() {
-            return Err(Error::Config(format!("at least one {} is required", K::WHAT)));
+            return Err(Error::Config(format!(
+                "at least one {} is required",
+                K::WHAT
+            )));
         }
         for (i, k) in keys.iter().enumerate() {
             if keys[..i].iter().any(|o| o.id() == k.id()) {

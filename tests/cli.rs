@@ -46,7 +46,8 @@ impl Cli {
         let mut child = cmd.spawn().unwrap();
         let mut pipe = child.stdin.take().unwrap();
         if let Some(input) = stdin {
-            pipe.write_all(input.as_bytes()).unwrap();
+            // A command refused before it reads stdin (a configuration error) closes the pipe early.
+            let _ = pipe.write_all(input.as_bytes());
         }
         drop(pipe);
         child.wait_with_output().unwrap()

@@ -2,6 +2,7 @@
 //! concurrency isolation, rewrap, the `.env` tier, and environment detection.
 
 use std::collections::HashMap;
+use std::str::FromStr;
 use std::sync::Arc;
 
 use keymeter::Error;
@@ -53,13 +54,13 @@ fn decrypts_and_reproduces_the_python_cryptography_vector() {
         hex(&associated_data(&alice, &anthropic, "k2026")),
         v["user"]["aad_hex"].as_str().unwrap()
     );
-    let sealed = SealedCredential::parse(v["user"]["sealed"].as_str().unwrap()).unwrap();
+    let sealed = SealedCredential::from_str(v["user"]["sealed"].as_str().unwrap()).unwrap();
     let opened = vault.open(&alice, &anthropic, &sealed).unwrap();
     assert_eq!(
         opened.expose_secret(),
         v["user"]["plaintext"].as_str().unwrap()
     );
-    let system = SealedCredential::parse(v["system"]["sealed"].as_str().unwrap()).unwrap();
+    let system = SealedCredential::from_str(v["system"]["sealed"].as_str().unwrap()).unwrap();
     assert_eq!(
         hex(&associated_data(
             &CredentialScope::System,
@@ -121,7 +122,7 @@ fn tampering_moving_and_wrong_keys_fail_with_typed_errors() {
         let mut t = text.clone().into_bytes();
         t[i] = if t[i] == b'A' { b'B' } else { b'A' };
         let t = String::from_utf8(t).unwrap();
-        if let Ok(tampered) = SealedCredential::parse(&t) {
+        if let Ok(tampered) = SealedCredential::from_str(&t) {
             assert_eq!(
                 vault.open(&alice, &anthropic, &tampered).unwrap_err(),
                 VaultError::Decrypt,
@@ -158,7 +159,7 @@ fn tampering_moving_and_wrong_keys_fail_with_typed_errors() {
         VaultError::UnknownKey("k1".into())
     );
     // A sealed text claiming another key id fails too: the id is in the associated data.
-    let relabelled = SealedCredential::parse(&text.replacen(":k1:", ":k2:", 1)).unwrap();
+    let relabelled = SealedCredential::from_str(&text.replacen(":k1:", ":k2:", 1)).unwrap();
     let both = Vault::new(MasterKeyRing::new(vec![key("k2", 1), key("k1", 1)]).unwrap());
     assert_eq!(
         both.open(&alice, &anthropic, &relabelled).unwrap_err(),
@@ -172,7 +173,10 @@ fn tampering_moving_and_wrong_keys_fail_with_typed_errors() {
         "kmv1:k1:AAAAAAAAAAAAAAAA:AA",
     ] {
         assert!(
-            matches!(SealedCredential::parse(bad), Err(VaultError::Malformed(_))),
+            matches!(
+                SealedCredential::from_str(bad),
+                Err(VaultError::Malformed(_))
+            ),
             "{bad:?}"
         );
     }

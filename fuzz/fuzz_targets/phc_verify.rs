@@ -2,6 +2,7 @@
 //! verified without panicking; a hash made by keymeter parses back and verifies its own token only.
 #![no_main]
 
+use std::str::FromStr;
 use std::sync::OnceLock;
 
 use keymeter::keys::hash::{Argon2Config, HashScheme, KeyHash, KeyHasher, Pepper, PepperRing};
@@ -20,10 +21,10 @@ fn hasher() -> &'static KeyHasher {
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };
     let (hash_text, token) = text.split_once('\n').unwrap_or((text, "token"));
-    if let Ok(hash) = KeyHash::parse(hash_text) {
+    if let Ok(hash) = KeyHash::from_str(hash_text) {
         let expected = if hash.scheme() == HashScheme::Sha256 { hash_text.to_ascii_lowercase() } else { hash_text.to_owned() };
         assert_eq!(hash.as_str(), expected);
-        assert_eq!(KeyHash::parse(hash.as_str()).expect("reparse"), hash);
+        assert_eq!(KeyHash::from_str(hash.as_str()).expect("reparse"), hash);
         // Foreign argon2/bcrypt strings may ask for enormous costs; only verify the cheap schemes and small KDFs.
         let cheap = match hash.scheme() {
             HashScheme::HmacSha256 | HashScheme::Sha256 => true,
@@ -35,9 +36,9 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     let made = hasher().hash_hmac(token.as_bytes());
-    let parsed = KeyHash::parse(made.as_str()).expect("own hmac parses");
+    let parsed = KeyHash::from_str(made.as_str()).expect("own hmac parses");
     assert!(hasher().verify(token.as_bytes(), &parsed).expect("verify"));
     assert!(!hasher().verify(format!("{token}x").as_bytes(), &parsed).expect("verify"));
     let digest = KeyHasher::sha256(token.as_bytes());
-    assert!(hasher().verify(token.as_bytes(), &KeyHash::parse(digest.as_str()).expect("own sha256 parses")).expect("verify"));
+    assert!(hasher().verify(token.as_bytes(), &KeyHash::from_str(digest.as_str()).expect("own sha256 parses")).expect("verify"));
 });

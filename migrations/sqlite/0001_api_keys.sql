@@ -1,5 +1,5 @@
 -- Inbound API keys. Times are microseconds since the Unix epoch (UTC), so comparisons are numeric.
-CREATE TABLE api_keys (
+CREATE TABLE keymeter_api_keys (
     id            TEXT PRIMARY KEY NOT NULL,
     name          TEXT NOT NULL,
     owner         TEXT NOT NULL,
@@ -20,7 +20,7 @@ CREATE TABLE api_keys (
     metadata      TEXT NOT NULL             -- JSON object
 );
 
-CREATE UNIQUE INDEX api_keys_digest ON api_keys (lookup_value) WHERE lookup_kind = 'digest';
-CREATE INDEX api_keys_hint ON api_keys (lookup_value) WHERE lookup_kind = 'hint';
-CREATE INDEX api_keys_owner ON api_keys (owner);
-CREATE INDEX api_keys_org ON api_keys (org);
+CREATE UNIQUE INDEX keymeter_api_keys_digest ON keymeter_api_keys (lookup_value) WHERE lookup_kind = 'digest';
+CREATE INDEX keymeter_api_keys_hint ON keymeter_api_keys (lookup_value) WHERE lookup_kind = 'hint';
+CREATE INDEX keymeter_api_keys_owner ON keymeter_api_keys (owner);
+CREATE INDEX keymeter_api_keys_org ON keymeter_api_keys (org);

@@ -1,5 +1,5 @@
 -- Provider credentials, sealed by the vault (AES-256-GCM); never plaintext.
-CREATE TABLE credentials (
+CREATE TABLE keymeter_credentials (
     scope       TEXT NOT NULL CHECK (scope IN ('user', 'system')),
     owner       TEXT NOT NULL,              -- '' for system keys
     provider    TEXT NOT NULL,

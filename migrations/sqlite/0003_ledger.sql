@@ -1,6 +1,6 @@
 -- Usage events, budgets, spend counters and reservations. Amounts are exact decimal strings; times are
 -- microseconds since the Unix epoch.
-CREATE TABLE usage_events (
+CREATE TABLE keymeter_usage_events (
     event_id           TEXT PRIMARY KEY NOT NULL,
     request_id         TEXT NOT NULL UNIQUE,       -- the idempotency key
     at                 INTEGER NOT NULL,
@@ -13,12 +13,12 @@ CREATE TABLE usage_events (
     cost               TEXT NOT NULL,
     credential_source  TEXT
 );
-CREATE INDEX usage_events_at ON usage_events (at);
-CREATE INDEX usage_events_owner ON usage_events (owner, at);
-CREATE INDEX usage_events_org ON usage_events (org, at);
-CREATE INDEX usage_events_key ON usage_events (key_id, at);
+CREATE INDEX keymeter_usage_events_at ON keymeter_usage_events (at);
+CREATE INDEX keymeter_usage_events_owner ON keymeter_usage_events (owner, at);
+CREATE INDEX keymeter_usage_events_org ON keymeter_usage_events (org, at);
+CREATE INDEX keymeter_usage_events_key ON keymeter_usage_events (key_id, at);
 
-CREATE TABLE budgets (
+CREATE TABLE keymeter_budgets (
     scope_kind   TEXT NOT NULL CHECK (scope_kind IN ('key', 'owner', 'org')),
     scope_id     TEXT NOT NULL,
     limit_amount TEXT NOT NULL,
@@ -29,7 +29,7 @@ CREATE TABLE budgets (
 );
 
 -- Settled spend per budget and period, kept in step with usage_events inside the same transactions.
-CREATE TABLE budget_spend (
+CREATE TABLE keymeter_budget_spend (
     scope_kind   TEXT NOT NULL,
     scope_id     TEXT NOT NULL,
     period_start INTEGER NOT NULL,
@@ -37,18 +37,18 @@ CREATE TABLE budget_spend (
     PRIMARY KEY (scope_kind, scope_id, period_start)
 );
 
-CREATE TABLE reservations (
+CREATE TABLE keymeter_reservations (
     id          TEXT PRIMARY KEY NOT NULL,
     amount      TEXT NOT NULL,
     expires_at  INTEGER NOT NULL
 );
-CREATE INDEX reservations_expiry ON reservations (expires_at);
+CREATE INDEX keymeter_reservations_expiry ON keymeter_reservations (expires_at);
 
-CREATE TABLE reservation_budgets (
-    reservation_id TEXT NOT NULL REFERENCES reservations (id) ON DELETE CASCADE,
+CREATE TABLE keymeter_reservation_budgets (
+    reservation_id TEXT NOT NULL REFERENCES keymeter_reservations (id) ON DELETE CASCADE,
     scope_kind     TEXT NOT NULL,
     scope_id       TEXT NOT NULL,
     period_start   INTEGER NOT NULL,
     PRIMARY KEY (reservation_id, scope_kind, scope_id)
 );
-CREATE INDEX reservation_budgets_scope ON reservation_budgets (scope_kind, scope_id, period_start);
+CREATE INDEX keymeter_reservation_budgets_scope ON keymeter_reservation_budgets (scope_kind, scope_id, period_start);

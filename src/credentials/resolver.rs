@@ -26,17 +26,24 @@ pub enum CredentialSource {
     EnvFile,
 }
 
-impl CredentialSource {
-    /// The source named `user`, `system` or `env-file`.
-    pub fn parse(name: &str) -> Option<Self> {
+/// The source named `user`, `system` or `env-file`.
+impl std::str::FromStr for CredentialSource {
+    type Err = crate::Error;
+
+    fn from_str(name: &str) -> Result<Self, crate::Error> {
         match name {
-            "user" => Some(CredentialSource::User),
-            "system" => Some(CredentialSource::System),
-            "env-file" => Some(CredentialSource::EnvFile),
-            _ => None,
+            "user" => Ok(CredentialSource::User),
+            "system" => Ok(CredentialSource::System),
+            "env-file" => Ok(CredentialSource::EnvFile),
+            _ => Err(crate::Error::invalid(
+                "credential source",
+                "expected user, system or env-file",
+            )),
         }
     }
+}
 
+impl CredentialSource {
     /// `user`, `system` or `env-file`.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -30,8 +30,8 @@ use zeroize::Zeroizing;
 
 use crate::credentials::provider::Provider;
 use crate::error::{Error, Result};
-use crate::secret::{KeyRing, RingKey, is_valid_key_id};
 use crate::random::{OsRandom, RandomSource};
+use crate::secret::{KeyRing, RingKey, is_valid_key_id};
 
 const TAG: &str = "kmv1";
 const AAD_PREFIX: &[u8] = b"keymeter-credential-v1\0";
@@ -111,27 +111,14 @@ impl fmt::Debug for SealedCredential {
     }
 }
 
-impl SealedCredential {
-    /// The master key id it is sealed under.
-    pub fn key_id(&self) -> &str {
-        &self.key_id
-    }
+/// Parses the stored text form.
+///
+/// # Errors
+/// [`VaultError::Malformed`].
+impl std::str::FromStr for SealedCredential {
+    type Err = VaultError;
 
-    /// The stored text form.
-    pub fn to_text(&self) -> String {
-        format!(
-            "{TAG}:{}:{}:{}",
-            self.key_id,
-            URL_SAFE_NO_PAD.encode(self.nonce),
-            URL_SAFE_NO_PAD.encode(&self.ciphertext)
-        )
-    }
-
-    /// Parses the stored text form.
-    ///
-    /// # Errors
-    /// [`VaultError::Malformed`].
-    pub fn parse(text: &str) -> Result<Self, VaultError> {
+    fn from_str(text: &str) -> std::result::Result<Self, VaultError> {
         let mut parts = text.split(':');
         if parts.next() != Some(TAG) {
             return Err(VaultError::Malformed("expected the kmv1: prefix"));
@@ -168,6 +155,23 @@ impl SealedCredential {
             nonce: n,
             ciphertext,
         })
+    }
+}
+
+impl SealedCredential {
+    /// The master key id it is sealed under.
+    pub fn key_id(&self) -> &str {
+        &self.key_id
+    }
+
+    /// The stored text form.
+    pub fn to_text(&self) -> String {
+        format!(
+            "{TAG}:{}:{}:{}",
+            self.key_id,
+            URL_SAFE_NO_PAD.encode(self.nonce),
+            URL_SAFE_NO_PAD.encode(&self.ciphertext)
+        )
     }
 }
 

@@ -120,12 +120,14 @@ impl fmt::Debug for KeyHash {
     }
 }
 
-impl KeyHash {
-    /// Parses and validates a hash string of any supported scheme.
-    ///
-    /// # Errors
-    /// [`HashError`] when the string is not a well-formed hash of a known scheme.
-    pub fn parse(text: &str) -> Result<Self, HashError> {
+/// Parses and validates a hash string of any supported scheme.
+///
+/// # Errors
+/// [`HashError`] when the string is not a well-formed hash of a known scheme.
+impl std::str::FromStr for KeyHash {
+    type Err = HashError;
+
+    fn from_str(text: &str) -> std::result::Result<Self, HashError> {
         let mut hmac = None;
         let scheme = if let Some(rest) = text.strip_prefix("$hmac-sha256$") {
             let (pepper, digest) = parse_hmac(rest)?;
@@ -161,7 +163,9 @@ impl KeyHash {
             hmac,
         })
     }
+}
 
+impl KeyHash {
     /// The scheme.
     pub fn scheme(&self) -> HashScheme {
         self.scheme

@@ -1,6 +1,7 @@
 //! The [`KeyIssuer`]: creates keys (and imports hashes of keys made elsewhere).
 
 use std::fmt;
+use std::str::FromStr;
 use std::sync::Arc;
 
 use chrono::{DateTime, SubsecRound, Utc};
@@ -259,7 +260,7 @@ impl KeyIssuer {
     /// [`Error::InvalidInput`] for a missing or wrong-length hint; [`Error::HintFull`]; store failures.
     pub async fn import(&self, new: NewKey, hash: &str, hint: Option<&str>) -> Result<KeyRecord> {
         new.validate()?;
-        let hash = KeyHash::parse(hash.trim())?;
+        let hash = KeyHash::from_str(hash.trim())?;
         if hash.scheme() == HashScheme::Bcrypt && !cfg!(feature = "bcrypt") {
             return Err(crate::keys::hash::HashError::FeatureDisabled(HashScheme::Bcrypt).into());
         }

@@ -106,7 +106,7 @@ impl UsageEvent {
     }
 }
 
-fn random_id(random: &dyn RandomSource) -> Result<String> {
+pub(crate) fn random_id(random: &dyn RandomSource) -> Result<String> {
     let mut id = [0u8; 16];
     fill_base62(random, &mut id)?;
     Ok(id.iter().map(|&b| char::from(b)).collect())

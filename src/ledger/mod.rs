@@ -27,6 +27,7 @@
 
 pub mod budget;
 pub mod event;
+pub mod meter;
 pub mod period;
 pub mod report;
 
@@ -37,7 +38,8 @@ use rust_decimal::Decimal;
 
 pub use budget::{Budget, BudgetScope, BudgetStatus, Reservation, parse_amount};
 pub use event::{EventFilter, Recorded, UsageEvent};
-pub use period::{BudgetPeriod, parse_tz};
+pub use meter::{Hold, Meter, Metered, MeteredRequest, Payer, ReportedUsage};
+pub use period::BudgetPeriod;
 pub use report::{GroupBy, Report, ReportGroup, aggregate};
 
 use crate::error::{Error, Result};

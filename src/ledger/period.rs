@@ -97,16 +97,3 @@ impl Serialize for BudgetPeriod {
         s.serialize_str(self.as_str())
     }
 }
-
-/// Parses an IANA time zone name (`Europe/Berlin`, `UTC`).
-///
-/// # Errors
-/// [`Error::InvalidInput`] for an unknown zone.
-pub fn parse_tz(name: &str) -> Result<Tz> {
-    name.parse::<Tz>().map_err(|_| {
-        Error::invalid(
-            "time zone",
-            format!("{name:?} is not an IANA time zone name"),
-        )
-    })
-}

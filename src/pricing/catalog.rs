@@ -73,6 +73,23 @@ pub enum ServiceTier {
     Priority,
 }
 
+/// The tier with this name.
+///
+/// # Errors
+/// [`Error::InvalidInput`] for an unknown name.
+impl std::str::FromStr for ServiceTier {
+    type Err = Error;
+
+    fn from_str(name: &str) -> std::result::Result<Self, Error> {
+        ServiceTier::ALL
+            .into_iter()
+            .find(|t| t.as_str() == name)
+            .ok_or_else(|| {
+                Error::invalid("service tier", "expected standard, batch, flex or priority")
+            })
+    }
+}
+
 impl ServiceTier {
     /// Every tier.
     pub const ALL: [ServiceTier; TIERS] = [
@@ -90,19 +107,6 @@ impl ServiceTier {
             ServiceTier::Flex => "flex",
             ServiceTier::Priority => "priority",
         }
-    }
-
-    /// The tier with this name.
-    ///
-    /// # Errors
-    /// [`Error::InvalidInput`] for an unknown name.
-    pub fn parse(name: &str) -> Result<Self> {
-        ServiceTier::ALL
-            .into_iter()
-            .find(|t| t.as_str() == name)
-            .ok_or_else(|| {
-                Error::invalid("service tier", "expected standard, batch, flex or priority")
-            })
     }
 }
 

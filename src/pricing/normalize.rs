@@ -27,12 +27,14 @@ pub enum UsageFormat {
     Gemini,
 }
 
-impl UsageFormat {
-    /// Parses `openai`, `anthropic` or `gemini`.
-    ///
-    /// # Errors
-    /// [`Error::InvalidInput`] for anything else.
-    pub fn parse(name: &str) -> Result<Self> {
+/// Parses `openai`, `anthropic` or `gemini`.
+///
+/// # Errors
+/// [`Error::InvalidInput`] for anything else.
+impl std::str::FromStr for UsageFormat {
+    type Err = Error;
+
+    fn from_str(name: &str) -> std::result::Result<Self, Error> {
         match name {
             "openai" => Ok(UsageFormat::OpenAi),
             "anthropic" => Ok(UsageFormat::Anthropic),
@@ -44,6 +46,8 @@ impl UsageFormat {
         }
     }
 }
+
+impl UsageFormat {}
 
 fn invalid(msg: impl Into<String>) -> Error {
     Error::InvalidUsage(msg.into())

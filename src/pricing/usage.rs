@@ -30,6 +30,18 @@ pub enum TokenClass {
     ImageInput,
 }
 
+/// The class with this name (`input`, `cache_read`, …).
+impl std::str::FromStr for TokenClass {
+    type Err = crate::Error;
+
+    fn from_str(name: &str) -> Result<Self, crate::Error> {
+        TokenClass::ALL
+            .into_iter()
+            .find(|c| c.as_str() == name)
+            .ok_or_else(|| crate::Error::invalid("token class", "unknown class name"))
+    }
+}
+
 impl TokenClass {
     /// Every class, in billing-line order.
     pub const ALL: [TokenClass; 9] = [
@@ -57,11 +69,6 @@ impl TokenClass {
             TokenClass::AudioOutput => "audio_output",
             TokenClass::ImageInput => "image_input",
         }
-    }
-
-    /// The class with this name.
-    pub fn from_name(name: &str) -> Option<Self> {
-        TokenClass::ALL.into_iter().find(|c| c.as_str() == name)
     }
 
     pub(crate) fn index(self) -> usize {

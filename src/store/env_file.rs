@@ -9,7 +9,6 @@
 //! `<NAME>_API_KEY` for a custom provider.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
@@ -339,35 +338,8 @@ impl EnvFile {
     }
 
     fn write_atomically(&self, text: &str) -> Result<()> {
-        let fail =
-            |e: std::io::Error| Error::Config(format!("cannot write {}: {e}", self.path.display()));
-        let dir = self
-            .path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let name = self
-            .path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or(".env");
-        let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let result = (|| {
-            let mut file = options.open(&tmp)?;
-            file.write_all(text.as_bytes())?;
-            file.sync_all()?;
-            std::fs::rename(&tmp, &self.path)?;
-            // Make the rename itself durable.
-            std::fs::File::open(dir)?.sync_all()
-        })();
-        if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        result.map_err(fail)
+        crate::file::write_atomic(&self.path, text.as_bytes())
+            .map_err(|e| Error::Config(format!("cannot write {}: {e}", self.path.display())))
     }
 }
 

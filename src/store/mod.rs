@@ -1,21 +1,102 @@
 //! Storage backends. Each implements every trait it can; features gate the ones with dependencies.
 //!
-//! | backend | feature | for |
-//! | --- | --- | --- |
-//! | [`MemoryStore`] | always | tests, single-process services, caches |
-//! | `SqliteStore` | `sqlite` | the embedded default for one machine |
-//! | `env_file::EnvFile` | `env-file` | development system keys in a `.env` file (a plaintext source, not a [`crate::credentials::CredentialStore`]) |
+//! | backend | feature | URL | for |
+//! | --- | --- | --- | --- |
+//! | [`MemoryStore`] | always | `memory:` | tests, single-process services, caches |
+//! | `SqliteStore` | `sqlite` | `sqlite://PATH`, `sqlite::memory:` | the embedded default for one machine |
+//! | `env_file::EnvFile` | `env-file` | | development system keys in a `.env` file (a plaintext source, not a [`CredentialStore`]) |
+//!
+//! [`connect`] picks the backend by the URL's scheme and hands back one [`Store`]: every trait at once, as
+//! `Arc<dyn Store>`, which converts to `Arc<dyn KeyStore>`, `Arc<dyn CredentialStore>` or `Arc<dyn Ledger>`
+//! wherever one of them is wanted.
+//!
+//! ```
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! use std::sync::Arc;
+//! use keymeter::keys::KeyStore;
+//!
+//! let store = keymeter::store::connect("memory:").await?;
+//! assert_eq!(store.backend(), "memory");
+//! let keys: Arc<dyn KeyStore> = store.clone();
+//! assert!(keys.get("no-such-id").await?.is_none());
+//! # Ok::<(), keymeter::Error>(()) }).unwrap();
+//! ```
 
 #[cfg(feature = "env-file")]
+#[cfg_attr(docsrs, doc(cfg(feature = "env-file")))]
 pub mod env_file;
 pub mod memory;
 #[cfg(feature = "sqlite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub mod sqlite;
-#[cfg(feature = "sqlite")]
-mod sqlite_ledger;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
 
 #[cfg(feature = "env-file")]
 pub use env_file::EnvFile;
 pub use memory::MemoryStore;
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
+
+use crate::credentials::CredentialStore;
+use crate::error::{Error, Result};
+use crate::keys::KeyStore;
+use crate::ledger::Ledger;
+
+/// A backend that keeps keys, credentials and the ledger together: what [`connect`] returns.
+#[async_trait]
+pub trait Store: KeyStore + CredentialStore + Ledger {
+    /// The backend's name: `memory`, `sqlite`, `postgres`.
+    fn backend(&self) -> &'static str;
+
+    /// Closes connections and flushes what the backend buffers (SQLite checkpoints its WAL). The store must not
+    /// be used afterwards.
+    async fn close(&self) {}
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    fn backend(&self) -> &'static str {
+        "memory"
+    }
+}
+
+#[cfg(feature = "sqlite")]
+#[async_trait]
+impl Store for SqliteStore {
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn close(&self) {
+        SqliteStore::close(self).await;
+    }
+}
+
+/// Opens the store at `url`, choosing the backend by its scheme: `memory:`, `sqlite:` (feature `sqlite`).
+/// Migrations run on connect.
+///
+/// # Errors
+/// [`Error::Config`] for an unknown scheme or one whose feature is off (the message names the scheme only,
+/// never the rest of the URL, which may hold a password); backend failures.
+pub async fn connect(url: &str) -> Result<Arc<dyn Store>> {
+    let scheme = url.split_once(':').map_or("", |(s, _)| s);
+    match scheme {
+        "memory" => Ok(Arc::new(MemoryStore::new())),
+        #[cfg(feature = "sqlite")]
+        "sqlite" => Ok(Arc::new(SqliteStore::connect(url).await?)),
+        #[cfg(not(feature = "sqlite"))]
+        "sqlite" => Err(Error::Config(
+            "a sqlite: store needs keymeter's `sqlite` feature".into(),
+        )),
+        "postgres" | "postgresql" => Err(Error::Config(
+            "a postgres: store is not supported by this build of keymeter".into(),
+        )),
+        _ => Err(Error::Config(format!(
+            "unsupported store URL scheme {:?}: use sqlite://PATH or memory:",
+            scheme.chars().take(16).collect::<String>()
+        ))),
+    }
+}

@@ -1,287 +1,18 @@
-//! The in-memory backend.
+//! [`Ledger`] in memory, behind one mutex.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Duration, Utc};
 use rust_decimal::Decimal;
 
-use crate::credentials::{
-    CredentialScope, CredentialStore, Provider, SealedCredential, StoredCredential,
-};
 use crate::error::{Error, Result};
-use crate::keys::{KeyFilter, KeyHash, KeyLookup, KeyRecord, KeyStore, MAX_KEYS_PER_HINT};
 use crate::ledger::{
     Budget, BudgetScope, BudgetStatus, EventFilter, Ledger, Recorded, Reservation, Standing,
     UsageEvent, admit,
 };
-
-#[derive(Debug, Default)]
-struct Keys {
-    by_id: HashMap<String, Arc<KeyRecord>>,
-    by_digest: HashMap<String, String>,
-    by_hint: HashMap<String, Vec<String>>,
-    // Insertion order, so `list` is oldest first like the SQL backends.
-    order: Vec<String>,
-}
-
-impl Keys {
-    /// Copy-on-write update of one record: readers holding the old `Arc` keep a consistent snapshot.
-    fn update(&mut self, id: &str, f: impl FnOnce(&mut KeyRecord)) -> Result<()> {
-        let slot = self
-            .by_id
-            .get_mut(id)
-            .ok_or_else(|| Error::key_not_found(id))?;
-        f(Arc::make_mut(slot));
-        Ok(())
-    }
-}
-
-/// Keeps everything in process memory; share it as `Arc<MemoryStore>` (or `Arc<dyn KeyStore>`).
-#[derive(Debug)]
-pub struct MemoryStore {
-    keys: RwLock<Keys>,
-    credentials: RwLock<BTreeMap<(CredentialScope, Provider), SealedCredential>>,
-    ledger: std::sync::Mutex<LedgerState>,
-    // Reservation ids are this per-store random prefix and a counter: unique without a syscall per reserve.
-    reservation_prefix: String,
-}
-
-impl Default for MemoryStore {
-    fn default() -> Self {
-        let prefix = crate::ledger::reservation_id(&crate::random::OsRandom)
-            .unwrap_or_else(|_| "rsv_".into());
-        MemoryStore {
-            keys: RwLock::default(),
-            credentials: RwLock::default(),
-            ledger: std::sync::Mutex::default(),
-            reservation_prefix: format!("{prefix}_"),
-        }
-    }
-}
-
-impl MemoryStore {
-    /// An empty store.
-    pub fn new() -> Self {
-        MemoryStore::default()
-    }
-
-    // A panic while holding the lock cannot leave a half-written record (updates are copy-on-write), so a
-    // poisoned lock is safe to keep using.
-    fn read(&self) -> RwLockReadGuard<'_, Keys> {
-        self.keys.read().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn write(&self) -> RwLockWriteGuard<'_, Keys> {
-        self.keys.write().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-#[async_trait]
-impl KeyStore for MemoryStore {
-    async fn create(&self, record: &KeyRecord) -> Result<()> {
-        let mut keys = self.write();
-        if keys.by_id.contains_key(&record.id) {
-            return Err(Error::AlreadyExists {
-                what: "key",
-                id: record.id.clone(),
-            });
-        }
-        match &record.lookup {
-            KeyLookup::Id => {}
-            KeyLookup::Digest(d) => {
-                if keys.by_digest.contains_key(d) {
-                    return Err(Error::AlreadyExists {
-                        what: "key digest",
-                        id: d.clone(),
-                    });
-                }
-                keys.by_digest.insert(d.clone(), record.id.clone());
-            }
-            KeyLookup::Hint(h) => {
-                let ids = keys.by_hint.entry(h.clone()).or_default();
-                if ids.len() >= MAX_KEYS_PER_HINT {
-                    return Err(Error::HintFull {
-                        hint: h.clone(),
-                        max: MAX_KEYS_PER_HINT,
-                    });
-                }
-                ids.push(record.id.clone());
-            }
-        }
-        keys.order.push(record.id.clone());
-        keys.by_id
-            .insert(record.id.clone(), Arc::new(record.clone()));
-        Ok(())
-    }
-
-    async fn get(&self, id: &str) -> Result<Option<Arc<KeyRecord>>> {
-        Ok(self.read().by_id.get(id).cloned())
-    }
-
-    async fn find_by_digest(&self, digest: &str) -> Result<Option<Arc<KeyRecord>>> {
-        let keys = self.read();
-        Ok(keys
-            .by_digest
-            .get(digest)
-            .and_then(|id| keys.by_id.get(id))
-            .cloned())
-    }
-
-    async fn find_by_hint(&self, hint: &str) -> Result<Vec<Arc<KeyRecord>>> {
-        let keys = self.read();
-        Ok(keys
-            .by_hint
-            .get(hint)
-            .into_iter()
-            .flatten()
-            .take(MAX_KEYS_PER_HINT)
-            .filter_map(|id| keys.by_id.get(id).cloned())
-            .collect())
-    }
-
-    async fn list(&self, filter: &KeyFilter) -> Result<Vec<KeyRecord>> {
-        let keys = self.read();
-        Ok(keys
-            .order
-            .iter()
-            .filter_map(|id| keys.by_id.get(id))
-            .filter(|r| filter.matches(r))
-            .map(|r| KeyRecord::clone(r))
-            .collect())
-    }
-
-    async fn revoke(&self, id: &str, at: DateTime<Utc>) -> Result<()> {
-        self.write().update(id, |r| {
-            r.revoked_at.get_or_insert(at);
-        })
-    }
-
-    async fn revoke_org(&self, org: &str, at: DateTime<Utc>) -> Result<Vec<String>> {
-        let mut keys = self.write();
-        let ids: Vec<String> = keys
-            .by_id
-            .values()
-            .filter(|r| r.org.as_deref() == Some(org) && r.revoked_at.is_none())
-            .map(|r| r.id.clone())
-            .collect();
-        for id in &ids {
-            keys.update(id, |r| r.revoked_at = Some(at))?;
-        }
-        Ok(ids)
-    }
-
-    async fn set_disabled(&self, id: &str, disabled: bool) -> Result<()> {
-        self.write().update(id, |r| r.disabled = disabled)
-    }
-
-    async fn replace_hash(&self, id: &str, old: &KeyHash, new: &KeyHash) -> Result<bool> {
-        let mut keys = self.write();
-        match keys.by_id.get(id) {
-            Some(r) if r.hash == *old => {
-                keys.update(id, |r| r.hash = new.clone())?;
-                Ok(true)
-            }
-            _ => Ok(false),
-        }
-    }
-
-    async fn record_use(&self, id: &str, at: DateTime<Utc>) -> Result<()> {
-        let mut keys = self.write();
-        if keys
-            .by_id
-            .get(id)
-            .is_some_and(|r| r.last_used_at.is_none_or(|t| t < at))
-        {
-            keys.update(id, |r| r.last_used_at = Some(at))?;
-        }
-        Ok(())
-    }
-}
-
-impl MemoryStore {
-    fn creds(
-        &self,
-    ) -> RwLockWriteGuard<'_, BTreeMap<(CredentialScope, Provider), SealedCredential>> {
-        self.credentials.write().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-#[async_trait]
-impl CredentialStore for MemoryStore {
-    async fn put(
-        &self,
-        scope: &CredentialScope,
-        provider: &Provider,
-        sealed: &SealedCredential,
-    ) -> Result<()> {
-        self.creds()
-            .insert((scope.clone(), provider.clone()), sealed.clone());
-        Ok(())
-    }
-
-    async fn get(
-        &self,
-        scope: &CredentialScope,
-        provider: &Provider,
-    ) -> Result<Option<SealedCredential>> {
-        let creds = self.credentials.read().unwrap_or_else(|e| e.into_inner());
-        Ok(creds.get(&(scope.clone(), provider.clone())).cloned())
-    }
-
-    async fn delete(&self, scope: &CredentialScope, provider: &Provider) -> Result<bool> {
-        Ok(self
-            .creds()
-            .remove(&(scope.clone(), provider.clone()))
-            .is_some())
-    }
-
-    async fn delete_all(&self, scope: &CredentialScope) -> Result<u64> {
-        let mut creds = self.creds();
-        let before = creds.len();
-        creds.retain(|(s, _), _| s != scope);
-        Ok((before - creds.len()) as u64)
-    }
-
-    async fn providers(&self, scope: &CredentialScope) -> Result<Vec<Provider>> {
-        let creds = self.credentials.read().unwrap_or_else(|e| e.into_inner());
-        Ok(creds
-            .keys()
-            .filter(|(s, _)| s == scope)
-            .map(|(_, p)| p.clone())
-            .collect())
-    }
-
-    async fn list(&self) -> Result<Vec<StoredCredential>> {
-        let creds = self.credentials.read().unwrap_or_else(|e| e.into_inner());
-        Ok(creds
-            .iter()
-            .map(|((scope, provider), sealed)| StoredCredential {
-                scope: scope.clone(),
-                provider: provider.clone(),
-                sealed: sealed.clone(),
-            })
-            .collect())
-    }
-
-    async fn replace(
-        &self,
-        scope: &CredentialScope,
-        provider: &Provider,
-        old: &SealedCredential,
-        new: &SealedCredential,
-    ) -> Result<bool> {
-        let mut creds = self.creds();
-        match creds.get_mut(&(scope.clone(), provider.clone())) {
-            Some(current) if current == old => {
-                *current = new.clone();
-                Ok(true)
-            }
-            _ => Ok(false),
-        }
-    }
-}
+use crate::store::memory::MemoryStore;
 
 /// A budget, the bounds of the period last asked about (so the hot path rarely redoes calendar arithmetic), and
 /// its spend and reservations by period start. Kept together so one lookup by scope reaches all of it.
@@ -524,7 +255,11 @@ impl Ledger for MemoryStore {
         let scope = &budget.scope;
         let mut entry = BudgetEntry::new(budget.clone());
         // Count this scope's spend under the (possibly new) period and time zone.
-        for e in state.all_events().map(StoredEvent::to_event).filter(|e| scope.covers(e)) {
+        for e in state
+            .all_events()
+            .map(StoredEvent::to_event)
+            .filter(|e| scope.covers(e))
+        {
             let start = entry.period_start(e.at);
             *entry.spent.entry(start).or_default() += e.cost;
         }
@@ -590,7 +325,12 @@ impl Ledger for MemoryStore {
             }
             slots.push((i, state.budgets[i].period_start(now)));
         }
-        admit(slots.iter().map(|&(i, start)| state.budgets[i].standing(start)), amount)?;
+        admit(
+            slots
+                .iter()
+                .map(|&(i, start)| state.budgets[i].standing(start)),
+            amount,
+        )?;
         for &(i, start) in &slots {
             *state.budgets[i].reserved.entry(start).or_default() += amount;
         }

@@ -4,37 +4,20 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::str::FromStr;
-use std::time::Duration as StdDuration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Duration, Utc};
 use rust_decimal::Decimal;
 use sqlx::sqlite::{Sqlite, SqliteRow};
-use sqlx::{QueryBuilder, Row, Transaction};
+use sqlx::{QueryBuilder, Row};
 
+use super::{SqliteStore, Tx, corrupt, db, from_micros, micros};
 use crate::credentials::CredentialSource;
 use crate::error::{Error, Result};
 use crate::ledger::{
     Budget, BudgetPeriod, BudgetScope, BudgetStatus, EventFilter, Ledger, Recorded, Reservation,
-    Standing, UsageEvent, admit, parse_tz,
+    Standing, UsageEvent, admit,
 };
-use crate::store::sqlite::{SqliteStore, corrupt, db, from_micros, micros};
-
-/// How often a transaction that hit `SQLITE_BUSY` despite the busy timeout is tried again.
-const BUSY_RETRIES: u32 = 20;
-
-fn is_busy(e: &Error) -> bool {
-    match e {
-        Error::Store { source, .. } => source
-            .downcast_ref::<sqlx::Error>()
-            .and_then(|e| e.as_database_error())
-            .and_then(|d| d.code())
-            // SQLITE_BUSY (5) and SQLITE_LOCKED (6), with any extended code.
-            .and_then(|c| c.parse::<i32>().ok())
-            .is_some_and(|c| matches!(c & 0xff, 5 | 6)),
-        _ => false,
-    }
-}
 
 fn decimal(text: &str) -> Result<Decimal> {
     Decimal::from_str(text).map_err(|_| corrupt("decimal amount"))
@@ -56,7 +39,7 @@ fn row_to_event(r: &SqliteRow) -> Result<UsageEvent> {
         cost: decimal(&get("cost")?)?,
         credential_source: opt("credential_source")?
             .as_deref()
-            .and_then(CredentialSource::parse),
+            .and_then(|s| CredentialSource::from_str(s).ok()),
     })
 }
 
@@ -73,47 +56,14 @@ fn row_to_budget(r: &SqliteRow) -> Result<Budget> {
             .map(decimal)
             .transpose()?,
         period: BudgetPeriod::from_str(&get("period")?).map_err(|_| corrupt("budget period"))?,
-        tz: parse_tz(&get("tz")?).map_err(|_| corrupt("time zone"))?,
+        tz: get("tz")?
+            .parse::<chrono_tz::Tz>()
+            .map_err(|_| corrupt("time zone"))?,
     })
 }
 
-type Tx = Transaction<'static, Sqlite>;
-
-/// Runs `$body` (a block using `$tx: &mut Tx`, which may `.await`) in a `BEGIN IMMEDIATE` transaction and
-/// commits it, retrying the whole of it while the database is busy. A macro rather than a closure so the body
-/// may borrow the caller's arguments.
-macro_rules! immediate {
-    ($store:expr, $tx:ident => $body:block) => {{
-        let mut attempt = 0u32;
-        loop {
-            let result: Result<_> = async {
-                let mut transaction: Tx = $store
-                    .pool()
-                    .begin_with("BEGIN IMMEDIATE")
-                    .await
-                    .map_err(db)?;
-                let outcome: Result<_> = {
-                    let $tx: &mut Tx = &mut transaction;
-                    $body
-                };
-                let value = outcome?;
-                transaction.commit().await.map_err(db)?;
-                Ok(value)
-            }
-            .await;
-            match result {
-                Err(e) if is_busy(&e) && attempt < BUSY_RETRIES => {
-                    attempt += 1;
-                    tokio::time::sleep(StdDuration::from_millis(5 * u64::from(attempt))).await;
-                }
-                other => break other,
-            }
-        }
-    }};
-}
-
 async fn budget_of(tx: &mut Tx, scope: &BudgetScope) -> Result<Option<Budget>> {
-    let row = sqlx::query("SELECT * FROM budgets WHERE scope_kind = ?1 AND scope_id = ?2")
+    let row = sqlx::query("SELECT * FROM keymeter_budgets WHERE scope_kind = ?1 AND scope_id = ?2")
         .bind(scope.kind())
         .bind(scope.id())
         .fetch_optional(&mut **tx)
@@ -123,7 +73,7 @@ async fn budget_of(tx: &mut Tx, scope: &BudgetScope) -> Result<Option<Budget>> {
 }
 
 async fn spent_in(tx: &mut Tx, scope: &BudgetScope, start: i64) -> Result<Decimal> {
-    let row = sqlx::query("SELECT spent FROM budget_spend WHERE scope_kind = ?1 AND scope_id = ?2 AND period_start = ?3")
+    let row = sqlx::query("SELECT spent FROM keymeter_budget_spend WHERE scope_kind = ?1 AND scope_id = ?2 AND period_start = ?3")
         .bind(scope.kind())
         .bind(scope.id())
         .bind(start)
@@ -137,7 +87,7 @@ async fn spent_in(tx: &mut Tx, scope: &BudgetScope, start: i64) -> Result<Decima
 
 async fn reserved_in(tx: &mut Tx, scope: &BudgetScope, start: i64) -> Result<Decimal> {
     let rows = sqlx::query(
-        "SELECT r.amount FROM reservation_budgets b JOIN reservations r ON r.id = b.reservation_id \
+        "SELECT r.amount FROM keymeter_reservation_budgets b JOIN keymeter_reservations r ON r.id = b.reservation_id \
          WHERE b.scope_kind = ?1 AND b.scope_id = ?2 AND b.period_start = ?3",
     )
     .bind(scope.kind())
@@ -152,7 +102,7 @@ async fn reserved_in(tx: &mut Tx, scope: &BudgetScope, start: i64) -> Result<Dec
 }
 
 async fn purge(tx: &mut Tx, now: DateTime<Utc>) -> Result<()> {
-    sqlx::query("DELETE FROM reservations WHERE expires_at <= ?1")
+    sqlx::query("DELETE FROM keymeter_reservations WHERE expires_at <= ?1")
         .bind(micros(now))
         .execute(&mut **tx)
         .await
@@ -163,7 +113,7 @@ async fn purge(tx: &mut Tx, now: DateTime<Utc>) -> Result<()> {
 async fn add_spend(tx: &mut Tx, scope: &BudgetScope, start: i64, amount: Decimal) -> Result<()> {
     let total = spent_in(tx, scope, start).await? + amount;
     sqlx::query(
-        "INSERT INTO budget_spend (scope_kind, scope_id, period_start, spent) VALUES (?1, ?2, ?3, ?4) \
+        "INSERT INTO keymeter_budget_spend (scope_kind, scope_id, period_start, spent) VALUES (?1, ?2, ?3, ?4) \
          ON CONFLICT (scope_kind, scope_id, period_start) DO UPDATE SET spent = excluded.spent",
     )
     .bind(scope.kind())
@@ -193,7 +143,7 @@ async fn record_in(tx: &mut Tx, events: &[UsageEvent]) -> Result<Vec<Recorded>> 
             })
             .collect::<Result<Vec<_>>>()?;
         let mut qb = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO usage_events (event_id, request_id, at, key_id, owner, org, provider, model, usage, cost, \
+            "INSERT INTO keymeter_usage_events (event_id, request_id, at, key_id, owner, org, provider, model, usage, cost, \
              credential_source) ",
         );
         qb.push_values(chunk.iter().zip(&usages), |mut row, (e, usage)| {
@@ -225,7 +175,7 @@ async fn record_in(tx: &mut Tx, events: &[UsageEvent]) -> Result<Vec<Recorded>> 
         .collect();
     for chunk in missing.chunks(INSERT_CHUNK) {
         let mut qb = QueryBuilder::<Sqlite>::new(
-            "SELECT request_id, event_id FROM usage_events WHERE request_id IN (",
+            "SELECT request_id, event_id FROM keymeter_usage_events WHERE request_id IN (",
         );
         let mut list = qb.separated(", ");
         for r in chunk {
@@ -281,8 +231,9 @@ async fn add_to_budgets(tx: &mut Tx, events: &[&UsageEvent]) -> Result<()> {
     let mut budgets: HashMap<BudgetScope, Budget> = HashMap::new();
     let scopes: Vec<BudgetScope> = scopes.into_iter().collect();
     for chunk in scopes.chunks(INSERT_CHUNK) {
-        let mut qb =
-            QueryBuilder::<Sqlite>::new("SELECT * FROM budgets WHERE (scope_kind, scope_id) IN (");
+        let mut qb = QueryBuilder::<Sqlite>::new(
+            "SELECT * FROM keymeter_budgets WHERE (scope_kind, scope_id) IN (",
+        );
         qb.push_values(chunk, |mut row, scope| {
             row.push_bind(scope.kind()).push_bind(scope.id());
         });
@@ -324,7 +275,7 @@ impl Ledger for SqliteStore {
 
     async fn events(&self, f: &EventFilter) -> Result<Vec<UsageEvent>> {
         let rows = sqlx::query(
-            "SELECT * FROM usage_events WHERE (?1 IS NULL OR owner = ?1) AND (?2 IS NULL OR org = ?2) \
+            "SELECT * FROM keymeter_usage_events WHERE (?1 IS NULL OR owner = ?1) AND (?2 IS NULL OR org = ?2) \
              AND (?3 IS NULL OR key_id = ?3) AND (?4 IS NULL OR model = ?4) AND (?5 IS NULL OR at >= ?5) \
              AND (?6 IS NULL OR at < ?6) ORDER BY at, event_id",
         )
@@ -356,7 +307,7 @@ impl Ledger for SqliteStore {
             async {
                 let scope = &budget.scope;
                 sqlx::query(
-                    "INSERT INTO budgets (scope_kind, scope_id, limit_amount, soft_limit, period, tz) \
+                    "INSERT INTO keymeter_budgets (scope_kind, scope_id, limit_amount, soft_limit, period, tz) \
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (scope_kind, scope_id) DO UPDATE SET \
                      limit_amount = excluded.limit_amount, soft_limit = excluded.soft_limit, \
                      period = excluded.period, tz = excluded.tz",
@@ -373,7 +324,7 @@ impl Ledger for SqliteStore {
                 // Recount this scope's spend under the (possibly new) period and time zone. Events recorded
                 // between the read above and this transaction were counted by their own transactions under
                 // the old settings, so the recount covers exactly the events read.
-                sqlx::query("DELETE FROM budget_spend WHERE scope_kind = ?1 AND scope_id = ?2")
+                sqlx::query("DELETE FROM keymeter_budget_spend WHERE scope_kind = ?1 AND scope_id = ?2")
                     .bind(scope.kind())
                     .bind(scope.id())
                     .execute(&mut **tx)
@@ -393,12 +344,13 @@ impl Ledger for SqliteStore {
     }
 
     async fn budget(&self, scope: &BudgetScope) -> Result<Option<Budget>> {
-        let row = sqlx::query("SELECT * FROM budgets WHERE scope_kind = ?1 AND scope_id = ?2")
-            .bind(scope.kind())
-            .bind(scope.id())
-            .fetch_optional(self.pool())
-            .await
-            .map_err(db)?;
+        let row =
+            sqlx::query("SELECT * FROM keymeter_budgets WHERE scope_kind = ?1 AND scope_id = ?2")
+                .bind(scope.kind())
+                .bind(scope.id())
+                .fetch_optional(self.pool())
+                .await
+                .map_err(db)?;
         row.as_ref().map(row_to_budget).transpose()
     }
 
@@ -415,7 +367,7 @@ impl Ledger for SqliteStore {
         let start = micros(budget.period_start(now));
         let spent = spent_in(&mut tx, scope, start).await?;
         let rows = sqlx::query(
-            "SELECT r.amount FROM reservation_budgets b JOIN reservations r ON r.id = b.reservation_id \
+            "SELECT r.amount FROM keymeter_reservation_budgets b JOIN keymeter_reservations r ON r.id = b.reservation_id \
              WHERE b.scope_kind = ?1 AND b.scope_id = ?2 AND b.period_start = ?3 AND r.expires_at > ?4",
         )
         .bind(scope.kind())
@@ -442,7 +394,7 @@ impl Ledger for SqliteStore {
         if amount.is_sign_negative() {
             return Err(Error::invalid("amount", "must not be negative"));
         }
-        let id = crate::ledger::reservation_id(&crate::random::OsRandom)?;
+        let id = crate::ledger::reservation_id(self.random.as_ref())?;
         let expires_at = now + ttl;
         immediate!(self, tx => {
             async {
@@ -465,7 +417,7 @@ impl Ledger for SqliteStore {
                 admit(standings, amount)?;
                 let slots: Vec<(BudgetScope, i64)> =
                     found.into_iter().map(|(budget, _, _, start)| (budget.scope, start)).collect();
-                sqlx::query("INSERT INTO reservations (id, amount, expires_at) VALUES (?1, ?2, ?3)")
+                sqlx::query("INSERT INTO keymeter_reservations (id, amount, expires_at) VALUES (?1, ?2, ?3)")
                     .bind(&id)
                     .bind(amount.to_string())
                     .bind(micros(expires_at))
@@ -474,7 +426,7 @@ impl Ledger for SqliteStore {
                     .map_err(db)?;
                 for (scope, start) in &slots {
                     sqlx::query(
-                        "INSERT INTO reservation_budgets (reservation_id, scope_kind, scope_id, period_start) \
+                        "INSERT INTO keymeter_reservation_budgets (reservation_id, scope_kind, scope_id, period_start) \
                          VALUES (?1, ?2, ?3, ?4)",
                     )
                     .bind(&id)
@@ -505,7 +457,7 @@ impl Ledger for SqliteStore {
         immediate!(self, tx => {
             async {
                 purge(tx, now).await?;
-                sqlx::query("DELETE FROM reservations WHERE id = ?1")
+                sqlx::query("DELETE FROM keymeter_reservations WHERE id = ?1")
                     .bind(reservation_id)
                     .execute(&mut **tx)
                     .await
@@ -519,7 +471,7 @@ impl Ledger for SqliteStore {
 
     async fn release(&self, reservation_id: &str) -> Result<bool> {
         immediate!(self, tx => {
-            sqlx::query("DELETE FROM reservations WHERE id = ?1")
+            sqlx::query("DELETE FROM keymeter_reservations WHERE id = ?1")
                 .bind(reservation_id)
                 .execute(&mut **tx)
                 .await

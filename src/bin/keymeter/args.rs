@@ -1,0 +1,359 @@
+//! The command line: clap's types, apart from what each command does.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use keymeter::keys::token;
+use keymeter::ledger::BudgetScope;
+
+#[derive(Parser)]
+#[command(
+    name = "keymeter",
+    version,
+    about = "Admin CLI for keymeter: API keys, credentials, prices, budgets"
+)]
+pub(crate) struct Cli {
+    /// Store URL.
+    #[arg(
+        long,
+        env = "KEYMETER_STORE",
+        default_value = "sqlite://keymeter.db",
+        global = true
+    )]
+    pub(crate) store: String,
+    /// Print one JSON object on stdout.
+    #[arg(long, global = true)]
+    pub(crate) json: bool,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+// Parsed once per process: the size difference between variants does not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Subcommand)]
+pub(crate) enum Command {
+    /// Create the store; in development, write missing secrets to `keymeter.secrets` beside the database.
+    Init,
+    /// Print the detected environment and the rule that decided it.
+    Env,
+    /// Inbound API keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Model prices and costs.
+    #[command(subcommand)]
+    Price(PriceCommand),
+    /// The master keys that encrypt provider credentials.
+    #[command(subcommand)]
+    Vault(VaultCommand),
+    /// Provider credentials (bring your own key).
+    #[command(subcommand)]
+    Creds(CredsCommand),
+    /// Recorded usage and spend reports.
+    #[command(subcommand)]
+    Usage(UsageCommand),
+    /// Spend limits.
+    #[command(subcommand)]
+    Budget(BudgetCommand),
+}
+
+#[derive(Subcommand)]
+pub(crate) enum UsageCommand {
+    /// Price a usage and record it once (the same --request-id twice records once).
+    Record {
+        #[arg(long)]
+        owner: String,
+        #[arg(long)]
+        key_id: Option<String>,
+        #[arg(long)]
+        org: Option<String>,
+        #[arg(long)]
+        model: String,
+        /// The idempotency key; a fresh one when omitted.
+        #[arg(long)]
+        request_id: Option<String>,
+        #[command(flatten)]
+        pricing: PricingArgs,
+        #[command(flatten)]
+        usage: UsageArgs,
+    },
+    /// Spend and tokens grouped by owner, key, org, model, day or month.
+    Report {
+        #[arg(long)]
+        by: String,
+        #[arg(long)]
+        owner: Option<String>,
+        #[arg(long)]
+        org: Option<String>,
+        /// From (RFC 3339, or YYYY-MM-DD in the report's time zone), inclusive.
+        #[arg(long)]
+        since: Option<String>,
+        /// Until (RFC 3339, or YYYY-MM-DD in the report's time zone), exclusive.
+        #[arg(long)]
+        until: Option<String>,
+        /// IANA time zone for days and months (default UTC).
+        #[arg(long, default_value = "UTC")]
+        tz: String,
+    },
+}
+
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+pub(crate) struct BudgetScopeArgs {
+    #[arg(long)]
+    pub(crate) owner: Option<String>,
+    #[arg(long)]
+    pub(crate) key: Option<String>,
+    #[arg(long)]
+    pub(crate) org: Option<String>,
+}
+
+impl BudgetScopeArgs {
+    pub(crate) fn scope(&self) -> BudgetScope {
+        match (&self.owner, &self.key, &self.org) {
+            (Some(o), _, _) => BudgetScope::Owner(o.clone()),
+            (_, Some(k), _) => BudgetScope::Key(k.clone()),
+            (_, _, Some(o)) => BudgetScope::Org(o.clone()),
+            // clap's group makes exactly one present.
+            _ => BudgetScope::Owner(String::new()),
+        }
+    }
+}
+
+#[derive(Subcommand)]
+pub(crate) enum BudgetCommand {
+    /// Set (or replace) the budget of an owner, a key or an org.
+    Set {
+        #[command(flatten)]
+        scope: BudgetScopeArgs,
+        #[arg(long)]
+        limit: String,
+        /// daily, weekly, monthly or total.
+        #[arg(long)]
+        period: String,
+        /// Soft limit for alerts.
+        #[arg(long)]
+        soft: Option<String>,
+        /// IANA time zone of the period's calendar (default UTC).
+        #[arg(long, default_value = "UTC")]
+        tz: String,
+    },
+    /// Where a budget stands now.
+    Status {
+        #[command(flatten)]
+        scope: BudgetScopeArgs,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum VaultCommand {
+    /// Print a new master key entry for KEYMETER_MASTER_KEYS (put it first to make it active).
+    Keygen {
+        /// The key's id (default k<date>).
+        #[arg(long)]
+        id: Option<String>,
+    },
+}
+
+#[derive(Args)]
+pub(crate) struct EnvFileArg {
+    /// A .env file of system keys (development only; default ./.env when it exists).
+    #[arg(long)]
+    pub(crate) env_file: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum CredsCommand {
+    /// Store a key read from stdin, for a user or as the system key.
+    Set {
+        #[arg(long, required_unless_present = "system", conflicts_with = "system")]
+        owner: Option<String>,
+        #[arg(long)]
+        system: bool,
+        #[arg(long)]
+        provider: String,
+        #[command(flatten)]
+        env_file: EnvFileArg,
+    },
+    /// Which providers an owner has a personal and a system key for.
+    Status {
+        #[arg(long)]
+        owner: String,
+        #[command(flatten)]
+        env_file: EnvFileArg,
+    },
+    /// Which key an owner's request would use (masked).
+    Resolve {
+        #[arg(long)]
+        owner: String,
+        #[arg(long)]
+        provider: String,
+        #[command(flatten)]
+        env_file: EnvFileArg,
+    },
+    /// Delete an owner's key for one provider, or all of them.
+    Delete {
+        #[arg(long)]
+        owner: String,
+        #[arg(long)]
+        provider: Option<String>,
+    },
+    /// Re-encrypt every stored credential under the active master key.
+    Rewrap,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum PriceCommand {
+    /// The exact cost of a usage.
+    Cost {
+        #[arg(long)]
+        model: String,
+        #[command(flatten)]
+        pricing: PricingArgs,
+        #[command(flatten)]
+        usage: UsageArgs,
+    },
+    /// List the catalog's models.
+    List {
+        #[arg(long)]
+        provider: Option<String>,
+        /// A catalog file (keymeter's format or LiteLLM's); default: the bundled snapshot.
+        #[arg(long)]
+        catalog: Option<PathBuf>,
+    },
+    /// Show one model's prices.
+    Show {
+        model: String,
+        #[arg(long)]
+        catalog: Option<PathBuf>,
+    },
+}
+
+#[derive(Args)]
+pub(crate) struct PricingArgs {
+    /// A catalog file (keymeter's format or LiteLLM's); default: the bundled snapshot.
+    #[arg(long)]
+    pub(crate) catalog: Option<PathBuf>,
+    /// Price at this time (RFC 3339); default: now.
+    #[arg(long)]
+    pub(crate) at: Option<String>,
+    /// standard, batch, flex or priority.
+    #[arg(long, default_value = "standard")]
+    pub(crate) tier: String,
+}
+
+/// Token counts, canonical (disjoint) classes, or a provider usage object.
+#[derive(Args)]
+pub(crate) struct UsageArgs {
+    /// Uncached input tokens.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) input: u64,
+    /// Output tokens (without reasoning).
+    #[arg(long, default_value_t = 0)]
+    pub(crate) output: u64,
+    #[arg(long, default_value_t = 0)]
+    pub(crate) cache_read: u64,
+    /// 5-minute cache writes.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) cache_write: u64,
+    #[arg(long = "cache-write-1h", default_value_t = 0)]
+    pub(crate) cache_write_1h: u64,
+    #[arg(long, default_value_t = 0)]
+    pub(crate) reasoning: u64,
+    /// A provider usage (or response) JSON file, `-` for stdin; replaces the token flags.
+    #[arg(long, conflicts_with_all = ["input", "output", "cache_read", "cache_write", "cache_write_1h", "reasoning"])]
+    pub(crate) usage: Option<String>,
+    /// openai, anthropic or gemini.
+    #[arg(long, requires = "usage")]
+    pub(crate) usage_format: Option<String>,
+}
+
+#[allow(clippy::large_enum_variant)]
+#[derive(Subcommand)]
+pub(crate) enum KeysCommand {
+    /// Issue a new key; the plaintext is printed this once.
+    Create(CreateArgs),
+    /// List keys.
+    List {
+        #[arg(long)]
+        owner: Option<String>,
+        #[arg(long)]
+        org: Option<String>,
+    },
+    /// Show one key.
+    Show { id: String },
+    /// Verify a token read from stdin.
+    Verify {
+        /// Required scope (repeatable); all are required unless --any-scope.
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// Any one of the --scope values suffices.
+        #[arg(long)]
+        any_scope: bool,
+        /// The client address, checked against the key's networks.
+        #[arg(long)]
+        ip: Option<String>,
+        /// Accept only this environment tag.
+        #[arg(long)]
+        env: Option<String>,
+    },
+    /// Revoke a key (final).
+    Revoke { id: String },
+    /// Revoke every key of an organisation.
+    RevokeAll {
+        #[arg(long)]
+        org: String,
+    },
+    /// Disable a key until enabled.
+    Disable { id: String },
+    /// Enable a disabled key.
+    Enable { id: String },
+    /// Import a key made elsewhere from its hash.
+    Import(ImportArgs),
+}
+
+#[derive(Args)]
+pub(crate) struct CreateArgs {
+    #[arg(long)]
+    pub(crate) name: String,
+    #[arg(long)]
+    pub(crate) owner: String,
+    #[arg(long)]
+    pub(crate) org: Option<String>,
+    /// Comma-separated scopes.
+    #[arg(long, default_value = "")]
+    pub(crate) scopes: String,
+    /// live or test.
+    #[arg(long, default_value = "live")]
+    pub(crate) env: String,
+    /// Lifetime such as 30d, 12h, 90m, 2w.
+    #[arg(long)]
+    pub(crate) expires_in: Option<String>,
+    /// Allowed client network (repeatable).
+    #[arg(long = "allow-ip")]
+    pub(crate) allow_ip: Vec<String>,
+    /// Such as 100/min.
+    #[arg(long)]
+    pub(crate) rate_limit: Option<String>,
+    #[arg(long, default_value = token::DEFAULT_PREFIX)]
+    pub(crate) prefix: String,
+}
+
+#[derive(Args)]
+pub(crate) struct ImportArgs {
+    #[arg(long)]
+    pub(crate) name: String,
+    #[arg(long)]
+    pub(crate) owner: String,
+    #[arg(long)]
+    pub(crate) org: Option<String>,
+    /// The hash string ($sha256$…, $argon2id$…, $2b$…, $hmac-sha256$…).
+    #[arg(long)]
+    pub(crate) hash: String,
+    /// The key's first 8 characters (needed for every scheme but sha256).
+    #[arg(long)]
+    pub(crate) hint: Option<String>,
+    #[arg(long, default_value = "")]
+    pub(crate) scopes: String,
+    #[arg(long, default_value = "live")]
+    pub(crate) env: String,
+}

@@ -1,0 +1,199 @@
+//! `keys …`: issue, list, show, verify, revoke, disable, enable and import inbound API keys.
+
+use std::sync::Arc;
+
+use chrono::{Duration, Utc};
+use keymeter::keys::record::parse_networks;
+use keymeter::keys::token::{self, KeyEnv};
+use keymeter::keys::{
+    KeyFilter, KeyRecord, KeyStore, NewKey, RateLimit, Requirement, Scope, ScopeRequirement,
+    Verifier,
+};
+use keymeter::{Config, Error};
+use secrecy::ExposeSecret;
+use serde_json::json;
+
+use crate::args::KeysCommand;
+use crate::{Failure, Outcome, read_stdin_secret, to_json};
+
+pub(crate) async fn run(config: &Config, cmd: KeysCommand) -> Outcome {
+    let store = config.connect().await?;
+    let dyn_store: Arc<dyn KeyStore> = store.clone();
+    match cmd {
+        KeysCommand::Create(a) => {
+            let mut new = NewKey::new(a.name, a.owner)
+                .env(a.env.parse::<KeyEnv>()?)
+                .scopes(Scope::parse_list(&a.scopes)?)
+                .allowed_ips(parse_networks(a.allow_ip.iter().map(String::as_str))?)
+                .prefix(a.prefix);
+            if let Some(org) = a.org {
+                new = new.org(org);
+            }
+            if let Some(life) = a.expires_in {
+                new = new.expires_at(Utc::now() + parse_lifetime(&life)?);
+            }
+            if let Some(limit) = a.rate_limit {
+                new = new.rate_limit(limit.parse::<RateLimit>()?);
+            }
+            let issued = config.issuer(dyn_store)?.issue(new).await?;
+            let r = &issued.record;
+            let key = issued.token.expose_secret();
+            Ok((
+                json!({
+                    "id": r.id, "key": key, "name": r.name, "owner": r.owner, "org": r.org, "env": r.env,
+                    "scopes": r.scopes, "expires_at": r.expires_at, "hint": r.hint,
+                }),
+                format!(
+                    "{key}\n\nid: {}  ({})\nStore this key now: it is not shown again.",
+                    r.id, r.hint
+                ),
+            ))
+        }
+        KeysCommand::List { owner, org } => {
+            let records = dyn_store.list(&KeyFilter { owner, org }).await?;
+            let human = records
+                .iter()
+                .map(record_human)
+                .collect::<Vec<_>>()
+                .join("\n");
+            Ok((json!({ "keys": records }), human))
+        }
+        KeysCommand::Show { id } => match dyn_store.get(&id).await? {
+            Some(r) => Ok((to_json(&*r)?, record_human(&r))),
+            None => Err(Error::NotFound { what: "key", id }.into()),
+        },
+        KeysCommand::Verify {
+            scopes,
+            any_scope,
+            ip,
+            env,
+        } => {
+            let token = read_stdin_secret()?;
+            let scopes = scopes.iter().map(String::as_str);
+            let requirement = Requirement {
+                scopes: if any_scope {
+                    ScopeRequirement::any(scopes)?
+                } else {
+                    ScopeRequirement::all(scopes)?
+                },
+                client_ip: ip
+                    .map(|s| {
+                        s.parse()
+                            .map_err(|_| Failure::Usage(format!("invalid --ip {s:?}")))
+                    })
+                    .transpose()?,
+            };
+            let mut settings = config.verifier_config();
+            if let Some(env) = env {
+                settings.environments = vec![env.parse::<KeyEnv>()?];
+            }
+            // Accept keys minted with any prefix: a well-formed token names its own.
+            if let Ok(parsed) = token::parse(&token)
+                && !settings.prefixes.iter().any(|p| p == parsed.prefix)
+            {
+                settings.prefixes.push(parsed.prefix.to_owned());
+            }
+            let verifier = Verifier::new(dyn_store, config.hasher()?, settings)?;
+            let verdict = verifier.verify(&token, &requirement).await?;
+            let key = verdict.key();
+            let value = json!({
+                "valid": verdict.is_valid(),
+                "code": verdict.code(),
+                "key_id": key.map(|k| k.id.clone()),
+                "owner": key.map(|k| k.owner.clone()),
+                "scopes": key.map(|k| k.scopes.clone()),
+            });
+            let human = match key {
+                Some(k) => format!("{}  key {} (owner {})", verdict.code(), k.id, k.owner),
+                None => verdict.code().to_string(),
+            };
+            if verdict.is_valid() {
+                Ok((value, human))
+            } else {
+                Err(Failure::Negative(value, human))
+            }
+        }
+        KeysCommand::Revoke { id } => {
+            dyn_store.revoke(&id, Utc::now()).await?;
+            Ok((json!({"id": id, "revoked": true}), format!("revoked {id}")))
+        }
+        KeysCommand::RevokeAll { org } => {
+            let ids = dyn_store.revoke_org(&org, Utc::now()).await?;
+            let human = format!("revoked {} key(s) of {org}", ids.len());
+            Ok((json!({"org": org, "revoked": ids.len(), "ids": ids}), human))
+        }
+        KeysCommand::Disable { id } => {
+            dyn_store.set_disabled(&id, true).await?;
+            Ok((
+                json!({"id": id, "disabled": true}),
+                format!("disabled {id}"),
+            ))
+        }
+        KeysCommand::Enable { id } => {
+            dyn_store.set_disabled(&id, false).await?;
+            Ok((
+                json!({"id": id, "disabled": false}),
+                format!("enabled {id}"),
+            ))
+        }
+        KeysCommand::Import(a) => {
+            let mut new = NewKey::new(a.name, a.owner)
+                .env(a.env.parse::<KeyEnv>()?)
+                .scopes(Scope::parse_list(&a.scopes)?);
+            if let Some(org) = a.org {
+                new = new.org(org);
+            }
+            let record = config
+                .issuer(dyn_store)?
+                .import(new, &a.hash, a.hint.as_deref())
+                .await?;
+            let human = format!("imported {}", record_human(&record));
+            Ok((to_json(&record)?, human))
+        }
+    }
+}
+
+fn parse_lifetime(s: &str) -> Result<Duration, Failure> {
+    let bad = || {
+        Failure::Usage(format!(
+            "invalid --expires-in {s:?}: use a number and s, m, h, d or w (30d)"
+        ))
+    };
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+    let n: i64 = s[..split].parse().map_err(|_| bad())?;
+    let d = match &s[split..] {
+        "s" => Duration::try_seconds(n),
+        "m" => Duration::try_minutes(n),
+        "h" => Duration::try_hours(n),
+        "d" => Duration::try_days(n),
+        "w" => Duration::try_weeks(n),
+        _ => None,
+    };
+    d.filter(|d| *d > Duration::zero()).ok_or_else(bad)
+}
+
+fn record_human(r: &KeyRecord) -> String {
+    let scopes: Vec<&str> = r.scopes.iter().map(Scope::as_str).collect();
+    let state = if r.revoked_at.is_some() {
+        "revoked"
+    } else if r.disabled {
+        "disabled"
+    } else {
+        "active"
+    };
+    format!(
+        "{}  {}  {}  owner={}{}  env={}  scopes={}  {}",
+        r.id,
+        r.hint,
+        r.name,
+        r.owner,
+        r.org
+            .as_ref()
+            .map(|o| format!(" org={o}"))
+            .unwrap_or_default(),
+        r.env,
+        scopes.join(","),
+        state
+    )
+}

@@ -1,0 +1,150 @@
+//! `keymeter`: the admin CLI (feature `cli`). See DESIGN §9 and the README for the contract.
+//!
+//! Exit codes: 0 success, 1 a negative answer (invalid key, unknown id), 2 a usage or configuration error.
+//! Secrets (the pepper, tokens) come from the environment or stdin, never from argv. Everything the CLI knows
+//! about configuration and secrets comes from [`keymeter::Config`]: it is a thin user of the library.
+
+mod args;
+mod budget;
+mod creds;
+mod keys;
+mod price;
+mod setup;
+mod usage;
+
+use std::io::Read;
+use std::process::ExitCode;
+
+use clap::Parser;
+use keymeter::env::{EnvSource, ProcessEnv};
+use keymeter::{Config, Error};
+use serde_json::{Value, json};
+use zeroize::Zeroizing;
+
+use args::{Cli, Command};
+
+/// How a command ended, beyond success.
+pub(crate) enum Failure {
+    /// A negative answer: exit 1 with this JSON.
+    Negative(Value, String),
+    /// A usage or configuration error: exit 2.
+    Usage(String),
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::NotFound { what, ref id } => Failure::Negative(
+                json!({"code": "NOT_FOUND", "what": what, "id": id}),
+                e.to_string(),
+            ),
+            other => Failure::Usage(other.to_string()),
+        }
+    }
+}
+
+/// A command's JSON answer and its human rendering.
+pub(crate) type Outcome = Result<(Value, String), Failure>;
+
+/// The process environment, with `--store` (which clap already merged with `KEYMETER_STORE`) as the store URL.
+struct CliEnv {
+    store: String,
+}
+
+impl EnvSource for CliEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        if name == "KEYMETER_STORE" {
+            return Some(self.store.clone());
+        }
+        ProcessEnv.var(name)
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let json_mode = cli.json;
+    let print = |value: &Value, human: &str| {
+        if json_mode {
+            println!("{value}");
+        } else if !human.is_empty() {
+            println!("{human}");
+        }
+    };
+    match run(cli).await {
+        Ok((value, human)) => {
+            print(&value, &human);
+            ExitCode::SUCCESS
+        }
+        Err(Failure::Negative(value, human)) => {
+            print(&value, &human);
+            ExitCode::from(1)
+        }
+        Err(Failure::Usage(message)) => {
+            if json_mode {
+                println!("{}", json!({"code": "ERROR", "error": message}));
+            }
+            eprintln!("keymeter: {message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Outcome {
+    let source = CliEnv { store: cli.store };
+    // Commands that need no configuration run before it is read.
+    match cli.command {
+        Command::Env => return setup::env(&source),
+        Command::Vault(cmd) => return setup::vault(cmd),
+        _ => {}
+    }
+    let config = Config::from_source(&source)?;
+    if config.environment.defaulted && !matches!(cli.command, Command::Price(_)) {
+        eprintln!("keymeter: warning: {}", config.environment.reason);
+    }
+    match cli.command {
+        Command::Init => setup::init(config, &source).await,
+        Command::Keys(cmd) => keys::run(&config, cmd).await,
+        Command::Price(cmd) => price::run(&config, cmd),
+        Command::Creds(cmd) => creds::run(&config, cmd).await,
+        Command::Usage(cmd) => usage::run(&config, cmd).await,
+        Command::Budget(cmd) => budget::run(&config, cmd).await,
+        Command::Env | Command::Vault(_) => unreachable!("handled above"),
+    }
+}
+
+/// A secret (a token, a provider key) from stdin, trimmed.
+pub(crate) fn read_stdin_secret() -> Result<Zeroizing<String>, Failure> {
+    let mut buf = Zeroizing::new(String::new());
+    std::io::stdin()
+        .read_to_string(&mut buf)
+        .map_err(|e| Failure::Usage(format!("cannot read stdin: {e}")))?;
+    Ok(Zeroizing::new(buf.trim().to_owned()))
+}
+
+/// A value as JSON (the types here always serialise).
+pub(crate) fn to_json(value: impl serde::Serialize) -> Result<Value, Failure> {
+    serde_json::to_value(value).map_err(|e| Failure::Usage(e.to_string()))
+}
+
+/// An instant from RFC 3339, or a date taken as its local midnight in `tz`.
+pub(crate) fn parse_instant(
+    s: &str,
+    tz: chrono_tz::Tz,
+) -> Result<chrono::DateTime<chrono::Utc>, Failure> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&chrono::Utc));
+    }
+    chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .map(|day| keymeter::ledger::period::local_midnight(day, tz))
+        .map_err(|_| Failure::Usage(format!("invalid time {s:?}: use RFC 3339 or YYYY-MM-DD")))
+}
+
+/// An IANA time zone from a `--tz` flag.
+pub(crate) fn parse_tz(name: &str) -> Result<chrono_tz::Tz, Failure> {
+    name.parse().map_err(|_| {
+        Failure::Usage(format!(
+            "invalid --tz {name:?}: use an IANA time zone name such as Europe/Berlin or UTC"
+        ))
+    })
+}

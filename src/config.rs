@@ -1,0 +1,390 @@
+//! [`Config`]: keymeter reads its own configuration, so an application, the CLI and the reference gateway load
+//! secrets and the store the same way.
+//!
+//! | variable | meaning | default |
+//! | --- | --- | --- |
+//! | `KEYMETER_STORE` | the store URL ([`crate::store::connect`]) | `sqlite://keymeter.db` |
+//! | `KEYMETER_PEPPER` | the pepper ring: `id:base64,id:base64` (the first active) or one bare base64 key | development: the secrets file |
+//! | `KEYMETER_MASTER_KEYS` | the master-key ring, same format | development: the secrets file |
+//! | `KEYMETER_PREFIXES` | token prefixes verified as keymeter's own, comma-separated | `km` |
+//! | `KEYMETER_CATALOG` | a price catalog file (keymeter's format or LiteLLM's) | the bundled snapshot |
+//! | `KEYMETER_ENV`, `DEPLOY_ENV`, `DEBUG` | the environment ([`crate::env`]) | development, with a warning |
+//!
+//! In development (only), a secret missing from the environment is read from the **secrets file**
+//! `keymeter.secrets` beside a SQLite database, which [`Config::init_secrets`] (`keymeter init`) writes with mode
+//! 0600. Outside development a missing secret is an error when something needs it, never generated.
+//!
+//! ```
+//! use std::collections::HashMap;
+//! use keymeter::Config;
+//!
+//! let vars = HashMap::from([
+//!     ("KEYMETER_ENV".to_string(), "production".to_string()),
+//!     ("KEYMETER_STORE".to_string(), "memory:".to_string()),
+//!     ("KEYMETER_PEPPER".to_string(), "p1:AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=".to_string()),
+//! ]);
+//! let config = Config::from_source(&vars).unwrap();
+//! assert!(config.hasher().is_ok());
+//! // No master keys: what needs the vault says so, naming the variable.
+//! assert!(config.vault().unwrap_err().to_string().contains("KEYMETER_MASTER_KEYS"));
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use secrecy::ExposeSecret;
+use zeroize::Zeroizing;
+
+use crate::credentials::{CredentialResolver, CredentialStore, MasterKeyRing, Vault};
+use crate::env::{Detected, EnvSource, ProcessEnv, detect};
+use crate::error::{Error, Result};
+use crate::keys::{KeyHasher, KeyIssuer, KeyStore, PepperRing, Verifier, VerifierConfig};
+use crate::ledger::{Ledger, Meter};
+use crate::pricing::PriceCatalog;
+use crate::random::RandomSource;
+use crate::secret::{KeyRing, RingKey};
+use crate::store::Store;
+
+/// The store URL used when `KEYMETER_STORE` is not set.
+pub const DEFAULT_STORE: &str = "sqlite://keymeter.db";
+
+/// The name of the development secrets file, beside a SQLite database.
+pub const SECRETS_FILE_NAME: &str = "keymeter.secrets";
+
+const PEPPER_VAR: &str = "KEYMETER_PEPPER";
+const MASTER_KEYS_VAR: &str = "KEYMETER_MASTER_KEYS";
+
+/// keymeter's configuration, read from the environment (see the module docs).
+#[derive(Debug)]
+pub struct Config {
+    /// The store URL.
+    pub store_url: String,
+    /// The environment and the rule that decided it.
+    pub environment: Detected,
+    /// Token prefixes verified as keymeter's own.
+    pub prefixes: Vec<String>,
+    /// A price catalog file, if one is configured.
+    pub catalog_path: Option<PathBuf>,
+    /// Where development secrets live (beside a SQLite database), whether or not the file exists yet.
+    pub secrets_file: Option<PathBuf>,
+    hasher: Option<Arc<KeyHasher>>,
+    vault: Option<Arc<Vault>>,
+}
+
+impl Config {
+    /// Reads the process environment.
+    ///
+    /// # Errors
+    /// As [`Config::from_source`].
+    pub fn from_env() -> Result<Config> {
+        Config::from_source(&ProcessEnv)
+    }
+
+    /// Reads `source` (a map in tests).
+    ///
+    /// # Errors
+    /// [`Error::Config`] for an unknown environment, a malformed secret (naming the variable and the entry's
+    /// position, never its text), an unreadable secrets file or a bad prefix.
+    pub fn from_source(source: &dyn EnvSource) -> Result<Config> {
+        let environment = detect(source)?;
+        if environment.defaulted {
+            tracing::warn!(reason = %environment.reason, "keymeter environment not set");
+        }
+        let store_url = source
+            .var("KEYMETER_STORE")
+            .filter(|v| !v.trim().is_empty())
+            .unwrap_or_else(|| DEFAULT_STORE.to_owned());
+        let prefixes = match source.var("KEYMETER_PREFIXES") {
+            Some(list) if !list.trim().is_empty() => {
+                let prefixes: Vec<String> = list
+                    .split(',')
+                    .map(|p| p.trim().to_owned())
+                    .filter(|p| !p.is_empty())
+                    .collect();
+                if prefixes
+                    .iter()
+                    .any(|p| !crate::keys::token::is_valid_prefix(p))
+                {
+                    return Err(Error::Config(
+                        "KEYMETER_PREFIXES: each prefix must be 1–16 characters of [a-z0-9]".into(),
+                    ));
+                }
+                prefixes
+            }
+            _ => vec![crate::keys::token::DEFAULT_PREFIX.to_owned()],
+        };
+        let catalog_path = source
+            .var("KEYMETER_CATALOG")
+            .filter(|v| !v.trim().is_empty())
+            .map(PathBuf::from);
+        let mut config = Config {
+            secrets_file: secrets_path(&store_url),
+            store_url,
+            environment,
+            prefixes,
+            catalog_path,
+            hasher: None,
+            vault: None,
+        };
+        config.load_secrets(source)?;
+        Ok(config)
+    }
+
+    /// Sets the store URL (a command-line flag over the environment), and with it where development secrets
+    /// live; secrets from the environment are kept, those from a secrets file are read again.
+    ///
+    /// # Errors
+    /// As [`Config::from_source`].
+    pub fn with_store_url(
+        mut self,
+        url: impl Into<String>,
+        source: &dyn EnvSource,
+    ) -> Result<Config> {
+        self.store_url = url.into();
+        self.secrets_file = secrets_path(&self.store_url);
+        self.load_secrets(source)?;
+        Ok(self)
+    }
+
+    fn load_secrets(&mut self, source: &dyn EnvSource) -> Result<()> {
+        let file = self.read_secrets_file()?;
+        let value = |name: &str| -> Option<Zeroizing<String>> {
+            source
+                .var(name)
+                .filter(|v| !v.trim().is_empty())
+                .map(Zeroizing::new)
+                .or_else(|| {
+                    file.iter()
+                        .find(|(k, _)| k == name)
+                        .map(|(_, v)| Zeroizing::new(v.to_string()))
+                })
+        };
+        self.hasher = value(PEPPER_VAR)
+            .map(|v| ring::<crate::keys::Pepper>(PEPPER_VAR, &v))
+            .transpose()?
+            .map(|ring: PepperRing| Arc::new(KeyHasher::new(ring)));
+        self.vault = value(MASTER_KEYS_VAR)
+            .map(|v| ring::<crate::credentials::MasterKey>(MASTER_KEYS_VAR, &v))
+            .transpose()?
+            .map(|ring: MasterKeyRing| Arc::new(Vault::new(ring)));
+        Ok(())
+    }
+
+    /// The secrets file's entries, in development when it exists; nothing otherwise.
+    fn read_secrets_file(&self) -> Result<Vec<(String, Zeroizing<String>)>> {
+        match &self.secrets_file {
+            Some(path) if self.environment.environment.is_development() && path.exists() => {
+                read_secrets_file(path)
+            }
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    fn missing(&self, name: &str) -> Error {
+        if self.environment.environment.is_development() {
+            Error::Config(format!(
+                "{name} is not set: set it, or run `keymeter init` to write development secrets"
+            ))
+        } else {
+            Error::Config(format!(
+                "{name} is not set; it is required in {} (development secrets are never used there)",
+                self.environment.environment
+            ))
+        }
+    }
+
+    /// The key hasher (the pepper ring).
+    ///
+    /// # Errors
+    /// [`Error::Config`] when no pepper is configured.
+    pub fn hasher(&self) -> Result<Arc<KeyHasher>> {
+        self.hasher.clone().ok_or_else(|| self.missing(PEPPER_VAR))
+    }
+
+    /// The vault (the master-key ring).
+    ///
+    /// # Errors
+    /// [`Error::Config`] when no master key is configured.
+    pub fn vault(&self) -> Result<Arc<Vault>> {
+        self.vault
+            .clone()
+            .ok_or_else(|| self.missing(MASTER_KEYS_VAR))
+    }
+
+    /// Opens the configured store ([`crate::store::connect`]).
+    ///
+    /// # Errors
+    /// As [`crate::store::connect`].
+    pub async fn connect(&self) -> Result<Arc<dyn Store>> {
+        crate::store::connect(&self.store_url).await
+    }
+
+    /// The verifier settings this configuration implies (prefixes).
+    pub fn verifier_config(&self) -> VerifierConfig {
+        VerifierConfig {
+            prefixes: self.prefixes.clone(),
+            ..VerifierConfig::default()
+        }
+    }
+
+    /// A verifier on `keys` with the configured pepper ring and prefixes.
+    ///
+    /// # Errors
+    /// [`Error::Config`] when no pepper is configured.
+    pub fn verifier(&self, keys: Arc<dyn KeyStore>) -> Result<Verifier> {
+        Verifier::new(keys, self.hasher()?, self.verifier_config())
+    }
+
+    /// An issuer on `keys` with the configured pepper ring.
+    ///
+    /// # Errors
+    /// [`Error::Config`] when no pepper is configured.
+    pub fn issuer(&self, keys: Arc<dyn KeyStore>) -> Result<KeyIssuer> {
+        Ok(KeyIssuer::new(keys, self.hasher()?))
+    }
+
+    /// A credential resolver on `credentials` with the configured vault and environment.
+    ///
+    /// # Errors
+    /// [`Error::Config`] when no master key is configured.
+    pub fn resolver(&self, credentials: Arc<dyn CredentialStore>) -> Result<CredentialResolver> {
+        Ok(CredentialResolver::new(
+            credentials,
+            self.vault()?,
+            self.environment.environment,
+        ))
+    }
+
+    /// The configured price catalog: the file of `KEYMETER_CATALOG`, else the bundled snapshot.
+    ///
+    /// # Errors
+    /// [`Error::Config`] when the file cannot be read; [`Error::Catalog`] when it does not parse.
+    pub fn catalog(&self) -> Result<PriceCatalog> {
+        match &self.catalog_path {
+            None => Ok(PriceCatalog::bundled()),
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
+                PriceCatalog::from_any_json(&text)
+            }
+        }
+    }
+
+    /// A meter on `ledger` pricing from the configured catalog.
+    ///
+    /// # Errors
+    /// As [`Config::catalog`].
+    pub fn meter(&self, ledger: Arc<dyn Ledger>) -> Result<Meter> {
+        Ok(Meter::new(ledger, Arc::new(self.catalog()?)))
+    }
+
+    /// In development, writes the secrets missing from the environment (a fresh pepper, fresh master keys, with
+    /// ids dated by `now`) to the secrets file beside the database (mode 0600, written atomically) and loads
+    /// them; returns the names written. Outside development, a missing secret is an error and nothing is written.
+    ///
+    /// # Errors
+    /// [`Error::Config`] outside development when a secret is missing, for a store with no place for the file
+    /// (not SQLite), or when the file cannot be written; [`Error::Random`].
+    pub fn init_secrets(
+        &mut self,
+        source: &dyn EnvSource,
+        random: &dyn RandomSource,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<&'static str>> {
+        // New keys are named after the day they were made: `p20260301`, `k20260301`.
+        let day = now.format("%Y%m%d");
+        let missing: Vec<&'static str> = [
+            (PEPPER_VAR, self.hasher.is_none()),
+            (MASTER_KEYS_VAR, self.vault.is_none()),
+        ]
+        .into_iter()
+        .filter_map(|(name, absent)| absent.then_some(name))
+        .collect();
+        if missing.is_empty() {
+            return Ok(missing);
+        }
+        if !self.environment.environment.is_development() {
+            return Err(self.missing(missing[0]));
+        }
+        let path = self.secrets_file.clone().ok_or_else(|| {
+            Error::Config(
+                "development secrets need a SQLite store to sit beside; set KEYMETER_PEPPER and \
+                 KEYMETER_MASTER_KEYS instead"
+                    .into(),
+            )
+        })?;
+        let mut entries = if path.exists() {
+            read_secrets_file(&path)?
+        } else {
+            Vec::new()
+        };
+        for name in &missing {
+            let value = if *name == PEPPER_VAR {
+                KeyRing::<crate::keys::Pepper>::generate(&format!("p{day}"), random)?.to_env_value()
+            } else {
+                KeyRing::<crate::credentials::MasterKey>::generate(&format!("k{day}"), random)?
+                    .to_env_value()
+            };
+            entries.retain(|(k, _)| k != name);
+            entries.push((
+                (*name).to_owned(),
+                Zeroizing::new(value.expose_secret().to_owned()),
+            ));
+        }
+        write_secrets_file(&path, &entries)?;
+        self.load_secrets(source)?;
+        Ok(missing)
+    }
+}
+
+fn ring<K: RingKey>(name: &str, value: &str) -> Result<KeyRing<K>> {
+    KeyRing::from_env_value(value).map_err(|e| Error::Config(format!("{name}: {}", inner(&e))))
+}
+
+/// The message of a configuration error without its "configuration error: " prefix.
+fn inner(e: &Error) -> String {
+    match e {
+        Error::Config(m) => m.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// The secrets file beside a SQLite database; none for other stores and in-memory databases.
+fn secrets_path(store_url: &str) -> Option<PathBuf> {
+    let path = store_url
+        .strip_prefix("sqlite://")
+        .or_else(|| store_url.strip_prefix("sqlite:"))?;
+    let path = path.split('?').next().unwrap_or(path);
+    if path.is_empty() || path.contains(":memory:") {
+        return None;
+    }
+    let dir = Path::new(path).parent().unwrap_or(Path::new(""));
+    Some(dir.join(SECRETS_FILE_NAME))
+}
+
+fn read_secrets_file(path: &Path) -> Result<Vec<(String, Zeroizing<String>)>> {
+    let text = Zeroizing::new(
+        std::fs::read_to_string(path)
+            .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?,
+    );
+    Ok(text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.trim().to_owned(), Zeroizing::new(v.trim().to_owned())))
+        .collect())
+}
+
+fn write_secrets_file(path: &Path, entries: &[(String, Zeroizing<String>)]) -> Result<()> {
+    let mut text = Zeroizing::new(String::from(
+        "# keymeter development secrets: never commit this file, never use it in production.\n",
+    ));
+    for (k, v) in entries {
+        text.push_str(k);
+        text.push('=');
+        text.push_str(v);
+        text.push('\n');
+    }
+    crate::file::write_atomic(path, text.as_bytes())
+        .map_err(|e| Error::Config(format!("cannot write {}: {e}", path.display())))
+}

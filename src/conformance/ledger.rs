@@ -1,0 +1,515 @@
+//! Checks of [`crate::ledger::Ledger`].
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use rust_decimal::Decimal;
+
+use crate::error::Error;
+use crate::ledger::{Budget, BudgetPeriod, BudgetScope, EventFilter, GroupBy, Ledger, UsageEvent};
+use crate::pricing::Usage;
+use crate::random::SeededRandom;
+
+fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 3, 10, 12, 0, 0)
+        .single()
+        .expect("valid date")
+}
+
+fn d(s: &str) -> Decimal {
+    s.parse().expect("decimal")
+}
+
+/// An event of `cost` for `owner` (org `acme`, key `k1`) at `at`.
+pub fn event(request: &str, owner: &str, cost: &str, at: DateTime<Utc>) -> UsageEvent {
+    let usage = Usage {
+        input: 100,
+        cache_read: 20,
+        output: 10,
+        reasoning: 5,
+        ..Usage::default()
+    };
+    let seed = request
+        .bytes()
+        .fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+    UsageEvent::new(
+        Some(request),
+        at,
+        owner,
+        "openai",
+        "gpt-4o",
+        usage,
+        d(cost),
+        &SeededRandom::new(seed),
+    )
+    .expect("event")
+    .org("acme")
+    .key_id("k1")
+}
+
+/// The same request id twice is one event, and says so.
+pub async fn record_once(ledger: Arc<dyn Ledger>) {
+    let first = ledger
+        .record(&event("r1", "alice", "0.10", t0()))
+        .await
+        .expect("record");
+    assert!(!first.duplicate);
+    let mut retry = event("r1", "alice", "0.10", t0());
+    retry.event_id = "ev_other".into();
+    let second = ledger.record(&retry).await.expect("record again");
+    assert!(second.duplicate);
+    assert_eq!(second.event_id, first.event_id);
+    let batch = ledger
+        .record_batch(&[
+            event("r2", "alice", "0.2", t0()),
+            event("r1", "alice", "0.1", t0()),
+        ])
+        .await
+        .expect("batch");
+    assert_eq!(
+        batch.iter().map(|r| r.duplicate).collect::<Vec<_>>(),
+        [false, true]
+    );
+    assert_eq!(
+        ledger
+            .events(&EventFilter::default())
+            .await
+            .expect("events")
+            .len(),
+        2
+    );
+}
+
+/// Filters and grouped reports, exact to the last digit.
+pub async fn events_and_reports(ledger: Arc<dyn Ledger>) {
+    let day2 = t0() + Duration::days(1);
+    let mut other = event("r3", "bob", "0.000001", day2);
+    other.org = None;
+    other.key_id = None;
+    other.model = "claude-sonnet-4-5".into();
+    ledger
+        .record_batch(&[
+            event("r1", "alice", "0.1", t0()),
+            event("r2", "alice", "0.2", day2),
+            other,
+        ])
+        .await
+        .expect("batch");
+    let alice = EventFilter {
+        owner: Some("alice".into()),
+        ..EventFilter::default()
+    };
+    assert_eq!(ledger.events(&alice).await.expect("events").len(), 2);
+    let window = EventFilter {
+        since: Some(day2),
+        ..EventFilter::default()
+    };
+    assert_eq!(ledger.events(&window).await.expect("events").len(), 2);
+    let until = EventFilter {
+        until: Some(day2),
+        ..EventFilter::default()
+    };
+    assert_eq!(ledger.events(&until).await.expect("events").len(), 1);
+
+    let by_owner = ledger
+        .report(&EventFilter::default(), GroupBy::Owner, chrono_tz::UTC)
+        .await
+        .expect("report");
+    assert_eq!(by_owner.total, d("0.300001"));
+    assert_eq!(by_owner.groups[0].key, "alice");
+    assert_eq!(
+        (by_owner.groups[0].cost, by_owner.groups[0].events),
+        (d("0.3"), 2)
+    );
+    assert_eq!(
+        (
+            by_owner.groups[0].input_tokens,
+            by_owner.groups[0].output_tokens
+        ),
+        (240, 30)
+    );
+    let by_org = ledger
+        .report(&EventFilter::default(), GroupBy::Org, chrono_tz::UTC)
+        .await
+        .expect("report");
+    assert_eq!(
+        by_org
+            .groups
+            .iter()
+            .map(|g| g.key.as_str())
+            .collect::<Vec<_>>(),
+        ["(none)", "acme"]
+    );
+    let by_day = ledger
+        .report(&EventFilter::default(), GroupBy::Day, chrono_tz::UTC)
+        .await
+        .expect("report");
+    assert_eq!(
+        by_day
+            .groups
+            .iter()
+            .map(|g| g.key.as_str())
+            .collect::<Vec<_>>(),
+        ["2026-03-10", "2026-03-11"]
+    );
+    let by_model = ledger
+        .report(&EventFilter::default(), GroupBy::Model, chrono_tz::UTC)
+        .await
+        .expect("report");
+    assert_eq!(by_model.groups.len(), 2);
+}
+
+/// Status reports spend, reservations, what remains, and the soft limit.
+pub async fn budget_status_and_soft_limit(ledger: Arc<dyn Ledger>) {
+    let alice = BudgetScope::Owner("alice".into());
+    assert!(
+        ledger
+            .budget_status(&alice, t0())
+            .await
+            .expect("status")
+            .is_none()
+    );
+    let budget = Budget::new(alice.clone(), d("1.00"), BudgetPeriod::Daily)
+        .expect("budget")
+        .soft_limit(d("0.5"))
+        .expect("soft");
+    ledger.set_budget(&budget).await.expect("set");
+    assert_eq!(ledger.budget(&alice).await.expect("get"), Some(budget));
+    ledger
+        .record(&event("r1", "alice", "0.30", t0()))
+        .await
+        .expect("record");
+    let hold = ledger
+        .reserve(
+            std::slice::from_ref(&alice),
+            d("0.25"),
+            t0(),
+            Duration::minutes(5),
+        )
+        .await
+        .expect("reserve");
+    let s = ledger
+        .budget_status(&alice, t0())
+        .await
+        .expect("status")
+        .expect("budget");
+    assert_eq!(
+        (s.limit, s.spent, s.reserved, s.remaining),
+        (d("1"), d("0.3"), d("0.25"), d("0.45"))
+    );
+    assert!(s.soft_exceeded);
+    assert_eq!(
+        s.period_start,
+        Utc.with_ymd_and_hms(2026, 3, 10, 0, 0, 0)
+            .single()
+            .expect("date")
+    );
+    ledger.release(&hold.id).await.expect("release");
+    let s = ledger
+        .budget_status(&alice, t0())
+        .await
+        .expect("status")
+        .expect("budget");
+    assert!(!s.soft_exceeded);
+    // The next day starts afresh.
+    let s = ledger
+        .budget_status(&alice, t0() + Duration::days(1))
+        .await
+        .expect("status")
+        .expect("budget");
+    assert_eq!(s.spent, Decimal::ZERO);
+}
+
+/// A reservation over several budgets takes all or none.
+pub async fn reserve_all_or_none(ledger: Arc<dyn Ledger>) {
+    let key = BudgetScope::Key("k1".into());
+    let org = BudgetScope::Org("acme".into());
+    ledger
+        .set_budget(&Budget::new(key.clone(), d("10"), BudgetPeriod::Total).expect("b"))
+        .await
+        .expect("set");
+    ledger
+        .set_budget(&Budget::new(org.clone(), d("1"), BudgetPeriod::Monthly).expect("b"))
+        .await
+        .expect("set");
+    let both = [
+        key.clone(),
+        org.clone(),
+        BudgetScope::Owner("no-budget".into()),
+    ];
+    let ok = ledger
+        .reserve(&both, d("0.6"), t0(), Duration::minutes(1))
+        .await
+        .expect("reserve");
+    assert_eq!(ok.scopes, [key.clone(), org.clone()]);
+    match ledger
+        .reserve(&both, d("0.5"), t0(), Duration::minutes(1))
+        .await
+    {
+        Err(Error::BudgetExceeded {
+            scope,
+            limit,
+            spent,
+            reserved,
+        }) => {
+            assert_eq!(
+                (scope.as_str(), limit, spent, reserved),
+                ("org:acme", d("1"), Decimal::ZERO, d("0.6"))
+            );
+        }
+        other => panic!("expected BudgetExceeded, got {other:?}"),
+    }
+    // The key budget was not touched by the refused reservation.
+    let s = ledger
+        .budget_status(&key, t0())
+        .await
+        .expect("status")
+        .expect("budget");
+    assert_eq!(s.reserved, d("0.6"));
+    // Exactly up to the limit is allowed.
+    ledger
+        .reserve(&both, d("0.4"), t0(), Duration::minutes(1))
+        .await
+        .expect("fits exactly");
+    assert!(
+        ledger
+            .reserve(&both, d("0.000001"), t0(), Duration::minutes(1))
+            .await
+            .is_err()
+    );
+}
+
+/// Settle swaps the reservation for the actual cost; release frees it.
+pub async fn settle_and_release(ledger: Arc<dyn Ledger>) {
+    let alice = BudgetScope::Owner("alice".into());
+    ledger
+        .set_budget(&Budget::new(alice.clone(), d("1"), BudgetPeriod::Monthly).expect("b"))
+        .await
+        .expect("set");
+    let hold = ledger
+        .reserve(
+            std::slice::from_ref(&alice),
+            d("0.9"),
+            t0(),
+            Duration::minutes(5),
+        )
+        .await
+        .expect("reserve");
+    let recorded = ledger
+        .settle(&hold.id, &event("r1", "alice", "0.35", t0()), t0())
+        .await
+        .expect("settle");
+    assert!(!recorded.duplicate);
+    let s = ledger
+        .budget_status(&alice, t0())
+        .await
+        .expect("status")
+        .expect("budget");
+    assert_eq!((s.spent, s.reserved), (d("0.35"), Decimal::ZERO));
+    // Settling again (a retry) counts once.
+    assert!(
+        ledger
+            .settle(&hold.id, &event("r1", "alice", "0.35", t0()), t0())
+            .await
+            .expect("settle")
+            .duplicate
+    );
+    let hold = ledger
+        .reserve(
+            std::slice::from_ref(&alice),
+            d("0.65"),
+            t0(),
+            Duration::minutes(5),
+        )
+        .await
+        .expect("reserve");
+    assert!(ledger.release(&hold.id).await.expect("release"));
+    assert!(!ledger.release(&hold.id).await.expect("release again"));
+    let s = ledger
+        .budget_status(&alice, t0())
+        .await
+        .expect("status")
+        .expect("budget");
+    assert_eq!(
+        (s.spent, s.reserved, s.remaining),
+        (d("0.35"), Decimal::ZERO, d("0.65"))
+    );
+}
+
+/// An abandoned reservation stops counting at its deadline.
+pub async fn reservations_expire(ledger: Arc<dyn Ledger>) {
+    let alice = BudgetScope::Owner("alice".into());
+    ledger
+        .set_budget(&Budget::new(alice.clone(), d("1"), BudgetPeriod::Monthly).expect("b"))
+        .await
+        .expect("set");
+    ledger
+        .reserve(
+            std::slice::from_ref(&alice),
+            d("1"),
+            t0(),
+            Duration::seconds(30),
+        )
+        .await
+        .expect("reserve");
+    assert!(
+        ledger
+            .reserve(
+                std::slice::from_ref(&alice),
+                d("0.01"),
+                t0() + Duration::seconds(29),
+                Duration::seconds(30)
+            )
+            .await
+            .is_err()
+    );
+    let later = t0() + Duration::seconds(30);
+    assert_eq!(
+        ledger
+            .budget_status(&alice, later)
+            .await
+            .expect("status")
+            .expect("b")
+            .reserved,
+        Decimal::ZERO
+    );
+    ledger
+        .reserve(
+            std::slice::from_ref(&alice),
+            d("1"),
+            later,
+            Duration::seconds(30),
+        )
+        .await
+        .expect("room again");
+}
+
+/// 64 concurrent tasks reserving and settling never take spend plus reservations past the limit.
+pub async fn concurrent_reservations_never_overshoot(ledger: Arc<dyn Ledger>) {
+    let alice = BudgetScope::Owner("alice".into());
+    let limit = d("1.00");
+    ledger
+        .set_budget(&Budget::new(alice.clone(), limit, BudgetPeriod::Monthly).expect("b"))
+        .await
+        .expect("set");
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..64u32 {
+        let ledger = ledger.clone();
+        let alice = alice.clone();
+        tasks.spawn(async move {
+            let mut admitted = 0u32;
+            for round in 0..3u32 {
+                // Worst case 0.05; actual cost a little less, varying.
+                match ledger
+                    .reserve(
+                        std::slice::from_ref(&alice),
+                        d("0.05"),
+                        t0(),
+                        Duration::minutes(5),
+                    )
+                    .await
+                {
+                    Ok(hold) => {
+                        let status = ledger
+                            .budget_status(&alice, t0())
+                            .await
+                            .expect("status")
+                            .expect("budget");
+                        assert!(
+                            status.spent + status.reserved <= status.limit,
+                            "overshoot: {status:?}"
+                        );
+                        let actual = Decimal::new(i64::from(30 + (i + round) % 20), 3);
+                        let req = format!("req-{i}-{round}");
+                        ledger
+                            .settle(
+                                &hold.id,
+                                &event(&req, "alice", &actual.to_string(), t0()),
+                                t0(),
+                            )
+                            .await
+                            .expect("settle");
+                        admitted += 1;
+                    }
+                    Err(Error::BudgetExceeded { .. }) => {}
+                    Err(e) => panic!("{e}"),
+                }
+                tokio::task::yield_now().await;
+            }
+            admitted
+        });
+    }
+    let mut admitted = 0;
+    while let Some(r) = tasks.join_next().await {
+        admitted += r.expect("task");
+    }
+    let s = ledger
+        .budget_status(&alice, t0())
+        .await
+        .expect("status")
+        .expect("budget");
+    assert!(s.spent <= limit, "spent {} over {limit}", s.spent);
+    assert_eq!(s.reserved, Decimal::ZERO);
+    let events = ledger
+        .events(&EventFilter::default())
+        .await
+        .expect("events");
+    assert_eq!(events.len() as u32, admitted);
+    assert_eq!(events.iter().map(|e| e.cost).sum::<Decimal>(), s.spent);
+    assert!(
+        admitted >= 20,
+        "only {admitted} admitted: the limit should allow at least 20 reservations of 0.05"
+    );
+}
+
+/// Setting a budget counts spend already recorded in its period (and re-counts on a change of period).
+pub async fn set_budget_counts_past_events(ledger: Arc<dyn Ledger>) {
+    ledger
+        .record(&event("r1", "alice", "0.4", t0() - Duration::days(20)))
+        .await
+        .expect("record");
+    ledger
+        .record(&event("r2", "alice", "0.1", t0()))
+        .await
+        .expect("record");
+    let alice = BudgetScope::Owner("alice".into());
+    ledger
+        .set_budget(&Budget::new(alice.clone(), d("1"), BudgetPeriod::Monthly).expect("b"))
+        .await
+        .expect("set");
+    assert_eq!(
+        ledger
+            .budget_status(&alice, t0())
+            .await
+            .expect("s")
+            .expect("b")
+            .spent,
+        d("0.1")
+    );
+    ledger
+        .set_budget(&Budget::new(alice.clone(), d("1"), BudgetPeriod::Total).expect("b"))
+        .await
+        .expect("set");
+    assert_eq!(
+        ledger
+            .budget_status(&alice, t0())
+            .await
+            .expect("s")
+            .expect("b")
+            .spent,
+        d("0.5")
+    );
+    ledger
+        .record(&event("r3", "alice", "0.25", t0()))
+        .await
+        .expect("record");
+    assert_eq!(
+        ledger
+            .budget_status(&alice, t0())
+            .await
+            .expect("s")
+            .expect("b")
+            .spent,
+        d("0.75")
+    );
+}

@@ -1,0 +1,89 @@
+//! The conformance suite every backend passes (feature `test-suite`). Public, so third-party backends can run
+//! it too:
+//!
+//! ```ignore
+//! // in tests/my_store.rs; needs tokio (macros, rt-multi-thread) as a dev-dependency
+//! keymeter::key_store_conformance!(std::sync::Arc::new(MyStore::connect().await));
+//! ```
+//!
+//! Each check is also a public async function in [`keys`], taking the store as `Arc<dyn KeyStore>`, and panics
+//! with a message on failure.
+
+/// Generates one `#[tokio::test]` per [`keys`] check; `$make` is an expression (it may `.await`) giving a fresh
+/// `Arc<dyn KeyStore>` (or a type that coerces to it) for each test.
+#[macro_export]
+macro_rules! key_store_conformance {
+    ($make:expr) => {
+        $crate::__key_store_tests!($make;
+            create_and_get, duplicate_id, digest_lookup, hint_bound, list_filters, revoke, revoke_org,
+            disable_enable, replace_hash, record_use, concurrent_create);
+    };
+}
+
+/// Generates one `#[tokio::test]` per [`credentials`] check; `$make` gives a fresh
+/// `Arc<dyn CredentialStore>`.
+#[macro_export]
+macro_rules! credential_store_conformance {
+    ($make:expr) => {
+        $crate::__credential_store_tests!($make;
+            put_get_replace, scopes_are_separate, delete_and_delete_all, providers_and_list, compare_and_swap,
+            concurrent_puts);
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __credential_store_tests {
+    ($make:expr; $($name:ident),*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let store: ::std::sync::Arc<dyn $crate::credentials::CredentialStore> = $make;
+                $crate::conformance::credentials::$name(store).await;
+            }
+        )*
+    };
+}
+
+/// Generates one `#[tokio::test]` per [`ledger`] check; `$make` gives a fresh `Arc<dyn Ledger>`.
+#[macro_export]
+macro_rules! ledger_conformance {
+    ($make:expr) => {
+        $crate::__ledger_tests!($make;
+            record_once, events_and_reports, budget_status_and_soft_limit, reserve_all_or_none,
+            settle_and_release, reservations_expire, concurrent_reservations_never_overshoot,
+            set_budget_counts_past_events);
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __ledger_tests {
+    ($make:expr; $($name:ident),*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let ledger: ::std::sync::Arc<dyn $crate::ledger::Ledger> = $make;
+                $crate::conformance::ledger::$name(ledger).await;
+            }
+        )*
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __key_store_tests {
+    ($make:expr; $($name:ident),*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let store: ::std::sync::Arc<dyn $crate::keys::KeyStore> = $make;
+                $crate::conformance::keys::$name(store).await;
+            }
+        )*
+    };
+}
+
+pub mod credentials;
+pub mod keys;
+pub mod ledger;

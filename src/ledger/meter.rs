@@ -1,0 +1,410 @@
+//! The [`Meter`]: what a gateway calls around one provider request. It knows the budget scopes of the caller's
+//! key (key, owner, org), prices the worst case from the catalog and reserves it, then prices the provider's own
+//! usage object and settles, each in one call. Time and ids come from the clock and random source it was built
+//! with.
+//!
+//! ```
+//! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+//! use std::sync::Arc;
+//! use keymeter::ledger::{Budget, BudgetPeriod, BudgetScope, Ledger, Meter, MeteredRequest, Payer};
+//! use keymeter::pricing::{PriceCatalog, Usage, UsageFormat};
+//! use keymeter::store::MemoryStore;
+//! use rust_decimal::Decimal;
+//!
+//! let store = Arc::new(MemoryStore::new());
+//! store.set_budget(&Budget::new(BudgetScope::Owner("alice".into()), Decimal::new(5, 0), BudgetPeriod::Monthly)?).await?;
+//! let meter = Meter::new(store.clone(), Arc::new(PriceCatalog::bundled()));
+//!
+//! let request = MeteredRequest::new(Payer::owner("alice").org("acme"), "claude-sonnet-4-5").request_id("msg_01");
+//! let hold = meter.reserve(request, &Usage { input: 2_000, output: 1_024, ..Usage::default() }).await?;
+//! let body = r#"{"usage": {"input_tokens": 1500, "output_tokens": 300}}"#;
+//! let metered = meter.settle(hold, (UsageFormat::Anthropic, body)).await?;
+//! assert_eq!(metered.cost.total, Decimal::new(9, 3)); // 1500 × $3/M + 300 × $15/M
+//! assert!(!metered.duplicate);
+//! # Ok::<(), keymeter::Error>(()) }).unwrap();
+//! ```
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, Utc};
+use rust_decimal::Decimal;
+
+use crate::clock::{Clock, SystemClock};
+use crate::credentials::CredentialSource;
+use crate::error::Result;
+use crate::keys::KeyRecord;
+use crate::ledger::{BudgetScope, Ledger, Reservation, UsageEvent};
+use crate::pricing::normalize::normalize;
+use crate::pricing::{Cost, PriceCatalog, ServiceTier, Usage, UsageFormat};
+use crate::random::{OsRandom, RandomSource};
+
+/// Who pays for a request: the key, owner and org whose budgets it counts against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Payer {
+    /// The inbound key, if the request came with one.
+    pub key_id: Option<String>,
+    /// The owner (user).
+    pub owner: String,
+    /// The organisation, if any.
+    pub org: Option<String>,
+}
+
+impl Payer {
+    /// An owner with no key and no org.
+    pub fn owner(owner: impl Into<String>) -> Self {
+        Payer {
+            key_id: None,
+            owner: owner.into(),
+            org: None,
+        }
+    }
+
+    /// Sets the key.
+    #[must_use]
+    pub fn key(mut self, key_id: impl Into<String>) -> Self {
+        self.key_id = Some(key_id.into());
+        self
+    }
+
+    /// Sets the organisation.
+    #[must_use]
+    pub fn org(mut self, org: impl Into<String>) -> Self {
+        self.org = Some(org.into());
+        self
+    }
+
+    /// The budget scopes this payer's spend counts against: key, owner, org (those present).
+    pub fn scopes(&self) -> Vec<BudgetScope> {
+        let mut out = Vec::with_capacity(3);
+        if let Some(k) = &self.key_id {
+            out.push(BudgetScope::Key(k.clone()));
+        }
+        out.push(BudgetScope::Owner(self.owner.clone()));
+        if let Some(o) = &self.org {
+            out.push(BudgetScope::Org(o.clone()));
+        }
+        out
+    }
+}
+
+/// The key's id, owner and org.
+impl From<&KeyRecord> for Payer {
+    fn from(key: &KeyRecord) -> Self {
+        Payer {
+            key_id: Some(key.id.clone()),
+            owner: key.owner.clone(),
+            org: key.org.clone(),
+        }
+    }
+}
+
+/// One request to meter: who pays, which model, and what the ledger should remember of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MeteredRequest {
+    payer: Payer,
+    model: String,
+    request_id: Option<String>,
+    tier: ServiceTier,
+    credential_source: Option<CredentialSource>,
+    at: Option<DateTime<Utc>>,
+}
+
+impl MeteredRequest {
+    /// A request by `payer` to `model` (a catalog id, alias or `provider/id`), at the standard tier.
+    pub fn new(payer: impl Into<Payer>, model: impl Into<String>) -> Self {
+        MeteredRequest {
+            payer: payer.into(),
+            model: model.into(),
+            request_id: None,
+            tier: ServiceTier::Standard,
+            credential_source: None,
+            at: None,
+        }
+    }
+
+    /// The idempotency key: the same request id is recorded once however often it is settled or sent (default:
+    /// a fresh random one).
+    #[must_use]
+    pub fn request_id(mut self, id: impl Into<String>) -> Self {
+        self.request_id = Some(id.into());
+        self
+    }
+
+    /// The service tier priced (default standard).
+    #[must_use]
+    pub fn tier(mut self, tier: ServiceTier) -> Self {
+        self.tier = tier;
+        self
+    }
+
+    /// Whose provider key paid (recorded with the event).
+    #[must_use]
+    pub fn credential_source(mut self, source: CredentialSource) -> Self {
+        self.credential_source = Some(source);
+        self
+    }
+
+    /// When the request happened (default: the meter's clock at settle or record time). Prices are those in
+    /// force then.
+    #[must_use]
+    pub fn at(mut self, at: DateTime<Utc>) -> Self {
+        self.at = Some(at);
+        self
+    }
+
+    /// Who pays.
+    pub fn payer(&self) -> &Payer {
+        &self.payer
+    }
+}
+
+/// A usage as a provider reported it, or already canonical.
+#[derive(Debug, Clone, Copy)]
+pub enum ReportedUsage<'a> {
+    /// A provider's usage object (or a whole response holding one), normalised inside.
+    Provider(UsageFormat, &'a str),
+    /// Canonical, disjoint classes.
+    Canonical(Usage),
+}
+
+impl<'a> From<(UsageFormat, &'a str)> for ReportedUsage<'a> {
+    fn from((format, text): (UsageFormat, &'a str)) -> Self {
+        ReportedUsage::Provider(format, text)
+    }
+}
+
+impl From<Usage> for ReportedUsage<'_> {
+    fn from(usage: Usage) -> Self {
+        ReportedUsage::Canonical(usage)
+    }
+}
+
+impl ReportedUsage<'_> {
+    fn canonical(self) -> Result<Usage> {
+        match self {
+            ReportedUsage::Provider(format, text) => normalize(format, text),
+            ReportedUsage::Canonical(usage) => Ok(usage),
+        }
+    }
+}
+
+/// A reservation held for a request in flight: settle it with [`Meter::settle`] or give it back with
+/// [`Meter::release`]; abandoned, it expires.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hold {
+    request: MeteredRequest,
+    request_id: String,
+    reservation: Reservation,
+}
+
+impl Hold {
+    /// The reservation (its id, amount, expiry and the budgets it holds).
+    pub fn reservation(&self) -> &Reservation {
+        &self.reservation
+    }
+
+    /// The amount reserved: the worst case's price.
+    pub fn amount(&self) -> Decimal {
+        self.reservation.amount
+    }
+
+    /// The request's idempotency key.
+    pub fn request_id(&self) -> &str {
+        &self.request_id
+    }
+
+    /// Sets whose provider key paid, once it is known (after the reservation, before the settle).
+    #[must_use]
+    pub fn credential_source(mut self, source: CredentialSource) -> Self {
+        self.request.credential_source = Some(source);
+        self
+    }
+}
+
+/// What a settle or record did: the cost, the usage priced and the event recorded (once).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Metered {
+    /// The exact cost, line by line.
+    pub cost: Cost,
+    /// The canonical usage priced.
+    pub usage: Usage,
+    /// The event's id (the first one's, for a duplicate).
+    pub event_id: String,
+    /// The request id recorded.
+    pub request_id: String,
+    /// Whether the request id was already recorded (nothing was added).
+    pub duplicate: bool,
+}
+
+/// Prices, reserves and records requests against a [`Ledger`] and a [`PriceCatalog`].
+#[derive(Debug, Clone)]
+pub struct Meter {
+    ledger: Arc<dyn Ledger>,
+    catalog: Arc<PriceCatalog>,
+    clock: Arc<dyn Clock>,
+    random: Arc<dyn RandomSource>,
+    hold_ttl: Duration,
+}
+
+impl Meter {
+    /// A meter on `ledger` pricing from `catalog`, with the system clock, the OS random source and holds that
+    /// expire after 10 minutes.
+    pub fn new(ledger: Arc<dyn Ledger>, catalog: Arc<PriceCatalog>) -> Self {
+        Meter {
+            ledger,
+            catalog,
+            clock: Arc::new(SystemClock),
+            random: Arc::new(OsRandom),
+            hold_ttl: Duration::minutes(10),
+        }
+    }
+
+    /// Injects the clock.
+    #[must_use]
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Injects the random source of event and request ids.
+    #[must_use]
+    pub fn with_random(mut self, random: Arc<dyn RandomSource>) -> Self {
+        self.random = random;
+        self
+    }
+
+    /// How long an unsettled hold keeps its reservation (default 10 minutes).
+    #[must_use]
+    pub fn with_hold_ttl(mut self, ttl: Duration) -> Self {
+        self.hold_ttl = ttl;
+        self
+    }
+
+    /// The catalog.
+    pub fn catalog(&self) -> &PriceCatalog {
+        &self.catalog
+    }
+
+    /// The ledger.
+    pub fn ledger(&self) -> &Arc<dyn Ledger> {
+        &self.ledger
+    }
+
+    /// Prices `worst` (the most the request can use: its prompt as fresh input plus its output cap) and reserves
+    /// that amount against every budget of the payer, all or none.
+    ///
+    /// # Errors
+    /// [`crate::Error::BudgetExceeded`] when a budget has no room (nothing is reserved); pricing errors
+    /// ([`crate::Error::UnknownModel`] and the like); backend failures.
+    pub async fn reserve(&self, request: MeteredRequest, worst: &Usage) -> Result<Hold> {
+        let now = self.clock.now();
+        let cost = self.catalog.cost(
+            &request.model,
+            worst,
+            request.at.unwrap_or(now),
+            request.tier,
+        )?;
+        let request_id = self.request_id(&request)?;
+        let reservation = self
+            .ledger
+            .reserve(&request.payer.scopes(), cost.total, now, self.hold_ttl)
+            .await?;
+        Ok(Hold {
+            request,
+            request_id,
+            reservation,
+        })
+    }
+
+    /// Prices what the provider reported and settles the hold: the reservation ends and the event is recorded
+    /// once, in one step. The actual cost is recorded even above the reservation (it was spent).
+    ///
+    /// # Errors
+    /// A usage that does not parse or contradicts itself, pricing errors, backend failures. The hold is not
+    /// released on an error: release it, or let it expire.
+    pub async fn settle<'a>(
+        &self,
+        hold: Hold,
+        usage: impl Into<ReportedUsage<'a>>,
+    ) -> Result<Metered> {
+        let (event, cost) = self.event(&hold.request, &hold.request_id, usage.into())?;
+        let recorded = self
+            .ledger
+            .settle(&hold.reservation.id, &event, self.clock.now())
+            .await?;
+        Ok(Metered {
+            cost,
+            usage: event.usage,
+            event_id: recorded.event_id,
+            request_id: event.request_id,
+            duplicate: recorded.duplicate,
+        })
+    }
+
+    /// Gives a hold's reservation back (the request failed before anything was spent); returns whether it was
+    /// still held.
+    ///
+    /// # Errors
+    /// Backend failures.
+    pub async fn release(&self, hold: Hold) -> Result<bool> {
+        self.ledger.release(&hold.reservation.id).await
+    }
+
+    /// Prices and records a request that had no reservation (usage reported after the fact, as by an SDK).
+    ///
+    /// # Errors
+    /// As [`Meter::settle`].
+    pub async fn record<'a>(
+        &self,
+        request: MeteredRequest,
+        usage: impl Into<ReportedUsage<'a>>,
+    ) -> Result<Metered> {
+        let request_id = self.request_id(&request)?;
+        let (event, cost) = self.event(&request, &request_id, usage.into())?;
+        let recorded = self.ledger.record(&event).await?;
+        Ok(Metered {
+            cost,
+            usage: event.usage,
+            event_id: recorded.event_id,
+            request_id: event.request_id,
+            duplicate: recorded.duplicate,
+        })
+    }
+
+    fn request_id(&self, request: &MeteredRequest) -> Result<String> {
+        match &request.request_id {
+            Some(id) => Ok(id.clone()),
+            None => Ok(format!(
+                "req_{}",
+                crate::ledger::event::random_id(self.random.as_ref())?
+            )),
+        }
+    }
+
+    fn event(
+        &self,
+        request: &MeteredRequest,
+        request_id: &str,
+        usage: ReportedUsage<'_>,
+    ) -> Result<(UsageEvent, Cost)> {
+        let usage = usage.canonical()?;
+        let at = request.at.unwrap_or_else(|| self.clock.now());
+        let cost = self
+            .catalog
+            .cost(&request.model, &usage, at, request.tier)?;
+        let mut event = UsageEvent::new(
+            Some(request_id),
+            at,
+            &request.payer.owner,
+            &cost.provider,
+            &cost.model,
+            usage,
+            cost.total,
+            self.random.as_ref(),
+        )?;
+        event.key_id = request.payer.key_id.clone();
+        event.org = request.payer.org.clone();
+        event.credential_source = request.credential_source;
+        Ok((event, cost))
+    }
+}

@@ -1,0 +1,254 @@
+//! [`KeyStore`] on SQLite.
+
+use std::str::FromStr;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::Row;
+use sqlx::sqlite::SqliteRow;
+
+use super::{SqliteStore, corrupt, db, from_micros, micros};
+use crate::error::{Error, Result};
+use crate::keys::{
+    KeyEnv, KeyFilter, KeyHash, KeyLookup, KeyRecord, KeyStore, MAX_KEYS_PER_HINT, Scope,
+};
+
+impl SqliteStore {
+    /// The key record matching `condition` (with one parameter, `value`), if any.
+    async fn one_record(&self, condition: &str, value: &str) -> Result<Option<Arc<KeyRecord>>> {
+        let sql = format!("SELECT {COLUMNS} FROM keymeter_api_keys WHERE {condition}");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(value)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
+        row.as_ref()
+            .map(row_to_record)
+            .transpose()
+            .map(|r| r.map(Arc::new))
+    }
+}
+
+fn row_to_record(row: &SqliteRow) -> Result<KeyRecord> {
+    let get_s = |c: &str| row.try_get::<String, _>(c).map_err(db);
+    let scopes: Vec<String> =
+        serde_json::from_str(&get_s("scopes")?).map_err(|_| corrupt("scope list"))?;
+    let scopes = scopes
+        .iter()
+        .map(|s| Scope::new(s))
+        .collect::<Result<Vec<_>>>()
+        .map_err(|_| corrupt("scope"))?;
+    let allowed_ips: Vec<ipnet::IpNet> =
+        serde_json::from_str(&get_s("allowed_ips")?).map_err(|_| corrupt("network list"))?;
+    let rate_limit = row
+        .try_get::<Option<String>, _>("rate_limit")
+        .map_err(db)?
+        .map(|s| s.parse())
+        .transpose()
+        .map_err(|_| corrupt("rate limit"))?;
+    let lookup = KeyLookup::from_parts(
+        &get_s("lookup_kind")?,
+        row.try_get::<Option<String>, _>("lookup_value")
+            .map_err(db)?,
+    )
+    .map_err(|_| corrupt("lookup"))?;
+    Ok(KeyRecord {
+        id: get_s("id")?,
+        name: get_s("name")?,
+        owner: get_s("owner")?,
+        org: row.try_get("org").map_err(db)?,
+        env: KeyEnv::from_str(&get_s("env")?).map_err(|_| corrupt("environment"))?,
+        scopes,
+        hash: KeyHash::from_str(&get_s("hash")?).map_err(|_| corrupt("hash"))?,
+        lookup,
+        hint: get_s("hint")?,
+        created_at: from_micros(Some(row.try_get("created_at").map_err(db)?))?
+            .ok_or_else(|| corrupt("timestamp"))?,
+        expires_at: from_micros(row.try_get("expires_at").map_err(db)?)?,
+        last_used_at: from_micros(row.try_get("last_used_at").map_err(db)?)?,
+        disabled: row.try_get::<bool, _>("disabled").map_err(db)?,
+        revoked_at: from_micros(row.try_get("revoked_at").map_err(db)?)?,
+        allowed_ips,
+        rate_limit,
+        metadata: serde_json::from_str(&get_s("metadata")?).map_err(|_| corrupt("metadata"))?,
+    })
+}
+
+async fn count(tx: &mut super::Tx, sql: &'static str, value: &str) -> Result<i64> {
+    sqlx::query_scalar::<_, i64>(sql)
+        .bind(value)
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(db)
+}
+
+const COLUMNS: &str = "id, name, owner, org, env, scopes, hash, lookup_kind, lookup_value, hint, created_at, \
+                       expires_at, last_used_at, disabled, revoked_at, allowed_ips, rate_limit, metadata";
+
+#[async_trait]
+impl KeyStore for SqliteStore {
+    async fn create(&self, r: &KeyRecord) -> Result<()> {
+        let scopes = serde_json::to_string(&r.scopes)
+            .map_err(|e| Error::invalid("scopes", e.to_string()))?;
+        let nets = serde_json::to_string(&r.allowed_ips)
+            .map_err(|e| Error::invalid("ip networks", e.to_string()))?;
+        // One write transaction: the uniqueness and hint checks and the insert cannot interleave with another
+        // writer, and each refusal is told by its own query, never by reading an error's text.
+        immediate!(self, tx => {
+            async {
+                if count(tx, "SELECT COUNT(*) FROM keymeter_api_keys WHERE id = ?1", &r.id).await? > 0 {
+                    return Err(Error::AlreadyExists { what: "key", id: r.id.clone() });
+                }
+                match &r.lookup {
+                    KeyLookup::Id => {}
+                    KeyLookup::Digest(d) => {
+                        let sql = "SELECT COUNT(*) FROM keymeter_api_keys WHERE lookup_kind = 'digest' AND lookup_value = ?1";
+                        if count(tx, sql, d).await? > 0 {
+                            return Err(Error::AlreadyExists { what: "key digest", id: d.clone() });
+                        }
+                    }
+                    KeyLookup::Hint(h) => {
+                        let sql = "SELECT COUNT(*) FROM keymeter_api_keys WHERE lookup_kind = 'hint' AND lookup_value = ?1";
+                        if count(tx, sql, h).await? >= MAX_KEYS_PER_HINT as i64 {
+                            return Err(Error::HintFull { hint: h.clone(), max: MAX_KEYS_PER_HINT });
+                        }
+                    }
+                }
+                sqlx::query(
+                    "INSERT INTO keymeter_api_keys (id, name, owner, org, env, scopes, hash, lookup_kind, lookup_value, \
+                     hint, created_at, expires_at, last_used_at, disabled, revoked_at, allowed_ips, rate_limit, metadata) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
+                )
+                .bind(&r.id)
+                .bind(&r.name)
+                .bind(&r.owner)
+                .bind(&r.org)
+                .bind(r.env.as_str())
+                .bind(&scopes)
+                .bind(r.hash.as_str())
+                .bind(r.lookup.kind())
+                .bind(r.lookup.value())
+                .bind(&r.hint)
+                .bind(micros(r.created_at))
+                .bind(r.expires_at.map(micros))
+                .bind(r.last_used_at.map(micros))
+                .bind(r.disabled)
+                .bind(r.revoked_at.map(micros))
+                .bind(&nets)
+                .bind(r.rate_limit.map(|l| l.to_string()))
+                .bind(r.metadata.to_string())
+                .execute(&mut **tx)
+                .await
+                .map_err(db)?;
+                Ok(())
+            }
+            .await
+        })
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<Arc<KeyRecord>>> {
+        self.one_record("id = ?1", id).await
+    }
+
+    async fn find_by_digest(&self, digest: &str) -> Result<Option<Arc<KeyRecord>>> {
+        self.one_record("lookup_kind = 'digest' AND lookup_value = ?1", digest)
+            .await
+    }
+
+    async fn find_by_hint(&self, hint: &str) -> Result<Vec<Arc<KeyRecord>>> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM keymeter_api_keys WHERE lookup_kind = 'hint' AND lookup_value = ?1 \
+             ORDER BY created_at, id LIMIT ?2"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(hint)
+            .bind(MAX_KEYS_PER_HINT as i64)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        rows.iter()
+            .map(|r| row_to_record(r).map(Arc::new))
+            .collect()
+    }
+
+    async fn list(&self, filter: &KeyFilter) -> Result<Vec<KeyRecord>> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM keymeter_api_keys WHERE (?1 IS NULL OR owner = ?1) AND (?2 IS NULL OR org = ?2) \
+             ORDER BY created_at, id"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(&filter.owner)
+            .bind(&filter.org)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        rows.iter().map(row_to_record).collect()
+    }
+
+    async fn revoke(&self, id: &str, at: DateTime<Utc>) -> Result<()> {
+        let done = sqlx::query(
+            "UPDATE keymeter_api_keys SET revoked_at = COALESCE(revoked_at, ?1) WHERE id = ?2",
+        )
+        .bind(micros(at))
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        if done.rows_affected() == 0 {
+            return Err(Error::key_not_found(id));
+        }
+        Ok(())
+    }
+
+    async fn revoke_org(&self, org: &str, at: DateTime<Utc>) -> Result<Vec<String>> {
+        let rows = sqlx::query(
+            "UPDATE keymeter_api_keys SET revoked_at = ?1 WHERE org = ?2 AND revoked_at IS NULL RETURNING id",
+        )
+        .bind(micros(at))
+        .bind(org)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        rows.iter()
+            .map(|r| r.try_get::<String, _>("id").map_err(db))
+            .collect()
+    }
+
+    async fn set_disabled(&self, id: &str, disabled: bool) -> Result<()> {
+        let done = sqlx::query("UPDATE keymeter_api_keys SET disabled = ?1 WHERE id = ?2")
+            .bind(disabled)
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        if done.rows_affected() == 0 {
+            return Err(Error::key_not_found(id));
+        }
+        Ok(())
+    }
+
+    async fn replace_hash(&self, id: &str, old: &KeyHash, new: &KeyHash) -> Result<bool> {
+        let done =
+            sqlx::query("UPDATE keymeter_api_keys SET hash = ?1 WHERE id = ?2 AND hash = ?3")
+                .bind(new.as_str())
+                .bind(id)
+                .bind(old.as_str())
+                .execute(&self.pool)
+                .await
+                .map_err(db)?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn record_use(&self, id: &str, at: DateTime<Utc>) -> Result<()> {
+        sqlx::query(
+            "UPDATE keymeter_api_keys SET last_used_at = ?1 WHERE id = ?2 AND (last_used_at IS NULL OR last_used_at < ?1)",
+        )
+        .bind(micros(at))
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+}

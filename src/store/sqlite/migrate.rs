@@ -1,0 +1,107 @@
+//! keymeter's own migration runner for SQLite.
+//!
+//! The migrations are embedded; `keymeter_migrations` records which ran, with a checksum of each. The whole run
+//! is one `BEGIN IMMEDIATE` transaction (SQLite's DDL is transactional), so processes starting together on a new
+//! database serialise on the write lock: the first applies everything, the others find it done. sqlx's own
+//! migrator is not used: it would share the application's `_sqlx_migrations` table, and on SQLite it takes no
+//! lock.
+
+use sha2::{Digest, Sha256};
+use sqlx::Row;
+use sqlx::sqlite::SqlitePool;
+
+use super::{SqliteError, db, is_busy};
+use crate::error::Result;
+
+/// keymeter's SQLite migrations: version, name, SQL. Append only; never edit one that shipped.
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "api_keys",
+        include_str!("../../../migrations/sqlite/0001_api_keys.sql"),
+    ),
+    (
+        2,
+        "credentials",
+        include_str!("../../../migrations/sqlite/0002_credentials.sql"),
+    ),
+    (
+        3,
+        "ledger",
+        include_str!("../../../migrations/sqlite/0003_ledger.sql"),
+    ),
+];
+
+fn checksum(sql: &str) -> String {
+    Sha256::digest(sql.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Brings keymeter's tables in the database behind `pool` up to date. Safe to call from many processes at once,
+/// and on a database that also holds the application's own tables and sqlx migrations.
+///
+/// # Errors
+/// [`crate::Error::Store`] when the database cannot be written, a migration that already ran was changed, or the
+/// database was migrated by a newer keymeter.
+pub async fn migrate(pool: &SqlitePool) -> Result<()> {
+    let mut attempt = 0u32;
+    loop {
+        match migrate_once(pool).await {
+            // The busy timeout covers most waits; a lock upgrade that SQLite refuses outright is retried.
+            Err(e) if is_busy(&e) && attempt < 50 => {
+                attempt += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(10 * u64::from(attempt))).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn migrate_once(pool: &SqlitePool) -> Result<()> {
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(db)?;
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS keymeter_migrations (version INTEGER PRIMARY KEY NOT NULL, \
+         name TEXT NOT NULL, checksum TEXT NOT NULL, applied_at TEXT NOT NULL DEFAULT (datetime('now')))",
+    )
+    .execute(&mut *tx)
+    .await
+    .map_err(db)?;
+    let applied = sqlx::query("SELECT version, checksum FROM keymeter_migrations ORDER BY version")
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db)?;
+    let mut done = Vec::with_capacity(applied.len());
+    for row in &applied {
+        let version: i64 = row.try_get("version").map_err(db)?;
+        let sum: String = row.try_get("checksum").map_err(db)?;
+        match MIGRATIONS.iter().find(|(v, ..)| *v == version) {
+            None => return Err(SqliteError::MigrationUnknown { version }.into()),
+            Some((_, _, sql)) if checksum(sql) != sum => {
+                return Err(SqliteError::MigrationChanged { version }.into());
+            }
+            Some(_) => done.push(version),
+        }
+    }
+    for (version, name, sql) in MIGRATIONS {
+        if done.contains(version) {
+            continue;
+        }
+        sqlx::raw_sql(sqlx::AssertSqlSafe(*sql))
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        sqlx::query(
+            "INSERT INTO keymeter_migrations (version, name, checksum) VALUES (?1, ?2, ?3)",
+        )
+        .bind(version)
+        .bind(name)
+        .bind(checksum(sql))
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+    }
+    tx.commit().await.map_err(db)?;
+    Ok(())
+}
