@@ -1,10 +1,12 @@
 #![doc = include_str!("../README.md")]
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs)]
 
 pub mod clock;
 pub mod config;
 #[cfg(feature = "test-suite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "test-suite")))]
 pub mod conformance;
 pub mod credentials;
 pub mod env;
@@ -16,6 +18,7 @@ pub mod pricing;
 pub mod random;
 pub mod secret;
 pub mod store;
+pub mod validate;
 
 pub use config::Config;
 pub use error::{Error, Result};

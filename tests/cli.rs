@@ -940,3 +940,32 @@ fn fifty_concurrent_record_processes_all_land() {
         .sum();
     assert_eq!(events, 50);
 }
+
+#[test]
+fn a_hundred_processes_starting_on_a_new_database_all_succeed() {
+    let cli = Cli::new();
+    let db = format!("sqlite://{}", cli.dir.path().join("fresh.db").display());
+    let children: Vec<_> = (0..100)
+        .map(|_| {
+            Command::new(env!("CARGO_BIN_EXE_keymeter"))
+                .current_dir(cli.dir.path())
+                .env("KEYMETER_ENV", "development")
+                .env_remove("KEYMETER_STORE")
+                .args(["--store", &db, "--json", "keys", "list"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["keys"], serde_json::json!([]));
+    }
+}

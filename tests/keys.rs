@@ -49,14 +49,11 @@ fn fixture_with(peppers: Vec<Pepper>, config: VerifierConfig) -> Fixture {
     let issuer = KeyIssuer::new(store.clone(), hasher.clone())
         .with_clock(clock.clone())
         .with_random(Arc::new(SeededRandom::new(1)));
-    let verifier = Verifier::with_clock(
-        store.clone(),
-        hasher.clone(),
-        config,
-        clock.clone(),
-        &SeededRandom::new(2),
-    )
-    .unwrap();
+    let verifier = Verifier::new(store.clone(), hasher.clone(), config)
+        .unwrap()
+        .with_clock(clock.clone())
+        .with_random(Arc::new(SeededRandom::new(2)))
+        .unwrap();
     Fixture {
         store,
         clock,

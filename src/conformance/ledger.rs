@@ -513,3 +513,81 @@ pub async fn set_budget_counts_past_events(ledger: Arc<dyn Ledger>) {
         d("0.75")
     );
 }
+
+/// Bad input is refused with [`Error::InvalidInput`] before anything is stored: a negative or zero-ttl
+/// reservation, a blank budget scope, an event with a blank owner, a control character or a negative cost, a
+/// budget with a negative limit.
+pub async fn invalid_input_is_refused(ledger: Arc<dyn Ledger>) {
+    let now = t0();
+    let alice = BudgetScope::Owner("alice".into());
+    let invalid = |r: Result<(), Error>, what: &str| {
+        assert!(
+            matches!(r, Err(Error::InvalidInput { .. })),
+            "{what}: expected InvalidInput, got {r:?}"
+        );
+    };
+    let minute = Duration::minutes(1);
+    invalid(
+        ledger
+            .reserve(std::slice::from_ref(&alice), d("-1"), now, minute)
+            .await
+            .map(drop),
+        "negative reservation",
+    );
+    invalid(
+        ledger
+            .reserve(std::slice::from_ref(&alice), d("1"), now, Duration::zero())
+            .await
+            .map(drop),
+        "zero ttl",
+    );
+    invalid(
+        ledger
+            .reserve(&[BudgetScope::Org(String::new())], d("1"), now, minute)
+            .await
+            .map(drop),
+        "blank scope",
+    );
+    let mut blank_owner = event("bad-1", "alice", "0.10", now);
+    blank_owner.owner = " ".into();
+    invalid(ledger.record(&blank_owner).await.map(drop), "blank owner");
+    let mut escape = event("bad-2", "alice", "0.10", now);
+    escape.request_id = "req\u{1b}[2J".into();
+    invalid(ledger.record(&escape).await.map(drop), "control character");
+    let mut negative = event("bad-3", "alice", "0.10", now);
+    negative.cost = d("-0.10");
+    invalid(
+        ledger
+            .record_batch(&[event("ok-1", "alice", "0.10", now), negative.clone()])
+            .await
+            .map(drop),
+        "negative cost in a batch",
+    );
+    invalid(
+        ledger.settle("rsv_none", &negative, now).await.map(drop),
+        "negative settle",
+    );
+    let budget = Budget {
+        scope: BudgetScope::Owner("bob".into()),
+        limit: d("-5"),
+        soft_limit: None,
+        period: BudgetPeriod::Monthly,
+        tz: chrono_tz::UTC,
+    };
+    invalid(ledger.set_budget(&budget).await, "negative limit");
+    assert!(
+        ledger
+            .events(&EventFilter::default())
+            .await
+            .expect("events")
+            .is_empty(),
+        "nothing of a refused call is stored"
+    );
+    assert!(
+        ledger
+            .budget(&budget.scope)
+            .await
+            .expect("budget")
+            .is_none()
+    );
+}

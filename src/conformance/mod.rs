@@ -11,6 +11,7 @@
 
 /// Generates one `#[tokio::test]` per [`keys`] check; `$make` is an expression (it may `.await`) giving a fresh
 /// `Arc<dyn KeyStore>` (or a type that coerces to it) for each test.
+#[cfg_attr(docsrs, doc(cfg(feature = "test-suite")))]
 #[macro_export]
 macro_rules! key_store_conformance {
     ($make:expr) => {
@@ -22,6 +23,7 @@ macro_rules! key_store_conformance {
 
 /// Generates one `#[tokio::test]` per [`credentials`] check; `$make` gives a fresh
 /// `Arc<dyn CredentialStore>`.
+#[cfg_attr(docsrs, doc(cfg(feature = "test-suite")))]
 #[macro_export]
 macro_rules! credential_store_conformance {
     ($make:expr) => {
@@ -46,13 +48,14 @@ macro_rules! __credential_store_tests {
 }
 
 /// Generates one `#[tokio::test]` per [`ledger`] check; `$make` gives a fresh `Arc<dyn Ledger>`.
+#[cfg_attr(docsrs, doc(cfg(feature = "test-suite")))]
 #[macro_export]
 macro_rules! ledger_conformance {
     ($make:expr) => {
         $crate::__ledger_tests!($make;
             record_once, events_and_reports, budget_status_and_soft_limit, reserve_all_or_none,
             settle_and_release, reservations_expire, concurrent_reservations_never_overshoot,
-            set_budget_counts_past_events);
+            set_budget_counts_past_events, invalid_input_is_refused);
     };
 }
 

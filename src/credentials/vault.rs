@@ -67,12 +67,7 @@ impl CredentialScope {
     /// # Errors
     /// [`Error::InvalidInput`] for an empty owner or one with control characters.
     pub fn user(owner: &str) -> Result<Self> {
-        if owner.is_empty() || owner.len() > 256 || owner.chars().any(char::is_control) {
-            return Err(Error::invalid(
-                "owner",
-                "must be 1–256 characters with no control characters",
-            ));
-        }
+        crate::validate::name("owner", owner)?;
         Ok(CredentialScope::User(owner.to_owned()))
     }
 }

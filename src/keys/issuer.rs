@@ -115,20 +115,10 @@ impl NewKey {
     }
 
     fn validate(&self) -> Result<()> {
-        let field = |what: &'static str, v: &str| {
-            if v.trim().is_empty() || v.len() > 256 || v.chars().any(char::is_control) {
-                Err(Error::invalid(
-                    what,
-                    "must be 1–256 characters with no control characters",
-                ))
-            } else {
-                Ok(())
-            }
-        };
-        field("name", &self.name)?;
-        field("owner", &self.owner)?;
+        crate::validate::name("name", &self.name)?;
+        crate::validate::name("owner", &self.owner)?;
         if let Some(org) = &self.org {
-            field("org", org)?;
+            crate::validate::name("org", org)?;
         }
         if !self.metadata.is_object() {
             return Err(Error::invalid("metadata", "must be a JSON object"));

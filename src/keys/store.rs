@@ -15,8 +15,9 @@ pub const MAX_KEYS_PER_HINT: usize = 4;
 /// Storage for key records. Object safe: `Arc<dyn KeyStore>` works.
 ///
 /// Every operation that must be atomic on a shared database is one call here, never a read followed by a write:
-/// [`create`](KeyStore::create) fails on a duplicate id or digest (and on a full hint), [`replace_hash`]
-/// (KeyStore::replace_hash) is a compare-and-swap, [`revoke`](KeyStore::revoke) keeps the first revocation time.
+/// [`create`](KeyStore::create) fails on a duplicate id or digest (and on a full hint),
+/// [`replace_hash`](KeyStore::replace_hash) is a compare-and-swap, [`revoke`](KeyStore::revoke) keeps the first
+/// revocation time.
 ///
 /// Records are returned in an [`Arc`] so an in-memory store hands out a shared record on the hot verify path
 /// instead of copying it.

@@ -106,7 +106,7 @@ pub struct Verifier {
 }
 
 impl Verifier {
-    /// A verifier with the system clock.
+    /// A verifier with the system clock and a cache key from the OS random source.
     ///
     /// # Errors
     /// [`crate::Error::Config`] for an invalid configuration; [`crate::Error::Random`] when the cache key cannot
@@ -115,20 +115,6 @@ impl Verifier {
         store: Arc<dyn KeyStore>,
         hasher: Arc<KeyHasher>,
         config: VerifierConfig,
-    ) -> Result<Self> {
-        Verifier::with_clock(store, hasher, config, Arc::new(SystemClock), &OsRandom)
-    }
-
-    /// A verifier with an injected clock and random source.
-    ///
-    /// # Errors
-    /// As [`Verifier::new`].
-    pub fn with_clock(
-        store: Arc<dyn KeyStore>,
-        hasher: Arc<KeyHasher>,
-        config: VerifierConfig,
-        clock: Arc<dyn Clock>,
-        random: &dyn RandomSource,
     ) -> Result<Self> {
         if config.prefixes.iter().any(|p| !token::is_valid_prefix(p)) {
             return Err(crate::Error::Config(
@@ -140,14 +126,34 @@ impl Verifier {
                 "hint_len must be between 1 and 64".into(),
             ));
         }
-        let cache = VerifiedTokenCache::new(config.cache_capacity, config.cache_ttl, random)?;
+        let cache = VerifiedTokenCache::new(config.cache_capacity, config.cache_ttl, &OsRandom)?;
         Ok(Verifier {
             store,
             hasher,
-            clock,
+            clock: Arc::new(SystemClock),
             config,
             cache,
         })
+    }
+
+    /// Injects the clock.
+    #[must_use]
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Injects the random source of the verified-token cache's key (drawn again from it).
+    ///
+    /// # Errors
+    /// [`crate::Error::Random`] when the cache key cannot be drawn.
+    pub fn with_random(mut self, random: Arc<dyn RandomSource>) -> Result<Self> {
+        self.cache = VerifiedTokenCache::new(
+            self.config.cache_capacity,
+            self.config.cache_ttl,
+            random.as_ref(),
+        )?;
+        Ok(self)
     }
 
     /// The configuration.

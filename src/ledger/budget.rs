@@ -46,14 +46,20 @@ impl BudgetScope {
         }
     }
 
+    /// Checks the scope's id (1–256 characters, no control characters), as every backend does before using it.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`].
+    pub fn validate(&self) -> Result<()> {
+        crate::validate::name("budget scope", self.id())
+    }
+
     /// Rebuilds a scope from its kind and id.
     ///
     /// # Errors
-    /// [`Error::InvalidInput`] for an unknown kind or an empty id.
+    /// [`Error::InvalidInput`] for an unknown kind or an invalid id.
     pub fn from_parts(kind: &str, id: &str) -> Result<Self> {
-        if id.is_empty() {
-            return Err(Error::invalid("budget scope", "the id is empty"));
-        }
+        crate::validate::name("budget scope", id)?;
         match kind {
             "key" => Ok(BudgetScope::Key(id.to_owned())),
             "owner" => Ok(BudgetScope::Owner(id.to_owned())),
@@ -116,18 +122,37 @@ impl Budget {
     /// A budget of `limit` per `period` in UTC.
     ///
     /// # Errors
-    /// [`Error::InvalidInput`] for a negative limit.
+    /// [`Error::InvalidInput`] as [`Budget::validate`].
     pub fn new(scope: BudgetScope, limit: Decimal, period: BudgetPeriod) -> Result<Self> {
-        if limit.is_sign_negative() {
-            return Err(Error::invalid("budget limit", "must not be negative"));
-        }
-        Ok(Budget {
+        let budget = Budget {
             scope,
             limit,
             soft_limit: None,
             period,
             tz: Tz::UTC,
-        })
+        };
+        budget.validate()?;
+        Ok(budget)
+    }
+
+    /// Checks what every backend requires of a budget: a valid scope, a limit that is not negative, and a soft
+    /// limit between 0 and the limit.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`].
+    pub fn validate(&self) -> Result<()> {
+        self.scope.validate()?;
+        crate::validate::amount("budget limit", self.limit)?;
+        if self
+            .soft_limit
+            .is_some_and(|s| s.is_sign_negative() || s > self.limit)
+        {
+            return Err(Error::invalid(
+                "soft limit",
+                "must be between 0 and the limit",
+            ));
+        }
+        Ok(())
     }
 
     /// Sets the soft limit.

@@ -5,7 +5,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 use crate::credentials::CredentialSource;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::pricing::Usage;
 use crate::random::{RandomSource, fill_base62};
 
@@ -40,7 +40,7 @@ impl UsageEvent {
     /// A new event with a fresh id; `request_id` is the idempotency key (a fresh random one if `None`).
     ///
     /// # Errors
-    /// [`Error::Random`]; [`Error::InvalidInput`] for an empty owner, model or request id.
+    /// [`crate::Error::Random`]; [`crate::Error::InvalidInput`] as [`UsageEvent::validate`].
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         request_id: Option<&str>,
@@ -57,19 +57,7 @@ impl UsageEvent {
             Some(r) => r.to_owned(),
             None => format!("req_{}", random_id(random)?),
         };
-        for (what, v) in [
-            ("owner", owner),
-            ("model", model),
-            ("request id", request_id.as_str()),
-        ] {
-            if v.trim().is_empty() || v.len() > 256 {
-                return Err(Error::invalid(what, "must be 1–256 characters"));
-            }
-        }
-        if cost.is_sign_negative() {
-            return Err(Error::invalid("cost", "must not be negative"));
-        }
-        Ok(UsageEvent {
+        let event = UsageEvent {
             event_id,
             request_id,
             at,
@@ -81,7 +69,32 @@ impl UsageEvent {
             usage,
             cost,
             credential_source: None,
-        })
+        };
+        event.validate()?;
+        Ok(event)
+    }
+
+    /// Checks what every backend requires of an event before storing it: names (event id, request id, owner,
+    /// provider, model, key id, org) of 1–256 characters without control characters, and a cost that is not
+    /// negative. Backends call it on every event they are given (the fields are public, so an event need not
+    /// come from [`UsageEvent::new`]).
+    ///
+    /// # Errors
+    /// [`crate::Error::InvalidInput`] naming the field.
+    pub fn validate(&self) -> Result<()> {
+        use crate::validate::name;
+        name("event id", &self.event_id)?;
+        name("request id", &self.request_id)?;
+        name("owner", &self.owner)?;
+        name("provider", &self.provider)?;
+        name("model", &self.model)?;
+        if let Some(k) = &self.key_id {
+            name("key id", k)?;
+        }
+        if let Some(o) = &self.org {
+            name("org", o)?;
+        }
+        crate::validate::amount("cost", self.cost)
     }
 
     /// Sets the inbound key id.

@@ -158,6 +158,19 @@ pub fn admit<'a>(standings: impl IntoIterator<Item = Standing<'a>>, amount: Deci
     Ok(())
 }
 
+/// Checks a reservation's arguments as every backend does first: valid scopes, an amount that is not negative,
+/// a positive time to live.
+///
+/// # Errors
+/// [`Error::InvalidInput`].
+pub fn validate_reservation(scopes: &[BudgetScope], amount: Decimal, ttl: Duration) -> Result<()> {
+    for scope in scopes {
+        scope.validate()?;
+    }
+    crate::validate::amount("amount", amount)?;
+    crate::validate::positive("reservation ttl", ttl)
+}
+
 /// A fresh reservation id.
 pub(crate) fn reservation_id(random: &dyn crate::random::RandomSource) -> Result<String> {
     let mut id = [0u8; 16];

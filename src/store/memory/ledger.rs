@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Duration, Utc};
 use rust_decimal::Decimal;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::ledger::{
     Budget, BudgetScope, BudgetStatus, EventFilter, Ledger, Recorded, Reservation, Standing,
     UsageEvent, admit,
@@ -231,10 +231,12 @@ impl MemoryStore {
 #[async_trait]
 impl Ledger for MemoryStore {
     async fn record(&self, event: &UsageEvent) -> Result<Recorded> {
+        event.validate()?;
         Ok(self.ledger().record(event))
     }
 
     async fn record_batch(&self, events: &[UsageEvent]) -> Result<Vec<Recorded>> {
+        events.iter().try_for_each(UsageEvent::validate)?;
         let mut state = self.ledger();
         Ok(events.iter().map(|e| state.record(e)).collect())
     }
@@ -251,6 +253,7 @@ impl Ledger for MemoryStore {
     }
 
     async fn set_budget(&self, budget: &Budget) -> Result<()> {
+        budget.validate()?;
         let mut state = self.ledger();
         let scope = &budget.scope;
         let mut entry = BudgetEntry::new(budget.clone());
@@ -310,9 +313,7 @@ impl Ledger for MemoryStore {
         now: DateTime<Utc>,
         ttl: Duration,
     ) -> Result<Reservation> {
-        if amount.is_sign_negative() {
-            return Err(Error::invalid("amount", "must not be negative"));
-        }
+        crate::ledger::validate_reservation(scopes, amount, ttl)?;
         let mut state = self.ledger();
         state.purge(now);
         let mut slots: Vec<(usize, i64)> = Vec::with_capacity(scopes.len());
@@ -364,6 +365,7 @@ impl Ledger for MemoryStore {
         event: &UsageEvent,
         now: DateTime<Utc>,
     ) -> Result<Recorded> {
+        event.validate()?;
         let number = self.hold_number(reservation_id);
         let mut state = self.ledger();
         state.purge(now);

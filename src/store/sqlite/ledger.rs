@@ -265,11 +265,13 @@ async fn add_to_budgets(tx: &mut Tx, events: &[&UsageEvent]) -> Result<()> {
 #[async_trait]
 impl Ledger for SqliteStore {
     async fn record(&self, event: &UsageEvent) -> Result<Recorded> {
+        event.validate()?;
         let mut one = immediate!(self, tx => { record_in(tx, std::slice::from_ref(event)).await })?;
         one.pop().ok_or_else(|| corrupt("usage event"))
     }
 
     async fn record_batch(&self, events: &[UsageEvent]) -> Result<Vec<Recorded>> {
+        events.iter().try_for_each(UsageEvent::validate)?;
         immediate!(self, tx => { record_in(tx, events).await })
     }
 
@@ -292,6 +294,7 @@ impl Ledger for SqliteStore {
     }
 
     async fn set_budget(&self, budget: &Budget) -> Result<()> {
+        budget.validate()?;
         let events = self
             .events(&EventFilter {
                 owner: matches!(budget.scope, BudgetScope::Owner(_))
@@ -391,9 +394,7 @@ impl Ledger for SqliteStore {
         now: DateTime<Utc>,
         ttl: Duration,
     ) -> Result<Reservation> {
-        if amount.is_sign_negative() {
-            return Err(Error::invalid("amount", "must not be negative"));
-        }
+        crate::ledger::validate_reservation(scopes, amount, ttl)?;
         let id = crate::ledger::reservation_id(self.random.as_ref())?;
         let expires_at = now + ttl;
         immediate!(self, tx => {
@@ -454,6 +455,7 @@ impl Ledger for SqliteStore {
         event: &UsageEvent,
         now: DateTime<Utc>,
     ) -> Result<Recorded> {
+        event.validate()?;
         immediate!(self, tx => {
             async {
                 purge(tx, now).await?;
