@@ -1,7 +1,14 @@
-//! The hot verify path against its floor: a bare HMAC-SHA-256 of the same token plus one `HashMap` lookup.
+//! The hot verify path against its floor: the least work any correct verify of a generated key must do, written
+//! plainly beside it with the same pre-computation and the same key mix:
 //!
-//! Targets (issue #2): in-memory verify of a valid generated key ≤ 1.5× the floor; malformed-token rejection
-//! ≤ 100 ns. Run: `cargo bench --bench verify`.
+//! - the token's shape and CRC-32 checksum (a typo must be refused before any lookup),
+//! - one `HashMap` lookup by the public id,
+//! - HMAC-SHA-256 of the token from a pre-keyed state, compared in constant time with the stored digest,
+//! - the status, expiry (reading the wall clock for keys that expire) and scope checks.
+//!
+//! Both cycle over 4,096 different keys of the 100,000 stored, so neither is measured on one hot cache line.
+//! Targets (issue #8): verify of a valid generated key ≤ 1.25× the floor; a typo refused in ≤ 100 ns.
+//! Run: `cargo bench --bench verify`.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -10,6 +17,7 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
+use chrono::{DateTime, Duration, Utc};
 use criterion::{Criterion, criterion_group, criterion_main};
 use hmac::{Hmac, KeyInit, Mac};
 use keymeter::keys::{
@@ -22,6 +30,7 @@ use secrecy::ExposeSecret;
 use sha2::Sha256;
 
 const KEYS: usize = 100_000;
+const CYCLE: usize = 4096;
 
 /// Polls a future that never waits (the memory store answers at once) without a runtime's overhead.
 fn ready<F: Future>(f: F) -> F::Output {
@@ -32,6 +41,66 @@ fn ready<F: Future>(f: F) -> F::Output {
     }
 }
 
+/// What the floor keeps per key: the digest and the fields the checks read.
+struct FloorRecord {
+    digest: [u8; 32],
+    revoked: bool,
+    disabled: bool,
+    expires_at: Option<DateTime<Utc>>,
+    scopes: Vec<String>,
+}
+
+const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+fn base62_value(b: u8) -> Option<u64> {
+    BASE62.iter().position(|&c| c == b).map(|v| v as u64)
+}
+
+/// The least work of a verify: shape + checksum, lookup, keyed HMAC, constant-time compare, status checks.
+fn floor_verify(
+    token: &str,
+    mac: &Hmac<Sha256>,
+    index: &HashMap<String, FloorRecord>,
+    need: &str,
+) -> bool {
+    let b = token.as_bytes();
+    // km_live_ + 12 id + _ + 32 secret + 6 checksum
+    if b.len() != 59
+        || &b[..3] != b"km_"
+        || !(&b[3..8] == b"live_" || &b[3..8] == b"test_")
+        || b[20] != b'_'
+    {
+        return false;
+    }
+    let mut expected = 0u64;
+    for &c in &b[53..] {
+        match base62_value(c) {
+            Some(v) => expected = expected * 62 + v,
+            None => return false,
+        }
+    }
+    if expected != u64::from(crc32fast::hash(&b[..53])) {
+        return false;
+    }
+    let Some(record) = index.get(&token[8..20]) else {
+        return false;
+    };
+    let mut mac = mac.clone();
+    mac.update(b);
+    let digest: [u8; 32] = mac.finalize().into_bytes().into();
+    let diff = digest
+        .iter()
+        .zip(&record.digest)
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    if black_box(diff) != 0 || record.revoked || record.disabled {
+        return false;
+    }
+    if record.expires_at.is_some_and(|at| at <= Utc::now()) {
+        return false;
+    }
+    record.scopes.iter().any(|s| s == need || s == "*")
+}
+
 fn verify(c: &mut Criterion) {
     let pepper_bytes = [7u8; 32];
     let pepper = Pepper::new("p1", secrecy::SecretBox::new(Box::new(pepper_bytes))).unwrap();
@@ -40,51 +109,90 @@ fn verify(c: &mut Criterion) {
     let issuer =
         KeyIssuer::new(store.clone(), hasher.clone()).with_random(Arc::new(SeededRandom::new(3)));
     let read = Scope::parse_list("read").unwrap();
-    let mut tokens = Vec::with_capacity(KEYS);
+    // The key mix: every key has a scope; every other key expires (a year out).
+    let expiry = Utc::now() + Duration::days(365);
+    let mut issued = Vec::with_capacity(KEYS);
     for i in 0..KEYS {
-        let issued =
-            ready(issuer.issue(NewKey::new(format!("k{i}"), "bench").scopes(read.clone())))
-                .unwrap();
-        tokens.push(issued);
+        let mut new = NewKey::new(format!("k{i}"), "bench").scopes(read.clone());
+        if i % 2 == 0 {
+            new = new.expires_at(expiry);
+        }
+        issued.push(ready(issuer.issue(new)).unwrap());
     }
     let verifier = Verifier::new(store.clone(), hasher.clone(), VerifierConfig::default()).unwrap();
-    let token = tokens[KEYS / 2].token.expose_secret().to_owned();
     let need_read = Requirement::new().scopes(ScopeRequirement::all(["read"]).unwrap());
-    assert_eq!(
-        ready(verifier.verify(&token, &need_read)).unwrap().code(),
-        VerdictCode::Valid
-    );
+    let cycle: Vec<String> = (0..CYCLE)
+        .map(|i| issued[i * (KEYS / CYCLE)].token.expose_secret().to_owned())
+        .collect();
+    for token in &cycle {
+        assert_eq!(
+            ready(verifier.verify(token, &need_read)).unwrap().code(),
+            VerdictCode::Valid
+        );
+    }
+
+    // The floor's own index, built from the same records (same pre-computation: a decoded digest per key).
+    let mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&pepper_bytes).unwrap();
+    let index: HashMap<String, FloorRecord> = issued
+        .iter()
+        .map(|k| {
+            let r = &k.record;
+            let mut m = mac.clone();
+            m.update(k.token.expose_secret().as_bytes());
+            let record = FloorRecord {
+                digest: m.finalize().into_bytes().into(),
+                revoked: r.revoked_at.is_some(),
+                disabled: r.disabled,
+                expires_at: r.expires_at,
+                scopes: r.scopes.iter().map(|s| s.as_str().to_owned()).collect(),
+            };
+            (r.id.clone(), record)
+        })
+        .collect();
+    for token in &cycle {
+        assert!(floor_verify(token, &mac, &index, "read"));
+    }
 
     let mut group = c.benchmark_group("verify");
-
-    // The floor: what any correct verify must at least do.
-    let index: HashMap<String, usize> = tokens
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.record.id.clone(), i))
-        .collect();
-    let id = tokens[KEYS / 2].record.id.clone();
-    group.bench_function("floor_hmac_plus_hashmap", |b| {
+    let mut i = 0;
+    group.bench_function("floor", |b| {
         b.iter(|| {
-            let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&pepper_bytes).unwrap();
-            mac.update(black_box(token.as_bytes()));
-            let digest = mac.finalize().into_bytes();
-            (black_box(digest), index.get(black_box(id.as_str())))
+            i = (i + 1) % CYCLE;
+            floor_verify(black_box(&cycle[i]), &mac, &index, "read")
+        })
+    });
+    let mut i = 0;
+    group.bench_function("valid_generated_key_100k", |b| {
+        b.iter(|| {
+            i = (i + 1) % CYCLE;
+            ready(verifier.verify(black_box(&cycle[i]), &need_read)).unwrap()
         })
     });
 
-    group.bench_function("valid_generated_key_100k", |b| {
-        b.iter(|| ready(verifier.verify(black_box(&token), &need_read)).unwrap())
-    });
-
-    let mut typo = token.clone();
-    typo.replace_range(30..31, if &token[30..31] == "A" { "B" } else { "A" });
-    assert_eq!(
-        ready(verifier.verify(&typo, &need_read)).unwrap().code(),
-        VerdictCode::Malformed
-    );
+    // Typos at every other position of the cycle's tokens: refused offline by the checksum.
+    let typos: Vec<String> = cycle
+        .iter()
+        .enumerate()
+        .map(|(n, t)| {
+            let mut typo = t.clone();
+            let at = 21 + n % 32;
+            let swapped = if &t[at..=at] == "A" { "B" } else { "A" };
+            typo.replace_range(at..=at, swapped);
+            typo
+        })
+        .collect();
+    for typo in &typos {
+        assert_eq!(
+            ready(verifier.verify(typo, &need_read)).unwrap().code(),
+            VerdictCode::Malformed
+        );
+    }
+    let mut i = 0;
     group.bench_function("malformed_token", |b| {
-        b.iter(|| ready(verifier.verify(black_box(&typo), &need_read)).unwrap())
+        b.iter(|| {
+            i = (i + 1) % CYCLE;
+            ready(verifier.verify(black_box(&typos[i]), &need_read)).unwrap()
+        })
     });
 
     let (_, unknown) =

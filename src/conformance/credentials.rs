@@ -31,6 +31,17 @@ pub async fn put_get_replace(store: Arc<dyn CredentialStore>) {
     let second = seal(&alice, &p, "sk-ant-second");
     store.put(&alice, &p, &second).await.expect("put again");
     assert_eq!(store.get(&alice, &p).await.expect("get"), Some(second));
+    // A blank owner or one with a control character is refused before anything is stored.
+    for bad in ["", "  ", "eve\u{1b}[2J"] {
+        let scope = CredentialScope::User(bad.to_owned());
+        let sealed = seal(&alice, &p, "sk-ant-x");
+        let err = store
+            .put(&scope, &p, &sealed)
+            .await
+            .expect_err("invalid owner");
+        assert!(matches!(err, crate::Error::InvalidInput { .. }), "{err}");
+    }
+    assert_eq!(store.list().await.expect("list").len(), 1);
 }
 
 /// A user's key, another user's key and the system key are separate.

@@ -58,6 +58,13 @@ pub async fn create_and_get(store: Arc<dyn KeyStore>) {
         .expect("present");
     assert_eq!(*got, record);
     assert!(store.get("AAAAAAAAAAA2").await.expect("get").is_none());
+    // An answer without waiting, where the backend gives one, is the answer `get` gives.
+    if let Some(now) = store.get_now("AAAAAAAAAAA1") {
+        assert_eq!(now.as_deref(), Some(&record));
+    }
+    if let Some(now) = store.get_now("AAAAAAAAAAA2") {
+        assert!(now.is_none());
+    }
     let mut minimal = sample("AAAAAAAAAAA3");
     minimal.org = None;
     minimal.expires_at = None;

@@ -46,6 +46,18 @@ pub enum CredentialScope {
 }
 
 impl CredentialScope {
+    /// Checks a user scope's owner (1–256 characters, no control characters), as every backend does before
+    /// storing (the variant is public, so a scope need not come from [`CredentialScope::user`]).
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`].
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            CredentialScope::User(owner) => crate::validate::name("owner", owner),
+            CredentialScope::System => Ok(()),
+        }
+    }
+
     /// `user` or `system`.
     pub fn kind(&self) -> &'static str {
         match self {

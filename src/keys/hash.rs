@@ -102,8 +102,38 @@ impl fmt::Display for HashScheme {
 pub struct KeyHash {
     text: String,
     scheme: HashScheme,
-    /// For `hmac-sha256`: the pepper id's byte range in `text`, and the decoded digest.
-    hmac: Option<(std::ops::Range<usize>, [u8; 32])>,
+    /// For `hmac-sha256`: the pepper id and the decoded digest, kept inline so the verify path reads one record
+    /// and no second allocation.
+    hmac: Option<HmacParts>,
+}
+
+#[derive(Clone)]
+struct HmacParts {
+    pepper: PepperId,
+    digest: [u8; 32],
+}
+
+/// A pepper id (1–32 bytes of `[A-Za-z0-9-]`) stored inline.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct PepperId {
+    len: u8,
+    bytes: [u8; 32],
+}
+
+impl PepperId {
+    fn new(id: &str) -> Self {
+        let mut bytes = [0u8; 32];
+        let len = id.len().min(32);
+        bytes[..len].copy_from_slice(&id.as_bytes()[..len]);
+        PepperId {
+            len: len as u8,
+            bytes,
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
 }
 
 impl PartialEq for KeyHash {
@@ -131,8 +161,10 @@ impl std::str::FromStr for KeyHash {
         let mut hmac = None;
         let scheme = if let Some(rest) = text.strip_prefix("$hmac-sha256$") {
             let (pepper, digest) = parse_hmac(rest)?;
-            let start = "$hmac-sha256$v=1,p=".len();
-            hmac = Some((start..start + pepper.len(), digest));
+            hmac = Some(HmacParts {
+                pepper: PepperId::new(pepper),
+                digest,
+            });
             HashScheme::HmacSha256
         } else if let Some(rest) = text.strip_prefix("$sha256$") {
             if rest.len() != 64 || !rest.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -183,9 +215,10 @@ impl KeyHash {
 
     /// For `hmac-sha256` hashes: the pepper id.
     pub fn pepper_id(&self) -> Option<&str> {
+        let start = "$hmac-sha256$v=1,p=".len();
         self.hmac
             .as_ref()
-            .map(|(range, _)| &self.text[range.clone()])
+            .map(|h| &self.text[start..start + usize::from(h.pepper.len)])
     }
 }
 
@@ -395,7 +428,6 @@ impl KeyHasher {
     pub fn hash_hmac(&self, token: &[u8]) -> KeyHash {
         let pepper = self.peppers.active();
         let digest = pepper.digest(token);
-        let start = "$hmac-sha256$v=1,p=".len();
         KeyHash {
             text: format!(
                 "$hmac-sha256$v=1,p={}${}",
@@ -403,7 +435,10 @@ impl KeyHasher {
                 STANDARD_NO_PAD.encode(digest)
             ),
             scheme: HashScheme::HmacSha256,
-            hmac: Some((start..start + pepper.id.len(), digest)),
+            hmac: Some(HmacParts {
+                pepper: PepperId::new(&pepper.id),
+                digest,
+            }),
         }
     }
 
@@ -460,16 +495,19 @@ impl KeyHasher {
     pub fn verify(&self, token: &[u8], hash: &KeyHash) -> Result<bool, HashError> {
         match hash.scheme {
             HashScheme::HmacSha256 => {
-                let (range, expected) = hash
+                let parts = hash
                     .hmac
                     .as_ref()
                     .ok_or_else(|| malformed(HashScheme::HmacSha256, "not parsed"))?;
-                let pepper_id = &hash.text[range.clone()];
+                let wanted = parts.pepper.as_bytes();
                 let pepper = self
                     .peppers
-                    .get(pepper_id)
-                    .ok_or_else(|| HashError::UnknownPepper(pepper_id.to_owned()))?;
-                Ok(equal_32(&pepper.digest(token), expected))
+                    .iter()
+                    .find(|p| p.id.as_bytes() == wanted)
+                    .ok_or_else(|| {
+                        HashError::UnknownPepper(String::from_utf8_lossy(wanted).into_owned())
+                    })?;
+                Ok(equal_32(&pepper.digest(token), &parts.digest))
             }
             HashScheme::Sha256 => {
                 let computed = KeyHasher::sha256(token);
@@ -515,7 +553,10 @@ impl KeyHasher {
     /// Whether [`KeyHasher::upgrade`] would replace `hash`. Cheap: no hashing.
     pub fn is_outdated(&self, hash: &KeyHash) -> bool {
         match hash.scheme {
-            HashScheme::HmacSha256 => hash.pepper_id() != Some(self.peppers.active().id()),
+            HashScheme::HmacSha256 => hash
+                .hmac
+                .as_ref()
+                .is_none_or(|h| h.pepper.as_bytes() != self.peppers.active().id.as_bytes()),
             HashScheme::Argon2id => !PasswordHash::new(&hash.text)
                 .ok()
                 .and_then(|phc| Params::try_from(&phc).ok())

@@ -36,6 +36,14 @@ pub trait KeyStore: Send + Sync + std::fmt::Debug {
     /// Backend failures only; a missing record is `Ok(None)`.
     async fn get(&self, id: &str) -> Result<Option<Arc<KeyRecord>>>;
 
+    /// The record with this id when the backend can answer without waiting, because it holds its records in
+    /// process memory: `Some(answer)`, the same answer [`KeyStore::get`] would give. `None` means "ask `get`"
+    /// (the default). The verify path tries this first, so an in-memory backend costs no async call there.
+    fn get_now(&self, id: &str) -> Option<Option<Arc<KeyRecord>>> {
+        let _ = id;
+        None
+    }
+
     /// The imported SHA-256 key with this hex digest.
     ///
     /// # Errors

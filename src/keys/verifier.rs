@@ -200,7 +200,11 @@ impl Verifier {
             if !self.config.environments.contains(&parsed.env) {
                 return Ok(Verdict::reject(VerdictCode::WrongEnvironment));
             }
-            match self.store.get(parsed.id).await? {
+            let found = match self.store.get_now(parsed.id) {
+                Some(found) => found,
+                None => self.store.get(parsed.id).await?,
+            };
+            match found {
                 Some(record) if record.lookup == KeyLookup::Id => {
                     if !self.matches(credential, &record).await? {
                         return Ok(Verdict::reject(VerdictCode::NotFound));

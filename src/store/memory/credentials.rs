@@ -27,6 +27,7 @@ impl CredentialStore for MemoryStore {
         provider: &Provider,
         sealed: &SealedCredential,
     ) -> Result<()> {
+        scope.validate()?;
         self.creds()
             .insert((scope.clone(), provider.clone()), sealed.clone());
         Ok(())

@@ -73,6 +73,10 @@ impl KeyStore for MemoryStore {
         Ok(self.read().by_id.get(id).cloned())
     }
 
+    fn get_now(&self, id: &str) -> Option<Option<Arc<KeyRecord>>> {
+        Some(self.read().by_id.get(id).cloned())
+    }
+
     async fn find_by_digest(&self, digest: &str) -> Result<Option<Arc<KeyRecord>>> {
         let keys = self.read();
         Ok(keys

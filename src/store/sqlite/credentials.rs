@@ -22,6 +22,7 @@ impl CredentialStore for SqliteStore {
         provider: &Provider,
         sealed: &SealedCredential,
     ) -> Result<()> {
+        scope.validate()?;
         sqlx::query(
             "INSERT INTO keymeter_credentials (scope, owner, provider, sealed, updated_at) VALUES (?1, ?2, ?3, ?4, ?5) \
              ON CONFLICT (scope, owner, provider) DO UPDATE SET sealed = excluded.sealed, updated_at = excluded.updated_at",
