@@ -9,6 +9,12 @@ use chrono::{DateTime, Duration, Utc};
 pub trait Clock: Send + Sync + Debug {
     /// The current instant.
     fn now(&self) -> DateTime<Utc>;
+
+    /// The current instant in microseconds since the Unix epoch: what hot paths compare against, without the
+    /// calendar arithmetic of a `DateTime`. Must agree with [`Clock::now`].
+    fn now_micros(&self) -> i64 {
+        self.now().timestamp_micros()
+    }
 }
 
 /// The system's wall clock.
@@ -18,6 +24,14 @@ pub struct SystemClock;
 impl Clock for SystemClock {
     fn now(&self) -> DateTime<Utc> {
         Utc::now()
+    }
+
+    fn now_micros(&self) -> i64 {
+        match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+            Ok(since) => i64::try_from(since.as_micros()).unwrap_or(i64::MAX),
+            // A clock set before 1970: let chrono do the signed arithmetic.
+            Err(_) => Utc::now().timestamp_micros(),
+        }
     }
 }
 

@@ -193,10 +193,10 @@ impl Verifier {
             return Ok(Verdict::reject(VerdictCode::Malformed));
         }
         // Time is read only once a record is in hand: rejections before that need none.
-        let record = if self.has_keymeter_shape(credential) {
-            let Ok(parsed) = token::parse(credential) else {
-                return Ok(Verdict::reject(VerdictCode::Malformed));
-            };
+        let parsed = token::parse(credential);
+        let record = if let Ok(parsed) = parsed
+            && self.config.prefixes.iter().any(|p| p == parsed.prefix)
+        {
             if !self.config.environments.contains(&parsed.env) {
                 return Ok(Verdict::reject(VerdictCode::WrongEnvironment));
             }
@@ -217,6 +217,9 @@ impl Verifier {
                     return Ok(Verdict::reject(VerdictCode::NotFound));
                 }
             }
+        } else if self.has_keymeter_shape(credential) {
+            // A configured prefix and an env tag, but not a well-formed token: a typo or a truncation.
+            return Ok(Verdict::reject(VerdictCode::Malformed));
         } else {
             if !credential.bytes().all(|b| b.is_ascii_graphic()) {
                 return Ok(Verdict::reject(VerdictCode::Malformed));
@@ -232,12 +235,15 @@ impl Verifier {
             }
         };
 
-        let now = self.clock.now();
+        let now = self.clock.now_micros();
         let code = if record.revoked_at.is_some() {
             VerdictCode::Revoked
         } else if record.disabled {
             VerdictCode::Disabled
-        } else if record.is_expired_at(now) {
+        } else if record
+            .expires_at
+            .is_some_and(|at| at.timestamp_micros() <= now)
+        {
             VerdictCode::Expired
         } else if !record.allows_ip(requirement.client_ip) {
             VerdictCode::IpNotAllowed
@@ -311,12 +317,20 @@ impl Verifier {
     }
 
     /// Best effort: a failed re-hash or `last_used_at` write must not fail a valid request, so both are logged.
-    async fn after_success(&self, credential: &str, record: &KeyRecord, now: DateTime<Utc>) {
+    async fn after_success(&self, credential: &str, record: &KeyRecord, now: i64) {
+        let interval = self
+            .config
+            .last_used_interval
+            .num_microseconds()
+            .unwrap_or(i64::MAX);
         let stale = record
             .last_used_at
-            .is_none_or(|t| now - t >= self.config.last_used_interval);
-        if stale && let Err(e) = self.store.record_use(&record.id, now).await {
-            tracing::warn!(key_id = %record.id, error = %e, "could not record key use");
+            .is_none_or(|t| now.saturating_sub(t.timestamp_micros()) >= interval);
+        if stale && let Some(at) = DateTime::<Utc>::from_timestamp_micros(now) {
+            // Boxed: a write is rare (once an interval per key), so its state stays out of every verify future.
+            if let Err(e) = Box::pin(self.store.record_use(&record.id, at)).await {
+                tracing::warn!(key_id = %record.id, error = %e, "could not record key use");
+            }
         }
         if self.hasher.is_outdated(&record.hash) {
             Box::pin(self.upgrade(credential, record)).await;
