@@ -244,5 +244,92 @@ fn verify(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, verify);
+/// On SQLite a wrong secret and an unknown id must cost the same: both read the table once and compute one HMAC.
+#[cfg(feature = "sqlite")]
+fn verify_sqlite(c: &mut Criterion) {
+    use keymeter::store::SqliteStore;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("bench.db").display());
+    let store = Arc::new(rt.block_on(SqliteStore::connect(&url)).unwrap());
+    let pepper = Pepper::new("p1", secrecy::SecretBox::new(Box::new([7u8; 32]))).unwrap();
+    let hasher = Arc::new(KeyHasher::new(PepperRing::new(vec![pepper]).unwrap()));
+    let issuer =
+        KeyIssuer::new(store.clone(), hasher.clone()).with_random(Arc::new(SeededRandom::new(5)));
+    let read = Scope::parse_list("read").unwrap();
+    let mut tokens = Vec::new();
+    for i in 0..10_000 {
+        let new = NewKey::new(format!("k{i}"), "bench")
+            .org("acme")
+            .scopes(read.clone());
+        tokens.push(
+            rt.block_on(issuer.issue(new))
+                .unwrap()
+                .token
+                .expose_secret()
+                .to_owned(),
+        );
+    }
+    let verifier = Verifier::new(store.clone(), hasher, VerifierConfig::default()).unwrap();
+    let need = Requirement::new().scopes(ScopeRequirement::all(["read"]).unwrap());
+    // A wrong secret: a real id with another secret, re-checksummed so it is well-formed.
+    let wrong: Vec<String> = tokens
+        .iter()
+        .take(CYCLE)
+        .map(|t| {
+            let mut body = t[..t.len() - 6].to_owned();
+            let flip = if body.ends_with('A') { "B" } else { "A" };
+            body.replace_range(body.len() - 1.., flip);
+            let sum = keymeter::keys::token::checksum(body.as_bytes());
+            format!("{body}{}", std::str::from_utf8(&sum).unwrap())
+        })
+        .collect();
+    let unknown: Vec<String> = (0..CYCLE as u64)
+        .map(|i| {
+            let (_, t) = keymeter::keys::token::generate(
+                "km",
+                keymeter::keys::KeyEnv::Live,
+                &SeededRandom::new(1_000 + i),
+            )
+            .unwrap();
+            t.expose_secret().to_owned()
+        })
+        .collect();
+    for (w, u) in wrong.iter().zip(&unknown).take(8) {
+        assert_eq!(
+            rt.block_on(verifier.verify(w, &need)).unwrap().code(),
+            VerdictCode::NotFound
+        );
+        assert_eq!(
+            rt.block_on(verifier.verify(u, &need)).unwrap().code(),
+            VerdictCode::NotFound
+        );
+    }
+    let mut group = c.benchmark_group("verify_sqlite");
+    let mut i = 0;
+    group.bench_function("wrong_secret", |b| {
+        b.iter(|| {
+            i = (i + 1) % CYCLE;
+            rt.block_on(verifier.verify(black_box(&wrong[i]), &need))
+                .unwrap()
+        })
+    });
+    let mut i = 0;
+    group.bench_function("unknown_id", |b| {
+        b.iter(|| {
+            i = (i + 1) % CYCLE;
+            rt.block_on(verifier.verify(black_box(&unknown[i]), &need))
+                .unwrap()
+        })
+    });
+    group.finish();
+}
+
+#[cfg(not(feature = "sqlite"))]
+fn verify_sqlite(_: &mut Criterion) {}
+
+criterion_group!(benches, verify, verify_sqlite);
 criterion_main!(benches);

@@ -69,6 +69,7 @@ pub struct Config {
     pub secrets_file: Option<PathBuf>,
     hasher: Option<Arc<KeyHasher>>,
     vault: Option<Arc<Vault>>,
+    warnings: Vec<String>,
 }
 
 impl Config {
@@ -87,8 +88,10 @@ impl Config {
     /// position, never its text), an unreadable secrets file or a bad prefix.
     pub fn from_source(source: &dyn EnvSource) -> Result<Config> {
         let environment = detect(source)?;
-        if environment.defaulted {
-            tracing::warn!(reason = %environment.reason, "keymeter environment not set");
+        let mut warnings = Vec::new();
+        if let Some(w) = &environment.warning {
+            tracing::warn!(warning = %w, "keymeter environment");
+            warnings.push(w.clone());
         }
         let store_url = source
             .var("KEYMETER_STORE")
@@ -125,6 +128,7 @@ impl Config {
             catalog_path,
             hasher: None,
             vault: None,
+            warnings,
         };
         config.load_secrets(source)?;
         Ok(config)
@@ -170,14 +174,31 @@ impl Config {
         Ok(())
     }
 
-    /// The secrets file's entries, in development when it exists; nothing otherwise.
-    fn read_secrets_file(&self) -> Result<Vec<(String, Zeroizing<String>)>> {
-        match &self.secrets_file {
+    /// The secrets file's entries, in development when it exists; nothing otherwise. A file others may read is
+    /// used (development only ever reads it) but warned about.
+    fn read_secrets_file(&mut self) -> Result<Vec<(String, Zeroizing<String>)>> {
+        match self.secrets_file.clone() {
             Some(path) if self.environment.environment.is_development() && path.exists() => {
-                read_secrets_file(path)
+                if let Some(mode) = loose_mode(&path) {
+                    let warning = format!(
+                        "{} can be read by other users (mode {mode:o}): run chmod 600 on it",
+                        path.display()
+                    );
+                    tracing::warn!(warning = %warning, "keymeter secrets file");
+                    if !self.warnings.contains(&warning) {
+                        self.warnings.push(warning);
+                    }
+                }
+                read_secrets_file(&path)
             }
             _ => Ok(Vec::new()),
         }
+    }
+
+    /// What the operator should know: an environment nobody set, a `DEBUG` flag beside a production signal, a
+    /// secrets file others can read. Also logged through `tracing`.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
     }
 
     fn missing(&self, name: &str) -> Error {
@@ -262,11 +283,7 @@ impl Config {
     pub fn catalog(&self) -> Result<PriceCatalog> {
         match &self.catalog_path {
             None => Ok(PriceCatalog::bundled()),
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
-                PriceCatalog::from_any_json(&text)
-            }
+            Some(path) => PriceCatalog::from_path(path),
         }
     }
 
@@ -360,6 +377,21 @@ fn secrets_path(store_url: &str) -> Option<PathBuf> {
     }
     let dir = Path::new(path).parent().unwrap_or(Path::new(""));
     Some(dir.join(SECRETS_FILE_NAME))
+}
+
+/// The file's permission bits when group or others may read or write it.
+fn loose_mode(path: &Path) -> Option<u32> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+        (mode & 0o077 != 0).then_some(mode)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
+    }
 }
 
 fn read_secrets_file(path: &Path) -> Result<Vec<(String, Zeroizing<String>)>> {

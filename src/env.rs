@@ -1,14 +1,16 @@
 //! Environment detection: development, test, staging or production, and the rule that decided it.
 //!
-//! Rules, first match wins:
-//! 1. `KEYMETER_ENV` (`development`/`dev`/`local`, `test`, `staging`/`stage`, `production`/`prod`);
-//! 2. `DEBUG=true` (or `1`, `yes`) → development;
-//! 3. `DEPLOY_ENV`: `production`, `prod`, `live`, `render`, `heroku`, `fly`, `railway`, `vercel` → production;
-//!    `staging`, `stage`, `preview` → staging; `local`, `dev`, `development` → development; `test`, `ci` → test;
-//!    any other value → production (the safe side), saying so;
+//! Rules, first match wins; a development signal never overrides a production one (DESIGN §5):
+//! 1. `KEYMETER_ENV` set: `development`/`dev`, `test`, `staging`/`stage`, `production`/`prod` (any case); empty,
+//!    not UTF-8 or anything else is an error;
+//! 2. `DEPLOY_ENV` set: `local`/`dev`/`development` → development; `test`/`ci` → test; `staging`/`stage`/`preview`
+//!    → staging; `production`/`prod`/`render` and anything else (not UTF-8 included) → production, the safe side.
+//!    A truthy `DEBUG` beside staging or production is reported as a warning, never obeyed;
+//! 3. `DEBUG` truthy (`true`, `True`, `TRUE`, `1`, `yes`) → development;
 //! 4. nothing set → development, with a warning; [`detect_strict`] makes that an error.
 //!
-//! Detection reads through an [`EnvSource`], so tests never touch the process environment.
+//! Only [`Environment::Development`] may read or write `.env` keys or generate secrets. Detection reads through
+//! an [`EnvSource`], so tests never touch the process environment.
 //!
 //! ```
 //! use std::collections::HashMap;
@@ -18,6 +20,12 @@
 //! let found = detect(&vars).unwrap();
 //! assert_eq!(found.environment, Environment::Production);
 //! assert_eq!(found.reason, "DEPLOY_ENV=render");
+//!
+//! // A production signal wins over DEBUG.
+//! let vars = HashMap::from([("DEBUG".to_string(), "True".to_string()), ("DEPLOY_ENV".to_string(), "production".to_string())]);
+//! let found = detect(&vars).unwrap();
+//! assert_eq!(found.environment, Environment::Production);
+//! assert!(found.warning.is_some());
 //! ```
 
 use std::collections::HashMap;
@@ -52,9 +60,9 @@ impl Environment {
         }
     }
 
-    /// Whether development conveniences (generated secrets, `.env` keys) are allowed.
+    /// Whether development conveniences (generated secrets, `.env` keys) are allowed: development only.
     pub fn is_development(self) -> bool {
-        matches!(self, Environment::Development | Environment::Test)
+        matches!(self, Environment::Development)
     }
 }
 
@@ -74,12 +82,20 @@ pub struct Detected {
     /// Whether the result is a default that deserves a warning.
     #[serde(skip)]
     pub defaulted: bool,
+    /// Something the operator should know (a `DEBUG` flag beside a production signal, a default).
+    #[serde(skip)]
+    pub warning: Option<String>,
 }
 
 /// Where variables are read from.
 pub trait EnvSource {
-    /// The variable's value, if set.
+    /// The variable's value, if set and UTF-8.
     fn var(&self, name: &str) -> Option<String>;
+
+    /// Whether the variable is set at all (a value that is not UTF-8 counts as set).
+    fn is_set(&self, name: &str) -> bool {
+        self.var(name).is_some()
+    }
 }
 
 /// The process environment.
@@ -89,6 +105,10 @@ pub struct ProcessEnv;
 impl EnvSource for ProcessEnv {
     fn var(&self, name: &str) -> Option<String> {
         std::env::var(name).ok()
+    }
+
+    fn is_set(&self, name: &str) -> bool {
+        std::env::var_os(name).is_some()
     }
 }
 
@@ -103,61 +123,84 @@ fn found(environment: Environment, reason: String) -> Result<Detected> {
         environment,
         reason,
         defaulted: false,
+        warning: None,
     })
+}
+
+/// `DEBUG`'s truthy values, exactly.
+fn is_truthy(value: &str) -> bool {
+    matches!(value.trim(), "true" | "True" | "TRUE" | "1" | "yes")
 }
 
 /// Detects the environment; nothing set means development (flagged `defaulted`).
 ///
 /// # Errors
-/// [`Error::Config`] when `KEYMETER_ENV` holds an unknown value.
+/// [`Error::Config`] when `KEYMETER_ENV` is set but empty, not UTF-8 or unknown.
 pub fn detect(source: &dyn EnvSource) -> Result<Detected> {
-    let value = |name: &str| {
-        source
-            .var(name)
-            .map(|v| v.trim().to_ascii_lowercase())
-            .filter(|v| !v.is_empty())
-    };
-    if let Some(v) = value("KEYMETER_ENV") {
+    if source.is_set("KEYMETER_ENV") {
+        let Some(raw) = source.var("KEYMETER_ENV") else {
+            return Err(Error::Config("KEYMETER_ENV is not valid UTF-8".into()));
+        };
+        let v = raw.trim().to_ascii_lowercase();
         let env = match v.as_str() {
-            "development" | "dev" | "local" => Environment::Development,
-            "test" | "testing" => Environment::Test,
+            "development" | "dev" => Environment::Development,
+            "test" => Environment::Test,
             "staging" | "stage" => Environment::Staging,
             "production" | "prod" => Environment::Production,
+            "" => return Err(Error::Config("KEYMETER_ENV is set but empty".into())),
             _ => {
                 return Err(Error::Config(format!(
-                    "KEYMETER_ENV={v:?} is not one of development, test, staging, production"
+                    "KEYMETER_ENV={:?} is not one of development, dev, test, staging, stage, production, prod",
+                    v.chars().take(32).collect::<String>()
                 )));
             }
         };
         return found(env, format!("KEYMETER_ENV={v}"));
     }
-    if let Some(v) = value("DEBUG")
-        && matches!(v.as_str(), "true" | "1" | "yes")
-    {
-        return found(Environment::Development, format!("DEBUG={v}"));
-    }
-    if let Some(v) = value("DEPLOY_ENV") {
-        return match v.as_str() {
-            "production" | "prod" | "live" | "render" | "heroku" | "fly" | "railway" | "vercel" => {
-                found(Environment::Production, format!("DEPLOY_ENV={v}"))
+    let debug = source.var("DEBUG").filter(|v| is_truthy(v));
+    if source.is_set("DEPLOY_ENV") {
+        let v = source
+            .var("DEPLOY_ENV")
+            .map(|v| v.trim().to_ascii_lowercase());
+        let shown = v.as_deref().map_or_else(
+            || "(not UTF-8)".to_owned(),
+            |v| v.chars().take(32).collect::<String>(),
+        );
+        let (environment, reason) = match v.as_deref() {
+            Some("local" | "dev" | "development") => {
+                (Environment::Development, format!("DEPLOY_ENV={shown}"))
             }
-            "staging" | "stage" | "preview" => {
-                found(Environment::Staging, format!("DEPLOY_ENV={v}"))
+            Some("test" | "ci") => (Environment::Test, format!("DEPLOY_ENV={shown}")),
+            Some("staging" | "stage" | "preview") => {
+                (Environment::Staging, format!("DEPLOY_ENV={shown}"))
             }
-            "local" | "dev" | "development" => {
-                found(Environment::Development, format!("DEPLOY_ENV={v}"))
+            Some("production" | "prod" | "render") => {
+                (Environment::Production, format!("DEPLOY_ENV={shown}"))
             }
-            "test" | "ci" => found(Environment::Test, format!("DEPLOY_ENV={v}")),
-            _ => found(
+            _ => (
                 Environment::Production,
-                format!("DEPLOY_ENV={v} (unrecognised, treated as production)"),
+                format!("DEPLOY_ENV={shown} (unrecognised, treated as production)"),
             ),
         };
+        let mut detected = found(environment, reason)?;
+        if let Some(d) = debug
+            && matches!(environment, Environment::Staging | Environment::Production)
+        {
+            detected.warning = Some(format!(
+                "DEBUG={} is ignored: DEPLOY_ENV says {environment}",
+                d.trim()
+            ));
+        }
+        return Ok(detected);
+    }
+    if let Some(d) = debug {
+        return found(Environment::Development, format!("DEBUG={}", d.trim()));
     }
     Ok(Detected {
         environment: Environment::Development,
         reason: "nothing set (defaulting to development; set KEYMETER_ENV)".into(),
         defaulted: true,
+        warning: Some("no environment set: defaulting to development; set KEYMETER_ENV".into()),
     })
 }
 

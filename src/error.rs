@@ -32,11 +32,11 @@ pub enum Error {
     },
 
     /// A record with the same unique identity already exists.
-    #[error("{what} {id:?} already exists")]
+    #[error("{what} already exists{}", shown_id(.id))]
     AlreadyExists {
         /// The kind of record (for example `key`).
         what: &'static str,
-        /// Its identity.
+        /// Its identity, when it may be shown (never for a hash or a hint, which are withheld: empty).
         id: String,
     },
 
@@ -49,14 +49,17 @@ pub enum Error {
         id: String,
     },
 
-    /// Too many imported keys share one lookup hint; verification would have to try them all.
-    #[error("hint {hint:?} already has {max} keys; use a longer hint")]
+    /// Too many imported keys share one lookup hint; verification would have to try them all. The hint itself
+    /// is never carried: it is a piece of a secret.
+    #[error("that hint already has {max} keys; import with a longer hint")]
     HintFull {
-        /// The shared hint.
-        hint: String,
         /// The bound on keys per hint.
         max: usize,
     },
+
+    /// Too many verifications are waiting for a KDF slot (Argon2id, bcrypt); try again shortly (HTTP 503).
+    #[error("too many key verifications in progress; try again shortly")]
+    Overloaded,
 
     /// Missing or invalid configuration (secrets, environment, URLs).
     #[error("configuration error: {0}")]
@@ -145,6 +148,14 @@ pub enum Error {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync + 'static>,
     },
+}
+
+fn shown_id(id: &str) -> String {
+    if id.is_empty() {
+        String::new()
+    } else {
+        format!(" ({id:?})")
+    }
 }
 
 impl Error {

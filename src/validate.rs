@@ -25,13 +25,24 @@ pub fn name(what: &'static str, value: &str) -> Result<()> {
     Ok(())
 }
 
-/// A money amount that may not be negative.
+/// The largest amount keymeter stores (a cost, a limit, a reservation): 10^15. Sums of any number of stored
+/// amounts that could ever exist stay far inside `Decimal`'s range (about 7.9 × 10^28), so ledger arithmetic never
+/// overflows, whatever a custom catalog's prices.
+pub const MAX_AMOUNT: Decimal = Decimal::from_parts(2_764_472_320, 232_830, 0, false, 0);
+
+/// A money amount: not negative, at most [`MAX_AMOUNT`].
 ///
 /// # Errors
 /// [`Error::InvalidInput`] naming `what`.
 pub fn amount(what: &'static str, value: Decimal) -> Result<()> {
     if value.is_sign_negative() {
         return Err(Error::invalid(what, "must not be negative"));
+    }
+    if value > MAX_AMOUNT {
+        return Err(Error::invalid(
+            what,
+            "is larger than 1000000000000000, the most keymeter stores",
+        ));
     }
     Ok(())
 }
@@ -45,4 +56,15 @@ pub fn positive(what: &'static str, value: Duration) -> Result<()> {
         return Err(Error::invalid(what, "must be positive"));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn max_amount_is_ten_to_the_fifteenth() {
+        assert_eq!(
+            super::MAX_AMOUNT,
+            rust_decimal::Decimal::from(1_000_000_000_000_000_i64)
+        );
+    }
 }

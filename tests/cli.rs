@@ -249,10 +249,19 @@ fn imports_foreign_hashes() {
             "keys", "import", "--name", scheme, "--owner", "dave", "--hash", hash, "--scopes",
             "read",
         ];
-        if scheme != "sha256" {
-            args.extend(["--hint", &key[..8]]);
+        // The hint comes on stdin: the first 8 characters for argon2id, the whole key (checked against the
+        // hash) for bcrypt.
+        let stdin = match scheme {
+            "sha256" => None,
+            "argon2id" => Some(&key[..8]),
+            _ => Some(key),
+        };
+        if stdin.is_some() {
+            args.extend(["--hint", "-"]);
         }
-        let imported = cli.ok(&args);
+        let (code, imported) = cli.run(&args, stdin);
+        assert_eq!(code, 0, "{scheme}: {imported}");
+        assert!(!imported.to_string().contains(&key[..8]), "{imported}");
         assert_eq!(imported["hash_scheme"], scheme);
         let (code, v) = cli.run(&["keys", "verify", "--scope", "read"], Some(key));
         assert_eq!((code, v["code"].as_str()), (0, Some("VALID")), "{scheme}");
@@ -264,8 +273,38 @@ fn imports_foreign_hashes() {
             "{scheme}"
         );
     }
-    // A slow hash without a hint is a usage error.
+    // The hint never comes from argv; a whole key that does not match the hash imports nothing.
     let hash = fx["argon2id"]["hash"].as_str().unwrap();
+    let (code, v) = cli.run(
+        &[
+            "keys", "import", "--name", "x", "--owner", "d", "--hash", hash, "--hint", "sk-legac",
+        ],
+        None,
+    );
+    assert_eq!(code, 2, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("stdin"), "{v}");
+    let (code, v) = cli.run(
+        &[
+            "keys", "import", "--name", "x", "--owner", "d", "--hash", hash, "--hint", "-",
+        ],
+        Some("sk-legacy-but-not-this-key-at-all"),
+    );
+    assert_eq!(code, 2, "{v}");
+    let listed = cli.run_with(&["keys", "list"], None);
+    assert!(!String::from_utf8_lossy(&listed.stdout).contains("sk-legac"));
+    let human = Command::new(env!("CARGO_BIN_EXE_keymeter"))
+        .env("KEYMETER_ENV", "development")
+        .current_dir(cli.dir.path())
+        .args([
+            "--store",
+            &format!("sqlite://{}", cli.db().display()),
+            "keys",
+            "list",
+        ])
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&human.stdout).contains("sk-legac"));
+    // A slow hash without a hint is a usage error.
     let (code, v) = cli.run(
         &[
             "keys", "import", "--name", "x", "--owner", "d", "--hash", hash,
@@ -968,4 +1007,356 @@ fn a_hundred_processes_starting_on_a_new_database_all_succeed() {
         let v: Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(v["keys"], serde_json::json!([]));
     }
+}
+
+#[test]
+#[cfg(unix)]
+fn a_non_utf8_keymeter_env_in_the_process_environment_is_an_error() {
+    use std::os::unix::ffi::OsStrExt;
+    // Checked in a child process so this test never mutates its own environment.
+    let out = Command::new(env!("CARGO_BIN_EXE_keymeter"))
+        .env("KEYMETER_ENV", std::ffi::OsStr::from_bytes(b"prod\xff"))
+        .args(["env"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("UTF-8"));
+}
+
+fn mode_of(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[test]
+fn files_are_private_from_creation_and_planted_temporaries_are_ignored() {
+    let cli = Cli::new();
+    // A pre-existing temporary of the old writer's name, world-readable, must not decide the secrets' mode.
+    let planted = cli.dir.path().join("keymeter.secrets.tmp");
+    std::fs::write(&planted, "planted").unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&planted, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    cli.ok(&["init"]);
+    let secrets = cli.dir.path().join("keymeter.secrets");
+    assert_eq!(mode_of(&secrets), 0o600);
+    assert_eq!(std::fs::read_to_string(&planted).unwrap(), "planted");
+    cli.ok(&["keys", "list"]);
+    for suffix in ["", "-wal", "-shm"] {
+        let file = PathBuf::from(format!("{}{suffix}", cli.db().display()));
+        if file.exists() {
+            assert_eq!(mode_of(&file), 0o600, "{}", file.display());
+        }
+    }
+    assert!(PathBuf::from(format!("{}-wal", cli.db().display())).exists());
+    // A secrets file others can read is used in development, with a warning on stderr.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&secrets, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let out = cli.run_with(&["keys", "list"], None);
+    assert_eq!(out.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("warning") && stderr.contains("chmod 600"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn configuration_errors_never_echo_a_secret() {
+    let mut cli = Cli::new();
+    let b64 = "cHJvZHVjdGlvbi1wZXBwZXItMzItYnl0ZXMtbG9uZyE=";
+    for var in ["KEYMETER_PEPPER", "KEYMETER_MASTER_KEYS"] {
+        cli.env = vec![
+            ("KEYMETER_ENV", "production".into()),
+            (var, format!("{b64}:p1")),
+        ];
+        let out = cli.run_with(&["keys", "list"], None);
+        assert_eq!(out.status.code(), Some(2), "{var}");
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!all.contains(&b64[..12]), "{var}: {all}");
+        assert!(all.contains(var) && all.contains("entry 1"), "{var}: {all}");
+    }
+    cli.env = vec![("KEYMETER_ENV", "development".into())];
+    let out = cli.run_with(
+        &[
+            "--store",
+            "postgres://admin:hunter2-secret@db.internal/app",
+            "keys",
+            "list",
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!all.contains("hunter2"), "{all}");
+}
+
+#[test]
+fn production_init_without_secrets_creates_nothing() {
+    let mut cli = Cli::new();
+    cli.env = vec![("KEYMETER_ENV", "production".into())];
+    let out = cli.run_with(&["init"], None);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        !cli.db().exists(),
+        "the database was created before the refusal"
+    );
+    assert_eq!(std::fs::read_dir(cli.dir.path()).unwrap().count(), 0);
+    // DEBUG beside a production signal is production too.
+    cli.env = vec![
+        ("DEBUG", "True".into()),
+        ("DEPLOY_ENV", "production".into()),
+    ];
+    assert_eq!(cli.ok(&["env"])["environment"], "production");
+    assert_eq!(cli.run_with(&["init"], None).status.code(), Some(2));
+    assert!(!cli.dir.path().join("keymeter.secrets").exists());
+}
+
+#[test]
+fn bad_input_is_refused_and_never_panics() {
+    let cli = Cli::new();
+    cli.ok(&["init"]);
+    let no_panic = |out: &Output| {
+        assert_ne!(
+            out.status.code(),
+            Some(101),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    // Far-future lifetimes overflow the calendar: a usage error.
+    let out = cli.run_with(
+        &[
+            "keys",
+            "create",
+            "--name",
+            "a",
+            "--owner",
+            "b",
+            "--expires-in",
+            "100000000w",
+        ],
+        None,
+    );
+    no_panic(&out);
+    assert_eq!(out.status.code(), Some(2));
+    // Unbounded inputs are refused, not read whole.
+    let out = cli.run_with(
+        &[
+            "price",
+            "cost",
+            "--model",
+            "gpt-4o",
+            "--usage",
+            "/dev/zero",
+            "--usage-format",
+            "openai",
+        ],
+        None,
+    );
+    no_panic(&out);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("larger than"));
+    // A token that is not UTF-8 is MALFORMED (a verdict), not a usage error.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_keymeter"))
+        .current_dir(cli.dir.path())
+        .env("KEYMETER_ENV", "development")
+        .args([
+            "--store",
+            &format!("sqlite://{}", cli.db().display()),
+            "--json",
+            "keys",
+            "verify",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"km_live_\xff\xfe")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["code"], "MALFORMED");
+    // Names nothing can read back, or that would rewrite a terminal, are refused.
+    for args in [
+        &[
+            "budget", "set", "--org", "", "--limit", "5", "--period", "monthly",
+        ][..],
+        &[
+            "usage",
+            "record",
+            "--owner",
+            "\u{1b}[31mred",
+            "--model",
+            "gpt-4o",
+            "--input",
+            "1",
+        ],
+        &["keys", "create", "--name", "a", "--owner", " "],
+    ] {
+        let out = cli.run_with(args, None);
+        no_panic(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+    }
+    let out = cli.run_with(
+        &["creds", "set", "--owner", "", "--provider", "openai"],
+        Some("sk-proj-abcdefghijklmnopqrstuvwxyz"),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    // A custom catalog with prices so large that ledger sums could overflow: a typed refusal, nothing stored,
+    // and the report keeps working.
+    let huge = cli.dir.path().join("huge.json");
+    std::fs::write(
+        &huge,
+        r#"{"format": "keymeter-catalog/1", "models": [{"id": "huge", "provider": "acme", "currency": "USD",
+            "prices": [{"effective_from": null, "effective_until": null,
+                        "rates": {"input": "10000000000000000000000", "output": "1"}}]}]}"#,
+    )
+    .unwrap();
+    let huge = huge.display().to_string();
+    let out = cli.run_with(
+        &[
+            "usage",
+            "record",
+            "--owner",
+            "o",
+            "--model",
+            "huge",
+            "--catalog",
+            &huge,
+            "--input",
+            "1000000",
+        ],
+        None,
+    );
+    no_panic(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = cli.ok(&["usage", "report", "--by", "owner"]);
+    assert_eq!(report["total"], "0");
+}
+
+#[test]
+fn a_closed_stdout_never_leaves_a_live_key_nobody_saw() {
+    let cli = Cli::new();
+    cli.ok(&["init"]);
+    // `keymeter keys create … | true`: the reader is gone before the key is written.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_keymeter"))
+        .current_dir(cli.dir.path())
+        .env("KEYMETER_ENV", "development")
+        .args([
+            "--store",
+            &format!("sqlite://{}", cli.db().display()),
+            "keys",
+            "create",
+            "--name",
+            "lost",
+            "--owner",
+            "o",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(2), "no panic (101), a clear failure");
+    let listed = cli.ok(&["keys", "list"]);
+    let keys = listed["keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 1);
+    assert!(
+        !keys[0]["revoked_at"].is_null(),
+        "the unseen key was revoked: {}",
+        keys[0]
+    );
+}
+
+#[test]
+fn rewrap_names_the_row_it_cannot_decrypt_and_rewraps_the_rest() {
+    let mut cli = Cli::new();
+    let old = "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+    let lost = "k0:HyAhIiMkJSYnKCkqKywtLi8wMTIzNDU2Nzg5Ojs8PT4=";
+    cli.env.push((
+        "KEYMETER_PEPPER",
+        "cHJvZHVjdGlvbi1wZXBwZXItMzItYnl0ZXMtbG9uZyE=".into(),
+    ));
+    cli.env
+        .push(("KEYMETER_MASTER_KEYS", format!("{lost},{old}")));
+    cli.run(
+        &["creds", "set", "--owner", "mallory", "--provider", "openai"],
+        Some("sk-proj-abcdefghijklmnopqrstuvwxyz012345"),
+    );
+    cli.env.retain(|(k, _)| *k != "KEYMETER_MASTER_KEYS");
+    cli.env.push(("KEYMETER_MASTER_KEYS", old.into()));
+    let (code, _) = cli.run(
+        &["creds", "set", "--owner", "alice", "--provider", "openai"],
+        Some("sk-proj-alicealicealicealicealice0123"),
+    );
+    assert_eq!(code, 0);
+    // A new active key; k0 (mallory's row) is gone from the ring.
+    let new = "k2:ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8=";
+    cli.env.retain(|(k, _)| *k != "KEYMETER_MASTER_KEYS");
+    cli.env
+        .push(("KEYMETER_MASTER_KEYS", format!("{new},{old}")));
+    let (code, v) = cli.run(&["creds", "rewrap"], None);
+    assert_eq!(code, 1, "{v}");
+    assert_eq!(
+        (v["total"].as_u64(), v["rewrapped"].as_u64()),
+        (Some(2), Some(1)),
+        "{v}"
+    );
+    assert_eq!(v["unreadable"][0]["owner"], "mallory");
+    assert_eq!(v["unreadable"][0]["provider"], "openai");
+    let (code, v) = cli.run(
+        &[
+            "creds",
+            "resolve",
+            "--owner",
+            "alice",
+            "--provider",
+            "openai",
+        ],
+        None,
+    );
+    assert_eq!((code, v["source"].as_str()), (0, Some("user")), "{v}");
+}
+
+#[test]
+fn vault_keygen_prints_only_the_entry_on_stdout() {
+    let cli = Cli::new();
+    let out = Command::new(env!("CARGO_BIN_EXE_keymeter"))
+        .current_dir(cli.dir.path())
+        .args(["vault", "keygen", "--id", "k9"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(stdout.lines().count(), 1, "{stdout:?}");
+    assert!(stdout.starts_with("k9:"));
+    assert!(keymeter::credentials::MasterKeyRing::from_env_value(stdout.trim()).is_ok());
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).is_empty(),
+        "the advice goes to stderr"
+    );
 }

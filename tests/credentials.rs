@@ -586,6 +586,124 @@ mod env_file {
         assert!(!err.to_string().contains("secret"), "{err}");
     }
 
+    #[test]
+    fn a_planted_temporary_file_or_symlink_is_never_followed() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(".env");
+        std::fs::write(&path, "OTHER=1\n").unwrap();
+        // Every name the old writer used, and a few more, planted as symlinks to a file the attacker reads.
+        let loot = dir.path().join("loot");
+        std::fs::write(&loot, "").unwrap();
+        for name in [
+            format!("..env.tmp-{}", std::process::id()),
+            ".env.tmp".to_owned(),
+            ".keymeter-.tmp".to_owned(),
+        ] {
+            std::os::unix::fs::symlink(&loot, dir.path().join(name)).unwrap();
+        }
+        EnvFile::new(&path, Environment::Development)
+            .write_key(&Provider::anthropic(), SYSTEM_KEY)
+            .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&loot).unwrap(),
+            "",
+            "the key never reaches a planted link"
+        );
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        assert!(meta.file_type().is_file(), ".env stays a regular file");
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        // No temporary file is left behind.
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| {
+                e.file_name().to_string_lossy().starts_with(".keymeter-")
+                    && e.file_type().unwrap().is_file()
+            })
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+
+    #[test]
+    fn sourcing_the_file_in_a_shell_runs_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let values = [
+            "$(touch pwned1)",
+            "`touch pwned2`",
+            "it's $(touch pwned3)",
+            "back\\slash $(touch pwned4) \"quoted\"",
+            "plain-value_1.2",
+        ];
+        let mut text = String::new();
+        for (i, v) in values.iter().enumerate() {
+            text = set_var(&text, &format!("V{i}"), v).unwrap();
+        }
+        // A value needing double quotes that holds a backtick cannot be made safe for both readers: refused.
+        assert!(set_var(&text, "BAD", "it's `touch pwned5`").is_err());
+        let parsed = parse(&text).unwrap();
+        for (i, v) in values.iter().enumerate() {
+            assert_eq!(
+                parsed[&format!("V{i}")].as_str(),
+                *v,
+                "dotenvy reads V{i} back exactly"
+            );
+        }
+        std::fs::write(dir.path().join(".env"), &text).unwrap();
+        let script = (0..values.len())
+            .map(|i| format!("printf '%s\\n' \"$V{i}\";"))
+            .collect::<String>();
+        let out = std::process::Command::new("sh")
+            .current_dir(dir.path())
+            .arg("-c")
+            .arg(format!(". ./.env; {script}"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let printed = String::from_utf8(out.stdout).unwrap();
+        assert_eq!(
+            printed.lines().collect::<Vec<_>>(),
+            values,
+            "the shell reads the same values"
+        );
+        for n in 1..=5 {
+            assert!(
+                !dir.path().join(format!("pwned{n}")).exists(),
+                "sourcing ran pwned{n}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn the_test_environment_never_reads_or_writes_env_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(".env");
+        std::fs::write(
+            &path,
+            "ANTHROPIC_API_KEY=sk-ant-api03-from-the-file-0000000000\n",
+        )
+        .unwrap();
+        let file = EnvFile::new(&path, Environment::Test);
+        let resolver = CredentialResolver::new(
+            Arc::new(MemoryStore::new()),
+            vault(vec![key("k1", 1)]),
+            Environment::Test,
+        )
+        .with_env_file(Arc::new(file.clone()));
+        assert!(matches!(
+            resolver.resolve("alice", &Provider::anthropic()).await,
+            Err(Error::NoCredential { .. })
+        ));
+        assert!(
+            file.write_key(&Provider::openai(), "sk-proj-abcdefghijklmnopqrstuvwxyz")
+                .is_err()
+        );
+    }
+
     #[tokio::test]
     async fn the_env_tier_is_for_development_only() {
         let dir = tempfile::tempdir().unwrap();
@@ -729,9 +847,27 @@ fn environment_detection_rules() {
             "KEYMETER_ENV=dev",
         ),
         (
-            &[("DEBUG", "true"), ("DEPLOY_ENV", "production")],
-            Environment::Development,
-            "DEBUG=true",
+            &[("DEBUG", "True"), ("DEPLOY_ENV", "production")],
+            Environment::Production,
+            "DEPLOY_ENV=production",
+        ),
+        (
+            &[("DEBUG", "1"), ("DEPLOY_ENV", "staging")],
+            Environment::Staging,
+            "DEPLOY_ENV=staging",
+        ),
+        (&[("DEBUG", "True")], Environment::Development, "DEBUG=True"),
+        (&[("DEBUG", "yes")], Environment::Development, "DEBUG=yes"),
+        (&[("DEPLOY_ENV", "ci")], Environment::Test, "DEPLOY_ENV=ci"),
+        (
+            &[("DEPLOY_ENV", "test")],
+            Environment::Test,
+            "DEPLOY_ENV=test",
+        ),
+        (
+            &[("DEPLOY_ENV", "preview")],
+            Environment::Staging,
+            "DEPLOY_ENV=preview",
         ),
         (
             &[("DEBUG", "false"), ("DEPLOY_ENV", "production")],
@@ -783,5 +919,26 @@ fn environment_detection_rules() {
     assert!(nothing.defaulted && nothing.reason.contains("nothing set"));
     assert!(detect_strict(&env(&[])).is_err());
     assert!(detect(&env(&[("KEYMETER_ENV", "moon")])).is_err());
-    assert!(Environment::Test.is_development() && !Environment::Staging.is_development());
+    assert!(!Environment::Test.is_development() && !Environment::Staging.is_development());
+    // Set but empty is an error, not "unset"; so is a value that is not UTF-8 (through an EnvSource that
+    // reports it as set without a value, as the process environment does).
+    let err = detect(&env(&[("KEYMETER_ENV", " ")])).unwrap_err();
+    assert!(err.to_string().contains("empty"), "{err}");
+    struct NotUtf8;
+    impl keymeter::env::EnvSource for NotUtf8 {
+        fn var(&self, _: &str) -> Option<String> {
+            None
+        }
+        fn is_set(&self, name: &str) -> bool {
+            name == "KEYMETER_ENV"
+        }
+    }
+    let err = detect(&NotUtf8).unwrap_err();
+    assert!(err.to_string().contains("UTF-8"), "{err}");
+    // A DEBUG flag beside a production signal is a warning, never development.
+    let found = detect(&env(&[("DEBUG", "true"), ("DEPLOY_ENV", "render")])).unwrap();
+    assert_eq!(found.environment, Environment::Production);
+    assert!(found.warning.unwrap().contains("DEBUG"));
+    // DEBUG values outside the list are not truthy.
+    assert!(detect(&env(&[("DEBUG", "on")])).unwrap().defaulted);
 }

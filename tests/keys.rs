@@ -337,6 +337,38 @@ async fn ip_networks_v4_v6_and_mapped() {
     );
     assert!(parse_networks(["10.0.0.0/33"]).is_err());
     assert!(parse_networks(["not-an-ip"]).is_err());
+
+    // An entry written in IPv4-mapped form means the IPv4 network, and `::/0` covers IPv4 clients too: no entry
+    // silently never matches.
+    assert_eq!(
+        parse_networks(["::ffff:10.0.0.0/104"]).unwrap(),
+        parse_networks(["10.0.0.0/8"]).unwrap()
+    );
+    let mapped = issue(
+        &f,
+        NewKey::new("mapped", "alice")
+            .allowed_ips(parse_networks(["::ffff:10.0.0.0/104"]).unwrap()),
+    )
+    .await;
+    let mapped = mapped.token.expose_secret();
+    assert_eq!(code(&f, mapped, &at("10.9.8.7")).await, VerdictCode::Valid);
+    assert_eq!(
+        code(&f, mapped, &at("::ffff:10.9.8.7")).await,
+        VerdictCode::Valid
+    );
+    assert_eq!(
+        code(&f, mapped, &at("11.0.0.1")).await,
+        VerdictCode::IpNotAllowed
+    );
+    let any6 = issue(
+        &f,
+        NewKey::new("any6", "alice").allowed_ips(parse_networks(["::/0"]).unwrap()),
+    )
+    .await;
+    let any6 = any6.token.expose_secret();
+    for ok in ["192.0.2.1", "::1", "2001:db8::5"] {
+        assert_eq!(code(&f, any6, &at(ok)).await, VerdictCode::Valid, "{ok}");
+    }
 }
 
 fn foreign() -> serde_json::Value {
@@ -408,7 +440,20 @@ async fn imported_argon2id_from_argon2_cffi_verifies_and_upgrades() {
         .import(NewKey::new("a", "bob"), hash, Some(&key[..8]))
         .await
         .unwrap();
-    assert_eq!(record.hint, "sk-legac…");
+    // Neither the display hint, nor Debug, nor the JSON, nor the stored lookup holds the key's first characters.
+    assert!(!record.hint.contains("sk-legac"), "{}", record.hint);
+    assert!(!format!("{record:?}").contains("sk-legac"));
+    assert!(!serde_json::to_string(&record).unwrap().contains("sk-legac"));
+    match &record.lookup {
+        keymeter::keys::KeyLookup::Hint(digest) => {
+            assert!(
+                digest.starts_with("p1:") && !digest.contains("sk-legac"),
+                "{digest}"
+            );
+        }
+        other => panic!("expected a hint lookup, got {other:?}"),
+    }
+    assert!(f.store.find_by_hint(&key[..8]).await.unwrap().is_empty());
 
     let verdict = f.verifier.verify(key, &Requirement::new()).await.unwrap();
     assert_eq!(verdict.code(), VerdictCode::Valid);
@@ -768,4 +813,235 @@ impl NowPlus for ManualClock {
     fn now_plus(&self, d: Duration) -> chrono::DateTime<Utc> {
         keymeter::clock::Clock::now(self) + d
     }
+}
+
+/// An Argon2id PHC string with the given parameters (its salt and hash are well-formed; it matches nothing).
+fn argon2_with(m: u32, t: u32, p: u32) -> String {
+    format!(
+        "$argon2id$v=19$m={m},t={t},p={p}$c29tZXNhbHRzb21lc2FsdA$YWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWE"
+    )
+}
+
+#[tokio::test]
+async fn a_hint_that_matches_nothing_still_costs_one_kdf() {
+    let f = fixture();
+    let unknown = "sk-nobody-has-this-prefix-0123456789";
+    // No hinted key at all: nothing to hide, no KDF (so garbage tokens cannot make the server hash).
+    assert_eq!(
+        code(&f, unknown, &Requirement::new()).await,
+        VerdictCode::NotFound
+    );
+    assert_eq!(f.verifier.kdf_runs(), 0);
+    let fx = foreign();
+    let (key, hash) = (
+        fx["argon2id"]["key"].as_str().unwrap(),
+        fx["argon2id"]["hash"].as_str().unwrap(),
+    );
+    f.issuer
+        .import(NewKey::new("a", "bob"), hash, Some(&key[..8]))
+        .await
+        .unwrap();
+    // Now a hint that matches no key runs one dummy KDF, as a hint that matches one runs one real KDF.
+    assert_eq!(
+        code(&f, unknown, &Requirement::new()).await,
+        VerdictCode::NotFound
+    );
+    assert_eq!(f.verifier.kdf_runs(), 1);
+    assert_eq!(
+        code(
+            &f,
+            "sk-legacy-argon2-0123456789abcdefXYW",
+            &Requirement::new()
+        )
+        .await,
+        VerdictCode::NotFound
+    );
+    assert_eq!(f.verifier.kdf_runs(), 2);
+}
+
+#[tokio::test]
+async fn imports_over_the_kdf_ceilings_or_under_an_unknown_pepper_are_refused() {
+    let f = fixture();
+    for (hash, what) in [
+        (argon2_with(4 * 1024 * 1024, 100, 1), "m=4194304"),
+        (argon2_with(19_456, 11, 1), "t=11"),
+        (argon2_with(19_456, 2, 16), "p=16"),
+    ] {
+        let err = f
+            .issuer
+            .import(NewKey::new("a", "bob"), &hash, Some("abcdefgh"))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                keymeter::Error::Hash(keymeter::keys::HashError::TooCostly { .. })
+            ),
+            "{what}: {err}"
+        );
+        assert!(err.to_string().contains(what), "{err}");
+    }
+    assert!(
+        f.issuer
+            .import(
+                NewKey::new("a", "bob"),
+                &argon2_with(65_536, 10, 4),
+                Some("abcdefgh")
+            )
+            .await
+            .is_ok()
+    );
+    let foreign_pepper = format!("$hmac-sha256$v=1,p=elsewhere${}", "A".repeat(43));
+    let err = f
+        .issuer
+        .import(NewKey::new("h", "bob"), &foreign_pepper, Some("km_live_"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            keymeter::Error::Hash(keymeter::keys::HashError::UnknownPepper(_))
+        ),
+        "{err}"
+    );
+    assert!(
+        f.store.list(&KeyFilter::default()).await.unwrap().len() == 1,
+        "nothing else was stored"
+    );
+}
+
+#[cfg(feature = "bcrypt")]
+#[tokio::test]
+async fn bcrypt_over_the_cost_ceiling_is_refused() {
+    let f = fixture();
+    let expensive = format!("$2b$31${}", "a".repeat(53));
+    let err = f
+        .issuer
+        .import(NewKey::new("b", "bob"), &expensive, Some("abcdefgh"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            keymeter::Error::Hash(keymeter::keys::HashError::TooCostly { .. })
+        ),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn digests_and_hints_stay_out_of_debug_and_errors() {
+    let f = fixture();
+    let secret = "legacy-gateway-key-000111222333";
+    let hex: String = {
+        use sha2::Digest;
+        sha2::Sha256::digest(secret.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    let record = f
+        .issuer
+        .import(NewKey::new("s", "bob"), &format!("$sha256${hex}"), None)
+        .await
+        .unwrap();
+    assert!(!format!("{record:?}").contains(&hex[..16]));
+    assert!(!format!("{:?}", f.store).contains(&hex[..16]));
+    assert!(!format!("{:?}", f.verifier).contains(&hex[..16]));
+    let dup = f
+        .issuer
+        .import(NewKey::new("s2", "bob"), &format!("$sha256${hex}"), None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(dup, keymeter::Error::AlreadyExists { .. }),
+        "{dup}"
+    );
+    assert!(
+        !dup.to_string().contains(&hex[..16]) && !format!("{dup:?}").contains(&hex[..16]),
+        "{dup}"
+    );
+    let hash = argon2_with(1024, 1, 1);
+    for i in 0..keymeter::keys::MAX_KEYS_PER_HINT {
+        f.issuer
+            .import(NewKey::new(format!("h{i}"), "bob"), &hash, Some("adm1n-pa"))
+            .await
+            .unwrap();
+    }
+    let full = f
+        .issuer
+        .import(NewKey::new("h", "bob"), &hash, Some("adm1n-pa"))
+        .await
+        .unwrap_err();
+    assert!(matches!(full, keymeter::Error::HintFull { .. }), "{full}");
+    assert!(
+        !full.to_string().contains("adm1n") && !format!("{full:?}").contains("adm1n"),
+        "{full}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kdf_work_is_bounded_and_overload_is_a_typed_error() {
+    let f = fixture_with(
+        vec![pepper("p1", 10)],
+        VerifierConfig {
+            kdf_concurrency: 1,
+            kdf_wait: Duration::zero(),
+            cache_capacity: 0,
+            ..VerifierConfig::default()
+        },
+    );
+    let fx = foreign();
+    let (key, hash) = (
+        fx["argon2id"]["key"].as_str().unwrap(),
+        fx["argon2id"]["hash"].as_str().unwrap(),
+    );
+    f.issuer
+        .import(NewKey::new("a", "bob"), hash, Some(&key[..8]))
+        .await
+        .unwrap();
+    // Polled in turn by one task: the first takes the only slot and its KDF runs for milliseconds, so the others
+    // find no slot and, not allowed to wait, are refused at once.
+    let need = Requirement::new();
+    let results = futures_join(
+        (0..4)
+            .map(|_| f.verifier.verify(key, &need))
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    let overloaded = results
+        .iter()
+        .filter(|r| matches!(r, Err(keymeter::Error::Overloaded)))
+        .count();
+    let valid = results
+        .iter()
+        .filter(|r| matches!(r, Ok(v) if v.code() == VerdictCode::Valid))
+        .count();
+    assert_eq!((valid, overloaded), (1, 3), "{results:?}");
+    // Once the slot is free again, verification works.
+    assert_eq!(code(&f, key, &need).await, VerdictCode::Valid);
+}
+
+/// Polls every future in turn until all are done (a tiny `join_all`, to avoid a dependency).
+async fn futures_join<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut futures: Vec<_> = futures.into_iter().map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (fut, slot) in futures.iter_mut().zip(out.iter_mut()) {
+            if slot.is_none() {
+                match fut.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => *slot = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().map(|o| o.expect("done")).collect()
 }

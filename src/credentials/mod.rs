@@ -56,7 +56,7 @@ pub async fn set_key(
 }
 
 /// What a [`rewrap`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
 pub struct RewrapReport {
     /// Credentials looked at.
     pub total: usize,
@@ -64,15 +64,32 @@ pub struct RewrapReport {
     pub rewrapped: usize,
     /// Credentials changed by someone else meanwhile (left as they were; run again).
     pub skipped: usize,
+    /// Credentials that could not be decrypted (left as they were), by row.
+    pub unreadable: Vec<UnreadableCredential>,
+}
+
+/// A stored credential [`rewrap`] could not decrypt: which row, and why (never any key material).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct UnreadableCredential {
+    /// `user` or `system`.
+    pub scope: &'static str,
+    /// The owner, for a user's key.
+    pub owner: Option<String>,
+    /// The provider.
+    pub provider: Provider,
+    /// Why it could not be decrypted.
+    pub reason: String,
 }
 
 /// Re-encrypts every stored credential that is not under the active master key.
 ///
 /// Each credential is swapped with a compare-and-swap on its own, so an interrupted rewrap leaves every row
 /// either old (still readable with the old key, which stays in the ring) or new: nothing is lost; run it again.
+/// A row that does not decrypt (a master key missing from the ring, a damaged row) is named in
+/// [`RewrapReport::unreadable`], and every other row is still rewrapped.
 ///
 /// # Errors
-/// [`crate::Error::Vault`] when a credential does not decrypt (nothing after it is touched); backend failures.
+/// Backend failures.
 pub async fn rewrap(store: &dyn CredentialStore, vault: &Vault) -> Result<RewrapReport> {
     let mut report = RewrapReport::default();
     for item in store.list().await? {
@@ -80,7 +97,21 @@ pub async fn rewrap(store: &dyn CredentialStore, vault: &Vault) -> Result<Rewrap
         if !vault.needs_rewrap(&item.sealed) {
             continue;
         }
-        let plain = vault.open(&item.scope, &item.provider, &item.sealed)?;
+        let plain = match vault.open(&item.scope, &item.provider, &item.sealed) {
+            Ok(plain) => plain,
+            Err(e) => {
+                report.unreadable.push(UnreadableCredential {
+                    scope: item.scope.kind(),
+                    owner: match &item.scope {
+                        CredentialScope::User(o) => Some(o.clone()),
+                        CredentialScope::System => None,
+                    },
+                    provider: item.provider.clone(),
+                    reason: e.to_string(),
+                });
+                continue;
+            }
+        };
         let fresh = vault.seal(
             &item.scope,
             &item.provider,

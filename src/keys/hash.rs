@@ -51,6 +51,14 @@ pub enum HashError {
     /// The scheme needs a cargo feature that is off.
     #[error("{0} hashes need the `{0}` feature")]
     FeatureDisabled(HashScheme),
+    /// The hash's parameters make one verify cost more than the configured ceiling ([`KdfLimits`]).
+    #[error("{scheme} parameters over the ceiling: {reason}")]
+    TooCostly {
+        /// The scheme.
+        scheme: HashScheme,
+        /// Which parameter, and its ceiling.
+        reason: String,
+    },
 }
 
 fn malformed(scheme: HashScheme, reason: &'static str) -> HashError {
@@ -364,6 +372,31 @@ impl Default for Argon2Config {
     }
 }
 
+/// The most one imported slow hash may cost to verify: a hash over any of these is refused at import (and not
+/// run at verify), so an unauthenticated request can never make the server spend more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KdfLimits {
+    /// Argon2 memory in KiB (default 65,536: 64 MiB).
+    pub argon2_max_m_kib: u32,
+    /// Argon2 iterations (default 10).
+    pub argon2_max_t: u32,
+    /// Argon2 parallelism (default 4).
+    pub argon2_max_p: u32,
+    /// bcrypt cost (default 12).
+    pub bcrypt_max_cost: u32,
+}
+
+impl Default for KdfLimits {
+    fn default() -> Self {
+        KdfLimits {
+            argon2_max_m_kib: 65_536,
+            argon2_max_t: 10,
+            argon2_max_p: 4,
+            bcrypt_max_cost: 12,
+        }
+    }
+}
+
 /// Creates and verifies key hashes, and decides when a verified hash is out of date.
 ///
 /// ```
@@ -380,7 +413,9 @@ impl Default for Argon2Config {
 pub struct KeyHasher {
     peppers: PepperRing,
     argon2: Argon2Config,
+    limits: KdfLimits,
     random: Arc<dyn RandomSource>,
+    dummy: std::sync::OnceLock<KeyHash>,
 }
 
 impl fmt::Debug for KeyHasher {
@@ -398,8 +433,134 @@ impl KeyHasher {
         KeyHasher {
             peppers,
             argon2: Argon2Config::default(),
+            limits: KdfLimits::default(),
             random: Arc::new(OsRandom),
+            dummy: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Sets the ceilings on imported slow hashes.
+    ///
+    /// # Errors
+    /// [`Error::Config`] when the configured Argon2id parameters are themselves over the ceilings.
+    pub fn with_kdf_limits(mut self, limits: KdfLimits) -> Result<Self> {
+        self.limits = limits;
+        self.check_own_cost()?;
+        Ok(self)
+    }
+
+    fn check_own_cost(&self) -> Result<()> {
+        let a = self.argon2;
+        if a.m_cost > self.limits.argon2_max_m_kib
+            || a.t_cost > self.limits.argon2_max_t
+            || a.p_cost > self.limits.argon2_max_p
+        {
+            return Err(Error::Config(
+                "the Argon2id parameters for new hashes are over the KDF ceilings".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The ceilings on imported slow hashes.
+    pub fn kdf_limits(&self) -> KdfLimits {
+        self.limits
+    }
+
+    /// Refuses a hash whose verify would cost more than the ceilings allow, or that names a pepper this hasher
+    /// lacks (every later verify of it would fail).
+    ///
+    /// # Errors
+    /// [`HashError::TooCostly`]; [`HashError::UnknownPepper`].
+    pub fn check_importable(&self, hash: &KeyHash) -> Result<(), HashError> {
+        let too = |scheme, reason: String| Err(HashError::TooCostly { scheme, reason });
+        match hash.scheme {
+            HashScheme::HmacSha256 => match hash.pepper_id() {
+                Some(id) if self.peppers.get(id).is_none() => {
+                    Err(HashError::UnknownPepper(id.to_owned()))
+                }
+                _ => Ok(()),
+            },
+            HashScheme::Argon2id => {
+                let params = PasswordHash::new(&hash.text)
+                    .ok()
+                    .and_then(|phc| Params::try_from(&phc).ok())
+                    .ok_or_else(|| malformed(HashScheme::Argon2id, "invalid parameters"))?;
+                let l = self.limits;
+                if params.m_cost() > l.argon2_max_m_kib {
+                    return too(
+                        HashScheme::Argon2id,
+                        format!("m={} KiB > {}", params.m_cost(), l.argon2_max_m_kib),
+                    );
+                }
+                if params.t_cost() > l.argon2_max_t {
+                    return too(
+                        HashScheme::Argon2id,
+                        format!("t={} > {}", params.t_cost(), l.argon2_max_t),
+                    );
+                }
+                if params.p_cost() > l.argon2_max_p {
+                    return too(
+                        HashScheme::Argon2id,
+                        format!("p={} > {}", params.p_cost(), l.argon2_max_p),
+                    );
+                }
+                Ok(())
+            }
+            HashScheme::Bcrypt => {
+                let cost: u32 = hash.text[4..6]
+                    .parse()
+                    .map_err(|_| malformed(HashScheme::Bcrypt, "invalid cost"))?;
+                if cost > self.limits.bcrypt_max_cost {
+                    return too(
+                        HashScheme::Bcrypt,
+                        format!("cost {cost} > {}", self.limits.bcrypt_max_cost),
+                    );
+                }
+                Ok(())
+            }
+            HashScheme::Sha256 => Ok(()),
+        }
+    }
+
+    /// The keyed digest that finds an imported slow hash by the key's first characters, under the active pepper:
+    /// `<pepper-id>:<base64 HMAC-SHA-256("keymeter-hint-v1\0" ‖ hint)>`. The hint itself is never stored.
+    pub fn hint_digest(&self, hint: &[u8]) -> String {
+        hint_digest_under(self.peppers.active(), hint)
+    }
+
+    /// The hint digests of `hint` under every pepper of the ring, the active one first: a lookup tries each, so
+    /// rotating the pepper loses no imported key (keep the old pepper in the ring while such keys exist).
+    pub fn hint_digests(&self, hint: &[u8]) -> Vec<String> {
+        self.peppers
+            .iter()
+            .map(|p| hint_digest_under(p, hint))
+            .collect()
+    }
+
+    /// Spends one verify of the configured Argon2id cost on nothing, so a hint that matches no key costs what a
+    /// hint that matches one does.
+    ///
+    /// # Errors
+    /// [`Error::Config`] when the configured parameters are invalid.
+    pub fn verify_nothing_slowly(&self, token: &[u8]) -> Result<()> {
+        let dummy = match self.dummy.get() {
+            Some(d) => d,
+            None => {
+                // A fixed salt: the result is never compared to anything that matters.
+                let made = self
+                    .argon2_context()?
+                    .hash_password_with_salt(b"keymeter-dummy", b"keymeter-dummy-salt")
+                    .map_err(|e| Error::Config(format!("argon2: {e}")))?;
+                self.dummy.get_or_init(|| KeyHash {
+                    text: made.to_string(),
+                    scheme: HashScheme::Argon2id,
+                    hmac: None,
+                })
+            }
+        };
+        std::hint::black_box(self.verify(token, dummy).unwrap_or(false));
+        Ok(())
     }
 
     /// Sets the Argon2id parameters for new hashes.
@@ -410,6 +571,8 @@ impl KeyHasher {
         Params::new(config.m_cost, config.t_cost, config.p_cost, None)
             .map_err(|e| Error::Config(format!("argon2 parameters: {e}")))?;
         self.argon2 = config;
+        self.check_own_cost()?;
+        self.dummy = std::sync::OnceLock::new();
         Ok(self)
     }
 
@@ -516,12 +679,17 @@ impl KeyHasher {
                 ))
             }
             HashScheme::Argon2id => {
+                // A stored hash over the ceilings (written behind keymeter's back) is not run.
+                self.check_importable(hash)?;
                 let phc = PasswordHash::new(&hash.text)
                     .map_err(|_| malformed(HashScheme::Argon2id, "not a valid PHC string"))?;
                 // The parameters come from the hash string, not from our configuration.
                 Ok(Argon2::default().verify_password(token, &phc).is_ok())
             }
-            HashScheme::Bcrypt => verify_bcrypt(token, &hash.text),
+            HashScheme::Bcrypt => {
+                self.check_importable(hash)?;
+                verify_bcrypt(token, &hash.text)
+            }
         }
     }
 
@@ -569,6 +737,14 @@ impl KeyHasher {
             HashScheme::Sha256 => false,
         }
     }
+}
+
+fn hint_digest_under(pepper: &Pepper, hint: &[u8]) -> String {
+    let mut mac = pepper.mac.clone();
+    mac.update(b"keymeter-hint-v1\0");
+    mac.update(hint);
+    let digest: [u8; 32] = mac.finalize().into_bytes().into();
+    format!("{}:{}", pepper.id, STANDARD_NO_PAD.encode(digest))
 }
 
 /// Constant-time equality of two digests: OR of XORs, with one optimisation barrier on the result (cheaper than

@@ -242,18 +242,24 @@ impl KeyIssuer {
 
     /// Imports a key made elsewhere from its hash string.
     ///
-    /// - `$sha256$…` is found by its digest; `hint` is optional and only shown.
-    /// - Any other scheme needs `hint`: the key's first `hint_len` characters.
+    /// - `$sha256$…` is found by its digest; `hint` is not needed.
+    /// - Any other scheme needs `hint`: the key's first `hint_len` characters. Only a keyed digest of it is
+    ///   stored ([`KeyHasher::hint_digest`]), and the record's display hint does not show it.
+    ///
+    /// A slow hash over the hasher's [`KdfLimits`](crate::keys::KdfLimits), and an `$hmac-sha256$` under a
+    /// pepper the ring lacks, are refused.
     ///
     /// # Errors
-    /// [`Error::Hash`] for a hash string that does not parse (or bcrypt without the feature);
-    /// [`Error::InvalidInput`] for a missing or wrong-length hint; [`Error::HintFull`]; store failures.
+    /// [`Error::Hash`] for a hash string that does not parse, is over the ceilings, names an unknown pepper, or
+    /// needs the `bcrypt` feature; [`Error::InvalidInput`] for a missing or wrong-length hint;
+    /// [`Error::HintFull`]; store failures.
     pub async fn import(&self, new: NewKey, hash: &str, hint: Option<&str>) -> Result<KeyRecord> {
         new.validate()?;
         let hash = KeyHash::from_str(hash.trim())?;
         if hash.scheme() == HashScheme::Bcrypt && !cfg!(feature = "bcrypt") {
             return Err(crate::keys::hash::HashError::FeatureDisabled(HashScheme::Bcrypt).into());
         }
+        self.hasher.check_importable(&hash)?;
         if let Some(h) = hint
             && (h.len() != self.hint_len || !h.bytes().all(|b| b.is_ascii_graphic()))
         {
@@ -264,19 +270,19 @@ impl KeyIssuer {
         }
         let lookup = match (hash.sha256_hex(), hint) {
             (Some(hex), _) => KeyLookup::Digest(hex.to_owned()),
-            (None, Some(h)) => KeyLookup::Hint(h.to_owned()),
+            (None, Some(h)) => KeyLookup::Hint(self.hasher.hint_digest(h.as_bytes())),
             (None, None) => {
                 return Err(Error::invalid(
                     "hint",
                     format!(
-                        "a {} hash needs --hint: the key's first {} characters",
+                        "a {} hash needs a hint: the key's first {} characters",
                         hash.scheme(),
                         self.hint_len
                     ),
                 ));
             }
         };
-        let display = format!("{}…", hint.unwrap_or(""));
+        let display = format!("(imported {})", hash.scheme());
         let mut attempts = 0;
         loop {
             let mut id = [0u8; token::ID_LEN];

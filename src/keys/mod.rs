@@ -41,7 +41,9 @@ pub mod verdict;
 pub mod verifier;
 
 pub use cache::VerifiedTokenCache;
-pub use hash::{Argon2Config, HashError, HashScheme, KeyHash, KeyHasher, Pepper, PepperRing};
+pub use hash::{
+    Argon2Config, HashError, HashScheme, KdfLimits, KeyHash, KeyHasher, Pepper, PepperRing,
+};
 pub use header::{HeaderError, credential_from_header};
 pub use issuer::{IssuedKey, KeyIssuer, NewKey};
 pub use record::{KeyFilter, KeyLookup, KeyRecord, RateLimit, RatePer};

@@ -14,14 +14,28 @@ use crate::keys::scope::Scope;
 use crate::keys::token::KeyEnv;
 
 /// How the verifier finds a key's record.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+///
+/// `Debug` withholds the digest and the hint digest: an unsalted digest of a low-entropy key is worth guarding.
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub enum KeyLookup {
     /// A generated key: by the public id inside the token, which is the record's id.
     Id,
     /// An imported SHA-256 key: by its hex digest.
     Digest(String),
-    /// An imported slow hash (argon2id, bcrypt): by the key's first characters.
+    /// An imported slow hash (argon2id, bcrypt): by a keyed digest of the key's first characters,
+    /// `<pepper-id>:<base64 HMAC-SHA-256>` ([`crate::keys::KeyHasher::hint_digest`]), never the characters
+    /// themselves.
     Hint(String),
+}
+
+impl std::fmt::Debug for KeyLookup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeyLookup::Id => f.write_str("Id"),
+            KeyLookup::Digest(_) => f.write_str("Digest(…)"),
+            KeyLookup::Hint(_) => f.write_str("Hint(…)"),
+        }
+    }
 }
 
 impl KeyLookup {
@@ -196,7 +210,8 @@ impl KeyRecord {
     }
 
     /// Whether a client at `ip` may use the key. With networks set, an unknown IP is refused.
-    /// IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`) are matched as IPv4.
+    /// IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`) are matched as IPv4, and an IPv4 client also matches an
+    /// IPv6 network holding its mapped form (`::/0`, `::ffff:0:0/96`), so no entry silently never matches.
     pub fn allows_ip(&self, ip: Option<IpAddr>) -> bool {
         if self.allowed_ips.is_empty() {
             return true;
@@ -206,7 +221,13 @@ impl KeyRecord {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
             v4 => v4,
         };
-        self.allowed_ips.iter().any(|net| net.contains(&ip))
+        let mapped = match ip {
+            IpAddr::V4(v4) => Some(IpAddr::V6(v4.to_ipv6_mapped())),
+            IpAddr::V6(_) => None,
+        };
+        self.allowed_ips
+            .iter()
+            .any(|net| net.contains(&ip) || mapped.is_some_and(|m| net.contains(&m)))
     }
 }
 
@@ -274,6 +295,19 @@ impl KeyFilter {
     }
 }
 
+/// An IPv6 network inside the IPv4-mapped range (`::ffff:10.0.0.0/104`) as the IPv4 network it means
+/// (`10.0.0.0/8`): clients' mapped addresses are matched as IPv4.
+fn normalize_network(net: IpNet) -> IpNet {
+    if let IpNet::V6(v6) = net
+        && v6.prefix_len() >= 96
+        && let Some(v4) = v6.addr().to_ipv4_mapped()
+        && let Ok(n) = ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96)
+    {
+        return IpNet::V4(n);
+    }
+    net
+}
+
 /// Parses a list of CIDR networks; a bare address means a single host.
 ///
 /// # Errors
@@ -285,7 +319,7 @@ pub fn parse_networks<'a>(items: impl IntoIterator<Item = &'a str>) -> Result<Ve
             let s = s.trim();
             s.parse::<IpNet>()
                 .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
-                .map(|n| n.trunc())
+                .map(|n| normalize_network(n.trunc()))
                 .map_err(|_| {
                     Error::invalid(
                         "ip network",

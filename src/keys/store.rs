@@ -50,11 +50,19 @@ pub trait KeyStore: Send + Sync + std::fmt::Debug {
     /// Backend failures only.
     async fn find_by_digest(&self, digest: &str) -> Result<Option<Arc<KeyRecord>>>;
 
-    /// The imported keys with this hint: at most [`MAX_KEYS_PER_HINT`].
+    /// The imported keys with this hint digest (see [`KeyLookup::Hint`](crate::keys::KeyLookup::Hint)): at most
+    /// [`MAX_KEYS_PER_HINT`].
     ///
     /// # Errors
     /// Backend failures only.
     async fn find_by_hint(&self, hint: &str) -> Result<Vec<Arc<KeyRecord>>>;
+
+    /// Whether any key is found by a hint (an imported slow hash). While one is, a verify whose hint matches
+    /// nothing runs a dummy KDF, so timing does not tell which hints exist.
+    ///
+    /// # Errors
+    /// Backend failures only.
+    async fn hint_keys_exist(&self) -> Result<bool>;
 
     /// The records passing `filter`, oldest first.
     ///

@@ -36,6 +36,11 @@ pub struct VerifierConfig {
     pub cache_ttl: Duration,
     /// `last_used_at` is written at most once per this interval per key (default 60 s).
     pub last_used_interval: Duration,
+    /// How many slow-hash verifications (Argon2id, bcrypt) may run at once (default: the core count).
+    pub kdf_concurrency: usize,
+    /// How long a verification waits for a KDF slot before failing with [`crate::Error::Overloaded`]
+    /// (default 2 s). Waiting needs a tokio runtime with its time driver; without a runtime nothing waits.
+    pub kdf_wait: Duration,
 }
 
 impl Default for VerifierConfig {
@@ -47,6 +52,8 @@ impl Default for VerifierConfig {
             cache_capacity: 10_000,
             cache_ttl: Duration::minutes(5),
             last_used_interval: Duration::seconds(60),
+            kdf_concurrency: std::thread::available_parallelism().map_or(2, usize::from),
+            kdf_wait: Duration::seconds(2),
         }
     }
 }
@@ -103,6 +110,8 @@ pub struct Verifier {
     clock: Arc<dyn Clock>,
     config: VerifierConfig,
     cache: VerifiedTokenCache,
+    kdf_slots: Arc<tokio::sync::Semaphore>,
+    kdf_runs: std::sync::atomic::AtomicU64,
 }
 
 impl Verifier {
@@ -126,13 +135,21 @@ impl Verifier {
                 "hint_len must be between 1 and 64".into(),
             ));
         }
+        if config.kdf_concurrency == 0 {
+            return Err(crate::Error::Config(
+                "kdf_concurrency must be at least 1".into(),
+            ));
+        }
         let cache = VerifiedTokenCache::new(config.cache_capacity, config.cache_ttl, &OsRandom)?;
+        let kdf_slots = Arc::new(tokio::sync::Semaphore::new(config.kdf_concurrency));
         Ok(Verifier {
             store,
             hasher,
             clock: Arc::new(SystemClock),
             config,
             cache,
+            kdf_slots,
+            kdf_runs: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -159,6 +176,12 @@ impl Verifier {
     /// The configuration.
     pub fn config(&self) -> &VerifierConfig {
         &self.config
+    }
+
+    /// How many KDFs (slow-hash verifies, dummy verifies for unknown hints, re-hashes) this verifier has run:
+    /// for monitoring a deployment's slow-hash load.
+    pub fn kdf_runs(&self) -> u64 {
+        self.kdf_runs.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The slow-hash cache (for inspection).
@@ -275,17 +298,61 @@ impl Verifier {
             return Ok(Some(record));
         }
         // The credential is ASCII (checked above), so any byte offset is a char boundary.
+        let mut tried = false;
         if let Some(hint) = credential.get(..self.config.hint_len) {
-            let candidates = self.store.find_by_hint(hint).await?;
-            for record in candidates.into_iter().take(MAX_KEYS_PER_HINT) {
-                if matches!(record.lookup, KeyLookup::Hint(_))
-                    && self.matches(credential, &record).await?
-                {
-                    return Ok(Some(record));
+            // One lookup per pepper of the ring (usually one or two), at most MAX_KEYS_PER_HINT keys each.
+            for digest in self.hasher.hint_digests(hint.as_bytes()) {
+                let candidates = self.store.find_by_hint(&digest).await?;
+                for record in candidates.into_iter().take(MAX_KEYS_PER_HINT) {
+                    if matches!(record.lookup, KeyLookup::Hint(_)) {
+                        tried = true;
+                        if self.matches(credential, &record).await? {
+                            return Ok(Some(record));
+                        }
+                    }
                 }
             }
         }
+        // A hint that matches nothing costs one KDF all the same, while any hinted key exists: timing must not
+        // tell which key prefixes exist.
+        if !tried && self.store.hint_keys_exist().await? {
+            let hasher = Arc::clone(&self.hasher);
+            let owned = Zeroizing::new(credential.to_owned());
+            self.run_kdf(move || hasher.verify_nothing_slowly(owned.as_bytes()))
+                .await?;
+        }
         Ok(None)
+    }
+
+    /// Runs a KDF in one of the `kdf_concurrency` slots (waiting at most `kdf_wait`), off the async workers.
+    async fn run_kdf<T, E, F>(&self, work: F) -> Result<T>
+    where
+        F: FnOnce() -> std::result::Result<T, E> + Send + 'static,
+        E: Into<crate::Error> + Send + 'static,
+        T: Send + 'static,
+    {
+        let permit = match self.kdf_slots.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                let wait = self.config.kdf_wait.to_std().unwrap_or_default();
+                if wait.is_zero() || tokio::runtime::Handle::try_current().is_err() {
+                    return Err(crate::Error::Overloaded);
+                }
+                match tokio::time::timeout(wait, self.kdf_slots.clone().acquire_owned()).await {
+                    Ok(Ok(permit)) => permit,
+                    _ => return Err(crate::Error::Overloaded),
+                }
+            }
+        };
+        self.kdf_runs
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // The permit lives as long as the KDF runs, even if the caller stops waiting for it.
+        run_blocking(move || {
+            let out = work();
+            drop(permit);
+            out
+        })
+        .await
     }
 
     async fn matches(&self, credential: &str, record: &KeyRecord) -> Result<bool> {
@@ -308,7 +375,9 @@ impl Verifier {
         let hasher = Arc::clone(&self.hasher);
         let owned = Zeroizing::new(credential.to_owned());
         let stored = hash.clone();
-        let ok = run_blocking(move || hasher.verify(owned.as_bytes(), &stored)).await?;
+        let ok = self
+            .run_kdf(move || hasher.verify(owned.as_bytes(), &stored))
+            .await?;
         if ok {
             self.cache
                 .insert(credential.as_bytes(), &record.id, hash.as_str(), now);
@@ -341,7 +410,10 @@ impl Verifier {
         let hasher = Arc::clone(&self.hasher);
         let owned = Zeroizing::new(credential.to_owned());
         let old = record.hash.clone();
-        match run_blocking(move || hasher.upgrade(owned.as_bytes(), &old)).await {
+        match self
+            .run_kdf(move || hasher.upgrade(owned.as_bytes(), &old))
+            .await
+        {
             Ok(Some(new)) => self.replace_hash(record, &new).await,
             Ok(None) => {}
             Err(e) => tracing::warn!(key_id = %record.id, error = %e, "could not re-hash key"),

@@ -110,6 +110,9 @@ impl ServiceTier {
     }
 }
 
+/// The largest catalog file [`PriceCatalog::from_path`] reads: 64 MiB (LiteLLM's whole file is about 1.5 MB).
+pub const MAX_CATALOG_BYTES: u64 = 64 * 1024 * 1024;
+
 /// Parses a decimal from its text, in plain or scientific notation (`2.5e-06` is exactly 0.0000025).
 /// Returns `None` for anything else, including values that do not fit a `Decimal`.
 pub fn parse_decimal(text: &str) -> Option<Decimal> {
@@ -425,6 +428,31 @@ impl PriceCatalog {
         catalog.snapshot_date = file.snapshot_date;
         catalog.source = file.source;
         Ok(catalog)
+    }
+
+    /// Reads a catalog file of either format ([`PriceCatalog::from_any_json`]), refusing a file over
+    /// [`MAX_CATALOG_BYTES`] before reading it whole (a catalog path that is a pipe or a device cannot hang or
+    /// exhaust memory).
+    ///
+    /// # Errors
+    /// [`Error::Config`] when the file cannot be read or is too large; [`Error::Catalog`] when it does not parse.
+    pub fn from_path(path: &std::path::Path) -> Result<Self> {
+        use std::io::Read;
+        let file = std::fs::File::open(path)
+            .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
+        let mut bytes = Vec::new();
+        file.take(MAX_CATALOG_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
+        if bytes.len() as u64 > MAX_CATALOG_BYTES {
+            return Err(Error::Config(format!(
+                "{} is larger than {MAX_CATALOG_BYTES} bytes: not a price catalog",
+                path.display()
+            )));
+        }
+        let text = String::from_utf8(bytes)
+            .map_err(|_| Error::Catalog(format!("{} is not UTF-8", path.display())))?;
+        PriceCatalog::from_any_json(&text)
     }
 
     /// Reads either keymeter's format or LiteLLM's price file, by looking at the text. LiteLLM entries that are

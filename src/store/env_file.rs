@@ -135,17 +135,24 @@ fn is_valid_name(name: &str) -> bool {
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
-/// The value as written: bare when it is plain, else single-quoted (literal) when it has no quote or backslash,
-/// else double-quoted with `\`, `"` and `$` escaped.
-fn quote(value: &str) -> String {
+/// The value as written, so that dotenvy reads it back exactly and a shell's `source .env` runs nothing: bare
+/// when it is plain, else single-quoted (literal in both) when it has no quote or backslash, else double-quoted
+/// with `\`, `"` and `$` escaped. A backtick cannot be escaped in a way both read the same, so a value that
+/// needs double quotes and holds one is refused.
+fn quote(value: &str) -> Result<String> {
     let plain = !value.is_empty()
         && value
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-_.:/+=@,%~^".contains(&b));
     if plain {
-        value.to_owned()
+        Ok(value.to_owned())
     } else if !value.contains(['\'', '\\']) {
-        format!("'{value}'")
+        Ok(format!("'{value}'"))
+    } else if value.contains('`') {
+        Err(Error::invalid(
+            "value",
+            "a value with a quote or backslash and a backtick cannot be written to a .env file safely",
+        ))
     } else {
         let mut out = String::with_capacity(value.len() + 2);
         out.push('"');
@@ -156,7 +163,7 @@ fn quote(value: &str) -> String {
             out.push(c);
         }
         out.push('"');
-        out
+        Ok(out)
     }
 }
 
@@ -189,7 +196,7 @@ pub fn set_var(text: &str, name: &str, value: &str) -> Result<String> {
         ));
     }
     let before = parse(text)?;
-    let line = format!("{name}={}", quote(value));
+    let line = format!("{name}={}", quote(value)?);
     let found = entries(text).into_iter().rfind(|e| e.name == name);
     let updated = match found {
         Some(e) => {

@@ -349,7 +349,8 @@ pub(crate) struct ImportArgs {
     /// The hash string ($sha256$…, $argon2id$…, $2b$…, $hmac-sha256$…).
     #[arg(long)]
     pub(crate) hash: String,
-    /// The key's first 8 characters (needed for every scheme but sha256).
+    /// `-`: read the key's first 8 characters from stdin (needed for every scheme but sha256), or the whole
+    /// key, which is checked against the hash and gives its first characters. Never in argv: it is a secret.
     #[arg(long)]
     pub(crate) hint: Option<String>,
     #[arg(long, default_value = "")]

@@ -127,7 +127,7 @@ pub(crate) async fn run(config: &Config, cmd: CredsCommand) -> Outcome {
         CredsCommand::Rewrap => {
             let vault = config.vault()?;
             let report = rewrap(&*store, &vault).await?;
-            let human = format!(
+            let mut human = format!(
                 "rewrapped {} of {} credential(s) under {}{}",
                 report.rewrapped,
                 report.total,
@@ -138,7 +138,23 @@ pub(crate) async fn run(config: &Config, cmd: CredsCommand) -> Outcome {
                     String::new()
                 }
             );
-            Ok((to_json(report)?, human))
+            for row in &report.unreadable {
+                human.push_str(&format!(
+                    "\ncannot decrypt the {} {} key{}: {} (left as it was)",
+                    row.scope,
+                    row.provider,
+                    row.owner
+                        .as_ref()
+                        .map(|o| format!(" of {o}"))
+                        .unwrap_or_default(),
+                    row.reason
+                ));
+            }
+            if report.unreadable.is_empty() {
+                Ok((to_json(&report)?, human))
+            } else {
+                Err(Failure::Negative(to_json(&report)?, human))
+            }
         }
     }
 }

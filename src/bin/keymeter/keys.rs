@@ -6,17 +6,19 @@ use chrono::{Duration, Utc};
 use keymeter::keys::record::parse_networks;
 use keymeter::keys::token::{self, KeyEnv};
 use keymeter::keys::{
-    KeyFilter, KeyRecord, KeyStore, NewKey, RateLimit, Requirement, Scope, ScopeRequirement,
-    Verifier,
+    KeyFilter, KeyHash, KeyRecord, KeyStore, NewKey, RateLimit, Requirement, Scope,
+    ScopeRequirement, VerdictCode, Verifier,
 };
 use keymeter::{Config, Error};
 use secrecy::ExposeSecret;
 use serde_json::json;
+use std::str::FromStr;
+use zeroize::Zeroizing;
 
 use crate::args::KeysCommand;
-use crate::{Failure, Outcome, read_stdin_secret, to_json};
+use crate::{Failure, Outcome, read_stdin_secret, read_stdin_secret_bytes, to_json};
 
-pub(crate) async fn run(config: &Config, cmd: KeysCommand) -> Outcome {
+pub(crate) async fn run(config: &Config, cmd: KeysCommand, json_mode: bool) -> Outcome {
     let store = config.connect().await?;
     let dyn_store: Arc<dyn KeyStore> = store.clone();
     match cmd {
@@ -30,24 +32,38 @@ pub(crate) async fn run(config: &Config, cmd: KeysCommand) -> Outcome {
                 new = new.org(org);
             }
             if let Some(life) = a.expires_in {
-                new = new.expires_at(Utc::now() + parse_lifetime(&life)?);
+                let at = Utc::now()
+                    .checked_add_signed(parse_lifetime(&life)?)
+                    .ok_or_else(|| {
+                        Failure::Usage(format!(
+                            "invalid --expires-in {life:?}: too far in the future (use at most a few thousand years)"
+                        ))
+                    })?;
+                new = new.expires_at(at);
             }
             if let Some(limit) = a.rate_limit {
                 new = new.rate_limit(limit.parse::<RateLimit>()?);
             }
-            let issued = config.issuer(dyn_store)?.issue(new).await?;
+            let issued = config.issuer(dyn_store.clone())?.issue(new).await?;
             let r = &issued.record;
             let key = issued.token.expose_secret();
-            Ok((
-                json!({
-                    "id": r.id, "key": key, "name": r.name, "owner": r.owner, "org": r.org, "env": r.env,
-                    "scopes": r.scopes, "expires_at": r.expires_at, "hint": r.hint,
-                }),
-                format!(
-                    "{key}\n\nid: {}  ({})\nStore this key now: it is not shown again.",
-                    r.id, r.hint
-                ),
-            ))
+            let value = json!({
+                "id": r.id, "key": key, "name": r.name, "owner": r.owner, "org": r.org, "env": r.env,
+                "scopes": r.scopes, "expires_at": r.expires_at, "hint": r.hint,
+            });
+            let human = format!(
+                "{key}\n\nid: {}  ({})\nStore this key now: it is not shown again.",
+                r.id, r.hint
+            );
+            // The plaintext exists only in this output: if nobody can read it, the key must not stay live.
+            if let Err(e) = crate::deliver(json_mode, &value, &human) {
+                dyn_store.revoke(&r.id, Utc::now()).await?;
+                return Err(Failure::Usage(format!(
+                    "could not write the new key to stdout ({e}), so key {} was revoked",
+                    r.id
+                )));
+            }
+            Ok(crate::delivered())
         }
         KeysCommand::List { owner, org } => {
             let records = dyn_store.list(&KeyFilter { owner, org }).await?;
@@ -68,7 +84,14 @@ pub(crate) async fn run(config: &Config, cmd: KeysCommand) -> Outcome {
             ip,
             env,
         } => {
-            let token = read_stdin_secret()?;
+            let raw = read_stdin_secret_bytes()?;
+            let Ok(token) = std::str::from_utf8(&raw) else {
+                // Not text, so not a key of any kind: the verdict, not a usage error.
+                let value = json!({"valid": false, "code": VerdictCode::Malformed, "key_id": null,
+                                   "owner": null, "scopes": null});
+                return Err(Failure::Negative(value, VerdictCode::Malformed.to_string()));
+            };
+            let token = Zeroizing::new(token.to_owned());
             let scopes = scopes.iter().map(String::as_str);
             let requirement = Requirement {
                 scopes: if any_scope {
@@ -143,14 +166,49 @@ pub(crate) async fn run(config: &Config, cmd: KeysCommand) -> Outcome {
             if let Some(org) = a.org {
                 new = new.org(org);
             }
+            let hint = match a.hint.as_deref() {
+                None => None,
+                Some("-") => Some(read_hint(config, &a.hash)?),
+                Some(_) => {
+                    return Err(Failure::Usage(
+                        "the hint is part of a secret, so never an argument: pass --hint - and write the key's \
+                         first 8 characters (or the whole key) to stdin"
+                            .into(),
+                    ));
+                }
+            };
             let record = config
                 .issuer(dyn_store)?
-                .import(new, &a.hash, a.hint.as_deref())
+                .import(new, &a.hash, hint.as_ref().map(|h| h.as_str()))
                 .await?;
             let human = format!("imported {}", record_human(&record));
             Ok((to_json(&record)?, human))
         }
     }
+}
+
+/// The import hint from stdin: the key's first 8 characters, or the whole key (checked against `hash` first).
+fn read_hint(config: &Config, hash: &str) -> Result<Zeroizing<String>, Failure> {
+    const HINT_LEN: usize = 8;
+    let text = read_stdin_secret()?;
+    if text.len() < HINT_LEN || !text.is_ascii() {
+        return Err(Failure::Usage(format!(
+            "stdin must hold the key's first {HINT_LEN} characters or the whole key"
+        )));
+    }
+    if text.len() > HINT_LEN {
+        let parsed = KeyHash::from_str(hash.trim()).map_err(Error::from)?;
+        if !config
+            .hasher()?
+            .verify(text.as_bytes(), &parsed)
+            .map_err(Error::from)?
+        {
+            return Err(Failure::Usage(
+                "the key on stdin does not match --hash: nothing imported".into(),
+            ));
+        }
+    }
+    Ok(Zeroizing::new(text[..HINT_LEN].to_owned()))
 }
 
 fn parse_lifetime(s: &str) -> Result<Duration, Failure> {

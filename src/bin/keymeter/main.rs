@@ -12,7 +12,7 @@ mod price;
 mod setup;
 mod usage;
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -58,6 +58,27 @@ impl EnvSource for CliEnv {
         }
         ProcessEnv.var(name)
     }
+
+    fn is_set(&self, name: &str) -> bool {
+        name == "KEYMETER_STORE" || ProcessEnv.is_set(name)
+    }
+}
+
+/// Writes a command's answer: the JSON object with `--json`, else the human text. A closed stdout is an error
+/// to handle, never a panic.
+pub(crate) fn deliver(json_mode: bool, value: &Value, human: &str) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    if json_mode {
+        writeln!(out, "{value}")?;
+    } else if !human.is_empty() {
+        writeln!(out, "{human}")?;
+    }
+    out.flush()
+}
+
+/// The outcome of a command that has written its answer itself (see [`deliver`]).
+pub(crate) fn delivered() -> (Value, String) {
+    (Value::Null, String::new())
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -65,46 +86,49 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let json_mode = cli.json;
     let print = |value: &Value, human: &str| {
-        if json_mode {
-            println!("{value}");
-        } else if !human.is_empty() {
-            println!("{human}");
+        if value.is_null() && human.is_empty() {
+            return Ok(());
         }
+        deliver(json_mode, value, human)
     };
-    match run(cli).await {
-        Ok((value, human)) => {
-            print(&value, &human);
-            ExitCode::SUCCESS
-        }
-        Err(Failure::Negative(value, human)) => {
-            print(&value, &human);
-            ExitCode::from(1)
-        }
+    let (printed, code) = match run(cli).await {
+        Ok((value, human)) => (print(&value, &human), ExitCode::SUCCESS),
+        Err(Failure::Negative(value, human)) => (print(&value, &human), ExitCode::from(1)),
         Err(Failure::Usage(message)) => {
             if json_mode {
-                println!("{}", json!({"code": "ERROR", "error": message}));
+                let _ = deliver(true, &json!({"code": "ERROR", "error": message}), "");
             }
-            eprintln!("keymeter: {message}");
+            let _ = writeln!(std::io::stderr(), "keymeter: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    match printed {
+        Ok(()) => code,
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "keymeter: cannot write to stdout: {e}");
             ExitCode::from(2)
         }
     }
 }
 
 async fn run(cli: Cli) -> Outcome {
+    let json = cli.json;
     let source = CliEnv { store: cli.store };
     // Commands that need no configuration run before it is read.
     match cli.command {
         Command::Env => return setup::env(&source),
-        Command::Vault(cmd) => return setup::vault(cmd),
+        Command::Vault(cmd) => return setup::vault(cmd, json),
         _ => {}
     }
     let config = Config::from_source(&source)?;
-    if config.environment.defaulted && !matches!(cli.command, Command::Price(_)) {
-        eprintln!("keymeter: warning: {}", config.environment.reason);
+    if !matches!(cli.command, Command::Price(_)) {
+        for warning in config.warnings() {
+            let _ = writeln!(std::io::stderr(), "keymeter: warning: {warning}");
+        }
     }
     match cli.command {
         Command::Init => setup::init(config, &source).await,
-        Command::Keys(cmd) => keys::run(&config, cmd).await,
+        Command::Keys(cmd) => keys::run(&config, cmd, json).await,
         Command::Price(cmd) => price::run(&config, cmd),
         Command::Creds(cmd) => creds::run(&config, cmd).await,
         Command::Usage(cmd) => usage::run(&config, cmd).await,
@@ -113,13 +137,42 @@ async fn run(cli: Cli) -> Outcome {
     }
 }
 
-/// A secret (a token, a provider key) from stdin, trimmed.
+/// The most a secret read from stdin may be (a token, a provider key, a hint).
+pub(crate) const MAX_SECRET_INPUT: u64 = 64 * 1024;
+
+/// Reads at most `limit` bytes from `input`; more is an error, so `/dev/zero` or a runaway pipe cannot hang
+/// the command or fill its memory.
+pub(crate) fn read_bounded(
+    mut input: impl Read,
+    limit: u64,
+    what: &str,
+) -> Result<Zeroizing<Vec<u8>>, Failure> {
+    let mut buf = Zeroizing::new(Vec::new());
+    (&mut input)
+        .take(limit + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| Failure::Usage(format!("cannot read {what}: {e}")))?;
+    if buf.len() as u64 > limit {
+        return Err(Failure::Usage(format!(
+            "{what} is larger than {limit} bytes: pass a smaller input"
+        )));
+    }
+    Ok(buf)
+}
+
+/// Secret bytes from stdin, bounded, with surrounding white space trimmed.
+pub(crate) fn read_stdin_secret_bytes() -> Result<Zeroizing<Vec<u8>>, Failure> {
+    let raw = read_bounded(std::io::stdin().lock(), MAX_SECRET_INPUT, "stdin")?;
+    Ok(Zeroizing::new(raw.trim_ascii().to_vec()))
+}
+
+/// A secret (a token, a provider key) from stdin, trimmed; it must be UTF-8.
 pub(crate) fn read_stdin_secret() -> Result<Zeroizing<String>, Failure> {
-    let mut buf = Zeroizing::new(String::new());
-    std::io::stdin()
-        .read_to_string(&mut buf)
-        .map_err(|e| Failure::Usage(format!("cannot read stdin: {e}")))?;
-    Ok(Zeroizing::new(buf.trim().to_owned()))
+    let bytes = read_stdin_secret_bytes()?;
+    match std::str::from_utf8(&bytes) {
+        Ok(text) => Ok(Zeroizing::new(text.to_owned())),
+        Err(_) => Err(Failure::Usage("stdin is not UTF-8 text".into())),
+    }
 }
 
 /// A value as JSON (the types here always serialise).

@@ -1,6 +1,5 @@
 //! `price …`: exact costs, the catalog's models and their prices.
 
-use std::io::Read;
 use std::path::Path;
 use std::str::FromStr;
 
@@ -11,17 +10,16 @@ use keymeter::{Config, Error};
 use serde_json::{Value, json};
 
 use crate::args::{PriceCommand, PricingArgs, UsageArgs};
-use crate::{Failure, Outcome, to_json};
+use crate::{Failure, Outcome, read_bounded, to_json};
+
+/// The largest usage (or response) JSON `--usage` reads.
+const MAX_USAGE_BYTES: u64 = 1024 * 1024;
 
 /// The `--catalog` file, else the configured catalog (`KEYMETER_CATALOG`, else the bundled snapshot).
 fn load_catalog(config: &Config, path: Option<&Path>) -> Result<PriceCatalog, Failure> {
     match path {
         None => Ok(config.catalog()?),
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| Failure::Usage(format!("cannot read {}: {e}", path.display())))?;
-            Ok(PriceCatalog::from_any_json(&text)?)
-        }
+        Some(path) => Ok(PriceCatalog::from_path(path)?),
     }
 }
 
@@ -41,17 +39,16 @@ impl UsageArgs {
         let format = UsageFormat::from_str(self.usage_format.as_deref().ok_or_else(|| {
             Failure::Usage("--usage needs --usage-format openai|anthropic|gemini".into())
         })?)?;
-        let text = if source == "-" {
-            let mut buf = String::new();
-            std::io::stdin()
-                .read_to_string(&mut buf)
-                .map_err(|e| Failure::Usage(format!("cannot read stdin: {e}")))?;
-            buf
+        let bytes = if source == "-" {
+            read_bounded(std::io::stdin().lock(), MAX_USAGE_BYTES, "stdin")?
         } else {
-            std::fs::read_to_string(source)
-                .map_err(|e| Failure::Usage(format!("cannot read {source}: {e}")))?
+            let file = std::fs::File::open(source)
+                .map_err(|e| Failure::Usage(format!("cannot read {source}: {e}")))?;
+            read_bounded(file, MAX_USAGE_BYTES, source)?
         };
-        Ok(normalize(format, &text)?)
+        let text = std::str::from_utf8(&bytes)
+            .map_err(|_| Failure::Usage(format!("{source} is not UTF-8 JSON")))?;
+        Ok(normalize(format, text)?)
     }
 }
 

@@ -1,5 +1,7 @@
 //! `init`, `env` and `vault keygen`.
 
+use std::io::Write;
+
 use chrono::Utc;
 use keymeter::Config;
 use keymeter::credentials::MasterKey;
@@ -19,18 +21,22 @@ pub(crate) fn env(source: &dyn EnvSource) -> Outcome {
     ))
 }
 
-pub(crate) fn vault(cmd: VaultCommand) -> Outcome {
+pub(crate) fn vault(cmd: VaultCommand, json_mode: bool) -> Outcome {
     let VaultCommand::Keygen { id } = cmd;
     let id = id.unwrap_or_else(|| format!("k{}", Utc::now().format("%Y%m%d")));
     let key = MasterKey::generate(&id, &OsRandom)?;
     let entry = key.to_env_entry();
+    if !json_mode {
+        // Advice on stderr, so `KEYMETER_MASTER_KEYS=$(keymeter vault keygen)` captures the entry alone.
+        let _ = writeln!(
+            std::io::stderr(),
+            "Put it first in KEYMETER_MASTER_KEYS (comma-separated) to make it active, keep the old keys after \
+             it, then run `keymeter creds rewrap`."
+        );
+    }
     Ok((
         json!({"id": id, "key": entry.expose_secret()}),
-        format!(
-            "{}\n\nPut it first in KEYMETER_MASTER_KEYS (comma-separated) to make it active, keep the old keys\n\
-             after it, then run `keymeter creds rewrap`.",
-            entry.expose_secret()
-        ),
+        entry.expose_secret().to_owned(),
     ))
 }
 

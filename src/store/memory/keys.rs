@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::keys::{KeyFilter, KeyHash, KeyLookup, KeyRecord, KeyStore, MAX_KEYS_PER_HINT};
 use crate::store::memory::MemoryStore;
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(super) struct Keys {
     by_id: HashMap<String, Arc<KeyRecord>>,
     by_digest: HashMap<String, String>,
@@ -20,6 +20,10 @@ pub(super) struct Keys {
 }
 
 impl Keys {
+    pub(super) fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
     /// Copy-on-write update of one record: readers holding the old `Arc` keep a consistent snapshot.
     fn update(&mut self, id: &str, f: impl FnOnce(&mut KeyRecord)) -> Result<()> {
         let slot = self
@@ -46,8 +50,8 @@ impl KeyStore for MemoryStore {
             KeyLookup::Digest(d) => {
                 if keys.by_digest.contains_key(d) {
                     return Err(Error::AlreadyExists {
-                        what: "key digest",
-                        id: d.clone(),
+                        what: "a key with this hash",
+                        id: String::new(),
                     });
                 }
                 keys.by_digest.insert(d.clone(), record.id.clone());
@@ -56,7 +60,6 @@ impl KeyStore for MemoryStore {
                 let ids = keys.by_hint.entry(h.clone()).or_default();
                 if ids.len() >= MAX_KEYS_PER_HINT {
                     return Err(Error::HintFull {
-                        hint: h.clone(),
                         max: MAX_KEYS_PER_HINT,
                     });
                 }
@@ -71,6 +74,10 @@ impl KeyStore for MemoryStore {
 
     async fn get(&self, id: &str) -> Result<Option<Arc<KeyRecord>>> {
         Ok(self.read().by_id.get(id).cloned())
+    }
+
+    async fn hint_keys_exist(&self) -> Result<bool> {
+        Ok(self.read().by_hint.values().any(|ids| !ids.is_empty()))
     }
 
     fn get_now(&self, id: &str) -> Option<Option<Arc<KeyRecord>>> {

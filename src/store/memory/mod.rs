@@ -14,13 +14,26 @@ use keys::Keys;
 use ledger::LedgerState;
 
 /// Keeps everything in process memory; share it as `Arc<MemoryStore>` (or `Arc<dyn KeyStore>`).
-#[derive(Debug)]
+///
+/// `Debug` shows counts only: the indexes hold imported keys' digests.
 pub struct MemoryStore {
     keys: RwLock<Keys>,
     credentials: RwLock<BTreeMap<(CredentialScope, Provider), SealedCredential>>,
     ledger: std::sync::Mutex<LedgerState>,
     // Reservation ids are this per-store random prefix and a counter: unique without a syscall per reserve.
     reservation_prefix: String,
+}
+
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("keys", &self.read().len())
+            .field(
+                "credentials",
+                &self.credentials.read().map_or(0, |c| c.len()),
+            )
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for MemoryStore {

@@ -105,13 +105,13 @@ impl KeyStore for SqliteStore {
                     KeyLookup::Digest(d) => {
                         let sql = "SELECT COUNT(*) FROM keymeter_api_keys WHERE lookup_kind = 'digest' AND lookup_value = ?1";
                         if count(tx, sql, d).await? > 0 {
-                            return Err(Error::AlreadyExists { what: "key digest", id: d.clone() });
+                            return Err(Error::AlreadyExists { what: "a key with this hash", id: String::new() });
                         }
                     }
                     KeyLookup::Hint(h) => {
                         let sql = "SELECT COUNT(*) FROM keymeter_api_keys WHERE lookup_kind = 'hint' AND lookup_value = ?1";
                         if count(tx, sql, h).await? >= MAX_KEYS_PER_HINT as i64 {
-                            return Err(Error::HintFull { hint: h.clone(), max: MAX_KEYS_PER_HINT });
+                            return Err(Error::HintFull { max: MAX_KEYS_PER_HINT });
                         }
                     }
                 }
@@ -170,6 +170,15 @@ impl KeyStore for SqliteStore {
         rows.iter()
             .map(|r| row_to_record(r).map(Arc::new))
             .collect()
+    }
+
+    async fn hint_keys_exist(&self) -> Result<bool> {
+        sqlx::query_scalar::<_, bool>(
+            "SELECT EXISTS (SELECT 1 FROM keymeter_api_keys WHERE lookup_kind = 'hint')",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db)
     }
 
     async fn list(&self, filter: &KeyFilter) -> Result<Vec<KeyRecord>> {

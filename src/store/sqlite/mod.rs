@@ -145,6 +145,24 @@ fn from_micros(v: Option<i64>) -> Result<Option<DateTime<Utc>>> {
         .transpose()
 }
 
+/// Creates a missing database file empty with mode 0600, so the database and the `-wal`/`-shm` files SQLite
+/// makes beside it (it gives them the database file's mode) are never readable by other users. An existing
+/// file is left as it is.
+fn create_private(path: &std::path::Path) -> Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(Error::Config(format!(
+            "cannot create the SQLite database {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
 /// A store in a SQLite database. Cheap to clone (the pool is shared).
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
@@ -163,12 +181,18 @@ impl SqliteStore {
         let options = SqliteConnectOptions::from_str(url).map_err(|_| {
             Error::Config("invalid SQLite URL: use sqlite://PATH or sqlite::memory:".into())
         })?;
+        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        if !in_memory {
+            create_private(options.get_filename())?;
+        }
         // Each connection to `:memory:` is its own database: keep one.
-        let max = if url.contains(":memory:") { 1 } else { 8 };
+        let max = if in_memory { 1 } else { 8 };
         SqliteStore::connect_with(options, max).await
     }
 
-    /// Opens with explicit options and pool size, and runs keymeter's migrations.
+    /// Opens with explicit options and pool size, and runs keymeter's migrations. Unlike [`SqliteStore::connect`],
+    /// it does not create a missing database file with mode 0600 first: SQLite creates it with the process's
+    /// umask.
     ///
     /// # Errors
     /// [`Error::Store`] when the database cannot be opened or migrated.
