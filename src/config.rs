@@ -134,22 +134,6 @@ impl Config {
         Ok(config)
     }
 
-    /// Sets the store URL (a command-line flag over the environment), and with it where development secrets
-    /// live; secrets from the environment are kept, those from a secrets file are read again.
-    ///
-    /// # Errors
-    /// As [`Config::from_source`].
-    pub fn with_store_url(
-        mut self,
-        url: impl Into<String>,
-        source: &dyn EnvSource,
-    ) -> Result<Config> {
-        self.store_url = url.into();
-        self.secrets_file = secrets_path(&self.store_url);
-        self.load_secrets(source)?;
-        Ok(self)
-    }
-
     fn load_secrets(&mut self, source: &dyn EnvSource) -> Result<()> {
         let file = self.read_secrets_file()?;
         let value = |name: &str| -> Option<Zeroizing<String>> {

@@ -53,6 +53,18 @@ impl Cli {
         child.wait_with_output().unwrap()
     }
 
+    /// A `keymeter` command on this store in development, for tests that need the process itself.
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_keymeter"));
+        cmd.current_dir(self.dir.path())
+            .env("KEYMETER_ENV", "development")
+            .env_remove("KEYMETER_PEPPER")
+            .env_remove("KEYMETER_MASTER_KEYS")
+            .args(["--store", &format!("sqlite://{}", self.db().display())])
+            .args(args);
+        cmd
+    }
+
     /// Runs and returns (exit code, the one JSON object on stdout).
     fn run(&self, args: &[&str], stdin: Option<&str>) -> (i32, Value) {
         let out = self.run_with(args, stdin);
@@ -292,17 +304,7 @@ fn imports_foreign_hashes() {
     assert_eq!(code, 2, "{v}");
     let listed = cli.run_with(&["keys", "list"], None);
     assert!(!String::from_utf8_lossy(&listed.stdout).contains("sk-legac"));
-    let human = Command::new(env!("CARGO_BIN_EXE_keymeter"))
-        .env("KEYMETER_ENV", "development")
-        .current_dir(cli.dir.path())
-        .args([
-            "--store",
-            &format!("sqlite://{}", cli.db().display()),
-            "keys",
-            "list",
-        ])
-        .output()
-        .unwrap();
+    let human = cli.command(&["keys", "list"]).output().unwrap();
     assert!(!String::from_utf8_lossy(&human.stdout).contains("sk-legac"));
     // A slow hash without a hint is a usage error.
     let (code, v) = cli.run(
@@ -1169,16 +1171,8 @@ fn bad_input_is_refused_and_never_panics() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("larger than"));
     // A token that is not UTF-8 is MALFORMED (a verdict), not a usage error.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_keymeter"))
-        .current_dir(cli.dir.path())
-        .env("KEYMETER_ENV", "development")
-        .args([
-            "--store",
-            &format!("sqlite://{}", cli.db().display()),
-            "--json",
-            "keys",
-            "verify",
-        ])
+    let mut child = cli
+        .command(&["--json", "keys", "verify"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -1262,19 +1256,8 @@ fn a_closed_stdout_never_leaves_a_live_key_nobody_saw() {
     let cli = Cli::new();
     cli.ok(&["init"]);
     // `keymeter keys create … | true`: the reader is gone before the key is written.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_keymeter"))
-        .current_dir(cli.dir.path())
-        .env("KEYMETER_ENV", "development")
-        .args([
-            "--store",
-            &format!("sqlite://{}", cli.db().display()),
-            "keys",
-            "create",
-            "--name",
-            "lost",
-            "--owner",
-            "o",
-        ])
+    let mut child = cli
+        .command(&["keys", "create", "--name", "lost", "--owner", "o"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

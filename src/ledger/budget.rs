@@ -79,13 +79,18 @@ impl BudgetScope {
 
     /// The scopes an event counts against: its key, owner and org.
     pub fn of_event(event: &UsageEvent) -> Vec<BudgetScope> {
+        BudgetScope::of(event.key_id.as_deref(), &event.owner, event.org.as_deref())
+    }
+
+    /// The scopes of a key, an owner and an org (those present), in that order.
+    pub fn of(key_id: Option<&str>, owner: &str, org: Option<&str>) -> Vec<BudgetScope> {
         let mut out = Vec::with_capacity(3);
-        if let Some(k) = &event.key_id {
-            out.push(BudgetScope::Key(k.clone()));
+        if let Some(k) = key_id {
+            out.push(BudgetScope::Key(k.to_owned()));
         }
-        out.push(BudgetScope::Owner(event.owner.clone()));
-        if let Some(o) = &event.org {
-            out.push(BudgetScope::Org(o.clone()));
+        out.push(BudgetScope::Owner(owner.to_owned()));
+        if let Some(o) = org {
+            out.push(BudgetScope::Org(o.to_owned()));
         }
         out
     }

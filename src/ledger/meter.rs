@@ -75,15 +75,7 @@ impl Payer {
 
     /// The budget scopes this payer's spend counts against: key, owner, org (those present).
     pub fn scopes(&self) -> Vec<BudgetScope> {
-        let mut out = Vec::with_capacity(3);
-        if let Some(k) = &self.key_id {
-            out.push(BudgetScope::Key(k.clone()));
-        }
-        out.push(BudgetScope::Owner(self.owner.clone()));
-        if let Some(o) = &self.org {
-            out.push(BudgetScope::Org(o.clone()));
-        }
-        out
+        BudgetScope::of(self.key_id.as_deref(), &self.owner, self.org.as_deref())
     }
 }
 
