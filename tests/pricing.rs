@@ -385,6 +385,22 @@ fn the_same_response_through_each_normaliser() {
 }
 
 #[test]
+fn an_object_that_is_not_the_formats_usage_is_an_error_never_zero() {
+    // Found by fuzzing: Gemini counts under `usage` (not `usageMetadata`) read as an all-default Gemini usage.
+    let misplaced = r#"{"usage": {"promptTokenCount": 25000, "thoughtsTokenCount": 1000, "toolUsePromptTokenCount": 7,
+        "promptTokensDetails": [{"modality": "AUDIO", "tokenCount": 100}]}}"#;
+    assert!(normalize(UsageFormat::Gemini, misplaced).is_err());
+    assert!(normalize(UsageFormat::Gemini, "{}").is_err());
+    assert!(normalize(UsageFormat::Gemini, r#"{"candidatesTokenCount": 5}"#).is_err());
+    let ok = normalize(
+        UsageFormat::Gemini,
+        r#"{"usageMetadata": {"promptTokenCount": 3}}"#,
+    )
+    .unwrap();
+    assert_eq!(ok.input, 3);
+}
+
+#[test]
 fn contradictory_usage_is_an_error() {
     for (format, json) in [
         (

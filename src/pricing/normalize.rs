@@ -237,7 +237,8 @@ struct ModalityCount {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct GeminiUsage {
-    #[serde(default)]
+    // Required: every Gemini usageMetadata has it, and an object without it is not a Gemini usage (pricing it
+    // would be a silent zero).
     prompt_token_count: u64,
     #[serde(default)]
     candidates_token_count: u64,
