@@ -128,3 +128,20 @@ async fn a_changed_migration_is_refused_not_rerun() {
     let err = keymeter::store::sqlite::migrate(&pool).await.unwrap_err();
     assert!(err.to_string().contains("newer"), "{err}");
 }
+
+#[cfg(unix)]
+#[tokio::test]
+async fn a_new_database_and_its_wal_files_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("private.db");
+    let store = Arc::new(SqliteStore::connect(&url(&db)).await.unwrap());
+    // A write while the pool is open: SQLite has made the -wal and -shm files beside the database.
+    keymeter_works(store.clone()).await;
+    for suffix in ["", "-wal", "-shm"] {
+        let file = std::path::PathBuf::from(format!("{}{suffix}", db.display()));
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", file.display());
+    }
+    store.close().await;
+}
