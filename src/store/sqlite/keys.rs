@@ -83,6 +83,9 @@ async fn count(tx: &mut super::Tx, sql: &'static str, value: &str) -> Result<i64
         .map_err(db)
 }
 
+/// The stand-in row's hash: well-formed, under a pepper id no ring has.
+const ABSENT_HASH: &str = "$hmac-sha256$v=1,p=absent$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+
 const COLUMNS: &str = "id, name, owner, org, env, scopes, hash, lookup_kind, lookup_value, hint, created_at, \
                        expires_at, last_used_at, disabled, revoked_at, allowed_ips, rate_limit, metadata";
 
@@ -148,7 +151,21 @@ impl KeyStore for SqliteStore {
     }
 
     async fn get(&self, id: &str) -> Result<Option<Arc<KeyRecord>>> {
-        self.one_record("id = ?1", id).await
+        // An unknown id reads and decodes a stand-in row of the same shape, so a wrong secret (a real row decoded)
+        // and an unknown id take the same time on the verify path.
+        let sql = format!(
+            "SELECT {COLUMNS} FROM keymeter_api_keys WHERE id = ?1 UNION ALL \
+             SELECT '', 'absent', 'absent', NULL, 'live', '[\"read\"]', ?2, 'id', NULL, 'km_live_…', 0, NULL, NULL, 0, \
+             NULL, '[]', NULL, '{{}}' WHERE NOT EXISTS (SELECT 1 FROM keymeter_api_keys WHERE id = ?1)"
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .bind(ABSENT_HASH)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
+        let record = row.as_ref().map(row_to_record).transpose()?;
+        Ok(record.filter(|r| !r.id.is_empty()).map(Arc::new))
     }
 
     async fn find_by_digest(&self, digest: &str) -> Result<Option<Arc<KeyRecord>>> {
