@@ -22,7 +22,10 @@ fuzz_target!(|data: &[u8]| {
     for format in [UsageFormat::OpenAi, UsageFormat::Anthropic, UsageFormat::Gemini] {
         let Ok(usage) = normalize(format, text) else { continue };
         let Some(v) = value.as_ref() else { panic!("accepted text that is not JSON") };
-        let v = v.get("usage").or_else(|| v.get("usageMetadata")).filter(|u| u.is_object()).unwrap_or(v);
+        // The object each format reads: a Gemini response holds `usageMetadata`, the others `usage`; otherwise the
+        // object itself.
+        let wrapper = if format == UsageFormat::Gemini { "usageMetadata" } else { "usage" };
+        let v = v.get(wrapper).filter(|u| u.is_object()).unwrap_or(v);
         match format {
             UsageFormat::OpenAi if v.get("prompt_tokens").is_some() => {
                 let prompt = num(v, &["prompt_tokens"]);
