@@ -33,7 +33,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::credentials::CredentialSource;
 use crate::error::Result;
 use crate::keys::KeyRecord;
-use crate::ledger::{BudgetScope, Ledger, Reservation, UsageEvent};
+use crate::ledger::{BudgetScope, Ledger, Recorded, Reservation, UsageEvent};
 use crate::pricing::normalize::normalize;
 use crate::pricing::{Cost, PriceCatalog, ServiceTier, Usage, UsageFormat};
 use crate::random::{OsRandom, RandomSource};
@@ -228,6 +228,18 @@ pub struct Metered {
     pub duplicate: bool,
 }
 
+impl Metered {
+    fn new(event: UsageEvent, cost: Cost, recorded: Recorded) -> Self {
+        Metered {
+            cost,
+            usage: event.usage,
+            event_id: recorded.event_id,
+            request_id: event.request_id,
+            duplicate: recorded.duplicate,
+        }
+    }
+}
+
 /// Prices, reserves and records requests against a [`Ledger`] and a [`PriceCatalog`].
 #[derive(Debug, Clone)]
 pub struct Meter {
@@ -324,13 +336,7 @@ impl Meter {
             .ledger
             .settle(&hold.reservation.id, &event, self.clock.now())
             .await?;
-        Ok(Metered {
-            cost,
-            usage: event.usage,
-            event_id: recorded.event_id,
-            request_id: event.request_id,
-            duplicate: recorded.duplicate,
-        })
+        Ok(Metered::new(event, cost, recorded))
     }
 
     /// Gives a hold's reservation back (the request failed before anything was spent); returns whether it was
@@ -354,13 +360,7 @@ impl Meter {
         let request_id = self.request_id(&request)?;
         let (event, cost) = self.event(&request, &request_id, usage.into())?;
         let recorded = self.ledger.record(&event).await?;
-        Ok(Metered {
-            cost,
-            usage: event.usage,
-            event_id: recorded.event_id,
-            request_id: event.request_id,
-            duplicate: recorded.duplicate,
-        })
+        Ok(Metered::new(event, cost, recorded))
     }
 
     fn request_id(&self, request: &MeteredRequest) -> Result<String> {
