@@ -76,6 +76,25 @@ pub enum Error {
         model: String,
     },
 
+    /// A name that is an alias of several models; use one of their ids.
+    #[error("model name {model:?} is ambiguous: it is an alias of {}", candidates.join(", "))]
+    AmbiguousModel {
+        /// The name asked for.
+        model: String,
+        /// The ids it could mean.
+        candidates: Vec<String>,
+    },
+
+    /// The model is priced only in a unit keymeter does not bill (per image, pixel, second, query…), or in
+    /// per-query / per-image units the usage has none of. Never priced at zero.
+    #[error("model {model:?} is priced in a unit keymeter does not bill for this usage: {unit}")]
+    UnpricedUnit {
+        /// The model.
+        model: String,
+        /// The price it has instead (`input_cost_per_pixel`, say).
+        unit: String,
+    },
+
     /// The model has no price window covering the time asked for.
     #[error("model {model:?} has no price at {at}")]
     NoPrice {

@@ -1,29 +1,14 @@
 //! Pricing with hand-computed expected costs, exact to the last digit, from LiteLLM's file and the bundled
 //! snapshot; normalisers; catalog round trips.
 
-use std::sync::OnceLock;
+mod common;
 
 use chrono::{DateTime, TimeZone, Utc};
+use common::{bundled, litellm_catalog};
 use keymeter::Error;
 use keymeter::pricing::normalize::{UsageFormat, normalize};
 use keymeter::pricing::{PriceCatalog, ServiceTier, TokenClass, Usage, litellm, parse_decimal};
 use rust_decimal::Decimal;
-
-fn litellm_catalog() -> &'static PriceCatalog {
-    static CATALOG: OnceLock<PriceCatalog> = OnceLock::new();
-    CATALOG.get_or_init(|| {
-        litellm::import(include_str!(
-            "fixtures/litellm/model_prices_and_context_window.json"
-        ))
-        .unwrap()
-        .catalog
-    })
-}
-
-fn bundled() -> &'static PriceCatalog {
-    static CATALOG: OnceLock<PriceCatalog> = OnceLock::new();
-    CATALOG.get_or_init(PriceCatalog::bundled)
-}
 
 fn d(s: &str) -> Decimal {
     s.parse().unwrap()
@@ -456,8 +441,17 @@ fn litellm_import_reads_numbers_from_their_text() {
             .map(|s| s.reason.clone())
     };
     assert!(skipped("sample_spec").is_some());
-    let dalle = skipped("aiml/dall-e-3").unwrap_or_default();
-    assert!(dalle.contains("not token-priced"), "{dalle:?}");
+    // Priced per image: imported, billed per image.
+    assert_eq!(skipped("aiml/dall-e-3"), None);
+    let dalle = import.catalog.model("aiml/dall-e-3").unwrap();
+    assert_eq!(
+        dalle.windows[0].bands[0]
+            .rates(ServiceTier::Standard)
+            .get(TokenClass::Images)
+            .unwrap()
+            .to_string(),
+        "0.052"
+    );
     // Every rate of the file is an exact decimal: 0.1 + 0.2 style drift would show in sums like this one.
     let m = import.catalog.model("gpt-5").unwrap();
     let rates = m.windows[0].bands[0].rates(ServiceTier::Flex);

@@ -35,7 +35,7 @@ use crate::error::Result;
 use crate::keys::KeyRecord;
 use crate::ledger::{BudgetScope, Ledger, Recorded, Reservation, UsageEvent};
 use crate::pricing::normalize::normalize;
-use crate::pricing::{Cost, PriceCatalog, ServiceTier, Usage, UsageFormat};
+use crate::pricing::{Cost, PriceCatalog, Region, ServiceTier, Terms, Usage, UsageFormat};
 use crate::random::{OsRandom, RandomSource};
 
 /// Who pays for a request: the key, owner and org whose budgets it counts against.
@@ -96,7 +96,7 @@ pub struct MeteredRequest {
     payer: Payer,
     model: String,
     request_id: Option<String>,
-    tier: ServiceTier,
+    terms: Terms,
     credential_source: Option<CredentialSource>,
     at: Option<DateTime<Utc>>,
 }
@@ -108,7 +108,7 @@ impl MeteredRequest {
             payer: payer.into(),
             model: model.into(),
             request_id: None,
-            tier: ServiceTier::Standard,
+            terms: Terms::default(),
             credential_source: None,
             at: None,
         }
@@ -122,10 +122,17 @@ impl MeteredRequest {
         self
     }
 
-    /// The service tier priced (default standard).
+    /// The service tier priced (default standard) unless the provider's usage names flex, priority or batch.
     #[must_use]
     pub fn tier(mut self, tier: ServiceTier) -> Self {
-        self.tier = tier;
+        self.terms.tier = tier;
+        self
+    }
+
+    /// Where the request is processed (default global) unless the provider's usage names a region.
+    #[must_use]
+    pub fn region(mut self, region: Region) -> Self {
+        self.terms.region = region;
         self
     }
 
@@ -306,7 +313,7 @@ impl Meter {
             &request.model,
             worst,
             request.at.unwrap_or(now),
-            request.tier,
+            request.terms,
         )?;
         let request_id = self.request_id(&request)?;
         let reservation = self
@@ -383,7 +390,7 @@ impl Meter {
         let at = request.at.unwrap_or_else(|| self.clock.now());
         let cost = self
             .catalog
-            .cost(&request.model, &usage, at, request.tier)?;
+            .cost(&request.model, &usage, at, request.terms)?;
         let mut event = UsageEvent::new(
             Some(request_id),
             at,

@@ -1,4 +1,4 @@
-//! The cost engine: usage + model + time (+ tier) → an exact [`Cost`] with one line per class.
+//! The cost engine: usage + model + time (+ tier and region) → an exact [`Cost`] with one line per class.
 //!
 //! Pure, and free of heap allocation: lines live in a fixed array, names are shared `Arc<str>`s.
 
@@ -10,7 +10,8 @@ use serde::ser::SerializeStruct;
 use serde::{Serialize, Serializer};
 
 use crate::error::{Error, Result};
-use crate::pricing::catalog::{ModelPrices, PriceCatalog, PriceWindow, ServiceTier};
+use crate::pricing::catalog::{ModelPrices, PriceCatalog};
+use crate::pricing::rates::{PriceWindow, Region, ServiceTier};
 use crate::pricing::usage::{TokenClass, Usage};
 
 /// What a cost line is for.
@@ -37,9 +38,9 @@ impl LineKind {
 pub struct CostLine {
     /// What the line is for.
     pub kind: LineKind,
-    /// How many tokens (or requests).
+    /// How many tokens (or queries, images, requests: see [`TokenClass::unit`]).
     pub tokens: u64,
-    /// The rate per token (or per request).
+    /// The rate per unit, after any regional multiplier.
     pub rate: Decimal,
     /// `tokens × rate`, exact. It may carry trailing zeros (`0.004500`); serialisation drops them, and
     /// `Decimal` compares by value, so normalising on the hot path would be wasted work.
@@ -59,18 +60,64 @@ impl Serialize for CostLine {
 
 const MAX_LINES: usize = TokenClass::ALL.len() + 1;
 
-/// The cost of one request. Serialises as `{"model","provider","currency","tier","total","lines":[…]}` with
-/// every amount an exact decimal string.
+/// The caller's defaults for what the usage does not say: the service tier and region to price in. A tier or
+/// region the usage carries (from the provider's response) wins; a bare [`ServiceTier`] converts into `Terms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Terms {
+    /// The tier, unless the usage names flex, priority or batch.
+    pub tier: ServiceTier,
+    /// The region, unless the usage names one.
+    pub region: Region,
+}
+
+impl Terms {
+    /// Terms of `tier`, in the global region.
+    pub fn new(tier: ServiceTier) -> Self {
+        Terms {
+            tier,
+            region: Region::Global,
+        }
+    }
+
+    /// The same terms in `region`.
+    pub fn with_region(mut self, region: Region) -> Self {
+        self.region = region;
+        self
+    }
+
+    /// The tier and region that apply to `usage`: the response's, where it says them.
+    pub fn for_usage(self, usage: &Usage) -> (ServiceTier, Region) {
+        let tier = match usage.tier {
+            Some(t) if t != ServiceTier::Standard => t,
+            _ => self.tier,
+        };
+        (tier, usage.region.unwrap_or(self.region))
+    }
+}
+
+impl From<ServiceTier> for Terms {
+    fn from(tier: ServiceTier) -> Self {
+        Terms::new(tier)
+    }
+}
+
+/// The cost of one request. Serialises as `{"model","provider","currency","tier","total","lines":[…]}` (and
+/// `"region"` when not global, `"off_peak": true` when off-peak rates applied) with every amount an exact decimal
+/// string.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cost {
     /// The model's catalog id.
     pub model: Arc<str>,
-    /// The provider.
+    /// The model's own provider (a reseller's entry reports the reseller).
     pub provider: Arc<str>,
     /// The currency.
     pub currency: Arc<str>,
     /// The tier priced.
     pub tier: ServiceTier,
+    /// The region priced.
+    pub region: Region,
+    /// Whether off-peak rates applied.
+    pub off_peak: bool,
     /// The sum of the lines.
     pub total: Decimal,
     lines: [CostLine; MAX_LINES],
@@ -78,12 +125,12 @@ pub struct Cost {
 }
 
 impl Cost {
-    /// The lines, one per class with tokens (and the request fee, if any), in class order.
+    /// The lines, one per class with a count (and the request fee, if any), in class order.
     pub fn lines(&self) -> &[CostLine] {
         &self.lines[..self.len]
     }
 
-    /// The line of `class`, if it has tokens.
+    /// The line of `class`, if it has a count.
     pub fn line(&self, class: TokenClass) -> Option<&CostLine> {
         self.lines()
             .iter()
@@ -93,11 +140,21 @@ impl Cost {
 
 impl Serialize for Cost {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        let mut st = s.serialize_struct("Cost", 6)?;
+        let mut st = s.serialize_struct("Cost", 8)?;
         st.serialize_field("model", &*self.model)?;
         st.serialize_field("provider", &*self.provider)?;
         st.serialize_field("currency", &*self.currency)?;
         st.serialize_field("tier", &self.tier)?;
+        if self.region != Region::Global {
+            st.serialize_field("region", &self.region)?;
+        } else {
+            st.skip_field("region")?;
+        }
+        if self.off_peak {
+            st.serialize_field("off_peak", &true)?;
+        } else {
+            st.skip_field("off_peak")?;
+        }
         st.serialize_field("total", &self.total.to_string())?;
         st.serialize_field("lines", self.lines())?;
         st.end()
@@ -110,18 +167,34 @@ fn overflow(model: &str) -> Error {
     ))
 }
 
-/// Prices `usage` under `window` of `model`.
+fn unpriced_unit(model: &ModelPrices, unit: String) -> Error {
+    Error::UnpricedUnit {
+        model: model.id.to_string(),
+        unit,
+    }
+}
+
+/// Prices `usage` made at `at` under `window` of `model`, in the tier and region of `terms` unless the usage
+/// names its own.
 ///
 /// # Errors
-/// [`Error::UnpricedClass`] when the usage has tokens of a class the model has no rate for (never a silent zero);
-/// [`Error::InvalidUsage`] on arithmetic overflow.
+/// [`Error::UnpricedUnit`] when the model is priced only in units keymeter does not bill (or in per-query /
+/// per-image units this usage has none of) — never a silent zero; [`Error::UnpricedClass`] when the usage has a
+/// count of a class the model has no rate for; [`Error::InvalidUsage`] on arithmetic overflow.
 pub fn price_usage(
     model: &ModelPrices,
     window: &PriceWindow,
     usage: &Usage,
-    tier: ServiceTier,
+    at: DateTime<Utc>,
+    terms: impl Into<Terms>,
 ) -> Result<Cost> {
+    let (tier, region) = terms.into().for_usage(usage);
     let band = window.band_for(usage.prompt_tokens());
+    let uplift = if window.regions.is_empty() {
+        None
+    } else {
+        window.regions.for_region(region)
+    };
     let empty = CostLine {
         kind: LineKind::Request,
         tokens: 0,
@@ -133,6 +206,8 @@ pub fn price_usage(
         provider: model.provider.clone(),
         currency: model.currency.clone(),
         tier,
+        region,
+        off_peak: false,
         total: Decimal::ZERO,
         lines: [empty; MAX_LINES],
         len: 0,
@@ -159,23 +234,45 @@ pub fn price_usage(
         if tokens == 0 {
             continue;
         }
-        let rate = window
-            .rate(band, tier, class)
-            .ok_or_else(|| Error::UnpricedClass {
-                model: model.id.to_string(),
-                class: class.as_str(),
-            })?;
+        let off_peak = if window.off_peak.is_some() {
+            window.off_peak_rate(at, tier, class)
+        } else {
+            None
+        };
+        cost.off_peak |= off_peak.is_some();
+        let Some(mut rate) = off_peak.or_else(|| window.rate(band, tier, class)) else {
+            return Err(match window.other_unit() {
+                Some(unit) => unpriced_unit(model, unit),
+                None => Error::UnpricedClass {
+                    model: model.id.to_string(),
+                    class: class.as_str(),
+                },
+            });
+        };
+        if let Some(m) = uplift
+            && class.is_token()
+        {
+            rate = rate.checked_mul(m).ok_or_else(|| overflow(&model.id))?;
+        }
         push(&mut cost, LineKind::Tokens(class), tokens, rate)?;
     }
     if let Some(fee) = window.per_request {
         push(&mut cost, LineKind::Request, 1, fee)?;
+    }
+    // A zero on a non-empty usage is only right for a free entry: one priced in other units is refused.
+    if cost.total.is_zero()
+        && !usage.is_empty()
+        && let Some(unit) = window.other_unit()
+    {
+        return Err(unpriced_unit(model, unit));
     }
     cost.total = cost.total.normalize();
     Ok(cost)
 }
 
 impl PriceCatalog {
-    /// The cost of `usage` of the model named `model` (id, alias or `provider/id`) at `at`, in `tier`.
+    /// The cost of `usage` of the model named `model` (id, `provider/id` or alias) at `at`, in the tier and region
+    /// of `terms` (a [`ServiceTier`] converts) unless the usage names its own.
     ///
     /// ```
     /// use keymeter::pricing::{PriceCatalog, ServiceTier, Usage};
@@ -190,15 +287,16 @@ impl PriceCatalog {
     /// ```
     ///
     /// # Errors
-    /// [`Error::UnknownModel`], [`Error::NoPrice`], [`Error::UnpricedClass`], [`Error::InvalidUsage`].
+    /// [`Error::UnknownModel`], [`Error::AmbiguousModel`], [`Error::NoPrice`], [`Error::UnpricedUnit`],
+    /// [`Error::UnpricedClass`], [`Error::InvalidUsage`].
     pub fn cost(
         &self,
         model: &str,
         usage: &Usage,
         at: DateTime<Utc>,
-        tier: ServiceTier,
+        terms: impl Into<Terms>,
     ) -> Result<Cost> {
         let (model, window) = self.price_at(model, at)?;
-        price_usage(model, window, usage, tier)
+        price_usage(model, window, usage, at, terms)
     }
 }
