@@ -557,6 +557,131 @@ fn price_commands() {
 }
 
 #[test]
+fn price_cost_reaches_every_class_and_refuses_other_units() {
+    let cli = Cli::new();
+    let litellm = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/litellm/model_prices_and_context_window.json"
+    );
+    // claude-sonnet-5 in the US (× 1.1 on token rates): 1000 × 0.0000022 + 1000 × 0.000011 + 2 × 0.01.
+    let cost = cli.ok(&[
+        "price",
+        "cost",
+        "--model",
+        "claude-sonnet-5",
+        "--catalog",
+        litellm,
+        "--region",
+        "us",
+        "--input",
+        "1000",
+        "--output",
+        "1000",
+        "--web-search",
+        "2",
+    ]);
+    assert_eq!(
+        (cost["total"].as_str(), cost["region"].as_str()),
+        (Some("0.0332"), Some("us"))
+    );
+    // gemini-2.5-flash: cached audio 200 × 1e-07, audio 100 × 1e-06, maps 1 × 0.025.
+    let cost = cli.ok(&[
+        "price",
+        "cost",
+        "--model",
+        "gemini-2.5-flash",
+        "--catalog",
+        litellm,
+        "--cache-read-audio",
+        "200",
+        "--audio-input",
+        "100",
+        "--maps-grounding",
+        "1",
+    ]);
+    assert_eq!(cost["total"], "0.02512");
+    // gpt-image-1.5: image tokens in 600 × 8e-06 and out 100 × 3.2e-05; gpt-6-astra 12 h writes 1000 × 2.5e-05;
+    // aiml/dall-e-3 two images × 0.052.
+    for (model, flags, total) in [
+        (
+            "gpt-image-1.5",
+            vec!["--image-input", "600", "--image-output", "100"],
+            "0.008",
+        ),
+        ("gpt-6-astra", vec!["--cache-write-12h", "1000"], "0.025"),
+        ("aiml/dall-e-3", vec!["--images", "2"], "0.104"),
+    ] {
+        let mut args = vec!["price", "cost", "--model", model, "--catalog", litellm];
+        args.extend(flags);
+        assert_eq!(cli.ok(&args)["total"], total, "{model}");
+    }
+    let (code, v) = cli.run(
+        &[
+            "price",
+            "cost",
+            "--model",
+            "rerank-v3.5",
+            "--catalog",
+            litellm,
+            "--input",
+            "5",
+        ],
+        None,
+    );
+    assert_eq!(
+        (code, v),
+        (
+            1,
+            serde_json::json!({"code": "UNPRICED_UNIT", "model": "rerank-v3.5", "unit": "input_cost_per_query"})
+        )
+    );
+    // A stream's SSE payloads: o4-mini flex (the response's tier wins) 1000 × 0.00000055 + 10 × 0.0000022.
+    let sse = "data: {\"service_tier\":\"flex\",\"choices\":[{\"delta\":{\"content\":\"hi\"}}],\"usage\":null}\n\n\
+               data: {\"service_tier\":\"flex\",\"choices\":[],\"usage\":{\"prompt_tokens\":1000,\"completion_tokens\":10}}\n\n\
+               data: [DONE]\n";
+    let (code, v) = cli.run(
+        &[
+            "price",
+            "cost",
+            "--model",
+            "o4-mini",
+            "--catalog",
+            litellm,
+            "--usage",
+            "-",
+            "--usage-format",
+            "openai",
+            "--stream",
+        ],
+        Some(sse),
+    );
+    assert_eq!(
+        (code, v["total"].as_str(), v["tier"].as_str()),
+        (0, Some("0.000572"), Some("flex"))
+    );
+    // price show lists every rate, band and tier (the human form) and the whole model (JSON).
+    let show = cli.ok(&["price", "show", "deepseek-flash", "--catalog", litellm]);
+    assert_eq!(
+        show["prices"][0]["off_peak"]["rates"]["input"],
+        "0.00000015"
+    );
+    let out = cli
+        .command(&["price", "show", "gpt-6-astra", "--catalog", litellm])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    for needle in [
+        "prompts over 272000 tokens",
+        "priority",
+        "cache_write_12h",
+        "web_search       0.01 per query",
+        "us processing: token rates × 1.1",
+    ] {
+        assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
+    }
+}
+
+#[test]
 fn creds_commands_across_invocations() {
     let cli = Cli::new();
     cli.ok(&["init"]);

@@ -56,6 +56,8 @@ pub(crate) enum Command {
     Budget(BudgetCommand),
 }
 
+// Parsed once per process: the size of a variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 pub(crate) enum UsageCommand {
     /// Price a usage and record it once (the same --request-id twice records once).
@@ -201,6 +203,8 @@ pub(crate) enum CredsCommand {
     Rewrap,
 }
 
+// Parsed once per process: the size of a variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 pub(crate) enum PriceCommand {
     /// The exact cost of a usage.
@@ -236,35 +240,75 @@ pub(crate) struct PricingArgs {
     /// Price at this time (RFC 3339); default: now.
     #[arg(long)]
     pub(crate) at: Option<String>,
-    /// standard, batch, flex or priority.
+    /// standard, batch, flex or priority (a tier the usage's response names wins).
     #[arg(long, default_value = "standard")]
     pub(crate) tier: String,
+    /// global, us, eu or regional: where the request was processed (a region the response names wins).
+    #[arg(long, default_value = "global")]
+    pub(crate) region: String,
 }
 
-/// Token counts, canonical (disjoint) classes, or a provider usage object.
+/// Counts per canonical (disjoint) class, or a provider usage object.
 #[derive(Args)]
 pub(crate) struct UsageArgs {
-    /// Uncached input tokens.
+    /// Uncached text input tokens.
     #[arg(long, default_value_t = 0)]
     pub(crate) input: u64,
-    /// Output tokens (without reasoning).
+    /// Output tokens (without reasoning, audio and image output).
     #[arg(long, default_value_t = 0)]
     pub(crate) output: u64,
+    /// Cache-read (text) input tokens.
     #[arg(long, default_value_t = 0)]
     pub(crate) cache_read: u64,
     /// 5-minute cache writes.
     #[arg(long, default_value_t = 0)]
     pub(crate) cache_write: u64,
+    /// 1-hour cache writes.
     #[arg(long = "cache-write-1h", default_value_t = 0)]
     pub(crate) cache_write_1h: u64,
+    /// 12-hour cache writes.
+    #[arg(long = "cache-write-12h", default_value_t = 0)]
+    pub(crate) cache_write_12h: u64,
+    /// Reasoning tokens.
     #[arg(long, default_value_t = 0)]
     pub(crate) reasoning: u64,
-    /// A provider usage (or response) JSON file, `-` for stdin; replaces the token flags.
-    #[arg(long, conflicts_with_all = ["input", "output", "cache_read", "cache_write", "cache_write_1h", "reasoning"])]
+    /// Uncached audio input tokens.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) audio_input: u64,
+    /// Cached audio input tokens.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) cache_read_audio: u64,
+    /// Audio output tokens.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) audio_output: u64,
+    /// Image input tokens (billed as input where the model has no image rate).
+    #[arg(long, default_value_t = 0)]
+    pub(crate) image_input: u64,
+    /// Image output tokens.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) image_output: u64,
+    /// Web-search (grounding) queries.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) web_search: u64,
+    /// Google Maps grounding queries.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) maps_grounding: u64,
+    /// Images generated.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) images: u64,
+    /// A provider usage (or response) JSON file, `-` for stdin; replaces the count flags.
+    #[arg(long, conflicts_with_all = [
+        "input", "output", "cache_read", "cache_write", "cache_write_1h", "cache_write_12h", "reasoning",
+        "audio_input", "cache_read_audio", "audio_output", "image_input", "image_output", "web_search",
+        "maps_grounding", "images",
+    ])]
     pub(crate) usage: Option<String>,
     /// openai, anthropic or gemini.
     #[arg(long, requires = "usage")]
     pub(crate) usage_format: Option<String>,
+    /// With --usage: the file is a stream's SSE payloads (`data:` lines), priced from its usage events.
+    #[arg(long, requires = "usage")]
+    pub(crate) stream: bool,
 }
 
 #[allow(clippy::large_enum_variant)]

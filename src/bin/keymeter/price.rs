@@ -5,7 +5,10 @@ use std::str::FromStr;
 
 use chrono::Utc;
 use keymeter::pricing::normalize::normalize;
-use keymeter::pricing::{PriceCatalog, ServiceTier, Usage, UsageFormat};
+use keymeter::pricing::{
+    PriceCatalog, PriceWindow, Region, ServiceTier, StreamUsage, Terms, TokenClass, Usage,
+    UsageFormat,
+};
 use keymeter::{Config, Error};
 use serde_json::{Value, json};
 
@@ -32,8 +35,18 @@ impl UsageArgs {
                 cache_read: self.cache_read,
                 cache_write_5m: self.cache_write,
                 cache_write_1h: self.cache_write_1h,
+                cache_write_12h: self.cache_write_12h,
                 reasoning: self.reasoning,
-                ..Usage::default()
+                audio_input: self.audio_input,
+                cache_read_audio: self.cache_read_audio,
+                audio_output: self.audio_output,
+                image_input: self.image_input,
+                image_output: self.image_output,
+                web_search: self.web_search,
+                maps_grounding: self.maps_grounding,
+                images: self.images,
+                tier: None,
+                region: None,
             });
         };
         let format = UsageFormat::from_str(self.usage_format.as_deref().ok_or_else(|| {
@@ -48,6 +61,15 @@ impl UsageArgs {
         };
         let text = std::str::from_utf8(&bytes)
             .map_err(|_| Failure::Usage(format!("{source} is not UTF-8 JSON")))?;
+        if self.stream {
+            let mut stream = StreamUsage::new(format);
+            for line in text.lines() {
+                if let Some(data) = line.strip_prefix("data:") {
+                    stream.push(data)?;
+                }
+            }
+            return Ok(stream.finish()?);
+        }
         Ok(normalize(format, text)?)
     }
 }
@@ -72,6 +94,20 @@ pub(crate) fn pricing_failure(e: Error) -> Failure {
             json!({"code": "UNKNOWN_MODEL", "model": model}),
             e.to_string(),
         ),
+        Error::UnpricedUnit {
+            ref model,
+            ref unit,
+        } => Failure::Negative(
+            json!({"code": "UNPRICED_UNIT", "model": model, "unit": unit}),
+            e.to_string(),
+        ),
+        Error::AmbiguousModel {
+            ref model,
+            ref candidates,
+        } => Failure::Negative(
+            json!({"code": "AMBIGUOUS_MODEL", "model": model, "candidates": candidates}),
+            e.to_string(),
+        ),
         Error::UnpricedClass { ref model, class } => Failure::Negative(
             json!({"code": "UNPRICED_CLASS", "model": model, "class": class}),
             e.to_string(),
@@ -85,17 +121,18 @@ pub(crate) fn pricing_failure(e: Error) -> Failure {
 }
 
 /// What `price cost` and `usage record` both read from their flags: the catalog, the canonical usage, the time
-/// to price at and the tier.
+/// to price at and the caller's tier and region.
 pub(crate) fn pricing_inputs(
     config: &Config,
     pricing: &PricingArgs,
     usage: &UsageArgs,
-) -> Result<(PriceCatalog, Usage, chrono::DateTime<Utc>, ServiceTier), Failure> {
+) -> Result<(PriceCatalog, Usage, chrono::DateTime<Utc>, Terms), Failure> {
     let catalog = load_catalog(config, pricing.catalog.as_deref())?;
     let usage = usage.usage()?;
     let at = parse_time(pricing.at.as_deref())?;
-    let tier = ServiceTier::from_str(&pricing.tier)?;
-    Ok((catalog, usage, at, tier))
+    let terms = Terms::new(ServiceTier::from_str(&pricing.tier)?)
+        .with_region(Region::from_str(&pricing.region)?);
+    Ok((catalog, usage, at, terms))
 }
 
 pub(crate) fn run(config: &Config, cmd: PriceCommand) -> Outcome {
@@ -105,23 +142,33 @@ pub(crate) fn run(config: &Config, cmd: PriceCommand) -> Outcome {
             pricing,
             usage,
         } => {
-            let (catalog, usage, at, tier) = pricing_inputs(config, &pricing, &usage)?;
+            let (catalog, usage, at, terms) = pricing_inputs(config, &pricing, &usage)?;
             let cost = catalog
-                .cost(&model, &usage, at, tier)
+                .cost(&model, &usage, at, terms)
                 .map_err(pricing_failure)?;
             let mut human = String::new();
             for l in cost.lines() {
                 human.push_str(&format!(
-                    "{:<15} {:>10} × {:<14} = {}\n",
+                    "{:<16} {:>10} × {:<14} = {}\n",
                     l.kind.as_str(),
                     l.tokens,
-                    l.rate,
+                    l.rate.normalize(),
                     l.cost.normalize()
                 ));
             }
             human.push_str(&format!(
-                "total {} {} ({} via {})",
-                cost.total, cost.currency, cost.model, cost.provider
+                "total {} {} ({} via {}, {} tier{}{})",
+                cost.total,
+                cost.currency,
+                cost.model,
+                cost.provider,
+                cost.tier.as_str(),
+                if cost.region == Region::Global {
+                    String::new()
+                } else {
+                    format!(", {} region", cost.region.as_str())
+                },
+                if cost.off_peak { ", off-peak" } else { "" }
             ));
             Ok((to_json(&cost)?, human))
         }
@@ -155,14 +202,104 @@ pub(crate) fn run(config: &Config, cmd: PriceCommand) -> Outcome {
         }
         PriceCommand::Show { model, catalog } => {
             let catalog = load_catalog(config, catalog.as_deref())?;
-            let found = catalog.model(&model).ok_or_else(|| {
-                pricing_failure(Error::UnknownModel {
-                    model: model.clone(),
-                })
-            })?;
+            let found = catalog.resolve(&model).map_err(pricing_failure)?;
             let value = to_json(found)?;
-            let human = serde_json::to_string_pretty(&value).unwrap_or_default();
+            let mut human = format!(
+                "{} ({}{}, {})",
+                found.id,
+                found.provider,
+                found
+                    .mode
+                    .as_deref()
+                    .map(|m| format!(", {m}"))
+                    .unwrap_or_default(),
+                found.currency
+            );
+            if !found.aliases.is_empty() {
+                human.push_str(&format!("\naliases: {}", found.aliases.join(", ")));
+            }
+            for w in &found.windows {
+                human.push('\n');
+                human.push_str(&describe_window(w));
+            }
             Ok((value, human))
         }
     }
+}
+
+/// Every rate, band, tier, off-peak hour, regional multiplier and unbilled unit of a window, one per line, per
+/// unit (token, query, image).
+fn describe_window(w: &PriceWindow) -> String {
+    let time = |t: Option<chrono::DateTime<Utc>>| t.map_or("open".to_owned(), |t| t.to_rfc3339());
+    let mut out = format!(
+        "prices from {} until {}",
+        time(w.effective_from),
+        time(w.effective_until)
+    );
+    let rate_line =
+        |out: &mut String, indent: &str, class: TokenClass, rate: rust_decimal::Decimal| {
+            out.push_str(&format!(
+                "\n{indent}{:<16} {} per {}",
+                class.as_str(),
+                rate.normalize(),
+                class.unit()
+            ));
+        };
+    for band in &w.bands {
+        if band.above_tokens == 0 {
+            out.push_str("\n  base");
+        } else {
+            out.push_str(&format!("\n  prompts over {} tokens", band.above_tokens));
+        }
+        for tier in ServiceTier::ALL {
+            let rates = band.rates(tier);
+            if rates.is_empty() {
+                continue;
+            }
+            out.push_str(&format!("\n    {}", tier.as_str()));
+            for (class, rate) in rates.iter() {
+                rate_line(&mut out, "      ", class, rate);
+            }
+        }
+    }
+    if let Some(fee) = w.per_request {
+        out.push_str(&format!("\n  per request {}", fee.normalize()));
+    }
+    if let Some(off) = &w.off_peak {
+        out.push_str("\n  off-peak (standard tier)");
+        for h in &off.hours {
+            let spans: Vec<String> = h
+                .spans
+                .iter()
+                .map(|&(a, b)| format!("{:02}:{:02}-{:02}:{:02}", a / 60, a % 60, b / 60, b % 60))
+                .collect();
+            out.push_str(&format!(
+                "\n    weekdays {:?} {} UTC{}",
+                h.weekdays,
+                spans.join(", "),
+                off.weekday_zone
+                    .map(|z| format!(" (weekdays in {})", z.name()))
+                    .unwrap_or_default()
+            ));
+        }
+        for (class, rate) in off.rates.iter() {
+            rate_line(&mut out, "      ", class, rate);
+        }
+    }
+    for (name, m) in [
+        ("us", w.regions.us),
+        ("eu", w.regions.eu),
+        ("regional", w.regions.regional),
+    ] {
+        if let Some(m) = m {
+            out.push_str(&format!("\n  {name} processing: token rates × {}", m.0));
+        }
+    }
+    if !w.unbilled_units.is_empty() {
+        out.push_str(&format!(
+            "\n  not billed by keymeter: {}",
+            w.unbilled_units.join(", ")
+        ));
+    }
+    out
 }

@@ -22,7 +22,7 @@ pub(crate) async fn run(config: &Config, cmd: UsageCommand) -> Outcome {
             pricing,
             usage,
         } => {
-            let (catalog, usage, at, tier) = pricing_inputs(config, &pricing, &usage)?;
+            let (catalog, usage, at, terms) = pricing_inputs(config, &pricing, &usage)?;
             let mut payer = Payer::owner(owner);
             if let Some(k) = key_id {
                 payer = payer.key(k);
@@ -30,7 +30,10 @@ pub(crate) async fn run(config: &Config, cmd: UsageCommand) -> Outcome {
             if let Some(o) = org {
                 payer = payer.org(o);
             }
-            let mut request = MeteredRequest::new(payer, model).at(at).tier(tier);
+            let mut request = MeteredRequest::new(payer, model)
+                .at(at)
+                .tier(terms.tier)
+                .region(terms.region);
             if let Some(r) = request_id {
                 request = request.request_id(r);
             }
