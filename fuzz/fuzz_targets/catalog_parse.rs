@@ -3,7 +3,7 @@
 #![no_main]
 
 use chrono::{TimeZone, Utc};
-use keymeter::pricing::{PriceCatalog, ServiceTier, Usage};
+use keymeter::pricing::{PriceCatalog, Region, ServiceTier, Terms, Usage};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -12,14 +12,24 @@ fuzz_target!(|data: &[u8]| {
         let Ok(catalog) = parsed else { continue };
         let again = PriceCatalog::from_json(&catalog.to_json()).expect("own output parses");
         assert_eq!(again, catalog);
-        let usage = Usage { input: 1234, cache_read: 99, output: 77, reasoning: 5, ..Usage::default() };
-        let at = Utc.with_ymd_and_hms(2026, 6, 1, 0, 0, 0).unwrap();
+        let usage = Usage { input: 1234, cache_read: 99, output: 77, reasoning: 5, image_input: 3, web_search: 1, ..Usage::default() };
+        let more = Usage { images: 1, cache_write_12h: 10, cache_read_audio: 4, ..usage };
+        // Monday 00:30 and Monday noon UTC: inside and outside typical off-peak hours.
+        let times = [Utc.with_ymd_and_hms(2026, 6, 1, 0, 30, 0).unwrap(), Utc.with_ymd_and_hms(2026, 6, 1, 12, 0, 0).unwrap()];
         for model in catalog.models().iter().take(8) {
-            for tier in ServiceTier::ALL {
-                if let Ok(cost) = catalog.cost(&model.id, &usage, at, tier) {
+            for (tier, region, at, usage) in ServiceTier::ALL.into_iter().flat_map(|t| {
+                [Region::Global, Region::Us, Region::Regional].into_iter().flat_map(move |r| {
+                    times.into_iter().flat_map(move |at| [(t, r, at, usage), (t, r, at, more)])
+                })
+            }) {
+                if let Ok(cost) = catalog.cost(&model.id, &usage, at, Terms::new(tier).with_region(region)) {
                     let sum = cost.lines().iter().fold(rust_decimal::Decimal::ZERO, |s, l| s + l.cost);
                     assert_eq!(sum, cost.total);
                     assert!(cost.lines().iter().all(|l| l.cost == rust_decimal::Decimal::from(l.tokens) * l.rate));
+                    // Never a silent zero: a zero cost is only ever a free entry's.
+                    if cost.total.is_zero() {
+                        assert!(model.window_at(at).unwrap().other_unit().is_none());
+                    }
                 }
             }
         }

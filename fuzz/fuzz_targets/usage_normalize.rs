@@ -1,5 +1,5 @@
-//! Usage normalisers: never panic; an accepted usage never has more tokens than the provider reported, and
-//! cached tokens are never counted in `input` too.
+//! Usage normalisers: never panic; an accepted usage's classes add up to exactly what the provider reported (so
+//! cached, cache-write, audio and image tokens are never counted in `input` too).
 #![no_main]
 
 use keymeter::pricing::normalize::{UsageFormat, normalize};
@@ -26,23 +26,30 @@ fuzz_target!(|data: &[u8]| {
         // object itself.
         let wrapper = if format == UsageFormat::Gemini { "usageMetadata" } else { "usage" };
         let v = v.get(wrapper).filter(|u| u.is_object()).unwrap_or(v);
+        let u = |n: u64| u128::from(n);
+        let prompt_side = u(usage.input) + u(usage.cache_read) + u(usage.cache_read_audio) + u(usage.audio_input)
+            + u(usage.cache_write_5m) + u(usage.image_input);
+        let output_side = u(usage.output) + u(usage.reasoning) + u(usage.audio_output) + u(usage.image_output);
         match format {
             UsageFormat::OpenAi if v.get("prompt_tokens").is_some() => {
-                let prompt = num(v, &["prompt_tokens"]);
-                assert_eq!(u128::from(usage.input) + u128::from(usage.cache_read) + u128::from(usage.audio_input), prompt);
-                assert_eq!(u128::from(usage.output) + u128::from(usage.reasoning) + u128::from(usage.audio_output), num(v, &["completion_tokens"]));
+                assert_eq!(prompt_side, num(v, &["prompt_tokens"]));
+                assert_eq!(output_side, num(v, &["completion_tokens"]));
             }
             UsageFormat::OpenAi => {
-                assert_eq!(u128::from(usage.input) + u128::from(usage.cache_read) + u128::from(usage.audio_input), num(v, &["input_tokens"]));
+                assert_eq!(prompt_side, num(v, &["input_tokens"]));
+                assert_eq!(output_side, num(v, &["output_tokens"]));
             }
             UsageFormat::Anthropic => {
-                assert_eq!(u128::from(usage.input), num(v, &["input_tokens"]));
-                assert_eq!(u128::from(usage.output), num(v, &["output_tokens"]));
+                assert_eq!(u(usage.input), num(v, &["input_tokens"]));
+                assert_eq!(u(usage.output), num(v, &["output_tokens"]));
             }
             UsageFormat::Gemini => {
                 let prompt = num(v, &["promptTokenCount"]) + num(v, &["toolUsePromptTokenCount"]);
-                assert_eq!(u128::from(usage.input) + u128::from(usage.cache_read) + u128::from(usage.audio_input), prompt);
+                assert_eq!(prompt_side, prompt);
+                assert_eq!(u(usage.output) + u(usage.image_output) + u(usage.audio_output), num(v, &["candidatesTokenCount"]));
             }
         }
+        // Only flex, priority and batch are tiers a response can set.
+        assert_ne!(usage.tier, Some(keymeter::pricing::ServiceTier::Standard));
     }
 });
