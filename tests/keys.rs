@@ -1045,3 +1045,111 @@ async fn futures_join<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output>
     .await;
     out.into_iter().map(|o| o.expect("done")).collect()
 }
+
+#[tokio::test]
+async fn rotation_keeps_the_id_and_the_old_secret_until_the_grace_ends() {
+    let config = VerifierConfig {
+        prefixes: vec!["km".into(), "acme".into()],
+        ..VerifierConfig::default()
+    };
+    let f = fixture_with(vec![pepper("p1", 10)], config);
+    let req = Requirement::new();
+    let first = issue(&f, NewKey::new("ci", "alice").prefix("acme")).await;
+    let old = first.token.expose_secret().to_owned();
+    let rotated = f
+        .verifier
+        .rotate(&f.issuer, &first.record.id, Duration::hours(24))
+        .await
+        .unwrap();
+    let new = rotated.token.expose_secret().to_owned();
+    assert_ne!(new, old);
+    assert_eq!(rotated.id, first.record.id);
+    assert!(
+        new.starts_with(&format!("acme_live_{}_", first.record.id)),
+        "{new}"
+    );
+    assert_eq!(
+        rotated.grace_until,
+        Some(Utc.with_ymd_and_hms(2026, 5, 2, 9, 0, 0).unwrap())
+    );
+    assert!(
+        !format!("{rotated:?}").contains(&new),
+        "the token is redacted"
+    );
+    // Both work during the grace period, under the same id; a wrong secret still does not.
+    for token in [&old, &new] {
+        let verdict = f.verifier.verify(token, &req).await.unwrap();
+        assert_eq!(verdict.code(), VerdictCode::Valid);
+        assert_eq!(verdict.key().unwrap().id, first.record.id);
+    }
+    assert_eq!(
+        code(&f, &wrong_secret(&new), &req).await,
+        VerdictCode::NotFound
+    );
+    // The grace period ends: the old secret is refused, the new one is not.
+    f.clock.advance(Duration::hours(24));
+    assert_eq!(code(&f, &old, &req).await, VerdictCode::NotFound);
+    assert_eq!(code(&f, &new, &req).await, VerdictCode::Valid);
+
+    // Zero grace: the old secret stops at once. Rotating again drops the older previous secret.
+    let zero = f
+        .issuer
+        .rotate(&first.record.id, Duration::zero())
+        .await
+        .unwrap();
+    assert_eq!(zero.grace_until, None);
+    assert_eq!(code(&f, &new, &req).await, VerdictCode::NotFound);
+    let a = f
+        .issuer
+        .rotate(&first.record.id, Duration::hours(1))
+        .await
+        .unwrap();
+    let b = f
+        .issuer
+        .rotate(&first.record.id, Duration::hours(1))
+        .await
+        .unwrap();
+    assert_eq!(
+        code(&f, zero.token.expose_secret(), &req).await,
+        VerdictCode::NotFound
+    );
+    for token in [&a.token, &b.token] {
+        assert_eq!(
+            code(&f, token.expose_secret(), &req).await,
+            VerdictCode::Valid
+        );
+    }
+
+    // A revoked key cannot rotate, and its secrets stay refused.
+    f.verifier.revoke(&first.record.id).await.unwrap();
+    let err = f
+        .issuer
+        .rotate(&first.record.id, Duration::hours(1))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, keymeter::Error::InvalidInput { .. }), "{err}");
+    assert_eq!(
+        code(&f, b.token.expose_secret(), &req).await,
+        VerdictCode::Revoked
+    );
+    // An imported key cannot rotate (its token does not carry its id); an unknown id is NotFound.
+    let imported = f
+        .issuer
+        .import(
+            NewKey::new("legacy", "bob"),
+            KeyHasher::sha256(b"sk-legacy-0123456789").as_str(),
+            None,
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        f.issuer.rotate(&imported.id, Duration::hours(1)).await,
+        Err(keymeter::Error::InvalidInput { .. })
+    ));
+    assert!(matches!(
+        f.issuer.rotate("ZZZZZZZZZZZZ", Duration::hours(1)).await,
+        Err(keymeter::Error::NotFound { .. })
+    ));
+    let _ = &f.store;
+    let _ = &f.hasher;
+}

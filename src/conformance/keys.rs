@@ -8,7 +8,7 @@ use chrono::{DateTime, Duration, TimeZone, Utc};
 use crate::error::Error;
 use crate::keys::{
     KeyEnv, KeyFilter, KeyHash, KeyHasher, KeyLookup, KeyRecord, KeyStore, MAX_KEYS_PER_HINT,
-    Pepper, PepperRing, RateLimit, Scope,
+    Pepper, PepperRing, PreviousSecret, RateLimit, Scope,
 };
 use crate::random::SeededRandom;
 
@@ -44,6 +44,10 @@ pub fn sample(id: &str) -> KeyRecord {
             .expect("nets"),
         rate_limit: Some("100/min".parse::<RateLimit>().expect("limit")),
         metadata: serde_json::json!({"team": "infra", "n": 1}),
+        previous: Some(PreviousSecret {
+            hash: hasher().hash_hmac(b"the secret before"),
+            valid_until: t0() + Duration::hours(24),
+        }),
     }
 }
 
@@ -72,6 +76,7 @@ pub async fn create_and_get(store: Arc<dyn KeyStore>) {
     minimal.rate_limit = None;
     minimal.scopes.clear();
     minimal.metadata = serde_json::json!({});
+    minimal.previous = None;
     store.create(&minimal).await.expect("create minimal");
     assert_eq!(
         *store
@@ -319,6 +324,103 @@ pub async fn replace_hash(store: Arc<dyn KeyStore>) {
             .await
             .expect("cas")
     );
+}
+
+/// `rotate` swaps the hash in one step, keeps the old one (only the last) until the grace ends, and refuses
+/// unknown, revoked and imported keys without changing them.
+pub async fn rotate(store: Arc<dyn KeyStore>) {
+    let mut record = sample("RRRRRRRRRRR1");
+    record.previous = None;
+    store.create(&record).await.expect("create");
+    let second = hasher().hash_hmac(b"second");
+    let until = t0() + Duration::hours(24);
+    store
+        .rotate("RRRRRRRRRRR1", &second, Some(until))
+        .await
+        .expect("rotate");
+    let got = store
+        .get("RRRRRRRRRRR1")
+        .await
+        .expect("get")
+        .expect("present");
+    let mut expected = record.clone();
+    expected.hash = second.clone();
+    expected.previous = Some(PreviousSecret {
+        hash: record.hash.clone(),
+        valid_until: until,
+    });
+    assert_eq!(
+        *got, expected,
+        "only the hash and the previous secret change"
+    );
+    // Rotating again keeps only the latest previous secret; no grace keeps none.
+    let third = hasher().hash_hmac(b"third");
+    store
+        .rotate("RRRRRRRRRRR1", &third, Some(until + Duration::hours(1)))
+        .await
+        .expect("rotate again");
+    let got = store
+        .get("RRRRRRRRRRR1")
+        .await
+        .expect("get")
+        .expect("present");
+    assert_eq!(
+        (got.hash.clone(), got.previous.clone()),
+        (
+            third.clone(),
+            Some(PreviousSecret {
+                hash: second,
+                valid_until: until + Duration::hours(1)
+            })
+        )
+    );
+    let fourth = hasher().hash_hmac(b"fourth");
+    store
+        .rotate("RRRRRRRRRRR1", &fourth, None)
+        .await
+        .expect("rotate without grace");
+    let got = store
+        .get("RRRRRRRRRRR1")
+        .await
+        .expect("get")
+        .expect("present");
+    assert_eq!(
+        (got.hash.clone(), got.previous.clone()),
+        (fourth.clone(), None)
+    );
+
+    let err = store
+        .rotate("RRRRRRRRRRR9", &fourth, None)
+        .await
+        .expect_err("unknown");
+    assert!(matches!(err, Error::NotFound { .. }), "{err:?}");
+
+    let mut revoked = sample("RRRRRRRRRRR2");
+    revoked.previous = None;
+    store.create(&revoked).await.expect("create");
+    store.revoke("RRRRRRRRRRR2", t0()).await.expect("revoke");
+    let err = store
+        .rotate("RRRRRRRRRRR2", &fourth, Some(until))
+        .await
+        .expect_err("revoked");
+    assert!(matches!(err, Error::InvalidInput { .. }), "{err:?}");
+    let got = store
+        .get("RRRRRRRRRRR2")
+        .await
+        .expect("get")
+        .expect("present");
+    assert_eq!((&got.hash, &got.previous), (&revoked.hash, &None));
+
+    let mut imported = sample("RRRRRRRRRRR3");
+    imported.previous = None;
+    imported.hash = KeyHasher::sha256(b"an imported key");
+    imported.lookup = KeyLookup::Digest(imported.hash.sha256_hex().expect("sha256").to_owned());
+    store.create(&imported).await.expect("create");
+    let err = store
+        .rotate("RRRRRRRRRRR3", &fourth, None)
+        .await
+        .expect_err("imported");
+    assert!(matches!(err, Error::InvalidInput { .. }), "{err:?}");
 }
 
 /// `record_use` only moves `last_used_at` forward.

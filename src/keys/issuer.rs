@@ -154,6 +154,7 @@ impl NewKey {
             allowed_ips: self.allowed_ips,
             rate_limit: self.rate_limit,
             metadata: self.metadata,
+            previous: None,
         }
     }
 }
@@ -171,6 +172,29 @@ impl fmt::Debug for IssuedKey {
         f.debug_struct("IssuedKey")
             .field("record", &self.record)
             .field("token", &"[REDACTED]")
+            .finish()
+    }
+}
+
+/// A rotated key: the same id, a new secret shown this once, and when the previous secret stops working.
+pub struct RotatedKey {
+    /// The key's id (unchanged).
+    pub id: String,
+    /// The new token (a secret: redacted in `Debug`, zeroized on drop).
+    pub token: SecretString,
+    /// The new token's display hint.
+    pub hint: String,
+    /// The end of the previous secret's grace period; `None` when it stopped at once.
+    pub grace_until: Option<DateTime<Utc>>,
+}
+
+impl fmt::Debug for RotatedKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RotatedKey")
+            .field("id", &self.id)
+            .field("token", &"[REDACTED]")
+            .field("hint", &self.hint)
+            .field("grace_until", &self.grace_until)
             .finish()
     }
 }
@@ -238,6 +262,68 @@ impl KeyIssuer {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Gives the generated key `id` a new secret, keeping its id (so its budgets, limits, statistics and ledger
+    /// rows continue). The previous secret keeps working for `grace` (zero or less: it stops at once); a key
+    /// holds at most one previous secret, so rotating again ends the older one's grace. One atomic store call.
+    ///
+    /// A [`Verifier`](crate::keys::Verifier) in the same process holds no stale answer for HMAC keys (the hash
+    /// is compared on every verify); [`Verifier::rotate`](crate::keys::Verifier::rotate) also clears its cache.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use keymeter::keys::*;
+    /// # use keymeter::store::memory::MemoryStore;
+    /// # use keymeter::random::OsRandom;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> keymeter::Result<()> {
+    /// # let store = Arc::new(MemoryStore::new());
+    /// # let hasher = Arc::new(KeyHasher::new(PepperRing::new(vec![Pepper::generate("p1", &OsRandom)?])?));
+    /// let issuer = KeyIssuer::new(store.clone(), hasher.clone());
+    /// let verifier = Verifier::new(store, hasher, VerifierConfig::default())?;
+    /// let old = issuer.issue(NewKey::new("ci", "alice")).await?;
+    /// let new = issuer.rotate(&old.record.id, chrono::Duration::hours(24)).await?;
+    /// assert_eq!(new.id, old.record.id);
+    /// use secrecy::ExposeSecret;
+    /// for token in [old.token.expose_secret(), new.token.expose_secret()] {
+    ///     assert!(verifier.verify(token, &Requirement::new()).await?.is_valid()); // both, for 24 hours
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown id; [`Error::InvalidInput`] for a revoked or an imported key;
+    /// [`Error::Random`]; store failures.
+    pub async fn rotate(&self, id: &str, grace: chrono::Duration) -> Result<RotatedKey> {
+        let record = self
+            .store
+            .get(id)
+            .await?
+            .ok_or_else(|| Error::key_not_found(id))?;
+        crate::keys::store::check_rotatable(
+            record.revoked_at.is_some(),
+            record.lookup == KeyLookup::Id,
+        )?;
+        // A generated key's display hint begins with its token's prefix: `km_live_Ab3d…9xYz`.
+        let prefix = record
+            .hint
+            .split('_')
+            .next()
+            .filter(|p| token::is_valid_prefix(p))
+            .ok_or_else(|| Error::invalid("key", "its display hint names no token prefix"))?;
+        let token = token::generate_for(prefix, record.env, &record.id, self.random.as_ref())?;
+        let hash = self.hasher.hash_hmac(token.expose_secret().as_bytes());
+        let now = self.clock.now().trunc_subsecs(6);
+        let grace_until = (grace > chrono::Duration::zero()).then(|| now + grace);
+        self.store.rotate(&record.id, &hash, grace_until).await?;
+        Ok(RotatedKey {
+            id: record.id.clone(),
+            hint: token::display_hint(token.expose_secret()),
+            token,
+            grace_until,
+        })
     }
 
     /// Imports a key made elsewhere from its hash string.

@@ -45,8 +45,8 @@ pub use hash::{
     Argon2Config, HashError, HashScheme, KdfLimits, KeyHash, KeyHasher, Pepper, PepperRing,
 };
 pub use header::{HeaderError, credential_from_header};
-pub use issuer::{IssuedKey, KeyIssuer, NewKey};
-pub use record::{KeyFilter, KeyLookup, KeyRecord, RateLimit, RatePer};
+pub use issuer::{IssuedKey, KeyIssuer, NewKey, RotatedKey};
+pub use record::{KeyFilter, KeyLookup, KeyRecord, PreviousSecret, RateLimit, RatePer};
 pub use scope::{Scope, ScopeRequirement};
 pub use store::{KeyStore, MAX_KEYS_PER_HINT};
 pub use token::{KeyEnv, ParsedToken, TokenError};

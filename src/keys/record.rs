@@ -201,9 +201,29 @@ pub struct KeyRecord {
     pub rate_limit: Option<RateLimit>,
     /// Free-form JSON metadata.
     pub metadata: serde_json::Value,
+    /// The secret a rotation replaced, still accepted until its grace period ends.
+    pub previous: Option<PreviousSecret>,
+}
+
+/// The secret a key had before its last rotation ([`crate::keys::KeyIssuer::rotate`]): its hash, and the end of
+/// the grace period during which it still verifies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreviousSecret {
+    /// The hash of the replaced secret.
+    pub hash: KeyHash,
+    /// It verifies strictly before this time.
+    pub valid_until: DateTime<Utc>,
 }
 
 impl KeyRecord {
+    /// The previous secret's hash while its grace period runs at `now` (microseconds since the epoch).
+    pub fn previous_hash_at(&self, now_micros: i64) -> Option<&KeyHash> {
+        self.previous
+            .as_ref()
+            .filter(|p| now_micros < p.valid_until.timestamp_micros())
+            .map(|p| &p.hash)
+    }
+
     /// Whether the key has expired at `now`.
     pub fn is_expired_at(&self, now: DateTime<Utc>) -> bool {
         self.expires_at.is_some_and(|at| at <= now)
@@ -249,6 +269,7 @@ struct RecordView<'a> {
     allowed_ips: &'a [IpNet],
     rate_limit: Option<RateLimit>,
     metadata: &'a serde_json::Value,
+    grace_until: Option<DateTime<Utc>>,
 }
 
 impl Serialize for KeyRecord {
@@ -270,6 +291,7 @@ impl Serialize for KeyRecord {
             allowed_ips: &self.allowed_ips,
             rate_limit: self.rate_limit,
             metadata: &self.metadata,
+            grace_until: self.previous.as_ref().map(|p| p.valid_until),
         }
         .serialize(s)
     }

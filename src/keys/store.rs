@@ -17,7 +17,7 @@ pub const MAX_KEYS_PER_HINT: usize = 4;
 /// Every operation that must be atomic on a shared database is one call here, never a read followed by a write:
 /// [`create`](KeyStore::create) fails on a duplicate id or digest (and on a full hint),
 /// [`replace_hash`](KeyStore::replace_hash) is a compare-and-swap, [`revoke`](KeyStore::revoke) keeps the first
-/// revocation time.
+/// revocation time, [`rotate`](KeyStore::rotate) checks and replaces in one step.
 ///
 /// Records are returned in an [`Arc`] so an in-memory store hands out a shared record on the hot verify path
 /// instead of copying it.
@@ -94,9 +94,43 @@ pub trait KeyStore: Send + Sync + std::fmt::Debug {
     /// Backend failures only.
     async fn replace_hash(&self, id: &str, old: &KeyHash, new: &KeyHash) -> Result<bool>;
 
+    /// Gives the generated key `id` a new hash in one atomic step, keeping the current one as its
+    /// [`PreviousSecret`](crate::keys::PreviousSecret) until `previous_until` (`None`: the old secret stops at
+    /// once). Any older previous secret is dropped.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`](crate::Error::NotFound) for an unknown id; [`Error::InvalidInput`](crate::Error::InvalidInput)
+    /// for a revoked key or an imported one (only generated keys carry their id in the token).
+    async fn rotate(
+        &self,
+        id: &str,
+        new: &KeyHash,
+        previous_until: Option<DateTime<Utc>>,
+    ) -> Result<()>;
+
     /// Moves `last_used_at` forward to `at` (never backward).
     ///
     /// # Errors
     /// Backend failures only.
     async fn record_use(&self, id: &str, at: DateTime<Utc>) -> Result<()>;
+}
+
+/// What every backend checks before a rotation, inside its atomic step.
+///
+/// # Errors
+/// [`Error::InvalidInput`](crate::Error::InvalidInput) for a revoked or an imported key.
+pub(crate) fn check_rotatable(revoked: bool, generated: bool) -> Result<()> {
+    if revoked {
+        return Err(crate::Error::invalid(
+            "key",
+            "a revoked key cannot be rotated",
+        ));
+    }
+    if !generated {
+        return Err(crate::Error::invalid(
+            "key",
+            "only generated keys rotate (an imported key's token does not carry its id): issue a new key instead",
+        ));
+    }
+    Ok(())
 }

@@ -253,14 +253,34 @@ pub fn generate(
     env: KeyEnv,
     random: &dyn RandomSource,
 ) -> Result<(String, SecretString)> {
+    let mut id = [0u8; ID_LEN];
+    fill_base62(random, &mut id)?;
+    // Only ASCII was written, so the conversion is infallible; map instead of unwrap all the same.
+    let id = String::from_utf8(id.to_vec()).map_err(|e| Error::Random(e.to_string()))?;
+    let token = generate_for(prefix, env, &id, random)?;
+    Ok((id, token))
+}
+
+/// Generates a token with a fresh secret for the existing id `id` (a rotation keeps the key's id).
+///
+/// # Errors
+/// [`Error::InvalidInput`] for an invalid prefix or an id that is not 12 base62 characters;
+/// [`Error::Random`] when the random source fails.
+pub fn generate_for(
+    prefix: &str,
+    env: KeyEnv,
+    id: &str,
+    random: &dyn RandomSource,
+) -> Result<SecretString> {
     if !is_valid_prefix(prefix) {
         return Err(Error::invalid(
             "prefix",
             "must be 1–16 characters of [a-z0-9]",
         ));
     }
-    let mut id = [0u8; ID_LEN];
-    fill_base62(random, &mut id)?;
+    if id.len() != ID_LEN || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err(Error::invalid("id", "must be 12 base62 characters"));
+    }
     let mut token = zeroize::Zeroizing::new(Vec::with_capacity(
         prefix.len() + 7 + ID_LEN + SECRET_LEN + CHECKSUM_LEN,
     ));
@@ -268,17 +288,15 @@ pub fn generate(
     token.push(b'_');
     token.extend_from_slice(env.as_str().as_bytes());
     token.push(b'_');
-    token.extend_from_slice(&id);
+    token.extend_from_slice(id.as_bytes());
     token.push(b'_');
     let start = token.len();
     token.resize(start + SECRET_LEN, 0);
     fill_base62(random, &mut token[start..])?;
     let sum = checksum(&token);
     token.extend_from_slice(&sum);
-    // Only ASCII was written, so both conversions are infallible; map instead of unwrap all the same.
-    let id = String::from_utf8(id.to_vec()).map_err(|e| Error::Random(e.to_string()))?;
     let text = std::str::from_utf8(&token).map_err(|e| Error::Random(e.to_string()))?;
-    Ok((id, SecretString::from(text)))
+    Ok(SecretString::from(text))
 }
 
 /// The display hint of a generated token: `km_live_Ab3d…9xYz` (prefix, env, the id's first 4 characters, the

@@ -229,7 +229,9 @@ impl Verifier {
             };
             match found {
                 Some(record) if record.lookup == KeyLookup::Id => {
-                    if !self.matches(credential, &record).await? {
+                    if !self.matches(credential, &record).await?
+                        && !self.matches_previous(credential, &record)?
+                    {
                         return Ok(Verdict::reject(VerdictCode::NotFound));
                     }
                     record
@@ -363,6 +365,17 @@ impl Verifier {
         Box::pin(self.matches_slow(credential, record)).await
     }
 
+    /// Whether `credential` is the secret a rotation replaced, while its grace period runs. Rotation is for
+    /// generated keys, whose hashes are HMACs: a slow previous hash is never checked here.
+    fn matches_previous(&self, credential: &str, record: &KeyRecord) -> Result<bool> {
+        match record.previous_hash_at(self.clock.now_micros()) {
+            Some(hash) if !hash.scheme().is_slow() => {
+                Ok(self.hasher.verify(credential.as_bytes(), hash)?)
+            }
+            _ => Ok(false),
+        }
+    }
+
     async fn matches_slow(&self, credential: &str, record: &KeyRecord) -> Result<bool> {
         let hash = &record.hash;
         let now = self.clock.now();
@@ -459,6 +472,22 @@ impl Verifier {
         self.store.set_disabled(id, true).await?;
         self.cache.invalidate(id);
         Ok(())
+    }
+
+    /// Rotates a key through `issuer` ([`KeyIssuer::rotate`](crate::keys::KeyIssuer::rotate)) and drops its
+    /// cached verifications.
+    ///
+    /// # Errors
+    /// As [`KeyIssuer::rotate`](crate::keys::KeyIssuer::rotate).
+    pub async fn rotate(
+        &self,
+        issuer: &crate::keys::KeyIssuer,
+        id: &str,
+        grace: Duration,
+    ) -> Result<crate::keys::RotatedKey> {
+        let rotated = issuer.rotate(id, grace).await?;
+        self.cache.invalidate(id);
+        Ok(rotated)
     }
 
     /// Enables a disabled key.

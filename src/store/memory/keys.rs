@@ -7,7 +7,10 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::error::{Error, Result};
-use crate::keys::{KeyFilter, KeyHash, KeyLookup, KeyRecord, KeyStore, MAX_KEYS_PER_HINT};
+use crate::keys::store::check_rotatable;
+use crate::keys::{
+    KeyFilter, KeyHash, KeyLookup, KeyRecord, KeyStore, MAX_KEYS_PER_HINT, PreviousSecret,
+};
 use crate::store::memory::MemoryStore;
 
 #[derive(Default)]
@@ -149,6 +152,24 @@ impl KeyStore for MemoryStore {
             }
             _ => Ok(false),
         }
+    }
+
+    async fn rotate(
+        &self,
+        id: &str,
+        new: &KeyHash,
+        previous_until: Option<DateTime<Utc>>,
+    ) -> Result<()> {
+        let mut keys = self.write();
+        let record = keys.by_id.get(id).ok_or_else(|| Error::key_not_found(id))?;
+        check_rotatable(record.revoked_at.is_some(), record.lookup == KeyLookup::Id)?;
+        keys.update(id, |r| {
+            let old = std::mem::replace(&mut r.hash, new.clone());
+            r.previous = previous_until.map(|valid_until| PreviousSecret {
+                hash: old,
+                valid_until,
+            });
+        })
     }
 
     async fn record_use(&self, id: &str, at: DateTime<Utc>) -> Result<()> {

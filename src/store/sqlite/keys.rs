@@ -10,8 +10,10 @@ use sqlx::sqlite::SqliteRow;
 
 use super::{SqliteStore, corrupt, db, from_micros, micros};
 use crate::error::{Error, Result};
+use crate::keys::store::check_rotatable;
 use crate::keys::{
-    KeyEnv, KeyFilter, KeyHash, KeyLookup, KeyRecord, KeyStore, MAX_KEYS_PER_HINT, Scope,
+    KeyEnv, KeyFilter, KeyHash, KeyLookup, KeyRecord, KeyStore, MAX_KEYS_PER_HINT, PreviousSecret,
+    Scope,
 };
 
 impl SqliteStore {
@@ -72,6 +74,18 @@ fn row_to_record(row: &SqliteRow) -> Result<KeyRecord> {
         allowed_ips,
         rate_limit,
         metadata: serde_json::from_str(&get_s("metadata")?).map_err(|_| corrupt("metadata"))?,
+        previous: match (
+            row.try_get::<Option<String>, _>("previous_hash")
+                .map_err(db)?,
+            from_micros(row.try_get("previous_valid_until").map_err(db)?)?,
+        ) {
+            (Some(hash), Some(valid_until)) => Some(PreviousSecret {
+                hash: KeyHash::from_str(&hash).map_err(|_| corrupt("previous hash"))?,
+                valid_until,
+            }),
+            (None, None) => None,
+            _ => return Err(corrupt("previous secret")),
+        },
     })
 }
 
@@ -87,7 +101,8 @@ async fn count(tx: &mut super::Tx, sql: &'static str, value: &str) -> Result<i64
 const ABSENT_HASH: &str = "$hmac-sha256$v=1,p=absent$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
 
 const COLUMNS: &str = "id, name, owner, org, env, scopes, hash, lookup_kind, lookup_value, hint, created_at, \
-                       expires_at, last_used_at, disabled, revoked_at, allowed_ips, rate_limit, metadata";
+                       expires_at, last_used_at, disabled, revoked_at, allowed_ips, rate_limit, metadata, \
+                       previous_hash, previous_valid_until";
 
 #[async_trait]
 impl KeyStore for SqliteStore {
@@ -120,8 +135,9 @@ impl KeyStore for SqliteStore {
                 }
                 sqlx::query(
                     "INSERT INTO keymeter_api_keys (id, name, owner, org, env, scopes, hash, lookup_kind, lookup_value, \
-                     hint, created_at, expires_at, last_used_at, disabled, revoked_at, allowed_ips, rate_limit, metadata) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
+                     hint, created_at, expires_at, last_used_at, disabled, revoked_at, allowed_ips, rate_limit, metadata, \
+                     previous_hash, previous_valid_until) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
                 )
                 .bind(&r.id)
                 .bind(&r.name)
@@ -141,6 +157,8 @@ impl KeyStore for SqliteStore {
                 .bind(&nets)
                 .bind(r.rate_limit.map(|l| l.to_string()))
                 .bind(r.metadata.to_string())
+                .bind(r.previous.as_ref().map(|p| p.hash.as_str().to_owned()))
+                .bind(r.previous.as_ref().map(|p| micros(p.valid_until)))
                 .execute(&mut **tx)
                 .await
                 .map_err(db)?;
@@ -156,7 +174,7 @@ impl KeyStore for SqliteStore {
         let sql = format!(
             "SELECT {COLUMNS} FROM keymeter_api_keys WHERE id = ?1 UNION ALL \
              SELECT '', 'absent', 'absent', NULL, 'live', '[\"read\"]', ?2, 'id', NULL, 'km_live_…', 0, NULL, NULL, 0, \
-             NULL, '[]', NULL, '{{}}' WHERE NOT EXISTS (SELECT 1 FROM keymeter_api_keys WHERE id = ?1)"
+             NULL, '[]', NULL, '{{}}', NULL, NULL WHERE NOT EXISTS (SELECT 1 FROM keymeter_api_keys WHERE id = ?1)"
         );
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(id)
@@ -264,6 +282,41 @@ impl KeyStore for SqliteStore {
                 .await
                 .map_err(db)?;
         Ok(done.rows_affected() == 1)
+    }
+
+    async fn rotate(
+        &self,
+        id: &str,
+        new: &KeyHash,
+        previous_until: Option<DateTime<Utc>>,
+    ) -> Result<()> {
+        // One write transaction: the check and the swap cannot interleave with a revoke or another rotation.
+        immediate!(self, tx => {
+            async {
+                let row = sqlx::query("SELECT revoked_at, lookup_kind FROM keymeter_api_keys WHERE id = ?1")
+                    .bind(id)
+                    .fetch_optional(&mut **tx)
+                    .await
+                    .map_err(db)?
+                    .ok_or_else(|| Error::key_not_found(id))?;
+                let revoked = row.try_get::<Option<i64>, _>("revoked_at").map_err(db)?.is_some();
+                let generated = row.try_get::<String, _>("lookup_kind").map_err(db)? == "id";
+                check_rotatable(revoked, generated)?;
+                // The right-hand sides read the row as it was: the old hash becomes the previous one.
+                sqlx::query(
+                    "UPDATE keymeter_api_keys SET previous_hash = CASE WHEN ?2 IS NULL THEN NULL ELSE hash END, \
+                     previous_valid_until = ?2, hash = ?3 WHERE id = ?1",
+                )
+                .bind(id)
+                .bind(previous_until.map(micros))
+                .bind(new.as_str())
+                .execute(&mut **tx)
+                .await
+                .map_err(db)?;
+                Ok(())
+            }
+            .await
+        })
     }
 
     async fn record_use(&self, id: &str, at: DateTime<Utc>) -> Result<()> {

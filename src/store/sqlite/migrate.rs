@@ -30,6 +30,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "ledger",
         include_str!("../../../migrations/sqlite/0003_ledger.sql"),
     ),
+    (
+        4,
+        "key_rotation",
+        include_str!("../../../migrations/sqlite/0004_key_rotation.sql"),
+    ),
 ];
 
 fn checksum(sql: &str) -> String {
