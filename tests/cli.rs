@@ -682,6 +682,46 @@ fn price_cost_reaches_every_class_and_refuses_other_units() {
 }
 
 #[test]
+fn keys_rotate_keeps_the_id_and_the_old_key_for_the_grace_period() {
+    let cli = Cli::new();
+    cli.ok(&["init"]);
+    let created = cli.ok(&["keys", "create", "--name", "ci", "--owner", "alice"]);
+    let id = created["id"].as_str().unwrap();
+    let old = created["key"].as_str().unwrap();
+    let rotated = cli.ok(&["keys", "rotate", id, "--grace", "24h"]);
+    assert_eq!(rotated["id"], id);
+    let new = rotated["key"].as_str().unwrap();
+    assert_ne!(new, old);
+    assert!(rotated["grace_until"].is_string(), "{rotated}");
+    for key in [old, new] {
+        let (code, v) = cli.run(&["keys", "verify"], Some(key));
+        assert_eq!(
+            (code, v["code"].as_str(), v["key_id"].as_str()),
+            (0, Some("VALID"), Some(id))
+        );
+    }
+    // The record tells when the previous secret stops, never the hash.
+    let shown = cli.ok(&["keys", "show", id]);
+    assert_eq!(shown["grace_until"], rotated["grace_until"]);
+    assert!(shown.get("hash").is_none());
+    // No grace (the default): the previous key stops at once.
+    let again = cli.ok(&["keys", "rotate", id]);
+    assert!(again["grace_until"].is_null());
+    let (code, v) = cli.run(&["keys", "verify"], Some(new));
+    assert_eq!((code, v["code"].as_str()), (1, Some("NOT_FOUND")));
+    let (code, _) = cli.run(&["keys", "verify"], Some(again["key"].as_str().unwrap()));
+    assert_eq!(code, 0);
+    // Bad grace, unknown and revoked keys are refused.
+    let (code, _) = cli.run(&["keys", "rotate", id, "--grace", "soon"], None);
+    assert_eq!(code, 2);
+    let (code, _) = cli.run(&["keys", "rotate", "ZZZZZZZZZZZZ"], None);
+    assert_ne!(code, 0);
+    cli.ok(&["keys", "revoke", id]);
+    let (code, _) = cli.run(&["keys", "rotate", id], None);
+    assert_eq!(code, 2);
+}
+
+#[test]
 fn creds_commands_across_invocations() {
     let cli = Cli::new();
     cli.ok(&["init"]);

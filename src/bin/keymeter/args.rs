@@ -342,6 +342,13 @@ pub(crate) enum KeysCommand {
     },
     /// Revoke a key (final).
     Revoke { id: String },
+    /// Give a key a new secret under the same id; the old one works until the grace period ends.
+    Rotate {
+        id: String,
+        /// How long the previous secret keeps working (30m, 24h, 7d; 0s: not at all).
+        #[arg(long, default_value = "0s")]
+        grace: String,
+    },
     /// Revoke every key of an organisation.
     RevokeAll {
         #[arg(long)]

@@ -140,6 +140,27 @@ pub(crate) async fn run(config: &Config, cmd: KeysCommand, json_mode: bool) -> O
             dyn_store.revoke(&id, Utc::now()).await?;
             Ok((json!({"id": id, "revoked": true}), format!("revoked {id}")))
         }
+        KeysCommand::Rotate { id, grace } => {
+            let grace = parse_duration("--grace", &grace, true)?;
+            let rotated = config.issuer(dyn_store.clone())?.rotate(&id, grace).await?;
+            let key = rotated.token.expose_secret();
+            let value = json!({"id": rotated.id, "key": key, "grace_until": rotated.grace_until, "hint": rotated.hint});
+            let until = match rotated.grace_until {
+                Some(t) => format!("the previous key works until {t}"),
+                None => "the previous key no longer works".to_owned(),
+            };
+            let human = format!(
+                "{key}\n\nid: {}  ({})\n{until}.\nStore this key now: it is not shown again.",
+                rotated.id, rotated.hint
+            );
+            // Nobody saw the new key: its predecessor must not stop working because of it.
+            if let Err(e) = crate::deliver(json_mode, &value, &human) {
+                return Err(Failure::Usage(format!(
+                    "the new key could not be written ({e}); it is stored, so rotate again to get one you can read"
+                )));
+            }
+            Ok(crate::delivered())
+        }
         KeysCommand::RevokeAll { org } => {
             let ids = dyn_store.revoke_org(&org, Utc::now()).await?;
             let human = format!("revoked {} key(s) of {org}", ids.len());
@@ -212,9 +233,14 @@ fn read_hint(config: &Config, hash: &str) -> Result<Zeroizing<String>, Failure> 
 }
 
 fn parse_lifetime(s: &str) -> Result<Duration, Failure> {
+    parse_duration("--expires-in", s, false)
+}
+
+/// `N` and a unit (`s`, `m`, `h`, `d`, `w`): `30d`, `24h`; zero only where `zero_ok`.
+fn parse_duration(flag: &str, s: &str, zero_ok: bool) -> Result<Duration, Failure> {
     let bad = || {
         Failure::Usage(format!(
-            "invalid --expires-in {s:?}: use a number and s, m, h, d or w (30d)"
+            "invalid {flag} {s:?}: use a number and s, m, h, d or w (24h)"
         ))
     };
     let s = s.trim();
@@ -228,7 +254,8 @@ fn parse_lifetime(s: &str) -> Result<Duration, Failure> {
         "w" => Duration::try_weeks(n),
         _ => None,
     };
-    d.filter(|d| *d > Duration::zero()).ok_or_else(bad)
+    d.filter(|d| *d > Duration::zero() || (zero_ok && d.is_zero()))
+        .ok_or_else(bad)
 }
 
 fn record_human(r: &KeyRecord) -> String {
