@@ -14,6 +14,7 @@ pub mod error;
 mod file;
 pub mod keys;
 pub mod ledger;
+pub mod limits;
 pub mod pricing;
 pub mod random;
 pub mod secret;

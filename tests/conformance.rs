@@ -10,6 +10,14 @@ mod memory {
     mod ledger {
         keymeter::ledger_conformance!(std::sync::Arc::new(keymeter::store::MemoryStore::new()));
     }
+    mod limits {
+        keymeter::limit_store_conformance!(
+            std::sync::Arc::new(keymeter::store::MemoryStore::new())
+        );
+        keymeter::rate_limiter_conformance!(std::sync::Arc::new(
+            keymeter::store::MemoryStore::new()
+        ));
+    }
 }
 
 #[cfg(feature = "sqlite")]
@@ -32,5 +40,10 @@ mod sqlite {
     mod ledger {
         use super::fresh;
         keymeter::ledger_conformance!(fresh().await);
+    }
+    mod limits {
+        use super::fresh;
+        keymeter::limit_store_conformance!(fresh().await);
+        keymeter::rate_limiter_conformance!(fresh().await);
     }
 }

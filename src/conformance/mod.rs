@@ -73,6 +73,46 @@ macro_rules! __ledger_tests {
     };
 }
 
+/// Generates one `#[tokio::test]` per [`limits`] check of a [`crate::limits::LimitStore`]; `$make` gives a
+/// fresh store.
+#[cfg_attr(docsrs, doc(cfg(feature = "test-suite")))]
+#[macro_export]
+macro_rules! limit_store_conformance {
+    ($make:expr) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn limits_set_replace_clear() {
+            let store: ::std::sync::Arc<dyn $crate::limits::LimitStore> = $make;
+            $crate::conformance::limits::limits_set_replace_clear(store).await;
+        }
+    };
+}
+
+/// Generates one `#[tokio::test]` per [`limits`] check of a [`crate::limits::RateLimiter`] that takes the
+/// caller's time; `$make` gives a fresh limiter.
+#[cfg_attr(docsrs, doc(cfg(feature = "test-suite")))]
+#[macro_export]
+macro_rules! rate_limiter_conformance {
+    ($make:expr) => {
+        $crate::__limiter_tests!($make;
+            burst_then_one_per_interval, all_or_none, token_debt_delays_the_next_request,
+            concurrent_checks_admit_exactly_the_quota);
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __limiter_tests {
+    ($make:expr; $($name:ident),*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let limiter: ::std::sync::Arc<dyn $crate::limits::RateLimiter> = $make;
+                $crate::conformance::limits::$name(limiter).await;
+            }
+        )*
+    };
+}
+
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __key_store_tests {
@@ -90,3 +130,4 @@ macro_rules! __key_store_tests {
 pub mod credentials;
 pub mod keys;
 pub mod ledger;
+pub mod limits;

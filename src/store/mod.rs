@@ -44,10 +44,11 @@ use crate::credentials::CredentialStore;
 use crate::error::{Error, Result};
 use crate::keys::KeyStore;
 use crate::ledger::Ledger;
+use crate::limits::{LimitStore, RateLimiter};
 
-/// A backend that keeps keys, credentials and the ledger together: what [`connect`] returns.
+/// A backend that keeps keys, credentials, the ledger and rate limits together: what [`connect`] returns.
 #[async_trait]
-pub trait Store: KeyStore + CredentialStore + Ledger {
+pub trait Store: KeyStore + CredentialStore + Ledger + LimitStore + RateLimiter {
     /// The backend's name: `memory`, `sqlite`, `postgres`.
     fn backend(&self) -> &'static str;
 

@@ -3,6 +3,7 @@
 mod credentials;
 mod keys;
 mod ledger;
+mod limits;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -20,6 +21,8 @@ pub struct MemoryStore {
     keys: RwLock<Keys>,
     credentials: RwLock<BTreeMap<(CredentialScope, Provider), SealedCredential>>,
     ledger: std::sync::Mutex<LedgerState>,
+    limits: limits::LimitLock,
+    buckets: limits::Buckets,
     // Reservation ids are this per-store random prefix and a counter: unique without a syscall per reserve.
     reservation_prefix: String,
 }
@@ -32,6 +35,7 @@ impl std::fmt::Debug for MemoryStore {
                 "credentials",
                 &self.credentials.read().map_or(0, |c| c.len()),
             )
+            .field("limits", &self.limits.read().map_or(0, |l| l.len()))
             .finish_non_exhaustive()
     }
 }
@@ -42,6 +46,8 @@ impl Default for MemoryStore {
             keys: RwLock::default(),
             credentials: RwLock::default(),
             ledger: std::sync::Mutex::default(),
+            limits: limits::LimitLock::default(),
+            buckets: limits::Buckets::default(),
             reservation_prefix: reservation_prefix(&OsRandom),
         }
     }

@@ -35,6 +35,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "key_rotation",
         include_str!("../../../migrations/sqlite/0004_key_rotation.sql"),
     ),
+    (
+        5,
+        "rate_limits",
+        include_str!("../../../migrations/sqlite/0005_rate_limits.sql"),
+    ),
 ];
 
 fn checksum(sql: &str) -> String {

@@ -62,6 +62,7 @@ macro_rules! immediate {
 mod credentials;
 mod keys;
 mod ledger;
+mod limits;
 mod migrate;
 
 use std::str::FromStr;

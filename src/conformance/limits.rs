@@ -1,0 +1,214 @@
+//! Checks of [`crate::limits::LimitStore`] and [`crate::limits::RateLimiter`]. Time is the `now` each call is
+//! given (microseconds), so the checks are exact; a limiter with its own clock (Redis) runs only the checks that
+//! take no time travel ([`concurrent_checks_admit_exactly_the_quota`], [`all_or_none`]).
+
+use std::sync::Arc;
+
+use crate::error::Error;
+use crate::limits::{Charge, LimitScope, LimitStore, Limits, Quota, RateLimiter};
+
+const SECOND: i64 = 1_000_000;
+// 2026-03-01T12:00:00Z in microseconds.
+const T0: i64 = 1_772_366_400 * SECOND;
+
+fn q(s: &str) -> Quota {
+    s.parse().expect("quota")
+}
+
+fn charge(bucket: &str, quota: &str, cost: u64) -> Charge {
+    Charge {
+        bucket: bucket.to_owned(),
+        quota: q(quota),
+        cost,
+    }
+}
+
+/// Limits are set per scope, read back in the order asked, replaced, and cleared by empty limits; bad input is
+/// refused and changes nothing.
+pub async fn limits_set_replace_clear(store: Arc<dyn LimitStore>) {
+    let key = LimitScope::Key("k1".into());
+    let owner = LimitScope::Owner("alice".into());
+    let org = LimitScope::Org("acme".into());
+    let a = Limits {
+        requests: vec![q("100/min"), q("1000/day")],
+        tokens: vec![q("50000/h")],
+    };
+    let b = Limits {
+        requests: vec![q("10/s")],
+        tokens: vec![],
+    };
+    store.set_limits(&key, &a).await.expect("set key");
+    store.set_limits(&org, &b).await.expect("set org");
+    assert_eq!(
+        store
+            .limits(&[org.clone(), owner.clone(), key.clone()])
+            .await
+            .expect("limits"),
+        vec![b.clone(), Limits::default(), a.clone()]
+    );
+    // An owner and a key may share an id without sharing limits.
+    store
+        .set_limits(&LimitScope::Owner("k1".into()), &b)
+        .await
+        .expect("set owner");
+    assert_eq!(
+        store
+            .limits(std::slice::from_ref(&key))
+            .await
+            .expect("limits"),
+        vec![a.clone()]
+    );
+    store.set_limits(&key, &b).await.expect("replace");
+    assert_eq!(
+        store
+            .limits(std::slice::from_ref(&key))
+            .await
+            .expect("limits"),
+        vec![b.clone()]
+    );
+    store
+        .set_limits(&key, &Limits::default())
+        .await
+        .expect("clear");
+    assert_eq!(
+        store
+            .limits(std::slice::from_ref(&key))
+            .await
+            .expect("limits"),
+        vec![Limits::default()]
+    );
+    let too_many = Limits {
+        requests: vec![q("1/s"); crate::limits::MAX_QUOTAS + 1],
+        tokens: vec![],
+    };
+    for (scope, limits) in [
+        (LimitScope::Org(String::new()), b.clone()),
+        (LimitScope::Org("acme".into()), too_many),
+    ] {
+        let err = store
+            .set_limits(&scope, &limits)
+            .await
+            .expect_err("refused");
+        assert!(matches!(err, Error::InvalidInput { .. }), "{err:?}");
+    }
+    assert_eq!(store.limits(&[org]).await.expect("limits"), vec![b]);
+}
+
+/// A quota admits its whole burst at once, then refuses with the exact wait, then admits one more per interval.
+pub async fn burst_then_one_per_interval(limiter: Arc<dyn RateLimiter>) {
+    let c = [charge("conf:burst", "5/min", 1)];
+    for i in 0..5u64 {
+        let d = limiter.check(&c, T0).await.expect("check");
+        assert!(d.allowed, "request {i}");
+        assert_eq!(d.tightest.expect("status").remaining, 4 - i);
+    }
+    let refused = limiter.check(&c, T0).await.expect("check");
+    assert!(!refused.allowed);
+    let status = refused.tightest.expect("status");
+    assert_eq!(
+        (status.limit, status.remaining, status.retry_after_micros),
+        (5, 0, 12 * SECOND)
+    );
+    assert!(
+        !limiter
+            .check(&c, T0 + 12 * SECOND - 1)
+            .await
+            .expect("check")
+            .allowed
+    );
+    assert!(
+        limiter
+            .check(&c, T0 + 12 * SECOND)
+            .await
+            .expect("check")
+            .allowed
+    );
+    assert!(
+        !limiter
+            .check(&c, T0 + 12 * SECOND)
+            .await
+            .expect("check")
+            .allowed
+    );
+    // Idle long enough, the bucket is full again: 5 more, not more.
+    let later = T0 + 3600 * SECOND;
+    for _ in 0..5 {
+        assert!(limiter.check(&c, later).await.expect("check").allowed);
+    }
+    assert!(!limiter.check(&c, later).await.expect("check").allowed);
+}
+
+/// A check that one limit refuses charges none of the others.
+pub async fn all_or_none(limiter: Arc<dyn RateLimiter>) {
+    let roomy = charge("conf:roomy", "3/h", 1);
+    let tight = charge("conf:tight", "1/h", 1);
+    assert!(
+        limiter
+            .check(std::slice::from_ref(&tight), T0)
+            .await
+            .expect("check")
+            .allowed
+    );
+    for _ in 0..5 {
+        let d = limiter
+            .check(&[roomy.clone(), tight.clone()], T0)
+            .await
+            .expect("check");
+        assert!(!d.allowed);
+        assert_eq!(
+            d.tightest.expect("status").limit,
+            1,
+            "the refusing limit is the tightest"
+        );
+    }
+    // The refusals took nothing from the roomy limit: its three are all there.
+    for _ in 0..3 {
+        assert!(
+            limiter
+                .check(std::slice::from_ref(&roomy), T0)
+                .await
+                .expect("check")
+                .allowed
+        );
+    }
+    assert!(!limiter.check(&[roomy], T0).await.expect("check").allowed);
+}
+
+/// Tokens charged after a response may put a bucket in debt; the pre-check (cost 0) then waits it out.
+pub async fn token_debt_delays_the_next_request(limiter: Arc<dyn RateLimiter>) {
+    let precheck = [charge("conf:tokens", "1000/min", 0)];
+    assert!(limiter.check(&precheck, T0).await.expect("check").allowed);
+    limiter
+        .charge(&[charge("conf:tokens", "1000/min", 3000)], T0)
+        .await
+        .expect("charge");
+    let d = limiter.check(&precheck, T0).await.expect("check");
+    assert!(!d.allowed);
+    assert_eq!(d.tightest.expect("status").retry_after_micros, 120 * SECOND);
+    assert!(
+        limiter
+            .check(&precheck, T0 + 120 * SECOND)
+            .await
+            .expect("check")
+            .allowed
+    );
+}
+
+/// Concurrent checks against one bucket admit exactly its quota.
+pub async fn concurrent_checks_admit_exactly_the_quota(limiter: Arc<dyn RateLimiter>) {
+    let c = Arc::new([charge("conf:concurrent", "10/min", 1)]);
+    let tasks: Vec<_> = (0..32)
+        .map(|_| {
+            let limiter = limiter.clone();
+            let c = c.clone();
+            tokio::spawn(async move { limiter.check(&c[..], T0).await.expect("check").allowed })
+        })
+        .collect();
+    let mut admitted = 0;
+    for t in tasks {
+        if t.await.expect("task") {
+            admitted += 1;
+        }
+    }
+    assert_eq!(admitted, 10);
+}

@@ -1,0 +1,145 @@
+//! Rate limits (DESIGN §10): GCRA quotas per key, per owner and per org, on requests and on tokens.
+//!
+//! - [`Quota`] (`100/min`), [`Limits`] (a scope's request and token quotas), [`LimitScope`] (key, owner, org).
+//! - [`gcra`]: the rule, pure functions of (state, now, cost); [`Decision`] and [`LimitStatus`] are its answers.
+//! - [`LimitStore`]: where each scope's limits are kept. [`RateLimiter`]: where bucket states are kept, checked
+//!   and charged atomically — all the charges of one check, or none. Both are object safe; the memory and
+//!   SQLite stores implement them, and [`crate::conformance::limits`] checks any backend.
+//! - The [`Verifier`](crate::keys::Verifier) charges request limits at verify and pre-checks token limits
+//!   ([`Verifier::with_limits`](crate::keys::Verifier::with_limits)); [`charge_tokens`] charges the tokens a
+//!   response used.
+//!
+//! ```
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! use keymeter::limits::{Charge, Quota, RateLimiter};
+//! use keymeter::store::MemoryStore;
+//!
+//! let limiter = MemoryStore::new();
+//! let quota: Quota = "2/min".parse()?;
+//! let charge = [Charge { bucket: "key:abc:requests:2/min".into(), quota, cost: 1 }];
+//! let now = 0;
+//! assert!(limiter.check(&charge, now).await?.allowed);
+//! assert!(limiter.check(&charge, now).await?.allowed);
+//! let refused = limiter.check(&charge, now).await?;
+//! assert!(!refused.allowed);
+//! assert_eq!(refused.tightest.unwrap().retry_after_secs(), 30);
+//! # Ok::<(), keymeter::Error>(()) }).unwrap();
+//! ```
+
+pub mod gcra;
+pub mod quota;
+
+use async_trait::async_trait;
+
+pub use gcra::{Charge, Decision, LimitStatus};
+pub use quota::{LimitScope, Limits, MAX_QUOTA, MAX_QUOTAS, Period, Quota};
+
+use crate::error::Result;
+
+/// Where each scope's limits are kept. Object safe.
+#[async_trait]
+pub trait LimitStore: Send + Sync + std::fmt::Debug {
+    /// Replaces the limits of `scope` (empty limits clear them).
+    ///
+    /// # Errors
+    /// [`crate::Error::InvalidInput`] for a bad scope id or too many quotas ([`Limits::validate`]); backend
+    /// failures.
+    async fn set_limits(&self, scope: &LimitScope, limits: &Limits) -> Result<()>;
+
+    /// The limits of each of `scopes`, in order (empty where none are set): one round trip for a key, its owner
+    /// and its org.
+    ///
+    /// # Errors
+    /// Backend failures only.
+    async fn limits(&self, scopes: &[LimitScope]) -> Result<Vec<Limits>>;
+}
+
+/// Where bucket states are kept. Object safe. Every method is atomic over all its charges; `now` is the caller's
+/// clock in microseconds since the epoch (a backend with a shared clock, such as Redis, uses its own).
+#[async_trait]
+pub trait RateLimiter: Send + Sync + std::fmt::Debug {
+    /// Admits the request if every charge fits, charging them all; otherwise charges none.
+    ///
+    /// # Errors
+    /// Backend failures (a limiter that cannot be reached): the caller fails closed or open.
+    async fn check(&self, charges: &[Charge], now: i64) -> Result<Decision>;
+
+    /// Adds every charge whatever the buckets hold (tokens after a response; a bucket may go into debt).
+    ///
+    /// # Errors
+    /// Backend failures.
+    async fn charge(&self, charges: &[Charge], now: i64) -> Result<()>;
+}
+
+/// Whether a bucket counts requests or tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LimitKind {
+    /// Requests, charged at verify.
+    Requests,
+    /// Tokens, charged after the response.
+    Tokens,
+}
+
+impl LimitKind {
+    /// `requests` or `tokens`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LimitKind::Requests => "requests",
+            LimitKind::Tokens => "tokens",
+        }
+    }
+}
+
+/// The bucket of one quota of one scope: `key:ID:requests:100/min`. A changed quota is a new bucket.
+pub fn bucket_name(scope: &LimitScope, kind: LimitKind, quota: &Quota) -> String {
+    format!("{}:{}:{}:{quota}", scope.kind(), scope.id(), kind.as_str())
+}
+
+/// The charges of one request by a key: each request quota of each scope at cost 1, and each token quota at cost
+/// `tokens` (0 at verify: the pre-check that the bucket is not in debt). `limits[i]` belongs to `scopes[i]`.
+pub fn charges(
+    scopes: &[LimitScope],
+    limits: &[Limits],
+    kind: Option<LimitKind>,
+    tokens: u64,
+) -> Vec<Charge> {
+    let mut out = Vec::new();
+    for (scope, limits) in scopes.iter().zip(limits) {
+        if kind != Some(LimitKind::Tokens) {
+            out.extend(limits.requests.iter().map(|q| Charge {
+                bucket: bucket_name(scope, LimitKind::Requests, q),
+                quota: *q,
+                cost: 1,
+            }));
+        }
+        if kind != Some(LimitKind::Requests) {
+            out.extend(limits.tokens.iter().map(|q| Charge {
+                bucket: bucket_name(scope, LimitKind::Tokens, q),
+                quota: *q,
+                cost: tokens,
+            }));
+        }
+    }
+    out
+}
+
+/// Charges the tokens a response used against every token limit of the key's scopes (after the response; a
+/// bucket may go into debt, and the key's next verify then waits).
+///
+/// # Errors
+/// Backend failures.
+pub async fn charge_tokens(
+    store: &dyn LimitStore,
+    limiter: &dyn RateLimiter,
+    key: &crate::keys::KeyRecord,
+    tokens: u64,
+    now: i64,
+) -> Result<()> {
+    let scopes = LimitScope::of_key(key);
+    let limits = store.limits(&scopes).await?;
+    let charges = charges(&scopes, &limits, Some(LimitKind::Tokens), tokens);
+    if charges.is_empty() {
+        return Ok(());
+    }
+    limiter.charge(&charges, now).await
+}

@@ -1,0 +1,145 @@
+//! [`LimitStore`] and [`RateLimiter`] on SQLite: a check is one `BEGIN IMMEDIATE` transaction that reads the
+//! buckets, decides with [`gcra`], and writes them back, so processes sharing the file never both take the last
+//! unit.
+
+use async_trait::async_trait;
+use sqlx::Row;
+
+use super::{SqliteStore, corrupt, db};
+use crate::error::Result;
+use crate::limits::{Charge, Decision, LimitScope, LimitStore, Limits, Quota, RateLimiter, gcra};
+
+fn quotas(text: &str) -> Result<Vec<Quota>> {
+    serde_json::from_str(text).map_err(|_| corrupt("quota list"))
+}
+
+fn text(quotas: &[Quota]) -> String {
+    serde_json::to_string(quotas).unwrap_or_else(|_| "[]".into())
+}
+
+async fn load(tx: &mut super::Tx, charges: &[Charge]) -> Result<Vec<Option<i64>>> {
+    let mut states = Vec::with_capacity(charges.len());
+    for c in charges {
+        let tat =
+            sqlx::query_scalar::<_, i64>("SELECT tat FROM keymeter_rate_buckets WHERE bucket = ?1")
+                .bind(&c.bucket)
+                .fetch_optional(&mut **tx)
+                .await
+                .map_err(db)?;
+        states.push(tat);
+    }
+    Ok(states)
+}
+
+async fn save(tx: &mut super::Tx, bucket: &str, tat: i64) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO keymeter_rate_buckets (bucket, tat) VALUES (?1, ?2) \
+         ON CONFLICT (bucket) DO UPDATE SET tat = excluded.tat",
+    )
+    .bind(bucket)
+    .bind(tat)
+    .execute(&mut **tx)
+    .await
+    .map_err(db)?;
+    Ok(())
+}
+
+#[async_trait]
+impl LimitStore for SqliteStore {
+    async fn set_limits(&self, scope: &LimitScope, limits: &Limits) -> Result<()> {
+        scope.validate()?;
+        limits.validate()?;
+        let query = if limits.is_empty() {
+            sqlx::query("DELETE FROM keymeter_limits WHERE scope_kind = ?1 AND scope_id = ?2")
+        } else {
+            sqlx::query(
+                "INSERT INTO keymeter_limits (scope_kind, scope_id, requests, tokens) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (scope_kind, scope_id) DO UPDATE SET requests = excluded.requests, tokens = excluded.tokens",
+            )
+        };
+        query
+            .bind(scope.kind())
+            .bind(scope.id())
+            .bind(text(&limits.requests))
+            .bind(text(&limits.tokens))
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+
+    async fn limits(&self, scopes: &[LimitScope]) -> Result<Vec<Limits>> {
+        if scopes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut sql = String::from(
+            "SELECT scope_kind, scope_id, requests, tokens FROM keymeter_limits WHERE ",
+        );
+        for i in 0..scopes.len() {
+            if i > 0 {
+                sql.push_str(" OR ");
+            }
+            sql.push_str(&format!(
+                "(scope_kind = ?{} AND scope_id = ?{})",
+                2 * i + 1,
+                2 * i + 2
+            ));
+        }
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for s in scopes {
+            query = query.bind(s.kind()).bind(s.id());
+        }
+        let rows = query.fetch_all(&self.pool).await.map_err(db)?;
+        let mut out = vec![Limits::default(); scopes.len()];
+        for row in rows {
+            let kind: String = row.try_get("scope_kind").map_err(db)?;
+            let id: String = row.try_get("scope_id").map_err(db)?;
+            let limits = Limits {
+                requests: quotas(&row.try_get::<String, _>("requests").map_err(db)?)?,
+                tokens: quotas(&row.try_get::<String, _>("tokens").map_err(db)?)?,
+            };
+            for (slot, s) in out.iter_mut().zip(scopes) {
+                if s.kind() == kind && s.id() == id {
+                    *slot = limits.clone();
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl RateLimiter for SqliteStore {
+    async fn check(&self, charges: &[Charge], now: i64) -> Result<Decision> {
+        if charges.is_empty() {
+            return Ok(Decision::UNLIMITED);
+        }
+        immediate!(self, tx => {
+            async {
+                let states = load(tx, charges).await?;
+                let (decision, tats) = gcra::decide_all(&states, now, charges);
+                for (c, tat) in charges.iter().zip(tats) {
+                    save(tx, &c.bucket, tat).await?;
+                }
+                Ok(decision)
+            }
+            .await
+        })
+    }
+
+    async fn charge(&self, charges: &[Charge], now: i64) -> Result<()> {
+        if charges.is_empty() {
+            return Ok(());
+        }
+        immediate!(self, tx => {
+            async {
+                let states = load(tx, charges).await?;
+                for (c, tat) in charges.iter().zip(states) {
+                    save(tx, &c.bucket, gcra::force(tat, now, &c.quota, c.cost)).await?;
+                }
+                Ok(())
+            }
+            .await
+        })
+    }
+}
