@@ -1153,3 +1153,165 @@ async fn rotation_keeps_the_id_and_the_old_secret_until_the_grace_ends() {
     let _ = &f.store;
     let _ = &f.hasher;
 }
+
+fn limited(f: &Fixture) -> Verifier {
+    Verifier::new(f.store.clone(), f.hasher.clone(), VerifierConfig::default())
+        .unwrap()
+        .with_clock(f.clock.clone())
+        .with_limits(f.store.clone(), f.store.clone())
+}
+
+#[tokio::test]
+async fn rate_limits_of_the_key_its_owner_and_its_org_are_charged_all_or_none() {
+    use keymeter::limits::{LimitScope, LimitStore, Limits};
+    let f = fixture();
+    let verifier = limited(&f);
+    let req = Requirement::new();
+    // The record's own limit (keys create --rate-limit) counts.
+    let a = issue(
+        &f,
+        NewKey::new("a", "alice")
+            .org("acme")
+            .rate_limit("3/min".parse().unwrap()),
+    )
+    .await;
+    let b = issue(&f, NewKey::new("b", "alice").org("acme")).await;
+    let (ta, tb) = (a.token.expose_secret(), b.token.expose_secret());
+    for left in [2, 1, 0] {
+        let v = verifier.verify(ta, &req).await.unwrap();
+        assert_eq!(v.code(), VerdictCode::Valid);
+        assert_eq!(v.limit().unwrap().remaining, left);
+    }
+    let v = verifier.verify(ta, &req).await.unwrap();
+    assert_eq!(v.code(), VerdictCode::RateLimited);
+    assert_eq!(v.code().http_status(), 429);
+    let status = v.limit().unwrap();
+    assert_eq!(
+        (status.limit, status.remaining, status.retry_after_secs()),
+        (3, 0, 20)
+    );
+    assert_eq!(v.key().unwrap().id, a.record.id);
+    // 20 s later one more.
+    f.clock.advance(Duration::seconds(20));
+    assert_eq!(
+        verifier.verify(ta, &req).await.unwrap().code(),
+        VerdictCode::Valid
+    );
+
+    // An owner limit is shared by all the owner's keys; a refusal by it charges none of the others.
+    f.store
+        .set_limits(
+            &LimitScope::Owner("alice".into()),
+            &Limits {
+                requests: vec!["2/h".parse().unwrap()],
+                tokens: vec![],
+            },
+        )
+        .await
+        .unwrap();
+    f.clock.advance(Duration::minutes(5));
+    assert_eq!(
+        verifier.verify(ta, &req).await.unwrap().code(),
+        VerdictCode::Valid
+    );
+    assert_eq!(
+        verifier.verify(tb, &req).await.unwrap().code(),
+        VerdictCode::Valid
+    );
+    let refused = verifier.verify(tb, &req).await.unwrap();
+    assert_eq!(refused.code(), VerdictCode::RateLimited);
+    assert_eq!(refused.limit().unwrap().limit, 2);
+    // Other checks come first: a revoked key is REVOKED, not RATE_LIMITED.
+    f.store
+        .set_limits(&LimitScope::Owner("alice".into()), &Limits::default())
+        .await
+        .unwrap();
+    verifier.revoke(&b.record.id).await.unwrap();
+    assert_eq!(
+        verifier.verify(tb, &req).await.unwrap().code(),
+        VerdictCode::Revoked
+    );
+}
+
+#[tokio::test]
+async fn token_limits_are_charged_after_the_response_and_delay_the_next_request() {
+    use keymeter::limits::{LimitScope, LimitStore, Limits};
+    let f = fixture();
+    let verifier = limited(&f);
+    let req = Requirement::new();
+    let key = issue(&f, NewKey::new("a", "alice").org("acme")).await;
+    f.store
+        .set_limits(
+            &LimitScope::Org("acme".into()),
+            &Limits {
+                requests: vec![],
+                tokens: vec!["10000/min".parse().unwrap()],
+            },
+        )
+        .await
+        .unwrap();
+    let t = key.token.expose_secret();
+    let v = verifier.verify(t, &req).await.unwrap();
+    assert_eq!(v.code(), VerdictCode::Valid);
+    // 25,000 tokens used: 15,000 of debt beyond the burst, 90 s to pay back.
+    verifier.charge_tokens(&key.record, 25_000).await.unwrap();
+    let v = verifier.verify(t, &req).await.unwrap();
+    assert_eq!(v.code(), VerdictCode::RateLimited);
+    assert_eq!(v.limit().unwrap().retry_after_secs(), 90);
+    f.clock.advance(Duration::seconds(90));
+    assert_eq!(
+        verifier.verify(t, &req).await.unwrap().code(),
+        VerdictCode::Valid
+    );
+}
+
+/// A limiter that cannot be reached.
+#[derive(Debug)]
+struct Unreachable;
+
+#[async_trait::async_trait]
+impl keymeter::limits::RateLimiter for Unreachable {
+    async fn check(
+        &self,
+        _: &[keymeter::limits::Charge],
+        _: i64,
+    ) -> keymeter::Result<keymeter::limits::Decision> {
+        Err(keymeter::Error::Config("limiter down".into()))
+    }
+    async fn charge(&self, _: &[keymeter::limits::Charge], _: i64) -> keymeter::Result<()> {
+        Err(keymeter::Error::Config("limiter down".into()))
+    }
+}
+
+#[tokio::test]
+async fn an_unreachable_limiter_fails_closed_unless_configured_to_fail_open() {
+    let f = fixture();
+    let key = issue(
+        &f,
+        NewKey::new("a", "alice").rate_limit("10/min".parse().unwrap()),
+    )
+    .await;
+    let t = key.token.expose_secret();
+    let closed = Verifier::new(f.store.clone(), f.hasher.clone(), VerifierConfig::default())
+        .unwrap()
+        .with_limits(f.store.clone(), Arc::new(Unreachable));
+    assert!(closed.verify(t, &Requirement::new()).await.is_err());
+    let open_config = VerifierConfig {
+        limits_fail_open: true,
+        ..VerifierConfig::default()
+    };
+    let open = Verifier::new(f.store.clone(), f.hasher.clone(), open_config)
+        .unwrap()
+        .with_limits(f.store.clone(), Arc::new(Unreachable));
+    let v = open.verify(t, &Requirement::new()).await.unwrap();
+    assert_eq!((v.code(), v.limit()), (VerdictCode::Valid, None));
+    // A key without limits never asks the limiter.
+    let free = issue(&f, NewKey::new("b", "bob")).await;
+    assert!(
+        closed
+            .verify(free.token.expose_secret(), &Requirement::new())
+            .await
+            .unwrap()
+            .is_valid()
+    );
+}

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use serde::{Serialize, Serializer};
 
 use crate::keys::record::KeyRecord;
+use crate::limits::LimitStatus;
 
 /// A verdict's stable code. Rejections are listed in the order the verifier checks them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -89,18 +90,35 @@ impl Serialize for VerdictCode {
 pub struct Verdict {
     code: VerdictCode,
     key: Option<Arc<KeyRecord>>,
+    limit: Option<LimitStatus>,
 }
 
 impl Verdict {
     pub(crate) fn reject(code: VerdictCode) -> Self {
-        Verdict { code, key: None }
+        Verdict {
+            code,
+            key: None,
+            limit: None,
+        }
     }
 
     pub(crate) fn with_key(code: VerdictCode, key: Arc<KeyRecord>) -> Self {
         Verdict {
             code,
             key: Some(key),
+            limit: None,
         }
+    }
+
+    pub(crate) fn with_limit(mut self, limit: Option<LimitStatus>) -> Self {
+        self.limit = limit;
+        self
+    }
+
+    /// The tightest rate limit's numbers, when the key has limits: for `RATE_LIMITED`, how long to wait
+    /// (`retry_after`); for `VALID`, what is left (the `RateLimit` header's fields).
+    pub fn limit(&self) -> Option<&LimitStatus> {
+        self.limit.as_ref()
     }
 
     /// The code.

@@ -16,6 +16,7 @@ use crate::keys::scope::ScopeRequirement;
 use crate::keys::store::{KeyStore, MAX_KEYS_PER_HINT};
 use crate::keys::token::{self, DEFAULT_PREFIX, KeyEnv};
 use crate::keys::verdict::{Verdict, VerdictCode};
+use crate::limits::{Decision, LimitScope, LimitStore, Quota, RateLimiter};
 use crate::random::{OsRandom, RandomSource};
 
 /// Longest credential the verifier looks at; anything longer is `MALFORMED`.
@@ -41,6 +42,9 @@ pub struct VerifierConfig {
     /// How long a verification waits for a KDF slot before failing with [`crate::Error::Overloaded`]
     /// (default 2 s). Waiting needs a tokio runtime with its time driver; without a runtime nothing waits.
     pub kdf_wait: Duration,
+    /// When the rate limiter cannot be reached: `false` (the default) fails the verification with the
+    /// limiter's error (fail closed); `true` lets the request through (fail open). Either way it is logged.
+    pub limits_fail_open: bool,
 }
 
 impl Default for VerifierConfig {
@@ -54,6 +58,7 @@ impl Default for VerifierConfig {
             last_used_interval: Duration::seconds(60),
             kdf_concurrency: std::thread::available_parallelism().map_or(2, usize::from),
             kdf_wait: Duration::seconds(2),
+            limits_fail_open: false,
         }
     }
 }
@@ -91,7 +96,7 @@ impl Requirement {
 /// Verifies inbound keys.
 ///
 /// Checks, in order: `MALFORMED`, `WRONG_ENVIRONMENT`, `NOT_FOUND`, `REVOKED`, `DISABLED`, `EXPIRED`,
-/// `IP_NOT_ALLOWED`, `INSUFFICIENT_SCOPE`.
+/// `IP_NOT_ALLOWED`, `INSUFFICIENT_SCOPE`, then (with [`Verifier::with_limits`]) `RATE_LIMITED`.
 ///
 /// - A generated key is found by its id: one store read and one HMAC. An unknown id still costs one HMAC.
 /// - An imported key is found by its SHA-256 digest, else by its first `hint_len` characters (at most
@@ -112,6 +117,14 @@ pub struct Verifier {
     cache: VerifiedTokenCache,
     kdf_slots: Arc<tokio::sync::Semaphore>,
     kdf_runs: std::sync::atomic::AtomicU64,
+    limits: Option<LimitGate>,
+}
+
+/// The rate limits a verifier charges: where the limits are kept and where the buckets are.
+#[derive(Debug, Clone)]
+struct LimitGate {
+    rules: Arc<dyn LimitStore>,
+    limiter: Arc<dyn RateLimiter>,
 }
 
 impl Verifier {
@@ -150,7 +163,22 @@ impl Verifier {
             cache,
             kdf_slots,
             kdf_runs: std::sync::atomic::AtomicU64::new(0),
+            limits: None,
         })
+    }
+
+    /// Charges rate limits: after every other check passes, each request limit of the key, its owner and its
+    /// org (kept in `rules`, plus the record's own `rate_limit`) takes one unit from its bucket in `limiter`, all
+    /// or none, and each token limit is pre-checked (a bucket in debt refuses). A refusal is `RATE_LIMITED` with
+    /// the tightest limit's numbers ([`Verdict::limit`]).
+    #[must_use]
+    pub fn with_limits(
+        mut self,
+        rules: Arc<dyn LimitStore>,
+        limiter: Arc<dyn RateLimiter>,
+    ) -> Self {
+        self.limits = Some(LimitGate { rules, limiter });
+        self
     }
 
     /// Injects the clock.
@@ -277,10 +305,50 @@ impl Verifier {
         } else {
             VerdictCode::Valid
         };
-        if code == VerdictCode::Valid {
-            self.after_success(credential, &record, now).await;
+        if code != VerdictCode::Valid {
+            return Ok(Verdict::with_key(code, record));
         }
-        Ok(Verdict::with_key(code, record))
+        let mut limit = None;
+        if let Some(gate) = &self.limits {
+            // Boxed: a limiter's future stays out of the verify future of deployments without limits.
+            match Box::pin(check_limits(gate, &record, now)).await {
+                Ok(decision) if decision.allowed => limit = decision.tightest,
+                Ok(decision) => {
+                    return Ok(Verdict::with_key(VerdictCode::RateLimited, record)
+                        .with_limit(decision.tightest));
+                }
+                Err(e) if self.config.limits_fail_open => {
+                    tracing::warn!(key_id = %record.id, error = %e, "rate limiter unreachable: failing open");
+                }
+                Err(e) => {
+                    tracing::warn!(key_id = %record.id, error = %e, "rate limiter unreachable: failing closed");
+                    return Err(e);
+                }
+            }
+        }
+        self.after_success(credential, &record, now).await;
+        Ok(Verdict::with_key(code, record).with_limit(limit))
+    }
+
+    /// Charges the tokens a response used against the token limits of `key`, its owner and its org (a bucket may
+    /// go into debt: the key's next verify then waits). Without [`Verifier::with_limits`] it does nothing.
+    ///
+    /// # Errors
+    /// The limiter's failures (whatever `limits_fail_open` says: a lost charge is the caller's to log).
+    pub async fn charge_tokens(&self, key: &KeyRecord, tokens: u64) -> Result<()> {
+        match &self.limits {
+            Some(gate) => {
+                crate::limits::charge_tokens(
+                    gate.rules.as_ref(),
+                    gate.limiter.as_ref(),
+                    key,
+                    tokens,
+                    self.clock.now_micros(),
+                )
+                .await
+            }
+            None => Ok(()),
+        }
     }
 
     fn has_keymeter_shape(&self, credential: &str) -> bool {
@@ -497,6 +565,24 @@ impl Verifier {
     pub async fn enable(&self, id: &str) -> Result<()> {
         self.store.set_disabled(id, false).await
     }
+}
+
+/// The request charges of a verified key, checked all or none.
+async fn check_limits(gate: &LimitGate, record: &KeyRecord, now: i64) -> Result<Decision> {
+    let scopes = LimitScope::of_key(record);
+    let mut limits = gate.rules.limits(&scopes).await?;
+    // The record's own `rate_limit` (set at creation) counts as one of the key's request limits.
+    if let (Some(own), Some(key_limits)) = (record.rate_limit, limits.first_mut()) {
+        let own = Quota::from(own);
+        if !key_limits.requests.contains(&own) {
+            key_limits.requests.push(own);
+        }
+    }
+    let charges = crate::limits::charges(&scopes, &limits, None, 0);
+    if charges.is_empty() {
+        return Ok(Decision::UNLIMITED);
+    }
+    gate.limiter.check(&charges, now).await
 }
 
 /// Runs CPU-heavy work (a KDF) off the async workers when a tokio runtime is present.
