@@ -722,6 +722,124 @@ fn keys_rotate_keeps_the_id_and_the_old_key_for_the_grace_period() {
 }
 
 #[test]
+fn rate_limits_hold_across_invocations() {
+    let cli = Cli::new();
+    cli.ok(&["init"]);
+    let created = cli.ok(&[
+        "keys",
+        "create",
+        "--name",
+        "ci",
+        "--owner",
+        "alice",
+        "--org",
+        "acme",
+        "--rate-limit",
+        "3/min",
+        "--rate-limit",
+        "100/day",
+        "--token-limit",
+        "50000/h",
+    ]);
+    let id = created["id"].as_str().unwrap();
+    let key = created["key"].as_str().unwrap();
+    let shown = cli.ok(&["keys", "show", id]);
+    assert_eq!(shown["rate_limit"], "3/min");
+    assert_eq!(
+        shown["limits"],
+        serde_json::json!({"requests": ["3/min", "100/day"], "tokens": ["50000/h"]})
+    );
+    // Three verifications in a minute, each a separate process; the fourth is refused.
+    for left in [2, 1, 0] {
+        let (code, v) = cli.run(&["keys", "verify"], Some(key));
+        assert_eq!(
+            (code, v["code"].as_str(), v["remaining"].as_u64()),
+            (0, Some("VALID"), Some(left)),
+            "{v}"
+        );
+    }
+    let (code, v) = cli.run(&["keys", "verify"], Some(key));
+    assert_eq!(code, 1);
+    assert_eq!(
+        (v["valid"].as_bool(), v["code"].as_str()),
+        (Some(false), Some("RATE_LIMITED"))
+    );
+    assert_eq!(
+        (v["limit"].as_u64(), v["remaining"].as_u64()),
+        (Some(3), Some(0))
+    );
+    let retry = v["retry_after"].as_u64().unwrap();
+    assert!((1..=20).contains(&retry), "{v}");
+    assert!(v["reset"].as_u64().unwrap() >= retry);
+
+    // Owner and org limits: set, shown, replaced, cleared.
+    let set = cli.ok(&[
+        "limits",
+        "set",
+        "--owner",
+        "alice",
+        "--requests",
+        "10/s",
+        "--tokens",
+        "1000/min",
+    ]);
+    assert_eq!(
+        set,
+        serde_json::json!({"scope": "owner:alice", "requests": ["10/s"], "tokens": ["1000/min"]})
+    );
+    assert_eq!(cli.ok(&["limits", "show", "--owner", "alice"]), set);
+    let cleared = cli.ok(&["limits", "set", "--owner", "alice"]);
+    assert_eq!(cleared["requests"], serde_json::json!([]));
+    assert_eq!(
+        cli.ok(&["limits", "show", "--org", "acme"]),
+        serde_json::json!({"scope": "org:acme", "requests": [], "tokens": []})
+    );
+    let (code, _) = cli.run(
+        &["limits", "set", "--org", "acme", "--requests", "0/min"],
+        None,
+    );
+    assert_eq!(code, 2);
+    let (code, _) = cli.run(
+        &[
+            "limits",
+            "set",
+            "--org",
+            "acme",
+            "--requests",
+            "5/fortnight",
+        ],
+        None,
+    );
+    assert_eq!(code, 2);
+    let (code, _) = cli.run(
+        &[
+            "keys",
+            "create",
+            "--name",
+            "x",
+            "--owner",
+            "bob",
+            "--token-limit",
+            "ten/min",
+        ],
+        None,
+    );
+    assert_eq!(code, 2);
+    // An org limit of 1 per hour refuses a fresh key of that org after one verify.
+    cli.ok(&["limits", "set", "--org", "acme", "--requests", "1/h"]);
+    let other = cli.ok(&[
+        "keys", "create", "--name", "ci2", "--owner", "bob", "--org", "acme",
+    ]);
+    let other = other["key"].as_str().unwrap();
+    assert_eq!(cli.run(&["keys", "verify"], Some(other)).0, 0);
+    let (code, v) = cli.run(&["keys", "verify"], Some(other));
+    assert_eq!(
+        (code, v["code"].as_str(), v["limit"].as_u64()),
+        (1, Some("RATE_LIMITED"), Some(1))
+    );
+}
+
+#[test]
 fn creds_commands_across_invocations() {
     let cli = Cli::new();
     cli.ok(&["init"]);

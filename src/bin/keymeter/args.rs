@@ -54,6 +54,29 @@ pub(crate) enum Command {
     /// Spend limits.
     #[command(subcommand)]
     Budget(BudgetCommand),
+    /// Rate limits of an owner, an org or a key.
+    #[command(subcommand)]
+    Limits(LimitsCommand),
+}
+
+#[derive(Subcommand)]
+pub(crate) enum LimitsCommand {
+    /// Replace the scope's rate limits (none given clears them).
+    Set {
+        #[command(flatten)]
+        scope: BudgetScopeArgs,
+        /// A request quota such as 100/min (repeatable; PERIOD s, min, h or day).
+        #[arg(long = "requests")]
+        requests: Vec<String>,
+        /// A token quota such as 50000/h (repeatable).
+        #[arg(long = "tokens")]
+        tokens: Vec<String>,
+    },
+    /// Show the scope's rate limits.
+    Show {
+        #[command(flatten)]
+        scope: BudgetScopeArgs,
+    },
 }
 
 // Parsed once per process: the size of a variant does not matter.
@@ -382,9 +405,12 @@ pub(crate) struct CreateArgs {
     /// Allowed client network (repeatable).
     #[arg(long = "allow-ip")]
     pub(crate) allow_ip: Vec<String>,
-    /// Such as 100/min.
-    #[arg(long)]
-    pub(crate) rate_limit: Option<String>,
+    /// A request quota such as 100/min (repeatable; the first is the record's `rate_limit`).
+    #[arg(long = "rate-limit")]
+    pub(crate) rate_limit: Vec<String>,
+    /// A token quota such as 50000/h (repeatable).
+    #[arg(long = "token-limit")]
+    pub(crate) token_limit: Vec<String>,
     #[arg(long, default_value = token::DEFAULT_PREFIX)]
     pub(crate) prefix: String,
 }

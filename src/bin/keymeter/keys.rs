@@ -9,6 +9,7 @@ use keymeter::keys::{
     KeyFilter, KeyHash, KeyRecord, KeyStore, NewKey, RateLimit, Requirement, Scope,
     ScopeRequirement, VerdictCode, Verifier,
 };
+use keymeter::limits::{LimitScope, Limits, Quota};
 use keymeter::{Config, Error};
 use secrecy::ExposeSecret;
 use serde_json::json;
@@ -41,11 +42,26 @@ pub(crate) async fn run(config: &Config, cmd: KeysCommand, json_mode: bool) -> O
                     })?;
                 new = new.expires_at(at);
             }
-            if let Some(limit) = a.rate_limit {
-                new = new.rate_limit(limit.parse::<RateLimit>()?);
+            let limits = Limits {
+                requests: crate::limits::quotas(&a.rate_limit)?,
+                tokens: crate::limits::quotas(&a.token_limit)?,
+            };
+            limits.validate()?;
+            if let Some(first) = a.rate_limit.first() {
+                new = new.rate_limit(first.parse::<RateLimit>()?);
             }
             let issued = config.issuer(dyn_store.clone())?.issue(new).await?;
             let r = &issued.record;
+            if limits.requests.len() > 1 || !limits.tokens.is_empty() {
+                // The key is not handed out before its limits hold: revoke it if they cannot be stored.
+                if let Err(e) = store
+                    .set_limits(&LimitScope::Key(r.id.clone()), &limits)
+                    .await
+                {
+                    dyn_store.revoke(&r.id, Utc::now()).await?;
+                    return Err(e.into());
+                }
+            }
             let key = issued.token.expose_secret();
             let value = json!({
                 "id": r.id, "key": key, "name": r.name, "owner": r.owner, "org": r.org, "env": r.env,
@@ -72,10 +88,14 @@ pub(crate) async fn run(config: &Config, cmd: KeysCommand, json_mode: bool) -> O
                 .map(record_human)
                 .collect::<Vec<_>>()
                 .join("\n");
-            Ok((json!({ "keys": records }), human))
+            let mut list = Vec::with_capacity(records.len());
+            for r in &records {
+                list.push(record_json(store.as_ref(), r).await?);
+            }
+            Ok((json!({ "keys": list }), human))
         }
         KeysCommand::Show { id } => match dyn_store.get(&id).await? {
-            Some(r) => Ok((to_json(&*r)?, record_human(&r))),
+            Some(r) => Ok((record_json(store.as_ref(), &r).await?, record_human(&r))),
             None => Err(Error::NotFound { what: "key", id }.into()),
         },
         KeysCommand::Verify {
@@ -116,20 +136,35 @@ pub(crate) async fn run(config: &Config, cmd: KeysCommand, json_mode: bool) -> O
             {
                 settings.prefixes.push(parsed.prefix.to_owned());
             }
-            let verifier = Verifier::new(dyn_store, config.hasher()?, settings)?;
+            let verifier = Verifier::new(dyn_store, config.hasher()?, settings)?
+                .with_limits(store.clone(), store.clone());
             let verdict = verifier.verify(&token, &requirement).await?;
             let key = verdict.key();
-            let value = json!({
+            let mut value = json!({
                 "valid": verdict.is_valid(),
                 "code": verdict.code(),
                 "key_id": key.map(|k| k.id.clone()),
                 "owner": key.map(|k| k.owner.clone()),
                 "scopes": key.map(|k| k.scopes.clone()),
             });
-            let human = match key {
+            let mut human = match key {
                 Some(k) => format!("{}  key {} (owner {})", verdict.code(), k.id, k.owner),
                 None => verdict.code().to_string(),
             };
+            if let Some(limit) = verdict.limit() {
+                value["limit"] = json!(limit.limit);
+                value["remaining"] = json!(limit.remaining);
+                value["reset"] = json!(limit.reset_secs());
+                if verdict.code() == VerdictCode::RateLimited {
+                    value["retry_after"] = json!(limit.retry_after_secs());
+                    human.push_str(&format!(
+                        ": {}/{} used up, retry in {} s",
+                        limit.limit,
+                        limit.period.as_str(),
+                        limit.retry_after_secs()
+                    ));
+                }
+            }
             if verdict.is_valid() {
                 Ok((value, human))
             } else {
@@ -256,6 +291,27 @@ fn parse_duration(flag: &str, s: &str, zero_ok: bool) -> Result<Duration, Failur
     };
     d.filter(|d| *d > Duration::zero() || (zero_ok && d.is_zero()))
         .ok_or_else(bad)
+}
+
+/// A record's JSON (never its hash) with its `limits`: the key's own request and token quotas, the record's
+/// `rate_limit` among them.
+async fn record_json(
+    store: &dyn keymeter::store::Store,
+    r: &KeyRecord,
+) -> Result<serde_json::Value, Failure> {
+    let mut value = to_json(r)?;
+    let mut limits = store
+        .limits(&[LimitScope::Key(r.id.clone())])
+        .await?
+        .pop()
+        .unwrap_or_default();
+    if let Some(own) = r.rate_limit.map(Quota::from)
+        && !limits.requests.contains(&own)
+    {
+        limits.requests.insert(0, own);
+    }
+    value["limits"] = json!({"requests": limits.requests, "tokens": limits.tokens});
+    Ok(value)
 }
 
 fn record_human(r: &KeyRecord) -> String {

@@ -8,6 +8,7 @@ mod args;
 mod budget;
 mod creds;
 mod keys;
+mod limits;
 mod price;
 mod setup;
 mod usage;
@@ -133,6 +134,7 @@ async fn run(cli: Cli) -> Outcome {
         Command::Creds(cmd) => creds::run(&config, cmd).await,
         Command::Usage(cmd) => usage::run(&config, cmd).await,
         Command::Budget(cmd) => budget::run(&config, cmd).await,
+        Command::Limits(cmd) => limits::run(&config, cmd).await,
         Command::Env | Command::Vault(_) => unreachable!("handled above"),
     }
 }
