@@ -169,6 +169,35 @@ fn verify(c: &mut Criterion) {
         })
     });
 
+    // The same keys with one request limit each (a quota so large it always admits), charged through the store's
+    // own limiter: what a limit adds to a verify.
+    let limited = Verifier::new(store.clone(), hasher.clone(), VerifierConfig::default())
+        .unwrap()
+        .with_limits(store.clone(), store.clone());
+    let quota: keymeter::limits::Quota = "1000000000000/s".parse().unwrap();
+    for k in (0..CYCLE).map(|i| &issued[i * (KEYS / CYCLE)]) {
+        let limits = keymeter::limits::Limits {
+            requests: vec![quota],
+            tokens: vec![],
+        };
+        let scope = keymeter::limits::LimitScope::Key(k.record.id.clone());
+        ready(keymeter::limits::LimitStore::set_limits(
+            store.as_ref(),
+            &scope,
+            &limits,
+        ))
+        .unwrap();
+    }
+    let mut i = 0;
+    group.bench_function("valid_generated_key_100k_one_limit", |b| {
+        b.iter(|| {
+            i = (i + 1) % CYCLE;
+            let v = ready(limited.verify(black_box(&cycle[i]), &need_read)).unwrap();
+            debug_assert!(v.limit().is_some());
+            v
+        })
+    });
+
     // Typos at every other position of the cycle's tokens: refused offline by the checksum.
     let typos: Vec<String> = cycle
         .iter()

@@ -1,5 +1,6 @@
 //! The [`Verifier`]: token + requirement → [`Verdict`].
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -16,7 +17,7 @@ use crate::keys::scope::ScopeRequirement;
 use crate::keys::store::{KeyStore, MAX_KEYS_PER_HINT};
 use crate::keys::token::{self, DEFAULT_PREFIX, KeyEnv};
 use crate::keys::verdict::{Verdict, VerdictCode};
-use crate::limits::{Decision, LimitScope, LimitStore, Quota, RateLimiter};
+use crate::limits::{Charge, Decision, LimitScope, LimitStore, Limits, Quota, RateLimiter};
 use crate::random::{OsRandom, RandomSource};
 
 /// Longest credential the verifier looks at; anything longer is `MALFORMED`.
@@ -120,11 +121,91 @@ pub struct Verifier {
     limits: Option<LimitGate>,
 }
 
-/// The rate limits a verifier charges: where the limits are kept and where the buckets are.
-#[derive(Debug, Clone)]
+/// The rate limits a verifier charges: where the limits are kept, where the buckets are, and each key's request
+/// charges as last read (trusted for [`LIMITS_TTL_MICROS`], so a change made anywhere holds within a second and a
+/// hot key does not rebuild its bucket names on every verify).
+#[derive(Debug)]
 struct LimitGate {
     rules: Arc<dyn LimitStore>,
     limiter: Arc<dyn RateLimiter>,
+    compiled: std::sync::RwLock<CompiledLimits>,
+}
+
+/// Key id → (trusted until, in microseconds; the key's charges).
+type CompiledLimits = HashMap<String, (i64, Arc<[Charge]>)>;
+
+/// How long a key's compiled limits are trusted: one second.
+const LIMITS_TTL_MICROS: i64 = 1_000_000;
+/// Past this many keys the compiled limits are dropped and read again.
+const LIMITS_CACHE_CAP: usize = 100_000;
+
+impl LimitGate {
+    fn cached(&self, id: &str, now: i64) -> Option<Arc<[Charge]>> {
+        let map = self.compiled.read().unwrap_or_else(|e| e.into_inner());
+        map.get(id)
+            .filter(|(until, _)| now < *until)
+            .map(|(_, c)| c.clone())
+    }
+
+    fn remember(&self, id: &str, now: i64, charges: Arc<[Charge]>) {
+        let mut map = self.compiled.write().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= LIMITS_CACHE_CAP {
+            map.clear();
+        }
+        map.insert(id.to_owned(), (now + LIMITS_TTL_MICROS, charges));
+    }
+
+    /// The key's request charges and token pre-checks, from `limits`.
+    fn compile(
+        record: &KeyRecord,
+        scopes: &[LimitScope],
+        mut limits: Vec<Limits>,
+    ) -> Arc<[Charge]> {
+        // The record's own `rate_limit` (set at creation) counts as one of the key's request limits.
+        if let (Some(own), Some(key_limits)) = (record.rate_limit, limits.first_mut()) {
+            let own = Quota::from(own);
+            if !key_limits.requests.contains(&own) {
+                key_limits.requests.push(own);
+            }
+        }
+        crate::limits::charges(scopes, &limits, None, 0).into()
+    }
+
+    /// The check, when everything it needs answers without waiting (compiled limits cached or in memory, an
+    /// in-memory limiter); `None` means "take the async path".
+    fn check_now(&self, record: &KeyRecord, now: i64) -> Option<Result<Decision>> {
+        let charges = match self.cached(&record.id, now) {
+            Some(c) => c,
+            None => {
+                let scopes = LimitScope::of_key(record);
+                let limits = self.rules.limits_now(&scopes)?;
+                let charges = Self::compile(record, &scopes, limits);
+                self.remember(&record.id, now, charges.clone());
+                charges
+            }
+        };
+        if charges.is_empty() {
+            return Some(Ok(Decision::UNLIMITED));
+        }
+        self.limiter.check_now(&charges, now)
+    }
+
+    async fn check(&self, record: &KeyRecord, now: i64) -> Result<Decision> {
+        let charges = match self.cached(&record.id, now) {
+            Some(c) => c,
+            None => {
+                let scopes = LimitScope::of_key(record);
+                let limits = self.rules.limits(&scopes).await?;
+                let charges = Self::compile(record, &scopes, limits);
+                self.remember(&record.id, now, charges.clone());
+                charges
+            }
+        };
+        if charges.is_empty() {
+            return Ok(Decision::UNLIMITED);
+        }
+        self.limiter.check(&charges, now).await
+    }
 }
 
 impl Verifier {
@@ -177,7 +258,11 @@ impl Verifier {
         rules: Arc<dyn LimitStore>,
         limiter: Arc<dyn RateLimiter>,
     ) -> Self {
-        self.limits = Some(LimitGate { rules, limiter });
+        self.limits = Some(LimitGate {
+            rules,
+            limiter,
+            compiled: std::sync::RwLock::default(),
+        });
         self
     }
 
@@ -310,8 +395,12 @@ impl Verifier {
         }
         let mut limit = None;
         if let Some(gate) = &self.limits {
-            // Boxed: a limiter's future stays out of the verify future of deployments without limits.
-            match Box::pin(check_limits(gate, &record, now)).await {
+            let decided = match gate.check_now(&record, now) {
+                Some(decided) => decided,
+                // Boxed: a limiter's future stays out of the verify future of deployments without limits.
+                None => Box::pin(gate.check(&record, now)).await,
+            };
+            match decided {
                 Ok(decision) if decision.allowed => limit = decision.tightest,
                 Ok(decision) => {
                     return Ok(Verdict::with_key(VerdictCode::RateLimited, record)
@@ -565,24 +654,6 @@ impl Verifier {
     pub async fn enable(&self, id: &str) -> Result<()> {
         self.store.set_disabled(id, false).await
     }
-}
-
-/// The request charges of a verified key, checked all or none.
-async fn check_limits(gate: &LimitGate, record: &KeyRecord, now: i64) -> Result<Decision> {
-    let scopes = LimitScope::of_key(record);
-    let mut limits = gate.rules.limits(&scopes).await?;
-    // The record's own `rate_limit` (set at creation) counts as one of the key's request limits.
-    if let (Some(own), Some(key_limits)) = (record.rate_limit, limits.first_mut()) {
-        let own = Quota::from(own);
-        if !key_limits.requests.contains(&own) {
-            key_limits.requests.push(own);
-        }
-    }
-    let charges = crate::limits::charges(&scopes, &limits, None, 0);
-    if charges.is_empty() {
-        return Ok(Decision::UNLIMITED);
-    }
-    gate.limiter.check(&charges, now).await
 }
 
 /// Runs CPU-heavy work (a KDF) off the async workers when a tokio runtime is present.

@@ -52,6 +52,13 @@ pub trait LimitStore: Send + Sync + std::fmt::Debug {
     /// # Errors
     /// Backend failures only.
     async fn limits(&self, scopes: &[LimitScope]) -> Result<Vec<Limits>>;
+
+    /// The same answer as [`LimitStore::limits`] when the backend can give it without waiting (it holds the
+    /// limits in process memory); `None` means "ask `limits`" (the default). The verify path tries this first.
+    fn limits_now(&self, scopes: &[LimitScope]) -> Option<Vec<Limits>> {
+        let _ = scopes;
+        None
+    }
 }
 
 /// Where bucket states are kept. Object safe. Every method is atomic over all its charges; `now` is the caller's
@@ -63,6 +70,14 @@ pub trait RateLimiter: Send + Sync + std::fmt::Debug {
     /// # Errors
     /// Backend failures (a limiter that cannot be reached): the caller fails closed or open.
     async fn check(&self, charges: &[Charge], now: i64) -> Result<Decision>;
+
+    /// The same as [`RateLimiter::check`] when the backend can do it without waiting (its buckets are in
+    /// process memory); `None` means "call `check`" (the default), and nothing was charged. The verify path
+    /// tries this first, so an in-memory limiter costs no async call there.
+    fn check_now(&self, charges: &[Charge], now: i64) -> Option<Result<Decision>> {
+        let _ = (charges, now);
+        None
+    }
 
     /// Adds every charge whatever the buckets hold (tokens after a response; a bucket may go into debt).
     ///

@@ -52,6 +52,13 @@ impl Buckets {
         (BuildHasherDefault::<DefaultHasher>::default().hash_one(bucket) as usize) % SHARDS
     }
 
+    /// Locks the shard of one bucket.
+    fn one(&self, bucket: &str) -> MutexGuard<'_, Shard> {
+        self.shards[Self::shard_of(bucket)]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Locks every shard the charges touch, in shard order (so two checks never wait for each other in a
     /// cycle), and returns the guards with each charge's shard.
     fn lock(&self, charges: &[Charge]) -> (Locked<'_>, Vec<usize>) {
@@ -105,19 +112,39 @@ impl LimitStore for MemoryStore {
     }
 
     async fn limits(&self, scopes: &[LimitScope]) -> Result<Vec<Limits>> {
-        let tables = self.limits.read().unwrap_or_else(|e| e.into_inner());
-        Ok(scopes
-            .iter()
-            .map(|s| tables.table(s).get(s.id()).cloned().unwrap_or_default())
-            .collect())
+        Ok(self.limits_in_memory(scopes))
+    }
+
+    fn limits_now(&self, scopes: &[LimitScope]) -> Option<Vec<Limits>> {
+        Some(self.limits_in_memory(scopes))
     }
 }
 
-#[async_trait]
-impl RateLimiter for MemoryStore {
-    async fn check(&self, charges: &[Charge], now: i64) -> Result<Decision> {
+impl MemoryStore {
+    fn limits_in_memory(&self, scopes: &[LimitScope]) -> Vec<Limits> {
+        let tables = self.limits.read().unwrap_or_else(|e| e.into_inner());
+        scopes
+            .iter()
+            .map(|s| tables.table(s).get(s.id()).cloned().unwrap_or_default())
+            .collect()
+    }
+
+    fn check_in_memory(&self, charges: &[Charge], now: i64) -> Decision {
         if charges.is_empty() {
-            return Ok(Decision::UNLIMITED);
+            return Decision::UNLIMITED;
+        }
+        // The common case, one limit (a key's own): one shard, no allocation.
+        if let [c] = charges {
+            let mut map = self.buckets.one(&c.bucket);
+            let (allowed, tat, status) =
+                gcra::decide(map.get(&c.bucket).copied(), now, &c.quota, c.cost);
+            if allowed {
+                store(&mut map, &c.bucket, tat, now);
+            }
+            return Decision {
+                allowed,
+                tightest: Some(status),
+            };
         }
         let (mut guards, of) = self.buckets.lock(charges);
         let states: Vec<Option<i64>> = charges
@@ -129,7 +156,18 @@ impl RateLimiter for MemoryStore {
         for ((c, &shard), tat) in charges.iter().zip(&of).zip(tats) {
             store(guard_for(&mut guards, shard), &c.bucket, tat, now);
         }
-        Ok(decision)
+        decision
+    }
+}
+
+#[async_trait]
+impl RateLimiter for MemoryStore {
+    async fn check(&self, charges: &[Charge], now: i64) -> Result<Decision> {
+        Ok(self.check_in_memory(charges, now))
+    }
+
+    fn check_now(&self, charges: &[Charge], now: i64) -> Option<Result<Decision>> {
+        Some(Ok(self.check_in_memory(charges, now)))
     }
 
     async fn charge(&self, charges: &[Charge], now: i64) -> Result<()> {

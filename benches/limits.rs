@@ -1,0 +1,72 @@
+//! Rate-limit checks (issue 12): one request charge against the in-memory limiter, ≤ 100 ns, beside a floor that
+//! does the least any limiter must (one map lookup under a lock, the GCRA decision, one store), cycling over the
+//! same 4,096 buckets with the same clock. Run: `cargo bench --bench limits`.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::hint::black_box;
+use std::pin::pin;
+use std::sync::Mutex;
+use std::task::{Context, Poll, Waker};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use keymeter::limits::{Charge, Quota, RateLimiter, gcra};
+use keymeter::store::MemoryStore;
+
+const BUCKETS: usize = 4096;
+
+/// The memory limiter never waits: poll its future once instead of entering a runtime.
+fn ready<F: Future>(f: F) -> F::Output {
+    let mut f = pin!(f);
+    match f.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(v) => v,
+        Poll::Pending => panic!("the memory limiter never waits"),
+    }
+}
+
+fn limits(c: &mut Criterion) {
+    // So large a quota that every check is admitted: the measured path stores a new state every time.
+    let quota: Quota = "1000000000000/s".parse().unwrap();
+    let charges: Vec<[Charge; 1]> = (0..BUCKETS)
+        .map(|i| {
+            [Charge {
+                bucket: format!("key:{i:012}:requests:{quota}"),
+                quota,
+                cost: 1,
+            }]
+        })
+        .collect();
+    let limiter = MemoryStore::new();
+    let floor: Mutex<HashMap<String, i64>> = Mutex::new(HashMap::new());
+    let now = 1_772_366_400_000_000i64;
+    for c in &charges {
+        assert!(ready(limiter.check(c, now)).unwrap().allowed);
+        floor.lock().unwrap().insert(c[0].bucket.clone(), now);
+    }
+    let mut group = c.benchmark_group("limits");
+    let mut i = 0;
+    group.bench_function("floor", |b| {
+        b.iter(|| {
+            i = (i + 1) % BUCKETS;
+            let c = &black_box(&charges[i])[0];
+            let mut map = floor.lock().unwrap();
+            let (ok, tat, status) =
+                gcra::decide(map.get(&c.bucket).copied(), now, &c.quota, c.cost);
+            if ok && let Some(slot) = map.get_mut(&c.bucket) {
+                *slot = tat;
+            }
+            (ok, status)
+        })
+    });
+    let mut i = 0;
+    group.bench_function("check_memory", |b| {
+        b.iter(|| {
+            i = (i + 1) % BUCKETS;
+            ready(limiter.check(black_box(&charges[i]), now)).unwrap()
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, limits);
+criterion_main!(benches);
