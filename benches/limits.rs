@@ -66,7 +66,49 @@ fn limits(c: &mut Criterion) {
         })
     });
     group.finish();
+    redis_check(c);
 }
+
+/// One check through Redis on loopback (one script call: one round trip), when `KEYMETER_TEST_REDIS_URL` names a
+/// server; skipped otherwise.
+#[cfg(feature = "redis")]
+fn redis_check(c: &mut Criterion) {
+    let Ok(url) = std::env::var("KEYMETER_TEST_REDIS_URL") else {
+        eprintln!("limits/check_redis skipped: KEYMETER_TEST_REDIS_URL is not set");
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let limiter = rt
+        .block_on(keymeter::store::RedisLimiter::connect(&url))
+        .unwrap()
+        .with_prefix("keymeter-bench:");
+    let quota: Quota = "1000000000000/s".parse().unwrap();
+    let charges: Vec<[Charge; 1]> = (0..BUCKETS)
+        .map(|i| {
+            [Charge {
+                bucket: format!("key:{i:012}:requests:{quota}"),
+                quota,
+                cost: 1,
+            }]
+        })
+        .collect();
+    let mut group = c.benchmark_group("limits");
+    let mut i = 0;
+    group.bench_function("check_redis", |b| {
+        b.iter(|| {
+            i = (i + 1) % BUCKETS;
+            rt.block_on(limiter.check(black_box(&charges[i]), 0))
+                .unwrap()
+        })
+    });
+    group.finish();
+}
+
+#[cfg(not(feature = "redis"))]
+fn redis_check(_: &mut Criterion) {}
 
 criterion_group!(benches, limits);
 criterion_main!(benches);

@@ -8,6 +8,8 @@
 //! | `KEYMETER_MASTER_KEYS` | the master-key ring, same format | development: the secrets file |
 //! | `KEYMETER_PREFIXES` | token prefixes verified as keymeter's own, comma-separated | `km` |
 //! | `KEYMETER_CATALOG` | a price catalog file (keymeter's format or LiteLLM's) | the bundled snapshot |
+//! | `KEYMETER_LIMITER` | where rate-limit buckets live: `redis://…` (feature `redis`) | the store |
+//! | `KEYMETER_LIMITS_FAIL_OPEN` | `1`/`true`: admit requests when the limiter cannot be reached | fail closed |
 //! | `KEYMETER_ENV`, `DEPLOY_ENV`, `DEBUG` | the environment ([`crate::env`]) | development, with a warning |
 //!
 //! In development (only), a secret missing from the environment is read from the **secrets file**
@@ -67,6 +69,10 @@ pub struct Config {
     pub catalog_path: Option<PathBuf>,
     /// Where development secrets live (beside a SQLite database), whether or not the file exists yet.
     pub secrets_file: Option<PathBuf>,
+    /// Where rate-limit buckets live, if not in the store (`redis://…`).
+    pub limiter_url: Option<String>,
+    /// Admit requests when the limiter cannot be reached (default: refuse them).
+    pub limits_fail_open: bool,
     hasher: Option<Arc<KeyHasher>>,
     vault: Option<Arc<Vault>>,
     warnings: Vec<String>,
@@ -120,7 +126,25 @@ impl Config {
             .var("KEYMETER_CATALOG")
             .filter(|v| !v.trim().is_empty())
             .map(PathBuf::from);
+        let limiter_url = source
+            .var("KEYMETER_LIMITER")
+            .filter(|v| !v.trim().is_empty());
+        let limits_fail_open = match source
+            .var("KEYMETER_LIMITS_FAIL_OPEN")
+            .as_deref()
+            .map(str::trim)
+        {
+            None | Some("") | Some("0") | Some("false") => false,
+            Some("1") | Some("true") => true,
+            Some(_) => {
+                return Err(Error::Config(
+                    "KEYMETER_LIMITS_FAIL_OPEN must be 1, true, 0 or false".into(),
+                ));
+            }
+        };
         let mut config = Config {
+            limiter_url,
+            limits_fail_open,
             secrets_file: secrets_path(&store_url),
             store_url,
             environment,
@@ -224,11 +248,33 @@ impl Config {
         crate::store::connect(&self.store_url).await
     }
 
-    /// The verifier settings this configuration implies (prefixes).
+    /// The verifier settings this configuration implies (prefixes, failing open or closed).
     pub fn verifier_config(&self) -> VerifierConfig {
         VerifierConfig {
             prefixes: self.prefixes.clone(),
+            limits_fail_open: self.limits_fail_open,
             ..VerifierConfig::default()
+        }
+    }
+
+    /// The rate limiter: Redis at `KEYMETER_LIMITER` when set, else `store` itself.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a limiter URL this build cannot use; [`Error::Store`] when Redis cannot be reached
+    /// (a verifier configured to fail open may then be built with the store's own limiter instead).
+    pub async fn limiter(
+        &self,
+        store: Arc<dyn crate::store::Store>,
+    ) -> Result<Arc<dyn crate::limits::RateLimiter>> {
+        match self.limiter_url.as_deref() {
+            None => Ok(store),
+            #[cfg(feature = "redis")]
+            Some(url) if url.starts_with("redis://") || url.starts_with("rediss://") => {
+                Ok(Arc::new(crate::store::RedisLimiter::connect(url).await?))
+            }
+            Some(_) => Err(Error::Config(
+                "KEYMETER_LIMITER: expected redis://HOST:PORT (feature `redis`)".into(),
+            )),
         }
     }
 

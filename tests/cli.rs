@@ -840,6 +840,64 @@ fn rate_limits_hold_across_invocations() {
 }
 
 #[test]
+fn an_unreachable_limiter_fails_closed_unless_configured_to_fail_open() {
+    let cli = Cli::new();
+    cli.ok(&["init"]);
+    let created = cli.ok(&[
+        "keys",
+        "create",
+        "--name",
+        "ci",
+        "--owner",
+        "alice",
+        "--rate-limit",
+        "5/min",
+    ]);
+    let key = created["key"].as_str().unwrap();
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dead = format!("redis://127.0.0.1:{port}");
+    let verify = |fail_open: &str| {
+        let mut child = cli
+            .command(&["--json", "--limiter", &dead, "keys", "verify"])
+            .env("KEYMETER_LIMITS_FAIL_OPEN", fail_open)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(key.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let closed = verify("0");
+    assert_eq!(
+        closed.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&closed.stderr)
+    );
+    let open = verify("1");
+    assert_eq!(
+        open.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&open.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&open.stdout).unwrap();
+    assert_eq!(v["code"], "VALID");
+    assert!(String::from_utf8_lossy(&open.stderr).contains("failing open"));
+}
+
+#[test]
 fn creds_commands_across_invocations() {
     let cli = Cli::new();
     cli.ok(&["init"]);

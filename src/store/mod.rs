@@ -4,6 +4,7 @@
 //! | --- | --- | --- | --- |
 //! | [`MemoryStore`] | always | `memory:` | tests, single-process services, caches |
 //! | `SqliteStore` | `sqlite` | `sqlite://PATH`, `sqlite::memory:` | the embedded default for one machine |
+//! | `RedisLimiter` | `redis` | `redis://HOST:PORT` | rate-limit buckets shared by several instances (a [`crate::limits::RateLimiter`] only) |
 //! | `env_file::EnvFile` | `env-file` | | development system keys in a `.env` file (a plaintext source, not a [`CredentialStore`]) |
 //!
 //! [`connect`] picks the backend by the URL's scheme and hands back one [`Store`]: every trait at once, as
@@ -26,6 +27,9 @@
 #[cfg_attr(docsrs, doc(cfg(feature = "env-file")))]
 pub mod env_file;
 pub mod memory;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub mod redis;
 #[cfg(feature = "sqlite")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub mod sqlite;
@@ -37,6 +41,8 @@ use async_trait::async_trait;
 #[cfg(feature = "env-file")]
 pub use env_file::EnvFile;
 pub use memory::MemoryStore;
+#[cfg(feature = "redis")]
+pub use redis::RedisLimiter;
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
 

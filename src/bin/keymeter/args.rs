@@ -21,6 +21,9 @@ pub(crate) struct Cli {
         global = true
     )]
     pub(crate) store: String,
+    /// Where rate-limit buckets live (redis://HOST:PORT); default: the store.
+    #[arg(long, env = "KEYMETER_LIMITER", global = true)]
+    pub(crate) limiter: Option<String>,
     /// Print one JSON object on stdout.
     #[arg(long, global = true)]
     pub(crate) json: bool,

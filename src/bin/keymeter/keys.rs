@@ -136,8 +136,17 @@ pub(crate) async fn run(config: &Config, cmd: KeysCommand, json_mode: bool) -> O
             {
                 settings.prefixes.push(parsed.prefix.to_owned());
             }
+            let limiter = match config.limiter(store.clone()).await {
+                Ok(limiter) => limiter,
+                // Failing open: the limiter's absence admits requests (and is logged); closed: an error.
+                Err(e) if config.limits_fail_open => {
+                    eprintln!("warning: rate limiter unreachable, failing open: {e}");
+                    Arc::new(keymeter::limits::Unlimited)
+                }
+                Err(e) => return Err(e.into()),
+            };
             let verifier = Verifier::new(dyn_store, config.hasher()?, settings)?
-                .with_limits(store.clone(), store.clone());
+                .with_limits(store.clone(), limiter);
             let verdict = verifier.verify(&token, &requirement).await?;
             let key = verdict.key();
             let mut value = json!({

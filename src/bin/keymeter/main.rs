@@ -50,18 +50,24 @@ pub(crate) type Outcome = Result<(Value, String), Failure>;
 /// The process environment, with `--store` (which clap already merged with `KEYMETER_STORE`) as the store URL.
 struct CliEnv {
     store: String,
+    limiter: Option<String>,
 }
 
 impl EnvSource for CliEnv {
     fn var(&self, name: &str) -> Option<String> {
-        if name == "KEYMETER_STORE" {
-            return Some(self.store.clone());
+        match name {
+            "KEYMETER_STORE" => Some(self.store.clone()),
+            "KEYMETER_LIMITER" => self.limiter.clone(),
+            _ => ProcessEnv.var(name),
         }
-        ProcessEnv.var(name)
     }
 
     fn is_set(&self, name: &str) -> bool {
-        name == "KEYMETER_STORE" || ProcessEnv.is_set(name)
+        match name {
+            "KEYMETER_STORE" => true,
+            "KEYMETER_LIMITER" => self.limiter.is_some(),
+            _ => ProcessEnv.is_set(name),
+        }
     }
 }
 
@@ -114,7 +120,10 @@ async fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Outcome {
     let json = cli.json;
-    let source = CliEnv { store: cli.store };
+    let source = CliEnv {
+        store: cli.store,
+        limiter: cli.limiter,
+    };
     // Commands that need no configuration run before it is read.
     match cli.command {
         Command::Env => return setup::env(&source),
