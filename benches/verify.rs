@@ -198,6 +198,20 @@ fn verify(c: &mut Criterion) {
         })
     });
 
+    // The same verify counting statistics in memory (flushed only at the end: never a write per verify).
+    let recorder = Arc::new(keymeter::stats::StatsRecorder::new(store.clone()));
+    let counted = Verifier::new(store.clone(), hasher.clone(), VerifierConfig::default())
+        .unwrap()
+        .with_stats(recorder.clone());
+    let mut i = 0;
+    group.bench_function("valid_generated_key_100k_stats", |b| {
+        b.iter(|| {
+            i = (i + 1) % CYCLE;
+            ready(counted.verify(black_box(&cycle[i]), &need_read)).unwrap()
+        })
+    });
+    ready(recorder.flush()).unwrap();
+
     // Typos at every other position of the cycle's tokens: refused offline by the checksum.
     let typos: Vec<String> = cycle
         .iter()

@@ -18,6 +18,7 @@ pub mod limits;
 pub mod pricing;
 pub mod random;
 pub mod secret;
+pub mod stats;
 pub mod store;
 pub mod validate;
 

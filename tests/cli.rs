@@ -898,6 +898,52 @@ fn an_unreachable_limiter_fails_closed_unless_configured_to_fail_open() {
 }
 
 #[test]
+fn keys_stats_counts_every_verification_by_code() {
+    let cli = Cli::new();
+    cli.ok(&["init"]);
+    let created = cli.ok(&[
+        "keys", "create", "--name", "ci", "--owner", "alice", "--scopes", "read",
+    ]);
+    let id = created["id"].as_str().unwrap();
+    let key = created["key"].as_str().unwrap();
+    assert!(cli.ok(&["keys", "show", id])["last_used_at"].is_null());
+    for _ in 0..3 {
+        assert_eq!(cli.run(&["keys", "verify"], Some(key)).0, 0);
+    }
+    assert_eq!(
+        cli.run(&["keys", "verify", "--scope", "admin"], Some(key))
+            .0,
+        1
+    );
+    // A typo is MALFORMED before any key is known, so it counts for no key.
+    assert_eq!(
+        cli.run(&["keys", "verify"], Some(&key[..key.len() - 1])).0,
+        1
+    );
+    let stats = cli.ok(&["keys", "stats", id, "--days", "7"]);
+    assert_eq!(stats["key_id"], id);
+    assert_eq!(stats["total"], 4);
+    assert_eq!(
+        stats["by_code"],
+        serde_json::json!({"INSUFFICIENT_SCOPE": 1, "VALID": 3})
+    );
+    assert_eq!(stats["days"].as_array().unwrap().len(), 7);
+    let today = &stats["days"][6];
+    assert_eq!(
+        (today["total"].as_u64(), today["valid"].as_u64()),
+        (Some(4), Some(3))
+    );
+    assert_eq!(stats["unusual"], false);
+    assert!(stats["last_used_at"].is_string(), "{stats}");
+    assert_eq!(
+        cli.ok(&["keys", "show", id])["last_used_at"],
+        stats["last_used_at"]
+    );
+    let (code, _) = cli.run(&["keys", "stats", "ZZZZZZZZZZZZ"], None);
+    assert_eq!(code, 1);
+}
+
+#[test]
 fn creds_commands_across_invocations() {
     let cli = Cli::new();
     cli.ok(&["init"]);

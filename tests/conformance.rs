@@ -18,6 +18,11 @@ mod memory {
             keymeter::store::MemoryStore::new()
         ));
     }
+    mod stats {
+        keymeter::stats_store_conformance!(
+            std::sync::Arc::new(keymeter::store::MemoryStore::new())
+        );
+    }
 }
 
 #[cfg(feature = "sqlite")]
@@ -45,5 +50,9 @@ mod sqlite {
         use super::fresh;
         keymeter::limit_store_conformance!(fresh().await);
         keymeter::rate_limiter_conformance!(fresh().await);
+    }
+    mod stats {
+        use super::fresh;
+        keymeter::stats_store_conformance!(fresh().await);
     }
 }

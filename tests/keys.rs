@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use chrono::{Duration, TimeZone, Utc};
-use keymeter::clock::ManualClock;
+use keymeter::clock::{Clock, ManualClock};
 use keymeter::keys::hash::Argon2Config;
 use keymeter::keys::record::parse_networks;
 use keymeter::keys::token::{self, KeyEnv};
@@ -1314,4 +1314,149 @@ async fn an_unreachable_limiter_fails_closed_unless_configured_to_fail_open() {
             .unwrap()
             .is_valid()
     );
+}
+
+/// A statistics store that fails while `down` is set.
+#[derive(Debug)]
+struct Flaky {
+    inner: Arc<MemoryStore>,
+    down: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl keymeter::stats::StatsStore for Flaky {
+    async fn add_stats(&self, deltas: &[keymeter::stats::StatsDelta]) -> keymeter::Result<()> {
+        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(keymeter::Error::Config("store down".into()));
+        }
+        self.inner.add_stats(deltas).await
+    }
+    async fn key_stats(
+        &self,
+        key_id: &str,
+        since: chrono::NaiveDate,
+    ) -> keymeter::Result<Vec<(chrono::NaiveDate, keymeter::stats::Counts)>> {
+        self.inner.key_stats(key_id, since).await
+    }
+}
+
+#[tokio::test]
+async fn statistics_are_counted_in_memory_and_survive_a_failed_flush() {
+    use keymeter::stats::{StatsRecorder, StatsStore};
+    let f = fixture();
+    let flaky = Arc::new(Flaky {
+        inner: f.store.clone(),
+        down: std::sync::atomic::AtomicBool::new(true),
+    });
+    let recorder = Arc::new(StatsRecorder::new(flaky.clone()));
+    let verifier = Verifier::new(f.store.clone(), f.hasher.clone(), VerifierConfig::default())
+        .unwrap()
+        .with_clock(f.clock.clone())
+        .with_stats(recorder.clone());
+    let key = issue(&f, NewKey::new("a", "alice").scopes(scopes("read"))).await;
+    let t = key.token.expose_secret();
+    for _ in 0..3 {
+        assert!(
+            verifier
+                .verify(t, &Requirement::new())
+                .await
+                .unwrap()
+                .is_valid()
+        );
+    }
+    assert_eq!(
+        verifier
+            .verify(&wrong_secret(t), &Requirement::new())
+            .await
+            .unwrap()
+            .code(),
+        VerdictCode::NotFound
+    );
+    assert_eq!(
+        verifier
+            .verify(t, &need_all(&["write"]))
+            .await
+            .unwrap()
+            .code(),
+        VerdictCode::InsufficientScope
+    );
+    // Nothing written per verify: not even last_used_at.
+    assert!(
+        f.store
+            .key_stats(&key.record.id, chrono::NaiveDate::MIN)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        f.store
+            .get(&key.record.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .last_used_at,
+        None
+    );
+    // A failed flush keeps every count; the next day's counts stay apart.
+    assert!(recorder.flush().await.is_err());
+    assert_eq!(recorder.pending_keys(), 1);
+    f.clock.advance(Duration::days(1));
+    assert!(
+        verifier
+            .verify(t, &Requirement::new())
+            .await
+            .unwrap()
+            .is_valid()
+    );
+    flaky.down.store(false, std::sync::atomic::Ordering::SeqCst);
+    recorder.flush().await.unwrap();
+    assert_eq!(recorder.pending_keys(), 0);
+    let days = f
+        .store
+        .key_stats(&key.record.id, chrono::NaiveDate::MIN)
+        .await
+        .unwrap();
+    assert_eq!(days.len(), 2);
+    let first = days[0].1;
+    assert_eq!(
+        (
+            first[VerdictCode::Valid.index()],
+            first[VerdictCode::NotFound.index()],
+            first[VerdictCode::InsufficientScope.index()]
+        ),
+        (3, 1, 1)
+    );
+    assert_eq!(days[1].1[VerdictCode::Valid.index()], 1);
+    assert_eq!(
+        f.store
+            .get(&key.record.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .last_used_at,
+        Some(f.clock.now())
+    );
+    // Dropping the recorder inside a runtime writes what is left.
+    assert!(
+        verifier
+            .verify(t, &Requirement::new())
+            .await
+            .unwrap()
+            .is_valid()
+    );
+    drop(verifier);
+    drop(recorder);
+    tokio::task::yield_now().await;
+    for _ in 0..100 {
+        let days = f
+            .store
+            .key_stats(&key.record.id, chrono::NaiveDate::MIN)
+            .await
+            .unwrap();
+        if days[1].1[VerdictCode::Valid.index()] == 2 {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("the dropped recorder's counts were not written");
 }

@@ -113,6 +113,24 @@ macro_rules! __limiter_tests {
     };
 }
 
+/// Generates the [`stats`] check for a backend that is both a [`crate::stats::StatsStore`] and a
+/// [`crate::keys::KeyStore`]; `$make` gives a fresh one (an `Arc` of it).
+#[cfg_attr(docsrs, doc(cfg(feature = "test-suite")))]
+#[macro_export]
+macro_rules! stats_store_conformance {
+    ($make:expr) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn stats_add_up_and_move_last_used_forward() {
+            let store = $make;
+            $crate::conformance::stats::stats_add_up_and_move_last_used_forward(
+                store.clone(),
+                store,
+            )
+            .await;
+        }
+    };
+}
+
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __key_store_tests {
@@ -131,3 +149,4 @@ pub mod credentials;
 pub mod keys;
 pub mod ledger;
 pub mod limits;
+pub mod stats;

@@ -37,6 +37,31 @@ pub enum VerdictCode {
 }
 
 impl VerdictCode {
+    /// Every code, in check order.
+    pub const ALL: [VerdictCode; 11] = [
+        VerdictCode::Valid,
+        VerdictCode::Malformed,
+        VerdictCode::WrongEnvironment,
+        VerdictCode::NotFound,
+        VerdictCode::Revoked,
+        VerdictCode::Disabled,
+        VerdictCode::Expired,
+        VerdictCode::IpNotAllowed,
+        VerdictCode::InsufficientScope,
+        VerdictCode::RateLimited,
+        VerdictCode::BudgetExceeded,
+    ];
+
+    /// The code's position in [`VerdictCode::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The code with this `SCREAMING_SNAKE` string.
+    pub fn from_name(name: &str) -> Option<VerdictCode> {
+        VerdictCode::ALL.into_iter().find(|c| c.as_str() == name)
+    }
+
     /// The stable `SCREAMING_SNAKE` string.
     pub fn as_str(self) -> &'static str {
         match self {

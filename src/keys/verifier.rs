@@ -19,6 +19,7 @@ use crate::keys::token::{self, DEFAULT_PREFIX, KeyEnv};
 use crate::keys::verdict::{Verdict, VerdictCode};
 use crate::limits::{Charge, Decision, LimitScope, LimitStore, Limits, Quota, RateLimiter};
 use crate::random::{OsRandom, RandomSource};
+use crate::stats::StatsRecorder;
 
 /// Longest credential the verifier looks at; anything longer is `MALFORMED`.
 pub const MAX_CREDENTIAL_LEN: usize = 512;
@@ -106,7 +107,9 @@ impl Requirement {
 ///   runtime is present, so the KDF does not stall other requests.
 /// - A match under an outdated scheme or pepper is re-hashed ([`KeyHasher::upgrade`]) with a compare-and-swap.
 /// - `last_used_at` is written only when the stored value is older than `last_used_interval`, so a busy key costs
-///   one write a minute, not one per request.
+///   one write a minute, not one per request; with [`Verifier::with_stats`] the recorder's flushes write it instead.
+/// - With [`Verifier::with_limits`], rate limits are charged last; with [`Verifier::with_stats`], every verdict
+///   of a known key is counted.
 ///
 /// Revoke and disable through the verifier also clear the key's cache entries at once.
 #[derive(Debug)]
@@ -119,6 +122,7 @@ pub struct Verifier {
     kdf_slots: Arc<tokio::sync::Semaphore>,
     kdf_runs: std::sync::atomic::AtomicU64,
     limits: Option<LimitGate>,
+    stats: Option<Arc<StatsRecorder>>,
 }
 
 /// The rate limits a verifier charges: where the limits are kept, where the buckets are, and each key's request
@@ -245,7 +249,23 @@ impl Verifier {
             kdf_slots,
             kdf_runs: std::sync::atomic::AtomicU64::new(0),
             limits: None,
+            stats: None,
         })
+    }
+
+    /// Counts every verification of a known key (by verdict code and UTC day) in `recorder`, which also takes
+    /// over `last_used_at` (written when it flushes, instead of once a minute by the verifier). A wrong secret for
+    /// an existing generated key counts as that key's `NOT_FOUND`.
+    #[must_use]
+    pub fn with_stats(mut self, recorder: Arc<StatsRecorder>) -> Self {
+        self.stats = Some(recorder);
+        self
+    }
+
+    fn count(&self, key_id: &str, code: VerdictCode, now: i64) {
+        if let Some(stats) = &self.stats {
+            stats.record(key_id, code, now);
+        }
     }
 
     /// Charges rate limits: after every other check passes, each request limit of the key, its owner and its
@@ -345,6 +365,7 @@ impl Verifier {
                     if !self.matches(credential, &record).await?
                         && !self.matches_previous(credential, &record)?
                     {
+                        self.count(&record.id, VerdictCode::NotFound, self.clock.now_micros());
                         return Ok(Verdict::reject(VerdictCode::NotFound));
                     }
                     record
@@ -391,6 +412,7 @@ impl Verifier {
             VerdictCode::Valid
         };
         if code != VerdictCode::Valid {
+            self.count(&record.id, code, now);
             return Ok(Verdict::with_key(code, record));
         }
         let mut limit = None;
@@ -403,6 +425,7 @@ impl Verifier {
             match decided {
                 Ok(decision) if decision.allowed => limit = decision.tightest,
                 Ok(decision) => {
+                    self.count(&record.id, VerdictCode::RateLimited, now);
                     return Ok(Verdict::with_key(VerdictCode::RateLimited, record)
                         .with_limit(decision.tightest));
                 }
@@ -415,6 +438,7 @@ impl Verifier {
                 }
             }
         }
+        self.count(&record.id, code, now);
         self.after_success(credential, &record, now).await;
         Ok(Verdict::with_key(code, record).with_limit(limit))
     }
@@ -562,9 +586,11 @@ impl Verifier {
             .last_used_interval
             .num_microseconds()
             .unwrap_or(i64::MAX);
-        let stale = record
-            .last_used_at
-            .is_none_or(|t| now.saturating_sub(t.timestamp_micros()) >= interval);
+        // With a statistics recorder, its flushes write last_used_at.
+        let stale = self.stats.is_none()
+            && record
+                .last_used_at
+                .is_none_or(|t| now.saturating_sub(t.timestamp_micros()) >= interval);
         if stale && let Some(at) = DateTime::<Utc>::from_timestamp_micros(now) {
             // Boxed: a write is rare (once an interval per key), so its state stays out of every verify future.
             if let Err(e) = Box::pin(self.store.record_use(&record.id, at)).await {

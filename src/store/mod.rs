@@ -51,10 +51,13 @@ use crate::error::{Error, Result};
 use crate::keys::KeyStore;
 use crate::ledger::Ledger;
 use crate::limits::{LimitStore, RateLimiter};
+use crate::stats::StatsStore;
 
-/// A backend that keeps keys, credentials, the ledger and rate limits together: what [`connect`] returns.
+/// A backend that keeps keys, credentials, the ledger, rate limits and key statistics together: what [`connect`] returns.
 #[async_trait]
-pub trait Store: KeyStore + CredentialStore + Ledger + LimitStore + RateLimiter {
+pub trait Store:
+    KeyStore + CredentialStore + Ledger + LimitStore + RateLimiter + StatsStore
+{
     /// The backend's name: `memory`, `sqlite`, `postgres`.
     fn backend(&self) -> &'static str;
 

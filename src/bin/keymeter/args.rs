@@ -375,6 +375,13 @@ pub(crate) enum KeysCommand {
         #[arg(long, default_value = "0s")]
         grace: String,
     },
+    /// Verifications per day and verdict code, and whether today looks unusual.
+    Stats {
+        id: String,
+        /// How many days back, today included.
+        #[arg(long, default_value_t = 30)]
+        days: u32,
+    },
     /// Revoke every key of an organisation.
     RevokeAll {
         #[arg(long)]

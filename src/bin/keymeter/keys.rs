@@ -10,6 +10,7 @@ use keymeter::keys::{
     ScopeRequirement, VerdictCode, Verifier,
 };
 use keymeter::limits::{LimitScope, Limits, Quota};
+use keymeter::stats::{KeyStats, StatsRecorder};
 use keymeter::{Config, Error};
 use secrecy::ExposeSecret;
 use serde_json::json;
@@ -145,9 +146,17 @@ pub(crate) async fn run(config: &Config, cmd: KeysCommand, json_mode: bool) -> O
                 }
                 Err(e) => return Err(e.into()),
             };
+            let stats = Arc::new(StatsRecorder::new(store.clone()));
             let verifier = Verifier::new(dyn_store, config.hasher()?, settings)?
-                .with_limits(store.clone(), limiter);
+                .with_limits(store.clone(), limiter)
+                .with_stats(stats.clone());
             let verdict = verifier.verify(&token, &requirement).await?;
+            // One process, one verification: its count is written now (a lost count is not worth a failure).
+            if let Err(e) = stats.close().await {
+                eprintln!(
+                    "warning: could not record the verification in the key's statistics: {e}"
+                );
+            }
             let key = verdict.key();
             let mut value = json!({
                 "valid": verdict.is_valid(),
@@ -204,6 +213,43 @@ pub(crate) async fn run(config: &Config, cmd: KeysCommand, json_mode: bool) -> O
                 )));
             }
             Ok(crate::delivered())
+        }
+        KeysCommand::Stats { id, days } => {
+            let record = dyn_store.get(&id).await?.ok_or_else(|| Error::NotFound {
+                what: "key",
+                id: id.clone(),
+            })?;
+            let days = days.clamp(1, 3660);
+            let today = Utc::now().date_naive();
+            // The unusual rule looks 14 days back whatever the period shown.
+            let back = u64::from(days.max(15) - 1);
+            let since = today
+                .checked_sub_days(chrono::Days::new(back))
+                .unwrap_or(today);
+            let stored = store.key_stats(&id, since).await?;
+            let stats = KeyStats::summary(&id, &stored, today, days, record.last_used_at);
+            let human = format!(
+                "{}: {} verifications in {} days ({:.1}/day), last used {}{}\n{}",
+                stats.key_id,
+                stats.total,
+                days,
+                stats.average_per_day,
+                stats
+                    .last_used_at
+                    .map_or("never".to_owned(), |t| t.to_rfc3339()),
+                stats
+                    .unusual_reason
+                    .as_ref()
+                    .map(|r| format!("\nunusual: {r}"))
+                    .unwrap_or_default(),
+                stats
+                    .by_code
+                    .iter()
+                    .map(|(code, n)| format!("  {code:<20} {n}"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+            Ok((to_json(&stats)?, human))
         }
         KeysCommand::RevokeAll { org } => {
             let ids = dyn_store.revoke_org(&org, Utc::now()).await?;

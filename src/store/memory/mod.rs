@@ -4,6 +4,7 @@ mod credentials;
 mod keys;
 mod ledger;
 mod limits;
+mod stats;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -23,6 +24,7 @@ pub struct MemoryStore {
     ledger: std::sync::Mutex<LedgerState>,
     limits: limits::LimitLock,
     buckets: limits::Buckets,
+    stats: std::sync::Mutex<stats::StatsTable>,
     // Reservation ids are this per-store random prefix and a counter: unique without a syscall per reserve.
     reservation_prefix: String,
 }
@@ -48,6 +50,7 @@ impl Default for MemoryStore {
             ledger: std::sync::Mutex::default(),
             limits: limits::LimitLock::default(),
             buckets: limits::Buckets::default(),
+            stats: std::sync::Mutex::default(),
             reservation_prefix: reservation_prefix(&OsRandom),
         }
     }

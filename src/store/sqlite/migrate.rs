@@ -40,6 +40,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "rate_limits",
         include_str!("../../../migrations/sqlite/0005_rate_limits.sql"),
     ),
+    (
+        6,
+        "key_stats",
+        include_str!("../../../migrations/sqlite/0006_key_stats.sql"),
+    ),
 ];
 
 fn checksum(sql: &str) -> String {

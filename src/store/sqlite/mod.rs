@@ -64,6 +64,7 @@ mod keys;
 mod ledger;
 mod limits;
 mod migrate;
+mod stats;
 
 use std::str::FromStr;
 use std::sync::Arc;
