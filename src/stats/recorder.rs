@@ -21,6 +21,20 @@ struct Pending {
     earlier: Vec<(i64, Counts, Option<i64>)>,
 }
 
+impl Pending {
+    fn count(&mut self, day: i64, code: VerdictCode, used: Option<i64>) {
+        if self.day != day {
+            if self.counts.iter().any(|&c| c > 0) {
+                self.earlier.push((self.day, self.counts, self.last_used));
+            }
+            self.day = day;
+            self.counts = [0; VerdictCode::ALL.len()];
+        }
+        self.counts[code.index()] += 1;
+        self.last_used = self.last_used.max(used);
+    }
+}
+
 /// Counts verifications per key and UTC day in memory (a lock of one of eight shards and an increment per
 /// verify) and writes them to a [`StatsStore`] when [`flush`](StatsRecorder::flush)ed: one delta per key and day,
 /// never a write per verify. A failed flush puts its counts back for the next one. Dropping the recorder inside a
@@ -28,8 +42,11 @@ struct Pending {
 #[derive(Debug)]
 pub struct StatsRecorder {
     store: Arc<dyn StatsStore>,
-    shards: [Mutex<HashMap<String, Pending>>; SHARDS],
+    shards: [Mutex<PendingMap>; SHARDS],
 }
+
+/// Key ids are made by keymeter (not chosen by callers), so a fast hasher is safe here; this is the verify path.
+type PendingMap = HashMap<String, Pending, foldhash::fast::RandomState>;
 
 fn day_of(micros: i64) -> i64 {
     micros.div_euclid(DAY_MICROS)
@@ -52,7 +69,7 @@ impl StatsRecorder {
         }
     }
 
-    fn shard(&self, key_id: &str) -> MutexGuard<'_, HashMap<String, Pending>> {
+    fn shard(&self, key_id: &str) -> MutexGuard<'_, PendingMap> {
         // Key ids are random: their last byte spreads keys over the shards without hashing.
         let i = key_id
             .as_bytes()
@@ -67,30 +84,17 @@ impl StatsRecorder {
         let day = day_of(at_micros);
         let used = (code == VerdictCode::Valid).then_some(at_micros);
         let mut shard = self.shard(key_id);
-        // Only a key's first verification since the last flush allocates its id.
-        if !shard.contains_key(key_id) {
-            shard.insert(
-                key_id.to_owned(),
-                Pending {
-                    day,
-                    ..Pending::default()
-                },
-            );
-        }
-        let Some(pending) = shard.get_mut(key_id) else {
+        if let Some(pending) = shard.get_mut(key_id) {
+            pending.count(day, code, used);
             return;
-        };
-        if pending.day != day {
-            if pending.counts.iter().any(|&c| c > 0) {
-                pending
-                    .earlier
-                    .push((pending.day, pending.counts, pending.last_used));
-            }
-            pending.day = day;
-            pending.counts = [0; VerdictCode::ALL.len()];
         }
-        pending.counts[code.index()] += 1;
-        pending.last_used = pending.last_used.max(used);
+        // Only a key's first verification since the last flush allocates its id.
+        let mut pending = Pending {
+            day,
+            ..Pending::default()
+        };
+        pending.count(day, code, used);
+        shard.insert(key_id.to_owned(), pending);
     }
 
     fn take(&self) -> Vec<StatsDelta> {
