@@ -24,10 +24,11 @@ fn ready<F: Future>(f: F) -> F::Output {
     }
 }
 
-fn limits(c: &mut Criterion) {
-    // So large a quota that every check is admitted: the measured path stores a new state every time.
+/// One request charge per bucket, under so large a quota that every check is admitted: the measured path stores
+/// a new state every time.
+fn charges() -> Vec<[Charge; 1]> {
     let quota: Quota = "1000000000000/s".parse().unwrap();
-    let charges: Vec<[Charge; 1]> = (0..BUCKETS)
+    (0..BUCKETS)
         .map(|i| {
             [Charge {
                 bucket: format!("key:{i:012}:requests:{quota}"),
@@ -35,7 +36,11 @@ fn limits(c: &mut Criterion) {
                 cost: 1,
             }]
         })
-        .collect();
+        .collect()
+}
+
+fn limits(c: &mut Criterion) {
+    let charges = charges();
     let limiter = MemoryStore::new();
     // The same fast hasher the memory limiter uses (bucket names are keymeter's own).
     let floor: Mutex<HashMap<String, i64, foldhash::fast::RandomState>> =
@@ -87,16 +92,7 @@ fn redis_check(c: &mut Criterion) {
         .block_on(keymeter::store::RedisLimiter::connect(&url))
         .unwrap()
         .with_prefix("keymeter-bench:");
-    let quota: Quota = "1000000000000/s".parse().unwrap();
-    let charges: Vec<[Charge; 1]> = (0..BUCKETS)
-        .map(|i| {
-            [Charge {
-                bucket: format!("key:{i:012}:requests:{quota}"),
-                quota,
-                cost: 1,
-            }]
-        })
-        .collect();
+    let charges = charges();
     let mut group = c.benchmark_group("limits");
     let mut i = 0;
     group.bench_function("check_redis", |b| {

@@ -841,7 +841,7 @@ fn rate_limits_hold_across_invocations() {
 
 #[test]
 fn an_unreachable_limiter_fails_closed_unless_configured_to_fail_open() {
-    let cli = Cli::new();
+    let mut cli = Cli::new();
     cli.ok(&["init"]);
     let created = cli.ok(&[
         "keys",
@@ -861,31 +861,17 @@ fn an_unreachable_limiter_fails_closed_unless_configured_to_fail_open() {
         .unwrap()
         .port();
     let dead = format!("redis://127.0.0.1:{port}");
-    let verify = |fail_open: &str| {
-        let mut child = cli
-            .command(&["--json", "--limiter", &dead, "keys", "verify"])
-            .env("KEYMETER_LIMITS_FAIL_OPEN", fail_open)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(key.as_bytes())
-            .unwrap();
-        child.wait_with_output().unwrap()
-    };
-    let closed = verify("0");
+    let verify = ["--limiter", dead.as_str(), "keys", "verify"];
+    cli.env.push(("KEYMETER_LIMITS_FAIL_OPEN", "0".into()));
+    let closed = cli.run_with(&verify, Some(key));
     assert_eq!(
         closed.status.code(),
         Some(2),
         "{}",
         String::from_utf8_lossy(&closed.stderr)
     );
-    let open = verify("1");
+    cli.env.push(("KEYMETER_LIMITS_FAIL_OPEN", "1".into()));
+    let open = cli.run_with(&verify, Some(key));
     assert_eq!(
         open.status.code(),
         Some(0),

@@ -17,7 +17,7 @@ use crate::keys::scope::ScopeRequirement;
 use crate::keys::store::{KeyStore, MAX_KEYS_PER_HINT};
 use crate::keys::token::{self, DEFAULT_PREFIX, KeyEnv};
 use crate::keys::verdict::{Verdict, VerdictCode};
-use crate::limits::{Charge, Decision, LimitScope, LimitStore, Limits, Quota, RateLimiter};
+use crate::limits::{Charge, Decision, LimitScope, LimitStore, Limits, RateLimiter};
 use crate::random::{OsRandom, RandomSource};
 use crate::stats::StatsRecorder;
 
@@ -160,35 +160,36 @@ impl LimitGate {
         map.insert(id.to_owned(), (now + LIMITS_TTL_MICROS, charges));
     }
 
-    /// The key's request charges and token pre-checks, from `limits`.
+    /// The key's request charges and token pre-checks, from `limits` (one per scope of `scopes`), remembered.
     fn compile(
+        &self,
         record: &KeyRecord,
         scopes: &[LimitScope],
         mut limits: Vec<Limits>,
+        now: i64,
     ) -> Arc<[Charge]> {
-        // The record's own `rate_limit` (set at creation) counts as one of the key's request limits.
-        if let (Some(own), Some(key_limits)) = (record.rate_limit, limits.first_mut()) {
-            let own = Quota::from(own);
-            if !key_limits.requests.contains(&own) {
-                key_limits.requests.push(own);
-            }
+        if let Some(own) = limits.first_mut() {
+            *own = std::mem::take(own).with_record_limit(record);
         }
-        crate::limits::charges(scopes, &limits, None, 0).into()
+        let charges: Arc<[Charge]> = crate::limits::charges(scopes, &limits, None, 0).into();
+        self.remember(&record.id, now, charges.clone());
+        charges
+    }
+
+    /// The key's charges when they come without waiting: cached, or compiled from limits held in memory.
+    fn charges_now(&self, record: &KeyRecord, now: i64) -> Option<Arc<[Charge]>> {
+        if let Some(charges) = self.cached(&record.id, now) {
+            return Some(charges);
+        }
+        let scopes = LimitScope::of(Some(&record.id), &record.owner, record.org.as_deref());
+        let limits = self.rules.limits_now(&scopes)?;
+        Some(self.compile(record, &scopes, limits, now))
     }
 
     /// The check, when everything it needs answers without waiting (compiled limits cached or in memory, an
     /// in-memory limiter); `None` means "take the async path".
     fn check_now(&self, record: &KeyRecord, now: i64) -> Option<Result<Decision>> {
-        let charges = match self.cached(&record.id, now) {
-            Some(c) => c,
-            None => {
-                let scopes = LimitScope::of_key(record);
-                let limits = self.rules.limits_now(&scopes)?;
-                let charges = Self::compile(record, &scopes, limits);
-                self.remember(&record.id, now, charges.clone());
-                charges
-            }
-        };
+        let charges = self.charges_now(record, now)?;
         if charges.is_empty() {
             return Some(Ok(Decision::UNLIMITED));
         }
@@ -196,14 +197,12 @@ impl LimitGate {
     }
 
     async fn check(&self, record: &KeyRecord, now: i64) -> Result<Decision> {
-        let charges = match self.cached(&record.id, now) {
-            Some(c) => c,
+        let charges = match self.charges_now(record, now) {
+            Some(charges) => charges,
             None => {
-                let scopes = LimitScope::of_key(record);
+                let scopes = LimitScope::of(Some(&record.id), &record.owner, record.org.as_deref());
                 let limits = self.rules.limits(&scopes).await?;
-                let charges = Self::compile(record, &scopes, limits);
-                self.remember(&record.id, now, charges.clone());
-                charges
+                self.compile(record, &scopes, limits, now)
             }
         };
         if charges.is_empty() {
@@ -363,11 +362,12 @@ impl Verifier {
             };
             match found {
                 Some(record) if record.lookup == KeyLookup::Id => {
-                    if !self.matches(credential, &record).await?
-                        && !self.matches_previous(credential, &record)?
-                    {
-                        self.count(&record.id, VerdictCode::NotFound, self.clock.now_micros());
-                        return Ok(Verdict::reject(VerdictCode::NotFound));
+                    if !self.matches(credential, &record).await? {
+                        let now = self.clock.now_micros();
+                        if !self.matches_previous(credential, &record, now)? {
+                            self.count(&record.id, VerdictCode::NotFound, now);
+                            return Ok(Verdict::reject(VerdictCode::NotFound));
+                        }
                     }
                     record
                 }
@@ -549,8 +549,8 @@ impl Verifier {
 
     /// Whether `credential` is the secret a rotation replaced, while its grace period runs. Rotation is for
     /// generated keys, whose hashes are HMACs: a slow previous hash is never checked here.
-    fn matches_previous(&self, credential: &str, record: &KeyRecord) -> Result<bool> {
-        match record.previous_hash_at(self.clock.now_micros()) {
+    fn matches_previous(&self, credential: &str, record: &KeyRecord, now: i64) -> Result<bool> {
+        match record.previous_hash_at(now) {
             Some(hash) if !hash.scheme().is_slow() => {
                 Ok(self.hasher.verify(credential.as_bytes(), hash)?)
             }

@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::ledger::event::UsageEvent;
 use crate::ledger::period::BudgetPeriod;
 
-/// Whose spend a budget limits.
+/// Whose spend a budget limits, or whose requests a rate limit counts ([`crate::limits::LimitScope`]).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum BudgetScope {
     /// One inbound API key.
@@ -51,7 +51,7 @@ impl BudgetScope {
     /// # Errors
     /// [`Error::InvalidInput`].
     pub fn validate(&self) -> Result<()> {
-        crate::validate::name("budget scope", self.id())
+        crate::validate::name(self.kind(), self.id())
     }
 
     /// Rebuilds a scope from its kind and id.

@@ -150,7 +150,7 @@ pub async fn charge_tokens(
     tokens: u64,
     now: i64,
 ) -> Result<()> {
-    let scopes = LimitScope::of_key(key);
+    let scopes = LimitScope::of(Some(&key.id), &key.owner, key.org.as_deref());
     let limits = store.limits(&scopes).await?;
     let charges = charges(&scopes, &limits, Some(LimitKind::Tokens), tokens);
     if charges.is_empty() {

@@ -154,6 +154,17 @@ impl Limits {
         self.requests.is_empty() && self.tokens.is_empty()
     }
 
+    /// A key's limits as stored, with its record's own `rate_limit` (set at creation) as the first request quota
+    /// unless it is already among them: what the key is held to, and what its record shows.
+    pub fn with_record_limit(mut self, record: &crate::keys::KeyRecord) -> Limits {
+        if let Some(own) = record.rate_limit.map(Quota::from)
+            && !self.requests.contains(&own)
+        {
+            self.requests.insert(0, own);
+        }
+        self
+    }
+
     /// Checks what every backend requires: at most [`MAX_QUOTAS`] of each kind.
     ///
     /// # Errors
@@ -169,58 +180,6 @@ impl Limits {
     }
 }
 
-/// Whose limit: a key's own, or one its owner's or org's keys share.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(tag = "kind", content = "id", rename_all = "lowercase")]
-pub enum LimitScope {
-    /// One key, by id.
-    Key(String),
-    /// Every key of an owner.
-    Owner(String),
-    /// Every key of an organisation.
-    Org(String),
-}
-
-impl LimitScope {
-    /// `key`, `owner` or `org`.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            LimitScope::Key(_) => "key",
-            LimitScope::Owner(_) => "owner",
-            LimitScope::Org(_) => "org",
-        }
-    }
-
-    /// The id within the kind.
-    pub fn id(&self) -> &str {
-        match self {
-            LimitScope::Key(id) | LimitScope::Owner(id) | LimitScope::Org(id) => id,
-        }
-    }
-
-    /// The scopes a key's requests count against: the key, its owner, and its org if any.
-    pub fn of_key(record: &crate::keys::KeyRecord) -> Vec<LimitScope> {
-        let mut scopes = vec![
-            LimitScope::Key(record.id.clone()),
-            LimitScope::Owner(record.owner.clone()),
-        ];
-        if let Some(org) = &record.org {
-            scopes.push(LimitScope::Org(org.clone()));
-        }
-        scopes
-    }
-
-    /// Checks the id (1–256 characters, no control characters).
-    ///
-    /// # Errors
-    /// [`Error::InvalidInput`].
-    pub fn validate(&self) -> Result<()> {
-        crate::validate::name(self.kind(), self.id())
-    }
-}
-
-impl fmt::Display for LimitScope {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.kind(), self.id())
-    }
-}
+/// Whose limit: a key's own, or one its owner's or org's keys share — the same key / owner / org scopes budgets
+/// have ([`BudgetScope`](crate::ledger::BudgetScope)), written `kind:id` (`owner:alice`).
+pub type LimitScope = crate::ledger::BudgetScope;

@@ -227,15 +227,11 @@ fn openai(v: &Value, response: Option<&Value>) -> Result<Usage> {
         )?,
         "reasoning, audio and image output tokens",
     )?;
-    // A Responses object lists the web searches it ran among its output items.
     let web_search = response
         .and_then(|r| r.get("output"))
         .and_then(Value::as_array)
         .map_or(0, |items| {
-            items
-                .iter()
-                .filter(|i| i.get("type").and_then(Value::as_str) == Some("web_search_call"))
-                .count() as u64
+            web_search_calls(items.iter().map(|i| i.get("type").and_then(Value::as_str)))
         });
     Ok(Usage {
         input,
@@ -375,19 +371,20 @@ fn modality(list: &Option<Vec<ModalityCount>>, name: &str) -> u64 {
         .fold(0u64, |s, m| s.saturating_add(m.token_count))
 }
 
-/// Web-search queries and Maps grounding in a whole Gemini response's candidates.
-fn gemini_grounding(response: &Value) -> (u64, u64) {
+/// The web searches a Responses object ran: its output items of type `web_search_call`, given their types.
+pub(crate) fn web_search_calls<'a>(item_types: impl IntoIterator<Item = Option<&'a str>>) -> u64 {
+    item_types
+        .into_iter()
+        .filter(|t| *t == Some("web_search_call"))
+        .count() as u64
+}
+
+/// Web-search queries (each of `webSearchQueries`) and Maps grounding (one query when any grounding chunk came
+/// from Maps) in the `groundingMetadata` of a Gemini response's candidates.
+pub(crate) fn gemini_grounding<'a>(metadata: impl IntoIterator<Item = &'a Value>) -> (u64, u64) {
     let mut searches = 0u64;
     let mut maps = 0u64;
-    for c in response
-        .get("candidates")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        let Some(g) = c.get("groundingMetadata") else {
-            continue;
-        };
+    for g in metadata {
         searches += g
             .get("webSearchQueries")
             .and_then(Value::as_array)
@@ -436,7 +433,13 @@ fn gemini(v: &Value, response: Option<&Value>) -> Result<Usage> {
         sum(&[image_out, audio_out], "candidate token details")?,
         "image and audio output tokens",
     )?;
-    let (web_search, maps_grounding) = response.map_or((0, 0), gemini_grounding);
+    let candidates = response
+        .and_then(|r| r.get("candidates"))
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let (web_search, maps_grounding) =
+        gemini_grounding(candidates.iter().filter_map(|c| c.get("groundingMetadata")));
     Ok(Usage {
         input,
         cache_read: cached_text,

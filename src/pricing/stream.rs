@@ -14,11 +14,10 @@
 //! answer costs little; `[DONE]` and `event:` / comment lines are ignored.
 
 use serde::Deserialize;
-use serde::de::IgnoredAny;
 use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
-use crate::pricing::normalize::{UsageFormat, normalize_value};
+use crate::pricing::normalize::{UsageFormat, gemini_grounding, normalize_value, web_search_calls};
 use crate::pricing::rates::ServiceTier;
 use crate::pricing::usage::Usage;
 
@@ -96,17 +95,9 @@ struct GeminiEvent {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct GeminiCandidate {
+    // Only the grounding is kept: the candidate's text is skipped unread.
     #[serde(default)]
-    grounding_metadata: Option<Grounding>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Grounding {
-    #[serde(default)]
-    web_search_queries: Option<Vec<IgnoredAny>>,
-    #[serde(default)]
-    grounding_chunks: Option<Vec<Map<String, Value>>>,
+    grounding_metadata: Option<Value>,
 }
 
 /// Whether `data` has the key `"usage"` with a value other than `null` (OpenAI sends `"usage":null` on every chunk
@@ -200,12 +191,8 @@ impl StreamUsage {
             .service_tier
             .as_deref()
             .and_then(ServiceTier::from_response);
-        self.web_search = event
-            .output
-            .iter()
-            .flatten()
-            .filter(|i| i.kind.as_deref() == Some("web_search_call"))
-            .count() as u64;
+        self.web_search =
+            web_search_calls(event.output.iter().flatten().map(|i| i.kind.as_deref()));
     }
 
     fn anthropic(&mut self, event: AnthropicEvent) {
@@ -226,22 +213,13 @@ impl StreamUsage {
     }
 
     fn gemini(&mut self, event: GeminiEvent) {
-        let mut searches = 0u64;
-        let mut maps = 0u64;
-        for g in event
-            .candidates
-            .into_iter()
-            .flatten()
-            .filter_map(|c| c.grounding_metadata)
-        {
-            searches += g.web_search_queries.map_or(0, |q| q.len() as u64);
-            let has_maps = g
-                .grounding_chunks
+        let (searches, maps) = gemini_grounding(
+            event
+                .candidates
                 .iter()
                 .flatten()
-                .any(|c| c.contains_key("maps"));
-            maps = maps.max(u64::from(has_maps));
-        }
+                .filter_map(|c| c.grounding_metadata.as_ref()),
+        );
         // Grounding may be restated in later chunks: the most seen is the count.
         self.web_search = self.web_search.max(searches);
         self.maps_grounding = self.maps_grounding.max(maps);

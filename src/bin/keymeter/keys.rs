@@ -9,7 +9,7 @@ use keymeter::keys::{
     KeyFilter, KeyHash, KeyRecord, KeyStore, NewKey, RateLimit, Requirement, Scope,
     ScopeRequirement, VerdictCode, Verifier,
 };
-use keymeter::limits::{LimitScope, Limits, Quota};
+use keymeter::limits::{LimitScope, Limits};
 use keymeter::stats::{KeyStats, StatsRecorder};
 use keymeter::{Config, Error};
 use secrecy::ExposeSecret;
@@ -355,16 +355,12 @@ async fn record_json(
     r: &KeyRecord,
 ) -> Result<serde_json::Value, Failure> {
     let mut value = to_json(r)?;
-    let mut limits = store
+    let limits = store
         .limits(&[LimitScope::Key(r.id.clone())])
         .await?
         .pop()
-        .unwrap_or_default();
-    if let Some(own) = r.rate_limit.map(Quota::from)
-        && !limits.requests.contains(&own)
-    {
-        limits.requests.insert(0, own);
-    }
+        .unwrap_or_default()
+        .with_record_limit(r);
     value["limits"] = json!({"requests": limits.requests, "tokens": limits.tokens});
     Ok(value)
 }

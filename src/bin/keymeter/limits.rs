@@ -5,19 +5,7 @@ use keymeter::limits::{LimitScope, Limits, Quota};
 use serde_json::{Value, json};
 
 use crate::Outcome;
-use crate::args::{BudgetScopeArgs, LimitsCommand};
-
-impl BudgetScopeArgs {
-    pub(crate) fn limit_scope(&self) -> LimitScope {
-        match (&self.owner, &self.key, &self.org) {
-            (Some(o), _, _) => LimitScope::Owner(o.clone()),
-            (_, Some(k), _) => LimitScope::Key(k.clone()),
-            (_, _, Some(o)) => LimitScope::Org(o.clone()),
-            // clap's group makes exactly one present.
-            _ => LimitScope::Owner(String::new()),
-        }
-    }
-}
+use crate::args::LimitsCommand;
 
 /// Parses repeated `N/PERIOD` flags.
 pub(crate) fn quotas(values: &[String]) -> Result<Vec<Quota>, keymeter::Error> {
@@ -55,7 +43,7 @@ pub(crate) async fn run(config: &Config, cmd: LimitsCommand) -> Outcome {
             requests,
             tokens,
         } => {
-            let scope = scope.limit_scope();
+            let scope = scope.scope();
             let limits = Limits {
                 requests: quotas(&requests)?,
                 tokens: quotas(&tokens)?,
@@ -64,7 +52,7 @@ pub(crate) async fn run(config: &Config, cmd: LimitsCommand) -> Outcome {
             Ok((limits_json(&scope, &limits), human(&scope, &limits)))
         }
         LimitsCommand::Show { scope } => {
-            let scope = scope.limit_scope();
+            let scope = scope.scope();
             let limits = store
                 .limits(std::slice::from_ref(&scope))
                 .await?
