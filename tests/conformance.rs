@@ -56,3 +56,35 @@ mod sqlite {
         keymeter::stats_store_conformance!(fresh().await);
     }
 }
+
+#[cfg(feature = "postgres")]
+#[path = "common/mod.rs"]
+mod common;
+
+/// Against the server of `KEYMETER_TEST_PG_URL`, each test in a schema of its own; every test passes (after
+/// saying so) when the variable is unset.
+#[cfg(feature = "postgres")]
+mod postgres {
+    macro_rules! fresh {
+        () => {
+            match crate::common::pg_store(module_path!()).await {
+                Some(store) => store,
+                None => return,
+            }
+        };
+    }
+    keymeter::key_store_conformance!(fresh!());
+    mod credentials {
+        keymeter::credential_store_conformance!(fresh!());
+    }
+    mod ledger {
+        keymeter::ledger_conformance!(fresh!());
+    }
+    mod limits {
+        keymeter::limit_store_conformance!(fresh!());
+        keymeter::rate_limiter_conformance!(fresh!());
+    }
+    mod stats {
+        keymeter::stats_store_conformance!(fresh!());
+    }
+}

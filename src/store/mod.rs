@@ -27,9 +27,14 @@
 #[cfg_attr(docsrs, doc(cfg(feature = "env-file")))]
 pub mod env_file;
 pub mod memory;
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub mod postgres;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod sql;
 #[cfg(feature = "sqlite")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub mod sqlite;
@@ -41,6 +46,8 @@ use async_trait::async_trait;
 #[cfg(feature = "env-file")]
 pub use env_file::EnvFile;
 pub use memory::MemoryStore;
+#[cfg(feature = "postgres")]
+pub use postgres::PostgresStore;
 #[cfg(feature = "redis")]
 pub use redis::RedisLimiter;
 #[cfg(feature = "sqlite")]
@@ -85,7 +92,20 @@ impl Store for SqliteStore {
     }
 }
 
-/// Opens the store at `url`, choosing the backend by its scheme: `memory:`, `sqlite:` (feature `sqlite`).
+#[cfg(feature = "postgres")]
+#[async_trait]
+impl Store for PostgresStore {
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn close(&self) {
+        PostgresStore::close(self).await;
+    }
+}
+
+/// Opens the store at `url`, choosing the backend by its scheme: `memory:`, `sqlite:` (feature `sqlite`),
+/// `postgres:`/`postgresql:` (feature `postgres`).
 /// Migrations run on connect.
 ///
 /// # Errors
@@ -101,11 +121,14 @@ pub async fn connect(url: &str) -> Result<Arc<dyn Store>> {
         "sqlite" => Err(Error::Config(
             "a sqlite: store needs keymeter's `sqlite` feature".into(),
         )),
+        #[cfg(feature = "postgres")]
+        "postgres" | "postgresql" => Ok(Arc::new(PostgresStore::connect(url).await?)),
+        #[cfg(not(feature = "postgres"))]
         "postgres" | "postgresql" => Err(Error::Config(
-            "a postgres: store is not supported by this build of keymeter".into(),
+            "a postgres: store needs keymeter's `postgres` feature".into(),
         )),
         _ => Err(Error::Config(format!(
-            "unsupported store URL scheme {:?}: use sqlite://PATH or memory:",
+            "unsupported store URL scheme {:?}: use sqlite://PATH, postgres://… or memory:",
             scheme.chars().take(16).collect::<String>()
         ))),
     }

@@ -1,18 +1,13 @@
 //! [`CredentialStore`] on SQLite: sealed credentials only, never plaintext.
 
 use async_trait::async_trait;
-use sqlx::Row;
-use std::str::FromStr;
 
-use super::{SqliteStore, corrupt, db, micros};
+use super::{SqliteStore, db, micros};
 use crate::credentials::{
     CredentialScope, CredentialStore, Provider, SealedCredential, StoredCredential,
 };
 use crate::error::Result;
-
-fn row_to_sealed(text: &str) -> Result<SealedCredential> {
-    SealedCredential::from_str(text).map_err(|_| corrupt("sealed credential"))
-}
+use crate::store::sql::{provider, sealed, stored_credential};
 
 #[async_trait]
 impl CredentialStore for SqliteStore {
@@ -52,8 +47,7 @@ impl CredentialStore for SqliteStore {
         .fetch_optional(&self.pool)
         .await
         .map_err(db)?;
-        row.map(|r| row_to_sealed(&r.try_get::<String, _>("sealed").map_err(db)?))
-            .transpose()
+        row.map(|r| sealed(&r, "sealed")).transpose()
     }
 
     async fn delete(&self, scope: &CredentialScope, provider: &Provider) -> Result<bool> {
@@ -88,12 +82,7 @@ impl CredentialStore for SqliteStore {
         .fetch_all(&self.pool)
         .await
         .map_err(db)?;
-        rows.iter()
-            .map(|r| {
-                Provider::new(&r.try_get::<String, _>("provider").map_err(db)?)
-                    .map_err(|_| corrupt("provider"))
-            })
-            .collect()
+        rows.iter().map(|r| provider(r, "provider")).collect()
     }
 
     async fn list(&self) -> Result<Vec<StoredCredential>> {
@@ -101,20 +90,7 @@ impl CredentialStore for SqliteStore {
             .fetch_all(&self.pool)
             .await
             .map_err(db)?;
-        rows.iter()
-            .map(|r| {
-                let get = |c: &str| r.try_get::<String, _>(c).map_err(db);
-                let scope = match get("scope")?.as_str() {
-                    "system" => CredentialScope::System,
-                    _ => CredentialScope::User(get("owner")?),
-                };
-                Ok(StoredCredential {
-                    scope,
-                    provider: Provider::new(&get("provider")?).map_err(|_| corrupt("provider"))?,
-                    sealed: row_to_sealed(&get("sealed")?)?,
-                })
-            })
-            .collect()
+        rows.iter().map(stored_credential).collect()
     }
 
     async fn replace(

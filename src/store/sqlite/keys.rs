@@ -1,92 +1,31 @@
 //! [`KeyStore`] on SQLite.
 
-use std::str::FromStr;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::Row;
-use sqlx::sqlite::SqliteRow;
 
-use super::{SqliteStore, corrupt, db, from_micros, micros};
+use super::{SqliteStore, db, micros};
 use crate::error::{Error, Result};
 use crate::keys::store::check_rotatable;
-use crate::keys::{
-    KeyEnv, KeyFilter, KeyHash, KeyLookup, KeyRecord, KeyStore, MAX_KEYS_PER_HINT, PreviousSecret,
-    Scope,
-};
+use crate::keys::{KeyFilter, KeyHash, KeyLookup, KeyRecord, KeyStore, MAX_KEYS_PER_HINT};
+use crate::store::sql::{ABSENT_HASH, KEY_COLUMNS, key_record};
 
 impl SqliteStore {
     /// The key record matching `condition` (with one parameter, `value`), if any.
     async fn one_record(&self, condition: &str, value: &str) -> Result<Option<Arc<KeyRecord>>> {
-        let sql = format!("SELECT {COLUMNS} FROM keymeter_api_keys WHERE {condition}");
+        let sql = format!("SELECT {KEY_COLUMNS} FROM keymeter_api_keys WHERE {condition}");
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(value)
             .fetch_optional(&self.pool)
             .await
             .map_err(db)?;
         row.as_ref()
-            .map(row_to_record)
+            .map(key_record)
             .transpose()
             .map(|r| r.map(Arc::new))
     }
-}
-
-fn row_to_record(row: &SqliteRow) -> Result<KeyRecord> {
-    let get_s = |c: &str| row.try_get::<String, _>(c).map_err(db);
-    let scopes: Vec<String> =
-        serde_json::from_str(&get_s("scopes")?).map_err(|_| corrupt("scope list"))?;
-    let scopes = scopes
-        .iter()
-        .map(|s| Scope::new(s))
-        .collect::<Result<Vec<_>>>()
-        .map_err(|_| corrupt("scope"))?;
-    let allowed_ips: Vec<ipnet::IpNet> =
-        serde_json::from_str(&get_s("allowed_ips")?).map_err(|_| corrupt("network list"))?;
-    let rate_limit = row
-        .try_get::<Option<String>, _>("rate_limit")
-        .map_err(db)?
-        .map(|s| s.parse())
-        .transpose()
-        .map_err(|_| corrupt("rate limit"))?;
-    let lookup = KeyLookup::from_parts(
-        &get_s("lookup_kind")?,
-        row.try_get::<Option<String>, _>("lookup_value")
-            .map_err(db)?,
-    )
-    .map_err(|_| corrupt("lookup"))?;
-    Ok(KeyRecord {
-        id: get_s("id")?,
-        name: get_s("name")?,
-        owner: get_s("owner")?,
-        org: row.try_get("org").map_err(db)?,
-        env: KeyEnv::from_str(&get_s("env")?).map_err(|_| corrupt("environment"))?,
-        scopes,
-        hash: KeyHash::from_str(&get_s("hash")?).map_err(|_| corrupt("hash"))?,
-        lookup,
-        hint: get_s("hint")?,
-        created_at: from_micros(Some(row.try_get("created_at").map_err(db)?))?
-            .ok_or_else(|| corrupt("timestamp"))?,
-        expires_at: from_micros(row.try_get("expires_at").map_err(db)?)?,
-        last_used_at: from_micros(row.try_get("last_used_at").map_err(db)?)?,
-        disabled: row.try_get::<bool, _>("disabled").map_err(db)?,
-        revoked_at: from_micros(row.try_get("revoked_at").map_err(db)?)?,
-        allowed_ips,
-        rate_limit,
-        metadata: serde_json::from_str(&get_s("metadata")?).map_err(|_| corrupt("metadata"))?,
-        previous: match (
-            row.try_get::<Option<String>, _>("previous_hash")
-                .map_err(db)?,
-            from_micros(row.try_get("previous_valid_until").map_err(db)?)?,
-        ) {
-            (Some(hash), Some(valid_until)) => Some(PreviousSecret {
-                hash: KeyHash::from_str(&hash).map_err(|_| corrupt("previous hash"))?,
-                valid_until,
-            }),
-            (None, None) => None,
-            _ => return Err(corrupt("previous secret")),
-        },
-    })
 }
 
 async fn count(tx: &mut super::Tx, sql: &'static str, value: &str) -> Result<i64> {
@@ -96,13 +35,6 @@ async fn count(tx: &mut super::Tx, sql: &'static str, value: &str) -> Result<i64
         .await
         .map_err(db)
 }
-
-/// The stand-in row's hash: well-formed, under a pepper id no ring has.
-const ABSENT_HASH: &str = "$hmac-sha256$v=1,p=absent$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
-
-const COLUMNS: &str = "id, name, owner, org, env, scopes, hash, lookup_kind, lookup_value, hint, created_at, \
-                       expires_at, last_used_at, disabled, revoked_at, allowed_ips, rate_limit, metadata, \
-                       previous_hash, previous_valid_until";
 
 #[async_trait]
 impl KeyStore for SqliteStore {
@@ -172,7 +104,7 @@ impl KeyStore for SqliteStore {
         // An unknown id reads and decodes a stand-in row of the same shape, so a wrong secret (a real row decoded)
         // and an unknown id take the same time on the verify path.
         let sql = format!(
-            "SELECT {COLUMNS} FROM keymeter_api_keys WHERE id = ?1 UNION ALL \
+            "SELECT {KEY_COLUMNS} FROM keymeter_api_keys WHERE id = ?1 UNION ALL \
              SELECT '', 'absent', 'absent', NULL, 'live', '[\"read\"]', ?2, 'id', NULL, 'km_live_…', 0, NULL, NULL, 0, \
              NULL, '[]', NULL, '{{}}', NULL, NULL WHERE NOT EXISTS (SELECT 1 FROM keymeter_api_keys WHERE id = ?1)"
         );
@@ -182,7 +114,7 @@ impl KeyStore for SqliteStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(db)?;
-        let record = row.as_ref().map(row_to_record).transpose()?;
+        let record = row.as_ref().map(key_record).transpose()?;
         Ok(record.filter(|r| !r.id.is_empty()).map(Arc::new))
     }
 
@@ -193,7 +125,7 @@ impl KeyStore for SqliteStore {
 
     async fn find_by_hint(&self, hint: &str) -> Result<Vec<Arc<KeyRecord>>> {
         let sql = format!(
-            "SELECT {COLUMNS} FROM keymeter_api_keys WHERE lookup_kind = 'hint' AND lookup_value = ?1 \
+            "SELECT {KEY_COLUMNS} FROM keymeter_api_keys WHERE lookup_kind = 'hint' AND lookup_value = ?1 \
              ORDER BY created_at, id LIMIT ?2"
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -202,9 +134,7 @@ impl KeyStore for SqliteStore {
             .fetch_all(&self.pool)
             .await
             .map_err(db)?;
-        rows.iter()
-            .map(|r| row_to_record(r).map(Arc::new))
-            .collect()
+        rows.iter().map(|r| key_record(r).map(Arc::new)).collect()
     }
 
     async fn hint_keys_exist(&self) -> Result<bool> {
@@ -218,7 +148,7 @@ impl KeyStore for SqliteStore {
 
     async fn list(&self, filter: &KeyFilter) -> Result<Vec<KeyRecord>> {
         let sql = format!(
-            "SELECT {COLUMNS} FROM keymeter_api_keys WHERE (?1 IS NULL OR owner = ?1) AND (?2 IS NULL OR org = ?2) \
+            "SELECT {KEY_COLUMNS} FROM keymeter_api_keys WHERE (?1 IS NULL OR owner = ?1) AND (?2 IS NULL OR org = ?2) \
              ORDER BY created_at, id"
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -227,7 +157,7 @@ impl KeyStore for SqliteStore {
             .fetch_all(&self.pool)
             .await
             .map_err(db)?;
-        rows.iter().map(row_to_record).collect()
+        rows.iter().map(key_record).collect()
     }
 
     async fn revoke(&self, id: &str, at: DateTime<Utc>) -> Result<()> {

@@ -3,64 +3,21 @@
 //! busy waits (the connection's busy timeout) and then retries with backoff instead of failing.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::str::FromStr;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Duration, Utc};
 use rust_decimal::Decimal;
-use sqlx::sqlite::{Sqlite, SqliteRow};
+use sqlx::sqlite::Sqlite;
 use sqlx::{QueryBuilder, Row};
 
-use super::{SqliteStore, Tx, corrupt, db, from_micros, micros};
+use super::{SqliteStore, Tx, corrupt, db, micros};
 use crate::credentials::CredentialSource;
 use crate::error::{Error, Result};
 use crate::ledger::{
-    Budget, BudgetPeriod, BudgetScope, BudgetStatus, EventFilter, Ledger, Recorded, Reservation,
-    Standing, UsageEvent, admit,
+    Budget, BudgetScope, BudgetStatus, EventFilter, Ledger, Recorded, Reservation, Standing,
+    UsageEvent, admit,
 };
-
-fn decimal(text: &str) -> Result<Decimal> {
-    Decimal::from_str(text).map_err(|_| corrupt("decimal amount"))
-}
-
-fn row_to_event(r: &SqliteRow) -> Result<UsageEvent> {
-    let get = |c: &str| r.try_get::<String, _>(c).map_err(db);
-    let opt = |c: &str| r.try_get::<Option<String>, _>(c).map_err(db);
-    Ok(UsageEvent {
-        event_id: get("event_id")?,
-        request_id: get("request_id")?,
-        at: from_micros(Some(r.try_get("at").map_err(db)?))?.ok_or_else(|| corrupt("timestamp"))?,
-        key_id: opt("key_id")?,
-        owner: get("owner")?,
-        org: opt("org")?,
-        provider: get("provider")?,
-        model: get("model")?,
-        usage: serde_json::from_str(&get("usage")?).map_err(|_| corrupt("usage"))?,
-        cost: decimal(&get("cost")?)?,
-        credential_source: opt("credential_source")?
-            .as_deref()
-            .and_then(|s| CredentialSource::from_str(s).ok()),
-    })
-}
-
-fn row_to_budget(r: &SqliteRow) -> Result<Budget> {
-    let get = |c: &str| r.try_get::<String, _>(c).map_err(db);
-    Ok(Budget {
-        scope: BudgetScope::from_parts(&get("scope_kind")?, &get("scope_id")?)
-            .map_err(|_| corrupt("budget scope"))?,
-        limit: decimal(&get("limit_amount")?)?,
-        soft_limit: r
-            .try_get::<Option<String>, _>("soft_limit")
-            .map_err(db)?
-            .as_deref()
-            .map(decimal)
-            .transpose()?,
-        period: BudgetPeriod::from_str(&get("period")?).map_err(|_| corrupt("budget period"))?,
-        tz: get("tz")?
-            .parse::<chrono_tz::Tz>()
-            .map_err(|_| corrupt("time zone"))?,
-    })
-}
+use crate::store::sql::{Columns, budget, usage_event, usage_text};
 
 async fn budget_of(tx: &mut Tx, scope: &BudgetScope) -> Result<Option<Budget>> {
     let row = sqlx::query("SELECT * FROM keymeter_budgets WHERE scope_kind = ?1 AND scope_id = ?2")
@@ -69,7 +26,7 @@ async fn budget_of(tx: &mut Tx, scope: &BudgetScope) -> Result<Option<Budget>> {
         .fetch_optional(&mut **tx)
         .await
         .map_err(db)?;
-    row.as_ref().map(row_to_budget).transpose()
+    row.as_ref().map(budget).transpose()
 }
 
 async fn spent_in(tx: &mut Tx, scope: &BudgetScope, start: i64) -> Result<Decimal> {
@@ -80,9 +37,7 @@ async fn spent_in(tx: &mut Tx, scope: &BudgetScope, start: i64) -> Result<Decima
         .fetch_optional(&mut **tx)
         .await
         .map_err(db)?;
-    row.map_or(Ok(Decimal::ZERO), |r| {
-        decimal(&r.try_get::<String, _>("spent").map_err(db)?)
-    })
+    row.map_or(Ok(Decimal::ZERO), |r| r.decimal("spent"))
 }
 
 async fn reserved_in(tx: &mut Tx, scope: &BudgetScope, start: i64) -> Result<Decimal> {
@@ -96,9 +51,8 @@ async fn reserved_in(tx: &mut Tx, scope: &BudgetScope, start: i64) -> Result<Dec
     .fetch_all(&mut **tx)
     .await
     .map_err(db)?;
-    rows.iter().try_fold(Decimal::ZERO, |sum, r| {
-        Ok(sum + decimal(&r.try_get::<String, _>("amount").map_err(db)?)?)
-    })
+    rows.iter()
+        .try_fold(Decimal::ZERO, |sum, r| Ok(sum + r.decimal("amount")?))
 }
 
 async fn purge(tx: &mut Tx, now: DateTime<Utc>) -> Result<()> {
@@ -136,12 +90,7 @@ async fn record_in(tx: &mut Tx, events: &[UsageEvent]) -> Result<Vec<Recorded>> 
     let mut inserted: HashMap<String, String> = HashMap::with_capacity(events.len());
     let mut existing: HashMap<String, String> = HashMap::new();
     for chunk in events.chunks(INSERT_CHUNK) {
-        let usages = chunk
-            .iter()
-            .map(|e| {
-                serde_json::to_string(&e.usage).map_err(|err| Error::InvalidUsage(err.to_string()))
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let usages = chunk.iter().map(usage_text).collect::<Result<Vec<_>>>()?;
         let mut qb = QueryBuilder::<Sqlite>::new(
             "INSERT INTO keymeter_usage_events (event_id, request_id, at, key_id, owner, org, provider, model, usage, cost, \
              credential_source) ",
@@ -239,7 +188,7 @@ async fn add_to_budgets(tx: &mut Tx, events: &[&UsageEvent]) -> Result<()> {
         });
         qb.push(")");
         for row in qb.build().fetch_all(&mut **tx).await.map_err(db)? {
-            let budget = row_to_budget(&row)?;
+            let budget = budget(&row)?;
             budgets.insert(budget.scope.clone(), budget);
         }
     }
@@ -290,7 +239,7 @@ impl Ledger for SqliteStore {
         .fetch_all(self.pool())
         .await
         .map_err(db)?;
-        rows.iter().map(row_to_event).collect()
+        rows.iter().map(usage_event).collect()
     }
 
     async fn set_budget(&self, budget: &Budget) -> Result<()> {
@@ -354,7 +303,7 @@ impl Ledger for SqliteStore {
                 .fetch_optional(self.pool())
                 .await
                 .map_err(db)?;
-        row.as_ref().map(row_to_budget).transpose()
+        row.as_ref().map(budget).transpose()
     }
 
     async fn budget_status(
@@ -381,7 +330,7 @@ impl Ledger for SqliteStore {
         .await
         .map_err(db)?;
         let reserved = rows.iter().try_fold(Decimal::ZERO, |sum, r| {
-            Ok::<_, Error>(sum + decimal(&r.try_get::<String, _>("amount").map_err(db)?)?)
+            Ok::<_, Error>(sum + r.decimal("amount")?)
         })?;
         tx.commit().await.map_err(db)?;
         Ok(Some(BudgetStatus::new(&budget, spent, reserved, now)))

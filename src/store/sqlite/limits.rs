@@ -5,17 +5,10 @@
 use async_trait::async_trait;
 use sqlx::Row;
 
-use super::{SqliteStore, corrupt, db};
+use super::{SqliteStore, db};
 use crate::error::Result;
-use crate::limits::{Charge, Decision, LimitScope, LimitStore, Limits, Quota, RateLimiter, gcra};
-
-fn quotas(text: &str) -> Result<Vec<Quota>> {
-    serde_json::from_str(text).map_err(|_| corrupt("quota list"))
-}
-
-fn text(quotas: &[Quota]) -> String {
-    serde_json::to_string(quotas).unwrap_or_else(|_| "[]".into())
-}
+use crate::limits::{Charge, Decision, LimitScope, LimitStore, Limits, RateLimiter, gcra};
+use crate::store::sql::{quotas, quotas_text};
 
 async fn load(tx: &mut super::Tx, charges: &[Charge]) -> Result<Vec<Option<i64>>> {
     let mut states = Vec::with_capacity(charges.len());
@@ -60,8 +53,8 @@ impl LimitStore for SqliteStore {
         query
             .bind(scope.kind())
             .bind(scope.id())
-            .bind(text(&limits.requests))
-            .bind(text(&limits.tokens))
+            .bind(quotas_text(&limits.requests))
+            .bind(quotas_text(&limits.tokens))
             .execute(&self.pool)
             .await
             .map_err(db)?;
@@ -95,8 +88,8 @@ impl LimitStore for SqliteStore {
             let kind: String = row.try_get("scope_kind").map_err(db)?;
             let id: String = row.try_get("scope_id").map_err(db)?;
             let limits = Limits {
-                requests: quotas(&row.try_get::<String, _>("requests").map_err(db)?)?,
-                tokens: quotas(&row.try_get::<String, _>("tokens").map_err(db)?)?,
+                requests: quotas(&row, "requests")?,
+                tokens: quotas(&row, "tokens")?,
             };
             for (slot, s) in out.iter_mut().zip(scopes) {
                 if s.kind() == kind && s.id() == id {

@@ -6,12 +6,12 @@
 //! migrator is not used: it would share the application's `_sqlx_migrations` table, and on SQLite it takes no
 //! lock.
 
-use sha2::{Digest, Sha256};
 use sqlx::Row;
 use sqlx::sqlite::SqlitePool;
 
 use super::{SqliteError, db, is_busy};
 use crate::error::Result;
+use crate::store::sql::checksum;
 
 /// keymeter's SQLite migrations: version, name, SQL. Append only; never edit one that shipped.
 const MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -46,13 +46,6 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../../migrations/sqlite/0006_key_stats.sql"),
     ),
 ];
-
-fn checksum(sql: &str) -> String {
-    Sha256::digest(sql.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
 
 /// Brings keymeter's tables in the database behind `pool` up to date. Safe to call from many processes at once,
 /// and on a database that also holds the application's own tables and sqlx migrations.

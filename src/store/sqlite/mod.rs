@@ -147,6 +147,30 @@ fn from_micros(v: Option<i64>) -> Result<Option<DateTime<Utc>>> {
         .transpose()
 }
 
+impl crate::store::sql::Columns for sqlx::sqlite::SqliteRow {
+    fn text(&self, column: &str) -> Result<String> {
+        sqlx::Row::try_get(self, column).map_err(db)
+    }
+    fn opt_text(&self, column: &str) -> Result<Option<String>> {
+        sqlx::Row::try_get(self, column).map_err(db)
+    }
+    fn opt_time(&self, column: &str) -> Result<Option<DateTime<Utc>>> {
+        from_micros(sqlx::Row::try_get(self, column).map_err(db)?)
+    }
+    fn flag(&self, column: &str) -> Result<bool> {
+        sqlx::Row::try_get(self, column).map_err(db)
+    }
+    /// Amounts are exact decimal strings: SQLite has no exact decimal type.
+    fn opt_decimal(&self, column: &str) -> Result<Option<rust_decimal::Decimal>> {
+        self.opt_text(column)?
+            .map(|t| t.parse().map_err(|_| corrupt("decimal amount")))
+            .transpose()
+    }
+    fn corrupt(&self, what: &'static str) -> Error {
+        corrupt(what)
+    }
+}
+
 /// Creates a missing database file empty with mode 0600, so the database and the `-wal`/`-shm` files SQLite
 /// makes beside it (it gives them the database file's mode) are never readable by other users. An existing
 /// file is left as it is.

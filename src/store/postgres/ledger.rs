@@ -1,0 +1,501 @@
+//! The PostgreSQL [`Ledger`]. Every write that touches a budget first locks the budget rows it counts against,
+//! `FOR UPDATE` in (kind, id) order, so reserves, settles and records on several instances serialise per budget
+//! and never deadlock one another; settled + reserved never passes a limit across every instance together.
+//! Reports are computed in the database (exact `NUMERIC` sums, calendar groups by `to_char` in the zone).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Duration, Utc};
+use chrono_tz::Tz;
+use futures_util::TryStreamExt;
+use rust_decimal::Decimal;
+use sqlx::Row;
+
+use super::{PostgresStore, Tx, corrupt, db};
+use crate::credentials::CredentialSource;
+use crate::error::Result;
+use crate::ledger::{
+    Budget, BudgetScope, BudgetStatus, EventFilter, GroupBy, Ledger, Recorded, Report, ReportGroup,
+    Reservation, Standing, UsageEvent, admit,
+};
+use crate::store::sql::{Columns, budget, usage_event, usage_text};
+
+/// The budgets of `scopes` that exist, locked `FOR UPDATE` in one fixed order.
+async fn lock_budgets<'a>(
+    tx: &mut Tx,
+    scopes: impl IntoIterator<Item = &'a BudgetScope>,
+) -> Result<Vec<Budget>> {
+    let (kinds, ids): (Vec<&str>, Vec<&str>) =
+        scopes.into_iter().map(|s| (s.kind(), s.id())).unzip();
+    if kinds.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows = sqlx::query(
+        "SELECT * FROM keymeter_budgets WHERE (scope_kind, scope_id) IN \
+         (SELECT * FROM UNNEST($1::text[], $2::text[])) ORDER BY scope_kind, scope_id FOR UPDATE",
+    )
+    .bind(&kinds)
+    .bind(&ids)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(db)?;
+    rows.iter().map(budget).collect()
+}
+
+/// Settled spend and live reservations of `scope` in the period starting at `start`.
+async fn standing_of(
+    tx: &mut Tx,
+    scope: &BudgetScope,
+    start: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<(Decimal, Decimal)> {
+    let row = sqlx::query(
+        "SELECT COALESCE((SELECT spent FROM keymeter_budget_spend \
+                          WHERE scope_kind = $1 AND scope_id = $2 AND period_start = $3), 0) AS spent, \
+                COALESCE((SELECT SUM(r.amount) FROM keymeter_reservation_budgets b \
+                          JOIN keymeter_reservations r ON r.id = b.reservation_id \
+                          WHERE b.scope_kind = $1 AND b.scope_id = $2 AND b.period_start = $3 \
+                          AND r.expires_at > $4), 0) AS reserved",
+    )
+    .bind(scope.kind())
+    .bind(scope.id())
+    .bind(start)
+    .bind(now)
+    .fetch_one(&mut **tx)
+    .await
+    .map_err(db)?;
+    Ok((row.decimal("spent")?, row.decimal("reserved")?))
+}
+
+/// Adds `amounts` to the spend of each (budget, period).
+async fn add_spend(
+    tx: &mut Tx,
+    amounts: &BTreeMap<(BudgetScope, DateTime<Utc>), Decimal>,
+) -> Result<()> {
+    if amounts.is_empty() {
+        return Ok(());
+    }
+    let mut kinds = Vec::with_capacity(amounts.len());
+    let mut ids = Vec::with_capacity(amounts.len());
+    let mut starts = Vec::with_capacity(amounts.len());
+    let mut spent = Vec::with_capacity(amounts.len());
+    for ((scope, start), amount) in amounts {
+        kinds.push(scope.kind());
+        ids.push(scope.id());
+        starts.push(*start);
+        spent.push(*amount);
+    }
+    sqlx::query(
+        "INSERT INTO keymeter_budget_spend (scope_kind, scope_id, period_start, spent) \
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::numeric[]) \
+         ON CONFLICT (scope_kind, scope_id, period_start) DO UPDATE \
+         SET spent = keymeter_budget_spend.spent + excluded.spent",
+    )
+    .bind(&kinds)
+    .bind(&ids)
+    .bind(&starts)
+    .bind(&spent)
+    .execute(&mut **tx)
+    .await
+    .map_err(db)?;
+    Ok(())
+}
+
+/// Records `events` (each idempotent by request id) and adds the new ones to their budgets' spend, in one
+/// statement for the events and one for the spend, whatever the batch size.
+async fn record_in(tx: &mut Tx, events: &[UsageEvent]) -> Result<Vec<Recorded>> {
+    // The batch's first event of each request id is the one stored; inserting in request-id order keeps two
+    // overlapping batches from waiting on each other's rows in opposite orders.
+    let mut seen: HashSet<&str> = HashSet::with_capacity(events.len());
+    let mut firsts: Vec<&UsageEvent> = events
+        .iter()
+        .filter(|e| seen.insert(e.request_id.as_str()))
+        .collect();
+    firsts.sort_by(|a, b| a.request_id.cmp(&b.request_id));
+    let n = firsts.len();
+    let (mut event_ids, mut request_ids, mut ats) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut key_ids, mut owners, mut orgs) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut providers, mut models, mut usages) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut inputs, mut outputs, mut costs, mut sources) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for e in &firsts {
+        event_ids.push(e.event_id.as_str());
+        request_ids.push(e.request_id.as_str());
+        ats.push(e.at);
+        key_ids.push(e.key_id.as_deref());
+        owners.push(e.owner.as_str());
+        orgs.push(e.org.as_deref());
+        providers.push(e.provider.as_str());
+        models.push(e.model.as_str());
+        usages.push(usage_text(e)?);
+        inputs.push(i64::try_from(e.usage.prompt_tokens()).unwrap_or(i64::MAX));
+        outputs.push(i64::try_from(e.usage.output_tokens()).unwrap_or(i64::MAX));
+        costs.push(e.cost.normalize());
+        sources.push(e.credential_source.map(CredentialSource::as_str));
+    }
+    let rows = sqlx::query(
+        "INSERT INTO keymeter_usage_events (event_id, request_id, at, key_id, owner, org, provider, model, usage, \
+         input_tokens, output_tokens, cost, credential_source) \
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::text[], $6::text[], \
+         $7::text[], $8::text[], $9::text[], $10::bigint[], $11::bigint[], $12::numeric[], $13::text[]) \
+         ON CONFLICT (request_id) DO NOTHING RETURNING request_id, event_id",
+    )
+    .bind(&event_ids)
+    .bind(&request_ids)
+    .bind(&ats)
+    .bind(&key_ids)
+    .bind(&owners)
+    .bind(&orgs)
+    .bind(&providers)
+    .bind(&models)
+    .bind(&usages)
+    .bind(&inputs)
+    .bind(&outputs)
+    .bind(&costs)
+    .bind(&sources)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(db)?;
+    let mut stored: HashMap<String, (String, bool)> = HashMap::with_capacity(events.len());
+    for row in rows {
+        stored.insert(row.text("request_id")?, (row.text("event_id")?, true));
+    }
+    // Request ids stored before this batch: their first event's id.
+    let missing: Vec<&str> = request_ids
+        .iter()
+        .copied()
+        .filter(|r| !stored.contains_key(*r))
+        .collect();
+    if !missing.is_empty() {
+        let rows = sqlx::query(
+            "SELECT request_id, event_id FROM keymeter_usage_events WHERE request_id = ANY($1::text[])",
+        )
+        .bind(&missing)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(db)?;
+        for row in rows {
+            stored.insert(row.text("request_id")?, (row.text("event_id")?, false));
+        }
+    }
+    let mut counted: HashSet<&str> = HashSet::new();
+    let mut fresh: Vec<&UsageEvent> = Vec::new();
+    let mut out = Vec::with_capacity(events.len());
+    for e in events {
+        let (event_id, inserted) = stored
+            .get(&e.request_id)
+            .ok_or_else(|| corrupt("usage event (neither inserted nor found)"))?;
+        let new = *inserted && *event_id == e.event_id && counted.insert(e.request_id.as_str());
+        if new {
+            fresh.push(e);
+        }
+        out.push(Recorded {
+            event_id: event_id.clone(),
+            duplicate: !new,
+        });
+    }
+    add_to_budgets(tx, &fresh).await?;
+    Ok(out)
+}
+
+/// Adds new events' costs to the spend of every budget they count against, holding those budgets' locks.
+async fn add_to_budgets(tx: &mut Tx, events: &[&UsageEvent]) -> Result<()> {
+    let scopes: BTreeSet<BudgetScope> = events
+        .iter()
+        .flat_map(|e| BudgetScope::of_event(e))
+        .collect();
+    let budgets: HashMap<BudgetScope, Budget> = lock_budgets(tx, &scopes)
+        .await?
+        .into_iter()
+        .map(|b| (b.scope.clone(), b))
+        .collect();
+    let mut deltas: BTreeMap<(BudgetScope, DateTime<Utc>), Decimal> = BTreeMap::new();
+    for e in events {
+        for scope in BudgetScope::of_event(e) {
+            if let Some(budget) = budgets.get(&scope) {
+                *deltas
+                    .entry((scope, budget.period_start(e.at)))
+                    .or_default() += e.cost;
+            }
+        }
+    }
+    add_spend(tx, &deltas).await
+}
+
+/// The `WHERE` clause of an [`EventFilter`], on parameters `$1`–`$6`.
+const FILTER: &str = "($1::text IS NULL OR owner = $1) AND ($2::text IS NULL OR org = $2) \
+     AND ($3::text IS NULL OR key_id = $3) AND ($4::text IS NULL OR model = $4) \
+     AND ($5::timestamptz IS NULL OR at >= $5) AND ($6::timestamptz IS NULL OR at < $6)";
+
+fn filtered<'q>(
+    sql: &'q str,
+    f: &'q EventFilter,
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(&f.owner)
+        .bind(&f.org)
+        .bind(&f.key_id)
+        .bind(&f.model)
+        .bind(f.since)
+        .bind(f.until)
+}
+
+#[async_trait]
+impl Ledger for PostgresStore {
+    async fn record(&self, event: &UsageEvent) -> Result<Recorded> {
+        event.validate()?;
+        let mut one =
+            transaction!(self, tx => { record_in(tx, std::slice::from_ref(event)).await })?;
+        one.pop().ok_or_else(|| corrupt("usage event"))
+    }
+
+    async fn record_batch(&self, events: &[UsageEvent]) -> Result<Vec<Recorded>> {
+        events.iter().try_for_each(UsageEvent::validate)?;
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        transaction!(self, tx => { record_in(tx, events).await })
+    }
+
+    async fn events(&self, f: &EventFilter) -> Result<Vec<UsageEvent>> {
+        let sql =
+            format!("SELECT * FROM keymeter_usage_events WHERE {FILTER} ORDER BY at, event_id");
+        let rows = filtered(&sql, f).fetch_all(self.pool()).await.map_err(db)?;
+        rows.iter().map(usage_event).collect()
+    }
+
+    async fn report(&self, f: &EventFilter, by: GroupBy, tz: Tz) -> Result<Report> {
+        let key = match by {
+            GroupBy::Key => "COALESCE(key_id, '(none)')",
+            GroupBy::Owner => "owner",
+            GroupBy::Org => "COALESCE(org, '(none)')",
+            GroupBy::Model => "model",
+            GroupBy::Day => "to_char(at AT TIME ZONE $7, 'YYYY-MM-DD')",
+            GroupBy::Month => "to_char(at AT TIME ZONE $7, 'YYYY-MM')",
+        };
+        // `$7` is always bound (so the statement's parameters are the same for every grouping) and always used.
+        let sql = format!(
+            "SELECT {key} AS key, SUM(cost) AS cost, COUNT(*) AS events, \
+             SUM(input_tokens)::bigint AS input_tokens, SUM(output_tokens)::bigint AS output_tokens \
+             FROM keymeter_usage_events WHERE {FILTER} AND $7::text IS NOT NULL GROUP BY 1 ORDER BY {key} COLLATE \"C\""
+        );
+        let rows = filtered(&sql, f)
+            .bind(tz.name())
+            .fetch_all(self.pool())
+            .await
+            .map_err(db)?;
+        let mut total = Decimal::ZERO;
+        let mut groups = Vec::with_capacity(rows.len());
+        for row in rows {
+            let cost = row.decimal("cost")?;
+            total += cost;
+            let count = |c: &str| {
+                row.try_get::<i64, _>(c)
+                    .map_err(db)
+                    .map(|n| u64::try_from(n).unwrap_or(0))
+            };
+            groups.push(ReportGroup {
+                key: row.text("key")?,
+                cost: cost.normalize(),
+                events: count("events")?,
+                input_tokens: count("input_tokens")?,
+                output_tokens: count("output_tokens")?,
+            });
+        }
+        Ok(Report {
+            groups,
+            total: total.normalize(),
+        })
+    }
+
+    async fn set_budget(&self, budget: &Budget) -> Result<()> {
+        budget.validate()?;
+        let scope = &budget.scope;
+        let column = match scope {
+            BudgetScope::Key(_) => "key_id",
+            BudgetScope::Owner(_) => "owner",
+            BudgetScope::Org(_) => "org",
+        };
+        transaction!(self, tx => {
+            async {
+                // No event is recorded while the spend is recounted, so the recount is exactly the events stored.
+                sqlx::query("LOCK TABLE keymeter_usage_events IN SHARE MODE")
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(db)?;
+                sqlx::query(
+                    "INSERT INTO keymeter_budgets (scope_kind, scope_id, limit_amount, soft_limit, period, tz) \
+                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (scope_kind, scope_id) DO UPDATE SET \
+                     limit_amount = excluded.limit_amount, soft_limit = excluded.soft_limit, \
+                     period = excluded.period, tz = excluded.tz",
+                )
+                .bind(scope.kind())
+                .bind(scope.id())
+                .bind(budget.limit)
+                .bind(budget.soft_limit)
+                .bind(budget.period.as_str())
+                .bind(budget.tz.name())
+                .execute(&mut **tx)
+                .await
+                .map_err(db)?;
+                sqlx::query("DELETE FROM keymeter_budget_spend WHERE scope_kind = $1 AND scope_id = $2")
+                    .bind(scope.kind())
+                    .bind(scope.id())
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(db)?;
+                // Streamed: memory grows with the number of periods, not of events.
+                let sql = format!("SELECT at, cost FROM keymeter_usage_events WHERE {column} = $1");
+                let mut sums: BTreeMap<(BudgetScope, DateTime<Utc>), Decimal> = BTreeMap::new();
+                {
+                    let mut rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(scope.id()).fetch(&mut **tx);
+                    while let Some(row) = rows.try_next().await.map_err(db)? {
+                        *sums.entry((scope.clone(), budget.period_start(row.time("at")?))).or_default() +=
+                            row.decimal("cost")?;
+                    }
+                }
+                add_spend(tx, &sums).await
+            }
+            .await
+        })
+    }
+
+    async fn budget(&self, scope: &BudgetScope) -> Result<Option<Budget>> {
+        let row =
+            sqlx::query("SELECT * FROM keymeter_budgets WHERE scope_kind = $1 AND scope_id = $2")
+                .bind(scope.kind())
+                .bind(scope.id())
+                .fetch_optional(self.pool())
+                .await
+                .map_err(db)?;
+        row.as_ref().map(budget).transpose()
+    }
+
+    async fn budget_status(
+        &self,
+        scope: &BudgetScope,
+        now: DateTime<Utc>,
+    ) -> Result<Option<BudgetStatus>> {
+        let Some(budget) = self.budget(scope).await? else {
+            return Ok(None);
+        };
+        // One statement: one snapshot of spend and reservations.
+        let mut tx = self.pool().begin().await.map_err(db)?;
+        let (spent, reserved) = standing_of(&mut tx, scope, budget.period_start(now), now).await?;
+        tx.commit().await.map_err(db)?;
+        Ok(Some(BudgetStatus::new(&budget, spent, reserved, now)))
+    }
+
+    async fn reserve(
+        &self,
+        scopes: &[BudgetScope],
+        amount: Decimal,
+        now: DateTime<Utc>,
+        ttl: Duration,
+    ) -> Result<Reservation> {
+        crate::ledger::validate_reservation(scopes, amount, ttl)?;
+        let id = crate::ledger::reservation_id(self.random.as_ref())?;
+        let expires_at = now + ttl;
+        transaction!(self, tx => {
+            async {
+                let budgets = lock_budgets(tx, scopes.iter().collect::<BTreeSet<_>>()).await?;
+                let mut found = Vec::with_capacity(budgets.len());
+                for budget in &budgets {
+                    let start = budget.period_start(now);
+                    let (spent, reserved) = standing_of(tx, &budget.scope, start, now).await?;
+                    found.push((budget, spent, reserved, start));
+                }
+                admit(found.iter().map(|(budget, spent, reserved, _)| Standing { budget, spent: *spent, reserved: *reserved }), amount)?;
+                // Expired reservations no longer count; clear a few, skipping rows another instance holds.
+                sqlx::query(
+                    "DELETE FROM keymeter_reservations WHERE id IN (SELECT id FROM keymeter_reservations \
+                     WHERE expires_at <= $1 ORDER BY expires_at LIMIT 64 FOR UPDATE SKIP LOCKED)",
+                )
+                .bind(now)
+                .execute(&mut **tx)
+                .await
+                .map_err(db)?;
+                sqlx::query("INSERT INTO keymeter_reservations (id, amount, expires_at) VALUES ($1, $2, $3)")
+                    .bind(&id)
+                    .bind(amount)
+                    .bind(expires_at)
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(db)?;
+                let kinds: Vec<&str> = found.iter().map(|(b, ..)| b.scope.kind()).collect();
+                let ids: Vec<&str> = found.iter().map(|(b, ..)| b.scope.id()).collect();
+                let starts: Vec<DateTime<Utc>> = found.iter().map(|(.., s)| *s).collect();
+                sqlx::query(
+                    "INSERT INTO keymeter_reservation_budgets (reservation_id, scope_kind, scope_id, period_start) \
+                     SELECT $1, * FROM UNNEST($2::text[], $3::text[], $4::timestamptz[])",
+                )
+                .bind(&id)
+                .bind(&kinds)
+                .bind(&ids)
+                .bind(&starts)
+                .execute(&mut **tx)
+                .await
+                .map_err(db)?;
+                // In the caller's order, as the other backends give them.
+                let held: Vec<BudgetScope> = scopes
+                    .iter()
+                    .filter(|s| budgets.iter().any(|b| b.scope == **s))
+                    .fold(Vec::new(), |mut v, s| {
+                        if !v.contains(s) {
+                            v.push(s.clone());
+                        }
+                        v
+                    });
+                Ok(Reservation { id: id.clone(), amount, expires_at, scopes: held })
+            }
+            .await
+        })
+    }
+
+    async fn settle(
+        &self,
+        reservation_id: &str,
+        event: &UsageEvent,
+        _now: DateTime<Utc>,
+    ) -> Result<Recorded> {
+        event.validate()?;
+        transaction!(self, tx => {
+            async {
+                sqlx::query("DELETE FROM keymeter_reservations WHERE id = $1")
+                    .bind(reservation_id)
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(db)?;
+                let mut one = record_in(tx, std::slice::from_ref(event)).await?;
+                one.pop().ok_or_else(|| corrupt("usage event"))
+            }
+            .await
+        })
+    }
+
+    async fn release(&self, reservation_id: &str) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM keymeter_reservations WHERE id = $1")
+            .bind(reservation_id)
+            .execute(self.pool())
+            .await
+            .map_err(db)?;
+        Ok(done.rows_affected() > 0)
+    }
+}

@@ -1,0 +1,157 @@
+//! [`LimitStore`] and [`RateLimiter`] on PostgreSQL: a check is one transaction that locks its buckets in name
+//! order, decides with [`gcra`], and writes them back, so instances sharing the database never both take the last
+//! unit and never deadlock.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use sqlx::Row;
+
+use super::{PostgresStore, db};
+use crate::error::Result;
+use crate::limits::{Charge, Decision, LimitScope, LimitStore, Limits, RateLimiter, gcra};
+use crate::store::sql::{Columns, quotas, quotas_text};
+
+/// The buckets' states, each row locked for the rest of the transaction. A bucket seen for the first time is
+/// created at 0 (no state: every time since the epoch is past it) so that it can be locked like the others.
+async fn lock(tx: &mut super::Tx, charges: &[Charge]) -> Result<Vec<Option<i64>>> {
+    let mut names: Vec<&str> = charges.iter().map(|c| c.bucket.as_str()).collect();
+    names.sort_unstable();
+    names.dedup();
+    sqlx::query(
+        "INSERT INTO keymeter_rate_buckets (bucket, tat) SELECT b, 0 FROM UNNEST($1::text[]) AS b \
+         ON CONFLICT (bucket) DO NOTHING",
+    )
+    .bind(&names)
+    .execute(&mut **tx)
+    .await
+    .map_err(db)?;
+    let rows = sqlx::query(
+        "SELECT bucket, tat FROM keymeter_rate_buckets WHERE bucket = ANY($1::text[]) ORDER BY bucket FOR UPDATE",
+    )
+    .bind(&names)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(db)?;
+    let mut tats: HashMap<String, i64> = HashMap::with_capacity(rows.len());
+    for row in rows {
+        tats.insert(row.text("bucket")?, row.try_get("tat").map_err(db)?);
+    }
+    Ok(charges
+        .iter()
+        .map(|c| tats.get(&c.bucket).copied().filter(|t| *t != 0))
+        .collect())
+}
+
+/// Stores each charge's new state; `tats` is empty when the check was refused (nothing changes then).
+async fn save(tx: &mut super::Tx, charges: &[Charge], tats: &[i64]) -> Result<()> {
+    if tats.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<&str> = charges.iter().map(|c| c.bucket.as_str()).collect();
+    sqlx::query(
+        "UPDATE keymeter_rate_buckets AS b SET tat = n.tat FROM UNNEST($1::text[], $2::bigint[]) AS n(bucket, tat) \
+         WHERE b.bucket = n.bucket",
+    )
+    .bind(&names)
+    .bind(tats)
+    .execute(&mut **tx)
+    .await
+    .map_err(db)?;
+    Ok(())
+}
+
+#[async_trait]
+impl LimitStore for PostgresStore {
+    async fn set_limits(&self, scope: &LimitScope, limits: &Limits) -> Result<()> {
+        scope.validate()?;
+        limits.validate()?;
+        let query = if limits.is_empty() {
+            sqlx::query(
+                "DELETE FROM keymeter_limits WHERE scope_kind = $1 AND scope_id = $2 AND $3::text IS NOT NULL \
+                 AND $4::text IS NOT NULL",
+            )
+        } else {
+            sqlx::query(
+                "INSERT INTO keymeter_limits (scope_kind, scope_id, requests, tokens) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (scope_kind, scope_id) DO UPDATE SET requests = excluded.requests, tokens = excluded.tokens",
+            )
+        };
+        query
+            .bind(scope.kind())
+            .bind(scope.id())
+            .bind(quotas_text(&limits.requests))
+            .bind(quotas_text(&limits.tokens))
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+
+    async fn limits(&self, scopes: &[LimitScope]) -> Result<Vec<Limits>> {
+        if scopes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (kinds, ids): (Vec<&str>, Vec<&str>) =
+            scopes.iter().map(|s| (s.kind(), s.id())).unzip();
+        let rows = sqlx::query(
+            "SELECT scope_kind, scope_id, requests, tokens FROM keymeter_limits WHERE (scope_kind, scope_id) IN \
+             (SELECT * FROM UNNEST($1::text[], $2::text[]))",
+        )
+        .bind(&kinds)
+        .bind(&ids)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        let mut out = vec![Limits::default(); scopes.len()];
+        for row in rows {
+            let (kind, id) = (row.text("scope_kind")?, row.text("scope_id")?);
+            let limits = Limits {
+                requests: quotas(&row, "requests")?,
+                tokens: quotas(&row, "tokens")?,
+            };
+            for (slot, s) in out.iter_mut().zip(scopes) {
+                if s.kind() == kind && s.id() == id {
+                    *slot = limits.clone();
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl RateLimiter for PostgresStore {
+    async fn check(&self, charges: &[Charge], now: i64) -> Result<Decision> {
+        if charges.is_empty() {
+            return Ok(Decision::UNLIMITED);
+        }
+        transaction!(self, tx => {
+            async {
+                let states = lock(tx, charges).await?;
+                let (decision, tats) = gcra::decide_all(&states, now, charges);
+                save(tx, charges, &tats).await?;
+                Ok(decision)
+            }
+            .await
+        })
+    }
+
+    async fn charge(&self, charges: &[Charge], now: i64) -> Result<()> {
+        if charges.is_empty() {
+            return Ok(());
+        }
+        transaction!(self, tx => {
+            async {
+                let states = lock(tx, charges).await?;
+                let tats: Vec<i64> = charges
+                    .iter()
+                    .zip(states)
+                    .map(|(c, tat)| gcra::force(tat, now, &c.quota, c.cost))
+                    .collect();
+                save(tx, charges, &tats).await
+            }
+            .await
+        })
+    }
+}

@@ -1,0 +1,103 @@
+//! keymeter's own migration runner for PostgreSQL.
+//!
+//! The migrations are embedded; `keymeter_migrations` records which ran, with a checksum of each. The whole run
+//! is one transaction (PostgreSQL's DDL is transactional) that first takes a transaction-scoped advisory lock,
+//! so instances starting together on a new database serialise: the first applies everything, the others find
+//! it done. sqlx's own migrator is not used: it would share the application's `_sqlx_migrations` table.
+
+use sqlx::Row;
+use sqlx::postgres::PgPool;
+
+use super::{PgError, db};
+use crate::error::Result;
+use crate::store::sql::checksum;
+
+/// keymeter's PostgreSQL migrations: version, name, SQL. Append only; never edit one that shipped.
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "api_keys",
+        include_str!("../../../migrations/postgres/0001_api_keys.sql"),
+    ),
+    (
+        2,
+        "credentials",
+        include_str!("../../../migrations/postgres/0002_credentials.sql"),
+    ),
+    (
+        3,
+        "ledger",
+        include_str!("../../../migrations/postgres/0003_ledger.sql"),
+    ),
+    (
+        4,
+        "rate_limits",
+        include_str!("../../../migrations/postgres/0004_rate_limits.sql"),
+    ),
+    (
+        5,
+        "key_stats",
+        include_str!("../../../migrations/postgres/0005_key_stats.sql"),
+    ),
+];
+
+/// The advisory lock migrations take: "keymeter" in ASCII, so it stays clear of an application's own numbers.
+const MIGRATION_LOCK: i64 = 0x6b65_796d_6574_6572;
+
+/// Brings keymeter's tables in the database behind `pool` up to date. Safe to call from many instances at once,
+/// and on a database that also holds the application's own tables and sqlx migrations.
+///
+/// # Errors
+/// [`crate::Error::Store`] when the database cannot be written, a migration that already ran was changed, or the
+/// database was migrated by a newer keymeter.
+pub async fn migrate(pool: &PgPool) -> Result<()> {
+    let mut tx = pool.begin().await.map_err(db)?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(MIGRATION_LOCK)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS keymeter_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL, \
+         checksum TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+    )
+    .execute(&mut *tx)
+    .await
+    .map_err(db)?;
+    let applied = sqlx::query("SELECT version, checksum FROM keymeter_migrations ORDER BY version")
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db)?;
+    let mut done = Vec::with_capacity(applied.len());
+    for row in &applied {
+        let version: i64 = row.try_get("version").map_err(db)?;
+        let sum: String = row.try_get("checksum").map_err(db)?;
+        match MIGRATIONS.iter().find(|(v, ..)| *v == version) {
+            None => return Err(PgError::MigrationUnknown { version }.into()),
+            Some((_, _, sql)) if checksum(sql) != sum => {
+                return Err(PgError::MigrationChanged { version }.into());
+            }
+            Some(_) => done.push(version),
+        }
+    }
+    for (version, name, sql) in MIGRATIONS {
+        if done.contains(version) {
+            continue;
+        }
+        sqlx::raw_sql(sqlx::AssertSqlSafe(*sql))
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        sqlx::query(
+            "INSERT INTO keymeter_migrations (version, name, checksum) VALUES ($1, $2, $3)",
+        )
+        .bind(version)
+        .bind(name)
+        .bind(checksum(sql))
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+    }
+    tx.commit().await.map_err(db)?;
+    Ok(())
+}

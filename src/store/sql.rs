@@ -1,0 +1,179 @@
+//! What the SQL backends share: decoding a row into keymeter's types (each backend reads its own column types
+//! through [`Columns`]), the key columns, and migration checksums.
+
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use sha2::{Digest, Sha256};
+
+use crate::credentials::{
+    CredentialScope, CredentialSource, Provider, SealedCredential, StoredCredential,
+};
+use crate::error::{Error, Result};
+use crate::keys::{KeyEnv, KeyHash, KeyLookup, KeyRecord, PreviousSecret, Scope};
+use crate::ledger::{Budget, BudgetPeriod, BudgetScope, UsageEvent};
+use crate::limits::Quota;
+
+/// One row as a backend reads it: each backend maps its own column types (SQLite's microsecond integers and
+/// decimal strings, PostgreSQL's `timestamptz` and `numeric`) and its own error type.
+pub(crate) trait Columns {
+    fn text(&self, column: &str) -> Result<String>;
+    fn opt_text(&self, column: &str) -> Result<Option<String>>;
+    fn opt_time(&self, column: &str) -> Result<Option<DateTime<Utc>>>;
+    fn flag(&self, column: &str) -> Result<bool>;
+    fn opt_decimal(&self, column: &str) -> Result<Option<Decimal>>;
+    /// The backend's error for a stored value that does not decode.
+    fn corrupt(&self, what: &'static str) -> Error;
+
+    fn time(&self, column: &str) -> Result<DateTime<Utc>> {
+        self.opt_time(column)?
+            .ok_or_else(|| self.corrupt("timestamp"))
+    }
+
+    fn decimal(&self, column: &str) -> Result<Decimal> {
+        self.opt_decimal(column)?
+            .ok_or_else(|| self.corrupt("decimal amount"))
+    }
+}
+
+/// The key table's columns, in the order [`key_record`] reads them.
+pub(crate) const KEY_COLUMNS: &str = "id, name, owner, org, env, scopes, hash, lookup_kind, lookup_value, hint, \
+     created_at, expires_at, last_used_at, disabled, revoked_at, allowed_ips, rate_limit, metadata, \
+     previous_hash, previous_valid_until";
+
+/// The stand-in row's hash (an unknown id reads one, so it costs what a wrong secret costs): well-formed, under
+/// a pepper id no ring has.
+pub(crate) const ABSENT_HASH: &str =
+    "$hmac-sha256$v=1,p=absent$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+
+pub(crate) fn key_record(row: &impl Columns) -> Result<KeyRecord> {
+    let c = |what| row.corrupt(what);
+    let scopes: Vec<String> =
+        serde_json::from_str(&row.text("scopes")?).map_err(|_| c("scope list"))?;
+    let scopes = scopes
+        .iter()
+        .map(|s| Scope::new(s))
+        .collect::<Result<Vec<_>>>()
+        .map_err(|_| c("scope"))?;
+    let allowed_ips: Vec<ipnet::IpNet> =
+        serde_json::from_str(&row.text("allowed_ips")?).map_err(|_| c("network list"))?;
+    let rate_limit = row
+        .opt_text("rate_limit")?
+        .map(|s| s.parse())
+        .transpose()
+        .map_err(|_| c("rate limit"))?;
+    let lookup = KeyLookup::from_parts(&row.text("lookup_kind")?, row.opt_text("lookup_value")?)
+        .map_err(|_| c("lookup"))?;
+    let previous = match (
+        row.opt_text("previous_hash")?,
+        row.opt_time("previous_valid_until")?,
+    ) {
+        (Some(hash), Some(valid_until)) => Some(PreviousSecret {
+            hash: KeyHash::from_str(&hash).map_err(|_| c("previous hash"))?,
+            valid_until,
+        }),
+        (None, None) => None,
+        _ => return Err(c("previous secret")),
+    };
+    Ok(KeyRecord {
+        id: row.text("id")?,
+        name: row.text("name")?,
+        owner: row.text("owner")?,
+        org: row.opt_text("org")?,
+        env: KeyEnv::from_str(&row.text("env")?).map_err(|_| c("environment"))?,
+        scopes,
+        hash: KeyHash::from_str(&row.text("hash")?).map_err(|_| c("hash"))?,
+        lookup,
+        hint: row.text("hint")?,
+        created_at: row.time("created_at")?,
+        expires_at: row.opt_time("expires_at")?,
+        last_used_at: row.opt_time("last_used_at")?,
+        disabled: row.flag("disabled")?,
+        revoked_at: row.opt_time("revoked_at")?,
+        allowed_ips,
+        rate_limit,
+        metadata: serde_json::from_str(&row.text("metadata")?).map_err(|_| c("metadata"))?,
+        previous,
+    })
+}
+
+pub(crate) fn usage_event(row: &impl Columns) -> Result<UsageEvent> {
+    Ok(UsageEvent {
+        event_id: row.text("event_id")?,
+        request_id: row.text("request_id")?,
+        at: row.time("at")?,
+        key_id: row.opt_text("key_id")?,
+        owner: row.text("owner")?,
+        org: row.opt_text("org")?,
+        provider: row.text("provider")?,
+        model: row.text("model")?,
+        usage: serde_json::from_str(&row.text("usage")?).map_err(|_| row.corrupt("usage"))?,
+        cost: row.decimal("cost")?,
+        credential_source: row
+            .opt_text("credential_source")?
+            .as_deref()
+            .and_then(|s| CredentialSource::from_str(s).ok()),
+    })
+}
+
+pub(crate) fn budget(row: &impl Columns) -> Result<Budget> {
+    Ok(Budget {
+        scope: BudgetScope::from_parts(&row.text("scope_kind")?, &row.text("scope_id")?)
+            .map_err(|_| row.corrupt("budget scope"))?,
+        limit: row.decimal("limit_amount")?,
+        soft_limit: row.opt_decimal("soft_limit")?,
+        period: BudgetPeriod::from_str(&row.text("period")?)
+            .map_err(|_| row.corrupt("budget period"))?,
+        tz: row
+            .text("tz")?
+            .parse::<chrono_tz::Tz>()
+            .map_err(|_| row.corrupt("time zone"))?,
+    })
+}
+
+/// A stored quota list (`["100/min"]`).
+pub(crate) fn quotas(row: &impl Columns, column: &str) -> Result<Vec<Quota>> {
+    serde_json::from_str(&row.text(column)?).map_err(|_| row.corrupt("quota list"))
+}
+
+/// A quota list as stored.
+pub(crate) fn quotas_text(quotas: &[Quota]) -> String {
+    serde_json::to_string(quotas).unwrap_or_else(|_| "[]".into())
+}
+
+/// The JSON text of an event's usage.
+pub(crate) fn usage_text(event: &UsageEvent) -> Result<String> {
+    serde_json::to_string(&event.usage).map_err(|err| Error::InvalidUsage(err.to_string()))
+}
+
+/// A migration's checksum, as its bookkeeping table records it.
+pub(crate) fn checksum(sql: &str) -> String {
+    Sha256::digest(sql.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A sealed credential as stored (`kmv1:…`).
+pub(crate) fn sealed(row: &impl Columns, column: &str) -> Result<SealedCredential> {
+    SealedCredential::from_str(&row.text(column)?).map_err(|_| row.corrupt("sealed credential"))
+}
+
+/// A provider name as stored.
+pub(crate) fn provider(row: &impl Columns, column: &str) -> Result<Provider> {
+    Provider::new(&row.text(column)?).map_err(|_| row.corrupt("provider"))
+}
+
+/// A row of the credentials table (`scope, owner, provider, sealed`).
+pub(crate) fn stored_credential(row: &impl Columns) -> Result<StoredCredential> {
+    let scope = match row.text("scope")?.as_str() {
+        "system" => CredentialScope::System,
+        _ => CredentialScope::User(row.text("owner")?),
+    };
+    Ok(StoredCredential {
+        scope,
+        provider: provider(row, "provider")?,
+        sealed: sealed(row, "sealed")?,
+    })
+}
