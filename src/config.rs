@@ -355,7 +355,7 @@ impl Config {
         }
         let path = self.secrets_file.clone().ok_or_else(|| {
             Error::Config(
-                "development secrets need a SQLite store to sit beside; set KEYMETER_PEPPER and \
+                "development secrets need a SQLite or PostgreSQL store to sit beside; set KEYMETER_PEPPER and \
                  KEYMETER_MASTER_KEYS instead"
                     .into(),
             )
@@ -396,8 +396,13 @@ fn inner(e: &Error) -> String {
     }
 }
 
-/// The secrets file beside a SQLite database; none for other stores and in-memory databases.
+/// The development secrets file: beside a SQLite database, in the working directory for a PostgreSQL one; none
+/// for in-memory stores.
 fn secrets_path(store_url: &str) -> Option<PathBuf> {
+    // A database on a server has no directory of its own here: the secrets sit in the working directory.
+    if store_url.starts_with("postgres:") || store_url.starts_with("postgresql:") {
+        return Some(PathBuf::from(SECRETS_FILE_NAME));
+    }
     let path = store_url
         .strip_prefix("sqlite://")
         .or_else(|| store_url.strip_prefix("sqlite:"))?;

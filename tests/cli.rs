@@ -6,9 +6,14 @@ use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
 
+#[path = "common/mod.rs"]
+mod common;
+
 struct Cli {
     dir: tempfile::TempDir,
     env: Vec<(&'static str, String)>,
+    /// The store URL when it is not the SQLite file in `dir`.
+    store: Option<String>,
 }
 
 impl Cli {
@@ -16,7 +21,27 @@ impl Cli {
         Cli {
             dir: tempfile::tempdir().unwrap(),
             env: vec![("KEYMETER_ENV", "development".into())],
+            store: None,
         }
+    }
+
+    /// A CLI on a fresh schema of the test PostgreSQL server; `None` (the reason printed) without one.
+    fn postgres(test: &str) -> Option<Self> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let url = rt.block_on(common::pg_schema_url(test))?;
+        Some(Cli {
+            store: Some(url),
+            ..Cli::new()
+        })
+    }
+
+    fn store_url(&self) -> String {
+        self.store
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.db().display()))
     }
 
     fn db(&self) -> PathBuf {
@@ -31,11 +56,7 @@ impl Cli {
             .env_remove("KEYMETER_STORE")
             .env_remove("DEBUG")
             .env_remove("DEPLOY_ENV")
-            .args([
-                "--store",
-                &format!("sqlite://{}", self.db().display()),
-                "--json",
-            ])
+            .args(["--store", &self.store_url(), "--json"])
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -60,7 +81,7 @@ impl Cli {
             .env("KEYMETER_ENV", "development")
             .env_remove("KEYMETER_PEPPER")
             .env_remove("KEYMETER_MASTER_KEYS")
-            .args(["--store", &format!("sqlite://{}", self.db().display())])
+            .args(["--store", &self.store_url()])
             .args(args);
         cmd
     }
@@ -683,7 +704,19 @@ fn price_cost_reaches_every_class_and_refuses_other_units() {
 
 #[test]
 fn keys_rotate_keeps_the_id_and_the_old_key_for_the_grace_period() {
-    let cli = Cli::new();
+    keys_rotate_keeps_the_id_and_the_old_key_for_the_grace_period_on(Cli::new());
+}
+
+#[test]
+fn keys_rotate_keeps_the_id_and_the_old_key_for_the_grace_period_on_postgres() {
+    if let Some(cli) =
+        Cli::postgres("keys_rotate_keeps_the_id_and_the_old_key_for_the_grace_period_on_postgres")
+    {
+        keys_rotate_keeps_the_id_and_the_old_key_for_the_grace_period_on(cli);
+    }
+}
+
+fn keys_rotate_keeps_the_id_and_the_old_key_for_the_grace_period_on(cli: Cli) {
     cli.ok(&["init"]);
     let created = cli.ok(&["keys", "create", "--name", "ci", "--owner", "alice"]);
     let id = created["id"].as_str().unwrap();
@@ -723,7 +756,17 @@ fn keys_rotate_keeps_the_id_and_the_old_key_for_the_grace_period() {
 
 #[test]
 fn rate_limits_hold_across_invocations() {
-    let cli = Cli::new();
+    rate_limits_hold_across_invocations_on(Cli::new());
+}
+
+#[test]
+fn rate_limits_hold_across_invocations_on_postgres() {
+    if let Some(cli) = Cli::postgres("rate_limits_hold_across_invocations_on_postgres") {
+        rate_limits_hold_across_invocations_on(cli);
+    }
+}
+
+fn rate_limits_hold_across_invocations_on(cli: Cli) {
     cli.ok(&["init"]);
     let created = cli.ok(&[
         "keys",
@@ -885,7 +928,17 @@ fn an_unreachable_limiter_fails_closed_unless_configured_to_fail_open() {
 
 #[test]
 fn keys_stats_counts_every_verification_by_code() {
-    let cli = Cli::new();
+    keys_stats_counts_every_verification_by_code_on(Cli::new());
+}
+
+#[test]
+fn keys_stats_counts_every_verification_by_code_on_postgres() {
+    if let Some(cli) = Cli::postgres("keys_stats_counts_every_verification_by_code_on_postgres") {
+        keys_stats_counts_every_verification_by_code_on(cli);
+    }
+}
+
+fn keys_stats_counts_every_verification_by_code_on(cli: Cli) {
     cli.ok(&["init"]);
     let created = cli.ok(&[
         "keys", "create", "--name", "ci", "--owner", "alice", "--scopes", "read",
@@ -931,7 +984,17 @@ fn keys_stats_counts_every_verification_by_code() {
 
 #[test]
 fn creds_commands_across_invocations() {
-    let cli = Cli::new();
+    creds_commands_across_invocations_on(Cli::new());
+}
+
+#[test]
+fn creds_commands_across_invocations_on_postgres() {
+    if let Some(cli) = Cli::postgres("creds_commands_across_invocations_on_postgres") {
+        creds_commands_across_invocations_on(cli);
+    }
+}
+
+fn creds_commands_across_invocations_on(cli: Cli) {
     cli.ok(&["init"]);
     let alice_key = "sk-ant-api03-alice-own-key-000000000000";
     let (code, v) = cli.run(
@@ -1063,6 +1126,7 @@ fn creds_commands_across_invocations() {
     let mut rotated = Cli {
         dir: cli.dir,
         env: cli.env.clone(),
+        store: cli.store.clone(),
     };
     rotated
         .env
@@ -1091,6 +1155,7 @@ fn creds_commands_across_invocations() {
     let mut prod = Cli {
         dir: rotated.dir,
         env: rotated.env.clone(),
+        store: rotated.store.clone(),
     };
     prod.env.retain(|(k, _)| *k != "KEYMETER_ENV");
     prod.env.push(("KEYMETER_ENV", "production".into()));
@@ -1149,7 +1214,17 @@ fn creds_commands_across_invocations() {
 
 #[test]
 fn usage_and_budget_commands() {
-    let cli = Cli::new();
+    usage_and_budget_commands_on(Cli::new());
+}
+
+#[test]
+fn usage_and_budget_commands_on_postgres() {
+    if let Some(cli) = Cli::postgres("usage_and_budget_commands_on_postgres") {
+        usage_and_budget_commands_on(cli);
+    }
+}
+
+fn usage_and_budget_commands_on(cli: Cli) {
     cli.ok(&["init"]);
     let rec = |req: &str, owner: &str, at: &str, input: &str| {
         cli.ok(&[
