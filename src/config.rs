@@ -10,10 +10,11 @@
 //! | `KEYMETER_CATALOG` | a price catalog file (keymeter's format or LiteLLM's) | the bundled snapshot |
 //! | `KEYMETER_LIMITER` | where rate-limit buckets live: `redis://…` (feature `redis`) | the store |
 //! | `KEYMETER_LIMITS_FAIL_OPEN` | `1`/`true`: admit requests when the limiter cannot be reached | fail closed |
+//! | `KEYMETER_KEY_CACHE` | key records cached in process by [`Config::key_cache`] (`0`: none) | 10000 |
 //! | `KEYMETER_ENV`, `DEPLOY_ENV`, `DEBUG` | the environment ([`crate::env`]) | development, with a warning |
 //!
 //! In development (only), a secret missing from the environment is read from the **secrets file**
-//! `keymeter.secrets` beside a SQLite database, which [`Config::init_secrets`] (`keymeter init`) writes with mode
+//! `keymeter.secrets` beside a SQLite database (in the working directory for a PostgreSQL one), which [`Config::init_secrets`] (`keymeter init`) writes with mode
 //! 0600. Outside development a missing secret is an error when something needs it, never generated.
 //!
 //! ```
@@ -40,12 +41,17 @@ use zeroize::Zeroizing;
 use crate::credentials::{CredentialResolver, CredentialStore, MasterKeyRing, Vault};
 use crate::env::{Detected, EnvSource, ProcessEnv, detect};
 use crate::error::{Error, Result};
-use crate::keys::{KeyHasher, KeyIssuer, KeyStore, PepperRing, Verifier, VerifierConfig};
+use crate::keys::{
+    CachedKeyStore, KeyHasher, KeyIssuer, KeyStore, PepperRing, Verifier, VerifierConfig,
+};
 use crate::ledger::{Ledger, Meter};
 use crate::pricing::PriceCatalog;
 use crate::random::RandomSource;
 use crate::secret::{KeyRing, RingKey};
 use crate::store::Store;
+
+/// Key records [`Config::key_cache`] keeps unless `KEYMETER_KEY_CACHE` says otherwise.
+const DEFAULT_KEY_CACHE: usize = 10_000;
 
 /// The store URL used when `KEYMETER_STORE` is not set.
 pub const DEFAULT_STORE: &str = "sqlite://keymeter.db";
@@ -73,6 +79,8 @@ pub struct Config {
     pub limiter_url: Option<String>,
     /// Admit requests when the limiter cannot be reached (default: refuse them).
     pub limits_fail_open: bool,
+    /// How many key records [`Config::key_cache`] keeps in process (0: none).
+    pub key_cache: usize,
     hasher: Option<Arc<KeyHasher>>,
     vault: Option<Arc<Vault>>,
     warnings: Vec<String>,
@@ -142,7 +150,16 @@ impl Config {
                 ));
             }
         };
+        let key_cache = match source.var("KEYMETER_KEY_CACHE").as_deref().map(str::trim) {
+            None | Some("") => DEFAULT_KEY_CACHE,
+            Some(n) => n.parse().map_err(|_| {
+                Error::Config(
+                    "KEYMETER_KEY_CACHE must be a number of records (0 turns the cache off)".into(),
+                )
+            })?,
+        };
         let mut config = Config {
+            key_cache,
             limiter_url,
             limits_fail_open,
             secrets_file: secrets_path(&store_url),
@@ -246,6 +263,26 @@ impl Config {
     /// As [`crate::store::connect`].
     pub async fn connect(&self) -> Result<Arc<dyn Store>> {
         crate::store::connect(&self.store_url).await
+    }
+
+    /// The key store a long-running service verifies against: `store` behind a [`CachedKeyStore`] of
+    /// `KEYMETER_KEY_CACHE` records, evicted by the store's change feed (so a revoke anywhere is refused here
+    /// within a second), or `store` itself for the in-memory backend or a cache of 0.
+    ///
+    /// # Errors
+    /// [`Error::Store`] when the change feed cannot start (PostgreSQL's listener cannot connect).
+    pub async fn key_cache(&self, store: Arc<dyn Store>) -> Result<Arc<dyn KeyStore>> {
+        if self.key_cache == 0 {
+            return Ok(store);
+        }
+        let Some(feed) = store.key_changes().await? else {
+            return Ok(store);
+        };
+        Ok(Arc::new(CachedKeyStore::new(
+            store,
+            Some(feed),
+            self.key_cache,
+        )))
     }
 
     /// The verifier settings this configuration implies (prefixes, failing open or closed).

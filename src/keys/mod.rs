@@ -30,10 +30,12 @@
 //! ```
 
 pub mod cache;
+pub mod changes;
 pub mod hash;
 pub mod header;
 pub mod issuer;
 pub mod record;
+pub mod record_cache;
 pub mod scope;
 pub mod store;
 pub mod token;
@@ -41,12 +43,14 @@ pub mod verdict;
 pub mod verifier;
 
 pub use cache::VerifiedTokenCache;
+pub use changes::{KeyChangeFeed, KeyChanges};
 pub use hash::{
     Argon2Config, HashError, HashScheme, KdfLimits, KeyHash, KeyHasher, Pepper, PepperRing,
 };
 pub use header::{HeaderError, credential_from_header};
 pub use issuer::{IssuedKey, KeyIssuer, NewKey, RotatedKey};
 pub use record::{KeyFilter, KeyLookup, KeyRecord, PreviousSecret, RateLimit, RatePer};
+pub use record_cache::CachedKeyStore;
 pub use scope::{Scope, ScopeRequirement};
 pub use store::{KeyStore, MAX_KEYS_PER_HINT};
 pub use token::{KeyEnv, ParsedToken, TokenError};

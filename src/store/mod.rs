@@ -56,6 +56,7 @@ pub use sqlite::SqliteStore;
 use crate::credentials::CredentialStore;
 use crate::error::{Error, Result};
 use crate::keys::KeyStore;
+use crate::keys::changes::KeyChangeFeed;
 use crate::ledger::Ledger;
 use crate::limits::{LimitStore, RateLimiter};
 use crate::stats::StatsStore;
@@ -67,6 +68,16 @@ pub trait Store:
 {
     /// The backend's name: `memory`, `sqlite`, `postgres`.
     fn backend(&self) -> &'static str;
+
+    /// A feed of the key changes made by any process sharing this store, for a
+    /// [`CachedKeyStore`](crate::keys::CachedKeyStore): PostgreSQL `LISTEN/NOTIFY`, SQLite's change table. `None`
+    /// for a store no other process shares (memory).
+    ///
+    /// # Errors
+    /// Backend failures (the listener cannot connect).
+    async fn key_changes(&self) -> Result<Option<Arc<dyn KeyChangeFeed>>> {
+        Ok(None)
+    }
 
     /// Closes connections and flushes what the backend buffers (SQLite checkpoints its WAL). The store must not
     /// be used afterwards.
@@ -87,6 +98,10 @@ impl Store for SqliteStore {
         "sqlite"
     }
 
+    async fn key_changes(&self) -> Result<Option<Arc<dyn KeyChangeFeed>>> {
+        Ok(Some(Arc::new(SqliteStore::key_changes(self).await?)))
+    }
+
     async fn close(&self) {
         SqliteStore::close(self).await;
     }
@@ -97,6 +112,10 @@ impl Store for SqliteStore {
 impl Store for PostgresStore {
     fn backend(&self) -> &'static str {
         "postgres"
+    }
+
+    async fn key_changes(&self) -> Result<Option<Arc<dyn KeyChangeFeed>>> {
+        Ok(Some(Arc::new(PostgresStore::key_changes(self).await?)))
     }
 
     async fn close(&self) {

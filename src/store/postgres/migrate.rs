@@ -39,6 +39,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "key_stats",
         include_str!("../../../migrations/postgres/0005_key_stats.sql"),
     ),
+    (
+        6,
+        "key_changes",
+        include_str!("../../../migrations/postgres/0006_key_changes.sql"),
+    ),
 ];
 
 /// The advisory lock migrations take: "keymeter" in ASCII, so it stays clear of an application's own numbers.

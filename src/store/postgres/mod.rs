@@ -45,6 +45,7 @@ macro_rules! transaction {
     }};
 }
 
+mod changes;
 mod credentials;
 mod keys;
 mod ledger;
@@ -208,6 +209,14 @@ impl PostgresStore {
     pub fn with_random(mut self, random: Arc<dyn RandomSource>) -> Self {
         self.random = random;
         self
+    }
+
+    /// A feed of the key changes any process makes in this database (see [`crate::keys::changes`]).
+    ///
+    /// # Errors
+    /// [`Error::Store`] when the database cannot be read or the listener cannot connect.
+    pub async fn key_changes(&self) -> Result<impl crate::keys::changes::KeyChangeFeed + use<>> {
+        changes::PgKeyFeed::new(&self.pool).await
     }
 
     /// The connection pool, for callers that keep their own tables beside keymeter's.

@@ -45,6 +45,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "key_stats",
         include_str!("../../../migrations/sqlite/0006_key_stats.sql"),
     ),
+    (
+        7,
+        "key_changes",
+        include_str!("../../../migrations/sqlite/0007_key_changes.sql"),
+    ),
 ];
 
 /// Brings keymeter's tables in the database behind `pool` up to date. Safe to call from many processes at once,

@@ -59,6 +59,7 @@ macro_rules! immediate {
     }};
 }
 
+mod changes;
 mod credentials;
 mod keys;
 mod ledger;
@@ -265,6 +266,14 @@ impl SqliteStore {
     pub fn with_random(mut self, random: Arc<dyn RandomSource>) -> Self {
         self.random = random;
         self
+    }
+
+    /// A feed of the key changes any process makes in this database (see [`crate::keys::changes`]).
+    ///
+    /// # Errors
+    /// [`Error::Store`] when the database cannot be read.
+    pub async fn key_changes(&self) -> Result<impl crate::keys::changes::KeyChangeFeed + use<>> {
+        changes::SqliteKeyFeed::new(self.pool.clone()).await
     }
 
     /// The connection pool, for callers that keep their own tables beside keymeter's.
