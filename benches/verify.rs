@@ -10,16 +10,18 @@
 //! Targets (issue #8): verify of a valid generated key ≤ 1.25× the floor; a typo refused in ≤ 100 ns.
 //! Run: `cargo bench --bench verify`.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::hint::black_box;
 use std::pin::pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::{Duration, Utc};
 use criterion::{Criterion, criterion_group, criterion_main};
-use hmac::{Hmac, KeyInit, Mac};
+
+#[path = "common/verify_floor.rs"]
+mod verify_floor;
+use hmac::{Hmac, KeyInit};
 use keymeter::keys::{
     KeyHasher, KeyIssuer, NewKey, Pepper, PepperRing, Requirement, Scope, ScopeRequirement,
     VerdictCode, Verifier, VerifierConfig,
@@ -39,66 +41,6 @@ fn ready<F: Future>(f: F) -> F::Output {
         Poll::Ready(v) => v,
         Poll::Pending => panic!("the memory store never waits"),
     }
-}
-
-/// What the floor keeps per key: the digest and the fields the checks read.
-struct FloorRecord {
-    digest: [u8; 32],
-    revoked: bool,
-    disabled: bool,
-    expires_at: Option<DateTime<Utc>>,
-    scopes: Vec<String>,
-}
-
-const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
-
-fn base62_value(b: u8) -> Option<u64> {
-    BASE62.iter().position(|&c| c == b).map(|v| v as u64)
-}
-
-/// The least work of a verify: shape + checksum, lookup, keyed HMAC, constant-time compare, status checks.
-fn floor_verify(
-    token: &str,
-    mac: &Hmac<Sha256>,
-    index: &HashMap<String, FloorRecord>,
-    need: &str,
-) -> bool {
-    let b = token.as_bytes();
-    // km_live_ + 12 id + _ + 32 secret + 6 checksum
-    if b.len() != 59
-        || &b[..3] != b"km_"
-        || !(&b[3..8] == b"live_" || &b[3..8] == b"test_")
-        || b[20] != b'_'
-    {
-        return false;
-    }
-    let mut expected = 0u64;
-    for &c in &b[53..] {
-        match base62_value(c) {
-            Some(v) => expected = expected * 62 + v,
-            None => return false,
-        }
-    }
-    if expected != u64::from(crc32fast::hash(&b[..53])) {
-        return false;
-    }
-    let Some(record) = index.get(&token[8..20]) else {
-        return false;
-    };
-    let mut mac = mac.clone();
-    mac.update(b);
-    let digest: [u8; 32] = mac.finalize().into_bytes().into();
-    let diff = digest
-        .iter()
-        .zip(&record.digest)
-        .fold(0u8, |acc, (x, y)| acc | (x ^ y));
-    if black_box(diff) != 0 || record.revoked || record.disabled {
-        return false;
-    }
-    if record.expires_at.is_some_and(|at| at <= Utc::now()) {
-        return false;
-    }
-    record.scopes.iter().any(|s| s == need || s == "*")
 }
 
 fn verify(c: &mut Criterion) {
@@ -133,24 +75,9 @@ fn verify(c: &mut Criterion) {
 
     // The floor's own index, built from the same records (same pre-computation: a decoded digest per key).
     let mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&pepper_bytes).unwrap();
-    let index: HashMap<String, FloorRecord> = issued
-        .iter()
-        .map(|k| {
-            let r = &k.record;
-            let mut m = mac.clone();
-            m.update(k.token.expose_secret().as_bytes());
-            let record = FloorRecord {
-                digest: m.finalize().into_bytes().into(),
-                revoked: r.revoked_at.is_some(),
-                disabled: r.disabled,
-                expires_at: r.expires_at,
-                scopes: r.scopes.iter().map(|s| s.as_str().to_owned()).collect(),
-            };
-            (r.id.clone(), record)
-        })
-        .collect();
+    let index = verify_floor::index(&mac, &issued);
     for token in &cycle {
-        assert!(floor_verify(token, &mac, &index, "read"));
+        assert!(verify_floor::verify(token, &mac, &index, "read"));
     }
 
     let mut group = c.benchmark_group("verify");
@@ -158,7 +85,7 @@ fn verify(c: &mut Criterion) {
     group.bench_function("floor", |b| {
         b.iter(|| {
             i = (i + 1) % CYCLE;
-            floor_verify(black_box(&cycle[i]), &mac, &index, "read")
+            verify_floor::verify(black_box(&cycle[i]), &mac, &index, "read")
         })
     });
     let mut i = 0;

@@ -157,6 +157,42 @@ pub async fn events_and_reports(ledger: Arc<dyn Ledger>) {
         .await
         .expect("report");
     assert_eq!(by_model.groups.len(), 2);
+    let by_week = ledger
+        .report(&EventFilter::default(), GroupBy::Week, chrono_tz::UTC)
+        .await
+        .expect("report");
+    assert_eq!(by_week.groups[0].key, "2026-W11");
+    // Every grouping in zones with 30- and 45-minute offsets gives what the pure aggregation of the events gives.
+    let all = ledger
+        .events(&EventFilter::default())
+        .await
+        .expect("events");
+    for by in [
+        GroupBy::Key,
+        GroupBy::Owner,
+        GroupBy::Org,
+        GroupBy::Model,
+        GroupBy::Day,
+        GroupBy::Week,
+        GroupBy::Month,
+    ] {
+        for tz in [
+            chrono_tz::UTC,
+            chrono_tz::Europe::Berlin,
+            chrono_tz::Asia::Kathmandu,
+            chrono_tz::America::St_Johns,
+        ] {
+            let report = ledger
+                .report(&EventFilter::default(), by, tz)
+                .await
+                .expect("report");
+            assert_eq!(
+                report,
+                crate::ledger::aggregate(&all, by, tz),
+                "{by:?} in {tz}"
+            );
+        }
+    }
 }
 
 /// Status reports spend, reservations, what remains, and the soft limit.

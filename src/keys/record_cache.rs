@@ -333,8 +333,18 @@ impl KeyStore for CachedKeyStore {
     }
 
     async fn record_use(&self, id: &str, at: DateTime<Utc>) -> Result<()> {
-        // `last_used_at` is bookkeeping, not what a verify decides on: the cached record may keep the old one.
-        self.inner.record_use(id, at).await
+        self.inner.record_use(id, at).await?;
+        // The cached copy moves forward too, or every verify would find it stale and write again. (Another
+        // instance's write is not a change the feed reports: `last_used_at` decides nothing.)
+        let mut entries = self.write();
+        if let Some(e) = entries.by_id.get_mut(id)
+            && e.record.last_used_at.is_none_or(|t| t < at)
+        {
+            let mut record = (*e.record).clone();
+            record.last_used_at = Some(at);
+            e.record = Arc::new(record);
+        }
+        Ok(())
     }
 }
 

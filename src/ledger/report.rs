@@ -1,4 +1,4 @@
-//! Spend reports: events grouped by key, owner, org, model, day or month, with exact sums.
+//! Spend reports: events grouped by key, owner, org, model, day, ISO week or month, with exact sums.
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
@@ -23,6 +23,8 @@ pub enum GroupBy {
     Model,
     /// The calendar day in the report's time zone, `YYYY-MM-DD`.
     Day,
+    /// The ISO week in the report's time zone, `YYYY-Www` (the ISO week-numbering year).
+    Week,
     /// The calendar month in the report's time zone, `YYYY-MM`.
     Month,
 }
@@ -36,10 +38,11 @@ impl FromStr for GroupBy {
             "org" => Ok(GroupBy::Org),
             "model" => Ok(GroupBy::Model),
             "day" => Ok(GroupBy::Day),
+            "week" => Ok(GroupBy::Week),
             "month" => Ok(GroupBy::Month),
             _ => Err(Error::invalid(
                 "group",
-                "expected owner, key, org, model, day or month",
+                "expected owner, key, org, model, day, week or month",
             )),
         }
     }
@@ -84,6 +87,7 @@ pub fn aggregate<'a>(
             GroupBy::Org => e.org.clone().unwrap_or_else(|| "(none)".into()),
             GroupBy::Model => e.model.clone(),
             GroupBy::Day => e.at.with_timezone(&tz).format("%Y-%m-%d").to_string(),
+            GroupBy::Week => e.at.with_timezone(&tz).format("%G-W%V").to_string(),
             GroupBy::Month => e.at.with_timezone(&tz).format("%Y-%m").to_string(),
         };
         let g = groups.entry(key.clone()).or_insert_with(|| ReportGroup {

@@ -104,7 +104,7 @@ pub(crate) enum UsageCommand {
         #[command(flatten)]
         usage: UsageArgs,
     },
-    /// Spend and tokens grouped by owner, key, org, model, day or month.
+    /// Spend and tokens grouped by owner, key, org, model, day, ISO week or month.
     Report {
         #[arg(long)]
         by: String,

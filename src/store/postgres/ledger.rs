@@ -288,6 +288,7 @@ impl Ledger for PostgresStore {
             GroupBy::Org => "COALESCE(org, '(none)')",
             GroupBy::Model => "model",
             GroupBy::Day => "to_char(at AT TIME ZONE $7, 'YYYY-MM-DD')",
+            GroupBy::Week => "to_char(at AT TIME ZONE $7, 'IYYY-\"W\"IW')",
             GroupBy::Month => "to_char(at AT TIME ZONE $7, 'YYYY-MM')",
         };
         // `$7` is always bound (so the statement's parameters are the same for every grouping) and always used.
