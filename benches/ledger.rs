@@ -11,6 +11,10 @@ use std::task::{Context, Poll, Waker};
 
 use chrono::{Duration, TimeZone, Utc};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+
+#[cfg(feature = "postgres")]
+#[path = "common/pg.rs"]
+mod pg;
 use keymeter::ledger::{Budget, BudgetPeriod, BudgetScope, Ledger, UsageEvent};
 use keymeter::pricing::Usage;
 use keymeter::random::SeededRandom;
@@ -146,6 +150,58 @@ fn ledger(c: &mut Criterion) {
         )
     });
     group.finish();
+
+    #[cfg(feature = "postgres")]
+    if let Some(pg) = pg::schema(&runtime, "ledger") {
+        let store = pg.store.clone();
+        for scope in &scopes {
+            let budget = Budget::new(
+                scope.clone(),
+                Decimal::from(1_000_000_000u64),
+                BudgetPeriod::Monthly,
+            );
+            runtime
+                .block_on(store.set_budget(&budget.unwrap()))
+                .unwrap();
+        }
+        let mut group = c.benchmark_group("ledger");
+        group.throughput(Throughput::Elements(BATCH as u64));
+        group.sample_size(20);
+        group.bench_function("record_postgres_batch_of_1000", |b| {
+            b.iter_batched(
+                || (0..BATCH).map(|_| event("alice")).collect::<Vec<_>>(),
+                |events| {
+                    runtime
+                        .block_on(store.record_batch(black_box(&events)))
+                        .unwrap()
+                },
+                BatchSize::LargeInput,
+            )
+        });
+        group.throughput(Throughput::Elements(1));
+        group.sample_size(50);
+        group.bench_function("reserve_settle_postgres_two_budgets", |b| {
+            b.iter_batched(
+                || event("alice"),
+                |e| {
+                    runtime.block_on(async {
+                        let hold = store
+                            .reserve(
+                                black_box(&scopes),
+                                Decimal::new(1, 2),
+                                now,
+                                Duration::minutes(5),
+                            )
+                            .await
+                            .unwrap();
+                        store.settle(&hold.id, &e, now).await.unwrap()
+                    })
+                },
+                BatchSize::SmallInput,
+            )
+        });
+        group.finish();
+    }
 }
 
 criterion_group!(benches, ledger);

@@ -15,6 +15,8 @@ use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 
+#[path = "common/pg.rs"]
+mod pg;
 #[path = "common/verify_floor.rs"]
 mod verify_floor;
 use hmac::{Hmac, KeyInit, Mac};
@@ -202,31 +204,9 @@ fn verify_stores(c: &mut Criterion) {
     sqlite_floor(c, &path, &cycle);
     cold_and_hot(c, &rt, "sqlite", sqlite, &cycle);
 
-    if let Ok(base) = std::env::var("KEYMETER_TEST_PG_URL") {
-        let schema = format!("bench_{}", std::process::id());
-        let admin = rt
-            .block_on(keymeter::store::PostgresStore::connect(&base))
-            .unwrap();
-        rt.block_on(
-            sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-                "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"
-            )))
-            .execute(admin.pool()),
-        )
-        .unwrap();
-        let sep = if base.contains('?') { '&' } else { '?' };
-        let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
-        let pg: Arc<dyn Store> = rt.block_on(keymeter::store::connect(&url)).unwrap();
-        let (_, cycle) = fill(&rt, pg.clone());
-        cold_and_hot(c, &rt, "postgres", pg.clone(), &cycle);
-        rt.block_on(pg.close());
-        rt.block_on(
-            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
-                .execute(admin.pool()),
-        )
-        .unwrap();
-    } else {
-        eprintln!("verify_stores: KEYMETER_TEST_PG_URL is not set: PostgreSQL cases skipped");
+    if let Some(pg) = pg::schema(&rt, "verify_stores") {
+        let (_, cycle) = fill(&rt, pg.store.clone());
+        cold_and_hot(c, &rt, "postgres", pg.store.clone(), &cycle);
     }
 }
 
