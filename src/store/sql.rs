@@ -177,3 +177,56 @@ pub(crate) fn stored_credential(row: &impl Columns) -> Result<StoredCredential> 
         sealed: sealed(row, "sealed")?,
     })
 }
+
+/// One embedded migration: version, name, SQL.
+pub(crate) type Migration = (i64, &'static str, &'static str);
+
+/// Why the migrations a database records do not fit this build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum MigrationMismatch {
+    /// A migration that ran was changed since (its checksum differs).
+    Changed(i64),
+    /// The database ran a migration this build does not know (a newer keymeter migrated it).
+    Unknown(i64),
+}
+
+/// The migrations of `all` still to run, given the `(version, checksum)` pairs the database records.
+pub(crate) fn pending(
+    all: &'static [Migration],
+    applied: &[(i64, String)],
+) -> std::result::Result<Vec<&'static Migration>, MigrationMismatch> {
+    for (version, sum) in applied {
+        match all.iter().find(|(v, ..)| v == version) {
+            None => return Err(MigrationMismatch::Unknown(*version)),
+            Some((_, _, sql)) if checksum(sql) != *sum => {
+                return Err(MigrationMismatch::Changed(*version));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(all
+        .iter()
+        .filter(|(v, ..)| !applied.iter().any(|(a, _)| a == v))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALL: &[Migration] = &[
+        (1, "a", "CREATE TABLE a (x)"),
+        (2, "b", "CREATE TABLE b (x)"),
+    ];
+
+    #[test]
+    fn pending_migrations_and_mismatches() {
+        assert_eq!(pending(ALL, &[]).unwrap().len(), 2);
+        let one = [(1, checksum("CREATE TABLE a (x)"))];
+        assert_eq!(pending(ALL, &one).unwrap(), vec![&ALL[1]]);
+        let changed = [(1, checksum("CREATE TABLE a (y)"))];
+        assert_eq!(pending(ALL, &changed), Err(MigrationMismatch::Changed(1)));
+        let newer = [(3, checksum("…"))];
+        assert_eq!(pending(ALL, &newer), Err(MigrationMismatch::Unknown(3)));
+    }
+}

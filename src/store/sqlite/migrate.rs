@@ -11,10 +11,10 @@ use sqlx::sqlite::SqlitePool;
 
 use super::{SqliteError, db, is_busy};
 use crate::error::Result;
-use crate::store::sql::checksum;
+use crate::store::sql::{Migration, MigrationMismatch, checksum, pending};
 
 /// keymeter's SQLite migrations: version, name, SQL. Append only; never edit one that shipped.
-const MIGRATIONS: &[(i64, &str, &str)] = &[
+const MIGRATIONS: &[Migration] = &[
     (
         1,
         "api_keys",
@@ -85,22 +85,20 @@ async fn migrate_once(pool: &SqlitePool) -> Result<()> {
         .fetch_all(&mut *tx)
         .await
         .map_err(db)?;
-    let mut done = Vec::with_capacity(applied.len());
-    for row in &applied {
-        let version: i64 = row.try_get("version").map_err(db)?;
-        let sum: String = row.try_get("checksum").map_err(db)?;
-        match MIGRATIONS.iter().find(|(v, ..)| *v == version) {
-            None => return Err(SqliteError::MigrationUnknown { version }.into()),
-            Some((_, _, sql)) if checksum(sql) != sum => {
-                return Err(SqliteError::MigrationChanged { version }.into());
-            }
-            Some(_) => done.push(version),
-        }
-    }
-    for (version, name, sql) in MIGRATIONS {
-        if done.contains(version) {
-            continue;
-        }
+    let applied = applied
+        .iter()
+        .map(|row| {
+            Ok((
+                row.try_get("version").map_err(db)?,
+                row.try_get("checksum").map_err(db)?,
+            ))
+        })
+        .collect::<Result<Vec<(i64, String)>>>()?;
+    let pending = pending(MIGRATIONS, &applied).map_err(|m| match m {
+        MigrationMismatch::Changed(version) => SqliteError::MigrationChanged { version },
+        MigrationMismatch::Unknown(version) => SqliteError::MigrationUnknown { version },
+    })?;
+    for (version, name, sql) in pending {
         sqlx::raw_sql(sqlx::AssertSqlSafe(*sql))
             .execute(&mut *tx)
             .await
