@@ -181,6 +181,10 @@ impl CachedKeyStore {
     /// Polls the feed if it is due (one poll at a time; the others wait for it).
     async fn refresh(&self) {
         let Some(feed) = &self.feed else { return };
+        // Most calls find the feed current: no lock for them.
+        if !self.poll_due(self.clock.now_micros()) {
+            return;
+        }
         let _one = self.polling.lock().await;
         let started = self.clock.now_micros();
         if !self.poll_due(started) {

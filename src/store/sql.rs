@@ -3,7 +3,7 @@
 
 use std::str::FromStr;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use rust_decimal::Decimal;
 use sha2::{Digest, Sha256};
 
@@ -11,9 +11,10 @@ use crate::credentials::{
     CredentialScope, CredentialSource, Provider, SealedCredential, StoredCredential,
 };
 use crate::error::{Error, Result};
-use crate::keys::{KeyEnv, KeyHash, KeyLookup, KeyRecord, PreviousSecret, Scope};
+use crate::keys::{KeyEnv, KeyHash, KeyLookup, KeyRecord, PreviousSecret, Scope, VerdictCode};
 use crate::ledger::{Budget, BudgetPeriod, BudgetScope, UsageEvent};
-use crate::limits::Quota;
+use crate::limits::{LimitScope, Limits, Quota};
+use crate::stats::Counts;
 
 /// One row as a backend reads it: each backend maps its own column types (SQLite's microsecond integers and
 /// decimal strings, PostgreSQL's `timestamptz` and `numeric`) and its own error type.
@@ -133,8 +134,44 @@ pub(crate) fn budget(row: &impl Columns) -> Result<Budget> {
 }
 
 /// A stored quota list (`["100/min"]`).
-pub(crate) fn quotas(row: &impl Columns, column: &str) -> Result<Vec<Quota>> {
+fn quotas(row: &impl Columns, column: &str) -> Result<Vec<Quota>> {
     serde_json::from_str(&row.text(column)?).map_err(|_| row.corrupt("quota list"))
+}
+
+/// The limits of each of `scopes`, in order (none for a scope without a row), from rows of the limits table.
+pub(crate) fn limits_of<R: Columns>(scopes: &[LimitScope], rows: &[R]) -> Result<Vec<Limits>> {
+    let mut out = vec![Limits::default(); scopes.len()];
+    for row in rows {
+        let (kind, id) = (row.text("scope_kind")?, row.text("scope_id")?);
+        let limits = Limits {
+            requests: quotas(row, "requests")?,
+            tokens: quotas(row, "tokens")?,
+        };
+        for (slot, s) in out.iter_mut().zip(scopes) {
+            if s.kind() == kind && s.id() == id {
+                *slot = limits.clone();
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Per-day verdict counts from `(day, code, count)` rows ordered by day.
+pub(crate) fn day_counts(
+    rows: impl IntoIterator<Item = (NaiveDate, VerdictCode, u64)>,
+) -> Vec<(NaiveDate, Counts)> {
+    let mut out: Vec<(NaiveDate, Counts)> = Vec::new();
+    for (day, code, n) in rows {
+        match out.last_mut() {
+            Some((d, counts)) if *d == day => counts[code.index()] += n,
+            _ => {
+                let mut counts = [0; VerdictCode::ALL.len()];
+                counts[code.index()] = n;
+                out.push((day, counts));
+            }
+        }
+    }
+    out
 }
 
 /// A quota list as stored.

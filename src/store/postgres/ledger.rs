@@ -45,7 +45,7 @@ async fn lock_budgets<'a>(
 
 /// Settled spend and live reservations of `scope` in the period starting at `start`.
 async fn standing_of(
-    tx: &mut Tx,
+    executor: impl sqlx::PgExecutor<'_>,
     scope: &BudgetScope,
     start: DateTime<Utc>,
     now: DateTime<Utc>,
@@ -62,7 +62,7 @@ async fn standing_of(
     .bind(scope.id())
     .bind(start)
     .bind(now)
-    .fetch_one(&mut **tx)
+    .fetch_one(executor)
     .await
     .map_err(db)?;
     Ok((row.decimal("spent")?, row.decimal("reserved")?))
@@ -398,9 +398,8 @@ impl Ledger for PostgresStore {
             return Ok(None);
         };
         // One statement: one snapshot of spend and reservations.
-        let mut tx = self.pool().begin().await.map_err(db)?;
-        let (spent, reserved) = standing_of(&mut tx, scope, budget.period_start(now), now).await?;
-        tx.commit().await.map_err(db)?;
+        let (spent, reserved) =
+            standing_of(self.pool(), scope, budget.period_start(now), now).await?;
         Ok(Some(BudgetStatus::new(&budget, spent, reserved, now)))
     }
 
@@ -420,7 +419,7 @@ impl Ledger for PostgresStore {
                 let mut found = Vec::with_capacity(budgets.len());
                 for budget in &budgets {
                     let start = budget.period_start(now);
-                    let (spent, reserved) = standing_of(tx, &budget.scope, start, now).await?;
+                    let (spent, reserved) = standing_of(&mut **tx, &budget.scope, start, now).await?;
                     found.push((budget, spent, reserved, start));
                 }
                 admit(found.iter().map(|(budget, spent, reserved, _)| Standing { budget, spent: *spent, reserved: *reserved }), amount)?;
@@ -455,15 +454,12 @@ impl Ledger for PostgresStore {
                 .await
                 .map_err(db)?;
                 // In the caller's order, as the other backends give them.
-                let held: Vec<BudgetScope> = scopes
-                    .iter()
-                    .filter(|s| budgets.iter().any(|b| b.scope == **s))
-                    .fold(Vec::new(), |mut v, s| {
-                        if !v.contains(s) {
-                            v.push(s.clone());
-                        }
-                        v
-                    });
+                let mut held: Vec<BudgetScope> = Vec::with_capacity(budgets.len());
+                for s in scopes {
+                    if budgets.iter().any(|b| b.scope == *s) && !held.contains(s) {
+                        held.push(s.clone());
+                    }
+                }
                 Ok(Reservation { id: id.clone(), amount, expires_at, scopes: held })
             }
             .await

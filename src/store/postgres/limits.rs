@@ -10,7 +10,7 @@ use sqlx::Row;
 use super::{PostgresStore, db};
 use crate::error::Result;
 use crate::limits::{Charge, Decision, LimitScope, LimitStore, Limits, RateLimiter, gcra};
-use crate::store::sql::{Columns, quotas, quotas_text};
+use crate::store::sql::{Columns, limits_of, quotas_text};
 
 /// The buckets' states, each row locked for the rest of the transaction. A bucket seen for the first time is
 /// created at 0 (no state: every time since the epoch is past it) so that it can be locked like the others.
@@ -66,25 +66,25 @@ impl LimitStore for PostgresStore {
     async fn set_limits(&self, scope: &LimitScope, limits: &Limits) -> Result<()> {
         scope.validate()?;
         limits.validate()?;
-        let query = if limits.is_empty() {
-            sqlx::query(
-                "DELETE FROM keymeter_limits WHERE scope_kind = $1 AND scope_id = $2 AND $3::text IS NOT NULL \
-                 AND $4::text IS NOT NULL",
-            )
+        let done = if limits.is_empty() {
+            sqlx::query("DELETE FROM keymeter_limits WHERE scope_kind = $1 AND scope_id = $2")
+                .bind(scope.kind())
+                .bind(scope.id())
+                .execute(&self.pool)
+                .await
         } else {
             sqlx::query(
                 "INSERT INTO keymeter_limits (scope_kind, scope_id, requests, tokens) VALUES ($1, $2, $3, $4) \
                  ON CONFLICT (scope_kind, scope_id) DO UPDATE SET requests = excluded.requests, tokens = excluded.tokens",
             )
-        };
-        query
             .bind(scope.kind())
             .bind(scope.id())
             .bind(quotas_text(&limits.requests))
             .bind(quotas_text(&limits.tokens))
             .execute(&self.pool)
             .await
-            .map_err(db)?;
+        };
+        done.map_err(db)?;
         Ok(())
     }
 
@@ -103,20 +103,7 @@ impl LimitStore for PostgresStore {
         .fetch_all(&self.pool)
         .await
         .map_err(db)?;
-        let mut out = vec![Limits::default(); scopes.len()];
-        for row in rows {
-            let (kind, id) = (row.text("scope_kind")?, row.text("scope_id")?);
-            let limits = Limits {
-                requests: quotas(&row, "requests")?,
-                tokens: quotas(&row, "tokens")?,
-            };
-            for (slot, s) in out.iter_mut().zip(scopes) {
-                if s.kind() == kind && s.id() == id {
-                    *slot = limits.clone();
-                }
-            }
-        }
-        Ok(out)
+        limits_of(scopes, &rows)
     }
 }
 

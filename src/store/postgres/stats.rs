@@ -8,7 +8,7 @@ use super::{PostgresStore, corrupt, db};
 use crate::error::Result;
 use crate::keys::VerdictCode;
 use crate::stats::{Counts, StatsDelta, StatsStore};
-use crate::store::sql::Columns;
+use crate::store::sql::{Columns, day_counts};
 
 #[async_trait]
 impl StatsStore for PostgresStore {
@@ -76,22 +76,17 @@ impl StatsStore for PostgresStore {
         .fetch_all(&self.pool)
         .await
         .map_err(db)?;
-        let mut out: Vec<(NaiveDate, Counts)> = Vec::new();
-        for row in rows {
-            let day: NaiveDate = row.try_get("day").map_err(db)?;
-            let code = VerdictCode::from_name(&row.text("code")?)
-                .ok_or_else(|| corrupt("verdict code"))?;
-            let n = u64::try_from(row.try_get::<i64, _>("count").map_err(db)?)
-                .map_err(|_| corrupt("count"))?;
-            match out.last_mut() {
-                Some((d, counts)) if *d == day => counts[code.index()] += n,
-                _ => {
-                    let mut counts = [0; VerdictCode::ALL.len()];
-                    counts[code.index()] = n;
-                    out.push((day, counts));
-                }
-            }
-        }
-        Ok(out)
+        let rows = rows
+            .iter()
+            .map(|row| {
+                let day: NaiveDate = row.try_get("day").map_err(db)?;
+                let code = VerdictCode::from_name(&row.text("code")?)
+                    .ok_or_else(|| corrupt("verdict code"))?;
+                let n = u64::try_from(row.try_get::<i64, _>("count").map_err(db)?)
+                    .map_err(|_| corrupt("count"))?;
+                Ok((day, code, n))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(day_counts(rows))
     }
 }

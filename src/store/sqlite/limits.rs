@@ -3,12 +3,11 @@
 //! unit.
 
 use async_trait::async_trait;
-use sqlx::Row;
 
 use super::{SqliteStore, db};
 use crate::error::Result;
 use crate::limits::{Charge, Decision, LimitScope, LimitStore, Limits, RateLimiter, gcra};
-use crate::store::sql::{quotas, quotas_text};
+use crate::store::sql::{limits_of, quotas_text};
 
 async fn load(tx: &mut super::Tx, charges: &[Charge]) -> Result<Vec<Option<i64>>> {
     let mut states = Vec::with_capacity(charges.len());
@@ -83,21 +82,7 @@ impl LimitStore for SqliteStore {
             query = query.bind(s.kind()).bind(s.id());
         }
         let rows = query.fetch_all(&self.pool).await.map_err(db)?;
-        let mut out = vec![Limits::default(); scopes.len()];
-        for row in rows {
-            let kind: String = row.try_get("scope_kind").map_err(db)?;
-            let id: String = row.try_get("scope_id").map_err(db)?;
-            let limits = Limits {
-                requests: quotas(&row, "requests")?,
-                tokens: quotas(&row, "tokens")?,
-            };
-            for (slot, s) in out.iter_mut().zip(scopes) {
-                if s.kind() == kind && s.id() == id {
-                    *slot = limits.clone();
-                }
-            }
-        }
-        Ok(out)
+        limits_of(scopes, &rows)
     }
 }
 

@@ -8,6 +8,7 @@ use super::{SqliteStore, corrupt, db, micros};
 use crate::error::Result;
 use crate::keys::VerdictCode;
 use crate::stats::{Counts, StatsDelta, StatsStore};
+use crate::store::sql::day_counts;
 
 #[async_trait]
 impl StatsStore for SqliteStore {
@@ -63,26 +64,21 @@ impl StatsStore for SqliteStore {
         .fetch_all(&self.pool)
         .await
         .map_err(db)?;
-        let mut out: Vec<(NaiveDate, Counts)> = Vec::new();
-        for row in rows {
-            let day: NaiveDate = row
-                .try_get::<String, _>("day")
-                .map_err(db)?
-                .parse()
-                .map_err(|_| corrupt("statistics day"))?;
-            let code = VerdictCode::from_name(&row.try_get::<String, _>("code").map_err(db)?)
-                .ok_or_else(|| corrupt("verdict code"))?;
-            let n = u64::try_from(row.try_get::<i64, _>("count").map_err(db)?)
-                .map_err(|_| corrupt("count"))?;
-            match out.last_mut() {
-                Some((d, counts)) if *d == day => counts[code.index()] += n,
-                _ => {
-                    let mut counts = [0; VerdictCode::ALL.len()];
-                    counts[code.index()] = n;
-                    out.push((day, counts));
-                }
-            }
-        }
-        Ok(out)
+        let rows = rows
+            .iter()
+            .map(|row| {
+                let day: NaiveDate = row
+                    .try_get::<String, _>("day")
+                    .map_err(db)?
+                    .parse()
+                    .map_err(|_| corrupt("statistics day"))?;
+                let code = VerdictCode::from_name(&row.try_get::<String, _>("code").map_err(db)?)
+                    .ok_or_else(|| corrupt("verdict code"))?;
+                let n = u64::try_from(row.try_get::<i64, _>("count").map_err(db)?)
+                    .map_err(|_| corrupt("count"))?;
+                Ok((day, code, n))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(day_counts(rows))
     }
 }
