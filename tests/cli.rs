@@ -1794,3 +1794,121 @@ fn vault_keygen_prints_only_the_entry_on_stdout() {
         "the advice goes to stderr"
     );
 }
+
+#[test]
+fn usage_export_import_prune() {
+    usage_export_import_prune_on(Cli::new(), Cli::new());
+}
+
+#[test]
+fn usage_export_import_prune_on_postgres() {
+    let Some(target) = Cli::postgres("usage_export_import_prune") else {
+        return;
+    };
+    usage_export_import_prune_on(Cli::new(), target);
+}
+
+/// Events exported from one store and imported into another (SQLite or PostgreSQL) are the same events, the
+/// import is idempotent, a bad line records nothing, and pruning keeps budgets' spend.
+fn usage_export_import_prune_on(source: Cli, target: Cli) {
+    source.ok(&["init"]);
+    target.ok(&["init"]);
+    for (req, owner, at) in [
+        ("r1", "alice", "2026-01-15T10:00:00Z"),
+        ("r2", "Smith, \"Al\"", "2026-02-01T00:00:00Z"),
+        ("r3", "alice", "2026-03-02T12:30:00.5Z"),
+    ] {
+        source.ok(&[
+            "usage",
+            "record",
+            "--owner",
+            owner,
+            "--org",
+            "acme",
+            "--model",
+            "gpt-4o",
+            "--request-id",
+            req,
+            "--at",
+            at,
+            "--input",
+            "1000",
+            "--cache-read",
+            "200",
+            "--output",
+            "100",
+        ]);
+    }
+    let export = |cli: &Cli, extra: &[&str]| {
+        let out = cli.run_with(&[&["usage", "export"], extra].concat(), None);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let jsonl = export(&source, &[]);
+    assert_eq!(jsonl.lines().count(), 3);
+    let first: Value = serde_json::from_str(jsonl.lines().next().unwrap()).unwrap();
+    assert_eq!(first["request_id"], "r1");
+    assert!(first["cost"].is_string(), "{first}");
+    assert_eq!(first["usage"]["cache_read"], 200);
+    let since = export(&source, &["--since", "2026-02-01", "--until", "2026-03-01"]);
+    assert_eq!(since.lines().count(), 1);
+    let csv = export(&source, &["--format", "csv"]);
+    let mut rows = csv.lines();
+    let header = rows.next().unwrap();
+    assert!(
+        header.starts_with("event_id,request_id,at,key_id,owner,org,provider,model,usage.input,")
+    );
+    assert!(header.contains("usage.cache_read") && header.ends_with("cost,credential_source"));
+    assert_eq!(rows.count(), 3);
+    assert!(csv.contains("\"Smith, \"\"Al\"\"\""), "{csv}");
+
+    // A bad line anywhere: exit 2 naming it, nothing recorded.
+    let mut lines: Vec<&str> = jsonl.lines().collect();
+    lines.insert(2, "{\"event_id\": \"ev_x\"}");
+    let out = target.run_with(&["usage", "import", "-"], Some(&lines.join("\n")));
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("line 3"), "{stderr}");
+    assert_eq!(export(&target, &[]), "");
+
+    let file = target.dir.path().join("events.jsonl");
+    std::fs::write(&file, &jsonl).unwrap();
+    let imported = target.ok(&["usage", "import", file.to_str().unwrap()]);
+    assert_eq!(
+        imported,
+        serde_json::json!({"read": 3, "recorded": 3, "duplicates": 0})
+    );
+    assert_eq!(
+        export(&target, &[]),
+        jsonl,
+        "the same events, ids and costs"
+    );
+    let (code, again) = target.run(&["usage", "import", "-"], Some(&jsonl));
+    assert_eq!(code, 0);
+    assert_eq!(
+        again,
+        serde_json::json!({"read": 3, "recorded": 0, "duplicates": 3})
+    );
+
+    // Prune: events go, the budget's spend and the request ids stay.
+    target.ok(&[
+        "budget", "set", "--org", "acme", "--limit", "10", "--period", "total",
+    ]);
+    let before = target.ok(&["budget", "status", "--org", "acme"]);
+    let pruned = target.ok(&["usage", "prune", "--before", "2026-03-01"]);
+    assert_eq!(pruned["pruned"], 2);
+    assert_eq!(export(&target, &[]).lines().count(), 1);
+    assert_eq!(
+        target.ok(&["budget", "status", "--org", "acme"])["spent"],
+        before["spent"]
+    );
+    let (_, resent) = target.run(&["usage", "import", "-"], Some(&jsonl));
+    assert_eq!(resent["duplicates"], 3);
+    let report = target.ok(&["usage", "report", "--by", "owner"]);
+    assert_eq!(report["groups"].as_array().unwrap().len(), 1);
+}

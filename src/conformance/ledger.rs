@@ -195,6 +195,227 @@ pub async fn events_and_reports(ledger: Arc<dyn Ledger>) {
     }
 }
 
+/// Reports equal the pure aggregation of the events they cover, whatever the filter, range and zone: ranges that
+/// start and end inside a quarter hour, a day or a month, months of different lengths, 30- and 45-minute zones,
+/// and a zone whose old offset (Monrovia's −0:44:30 until 1972) is no multiple of a quarter hour.
+pub async fn reports_match_the_events(ledger: Arc<dyn Ledger>) {
+    let start = Utc
+        .with_ymd_and_hms(2025, 12, 20, 0, 0, 0)
+        .single()
+        .expect("valid date");
+    let old = Utc
+        .with_ymd_and_hms(1971, 12, 31, 23, 0, 0)
+        .single()
+        .expect("valid date");
+    let mut events = Vec::new();
+    for i in 0..240u32 {
+        // Steps of 11 h 7 min 13.000017 s: every hour of the day, minute and weekday comes round.
+        let at = start + Duration::microseconds(i64::from(i) * 40_033_000_017);
+        let mut e = event(
+            &format!("m{i}"),
+            ["alice", "bob", "carol"][i as usize % 3],
+            &format!("0.{:0>width$}", 1 + i * 7, width = 2 + i as usize % 9),
+            at,
+        );
+        if i % 4 == 1 {
+            e.org = None;
+        }
+        if i % 5 == 2 {
+            e.key_id = Some("k2".into());
+        } else if i % 5 == 3 {
+            e.key_id = None;
+        }
+        if i % 2 == 0 {
+            e.model = "claude-sonnet-4-5".into();
+        }
+        e.usage.output = u64::from(i);
+        events.push(e);
+    }
+    for i in 0..12u32 {
+        // Around Monrovia's 1972 change of offset, every 13 minutes.
+        let at = old + Duration::minutes(i64::from(i) * 13);
+        events.push(event(&format!("o{i}"), "dave", "0.5", at));
+    }
+    // 15 s after Monrovia's midnight (00:44:30 UTC): the quarter hour from 00:30 UTC holds two local years.
+    let new_year = old + Duration::seconds(3600 + 44 * 60 + 45);
+    events.push(event("o-new-year", "dave", "0.25", new_year));
+    for chunk in events.chunks(50) {
+        ledger.record_batch(chunk).await.expect("batch");
+    }
+    let at = |s: &str| Some(s.parse::<DateTime<Utc>>().expect("time"));
+    let filters = [
+        EventFilter::default(),
+        EventFilter {
+            owner: Some("alice".into()),
+            ..EventFilter::default()
+        },
+        EventFilter {
+            org: Some("acme".into()),
+            ..EventFilter::default()
+        },
+        EventFilter {
+            key_id: Some("k2".into()),
+            model: Some("gpt-4o".into()),
+            ..EventFilter::default()
+        },
+        EventFilter {
+            since: at("2026-01-07T13:07:22.5Z"),
+            until: at("2026-03-02T00:07:00Z"),
+            ..EventFilter::default()
+        },
+        EventFilter {
+            since: at("2026-02-01T00:00:00Z"),
+            until: at("2026-03-01T00:00:00Z"),
+            ..EventFilter::default()
+        },
+        EventFilter {
+            owner: Some("bob".into()),
+            since: at("2025-12-31T23:59:00Z"),
+            ..EventFilter::default()
+        },
+        EventFilter {
+            until: at("2026-01-15T09:52:00Z"),
+            ..EventFilter::default()
+        },
+        EventFilter {
+            since: at("2026-02-10T10:10:00Z"),
+            until: at("2026-02-10T10:20:00Z"),
+            ..EventFilter::default()
+        },
+    ];
+    let zones = [
+        chrono_tz::UTC,
+        chrono_tz::Europe::Berlin,
+        chrono_tz::Asia::Kathmandu,
+        chrono_tz::America::St_Johns,
+        chrono_tz::Africa::Monrovia,
+    ];
+    for f in &filters {
+        let stored = ledger.events(f).await.expect("events");
+        let expected: Vec<&UsageEvent> = events.iter().filter(|e| f.matches(e)).collect();
+        assert_eq!(stored.len(), expected.len(), "{f:?}");
+        for by in [
+            GroupBy::Key,
+            GroupBy::Owner,
+            GroupBy::Org,
+            GroupBy::Model,
+            GroupBy::Day,
+            GroupBy::Week,
+            GroupBy::Month,
+        ] {
+            for tz in zones {
+                let report = ledger.report(f, by, tz).await.expect("report");
+                assert_eq!(
+                    report,
+                    crate::ledger::aggregate(expected.iter().copied(), by, tz),
+                    "{by:?} in {tz}, {f:?}"
+                );
+            }
+        }
+    }
+}
+
+/// Pruning deletes old events only: budgets keep their spend (also when their limits change afterwards), a pruned
+/// request id stays a duplicate (answering the first event's id), and reports follow the events.
+pub async fn prune_keeps_spend_and_request_ids(ledger: Arc<dyn Ledger>) {
+    let alice = BudgetScope::Owner("alice".into());
+    ledger
+        .set_budget(&Budget::new(alice.clone(), d("10"), BudgetPeriod::Monthly).expect("budget"))
+        .await
+        .expect("set budget");
+    let old = event("r1", "alice", "0.5", t0() - Duration::days(2));
+    ledger.record(&old).await.expect("record");
+    ledger
+        .record(&event("r2", "alice", "0.25", t0()))
+        .await
+        .expect("record");
+    assert_eq!(
+        ledger.prune(t0() - Duration::days(1)).await.expect("prune"),
+        1
+    );
+    assert_eq!(
+        ledger.prune(t0() - Duration::days(1)).await.expect("prune"),
+        0
+    );
+    let left = ledger
+        .events(&EventFilter::default())
+        .await
+        .expect("events");
+    assert_eq!(
+        left.iter()
+            .map(|e| e.request_id.as_str())
+            .collect::<Vec<_>>(),
+        ["r2"]
+    );
+    let spent = |ledger: Arc<dyn Ledger>| async move {
+        ledger
+            .budget_status(&BudgetScope::Owner("alice".into()), t0())
+            .await
+            .expect("status")
+            .expect("budget")
+            .spent
+    };
+    assert_eq!(spent(ledger.clone()).await, d("0.75"));
+    let mut resent = event("r1", "alice", "0.5", t0() - Duration::days(2));
+    resent.event_id = "ev_resent".into();
+    let again = ledger.record(&resent).await.expect("resend");
+    assert!(again.duplicate);
+    assert_eq!(again.event_id, old.event_id);
+    let batch = ledger.record_batch(&[resent.clone()]).await.expect("batch");
+    assert!(batch[0].duplicate);
+    assert_eq!(spent(ledger.clone()).await, d("0.75"));
+    ledger
+        .set_budget(&Budget::new(alice.clone(), d("20"), BudgetPeriod::Monthly).expect("budget"))
+        .await
+        .expect("raise the limit");
+    assert_eq!(spent(ledger.clone()).await, d("0.75"));
+    let report = ledger
+        .report(&EventFilter::default(), GroupBy::Owner, chrono_tz::UTC)
+        .await
+        .expect("report");
+    assert_eq!(report.total, d("0.25"));
+    assert_eq!(
+        ledger
+            .events(&EventFilter::default())
+            .await
+            .expect("events")
+            .len(),
+        1
+    );
+}
+
+/// Pages of `events_after` give every event once, in the order of `events`.
+pub async fn events_page_in_order(ledger: Arc<dyn Ledger>) {
+    let events: Vec<UsageEvent> = (0..7)
+        .map(|i| {
+            event(
+                &format!("p{i}"),
+                "alice",
+                "0.01",
+                t0() + Duration::minutes(i % 3),
+            )
+        })
+        .collect();
+    ledger.record_batch(&events).await.expect("batch");
+    let all = ledger
+        .events(&EventFilter::default())
+        .await
+        .expect("events");
+    let mut paged = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = ledger
+            .events_after(&EventFilter::default(), cursor.as_ref(), 2)
+            .await
+            .expect("page");
+        let Some(last) = page.last() else { break };
+        cursor = Some(crate::ledger::EventCursor::after(last));
+        assert!(page.len() <= 2);
+        paged.extend(page);
+    }
+    assert_eq!(paged, all);
+}
+
 /// Status reports spend, reservations, what remains, and the soft limit.
 pub async fn budget_status_and_soft_limit(ledger: Arc<dyn Ledger>) {
     let alice = BudgetScope::Owner("alice".into());

@@ -119,6 +119,64 @@ impl UsageEvent {
     }
 }
 
+/// One line of `usage export --format jsonl` as it is read back: every field of [`UsageEvent`], the cost a
+/// decimal string (a JSON number could have been rounded on the way). Fields a newer keymeter adds are ignored.
+#[derive(Deserialize)]
+struct EventLine {
+    event_id: String,
+    request_id: String,
+    at: DateTime<Utc>,
+    #[serde(default)]
+    key_id: Option<String>,
+    owner: String,
+    #[serde(default)]
+    org: Option<String>,
+    provider: String,
+    model: String,
+    usage: Usage,
+    cost: String,
+    #[serde(default)]
+    credential_source: Option<String>,
+}
+
+impl std::str::FromStr for UsageEvent {
+    type Err = crate::Error;
+
+    /// Parses one exported JSON line (the event's serde form) and validates it as a backend would.
+    ///
+    /// # Errors
+    /// [`crate::Error::InvalidInput`] saying what is wrong: not JSON, a missing field, a cost that is not a
+    /// decimal string, an unknown credential source, or what [`UsageEvent::validate`] refuses.
+    fn from_str(line: &str) -> Result<Self> {
+        let raw: EventLine = serde_json::from_str(line).map_err(|e| {
+            crate::Error::invalid("usage event", format!("not an exported event: {e}"))
+        })?;
+        let cost = raw.cost.parse::<Decimal>().map_err(|_| {
+            crate::Error::invalid("cost", "expected a decimal string such as \"0.0125\"")
+        })?;
+        let credential_source = raw
+            .credential_source
+            .as_deref()
+            .map(str::parse::<CredentialSource>)
+            .transpose()?;
+        let event = UsageEvent {
+            event_id: raw.event_id,
+            request_id: raw.request_id,
+            at: raw.at,
+            key_id: raw.key_id,
+            owner: raw.owner,
+            org: raw.org,
+            provider: raw.provider,
+            model: raw.model,
+            usage: raw.usage,
+            cost,
+            credential_source,
+        };
+        event.validate()?;
+        Ok(event)
+    }
+}
+
 pub(crate) fn random_id(random: &dyn RandomSource) -> Result<String> {
     let mut id = [0u8; 16];
     fill_base62(random, &mut id)?;
@@ -132,6 +190,30 @@ pub struct Recorded {
     pub event_id: String,
     /// Whether an event with the same request id was already recorded (nothing was added).
     pub duplicate: bool,
+}
+
+/// Where a page of [`crate::ledger::Ledger::events_after`] ends: the last event's time and id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventCursor {
+    /// The last event's time.
+    pub at: DateTime<Utc>,
+    /// The last event's id.
+    pub event_id: String,
+}
+
+impl EventCursor {
+    /// The cursor just after `e`.
+    pub fn after(e: &UsageEvent) -> Self {
+        EventCursor {
+            at: e.at,
+            event_id: e.event_id.clone(),
+        }
+    }
+
+    /// Whether `e` comes after this cursor.
+    pub fn precedes(&self, e: &UsageEvent) -> bool {
+        (e.at, e.event_id.as_str()) > (self.at, self.event_id.as_str())
+    }
 }
 
 /// Filters for [`crate::ledger::Ledger::events`]; unset fields match everything. `since` is inclusive, `until`

@@ -30,6 +30,7 @@ pub mod event;
 pub mod meter;
 pub mod period;
 pub mod report;
+pub mod transfer;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Duration, Utc};
@@ -37,7 +38,7 @@ use chrono_tz::Tz;
 use rust_decimal::Decimal;
 
 pub use budget::{Budget, BudgetScope, BudgetStatus, Reservation, parse_amount};
-pub use event::{EventFilter, Recorded, UsageEvent};
+pub use event::{EventCursor, EventFilter, Recorded, UsageEvent};
 pub use meter::{Hold, Meter, Metered, MeteredRequest, Payer, ReportedUsage};
 pub use period::BudgetPeriod;
 pub use report::{GroupBy, Report, ReportGroup, aggregate};
@@ -66,6 +67,33 @@ pub trait Ledger: Send + Sync + std::fmt::Debug {
     /// Backend failures.
     async fn events(&self, filter: &EventFilter) -> Result<Vec<UsageEvent>>;
 
+    /// Up to `limit` events passing `filter` that come after `after` in the order of [`Ledger::events`]
+    /// (oldest first, then by event id): pages for streaming every event with bounded memory.
+    ///
+    /// # Errors
+    /// Backend failures.
+    async fn events_after(
+        &self,
+        filter: &EventFilter,
+        after: Option<&EventCursor>,
+        limit: usize,
+    ) -> Result<Vec<UsageEvent>> {
+        Ok(self
+            .events(filter)
+            .await?
+            .into_iter()
+            .filter(|e| after.is_none_or(|c| c.precedes(e)))
+            .take(limit)
+            .collect())
+    }
+
+    /// Deletes the events from before `before`, returning how many. Budgets' spend is kept (it is never
+    /// recounted from events), and a pruned event's request id stays recorded: a late resend is a duplicate.
+    ///
+    /// # Errors
+    /// Backend failures; nothing is pruned then.
+    async fn prune(&self, before: DateTime<Utc>) -> Result<u64>;
+
     /// Spend and tokens of the events passing `filter`, grouped by `by` (calendar groups in `tz`).
     ///
     /// # Errors
@@ -74,7 +102,8 @@ pub trait Ledger: Send + Sync + std::fmt::Debug {
         Ok(aggregate(&self.events(filter).await?, by, tz))
     }
 
-    /// Sets (or replaces) the budget of a scope. The current period's spend is counted from recorded events.
+    /// Sets (or replaces) the budget of a scope. A new budget, or one whose period or time zone changes, counts
+    /// its spend from the events stored; a budget whose limits alone change keeps its spend.
     ///
     /// # Errors
     /// Backend failures.

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::str::FromStr;
 
+use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use rust_decimal::Decimal;
 use serde::Serialize;
@@ -72,46 +73,156 @@ pub struct Report {
     pub total: Decimal,
 }
 
+/// Exact sums of a group (or of a stored rollup row): cost, events, prompt-side and output-side tokens.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Totals {
+    pub(crate) cost: Decimal,
+    pub(crate) events: u64,
+    pub(crate) input_tokens: u64,
+    pub(crate) output_tokens: u64,
+}
+
+impl Totals {
+    /// One event's share.
+    pub(crate) fn of(e: &UsageEvent) -> Self {
+        Totals {
+            cost: e.cost,
+            events: 1,
+            input_tokens: e.usage.prompt_tokens(),
+            output_tokens: e.usage.output_tokens(),
+        }
+    }
+
+    /// Adds `other`.
+    pub(crate) fn add(&mut self, other: &Totals) {
+        self.cost += other.cost;
+        self.events = self.events.saturating_add(other.events);
+        self.input_tokens = self.input_tokens.saturating_add(other.input_tokens);
+        self.output_tokens = self.output_tokens.saturating_add(other.output_tokens);
+    }
+}
+
+impl GroupBy {
+    /// Whether the groups are calendar periods (day, week, month) rather than a field of the event.
+    pub fn is_calendar(self) -> bool {
+        matches!(self, GroupBy::Day | GroupBy::Week | GroupBy::Month)
+    }
+
+    /// The calendar group of the instant `at` in `tz`; `None` for the field groupings.
+    pub(crate) fn calendar_key(self, at: DateTime<Utc>, tz: Tz) -> Option<String> {
+        let format = match self {
+            GroupBy::Day => "%Y-%m-%d",
+            GroupBy::Week => "%G-W%V",
+            GroupBy::Month => "%Y-%m",
+            _ => return None,
+        };
+        Some(at.with_timezone(&tz).format(format).to_string())
+    }
+
+    /// The group of an event with these fields.
+    pub(crate) fn key_of(
+        self,
+        at: DateTime<Utc>,
+        tz: Tz,
+        key_id: Option<&str>,
+        owner: &str,
+        org: Option<&str>,
+        model: &str,
+    ) -> String {
+        match self {
+            GroupBy::Key => key_id.unwrap_or(NONE).to_owned(),
+            GroupBy::Owner => owner.to_owned(),
+            GroupBy::Org => org.unwrap_or(NONE).to_owned(),
+            GroupBy::Model => model.to_owned(),
+            GroupBy::Day | GroupBy::Week | GroupBy::Month => {
+                self.calendar_key(at, tz).unwrap_or_default()
+            }
+        }
+    }
+
+    /// The one calendar group holding every instant of `[start, end)`, if there is one: the zone's offset is the
+    /// same at both ends (no transition inside; transitions are months apart) and both ends fall in the same
+    /// group. `None` when the span straddles a boundary (a zone whose offset is no multiple of the span, such
+    /// as a historical local mean time); the caller then counts that span's events one by one.
+    #[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
+    pub(crate) fn span_key(
+        self,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+        tz: Tz,
+    ) -> Option<String> {
+        use chrono::Offset;
+        let last = end - chrono::Duration::microseconds(1);
+        let offset = |t: DateTime<Utc>| t.with_timezone(&tz).offset().fix();
+        if offset(start) != offset(last) {
+            return None;
+        }
+        let first = self.calendar_key(start, tz)?;
+        (self.calendar_key(last, tz)? == first).then_some(first)
+    }
+}
+
+/// The group key of events without a key or an organisation.
+const NONE: &str = "(none)";
+
+/// Accumulates totals per group; memory grows with the number of groups, not of events.
+#[derive(Debug, Default)]
+pub(crate) struct ReportBuilder {
+    groups: BTreeMap<String, Totals>,
+}
+
+impl ReportBuilder {
+    /// Adds `totals` to the group `key`.
+    pub(crate) fn add(&mut self, key: &str, totals: &Totals) {
+        match self.groups.get_mut(key) {
+            Some(g) => g.add(totals),
+            None => {
+                self.groups.insert(key.to_owned(), *totals);
+            }
+        }
+    }
+
+    /// The report: groups in byte order of their keys, exact sums.
+    pub(crate) fn finish(self) -> Report {
+        let mut total = Decimal::ZERO;
+        let groups = self
+            .groups
+            .into_iter()
+            .map(|(key, t)| {
+                total += t.cost;
+                ReportGroup {
+                    key,
+                    cost: t.cost.normalize(),
+                    events: t.events,
+                    input_tokens: t.input_tokens,
+                    output_tokens: t.output_tokens,
+                }
+            })
+            .collect();
+        Report {
+            groups,
+            total: total.normalize(),
+        }
+    }
+}
+
 /// Groups `events` by `by`, calendar groups in `tz`. Pure.
 pub fn aggregate<'a>(
     events: impl IntoIterator<Item = &'a UsageEvent>,
     by: GroupBy,
     tz: Tz,
 ) -> Report {
-    let mut groups: BTreeMap<String, ReportGroup> = BTreeMap::new();
-    let mut total = Decimal::ZERO;
+    let mut report = ReportBuilder::default();
     for e in events {
-        let key = match by {
-            GroupBy::Key => e.key_id.clone().unwrap_or_else(|| "(none)".into()),
-            GroupBy::Owner => e.owner.clone(),
-            GroupBy::Org => e.org.clone().unwrap_or_else(|| "(none)".into()),
-            GroupBy::Model => e.model.clone(),
-            GroupBy::Day => e.at.with_timezone(&tz).format("%Y-%m-%d").to_string(),
-            GroupBy::Week => e.at.with_timezone(&tz).format("%G-W%V").to_string(),
-            GroupBy::Month => e.at.with_timezone(&tz).format("%Y-%m").to_string(),
-        };
-        let g = groups.entry(key.clone()).or_insert_with(|| ReportGroup {
-            key,
-            cost: Decimal::ZERO,
-            events: 0,
-            input_tokens: 0,
-            output_tokens: 0,
-        });
-        g.cost += e.cost;
-        g.events += 1;
-        g.input_tokens = g.input_tokens.saturating_add(e.usage.prompt_tokens());
-        g.output_tokens = g.output_tokens.saturating_add(e.usage.output_tokens());
-        total += e.cost;
+        let key = by.key_of(
+            e.at,
+            tz,
+            e.key_id.as_deref(),
+            &e.owner,
+            e.org.as_deref(),
+            &e.model,
+        );
+        report.add(&key, &Totals::of(e));
     }
-    let groups = groups
-        .into_values()
-        .map(|mut g| {
-            g.cost = g.cost.normalize();
-            g
-        })
-        .collect();
-    Report {
-        groups,
-        total: total.normalize(),
-    }
+    report.finish()
 }

@@ -122,6 +122,36 @@ pub(crate) enum UsageCommand {
         #[arg(long, default_value = "UTC")]
         tz: String,
     },
+    /// Stream every event on stdout, oldest first: JSON lines (what `usage import` reads) or CSV.
+    ///
+    /// Example: keymeter usage export --since 2026-01-01 --format csv > january-on.csv
+    Export {
+        /// From (RFC 3339, or YYYY-MM-DD in UTC), inclusive.
+        #[arg(long)]
+        since: Option<String>,
+        /// Until (RFC 3339, or YYYY-MM-DD in UTC), exclusive.
+        #[arg(long)]
+        until: Option<String>,
+        /// jsonl or csv (CSV columns are the JSON fields, usage flattened as usage.<class>).
+        #[arg(long, default_value = "jsonl")]
+        format: String,
+    },
+    /// Record the events of an export's JSON lines (FILE, or - for stdin): validated whole first, then
+    /// recorded in batches, idempotent by request id (a rerun after an interruption completes it).
+    ///
+    /// Example: keymeter --store postgres://db/keymeter usage import events.jsonl
+    Import {
+        /// The JSON lines file, or - for stdin.
+        file: String,
+    },
+    /// Delete the events from before a time. Budgets' spend is kept; pruned request ids stay duplicates.
+    ///
+    /// Example: keymeter usage prune --before 2026-01-01
+    Prune {
+        /// Delete events before this (RFC 3339, or YYYY-MM-DD in UTC).
+        #[arg(long)]
+        before: String,
+    },
 }
 
 #[derive(Args)]

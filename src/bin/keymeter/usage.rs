@@ -3,12 +3,47 @@
 use std::sync::Arc;
 
 use keymeter::Config;
-use keymeter::ledger::{EventFilter, GroupBy, Meter, MeteredRequest, Payer};
+use std::io::{BufReader, Seek, Write};
+
+use keymeter::ledger::{
+    EventCursor, EventFilter, GroupBy, Ledger, Meter, MeteredRequest, Payer, transfer,
+};
 use serde_json::json;
 
 use crate::args::UsageCommand;
 use crate::price::{pricing_failure, pricing_inputs};
-use crate::{Outcome, parse_instant, parse_tz, to_json};
+use crate::{Failure, Outcome, delivered, parse_instant, parse_tz, to_json};
+
+/// Events recorded per transaction by `usage import`.
+const IMPORT_BATCH: usize = 5_000;
+/// Events read per page by `usage export`.
+const EXPORT_PAGE: usize = 1_000;
+
+/// Streams the events passing `filter` to stdout, a page at a time.
+async fn export(ledger: &dyn Ledger, filter: &EventFilter, csv: bool) -> Result<(), Failure> {
+    let broken = |e: std::io::Error| Failure::Usage(format!("cannot write to stdout: {e}"));
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    if csv {
+        writeln!(out, "{}", transfer::csv_header()).map_err(broken)?;
+    }
+    let mut cursor: Option<EventCursor> = None;
+    loop {
+        let page = ledger
+            .events_after(filter, cursor.as_ref(), EXPORT_PAGE)
+            .await?;
+        let Some(last) = page.last() else { break };
+        cursor = Some(EventCursor::after(last));
+        for e in &page {
+            let line = if csv {
+                transfer::csv_line(e)
+            } else {
+                transfer::json_line(e)?
+            };
+            writeln!(out, "{line}").map_err(broken)?;
+        }
+    }
+    out.flush().map_err(broken)
+}
 
 pub(crate) async fn run(config: &Config, cmd: UsageCommand) -> Outcome {
     let store = config.connect().await?;
@@ -86,6 +121,74 @@ pub(crate) async fn run(config: &Config, cmd: UsageCommand) -> Outcome {
             }
             human.push_str(&format!("total {}", report.total));
             Ok((to_json(&report)?, human))
+        }
+        UsageCommand::Export {
+            since,
+            until,
+            format,
+        } => {
+            let filter = EventFilter {
+                since: since
+                    .map(|s| parse_instant(&s, chrono_tz::UTC))
+                    .transpose()?,
+                until: until
+                    .map(|s| parse_instant(&s, chrono_tz::UTC))
+                    .transpose()?,
+                ..EventFilter::default()
+            };
+            let csv = match format.as_str() {
+                "jsonl" => false,
+                "csv" => true,
+                other => {
+                    return Err(Failure::Usage(format!(
+                        "unknown export format {other:?}: use --format jsonl or --format csv"
+                    )));
+                }
+            };
+            export(store.as_ref(), &filter, csv).await?;
+            Ok(delivered())
+        }
+        UsageCommand::Import { file } => {
+            let imported = if file == "-" {
+                // Spooled to an anonymous temporary file: the input is read twice (validated whole, then
+                // recorded) without holding it in memory.
+                let mut spool = tempfile::tempfile()
+                    .map_err(|e| Failure::Usage(format!("cannot buffer stdin: {e}")))?;
+                std::io::copy(&mut std::io::stdin().lock(), &mut spool)
+                    .map_err(|e| Failure::Usage(format!("cannot read stdin: {e}")))?;
+                spool
+                    .seek(std::io::SeekFrom::Start(0))
+                    .map_err(|e| Failure::Usage(format!("cannot buffer stdin: {e}")))?;
+                transfer::import(store.as_ref(), BufReader::new(spool), IMPORT_BATCH).await
+            } else {
+                let input = std::fs::File::open(&file).map_err(|e| {
+                    Failure::Usage(format!(
+                        "cannot open {file:?}: {e}; give a JSON lines file or - for stdin"
+                    ))
+                })?;
+                transfer::import(store.as_ref(), BufReader::new(input), IMPORT_BATCH).await
+            }
+            .map_err(|e| {
+                Failure::Usage(format!(
+                    "{e}; nothing after the last full batch was recorded, and a rerun is safe"
+                ))
+            })?;
+            let human = format!(
+                "read {} events: {} recorded, {} already there",
+                imported.read, imported.recorded, imported.duplicates
+            );
+            Ok((to_json(imported)?, human))
+        }
+        UsageCommand::Prune { before } => {
+            let before = parse_instant(&before, chrono_tz::UTC)?;
+            let pruned = store.prune(before).await?;
+            Ok((
+                json!({"pruned": pruned, "before": before.to_rfc3339()}),
+                format!(
+                    "pruned {pruned} events from before {}; budgets keep their spend",
+                    before.to_rfc3339()
+                ),
+            ))
         }
     }
 }

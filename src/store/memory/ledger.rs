@@ -101,6 +101,8 @@ pub(crate) struct LedgerState {
     events: Vec<Vec<StoredEvent>>,
     len: usize,
     by_request: HashMap<Arc<str>, usize>,
+    // Request ids of pruned events, with their event ids: a late resend stays a duplicate.
+    pruned: HashMap<Arc<str>, Arc<str>>,
     names: std::collections::HashSet<Arc<str>>,
     budgets: Vec<BudgetEntry>,
     // Budget indices by scope id, one map per kind, so an event's three scopes are found without allocating.
@@ -172,6 +174,12 @@ impl LedgerState {
     }
 
     fn record(&mut self, event: &UsageEvent) -> Recorded {
+        if let Some(event_id) = self.pruned.get(event.request_id.as_str()) {
+            return Recorded {
+                event_id: event_id.to_string(),
+                duplicate: true,
+            };
+        }
         if let Some(&i) = self.by_request.get(event.request_id.as_str()) {
             return Recorded {
                 event_id: self.events[i / EVENT_CHUNK][i % EVENT_CHUNK]
@@ -252,10 +260,45 @@ impl Ledger for MemoryStore {
         Ok(out)
     }
 
+    async fn prune(&self, before: DateTime<Utc>) -> Result<u64> {
+        let mut state = self.ledger();
+        let old = std::mem::take(&mut state.events);
+        state.len = 0;
+        state.by_request.clear();
+        let mut pruned = 0;
+        for stored in old.into_iter().flatten() {
+            if stored.at < before {
+                state
+                    .pruned
+                    .insert(stored.request_id.clone(), Arc::from(&*stored.event_id));
+                pruned += 1;
+                continue;
+            }
+            if state.len.is_multiple_of(EVENT_CHUNK) {
+                state.events.push(Vec::with_capacity(EVENT_CHUNK));
+            }
+            let at = state.len;
+            state.by_request.insert(stored.request_id.clone(), at);
+            if let Some(chunk) = state.events.last_mut() {
+                chunk.push(stored);
+            }
+            state.len += 1;
+        }
+        Ok(pruned)
+    }
+
     async fn set_budget(&self, budget: &Budget) -> Result<()> {
         budget.validate()?;
         let mut state = self.ledger();
         let scope = &budget.scope;
+        if let Some(i) = state.index(scope) {
+            let entry = &mut state.budgets[i];
+            if entry.budget.period == budget.period && entry.budget.tz == budget.tz {
+                // Same periods: the spend stands as counted (pruned events included).
+                entry.budget = budget.clone();
+                return Ok(());
+            }
+        }
         let mut entry = BudgetEntry::new(budget.clone());
         // Count this scope's spend under the (possibly new) period and time zone.
         for e in state

@@ -15,8 +15,9 @@ use sqlx::Row;
 use super::{PostgresStore, Tx, corrupt, db};
 use crate::credentials::CredentialSource;
 use crate::error::Result;
+use crate::ledger::report::{ReportBuilder, Totals};
 use crate::ledger::{
-    Budget, BudgetScope, BudgetStatus, EventFilter, GroupBy, Ledger, Recorded, Report, ReportGroup,
+    Budget, BudgetScope, BudgetStatus, EventCursor, EventFilter, GroupBy, Ledger, Recorded, Report,
     Reservation, Standing, UsageEvent, admit,
 };
 use crate::store::sql::{Columns, budget, usage_event, usage_text};
@@ -152,9 +153,11 @@ async fn record_in(tx: &mut Tx, events: &[UsageEvent]) -> Result<Vec<Recorded>> 
     }
     let rows = sqlx::query(
         "INSERT INTO keymeter_usage_events (event_id, request_id, at, key_id, owner, org, provider, model, usage, \
-         input_tokens, output_tokens, cost, credential_source) \
-         SELECT * FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::text[], $6::text[], \
-         $7::text[], $8::text[], $9::text[], $10::bigint[], $11::bigint[], $12::numeric[], $13::text[]) \
+         input_tokens, output_tokens, cost, credential_source, bucket) \
+         SELECT e.*, floor(extract(epoch FROM e.at) / 900)::bigint FROM UNNEST($1::text[], $2::text[], \
+         $3::timestamptz[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::bigint[], \
+         $11::bigint[], $12::numeric[], $13::text[]) AS e (event_id, request_id, at) \
+         WHERE NOT EXISTS (SELECT 1 FROM keymeter_pruned_requests p WHERE p.request_id = e.request_id) \
          ON CONFLICT (request_id) DO NOTHING RETURNING request_id, event_id",
     )
     .bind(&event_ids)
@@ -185,7 +188,8 @@ async fn record_in(tx: &mut Tx, events: &[UsageEvent]) -> Result<Vec<Recorded>> 
         .collect();
     if !missing.is_empty() {
         let rows = sqlx::query(
-            "SELECT request_id, event_id FROM keymeter_usage_events WHERE request_id = ANY($1::text[])",
+            "SELECT request_id, event_id FROM keymeter_usage_events WHERE request_id = ANY($1::text[]) \
+             UNION ALL SELECT request_id, event_id FROM keymeter_pruned_requests WHERE request_id = ANY($1::text[])",
         )
         .bind(&missing)
         .fetch_all(&mut **tx)
@@ -240,6 +244,75 @@ async fn add_to_budgets(tx: &mut Tx, events: &[&UsageEvent]) -> Result<()> {
 }
 
 /// The `WHERE` clause of an [`EventFilter`], on parameters `$1`–`$6`.
+/// A grouped row's sums.
+fn totals(row: &sqlx::postgres::PgRow) -> Result<Totals> {
+    let count = |c: &str| {
+        row.try_get::<i64, _>(c)
+            .map_err(db)
+            .map(|n| u64::try_from(n).unwrap_or(0))
+    };
+    Ok(Totals {
+        cost: row.decimal("cost")?,
+        events: count("events")?,
+        input_tokens: count("input_tokens")?,
+        output_tokens: count("output_tokens")?,
+    })
+}
+
+/// Seconds per bucket of the `bucket` column.
+const BUCKET_SECONDS: i64 = 900;
+
+/// A calendar report: sums per 15-minute bucket in the database, then per local period here. A bucket that
+/// straddles a local boundary (a zone whose offset is no multiple of 15 minutes) is counted event by event.
+async fn calendar_report(
+    store: &PostgresStore,
+    f: &EventFilter,
+    by: GroupBy,
+    tz: Tz,
+) -> Result<Report> {
+    let sql = format!(
+        "SELECT bucket, SUM(cost) AS cost, COUNT(*) AS events, SUM(input_tokens)::bigint AS input_tokens, \
+         SUM(output_tokens)::bigint AS output_tokens FROM keymeter_usage_events WHERE {FILTER} GROUP BY bucket"
+    );
+    let mut out = ReportBuilder::default();
+    let mut straddling: Vec<i64> = Vec::new();
+    // One snapshot for the buckets and the events of the straddling ones.
+    let mut tx = store.pool().begin().await.map_err(db)?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+    {
+        let mut rows = filtered(&sql, f).fetch(&mut *tx);
+        while let Some(row) = rows.try_next().await.map_err(db)? {
+            let bucket: i64 = row.try_get("bucket").map_err(db)?;
+            let start = bucket
+                .checked_mul(BUCKET_SECONDS)
+                .and_then(|s| DateTime::from_timestamp(s, 0))
+                .ok_or_else(|| corrupt("bucket"))?;
+            match by.span_key(start, start + Duration::seconds(BUCKET_SECONDS), tz) {
+                Some(key) => out.add(&key, &totals(&row)?),
+                None => straddling.push(bucket),
+            }
+        }
+    }
+    if !straddling.is_empty() {
+        let sql = format!(
+            "SELECT at, cost, 1::bigint AS events, input_tokens, output_tokens FROM keymeter_usage_events \
+             WHERE {FILTER} AND bucket = ANY($7::bigint[])"
+        );
+        let mut rows = filtered(&sql, f).bind(&straddling).fetch(&mut *tx);
+        while let Some(row) = rows.try_next().await.map_err(db)? {
+            let key = by
+                .calendar_key(row.time("at")?, tz)
+                .ok_or_else(|| corrupt("calendar grouping"))?;
+            out.add(&key, &totals(&row)?);
+        }
+    }
+    tx.commit().await.map_err(db)?;
+    Ok(out.finish())
+}
+
 const FILTER: &str = "($1::text IS NULL OR owner = $1) AND ($2::text IS NULL OR org = $2) \
      AND ($3::text IS NULL OR key_id = $3) AND ($4::text IS NULL OR model = $4) \
      AND ($5::timestamptz IS NULL OR at >= $5) AND ($6::timestamptz IS NULL OR at < $6)";
@@ -282,52 +355,94 @@ impl Ledger for PostgresStore {
     }
 
     async fn report(&self, f: &EventFilter, by: GroupBy, tz: Tz) -> Result<Report> {
+        if by.is_calendar() {
+            return calendar_report(self, f, by, tz).await;
+        }
         let key = match by {
             GroupBy::Key => "COALESCE(key_id, '(none)')",
-            GroupBy::Owner => "owner",
             GroupBy::Org => "COALESCE(org, '(none)')",
             GroupBy::Model => "model",
-            GroupBy::Day => "to_char(at AT TIME ZONE $7, 'YYYY-MM-DD')",
-            GroupBy::Week => "to_char(at AT TIME ZONE $7, 'IYYY-\"W\"IW')",
-            GroupBy::Month => "to_char(at AT TIME ZONE $7, 'YYYY-MM')",
+            _ => "owner",
         };
-        // `$7` is always bound (so the statement's parameters are the same for every grouping) and always used.
         let sql = format!(
             "SELECT {key} AS key, SUM(cost) AS cost, COUNT(*) AS events, \
              SUM(input_tokens)::bigint AS input_tokens, SUM(output_tokens)::bigint AS output_tokens \
-             FROM keymeter_usage_events WHERE {FILTER} AND $7::text IS NOT NULL GROUP BY 1 ORDER BY {key} COLLATE \"C\""
+             FROM keymeter_usage_events WHERE {FILTER} GROUP BY 1"
+        );
+        let mut out = ReportBuilder::default();
+        let mut rows = filtered(&sql, f).fetch(self.pool());
+        while let Some(row) = rows.try_next().await.map_err(db)? {
+            out.add(&row.text("key")?, &totals(&row)?);
+        }
+        Ok(out.finish())
+    }
+
+    async fn events_after(
+        &self,
+        f: &EventFilter,
+        after: Option<&EventCursor>,
+        limit: usize,
+    ) -> Result<Vec<UsageEvent>> {
+        let sql = format!(
+            "SELECT * FROM keymeter_usage_events WHERE {FILTER} AND ($7::timestamptz IS NULL OR \
+             (at, event_id) > ($7, $8::text)) ORDER BY at, event_id LIMIT $9"
         );
         let rows = filtered(&sql, f)
-            .bind(tz.name())
+            .bind(after.map(|c| c.at))
+            .bind(after.map(|c| c.event_id.as_str()))
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .fetch_all(self.pool())
             .await
             .map_err(db)?;
-        let mut total = Decimal::ZERO;
-        let mut groups = Vec::with_capacity(rows.len());
-        for row in rows {
-            let cost = row.decimal("cost")?;
-            total += cost;
-            let count = |c: &str| {
-                row.try_get::<i64, _>(c)
-                    .map_err(db)
-                    .map(|n| u64::try_from(n).unwrap_or(0))
-            };
-            groups.push(ReportGroup {
-                key: row.text("key")?,
-                cost: cost.normalize(),
-                events: count("events")?,
-                input_tokens: count("input_tokens")?,
-                output_tokens: count("output_tokens")?,
-            });
-        }
-        Ok(Report {
-            groups,
-            total: total.normalize(),
+        rows.iter().map(usage_event).collect()
+    }
+
+    async fn prune(&self, before: DateTime<Utc>) -> Result<u64> {
+        transaction!(self, tx => {
+            async {
+                // No event is recorded meanwhile: a resend of a request being pruned finds its tombstone.
+                sqlx::query("LOCK TABLE keymeter_usage_events IN SHARE ROW EXCLUSIVE MODE")
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(db)?;
+                sqlx::query(
+                    "INSERT INTO keymeter_pruned_requests (request_id, event_id) \
+                     SELECT request_id, event_id FROM keymeter_usage_events WHERE at < $1 ON CONFLICT DO NOTHING",
+                )
+                .bind(before)
+                .execute(&mut **tx)
+                .await
+                .map_err(db)?;
+                let done = sqlx::query("DELETE FROM keymeter_usage_events WHERE at < $1")
+                    .bind(before)
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(db)?;
+                Ok(done.rows_affected())
+            }
+            .await
         })
     }
 
     async fn set_budget(&self, budget: &Budget) -> Result<()> {
         budget.validate()?;
+        // Same periods: the spend stands as counted (pruned events included); only the limits change.
+        let kept = sqlx::query(
+            "UPDATE keymeter_budgets SET limit_amount = $3, soft_limit = $4 \
+             WHERE scope_kind = $1 AND scope_id = $2 AND period = $5 AND tz = $6",
+        )
+        .bind(budget.scope.kind())
+        .bind(budget.scope.id())
+        .bind(budget.limit)
+        .bind(budget.soft_limit)
+        .bind(budget.period.as_str())
+        .bind(budget.tz.name())
+        .execute(self.pool())
+        .await
+        .map_err(db)?;
+        if kept.rows_affected() > 0 {
+            return Ok(());
+        }
         let scope = &budget.scope;
         let column = match scope {
             BudgetScope::Key(_) => "key_id",

@@ -44,6 +44,16 @@ const MIGRATIONS: &[Migration] = &[
         "key_changes",
         include_str!("../../../migrations/postgres/0006_key_changes.sql"),
     ),
+    (
+        7,
+        "usage_buckets",
+        include_str!("../../../migrations/postgres/0007_usage_buckets.sql"),
+    ),
+    (
+        8,
+        "pruned_requests",
+        include_str!("../../../migrations/postgres/0008_pruned_requests.sql"),
+    ),
 ];
 
 /// The advisory lock migrations take: "keymeter" in ASCII, so it stays clear of an application's own numbers.

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Duration, Utc};
+use chrono_tz::Tz;
 use rust_decimal::Decimal;
 use sqlx::sqlite::Sqlite;
 use sqlx::{QueryBuilder, Row};
@@ -14,8 +15,8 @@ use super::{SqliteStore, Tx, corrupt, db, micros};
 use crate::credentials::CredentialSource;
 use crate::error::{Error, Result};
 use crate::ledger::{
-    Budget, BudgetScope, BudgetStatus, EventFilter, Ledger, Recorded, Reservation, Standing,
-    UsageEvent, admit,
+    Budget, BudgetScope, BudgetStatus, EventCursor, EventFilter, GroupBy, Ledger, Recorded, Report,
+    Reservation, Standing, UsageEvent, admit,
 };
 use crate::store::sql::{Columns, budget, usage_event, usage_text};
 
@@ -89,8 +90,32 @@ async fn record_in(tx: &mut Tx, events: &[UsageEvent]) -> Result<Vec<Recorded>> 
     // Request id → event id, of rows this call inserted, and of rows that were there before.
     let mut inserted: HashMap<String, String> = HashMap::with_capacity(events.len());
     let mut existing: HashMap<String, String> = HashMap::new();
+    // Request ids of pruned events stay recorded.
     for chunk in events.chunks(INSERT_CHUNK) {
-        let usages = chunk.iter().map(usage_text).collect::<Result<Vec<_>>>()?;
+        let mut qb = QueryBuilder::<Sqlite>::new(
+            "SELECT request_id, event_id FROM keymeter_pruned_requests WHERE request_id IN (",
+        );
+        let mut list = qb.separated(", ");
+        for e in chunk {
+            list.push_bind(&e.request_id);
+        }
+        qb.push(")");
+        for row in qb.build().fetch_all(&mut **tx).await.map_err(db)? {
+            existing.insert(
+                row.try_get("request_id").map_err(db)?,
+                row.try_get("event_id").map_err(db)?,
+            );
+        }
+    }
+    let live: Vec<&UsageEvent> = events
+        .iter()
+        .filter(|e| !existing.contains_key(&e.request_id))
+        .collect();
+    for chunk in live.chunks(INSERT_CHUNK) {
+        let usages = chunk
+            .iter()
+            .map(|e| usage_text(e))
+            .collect::<Result<Vec<_>>>()?;
         let mut qb = QueryBuilder::<Sqlite>::new(
             "INSERT INTO keymeter_usage_events (event_id, request_id, at, key_id, owner, org, provider, model, usage, cost, \
              credential_source) ",
@@ -117,7 +142,7 @@ async fn record_in(tx: &mut Tx, events: &[UsageEvent]) -> Result<Vec<Recorded>> 
         }
     }
     // Request ids already stored before this batch: look up their first event's id.
-    let missing: Vec<&str> = events
+    let missing: Vec<&str> = live
         .iter()
         .map(|e| e.request_id.as_str())
         .filter(|r| !inserted.contains_key(*r))
@@ -165,6 +190,7 @@ async fn record_in(tx: &mut Tx, events: &[UsageEvent]) -> Result<Vec<Recorded>> 
         });
     }
     add_to_budgets(tx, &fresh).await?;
+    super::rollup::add(tx, &fresh).await?;
     Ok(out)
 }
 
@@ -242,8 +268,83 @@ impl Ledger for SqliteStore {
         rows.iter().map(usage_event).collect()
     }
 
+    async fn report(&self, f: &EventFilter, by: GroupBy, tz: Tz) -> Result<Report> {
+        super::rollup::report(self, f, by, tz).await
+    }
+
+    async fn events_after(
+        &self,
+        f: &EventFilter,
+        after: Option<&EventCursor>,
+        limit: usize,
+    ) -> Result<Vec<UsageEvent>> {
+        let rows = sqlx::query(
+            "SELECT * FROM keymeter_usage_events WHERE (?1 IS NULL OR owner = ?1) AND (?2 IS NULL OR org = ?2) \
+             AND (?3 IS NULL OR key_id = ?3) AND (?4 IS NULL OR model = ?4) AND (?5 IS NULL OR at >= ?5) \
+             AND (?6 IS NULL OR at < ?6) AND (?7 IS NULL OR at > ?7 OR (at = ?7 AND event_id > ?8)) \
+             ORDER BY at, event_id LIMIT ?9",
+        )
+        .bind(&f.owner)
+        .bind(&f.org)
+        .bind(&f.key_id)
+        .bind(&f.model)
+        .bind(f.since.map(micros))
+        .bind(f.until.map(micros))
+        .bind(after.map(|c| micros(c.at)))
+        .bind(after.map(|c| c.event_id.as_str()))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(self.pool())
+        .await
+        .map_err(db)?;
+        rows.iter().map(usage_event).collect()
+    }
+
+    async fn prune(&self, before: DateTime<Utc>) -> Result<u64> {
+        let before = micros(before);
+        immediate!(self, tx => {
+            async {
+                sqlx::query(
+                    "INSERT OR IGNORE INTO keymeter_pruned_requests (request_id, event_id) \
+                     SELECT request_id, event_id FROM keymeter_usage_events WHERE at < ?1",
+                )
+                .bind(before)
+                .execute(&mut **tx)
+                .await
+                .map_err(db)?;
+                let done = sqlx::query("DELETE FROM keymeter_usage_events WHERE at < ?1")
+                    .bind(before)
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(db)?;
+                // Rollups follow the events (budgets' spend does not).
+                super::rollup::rebuild(tx, i64::MIN, before).await?;
+                Ok(done.rows_affected())
+            }
+            .await
+        })
+    }
+
     async fn set_budget(&self, budget: &Budget) -> Result<()> {
         budget.validate()?;
+        // Same periods: the spend stands as counted (pruned events included); only the limits change.
+        let kept = immediate!(self, tx => {
+            sqlx::query(
+                "UPDATE keymeter_budgets SET limit_amount = ?3, soft_limit = ?4 \
+                 WHERE scope_kind = ?1 AND scope_id = ?2 AND period = ?5 AND tz = ?6",
+            )
+            .bind(budget.scope.kind())
+            .bind(budget.scope.id())
+            .bind(budget.limit.to_string())
+            .bind(budget.soft_limit.map(|s| s.to_string()))
+            .bind(budget.period.as_str())
+            .bind(budget.tz.name())
+            .execute(&mut **tx)
+            .await
+            .map_err(db)
+        })?;
+        if kept.rows_affected() > 0 {
+            return Ok(());
+        }
         let events = self
             .events(&EventFilter {
                 owner: matches!(budget.scope, BudgetScope::Owner(_))

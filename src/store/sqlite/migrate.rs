@@ -50,7 +50,20 @@ const MIGRATIONS: &[Migration] = &[
         "key_changes",
         include_str!("../../../migrations/sqlite/0007_key_changes.sql"),
     ),
+    (
+        8,
+        "usage_rollups",
+        include_str!("../../../migrations/sqlite/0008_usage_rollups.sql"),
+    ),
+    (
+        9,
+        "pruned_requests",
+        include_str!("../../../migrations/sqlite/0009_pruned_requests.sql"),
+    ),
 ];
+
+/// The migration that creates the report rollups: when it runs, the events already stored are rolled up.
+const ROLLUPS: i64 = 8;
 
 /// Brings keymeter's tables in the database behind `pool` up to date. Safe to call from many processes at once,
 /// and on a database that also holds the application's own tables and sqlx migrations.
@@ -112,6 +125,9 @@ async fn migrate_once(pool: &SqlitePool) -> Result<()> {
         .execute(&mut *tx)
         .await
         .map_err(db)?;
+        if *version == ROLLUPS {
+            super::rollup::rebuild(&mut tx, i64::MIN, i64::MAX).await?;
+        }
     }
     tx.commit().await.map_err(db)?;
     Ok(())

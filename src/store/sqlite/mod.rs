@@ -65,6 +65,7 @@ mod keys;
 mod ledger;
 mod limits;
 mod migrate;
+mod rollup;
 mod stats;
 
 use std::str::FromStr;
