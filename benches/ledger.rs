@@ -1,7 +1,7 @@
 //! Budget enforcement and event recording.
 //!
 //! Targets (issue #5): reserve + settle in memory ≤ 1 µs; recording events into SQLite ≥ 20,000 events/s,
-//! batched. Run: `cargo bench --bench ledger`.
+//! batched. Issue #11: importing an export's JSON lines ≥ 20,000 events/s. Run: `cargo bench --bench ledger`.
 
 use std::future::Future;
 use std::hint::black_box;
@@ -54,6 +54,54 @@ fn event(owner: &str) -> UsageEvent {
     .key_id("k1")
     .org("acme")
 }
+
+/// An exported event as an import reads it: 500 owners with two keys each, 50 orgs, four models, spread over
+/// 30 days (a backfill), each with a request id never seen before.
+fn export_line(n: u64) -> String {
+    let owner = n % 500;
+    let at = Utc.with_ymd_and_hms(2026, 9, 1, 0, 0, 0).unwrap()
+        + Duration::seconds((n % 2_592_000) as i64);
+    let usage = Usage {
+        input: 1_000 + n % 500,
+        cache_read: n % 300,
+        output: 200 + n % 100,
+        ..Usage::default()
+    };
+    let models = [
+        "gpt-4o",
+        "gpt-4o-mini",
+        "claude-sonnet-4-5",
+        "gemini-2.5-pro",
+    ];
+    let event = UsageEvent::new(
+        Some(&format!("import-{n}")),
+        at,
+        &format!("owner-{owner}"),
+        "openai",
+        models[(n % 4) as usize],
+        usage,
+        Decimal::new(1_000 + (n % 997) as i64, 6 + (n % 5) as u32),
+        &SeededRandom::new(n),
+    )
+    .unwrap()
+    .key_id(format!("key-{owner}-{}", (n / 500) % 2))
+    .org(format!("org-{}", owner % 50));
+    keymeter::ledger::transfer::json_line(&event).unwrap()
+}
+
+/// `IMPORT` fresh export lines, as one input.
+fn export_lines() -> std::io::Cursor<String> {
+    let mut text = String::new();
+    for _ in 0..IMPORT {
+        text.push_str(&export_line(NEXT.fetch_add(1, Ordering::Relaxed)));
+        text.push('\n');
+    }
+    std::io::Cursor::new(text)
+}
+
+/// Events per timed import, in the CLI's batches.
+const IMPORT: usize = 10_000;
+const IMPORT_BATCH: usize = 5_000;
 
 fn ledger(c: &mut Criterion) {
     let now = Utc.with_ymd_and_hms(2026, 11, 21, 12, 0, 0).unwrap();
@@ -142,6 +190,25 @@ fn ledger(c: &mut Criterion) {
             BatchSize::LargeInput,
         )
     });
+    group.throughput(Throughput::Elements(IMPORT as u64));
+    group.sample_size(10);
+    group.bench_function("import_sqlite_jsonl_10000", |b| {
+        b.iter_batched(
+            export_lines,
+            |input| {
+                runtime
+                    .block_on(keymeter::ledger::transfer::import(
+                        &sqlite,
+                        input,
+                        IMPORT_BATCH,
+                    ))
+                    .unwrap()
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    group.throughput(Throughput::Elements(1));
+    group.sample_size(20);
     group.bench_function("record_sqlite_one_by_one", |b| {
         b.iter_batched(
             || event("bob"),
@@ -176,6 +243,23 @@ fn ledger(c: &mut Criterion) {
                         .unwrap()
                 },
                 BatchSize::LargeInput,
+            )
+        });
+        group.throughput(Throughput::Elements(IMPORT as u64));
+        group.sample_size(10);
+        group.bench_function("import_postgres_jsonl_10000", |b| {
+            b.iter_batched(
+                export_lines,
+                |input| {
+                    runtime
+                        .block_on(keymeter::ledger::transfer::import(
+                            store.as_ref(),
+                            input,
+                            IMPORT_BATCH,
+                        ))
+                        .unwrap()
+                },
+                BatchSize::PerIteration,
             )
         });
         group.throughput(Throughput::Elements(1));
