@@ -85,11 +85,16 @@ pub(crate) struct Totals {
 impl Totals {
     /// One event's share.
     pub(crate) fn of(e: &UsageEvent) -> Self {
+        Totals::one(e.cost, &e.usage)
+    }
+
+    /// The share of one event of this cost and usage.
+    pub(crate) fn one(cost: Decimal, usage: &crate::pricing::Usage) -> Self {
         Totals {
-            cost: e.cost,
+            cost,
             events: 1,
-            input_tokens: e.usage.prompt_tokens(),
-            output_tokens: e.usage.output_tokens(),
+            input_tokens: usage.prompt_tokens(),
+            output_tokens: usage.output_tokens(),
         }
     }
 

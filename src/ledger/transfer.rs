@@ -166,7 +166,7 @@ impl<R: BufRead> Iterator for EventLines<R> {
             if text.last() == Some(&b'\r') {
                 text = &text[..text.len() - 1];
             }
-            if text.len() > MAX_LINE || (!ended && self.buf.len() > MAX_LINE) {
+            if text.len() > MAX_LINE {
                 return Some(Err(self.bad(format!("longer than {MAX_LINE} bytes"))));
             }
             let Ok(text) = std::str::from_utf8(text) else {

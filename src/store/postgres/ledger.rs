@@ -243,7 +243,6 @@ async fn add_to_budgets(tx: &mut Tx, events: &[&UsageEvent]) -> Result<()> {
     add_spend(tx, &deltas).await
 }
 
-/// The `WHERE` clause of an [`EventFilter`], on parameters `$1`–`$6`.
 /// A grouped row's sums.
 fn totals(row: &sqlx::postgres::PgRow) -> Result<Totals> {
     let count = |c: &str| {
@@ -313,6 +312,7 @@ async fn calendar_report(
     Ok(out.finish())
 }
 
+/// The `WHERE` clause of an [`EventFilter`], on parameters `$1`–`$6`.
 const FILTER: &str = "($1::text IS NULL OR owner = $1) AND ($2::text IS NULL OR org = $2) \
      AND ($3::text IS NULL OR key_id = $3) AND ($4::text IS NULL OR model = $4) \
      AND ($5::timestamptz IS NULL OR at >= $5) AND ($6::timestamptz IS NULL OR at < $6)";
@@ -348,10 +348,7 @@ impl Ledger for PostgresStore {
     }
 
     async fn events(&self, f: &EventFilter) -> Result<Vec<UsageEvent>> {
-        let sql =
-            format!("SELECT * FROM keymeter_usage_events WHERE {FILTER} ORDER BY at, event_id");
-        let rows = filtered(&sql, f).fetch_all(self.pool()).await.map_err(db)?;
-        rows.iter().map(usage_event).collect()
+        self.events_after(f, None, usize::MAX).await
     }
 
     async fn report(&self, f: &EventFilter, by: GroupBy, tz: Tz) -> Result<Report> {

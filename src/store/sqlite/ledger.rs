@@ -81,6 +81,32 @@ async fn add_spend(tx: &mut Tx, scope: &BudgetScope, start: i64, amount: Decimal
     Ok(())
 }
 
+/// Adds to `found` the event id stored in `table` (events or pruned requests) for each of `requests` it holds.
+async fn event_ids_of(
+    tx: &mut Tx,
+    table: &'static str,
+    requests: &[&str],
+    found: &mut HashMap<String, String>,
+) -> Result<()> {
+    for chunk in requests.chunks(INSERT_CHUNK) {
+        let mut qb = QueryBuilder::<Sqlite>::new(format!(
+            "SELECT request_id, event_id FROM {table} WHERE request_id IN ("
+        ));
+        let mut list = qb.separated(", ");
+        for r in chunk {
+            list.push_bind(*r);
+        }
+        qb.push(")");
+        for row in qb.build().fetch_all(&mut **tx).await.map_err(db)? {
+            found.insert(
+                row.try_get("request_id").map_err(db)?,
+                row.try_get("event_id").map_err(db)?,
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Rows per multi-row INSERT: 11 parameters each stays far below SQLite's 32,766.
 const INSERT_CHUNK: usize = 500;
 
@@ -91,22 +117,8 @@ async fn record_in(tx: &mut Tx, events: &[UsageEvent]) -> Result<Vec<Recorded>> 
     let mut inserted: HashMap<String, String> = HashMap::with_capacity(events.len());
     let mut existing: HashMap<String, String> = HashMap::new();
     // Request ids of pruned events stay recorded.
-    for chunk in events.chunks(INSERT_CHUNK) {
-        let mut qb = QueryBuilder::<Sqlite>::new(
-            "SELECT request_id, event_id FROM keymeter_pruned_requests WHERE request_id IN (",
-        );
-        let mut list = qb.separated(", ");
-        for e in chunk {
-            list.push_bind(&e.request_id);
-        }
-        qb.push(")");
-        for row in qb.build().fetch_all(&mut **tx).await.map_err(db)? {
-            existing.insert(
-                row.try_get("request_id").map_err(db)?,
-                row.try_get("event_id").map_err(db)?,
-            );
-        }
-    }
+    let requests: Vec<&str> = events.iter().map(|e| e.request_id.as_str()).collect();
+    event_ids_of(tx, "keymeter_pruned_requests", &requests, &mut existing).await?;
     let live: Vec<&UsageEvent> = events
         .iter()
         .filter(|e| !existing.contains_key(&e.request_id))
@@ -147,22 +159,7 @@ async fn record_in(tx: &mut Tx, events: &[UsageEvent]) -> Result<Vec<Recorded>> 
         .map(|e| e.request_id.as_str())
         .filter(|r| !inserted.contains_key(*r))
         .collect();
-    for chunk in missing.chunks(INSERT_CHUNK) {
-        let mut qb = QueryBuilder::<Sqlite>::new(
-            "SELECT request_id, event_id FROM keymeter_usage_events WHERE request_id IN (",
-        );
-        let mut list = qb.separated(", ");
-        for r in chunk {
-            list.push_bind(*r);
-        }
-        qb.push(")");
-        for row in qb.build().fetch_all(&mut **tx).await.map_err(db)? {
-            existing.insert(
-                row.try_get("request_id").map_err(db)?,
-                row.try_get("event_id").map_err(db)?,
-            );
-        }
-    }
+    event_ids_of(tx, "keymeter_usage_events", &missing, &mut existing).await?;
     let mut counted: HashSet<&str> = HashSet::new();
     let mut fresh: Vec<&UsageEvent> = Vec::new();
     let mut out = Vec::with_capacity(events.len());
@@ -251,21 +248,7 @@ impl Ledger for SqliteStore {
     }
 
     async fn events(&self, f: &EventFilter) -> Result<Vec<UsageEvent>> {
-        let rows = sqlx::query(
-            "SELECT * FROM keymeter_usage_events WHERE (?1 IS NULL OR owner = ?1) AND (?2 IS NULL OR org = ?2) \
-             AND (?3 IS NULL OR key_id = ?3) AND (?4 IS NULL OR model = ?4) AND (?5 IS NULL OR at >= ?5) \
-             AND (?6 IS NULL OR at < ?6) ORDER BY at, event_id",
-        )
-        .bind(&f.owner)
-        .bind(&f.org)
-        .bind(&f.key_id)
-        .bind(&f.model)
-        .bind(f.since.map(micros))
-        .bind(f.until.map(micros))
-        .fetch_all(self.pool())
-        .await
-        .map_err(db)?;
-        rows.iter().map(usage_event).collect()
+        self.events_after(f, None, usize::MAX).await
     }
 
     async fn report(&self, f: &EventFilter, by: GroupBy, tz: Tz) -> Result<Report> {

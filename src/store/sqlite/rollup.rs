@@ -376,7 +376,8 @@ pub(super) async fn report(
     let a = f.since.map_or(i64::MIN, micros);
     let b = f.until.map_or(i64::MAX, micros);
     let mut out = ReportBuilder::default();
-    let by_field = f.owner.is_some() || f.org.is_some() || f.key_id.is_some() || f.model.is_some();
+    let field_filter =
+        f.owner.is_some() || f.org.is_some() || f.key_id.is_some() || f.model.is_some();
     // One read transaction: the rollups and the events they leave out are one snapshot.
     let mut tx = store.pool().begin().await.map_err(db)?;
     if !by.is_calendar() {
@@ -390,7 +391,7 @@ pub(super) async fn report(
         for (x, y) in plan.events {
             event_rows(&mut tx, f, by, tz, x, y, &mut out).await?;
         }
-    } else if by_field {
+    } else if field_filter {
         // A field filter with a calendar grouping: the filter's own events (an index serves each filter).
         event_rows(&mut tx, f, by, tz, a, b, &mut out).await?;
     } else {
@@ -464,8 +465,8 @@ async fn rollup_rows(
         let org = row.text("org")?;
         let key_id = row.text("key_id")?;
         let model = row.text("model")?;
-        let at = from_micros(Some(row.try_get("start_at").map_err(db)?))?
-            .ok_or_else(|| corrupt("rollup start"))?;
+        // Field groupings only: the time plays no part in the key.
+        let at = DateTime::<Utc>::UNIX_EPOCH;
         let key = by.key_of(
             at,
             Tz::UTC,
@@ -516,15 +517,7 @@ async fn event_rows(
             org.as_deref(),
             &row.text("model")?,
         );
-        out.add(
-            &key,
-            &Totals {
-                cost: row.decimal("cost")?,
-                events: 1,
-                input_tokens: usage.prompt_tokens(),
-                output_tokens: usage.output_tokens(),
-            },
-        );
+        out.add(&key, &Totals::one(row.decimal("cost")?, &usage));
     }
     Ok(())
 }
