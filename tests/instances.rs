@@ -326,7 +326,9 @@ mod revocation {
         assert_eq!(code(a, &token).await, VerdictCode::Valid);
         assert_eq!(code(a, &token).await, VerdictCode::Valid);
         assert!(
-            a.cache.get_now(&issued.record.id).is_some(),
+            a.cache
+                .get_now(&issued.record.id, chrono::Utc::now().timestamp_micros())
+                .is_some(),
             "the record is served from memory"
         );
         change(&issued.record.id).await;

@@ -63,10 +63,10 @@ pub async fn create_and_get(store: Arc<dyn KeyStore>) {
     assert_eq!(*got, record);
     assert!(store.get("AAAAAAAAAAA2").await.expect("get").is_none());
     // An answer without waiting, where the backend gives one, is the answer `get` gives.
-    if let Some(now) = store.get_now("AAAAAAAAAAA1") {
+    if let Some(now) = store.get_now("AAAAAAAAAAA1", Utc::now().timestamp_micros()) {
         assert_eq!(now.as_deref(), Some(&record));
     }
-    if let Some(now) = store.get_now("AAAAAAAAAAA2") {
+    if let Some(now) = store.get_now("AAAAAAAAAAA2", Utc::now().timestamp_micros()) {
         assert!(now.is_none());
     }
     let mut minimal = sample("AAAAAAAAAAA3");

@@ -261,8 +261,9 @@ impl KeyStore for CachedKeyStore {
         Ok(record)
     }
 
-    fn get_now(&self, id: &str) -> Option<Option<Arc<KeyRecord>>> {
-        let now = self.clock.now_micros();
+    /// Judges freshness by the caller's `now_micros` (the verifier's clock: give both the same one), so a hot
+    /// verify reads the clock once.
+    fn get_now(&self, id: &str, now: i64) -> Option<Option<Arc<KeyRecord>>> {
         if self.poll_due(now) {
             return None;
         }
@@ -423,12 +424,12 @@ mod tests {
             let feed = Arc::new(Queued::default());
             let (store, cache, clock, ids) = setup(Some(feed.clone()), 10).await;
             assert!(
-                cache.get_now(&ids[0]).is_none(),
+                cache.get_now(&ids[0], clock.now_micros()).is_none(),
                 "nothing served before the first poll"
             );
             assert!(cache.get(&ids[0]).await.unwrap().is_some());
             cache.get(&ids[1]).await.unwrap();
-            assert!(cache.get_now(&ids[0]).is_some());
+            assert!(cache.get_now(&ids[0], clock.now_micros()).is_some());
             // Changed behind the cache's back (another instance): still served until the feed says so.
             store.set_disabled(&ids[0], true).await.unwrap();
             assert!(!cache.get(&ids[0]).await.unwrap().unwrap().disabled);
@@ -439,7 +440,7 @@ mod tests {
             // Not before the poll is due (once a second); nothing is served from memory once it is.
             assert!(!cache.get(&ids[0]).await.unwrap().unwrap().disabled);
             clock.advance(Duration::seconds(1));
-            assert!(cache.get_now(&ids[0]).is_none());
+            assert!(cache.get_now(&ids[0], clock.now_micros()).is_none());
             assert!(cache.get(&ids[0]).await.unwrap().unwrap().disabled);
             assert_eq!(cache.len(), 2);
             feed.0.lock().unwrap().push(Ok(KeyChanges::Lost));
@@ -462,14 +463,17 @@ mod tests {
     #[test]
     fn writes_through_the_cache_evict_at_once_and_the_size_is_bounded() {
         rt().block_on(async {
-            let (_store, cache, _clock, ids) = setup(Some(Arc::default()), 2).await;
+            let (_store, cache, clock, ids) = setup(Some(Arc::default()), 2).await;
             for id in &ids {
                 cache.get(id).await.unwrap();
             }
             assert_eq!(cache.len(), 2);
-            let cached = ids.iter().find(|id| cache.get_now(id).is_some()).unwrap();
+            let cached = ids
+                .iter()
+                .find(|id| cache.get_now(id, clock.now_micros()).is_some())
+                .unwrap();
             cache.revoke(cached, Utc::now()).await.unwrap();
-            assert!(cache.get_now(cached).is_none());
+            assert!(cache.get_now(cached, clock.now_micros()).is_none());
             assert!(
                 cache
                     .get(cached)
@@ -492,9 +496,9 @@ mod tests {
             cache.get(&ids[0]).await.unwrap();
             store.revoke(&ids[0], Utc::now()).await.unwrap();
             clock.advance(Duration::milliseconds(999));
-            assert!(cache.get_now(&ids[0]).is_some());
+            assert!(cache.get_now(&ids[0], clock.now_micros()).is_some());
             clock.advance(Duration::milliseconds(1));
-            assert!(cache.get_now(&ids[0]).is_none());
+            assert!(cache.get_now(&ids[0], clock.now_micros()).is_none());
             assert!(
                 cache
                     .get(&ids[0])

@@ -39,8 +39,10 @@ pub trait KeyStore: Send + Sync + std::fmt::Debug {
     /// The record with this id when the backend can answer without waiting, because it holds its records in
     /// process memory: `Some(answer)`, the same answer [`KeyStore::get`] would give. `None` means "ask `get`"
     /// (the default). The verify path tries this first, so an in-memory backend costs no async call there.
-    fn get_now(&self, id: &str) -> Option<Option<Arc<KeyRecord>>> {
-        let _ = id;
+    /// `now_micros` is the caller's reading of its clock (the verifier reads it once per verify), for a cache to
+    /// judge what it holds without reading the clock again.
+    fn get_now(&self, id: &str, now_micros: i64) -> Option<Option<Arc<KeyRecord>>> {
+        let _ = (id, now_micros);
         None
     }
 

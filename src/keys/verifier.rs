@@ -348,28 +348,29 @@ impl Verifier {
         if credential.is_empty() || credential.len() > MAX_CREDENTIAL_LEN {
             return Ok(Verdict::reject(VerdictCode::Malformed));
         }
-        // Time is read only once a record is in hand: rejections before that need none.
+        // Time is read only once a lookup is due: rejections before that need none.
         let parsed = token::parse(credential);
-        let record = if let Ok(parsed) = parsed
+        let (record, now) = if let Ok(parsed) = parsed
             && self.config.prefixes.iter().any(|p| p == parsed.prefix)
         {
             if !self.config.environments.contains(&parsed.env) {
                 return Ok(Verdict::reject(VerdictCode::WrongEnvironment));
             }
-            let found = match self.store.get_now(parsed.id) {
+            // Read once, before the lookup: a cache in front of the store judges freshness by it too.
+            let now = self.clock.now_micros();
+            let found = match self.store.get_now(parsed.id, now) {
                 Some(found) => found,
                 None => self.store.get(parsed.id).await?,
             };
             match found {
                 Some(record) if record.lookup == KeyLookup::Id => {
-                    if !self.matches(credential, &record).await? {
-                        let now = self.clock.now_micros();
-                        if !self.matches_previous(credential, &record, now)? {
-                            self.count(&record.id, VerdictCode::NotFound, now);
-                            return Ok(Verdict::reject(VerdictCode::NotFound));
-                        }
+                    if !self.matches(credential, &record).await?
+                        && !self.matches_previous(credential, &record, now)?
+                    {
+                        self.count(&record.id, VerdictCode::NotFound, now);
+                        return Ok(Verdict::reject(VerdictCode::NotFound));
                     }
-                    record
+                    (record, now)
                 }
                 _ => {
                     // Same work as a wrong secret, so timing does not reveal which ids exist.
@@ -389,13 +390,12 @@ impl Verifier {
                     if !self.config.environments.contains(&record.env) {
                         return Ok(Verdict::reject(VerdictCode::WrongEnvironment));
                     }
-                    record
+                    (record, self.clock.now_micros())
                 }
                 None => return Ok(Verdict::reject(VerdictCode::NotFound)),
             }
         };
 
-        let now = self.clock.now_micros();
         let code = if record.revoked_at.is_some() {
             VerdictCode::Revoked
         } else if record.disabled {

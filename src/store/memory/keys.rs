@@ -83,7 +83,7 @@ impl KeyStore for MemoryStore {
         Ok(self.read().by_hint.values().any(|ids| !ids.is_empty()))
     }
 
-    fn get_now(&self, id: &str) -> Option<Option<Arc<KeyRecord>>> {
+    fn get_now(&self, id: &str, _now_micros: i64) -> Option<Option<Arc<KeyRecord>>> {
         Some(self.read().by_id.get(id).cloned())
     }
 

@@ -16,17 +16,33 @@ impl SqliteStore {
     /// The key record matching `condition` (with one parameter, `value`), if any.
     async fn one_record(&self, condition: &str, value: &str) -> Result<Option<Arc<KeyRecord>>> {
         let sql = format!("SELECT {KEY_COLUMNS} FROM keymeter_api_keys WHERE {condition}");
+        Ok(self.read_record(&sql, value).await?.map(Arc::new))
+    }
+
+    /// The record `sql` (one parameter, [`KEY_COLUMNS`] selected) finds: a point read on this thread when the
+    /// database is a file and not busy, the pool otherwise.
+    async fn read_record(&self, sql: &str, value: &str) -> Result<Option<KeyRecord>> {
+        if let Some(read) = self.points.as_ref().and_then(|p| p.record(sql, value)) {
+            return read;
+        }
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(value)
             .fetch_optional(&self.pool)
             .await
             .map_err(db)?;
-        row.as_ref()
-            .map(key_record)
-            .transpose()
-            .map(|r| r.map(Arc::new))
+        row.as_ref().map(key_record).transpose()
     }
 }
+
+/// A key by id. An unknown id reads and decodes a stand-in row of the same shape, so a wrong secret (a real row
+/// decoded) and an unknown id take the same time on the verify path.
+pub(super) static GET_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "SELECT {KEY_COLUMNS} FROM keymeter_api_keys WHERE id = ?1 UNION ALL \
+         SELECT '', 'absent', 'absent', NULL, 'live', '[\"read\"]', '{ABSENT_HASH}', 'id', NULL, 'km_live_…', 0, NULL, \
+         NULL, 0, NULL, '[]', NULL, '{{}}', NULL, NULL WHERE NOT EXISTS (SELECT 1 FROM keymeter_api_keys WHERE id = ?1)"
+    )
+});
 
 async fn count(tx: &mut super::Tx, sql: &'static str, value: &str) -> Result<i64> {
     sqlx::query_scalar::<_, i64>(sql)
@@ -101,20 +117,7 @@ impl KeyStore for SqliteStore {
     }
 
     async fn get(&self, id: &str) -> Result<Option<Arc<KeyRecord>>> {
-        // An unknown id reads and decodes a stand-in row of the same shape, so a wrong secret (a real row decoded)
-        // and an unknown id take the same time on the verify path.
-        let sql = format!(
-            "SELECT {KEY_COLUMNS} FROM keymeter_api_keys WHERE id = ?1 UNION ALL \
-             SELECT '', 'absent', 'absent', NULL, 'live', '[\"read\"]', ?2, 'id', NULL, 'km_live_…', 0, NULL, NULL, 0, \
-             NULL, '[]', NULL, '{{}}', NULL, NULL WHERE NOT EXISTS (SELECT 1 FROM keymeter_api_keys WHERE id = ?1)"
-        );
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(id)
-            .bind(ABSENT_HASH)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db)?;
-        let record = row.as_ref().map(key_record).transpose()?;
+        let record = self.read_record(&GET_SQL, id).await?;
         Ok(record.filter(|r| !r.id.is_empty()).map(Arc::new))
     }
 

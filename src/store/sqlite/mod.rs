@@ -1,7 +1,9 @@
 //! The SQLite backend (feature `sqlite`): the embedded default for one machine.
 //!
 //! Opens the database in WAL mode with a busy timeout, so readers never block the writer and concurrent writers
-//! (other processes included) wait their turn instead of failing. keymeter's tables are all named `keymeter_…`
+//! (other processes included) wait their turn instead of failing. A key read by id (the cold verify path) runs on
+//! the calling thread through a few read-only `rusqlite` connections to the same file, without sqlx's hand-off to
+//! a worker thread; it never waits (a busy database sends it through the pool). keymeter's tables are all named `keymeter_…`
 //! and its migrations keep their own bookkeeping table (`keymeter_migrations`, never the application's
 //! `_sqlx_migrations`), so a host application can keep its own sqlx-migrated tables in the same database, in
 //! either order. [`SqliteStore::connect`] migrates; a host that owns its pool calls [`migrate`] and
@@ -65,6 +67,7 @@ mod keys;
 mod ledger;
 mod limits;
 mod migrate;
+mod point;
 mod rollup;
 mod stats;
 
@@ -89,6 +92,8 @@ pub use migrate::migrate;
 enum SqliteError {
     #[error(transparent)]
     Db(#[from] sqlx::Error),
+    #[error(transparent)]
+    Point(rusqlite::Error),
     #[error("stored row has an invalid {0}")]
     Corrupt(&'static str),
     #[error("keymeter migration {version} was changed after it was applied (checksum differs)")]
@@ -164,13 +169,17 @@ impl crate::store::sql::Columns for sqlx::sqlite::SqliteRow {
     }
     /// Amounts are exact decimal strings: SQLite has no exact decimal type.
     fn opt_decimal(&self, column: &str) -> Result<Option<rust_decimal::Decimal>> {
-        self.opt_text(column)?
-            .map(|t| t.parse().map_err(|_| corrupt("decimal amount")))
-            .transpose()
+        decimal_text(self.opt_text(column)?)
     }
     fn corrupt(&self, what: &'static str) -> Error {
         corrupt(what)
     }
+}
+
+/// An amount stored as its exact decimal string.
+fn decimal_text(text: Option<String>) -> Result<Option<rust_decimal::Decimal>> {
+    text.map(|t| t.parse().map_err(|_| corrupt("decimal amount")))
+        .transpose()
 }
 
 /// Creates a missing database file empty with mode 0600, so the database and the `-wal`/`-shm` files SQLite
@@ -195,6 +204,8 @@ fn create_private(path: &std::path::Path) -> Result<()> {
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// Key reads by id without the pool's thread hand-off, when the database is a file.
+    points: Option<Arc<point::PointReads>>,
     clock: Arc<dyn Clock>,
     random: Arc<dyn RandomSource>,
 }
@@ -246,9 +257,11 @@ impl SqliteStore {
 
     /// A store on a pool the application owns, already migrated with [`migrate`]. keymeter only touches its own
     /// `keymeter_…` tables. For concurrent writers, the pool's connections should have a busy timeout (sqlx's
-    /// default is 5 s) and the database WAL mode.
+    /// default is 5 s) and the database WAL mode. When the pool's database is a file, keys are read by id on
+    /// the calling thread through connections of keymeter's own (see the module docs).
     pub fn from_pool(pool: SqlitePool) -> Self {
         SqliteStore {
+            points: point::PointReads::new(pool.connect_options().get_filename()).map(Arc::new),
             pool,
             clock: Arc::new(SystemClock),
             random: Arc::new(OsRandom),
