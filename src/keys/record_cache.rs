@@ -50,6 +50,9 @@ impl Entries {
 
 /// A [`KeyStore`] that keeps the records it reads (bounded, each for a time to live) in front of another one.
 ///
+/// On the verify path ([`KeyStore::get_now`]) it judges freshness by the verifier's reading of the time, so a
+/// test that injects a clock gives the verifier and the cache the same one.
+///
 /// ```
 /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
 /// use std::sync::Arc;
