@@ -57,7 +57,7 @@ impl PointReads {
     }
 
     /// The key record the query `sql` (one `?1` parameter, [`crate::store::sql::KEY_COLUMNS`] selected) finds
-    /// for `value`. `None`: the database was busy, ask the pool.
+    /// for `value`. `None`: the database was busy or no connection could be opened, ask the pool.
     pub(super) fn record(&self, sql: &str, value: &str) -> Option<Result<Option<KeyRecord>>> {
         let conn = self
             .idle
@@ -67,7 +67,12 @@ impl PointReads {
             .map_or_else(|| self.open(), Ok);
         let conn = match conn {
             Ok(conn) => conn,
-            Err(e) => return busy_or(e),
+            // The pool's own connections may still reach the database (a file replaced under an open pool, a
+            // read-only mount): let it answer, and say why.
+            Err(e) => {
+                tracing::debug!(error = %e, "SQLite point read unavailable; reading through the pool");
+                return None;
+            }
         };
         let read = read(&conn, sql, value);
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
