@@ -13,6 +13,8 @@ use chrono::{Duration, TimeZone, Utc};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 
 #[cfg(feature = "postgres")]
+#[path = "common/events.rs"]
+mod events;
 #[path = "common/pg.rs"]
 mod pg;
 use keymeter::ledger::{Budget, BudgetPeriod, BudgetScope, Ledger, UsageEvent};
@@ -55,38 +57,12 @@ fn event(owner: &str) -> UsageEvent {
     .org("acme")
 }
 
-/// An exported event as an import reads it: 500 owners with two keys each, 50 orgs, four models, spread over
-/// 30 days (a backfill), each with a request id never seen before.
+/// An exported event as an import reads it: the shared mix (`common/events.rs`), one a second from the start of
+/// a 30-day backfill, each with a request id never seen before.
 fn export_line(n: u64) -> String {
-    let owner = n % 500;
     let at = Utc.with_ymd_and_hms(2026, 9, 1, 0, 0, 0).unwrap()
         + Duration::seconds((n % 2_592_000) as i64);
-    let usage = Usage {
-        input: 1_000 + n % 500,
-        cache_read: n % 300,
-        output: 200 + n % 100,
-        ..Usage::default()
-    };
-    let models = [
-        "gpt-4o",
-        "gpt-4o-mini",
-        "claude-sonnet-4-5",
-        "gemini-2.5-pro",
-    ];
-    let event = UsageEvent::new(
-        Some(&format!("import-{n}")),
-        at,
-        &format!("owner-{owner}"),
-        "openai",
-        models[(n % 4) as usize],
-        usage,
-        Decimal::new(1_000 + (n % 997) as i64, 6 + (n % 5) as u32),
-        &SeededRandom::new(n),
-    )
-    .unwrap()
-    .key_id(format!("key-{owner}-{}", (n / 500) % 2))
-    .org(format!("org-{}", owner % 50));
-    keymeter::ledger::transfer::json_line(&event).unwrap()
+    keymeter::ledger::transfer::json_line(&events::mixed(n, &format!("import-{n}"), at)).unwrap()
 }
 
 /// `IMPORT` fresh export lines, as one input.

@@ -11,52 +11,22 @@ use std::sync::Arc;
 use chrono::{Duration, TimeZone, Utc};
 use criterion::{Criterion, criterion_group, criterion_main};
 use keymeter::ledger::{EventFilter, GroupBy, Ledger, UsageEvent};
-use keymeter::pricing::Usage;
-use keymeter::random::SeededRandom;
 use keymeter::store::{SqliteStore, Store};
 use peak_alloc::PeakAlloc;
-use rust_decimal::Decimal;
 
+#[path = "common/events.rs"]
+mod events;
 #[path = "common/pg.rs"]
 mod pg;
 
 #[global_allocator]
 static HEAP: PeakAlloc = PeakAlloc;
 
-const OWNERS: u64 = 500;
-const MODELS: [&str; 4] = [
-    "gpt-4o",
-    "gpt-4o-mini",
-    "claude-sonnet-4-5",
-    "gemini-2.5-pro",
-];
-
-/// Event `i` of `n`, spread evenly over 30 days: owner `i % 500`, each owner with two keys and one of 50 orgs,
-/// four models, costs of every scale from 6 to 10 decimal places.
+/// Event `i` of `n` of the shared mix (`common/events.rs`), spread evenly over 30 days.
 fn event(i: u64, n: u64) -> UsageEvent {
     let start = Utc.with_ymd_and_hms(2026, 9, 1, 0, 0, 0).unwrap();
     let at = start + Duration::microseconds((30 * 86_400_000_000 / n * i) as i64);
-    let owner = i % OWNERS;
-    let usage = Usage {
-        input: 1_000 + i % 500,
-        cache_read: i % 300,
-        output: 200 + i % 100,
-        ..Usage::default()
-    };
-    let cost = Decimal::new(1_000 + (i % 997) as i64, 6 + (i % 5) as u32);
-    UsageEvent::new(
-        Some(&format!("req-{i}")),
-        at,
-        &format!("owner-{owner}"),
-        "openai",
-        MODELS[(i % 4) as usize],
-        usage,
-        cost,
-        &SeededRandom::new(i),
-    )
-    .unwrap()
-    .key_id(format!("key-{owner}-{}", (i / OWNERS) % 2))
-    .org(format!("org-{}", owner % 50))
+    events::mixed(i, &format!("req-{i}"), at)
 }
 
 fn load(rt: &tokio::runtime::Runtime, ledger: &dyn Ledger, n: u64) {
