@@ -58,8 +58,9 @@ impl Entries {
 /// use std::sync::Arc;
 /// use keymeter::keys::{CachedKeyStore, KeyStore};
 ///
-/// let db = keymeter::store::connect("sqlite::memory:").await?;
-/// let feed = db.key_changes().await?; // the SQLite change table, polled at most once a second
+/// // With SQLite or PostgreSQL, the feed is the database's change table, polled at most once a second.
+/// let db = keymeter::store::connect("memory:").await?;
+/// let feed = db.key_changes().await?;
 /// let keys: Arc<dyn KeyStore> = Arc::new(CachedKeyStore::new(db, feed, 10_000));
 /// assert!(keys.get("no-such-id").await?.is_none());
 /// # Ok::<(), keymeter::Error>(()) }).unwrap();

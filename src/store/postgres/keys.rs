@@ -159,7 +159,9 @@ impl KeyStore for PostgresStore {
             "SELECT {KEY_COLUMNS} FROM keymeter_api_keys WHERE ($1::text IS NULL OR owner = $1) \
              AND ($2::text IS NULL OR org = $2) ORDER BY created_at, id"
         );
+        // Unnamed, so each run is planned for its filters (see the ledger's `filtered`).
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .persistent(false)
             .bind(&filter.owner)
             .bind(&filter.org)
             .fetch_all(&self.pool)

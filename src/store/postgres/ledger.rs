@@ -321,7 +321,11 @@ fn filtered<'q>(
     sql: &'q str,
     f: &'q EventFilter,
 ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    // Not a named statement: after five runs PostgreSQL would switch a named one to a generic plan, which cannot
+    // tell which of these filters are null and estimates one row (a day report of 1M events then sorted them all
+    // on disk: 130 → 440 ms). An unnamed statement is planned for its values every time.
     sqlx::query(sqlx::AssertSqlSafe(sql))
+        .persistent(false)
         .bind(&f.owner)
         .bind(&f.org)
         .bind(&f.key_id)

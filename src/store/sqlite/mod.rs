@@ -248,7 +248,11 @@ impl SqliteStore {
             // A writer's working set is the leaves of every index it inserts into (the event id's is random): at
             // 16 MiB an import of 10,000 events spent its time re-reading evicted pages (15,900 → 20,200 events/s
             // at 64 MiB). Pages are allocated as a connection touches them, not up front.
-            .pragma("cache_size", "-65536");
+            .pragma("cache_size", "-65536")
+            // A batch of 5,000 events dirties more than the default 1,000-page checkpoint interval, so every
+            // commit paid a checkpoint (copy and fsync) of pages the next batch dirtied again; at 8,192 pages
+            // (32 MiB of WAL) a page is copied once for several batches (import 20,800 → 26,000 events/s).
+            .pragma("wal_autocheckpoint", "8192");
         let pool = SqlitePoolOptions::new()
             .max_connections(max_connections.max(1))
             .connect_with(options)
