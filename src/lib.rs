@@ -12,6 +12,9 @@ pub mod credentials;
 pub mod env;
 pub mod error;
 mod file;
+#[cfg(feature = "http-client")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http-client")))]
+pub mod http;
 pub mod keys;
 pub mod ledger;
 pub mod limits;

@@ -692,14 +692,19 @@ fn price_cost_reaches_every_class_and_refuses_other_units() {
         .unwrap();
     let text = String::from_utf8(out.stdout).unwrap();
     for needle in [
-        "prompts over 272000 tokens",
+        "Prompts over 272,000 tokens",
         "priority",
         "cache_write_12h",
-        "web_search       0.01 per query",
-        "us processing: token rates × 1.1",
+        "$150.00",
+        "US processing: token prices × 1.1",
     ] {
         assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
     }
+    let search = text.lines().find(|l| l.contains("web_search")).unwrap();
+    assert!(
+        search.contains("query") && search.contains("$0.01"),
+        "{search}"
+    );
 }
 
 #[test]

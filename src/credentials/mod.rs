@@ -91,8 +91,23 @@ pub struct UnreadableCredential {
 /// # Errors
 /// Backend failures.
 pub async fn rewrap(store: &dyn CredentialStore, vault: &Vault) -> Result<RewrapReport> {
+    rewrap_with_progress(store, vault, |_, _| {}).await
+}
+
+/// [`rewrap`], telling `progress` the credentials done so far and how many there are after each one.
+///
+/// # Errors
+/// As [`rewrap`].
+pub async fn rewrap_with_progress(
+    store: &dyn CredentialStore,
+    vault: &Vault,
+    mut progress: impl FnMut(u64, u64),
+) -> Result<RewrapReport> {
     let mut report = RewrapReport::default();
-    for item in store.list().await? {
+    let items = store.list().await?;
+    let count = items.len() as u64;
+    for item in items {
+        progress(report.total as u64, count);
         report.total += 1;
         if !vault.needs_rewrap(&item.sealed) {
             continue;
@@ -126,5 +141,6 @@ pub async fn rewrap(store: &dyn CredentialStore, vault: &Vault) -> Result<Rewrap
             report.skipped += 1;
         }
     }
+    progress(count, count);
     Ok(report)
 }

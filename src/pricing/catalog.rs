@@ -227,6 +227,16 @@ impl PriceCatalog {
         PriceCatalog::from_any_json(&text)
     }
 
+    /// Writes the catalog in keymeter's format to `path` atomically (a new file, mode 0600, renamed over the
+    /// old one only once complete), so a failure leaves any catalog already there untouched.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the path when it cannot be written.
+    pub fn write_to(&self, path: &std::path::Path) -> Result<()> {
+        crate::file::write_atomic(path, self.to_json().as_bytes())
+            .map_err(|e| Error::Config(format!("cannot write {}: {e}", path.display())))
+    }
+
     /// Reads either keymeter's format or LiteLLM's price file, by looking at the text. LiteLLM entries without
     /// any price are skipped.
     ///

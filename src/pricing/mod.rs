@@ -12,15 +12,20 @@
 
 pub mod catalog;
 pub mod cost;
+pub mod diff;
 pub mod format;
 pub mod litellm;
 pub mod normalize;
 pub mod rates;
 pub mod stream;
+#[cfg(feature = "http-client")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http-client")))]
+pub mod update;
 pub mod usage;
 
 pub use catalog::{ModelPrices, PriceCatalog};
 pub use cost::{Cost, CostLine, LineKind, Terms, price_usage};
+pub use diff::CatalogDiff;
 pub use normalize::UsageFormat;
 pub use rates::{
     Band, OffPeak, OffPeakHours, PriceWindow, Rate, Rates, Region, RegionMultipliers, ServiceTier,

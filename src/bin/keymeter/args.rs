@@ -36,35 +36,63 @@ pub(crate) struct Cli {
 #[derive(Subcommand)]
 pub(crate) enum Command {
     /// Create the store; in development, write missing secrets to `keymeter.secrets` beside the database.
+    #[command(
+        after_help = "Examples:\n  keymeter init\n  KEYMETER_STORE=postgres://user@db/keymeter keymeter init"
+    )]
     Init,
     /// Print the detected environment and the rule that decided it.
+    #[command(
+        after_help = "Examples:\n  keymeter env\n  KEYMETER_ENV=production keymeter --json env"
+    )]
     Env,
     /// Inbound API keys.
     #[command(subcommand)]
+    #[command(
+        after_help = "Examples:\n  keymeter keys create --name ci-bot --owner alice --scopes read,write\n  keymeter keys list --owner alice"
+    )]
     Keys(KeysCommand),
     /// Model prices and costs.
     #[command(subcommand)]
+    #[command(
+        after_help = "Examples:\n  keymeter price cost --model gpt-4o --input 1200 --output 350\n  keymeter price update"
+    )]
     Price(PriceCommand),
     /// The master keys that encrypt provider credentials.
     #[command(subcommand)]
+    #[command(after_help = "Examples:\n  keymeter vault keygen")]
     Vault(VaultCommand),
     /// Provider credentials (bring your own key).
     #[command(subcommand)]
+    #[command(
+        after_help = "Examples:\n  printf %s \"$OPENAI_KEY\" | keymeter creds set --owner alice --provider openai\n  keymeter creds status --owner alice"
+    )]
     Creds(CredsCommand),
     /// Recorded usage and spend reports.
     #[command(subcommand)]
+    #[command(
+        after_help = "Examples:\n  keymeter usage report --by day --tz Europe/Berlin --since 2026-11-01\n  keymeter usage export > usage.jsonl"
+    )]
     Usage(UsageCommand),
     /// Spend limits.
     #[command(subcommand)]
+    #[command(
+        after_help = "Examples:\n  keymeter budget set --owner alice --limit 25.00 --period monthly --soft 20\n  keymeter budget status --owner alice"
+    )]
     Budget(BudgetCommand),
     /// Rate limits of an owner, an org or a key.
     #[command(subcommand)]
+    #[command(
+        after_help = "Examples:\n  keymeter limits set --owner alice --requests 100/min --tokens 50000/h\n  keymeter limits show --owner alice"
+    )]
     Limits(LimitsCommand),
 }
 
 #[derive(Subcommand)]
 pub(crate) enum LimitsCommand {
     /// Replace the scope's rate limits (none given clears them).
+    #[command(
+        after_help = "Examples:\n  keymeter limits set --owner alice --requests 100/min --requests 5000/day --tokens 50000/h\n  keymeter limits set --key KEY_ID          # no quota given: clears the key's limits"
+    )]
     Set {
         #[command(flatten)]
         scope: BudgetScopeArgs,
@@ -76,6 +104,7 @@ pub(crate) enum LimitsCommand {
         tokens: Vec<String>,
     },
     /// Show the scope's rate limits.
+    #[command(after_help = "Examples:\n  keymeter limits show --org acme")]
     Show {
         #[command(flatten)]
         scope: BudgetScopeArgs,
@@ -87,6 +116,9 @@ pub(crate) enum LimitsCommand {
 #[derive(Subcommand)]
 pub(crate) enum UsageCommand {
     /// Price a usage and record it once (the same --request-id twice records once).
+    #[command(
+        after_help = "Examples:\n  keymeter usage record --owner alice --model gpt-4o --input 1000 --output 200 --request-id req-42\n  keymeter usage record --owner alice --model claude-sonnet-4-5 --usage answer.json --usage-format anthropic"
+    )]
     Record {
         #[arg(long)]
         owner: String,
@@ -105,6 +137,9 @@ pub(crate) enum UsageCommand {
         usage: UsageArgs,
     },
     /// Spend and tokens grouped by owner, key, org, model, day, ISO week or month.
+    #[command(
+        after_help = "Examples:\n  keymeter usage report --by owner\n  keymeter usage report --by day --tz Europe/Berlin --since 2026-11-01 --until 2026-12-01"
+    )]
     Report {
         #[arg(long)]
         by: String,
@@ -125,6 +160,9 @@ pub(crate) enum UsageCommand {
     /// Stream every event on stdout, oldest first: JSON lines (what `usage import` reads) or CSV.
     ///
     /// Example: keymeter usage export --since 2026-01-01 --format csv > january-on.csv
+    #[command(
+        after_help = "Examples:\n  keymeter usage export --since 2026-11-01 > november.jsonl\n  keymeter usage export --format csv > usage.csv"
+    )]
     Export {
         /// From (RFC 3339, or YYYY-MM-DD in UTC), inclusive.
         #[arg(long)]
@@ -140,6 +178,9 @@ pub(crate) enum UsageCommand {
     /// recorded in batches, idempotent by request id (a rerun after an interruption completes it).
     ///
     /// Example: keymeter --store postgres://db/keymeter usage import events.jsonl
+    #[command(
+        after_help = "Examples:\n  keymeter --store postgres://user@db/keymeter usage import november.jsonl\n  keymeter usage export | keymeter --store sqlite://copy.db usage import -"
+    )]
     Import {
         /// The JSON lines file, or - for stdin.
         file: String,
@@ -147,6 +188,7 @@ pub(crate) enum UsageCommand {
     /// Delete the events from before a time. Budgets' spend is kept; pruned request ids stay duplicates.
     ///
     /// Example: keymeter usage prune --before 2026-01-01
+    #[command(after_help = "Examples:\n  keymeter usage prune --before 2026-01-01")]
     Prune {
         /// Delete events before this (RFC 3339, or YYYY-MM-DD in UTC).
         #[arg(long)]
@@ -180,6 +222,9 @@ impl BudgetScopeArgs {
 #[derive(Subcommand)]
 pub(crate) enum BudgetCommand {
     /// Set (or replace) the budget of an owner, a key or an org.
+    #[command(
+        after_help = "Examples:\n  keymeter budget set --org acme --limit 500 --period monthly --tz Europe/Berlin\n  keymeter budget set --key KEY_ID --limit 5 --period daily --soft 4"
+    )]
     Set {
         #[command(flatten)]
         scope: BudgetScopeArgs,
@@ -196,6 +241,7 @@ pub(crate) enum BudgetCommand {
         tz: String,
     },
     /// Where a budget stands now.
+    #[command(after_help = "Examples:\n  keymeter budget status --owner alice")]
     Status {
         #[command(flatten)]
         scope: BudgetScopeArgs,
@@ -205,6 +251,9 @@ pub(crate) enum BudgetCommand {
 #[derive(Subcommand)]
 pub(crate) enum VaultCommand {
     /// Print a new master key entry for KEYMETER_MASTER_KEYS (put it first to make it active).
+    #[command(
+        after_help = "Examples:\n  keymeter vault keygen\n  keymeter vault keygen --id k2    # then KEYMETER_MASTER_KEYS=k2:NEW,k1:OLD and creds rewrap"
+    )]
     Keygen {
         /// The key's id (default k<date>).
         #[arg(long)]
@@ -222,6 +271,9 @@ pub(crate) struct EnvFileArg {
 #[derive(Subcommand)]
 pub(crate) enum CredsCommand {
     /// Store a key read from stdin, for a user or as the system key.
+    #[command(
+        after_help = "Examples:\n  printf %s \"$ANTHROPIC_KEY\" | keymeter creds set --owner alice --provider anthropic\n  printf %s \"$OPENAI_KEY\" | keymeter creds set --system --provider openai"
+    )]
     Set {
         #[arg(long, required_unless_present = "system", conflicts_with = "system")]
         owner: Option<String>,
@@ -233,6 +285,7 @@ pub(crate) enum CredsCommand {
         env_file: EnvFileArg,
     },
     /// Which providers an owner has a personal and a system key for.
+    #[command(after_help = "Examples:\n  keymeter creds status --owner alice")]
     Status {
         #[arg(long)]
         owner: String,
@@ -240,6 +293,7 @@ pub(crate) enum CredsCommand {
         env_file: EnvFileArg,
     },
     /// Which key an owner's request would use (masked).
+    #[command(after_help = "Examples:\n  keymeter creds resolve --owner alice --provider openai")]
     Resolve {
         #[arg(long)]
         owner: String,
@@ -249,6 +303,9 @@ pub(crate) enum CredsCommand {
         env_file: EnvFileArg,
     },
     /// Delete an owner's key for one provider, or all of them.
+    #[command(
+        after_help = "Examples:\n  keymeter creds delete --owner alice --provider openai\n  keymeter creds delete --owner alice          # every provider"
+    )]
     Delete {
         #[arg(long)]
         owner: String,
@@ -256,6 +313,7 @@ pub(crate) enum CredsCommand {
         provider: Option<String>,
     },
     /// Re-encrypt every stored credential under the active master key.
+    #[command(after_help = "Examples:\n  KEYMETER_MASTER_KEYS=k2:NEW,k1:OLD keymeter creds rewrap")]
     Rewrap,
 }
 
@@ -264,6 +322,9 @@ pub(crate) enum CredsCommand {
 #[derive(Subcommand)]
 pub(crate) enum PriceCommand {
     /// The exact cost of a usage.
+    #[command(
+        after_help = "Examples:\n  keymeter price cost --model gpt-4o --input 1200 --output 350 --cache-read 1000\n  keymeter price cost --model claude-sonnet-4-5 --usage answer.json --usage-format anthropic"
+    )]
     Cost {
         #[arg(long)]
         model: String,
@@ -273,6 +334,9 @@ pub(crate) enum PriceCommand {
         usage: UsageArgs,
     },
     /// List the catalog's models.
+    #[command(
+        after_help = "Examples:\n  keymeter price list --provider anthropic\n  keymeter price list --catalog keymeter-prices-2026-11-22.json"
+    )]
     List {
         #[arg(long)]
         provider: Option<String>,
@@ -281,8 +345,27 @@ pub(crate) enum PriceCommand {
         catalog: Option<PathBuf>,
     },
     /// Show one model's prices.
+    #[command(
+        after_help = "Examples:\n  keymeter price show gpt-4o\n  keymeter price show anthropic/claude-sonnet-4-5"
+    )]
     Show {
         model: String,
+        #[arg(long)]
+        catalog: Option<PathBuf>,
+    },
+    /// Download LiteLLM's current price map, show what changed since the catalog in use, and write a dated
+    /// catalog for --catalog or KEYMETER_CATALOG.
+    #[command(
+        after_help = "Examples:\n  keymeter price update\n  keymeter price update --out prices.json && export KEYMETER_CATALOG=$PWD/prices.json\n  keymeter --json price update --from https://example.com/prices.json"
+    )]
+    Update {
+        /// Where to download the price map from (LiteLLM's format or keymeter's).
+        #[arg(long, default_value = keymeter::pricing::update::LITELLM_PRICES_URL)]
+        from: String,
+        /// The catalog file to write; default: keymeter-prices-YYYY-MM-DD.json in the current directory.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// The catalog to compare with; default: the one in use (KEYMETER_CATALOG, else the bundled snapshot).
         #[arg(long)]
         catalog: Option<PathBuf>,
     },
@@ -371,8 +454,12 @@ pub(crate) struct UsageArgs {
 #[derive(Subcommand)]
 pub(crate) enum KeysCommand {
     /// Issue a new key; the plaintext is printed this once.
+    #[command(
+        after_help = "Examples:\n  keymeter keys create --name ci-bot --owner alice --scopes read,write --expires-in 90d\n  keymeter keys create --name partner --owner bob --org acme --rate-limit 100/min --allow-ip 10.0.0.0/8"
+    )]
     Create(CreateArgs),
     /// List keys.
+    #[command(after_help = "Examples:\n  keymeter keys list\n  keymeter keys list --org acme")]
     List {
         #[arg(long)]
         owner: Option<String>,
@@ -380,8 +467,12 @@ pub(crate) enum KeysCommand {
         org: Option<String>,
     },
     /// Show one key.
+    #[command(after_help = "Examples:\n  keymeter keys show KEY_ID")]
     Show { id: String },
     /// Verify a token read from stdin.
+    #[command(
+        after_help = "Examples:\n  printf %s \"$KEY\" | keymeter keys verify --scope read\n  keymeter keys verify --ip 10.1.2.3 < key.txt"
+    )]
     Verify {
         /// Required scope (repeatable); all are required unless --any-scope.
         #[arg(long = "scope")]
@@ -397,8 +488,10 @@ pub(crate) enum KeysCommand {
         env: Option<String>,
     },
     /// Revoke a key (final).
+    #[command(after_help = "Examples:\n  keymeter keys revoke KEY_ID")]
     Revoke { id: String },
     /// Give a key a new secret under the same id; the old one works until the grace period ends.
+    #[command(after_help = "Examples:\n  keymeter keys rotate KEY_ID --grace 24h")]
     Rotate {
         id: String,
         /// How long the previous secret keeps working (30m, 24h, 7d; 0s: not at all).
@@ -406,6 +499,7 @@ pub(crate) enum KeysCommand {
         grace: String,
     },
     /// Verifications per day and verdict code, and whether today looks unusual.
+    #[command(after_help = "Examples:\n  keymeter keys stats KEY_ID --days 14")]
     Stats {
         id: String,
         /// How many days back, today included.
@@ -413,15 +507,23 @@ pub(crate) enum KeysCommand {
         days: u32,
     },
     /// Revoke every key of an organisation.
+    #[command(after_help = "Examples:\n  keymeter keys revoke-all --org acme")]
     RevokeAll {
         #[arg(long)]
         org: String,
     },
     /// Disable a key until enabled.
+    #[command(
+        after_help = "Examples:\n  keymeter keys disable KEY_ID    # keymeter keys enable KEY_ID undoes it"
+    )]
     Disable { id: String },
     /// Enable a disabled key.
+    #[command(after_help = "Examples:\n  keymeter keys enable KEY_ID")]
     Enable { id: String },
     /// Import a key made elsewhere from its hash.
+    #[command(
+        after_help = "Examples:\n  keymeter keys import --name legacy --owner bob --hash '$sha256$0c72…' --scopes read\n  printf %s \"$LEGACY_KEY\" | keymeter keys import --name legacy --owner bob --hash '$argon2id$v=19$…' --hint -"
+    )]
     Import(ImportArgs),
 }
 

@@ -32,12 +32,21 @@ pub(crate) async fn run(config: &Config, cmd: BudgetCommand) -> Outcome {
                 "scope": budget.scope, "limit": budget.limit.to_string(),
                 "soft": budget.soft_limit.map(|s| s.to_string()), "period": budget.period, "tz": budget.tz.name(),
             });
+            let per = match budget.period.to_string().as_str() {
+                "daily" => "a day",
+                "weekly" => "a week",
+                "monthly" => "a month",
+                _ => "in total",
+            };
             let human = format!(
-                "{}: {} per {} ({})",
+                "budget of {}: {} {per} (periods start in {}){}",
                 budget.scope,
-                budget.limit,
-                budget.period,
-                budget.tz.name()
+                crate::view::money(budget.limit, "USD"),
+                budget.tz.name(),
+                budget
+                    .soft_limit
+                    .map(|s| format!(", warning at {}", crate::view::money(s, "USD")))
+                    .unwrap_or_default()
             );
             Ok((value, human))
         }
@@ -45,25 +54,32 @@ pub(crate) async fn run(config: &Config, cmd: BudgetCommand) -> Outcome {
             let scope = scope.scope();
             match store.budget_status(&scope, Utc::now()).await? {
                 Some(s) => {
-                    let human = format!(
-                        "{}: spent {} + reserved {} of {} ({} remaining) since {}{}",
-                        s.scope,
-                        s.spent,
-                        s.reserved,
-                        s.limit,
-                        s.remaining,
-                        s.period_start,
-                        if s.soft_exceeded {
-                            "; soft limit reached"
+                    let now = Utc::now();
+                    let usd = |d| crate::view::money(d, "USD");
+                    let mut rows = vec![
+                        ("Budget", format!("{} ({})", s.scope, s.period)),
+                        ("Limit", usd(s.limit)),
+                        ("Spent", usd(s.spent)),
+                        ("Reserved (in flight)", usd(s.reserved)),
+                        ("Remaining", usd(s.remaining)),
+                        ("Period started", crate::view::when(s.period_start, now)),
+                    ];
+                    if let Some(soft) = s.soft_limit {
+                        let reached = if s.soft_exceeded {
+                            "reached"
                         } else {
-                            ""
-                        }
-                    );
+                            "not reached"
+                        };
+                        rows.push(("Soft limit", format!("{} ({reached})", usd(soft))));
+                    }
+                    let human = crate::view::fields(rows).to_string();
                     Ok((to_json(&s)?, human))
                 }
                 None => Err(Failure::Negative(
                     json!({"code": "NO_BUDGET", "scope": scope}),
-                    format!("no budget for {scope}"),
+                    format!(
+                        "no budget for {scope}: set one with keymeter budget set --limit AMOUNT --period monthly"
+                    ),
                 )),
             }
         }

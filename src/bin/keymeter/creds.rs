@@ -3,7 +3,9 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use keymeter::credentials::{CredentialResolver, CredentialScope, Provider, rewrap, set_key};
+use keymeter::credentials::{
+    CredentialResolver, CredentialScope, Provider, rewrap_with_progress, set_key,
+};
 use keymeter::env::Detected;
 use keymeter::secret::mask;
 use keymeter::store::EnvFile;
@@ -89,11 +91,22 @@ pub(crate) async fn run(config: &Config, cmd: CredsCommand) -> Outcome {
         CredsCommand::Status { owner, env_file } => {
             let file = env_file_tier(&env_file, env)?;
             let status = resolver(file)?.status(&owner).await?;
-            let human = status
-                .iter()
-                .map(|(p, s)| format!("{p:<12} user: {:<5} system: {}", s.user, s.system))
-                .collect::<Vec<_>>()
-                .join("\n");
+            let yes = |b: bool| if b { "yes" } else { "no" };
+            let mut t = crate::view::table(["Provider", "Own key", "System key", "Requests use"]);
+            for (p, s) in &status {
+                let (used, good) = match (s.user, s.system) {
+                    (true, _) => ("own key", true),
+                    (false, true) => ("system key", true),
+                    (false, false) => ("none: calls fail", false),
+                };
+                t.add_row(vec![
+                    comfy_table::Cell::new(p),
+                    comfy_table::Cell::new(yes(s.user)),
+                    comfy_table::Cell::new(yes(s.system)),
+                    crate::view::status(used, good),
+                ]);
+            }
+            let human = format!("Provider keys of {owner}\n{t}");
             Ok((json!({"owner": owner, "providers": status}), human))
         }
         CredsCommand::Resolve {
@@ -126,7 +139,14 @@ pub(crate) async fn run(config: &Config, cmd: CredsCommand) -> Outcome {
         }
         CredsCommand::Rewrap => {
             let vault = config.vault()?;
-            let report = rewrap(&*store, &vault).await?;
+            let bar = crate::view::progress(0, "rewrapping credentials");
+            let report = rewrap_with_progress(&*store, &vault, |done, total| {
+                bar.set_length(total);
+                bar.set_position(done);
+            })
+            .await;
+            bar.finish_and_clear();
+            let report = report?;
             let mut human = format!(
                 "rewrapped {} of {} credential(s) under {}{}",
                 report.rewrapped,

@@ -17,7 +17,10 @@ use serde_json::json;
 use std::str::FromStr;
 use zeroize::Zeroizing;
 
+use comfy_table::Cell;
+
 use crate::args::KeysCommand;
+use crate::view;
 use crate::{Failure, Outcome, read_stdin_secret, read_stdin_secret_bytes, to_json};
 
 pub(crate) async fn run(config: &Config, cmd: KeysCommand, json_mode: bool) -> Outcome {
@@ -84,11 +87,7 @@ pub(crate) async fn run(config: &Config, cmd: KeysCommand, json_mode: bool) -> O
         }
         KeysCommand::List { owner, org } => {
             let records = dyn_store.list(&KeyFilter { owner, org }).await?;
-            let human = records
-                .iter()
-                .map(record_human)
-                .collect::<Vec<_>>()
-                .join("\n");
+            let human = keys_table(&records, Utc::now());
             let mut list = Vec::with_capacity(records.len());
             for r in &records {
                 list.push(record_json(store.as_ref(), r).await?);
@@ -96,7 +95,11 @@ pub(crate) async fn run(config: &Config, cmd: KeysCommand, json_mode: bool) -> O
             Ok((json!({ "keys": list }), human))
         }
         KeysCommand::Show { id } => match dyn_store.get(&id).await? {
-            Some(r) => Ok((record_json(store.as_ref(), &r).await?, record_human(&r))),
+            Some(r) => {
+                let value = record_json(store.as_ref(), &r).await?;
+                let human = record_fields(&r, &value, Utc::now());
+                Ok((value, human))
+            }
             None => Err(Error::NotFound { what: "key", id }.into()),
         },
         KeysCommand::Verify {
@@ -228,27 +231,7 @@ pub(crate) async fn run(config: &Config, cmd: KeysCommand, json_mode: bool) -> O
                 .unwrap_or(today);
             let stored = store.key_stats(&id, since).await?;
             let stats = KeyStats::summary(&id, &stored, today, days, record.last_used_at);
-            let human = format!(
-                "{}: {} verifications in {} days ({:.1}/day), last used {}{}\n{}",
-                stats.key_id,
-                stats.total,
-                days,
-                stats.average_per_day,
-                stats
-                    .last_used_at
-                    .map_or("never".to_owned(), |t| t.to_rfc3339()),
-                stats
-                    .unusual_reason
-                    .as_ref()
-                    .map(|r| format!("\nunusual: {r}"))
-                    .unwrap_or_default(),
-                stats
-                    .by_code
-                    .iter()
-                    .map(|(code, n)| format!("  {code:<20} {n}"))
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            );
+            let human = stats_human(&stats, days, Utc::now());
             Ok((to_json(&stats)?, human))
         }
         KeysCommand::RevokeAll { org } => {
@@ -292,7 +275,10 @@ pub(crate) async fn run(config: &Config, cmd: KeysCommand, json_mode: bool) -> O
                 .issuer(dyn_store)?
                 .import(new, &a.hash, hint.as_ref().map(|h| h.as_str()))
                 .await?;
-            let human = format!("imported {}", record_human(&record));
+            let human = format!(
+                "imported {} ({}, owner {}); verify it with: keymeter keys verify < key.txt",
+                record.id, record.name, record.owner
+            );
             Ok((to_json(&record)?, human))
         }
     }
@@ -365,27 +351,137 @@ async fn record_json(
     Ok(value)
 }
 
-fn record_human(r: &KeyRecord) -> String {
-    let scopes: Vec<&str> = r.scopes.iter().map(Scope::as_str).collect();
-    let state = if r.revoked_at.is_some() {
-        "revoked"
+/// A key's state as a person reads it, and whether it can be used.
+fn state(r: &KeyRecord, now: chrono::DateTime<Utc>) -> (&'static str, bool) {
+    if r.revoked_at.is_some() {
+        ("revoked", false)
     } else if r.disabled {
-        "disabled"
+        ("disabled", false)
+    } else if r.expires_at.is_some_and(|t| t <= now) {
+        ("expired", false)
     } else {
-        "active"
+        ("active", true)
+    }
+}
+
+/// `keys list`: one row a key, newest last, as the seeds' CLI shows them.
+fn keys_table(records: &[KeyRecord], now: chrono::DateTime<Utc>) -> String {
+    if records.is_empty() {
+        return "no keys yet: create one with keymeter keys create --name NAME --owner OWNER"
+            .to_owned();
+    }
+    let mut t = view::table([
+        "ID",
+        "Name",
+        "Owner",
+        "Scopes",
+        "Created",
+        "Last used",
+        "Status",
+    ]);
+    for r in records {
+        let scopes: Vec<&str> = r.scopes.iter().map(Scope::as_str).collect();
+        let owner = match &r.org {
+            Some(org) => format!("{} ({org})", r.owner),
+            None => r.owner.clone(),
+        };
+        let (word, good) = state(r, now);
+        t.add_row(vec![
+            Cell::new(&r.id),
+            Cell::new(&r.name),
+            Cell::new(owner),
+            Cell::new(scopes.join(", ")),
+            Cell::new(view::relative(r.created_at, now)),
+            Cell::new(
+                r.last_used_at
+                    .map_or("never".to_owned(), |t| view::relative(t, now)),
+            ),
+            view::status(word, good),
+        ]);
+    }
+    format!("{t}\n{} key(s)", records.len())
+}
+
+/// `keys show`: every field of a record but its hash, with its limits.
+fn record_fields(r: &KeyRecord, value: &serde_json::Value, now: chrono::DateTime<Utc>) -> String {
+    let scopes: Vec<&str> = r.scopes.iter().map(Scope::as_str).collect();
+    let list = |v: &serde_json::Value| {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "none".to_owned())
     };
-    format!(
-        "{}  {}  {}  owner={}{}  env={}  scopes={}  {}",
-        r.id,
-        r.hint,
-        r.name,
-        r.owner,
-        r.org
-            .as_ref()
-            .map(|o| format!(" org={o}"))
-            .unwrap_or_default(),
-        r.env,
-        scopes.join(","),
-        state
-    )
+    let (word, _) = state(r, now);
+    let mut rows = vec![
+        ("ID", r.id.clone()),
+        ("Name", r.name.clone()),
+        ("Owner", r.owner.clone()),
+        ("Org", r.org.clone().unwrap_or_else(|| "none".to_owned())),
+        ("Environment", r.env.to_string()),
+        ("Scopes", scopes.join(", ")),
+        ("Starts with", r.hint.clone()),
+        ("Status", word.to_owned()),
+        ("Created", view::when(r.created_at, now)),
+        ("Last used", view::when_or(r.last_used_at, now, "never")),
+        ("Expires", view::when_or(r.expires_at, now, "never")),
+    ];
+    if let Some(t) = r.revoked_at {
+        rows.push(("Revoked", view::when(t, now)));
+    }
+    if let Some(p) = &r.previous {
+        rows.push(("Previous key works until", view::when(p.valid_until, now)));
+    }
+    let ips: Vec<String> = r.allowed_ips.iter().map(ToString::to_string).collect();
+    rows.push((
+        "Allowed IPs",
+        if ips.is_empty() {
+            "any".to_owned()
+        } else {
+            ips.join(", ")
+        },
+    ));
+    rows.push(("Request limits", list(&value["limits"]["requests"])));
+    rows.push(("Token limits", list(&value["limits"]["tokens"])));
+    rows.push(("Hash", r.hash.scheme().as_str().to_owned()));
+    view::fields(rows).to_string()
+}
+
+/// `keys stats`: the totals, each day with a bar, and the verdicts by code.
+fn stats_human(stats: &KeyStats, days: u32, now: chrono::DateTime<Utc>) -> String {
+    let mut out = format!(
+        "{}: {} verifications in {days} days ({:.1} a day), last used {}\n",
+        stats.key_id,
+        view::count(stats.total),
+        stats.average_per_day,
+        view::when_or(stats.last_used_at, now, "never"),
+    );
+    if let Some(reason) = &stats.unusual_reason {
+        out.push_str(&format!("Unusual today: {reason}\n"));
+    }
+    let max = stats.days.iter().map(|d| d.total).max().unwrap_or(0);
+    let mut t = view::table(["Day", "Verifications", "Valid", ""]);
+    for d in &stats.days {
+        t.add_row(vec![
+            Cell::new(d.day),
+            Cell::new(view::count(d.total)),
+            Cell::new(view::count(d.valid)),
+            Cell::new(view::bar(d.total, max, 24)),
+        ]);
+    }
+    view::align_right(&mut t, &[1, 2]);
+    out.push_str(&t.to_string());
+    if !stats.by_code.is_empty() {
+        let mut codes = view::table(["Verdict", "Count"]);
+        for (code, n) in &stats.by_code {
+            codes.add_row(vec![Cell::new(code), Cell::new(view::count(*n))]);
+        }
+        view::align_right(&mut codes, &[1]);
+        out.push_str(&format!("\n{codes}"));
+    }
+    out
 }

@@ -17,22 +17,31 @@ pub(crate) fn limits_json(scope: &LimitScope, limits: &Limits) -> Value {
     json!({"scope": scope.to_string(), "requests": limits.requests, "tokens": limits.tokens})
 }
 
+/// A table of the scope's quotas, one a row, with what each counts and per how long.
 fn human(scope: &LimitScope, limits: &Limits) -> String {
-    let list = |q: &[Quota]| {
-        if q.is_empty() {
-            "none".to_owned()
-        } else {
-            q.iter()
-                .map(Quota::to_string)
-                .collect::<Vec<_>>()
-                .join(", ")
+    if limits.requests.is_empty() && limits.tokens.is_empty() {
+        return format!(
+            "{scope}: no rate limits (set some with keymeter limits set --requests 100/min --tokens 50000/h)"
+        );
+    }
+    let mut t = crate::view::table(["Counts", "Allowed", "Per"]);
+    for (what, quotas) in [("requests", &limits.requests), ("tokens", &limits.tokens)] {
+        for q in quotas {
+            t.add_row([
+                what.to_owned(),
+                crate::view::count(q.count),
+                match q.period.as_str() {
+                    "s" => "second",
+                    "min" => "minute",
+                    "h" => "hour",
+                    other => other,
+                }
+                .to_owned(),
+            ]);
         }
-    };
-    format!(
-        "{scope}\n  requests: {}\n  tokens:   {}",
-        list(&limits.requests),
-        list(&limits.tokens)
-    )
+    }
+    crate::view::align_right(&mut t, &[1]);
+    format!("Rate limits of {scope}\n{t}")
 }
 
 pub(crate) async fn run(config: &Config, cmd: LimitsCommand) -> Outcome {

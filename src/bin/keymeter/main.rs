@@ -12,6 +12,7 @@ mod limits;
 mod price;
 mod setup;
 mod usage;
+mod view;
 
 use std::io::{Read, Write};
 use std::process::ExitCode;
@@ -92,6 +93,7 @@ pub(crate) fn delivered() -> (Value, String) {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     let json_mode = cli.json;
+    let command = command_words();
     let print = |value: &Value, human: &str| {
         if value.is_null() && human.is_empty() {
             return Ok(());
@@ -101,7 +103,12 @@ async fn main() -> ExitCode {
     let (printed, code) = match run(cli).await {
         Ok((value, human)) => (print(&value, &human), ExitCode::SUCCESS),
         Err(Failure::Negative(value, human)) => (print(&value, &human), ExitCode::from(1)),
-        Err(Failure::Usage(message)) => {
+        Err(Failure::Usage(mut message)) => {
+            // Every usage error says what to do: where the message does not name a command, point at the
+            // examples of the one that failed.
+            if !message.contains("keymeter ") && !command.is_empty() {
+                message.push_str(&format!(" (examples: keymeter {command} --help)"));
+            }
             if json_mode {
                 let _ = deliver(true, &json!({"code": "ERROR", "error": message}), "");
             }
@@ -116,6 +123,32 @@ async fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// The command's words as typed (`keys create`), for pointing at its `--help`: the arguments before the first
+/// flag or value that is not a command name.
+fn command_words() -> String {
+    use clap::CommandFactory;
+    let mut cmd = Cli::command();
+    let mut words = Vec::new();
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        if arg == "--store" || arg == "--limiter" {
+            args.next();
+            continue;
+        }
+        if arg.starts_with('-') {
+            continue;
+        }
+        match cmd.find_subcommand(&arg) {
+            Some(sub) => {
+                words.push(arg);
+                cmd = sub.clone();
+            }
+            None => break,
+        }
+    }
+    words.join(" ")
 }
 
 async fn run(cli: Cli) -> Outcome {
@@ -139,7 +172,7 @@ async fn run(cli: Cli) -> Outcome {
     match cli.command {
         Command::Init => setup::init(config, &source).await,
         Command::Keys(cmd) => keys::run(&config, cmd, json).await,
-        Command::Price(cmd) => price::run(&config, cmd),
+        Command::Price(cmd) => price::run(&config, cmd).await,
         Command::Creds(cmd) => creds::run(&config, cmd).await,
         Command::Usage(cmd) => usage::run(&config, cmd).await,
         Command::Budget(cmd) => budget::run(&config, cmd).await,

@@ -12,7 +12,7 @@ use serde_json::json;
 
 use crate::args::UsageCommand;
 use crate::price::{pricing_failure, pricing_inputs};
-use crate::{Failure, Outcome, delivered, parse_instant, parse_tz, to_json};
+use crate::{Failure, Outcome, delivered, parse_instant, parse_tz, to_json, view};
 
 /// Events recorded per transaction by `usage import`.
 const IMPORT_BATCH: usize = 5_000;
@@ -27,10 +27,14 @@ async fn export(ledger: &dyn Ledger, filter: &EventFilter, csv: bool) -> Result<
         writeln!(out, "{}", transfer::csv_header()).map_err(broken)?;
     }
     let mut cursor: Option<EventCursor> = None;
+    let spinner = view::spinner("exporting events");
+    let mut written = 0u64;
     loop {
         let page = ledger
             .events_after(filter, cursor.as_ref(), EXPORT_PAGE)
             .await?;
+        written += page.len() as u64;
+        spinner.set_message(format!("exporting events: {}", view::count(written)));
         let Some(last) = page.last() else { break };
         cursor = Some(EventCursor::after(last));
         for e in &page {
@@ -42,7 +46,69 @@ async fn export(ledger: &dyn Ledger, filter: &EventFilter, csv: bool) -> Result<
             writeln!(out, "{line}").map_err(broken)?;
         }
     }
+    spinner.finish_and_clear();
     out.flush().map_err(broken)
+}
+
+/// A report as a table: one row a group, then the total.
+fn report_table(report: &keymeter::ledger::Report, by: GroupBy, tz: chrono_tz::Tz) -> String {
+    if report.groups.is_empty() {
+        return "no usage recorded in this range (record some with keymeter usage record, or import an export)"
+            .to_owned();
+    }
+    let first = match by {
+        GroupBy::Day => format!("Day ({})", tz.name()),
+        GroupBy::Week => format!("Week ({})", tz.name()),
+        GroupBy::Month => format!("Month ({})", tz.name()),
+        GroupBy::Key => "Key".to_owned(),
+        GroupBy::Owner => "Owner".to_owned(),
+        GroupBy::Org => "Org".to_owned(),
+        GroupBy::Model => "Model".to_owned(),
+    };
+    let mut t = view::table([
+        first.as_str(),
+        "Cost",
+        "Requests",
+        "Input tokens",
+        "Output tokens",
+    ]);
+    let (mut events, mut input, mut output) = (0u64, 0u64, 0u64);
+    for g in &report.groups {
+        events += g.events;
+        input += g.input_tokens;
+        output += g.output_tokens;
+        t.add_row([
+            g.key.clone(),
+            view::money(g.cost, "USD"),
+            view::count(g.events),
+            view::count(g.input_tokens),
+            view::count(g.output_tokens),
+        ]);
+    }
+    t.add_row([
+        "Total".to_owned(),
+        view::money(report.total, "USD"),
+        view::count(events),
+        view::count(input),
+        view::count(output),
+    ]);
+    view::align_right(&mut t, &[1, 2, 3, 4]);
+    t.to_string()
+}
+
+/// Imports in batches with a progress bar on a terminal (counted once the input is validated).
+async fn import<R: std::io::BufRead + Seek>(
+    ledger: &dyn Ledger,
+    input: R,
+) -> keymeter::Result<transfer::Imported> {
+    let bar = view::progress(0, "importing events");
+    let imported = transfer::import_with_progress(ledger, input, IMPORT_BATCH, |done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    })
+    .await;
+    bar.finish_and_clear();
+    imported
 }
 
 pub(crate) async fn run(config: &Config, cmd: UsageCommand) -> Outcome {
@@ -84,8 +150,9 @@ pub(crate) async fn run(config: &Config, cmd: UsageCommand) -> Outcome {
                 )
             } else {
                 format!(
-                    "recorded {}: {} {}",
-                    recorded.event_id, cost.total, cost.currency
+                    "recorded {}: {}",
+                    recorded.event_id,
+                    view::money(cost.total, &cost.currency)
                 )
             };
             Ok((
@@ -112,14 +179,7 @@ pub(crate) async fn run(config: &Config, cmd: UsageCommand) -> Outcome {
                 ..EventFilter::default()
             };
             let report = store.report(&filter, by, tz).await?;
-            let mut human = String::new();
-            for g in &report.groups {
-                human.push_str(&format!(
-                    "{:<24} {:>14} {:>7} events {:>10} in {:>10} out\n",
-                    g.key, g.cost, g.events, g.input_tokens, g.output_tokens
-                ));
-            }
-            human.push_str(&format!("total {}", report.total));
+            let human = report_table(&report, by, tz);
             Ok((to_json(&report)?, human))
         }
         UsageCommand::Export {
@@ -159,14 +219,14 @@ pub(crate) async fn run(config: &Config, cmd: UsageCommand) -> Outcome {
                 spool
                     .seek(std::io::SeekFrom::Start(0))
                     .map_err(|e| Failure::Usage(format!("cannot buffer stdin: {e}")))?;
-                transfer::import(store.as_ref(), BufReader::new(spool), IMPORT_BATCH).await
+                import(store.as_ref(), BufReader::new(spool)).await
             } else {
                 let input = std::fs::File::open(&file).map_err(|e| {
                     Failure::Usage(format!(
                         "cannot open {file:?}: {e}; give a JSON lines file or - for stdin"
                     ))
                 })?;
-                transfer::import(store.as_ref(), BufReader::new(input), IMPORT_BATCH).await
+                import(store.as_ref(), BufReader::new(input)).await
             }
             .map_err(|e| {
                 Failure::Usage(format!(
@@ -181,7 +241,10 @@ pub(crate) async fn run(config: &Config, cmd: UsageCommand) -> Outcome {
         }
         UsageCommand::Prune { before } => {
             let before = parse_instant(&before, chrono_tz::UTC)?;
-            let pruned = store.prune(before).await?;
+            let spinner = view::spinner(&format!("deleting events from before {before}"));
+            let pruned = store.prune(before).await;
+            spinner.finish_and_clear();
+            let pruned = pruned?;
             Ok((
                 json!({"pruned": pruned, "before": before.to_rfc3339()}),
                 format!(

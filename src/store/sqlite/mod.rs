@@ -194,7 +194,7 @@ fn create_private(path: &std::path::Path) -> Result<()> {
         Ok(_) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
         Err(e) => Err(Error::Config(format!(
-            "cannot create the SQLite database {}: {e}",
+            "cannot create the SQLite database {}: {e}; create its directory first or use a path in a directory that exists",
             path.display()
         ))),
     }
