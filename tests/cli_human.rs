@@ -452,7 +452,7 @@ fn price_update_reports_what_changed_and_writes_a_catalog_the_cli_can_use() {
     let out_arg = out.display().to_string();
     let old_arg = old.display().to_string();
 
-    let diff = cli.json(&[
+    let update = [
         "price",
         "update",
         "--from",
@@ -461,7 +461,8 @@ fn price_update_reports_what_changed_and_writes_a_catalog_the_cli_can_use() {
         &out_arg,
         "--catalog",
         &old_arg,
-    ]);
+    ];
+    let diff = cli.json(&update);
     assert_eq!(diff["added"], serde_json::json!(["m-new"]));
     assert_eq!(diff["removed"], serde_json::json!(["m-gone"]));
     assert_eq!(diff["unchanged"], 1);
@@ -490,16 +491,7 @@ fn price_update_reports_what_changed_and_writes_a_catalog_the_cli_can_use() {
     assert_eq!(cost["total"], "0.003");
 
     // The same, for a person: a summary and a table of the changed rates.
-    let human = cli.ok(&[
-        "price",
-        "update",
-        "--from",
-        &url,
-        "--out",
-        &out_arg,
-        "--catalog",
-        &old_arg,
-    ]);
+    let human = cli.ok(&update);
     assert!(
         human.starts_with("3 models: 1 added, 1 removed, 1 with new prices, 1 unchanged"),
         "{human}"
