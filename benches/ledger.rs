@@ -79,6 +79,48 @@ fn export_lines() -> std::io::Cursor<String> {
 const IMPORT: usize = 10_000;
 const IMPORT_BATCH: usize = 5_000;
 
+/// Events per `record_batch` in the batch case.
+const BATCH: usize = 1_000;
+
+/// Recording batches of 1,000 events, and importing an export's lines, into one database backend.
+fn batches_and_import(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    runtime: &tokio::runtime::Runtime,
+    name: &str,
+    ledger: &dyn Ledger,
+) {
+    group.throughput(Throughput::Elements(BATCH as u64));
+    group.sample_size(20);
+    group.bench_function(format!("record_{name}_batch_of_1000"), |b| {
+        b.iter_batched(
+            || (0..BATCH).map(|_| event("alice")).collect::<Vec<_>>(),
+            |events| {
+                runtime
+                    .block_on(ledger.record_batch(black_box(&events)))
+                    .unwrap()
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    group.throughput(Throughput::Elements(IMPORT as u64));
+    group.sample_size(10);
+    group.bench_function(format!("import_{name}_jsonl_10000"), |b| {
+        b.iter_batched(
+            export_lines,
+            |input| {
+                runtime
+                    .block_on(keymeter::ledger::transfer::import(
+                        ledger,
+                        input,
+                        IMPORT_BATCH,
+                    ))
+                    .unwrap()
+            },
+            BatchSize::PerIteration,
+        )
+    });
+}
+
 fn ledger(c: &mut Criterion) {
     let now = Utc.with_ymd_and_hms(2026, 11, 21, 12, 0, 0).unwrap();
     let memory = MemoryStore::new();
@@ -152,37 +194,7 @@ fn ledger(c: &mut Criterion) {
             ),
         )
         .unwrap();
-    const BATCH: usize = 1_000;
-    group.throughput(Throughput::Elements(BATCH as u64));
-    group.sample_size(20);
-    group.bench_function("record_sqlite_batch_of_1000", |b| {
-        b.iter_batched(
-            || (0..BATCH).map(|_| event("alice")).collect::<Vec<_>>(),
-            |events| {
-                runtime
-                    .block_on(sqlite.record_batch(black_box(&events)))
-                    .unwrap()
-            },
-            BatchSize::LargeInput,
-        )
-    });
-    group.throughput(Throughput::Elements(IMPORT as u64));
-    group.sample_size(10);
-    group.bench_function("import_sqlite_jsonl_10000", |b| {
-        b.iter_batched(
-            export_lines,
-            |input| {
-                runtime
-                    .block_on(keymeter::ledger::transfer::import(
-                        &sqlite,
-                        input,
-                        IMPORT_BATCH,
-                    ))
-                    .unwrap()
-            },
-            BatchSize::PerIteration,
-        )
-    });
+    batches_and_import(&mut group, &runtime, "sqlite", &sqlite);
     group.throughput(Throughput::Elements(1));
     group.sample_size(20);
     group.bench_function("record_sqlite_one_by_one", |b| {
@@ -208,36 +220,7 @@ fn ledger(c: &mut Criterion) {
                 .unwrap();
         }
         let mut group = c.benchmark_group("ledger");
-        group.throughput(Throughput::Elements(BATCH as u64));
-        group.sample_size(20);
-        group.bench_function("record_postgres_batch_of_1000", |b| {
-            b.iter_batched(
-                || (0..BATCH).map(|_| event("alice")).collect::<Vec<_>>(),
-                |events| {
-                    runtime
-                        .block_on(store.record_batch(black_box(&events)))
-                        .unwrap()
-                },
-                BatchSize::LargeInput,
-            )
-        });
-        group.throughput(Throughput::Elements(IMPORT as u64));
-        group.sample_size(10);
-        group.bench_function("import_postgres_jsonl_10000", |b| {
-            b.iter_batched(
-                export_lines,
-                |input| {
-                    runtime
-                        .block_on(keymeter::ledger::transfer::import(
-                            store.as_ref(),
-                            input,
-                            IMPORT_BATCH,
-                        ))
-                        .unwrap()
-                },
-                BatchSize::PerIteration,
-            )
-        });
+        batches_and_import(&mut group, &runtime, "postgres", store.as_ref());
         group.throughput(Throughput::Elements(1));
         group.sample_size(50);
         group.bench_function("reserve_settle_postgres_two_budgets", |b| {

@@ -47,6 +47,14 @@ pub fn event(request: &str, owner: &str, cost: &str, at: DateTime<Utc>) -> Usage
     .key_id("k1")
 }
 
+/// Every stored event, oldest first.
+async fn every_event(ledger: &Arc<dyn Ledger>) -> Vec<UsageEvent> {
+    ledger
+        .events(&EventFilter::default())
+        .await
+        .expect("events")
+}
+
 /// The same request id twice is one event, and says so.
 pub async fn record_once(ledger: Arc<dyn Ledger>) {
     let first = ledger
@@ -70,14 +78,7 @@ pub async fn record_once(ledger: Arc<dyn Ledger>) {
         batch.iter().map(|r| r.duplicate).collect::<Vec<_>>(),
         [false, true]
     );
-    assert_eq!(
-        ledger
-            .events(&EventFilter::default())
-            .await
-            .expect("events")
-            .len(),
-        2
-    );
+    assert_eq!(every_event(&ledger).await.len(), 2);
 }
 
 /// Filters and grouped reports, exact to the last digit.
@@ -163,10 +164,7 @@ pub async fn events_and_reports(ledger: Arc<dyn Ledger>) {
         .expect("report");
     assert_eq!(by_week.groups[0].key, "2026-W11");
     // Every grouping in zones with 30- and 45-minute offsets gives what the pure aggregation of the events gives.
-    let all = ledger
-        .events(&EventFilter::default())
-        .await
-        .expect("events");
+    let all = every_event(&ledger).await;
     for by in [
         GroupBy::Key,
         GroupBy::Owner,
@@ -337,10 +335,7 @@ pub async fn prune_keeps_spend_and_request_ids(ledger: Arc<dyn Ledger>) {
         ledger.prune(t0() - Duration::days(1)).await.expect("prune"),
         0
     );
-    let left = ledger
-        .events(&EventFilter::default())
-        .await
-        .expect("events");
+    let left = every_event(&ledger).await;
     assert_eq!(
         left.iter()
             .map(|e| e.request_id.as_str())
@@ -374,14 +369,7 @@ pub async fn prune_keeps_spend_and_request_ids(ledger: Arc<dyn Ledger>) {
         .await
         .expect("report");
     assert_eq!(report.total, d("0.25"));
-    assert_eq!(
-        ledger
-            .events(&EventFilter::default())
-            .await
-            .expect("events")
-            .len(),
-        1
-    );
+    assert_eq!(every_event(&ledger).await.len(), 1);
 }
 
 /// Pages of `events_after` give every event once, in the order of `events`.
@@ -397,10 +385,7 @@ pub async fn events_page_in_order(ledger: Arc<dyn Ledger>) {
         })
         .collect();
     ledger.record_batch(&events).await.expect("batch");
-    let all = ledger
-        .events(&EventFilter::default())
-        .await
-        .expect("events");
+    let all = every_event(&ledger).await;
     let mut paged = Vec::new();
     let mut cursor = None;
     loop {
@@ -707,10 +692,7 @@ pub async fn concurrent_reservations_never_overshoot(ledger: Arc<dyn Ledger>) {
         .expect("budget");
     assert!(s.spent <= limit, "spent {} over {limit}", s.spent);
     assert_eq!(s.reserved, Decimal::ZERO);
-    let events = ledger
-        .events(&EventFilter::default())
-        .await
-        .expect("events");
+    let events = every_event(&ledger).await;
     assert_eq!(events.len() as u32, admitted);
     assert_eq!(events.iter().map(|e| e.cost).sum::<Decimal>(), s.spent);
     assert!(
@@ -833,11 +815,7 @@ pub async fn invalid_input_is_refused(ledger: Arc<dyn Ledger>) {
     };
     invalid(ledger.set_budget(&budget).await, "negative limit");
     assert!(
-        ledger
-            .events(&EventFilter::default())
-            .await
-            .expect("events")
-            .is_empty(),
+        every_event(&ledger).await.is_empty(),
         "nothing of a refused call is stored"
     );
     assert!(

@@ -32,11 +32,11 @@ pub(crate) async fn run(config: &Config, cmd: BudgetCommand) -> Outcome {
                 "scope": budget.scope, "limit": budget.limit.to_string(),
                 "soft": budget.soft_limit.map(|s| s.to_string()), "period": budget.period, "tz": budget.tz.name(),
             });
-            let per = match budget.period.to_string().as_str() {
-                "daily" => "a day",
-                "weekly" => "a week",
-                "monthly" => "a month",
-                _ => "in total",
+            let per = match budget.period {
+                BudgetPeriod::Daily => "a day",
+                BudgetPeriod::Weekly => "a week",
+                BudgetPeriod::Monthly => "a month",
+                BudgetPeriod::Total => "in total",
             };
             let human = format!(
                 "budget of {}: {} {per} (periods start in {}){}",

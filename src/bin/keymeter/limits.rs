@@ -1,7 +1,7 @@
 //! `limits …`: the rate limits of an owner, an org or a key.
 
 use keymeter::Config;
-use keymeter::limits::{LimitScope, Limits, Quota};
+use keymeter::limits::{LimitScope, Limits, Period, Quota};
 use serde_json::{Value, json};
 
 use crate::Outcome;
@@ -30,11 +30,11 @@ fn human(scope: &LimitScope, limits: &Limits) -> String {
             t.add_row([
                 what.to_owned(),
                 crate::view::count(q.count),
-                match q.period.as_str() {
-                    "s" => "second",
-                    "min" => "minute",
-                    "h" => "hour",
-                    other => other,
+                match q.period {
+                    Period::Second => "second",
+                    Period::Minute => "minute",
+                    Period::Hour => "hour",
+                    Period::Day => "day",
                 }
                 .to_owned(),
             ]);

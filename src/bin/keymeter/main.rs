@@ -17,7 +17,7 @@ mod view;
 use std::io::{Read, Write};
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use keymeter::env::{EnvSource, ProcessEnv};
 use keymeter::{Config, Error};
 use serde_json::{Value, json};
@@ -91,9 +91,10 @@ pub(crate) fn delivered() -> (Value, String) {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let command = command_words(&matches);
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let json_mode = cli.json;
-    let command = command_words();
     let print = |value: &Value, human: &str| {
         if value.is_null() && human.is_empty() {
             return Ok(());
@@ -125,28 +126,13 @@ async fn main() -> ExitCode {
     }
 }
 
-/// The command's words as typed (`keys create`), for pointing at its `--help`: the arguments before the first
-/// flag or value that is not a command name.
-fn command_words() -> String {
-    use clap::CommandFactory;
-    let mut cmd = Cli::command();
+/// The command's words (`keys create`), for pointing at its `--help`.
+fn command_words(matches: &clap::ArgMatches) -> String {
     let mut words = Vec::new();
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        if arg == "--store" || arg == "--limiter" {
-            args.next();
-            continue;
-        }
-        if arg.starts_with('-') {
-            continue;
-        }
-        match cmd.find_subcommand(&arg) {
-            Some(sub) => {
-                words.push(arg);
-                cmd = sub.clone();
-            }
-            None => break,
-        }
+    let mut level = matches;
+    while let Some((name, sub)) = level.subcommand() {
+        words.push(name);
+        level = sub;
     }
     words.join(" ")
 }

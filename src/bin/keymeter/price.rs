@@ -105,10 +105,11 @@ fn diff_human(diff: &CatalogDiff, models: usize, out: &Path) -> String {
         for change in &diff.changed {
             for r in &change.rates {
                 if rows < SHOWN {
-                    let unit = TokenClass::ALL
-                        .into_iter()
-                        .find(|c| c.as_str() == r.class)
-                        .map_or("request", |c| c.unit());
+                    // Not a token class: the per-request fee.
+                    let unit = r
+                        .class
+                        .parse::<TokenClass>()
+                        .map_or("request", TokenClass::unit);
                     let shown = |d: Option<Decimal>| {
                         d.map_or("—".to_owned(), |d| view::rate(d, &change.currency, unit))
                     };
@@ -466,10 +467,9 @@ fn describe_window(w: &PriceWindow, currency: &str) -> String {
             .iter()
             .map(|(class, r)| {
                 format!(
-                    "{} {} / {}",
+                    "{} {}",
                     class.as_str(),
-                    amount(r, class.unit()),
-                    per(class.unit())
+                    view::rate(r, currency, class.unit())
                 )
             })
             .collect();

@@ -112,18 +112,13 @@ pub(crate) fn per_million(rate: Decimal) -> Decimal {
     rate.checked_mul(Decimal::from(1_000_000)).unwrap_or(rate)
 }
 
-/// A class's rate as people quote it: `$2.50 / 1M input`, `$0.035 / query`, `$0.04 / image`.
-pub(crate) fn price(rate: Decimal, currency: &str, class: &str, unit: &str) -> String {
+/// A rate as people quote it: `$2.50 / 1M tokens`, `$0.035 / query`, `$0.04 / image`.
+pub(crate) fn rate(rate: Decimal, currency: &str, unit: &str) -> String {
     if unit == "token" {
-        format!("{} / 1M {class}", money(per_million(rate), currency))
+        format!("{} / 1M tokens", money(per_million(rate), currency))
     } else {
         format!("{} / {unit}", money(rate, currency))
     }
-}
-
-/// A rate in a table whose row already names the class: `$2.50 / 1M tokens`, `$0.035 / query`.
-pub(crate) fn rate(rate: Decimal, currency: &str, unit: &str) -> String {
-    price(rate, currency, "tokens", unit)
 }
 
 /// A count with thousands separators: `1,234,567`.
@@ -188,11 +183,11 @@ mod tests {
         assert_eq!(money("2.5".parse().unwrap(), "USD"), "$2.50");
         assert_eq!(money("12".parse().unwrap(), "EUR"), "12.00 EUR");
         assert_eq!(
-            price("0.0000025".parse().unwrap(), "USD", "input", "token"),
-            "$2.50 / 1M input"
+            rate("0.0000025".parse().unwrap(), "USD", "token"),
+            "$2.50 / 1M tokens"
         );
         assert_eq!(
-            price("0.035".parse().unwrap(), "USD", "web_search", "query"),
+            rate("0.035".parse().unwrap(), "USD", "query"),
             "$0.035 / query"
         );
     }

@@ -193,11 +193,9 @@ impl LedgerState {
             let start = entry.period_start(event.at);
             *entry.spent.entry(start).or_default() += event.cost;
         }
-        let request_id: Arc<str> = Arc::from(event.request_id.as_str());
-        self.by_request.insert(request_id.clone(), self.len);
         let stored = StoredEvent {
             event_id: event.event_id.as_str().into(),
-            request_id,
+            request_id: Arc::from(event.request_id.as_str()),
             at: event.at,
             key_id: event.key_id.as_deref().map(|k| self.intern(k)),
             owner: self.intern(&event.owner),
@@ -208,6 +206,16 @@ impl LedgerState {
             cost: event.cost,
             credential_source: event.credential_source,
         };
+        self.push(stored);
+        Recorded {
+            event_id: event.event_id.clone(),
+            duplicate: false,
+        }
+    }
+
+    /// Appends `stored` to the log and indexes its request id.
+    fn push(&mut self, stored: StoredEvent) {
+        self.by_request.insert(stored.request_id.clone(), self.len);
         if self.len.is_multiple_of(EVENT_CHUNK) {
             self.events.push(Vec::with_capacity(EVENT_CHUNK));
         }
@@ -215,10 +223,6 @@ impl LedgerState {
             chunk.push(stored);
         }
         self.len += 1;
-        Recorded {
-            event_id: event.event_id.clone(),
-            duplicate: false,
-        }
     }
 }
 
@@ -270,19 +274,11 @@ impl Ledger for MemoryStore {
             if stored.at < before {
                 state
                     .pruned
-                    .insert(stored.request_id.clone(), Arc::from(&*stored.event_id));
+                    .insert(stored.request_id, Arc::from(stored.event_id));
                 pruned += 1;
-                continue;
+            } else {
+                state.push(stored);
             }
-            if state.len.is_multiple_of(EVENT_CHUNK) {
-                state.events.push(Vec::with_capacity(EVENT_CHUNK));
-            }
-            let at = state.len;
-            state.by_request.insert(stored.request_id.clone(), at);
-            if let Some(chunk) = state.events.last_mut() {
-                chunk.push(stored);
-            }
-            state.len += 1;
         }
         Ok(pruned)
     }

@@ -245,7 +245,7 @@ impl SqliteStore {
             // Reads through a shared memory map and a larger page cache keep busy ledgers out of read/write
             // syscalls (profiling showed half the batch-insert time in the kernel with the defaults).
             .pragma("mmap_size", "268435456")
-            // A writer's working set is the leaves of every index it inserts into (the event id's is random): at
+            // A writer's working set is the leaves of every index it inserts into (request ids are random): at
             // 16 MiB an import of 10,000 events spent its time re-reading evicted pages (15,900 → 20,200 events/s
             // at 64 MiB). Pages are allocated as a connection touches them, not up front.
             .pragma("cache_size", "-65536")
