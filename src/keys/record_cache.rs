@@ -2,7 +2,7 @@
 //! and dropped when a [`KeyChangeFeed`] says they changed anywhere.
 //!
 //! Nothing served is more than a second stale: with a feed, the feed is polled before any record is served once
-//! the last poll is a second old (the verify that finds it due pays one poll; every other one reads memory); without
+//! the last poll is as old as the feed's [`KeyChangeFeed::poll_interval`] (a second at most) (the verify that finds it due pays one poll; every other one reads memory); without
 //! one, a record is kept for one second at most. Changes made through this cache evict at once. A poll that fails
 //! or reports [`KeyChanges::Lost`] clears the cache.
 
@@ -76,6 +76,8 @@ pub struct CachedKeyStore {
     generation: AtomicU64,
     /// When the last successful poll started (microseconds); records are served only while it is recent.
     polled_at: AtomicI64,
+    /// How long a poll stays recent: the feed's interval, at most a second.
+    poll_micros: i64,
     polling: tokio::sync::Mutex<()>,
     clears: AtomicU64,
 }
@@ -99,6 +101,12 @@ impl CachedKeyStore {
         feed: Option<Arc<dyn KeyChangeFeed>>,
         capacity: usize,
     ) -> Self {
+        // Never less often than once a second, whatever the feed says.
+        let feed_interval = feed.as_ref().map_or(MAX_STALE_MICROS, |f| {
+            i64::try_from(f.poll_interval().as_micros())
+                .unwrap_or(MAX_STALE_MICROS)
+                .min(MAX_STALE_MICROS)
+        });
         let ttl_micros = if feed.is_some() {
             60 * MAX_STALE_MICROS
         } else {
@@ -113,6 +121,7 @@ impl CachedKeyStore {
             entries: RwLock::new(Entries::default()),
             generation: AtomicU64::new(0),
             polled_at: AtomicI64::new(i64::MIN),
+            poll_micros: feed_interval,
             polling: tokio::sync::Mutex::new(()),
             clears: AtomicU64::new(0),
         }
@@ -163,7 +172,7 @@ impl CachedKeyStore {
     /// Whether the feed must be polled before a record may be served.
     fn poll_due(&self, now: i64) -> bool {
         self.feed.is_some()
-            && now.saturating_sub(self.polled_at.load(Ordering::Acquire)) >= MAX_STALE_MICROS
+            && now.saturating_sub(self.polled_at.load(Ordering::Acquire)) >= self.poll_micros
     }
 
     fn cached(&self, id: &str, now: i64) -> Option<Arc<KeyRecord>> {

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use chrono::{Duration, Utc};
+use chrono::Utc;
 use keymeter::keys::record::parse_networks;
 use keymeter::keys::token::{self, KeyEnv};
 use keymeter::keys::{
@@ -38,7 +38,7 @@ pub(crate) async fn run(config: &Config, cmd: KeysCommand, json_mode: bool) -> O
             }
             if let Some(life) = a.expires_in {
                 let at = Utc::now()
-                    .checked_add_signed(parse_lifetime(&life)?)
+                    .checked_add_signed(keymeter::validate::duration("--expires-in", &life, false)?)
                     .ok_or_else(|| {
                         Failure::Usage(format!(
                             "invalid --expires-in {life:?}: too far in the future (use at most a few thousand years)"
@@ -197,7 +197,7 @@ pub(crate) async fn run(config: &Config, cmd: KeysCommand, json_mode: bool) -> O
             Ok((json!({"id": id, "revoked": true}), format!("revoked {id}")))
         }
         KeysCommand::Rotate { id, grace } => {
-            let grace = parse_duration("--grace", &grace, true)?;
+            let grace = keymeter::validate::duration("--grace", &grace, true)?;
             let rotated = config.issuer(dyn_store.clone())?.rotate(&id, grace).await?;
             let key = rotated.token.expose_secret();
             let value = json!({"id": rotated.id, "key": key, "grace_until": rotated.grace_until, "hint": rotated.hint});
@@ -306,32 +306,6 @@ fn read_hint(config: &Config, hash: &str) -> Result<Zeroizing<String>, Failure> 
         }
     }
     Ok(Zeroizing::new(text[..HINT_LEN].to_owned()))
-}
-
-fn parse_lifetime(s: &str) -> Result<Duration, Failure> {
-    parse_duration("--expires-in", s, false)
-}
-
-/// `N` and a unit (`s`, `m`, `h`, `d`, `w`): `30d`, `24h`; zero only where `zero_ok`.
-fn parse_duration(flag: &str, s: &str, zero_ok: bool) -> Result<Duration, Failure> {
-    let bad = || {
-        Failure::Usage(format!(
-            "invalid {flag} {s:?}: use a number and s, m, h, d or w (24h)"
-        ))
-    };
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
-    let n: i64 = s[..split].parse().map_err(|_| bad())?;
-    let d = match &s[split..] {
-        "s" => Duration::try_seconds(n),
-        "m" => Duration::try_minutes(n),
-        "h" => Duration::try_hours(n),
-        "d" => Duration::try_days(n),
-        "w" => Duration::try_weeks(n),
-        _ => None,
-    };
-    d.filter(|d| *d > Duration::zero() || (zero_ok && d.is_zero()))
-        .ok_or_else(bad)
 }
 
 /// A record's JSON (never its hash) with its `limits`: the key's own request and token quotas, the record's

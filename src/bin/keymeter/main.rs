@@ -215,12 +215,7 @@ pub(crate) fn parse_instant(
     s: &str,
     tz: chrono_tz::Tz,
 ) -> Result<chrono::DateTime<chrono::Utc>, Failure> {
-    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
-        return Ok(t.with_timezone(&chrono::Utc));
-    }
-    chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
-        .map(|day| keymeter::ledger::period::local_midnight(day, tz))
-        .map_err(|_| Failure::Usage(format!("invalid time {s:?}: use RFC 3339 or YYYY-MM-DD")))
+    Ok(keymeter::validate::instant("time", s, tz)?)
 }
 
 /// An IANA time zone from a `--tz` flag.

@@ -1,0 +1,217 @@
+//! A bounded loopback load run of the reference gateway on SQLite (issue: added p50 ≤ 1 ms and p99 ≤ 5 ms at
+//! 300 requests/s, and the highest rate it sustains).
+//!
+//! The floor is the same request sent straight to the stand-in upstream, at the same rate, by the same client:
+//! the gateway's added latency is its distribution minus that one. Open loop: request `i` is sent at
+//! `start + i / rate` whatever the earlier ones are doing, so a slow gateway shows as latency, not as a lower
+//! rate. Then a closed loop of fixed concurrency finds the rate it sustains.
+//!
+//! ```sh
+//! cargo bench -p keymeter-axum --bench gateway_load            # 3,000 requests per run
+//! GATEWAY_LOAD_REQUESTS=600 cargo bench -p keymeter-axum --bench gateway_load
+//! GATEWAY_LOAD_PHASES=1 cargo bench -p keymeter-axum --bench gateway_load   # also time each library call
+//! ```
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+fn requests() -> usize {
+    std::env::var("GATEWAY_LOAD_REQUESTS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(3000)
+}
+
+/// Latencies in microseconds of `n` requests sent at `rate` per second, open loop.
+async fn open_loop(
+    client: &reqwest::Client,
+    url: &str,
+    key: Option<&str>,
+    rate: f64,
+    n: usize,
+) -> Vec<u64> {
+    let body = json!({"model": "gpt-4o", "max_tokens": 300,
+        "messages": [{"role": "user", "content": "Say hello"}]});
+    let start = tokio::time::Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..n {
+        tokio::time::sleep_until(start + Duration::from_secs_f64(i as f64 / rate)).await;
+        let mut request = client.post(url).json(&body);
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        tasks.spawn(async move {
+            let sent = Instant::now();
+            let response = request.send().await.expect("loopback answers");
+            assert_eq!(response.status(), 200);
+            response.bytes().await.expect("body");
+            sent.elapsed().as_micros() as u64
+        });
+    }
+    let mut out = Vec::with_capacity(n);
+    while let Some(latency) = tasks.join_next().await {
+        out.push(latency.expect("request task"));
+    }
+    out.sort_unstable();
+    out
+}
+
+/// Requests per second of `n` requests with `concurrency` in flight, closed loop.
+async fn closed_loop(
+    client: &reqwest::Client,
+    url: &str,
+    key: &str,
+    concurrency: usize,
+    n: usize,
+) -> f64 {
+    let body = json!({"model": "gpt-4o", "max_tokens": 300,
+        "messages": [{"role": "user", "content": "Say hello"}]});
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..concurrency {
+        let (client, url, key, body, next) = (
+            client.clone(),
+            url.to_owned(),
+            key.to_owned(),
+            body.clone(),
+            next.clone(),
+        );
+        tasks.spawn(async move {
+            while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < n {
+                let response = client
+                    .post(&url)
+                    .bearer_auth(&key)
+                    .json(&body)
+                    .send()
+                    .await
+                    .expect("loopback answers");
+                assert_eq!(response.status(), 200);
+                response.bytes().await.expect("body");
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.expect("load task");
+    }
+    n as f64 / started.elapsed().as_secs_f64()
+}
+
+fn pct(sorted: &[u64], p: f64) -> u64 {
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i]
+}
+
+fn ms(us: i64) -> String {
+    format!("{:.3} ms", us as f64 / 1000.0)
+}
+
+#[tokio::main]
+async fn main() {
+    // `cargo bench` passes `--bench`; a filter that is not ours (another bench's name) skips this run.
+    if std::env::args()
+        .skip(1)
+        .any(|a| !a.starts_with("--") && !"gateway_load".contains(a.as_str()))
+    {
+        return;
+    }
+    let n = requests();
+    let up = support::upstream().await;
+    let gw = support::sqlite_gateway(&up).await;
+    let (_, key) = gw
+        .key(json!({"name": "load", "owner": "load", "permissions": ["llm:chat"]}))
+        .await;
+    let client = gw.client.clone();
+    let direct = format!("{}/v1/chat/completions", up.url);
+    let proxied = format!("{}/v1/chat/completions", gw.url);
+
+    // Warm both paths (connections, caches, SQLite pages).
+    open_loop(&client, &direct, None, 300.0, 200).await;
+    open_loop(&client, &proxied, Some(&key), 300.0, 200).await;
+
+    if std::env::var("GATEWAY_LOAD_PHASES").is_ok() {
+        phases(&gw).await;
+    }
+    let floor = open_loop(&client, &direct, None, 300.0, n).await;
+    let gateway = open_loop(&client, &proxied, Some(&key), 300.0, n).await;
+    println!("gateway_load: {n} requests at 300/s, open loop, SQLite store, loopback");
+    for (name, p) in [("p50", 0.50), ("p90", 0.90), ("p99", 0.99)] {
+        let (f, g) = (pct(&floor, p), pct(&gateway, p));
+        println!(
+            "  {name}: direct {}  gateway {}  added {}",
+            ms(f as i64),
+            ms(g as i64),
+            ms(g as i64 - f as i64)
+        );
+    }
+    for concurrency in [8, 32] {
+        let direct_rate = closed_loop(&client, &direct, "", concurrency, n).await;
+        let rate = closed_loop(&client, &proxied, &key, concurrency, n).await;
+        println!(
+            "  closed loop, {concurrency} in flight: gateway {rate:.0} req/s (direct {direct_rate:.0} req/s)"
+        );
+    }
+    gw.app.close().await;
+}
+
+/// The mean time of each library call a proxied request makes, one at a time: where the added latency goes.
+async fn phases(gw: &support::Gateway) {
+    use keymeter::credentials::Provider;
+    use keymeter::ledger::MeteredRequest;
+    use keymeter::pricing::Usage;
+    let app = &gw.app;
+    let record = app
+        .keys
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    let n = 500;
+    let t = Instant::now();
+    for _ in 0..n {
+        app.resolver
+            .resolve("load", &Provider::openai())
+            .await
+            .unwrap();
+    }
+    println!("resolve: {:?}", t.elapsed() / n);
+    let worst = Usage {
+        input: 100,
+        output: 300,
+        ..Usage::default()
+    };
+    let mut r = std::time::Duration::ZERO;
+    let mut st = std::time::Duration::ZERO;
+    for _ in 0..n {
+        let t = Instant::now();
+        let hold = app
+            .meter
+            .reserve(MeteredRequest::new(&record, "gpt-4o"), &worst)
+            .await
+            .unwrap();
+        r += t.elapsed();
+        let t = Instant::now();
+        app.meter
+            .settle(
+                hold,
+                (
+                    keymeter::pricing::UsageFormat::OpenAi,
+                    support::OPENAI_USAGE,
+                ),
+            )
+            .await
+            .unwrap();
+        st += t.elapsed();
+    }
+    println!("reserve: {:?} settle: {:?}", r / n, st / n);
+    let t = Instant::now();
+    for _ in 0..n {
+        app.verifier.charge_tokens(&record, 1000).await.unwrap();
+    }
+    println!("charge_tokens: {:?}", t.elapsed() / n);
+}

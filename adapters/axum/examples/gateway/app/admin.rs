@@ -1,0 +1,243 @@
+//! Key administration (`admin` scope): create, list, revoke, revoke an organisation's keys, rotate, statistics.
+//! An admin key of an organisation sees and changes only that organisation's keys; another's are "not found".
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, Query};
+use axum::http::StatusCode;
+use chrono::Utc;
+use keymeter::keys::record::parse_networks;
+use keymeter::keys::{KeyFilter, KeyRecord, NewKey, RateLimit, Scope};
+use keymeter::limits::{LimitScope, Limits, Quota};
+use keymeter::stats::KeyStats;
+use keymeter_axum::{ApiError, VerifiedKey};
+use secrecy::ExposeSecret;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{State, body_bytes, manages, parse_json};
+
+/// `POST /api/v1/api-keys`, the seeds' field names.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateKey {
+    name: String,
+    organization_id: Option<String>,
+    owner: Option<String>,
+    #[serde(default)]
+    permissions: Vec<String>,
+    #[serde(default)]
+    allowed_ips: Vec<String>,
+    expires_in: Option<String>,
+    rate_limit: Option<OneOrMany>,
+}
+
+/// `"100/min"` or `["100/min", "5000/day"]`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// The key if `admin` may manage it; unknown and not permitted are the same 404.
+async fn managed(
+    app: &super::App,
+    admin: &KeyRecord,
+    id: &str,
+) -> Result<Arc<KeyRecord>, ApiError> {
+    match app.keys.get(id).await? {
+        Some(record) if manages(admin, &record) => Ok(record),
+        _ => Err(keymeter::Error::NotFound {
+            what: "key",
+            id: id.to_owned(),
+        }
+        .into()),
+    }
+}
+
+pub async fn create(
+    axum::extract::State(app): State,
+    VerifiedKey(admin): VerifiedKey,
+    body: Body,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let req: CreateKey = parse_json(&body_bytes(body, app.settings.max_api_body).await?)?;
+    // An organisation's admin creates keys in its organisation only.
+    let org = match (&admin.org, req.organization_id) {
+        (Some(own), Some(asked)) if *own != asked => {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "INSUFFICIENT_SCOPE",
+                "this admin key manages its own organisation's keys only",
+            ));
+        }
+        (Some(own), _) => Some(own.clone()),
+        (None, asked) => asked,
+    };
+    let scopes = req
+        .permissions
+        .iter()
+        .map(|s| Scope::new(s))
+        .collect::<keymeter::Result<Vec<_>>>()?;
+    let mut new = NewKey::new(req.name, req.owner.unwrap_or_else(|| admin.owner.clone()))
+        .scopes(scopes)
+        .allowed_ips(parse_networks(req.allowed_ips.iter().map(String::as_str))?);
+    if let Some(org) = org {
+        new = new.org(org);
+    }
+    if let Some(life) = req.expires_in {
+        let life = keymeter::validate::duration("expires_in", &life, false)?;
+        let at = Utc::now()
+            .checked_add_signed(life)
+            .ok_or_else(|| ApiError::unprocessable("expires_in is too far in the future"))?;
+        new = new.expires_at(at);
+    }
+    let limits: Vec<String> = match req.rate_limit {
+        None => Vec::new(),
+        Some(OneOrMany::One(one)) => vec![one],
+        Some(OneOrMany::Many(many)) => many,
+    };
+    let quotas = limits
+        .iter()
+        .map(|l| l.parse::<Quota>())
+        .collect::<keymeter::Result<Vec<_>>>()?;
+    let limits_set = Limits {
+        requests: quotas,
+        tokens: Vec::new(),
+    };
+    limits_set.validate()?;
+    if let Some(first) = limits.first() {
+        new = new.rate_limit(first.parse::<RateLimit>()?);
+    }
+    let issued = app.issuer.issue(new).await?;
+    if limits_set.requests.len() > 1 {
+        // The key is not handed out before its limits hold.
+        let scope = LimitScope::Key(issued.record.id.clone());
+        if let Err(e) = app.store.set_limits(&scope, &limits_set).await {
+            app.verifier.revoke(&issued.record.id).await?;
+            return Err(e.into());
+        }
+    }
+    let mut value = serde_json::to_value(&issued.record)
+        .map_err(|e| ApiError::from(keymeter::Error::Internal(e.to_string())))?;
+    value["secret"] = Value::String(issued.token.expose_secret().to_owned());
+    Ok((StatusCode::CREATED, Json(value)))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct OrgQuery {
+    organization: Option<String>,
+}
+
+fn org_of(admin: &KeyRecord, asked: Option<String>) -> Result<Option<String>, ApiError> {
+    match (&admin.org, asked) {
+        (Some(own), Some(asked)) if *own != asked => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "INSUFFICIENT_SCOPE",
+            "this admin key manages its own organisation's keys only",
+        )),
+        (Some(own), _) => Ok(Some(own.clone())),
+        (None, asked) => Ok(asked),
+    }
+}
+
+pub async fn list(
+    axum::extract::State(app): State,
+    VerifiedKey(admin): VerifiedKey,
+    Query(q): Query<OrgQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let filter = KeyFilter {
+        owner: None,
+        org: org_of(&admin, q.organization)?,
+    };
+    let keys = app.keys.list(&filter).await?;
+    Ok(Json(json!({ "keys": keys })))
+}
+
+pub async fn revoke(
+    axum::extract::State(app): State,
+    VerifiedKey(admin): VerifiedKey,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    managed(&app, &admin, &id).await?;
+    app.verifier.revoke(&id).await?;
+    let record = managed(&app, &admin, &id).await?;
+    Ok(Json(json!(record)))
+}
+
+pub async fn revoke_all(
+    axum::extract::State(app): State,
+    VerifiedKey(admin): VerifiedKey,
+    Query(q): Query<OrgQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let Some(org) = org_of(&admin, q.organization)? else {
+        return Err(ApiError::unprocessable(
+            "name the organisation: ?organization=ORG",
+        ));
+    };
+    let revoked = app.verifier.revoke_org(&org).await?;
+    Ok(Json(json!({ "revoked": revoked })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Rotate {
+    grace_period: Option<String>,
+}
+
+pub async fn rotate(
+    axum::extract::State(app): State,
+    VerifiedKey(admin): VerifiedKey,
+    Path(id): Path<String>,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let bytes = body_bytes(body, app.settings.max_api_body).await?;
+    // An empty body rotates with no grace period.
+    let req: Rotate = if bytes.iter().all(u8::is_ascii_whitespace) {
+        Rotate { grace_period: None }
+    } else {
+        parse_json(&bytes)?
+    };
+    let grace = match req.grace_period {
+        Some(g) => keymeter::validate::duration("grace_period", &g, true)?,
+        None => chrono::Duration::zero(),
+    };
+    managed(&app, &admin, &id).await?;
+    let rotated = app.verifier.rotate(&app.issuer, &id, grace).await?;
+    Ok(Json(json!({
+        "id": rotated.id,
+        "secret": rotated.token.expose_secret(),
+        "grace_until": rotated.grace_until,
+    })))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct StatsQuery {
+    days: Option<u32>,
+}
+
+pub async fn stats(
+    axum::extract::State(app): State,
+    VerifiedKey(admin): VerifiedKey,
+    Path(id): Path<String>,
+    Query(q): Query<StatsQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let days = q.days.unwrap_or(30).clamp(1, 366);
+    let record = managed(&app, &admin, &id).await?;
+    // Counts still in memory are written first, so the answer includes this instance's latest verifications.
+    app.stats.flush().await?;
+    let today = Utc::now().date_naive();
+    let since = today - chrono::Days::new(u64::from(days - 1));
+    let stored = app.store.key_stats(&id, since).await?;
+    let last_used = app
+        .keys
+        .get(&id)
+        .await?
+        .and_then(|r| r.last_used_at)
+        .or(record.last_used_at);
+    Ok(Json(json!(KeyStats::summary(
+        &id, &stored, today, days, last_used
+    ))))
+}

@@ -1,0 +1,197 @@
+//! The caller's own things: personal provider keys, usage (ingest and report) and budget. Always the verified
+//! key's owner; another owner's report only with `admin` (and `owner=`).
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::Query;
+use chrono::{DateTime, Utc};
+use keymeter::credentials::{CredentialScope, Provider};
+use keymeter::ledger::{BudgetScope, EventFilter, GroupBy, MeteredRequest};
+use keymeter::pricing::UsageFormat;
+use keymeter_axum::{ApiError, VerifiedKey};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{State, body_bytes, is_admin, owner_request_id, parse_json};
+
+/// The personal-key fields of the seeds' API, one per built-in provider.
+fn fields() -> [(&'static str, Provider); 3] {
+    [
+        ("anthropic", Provider::anthropic()),
+        ("openai", Provider::openai()),
+        ("google", Provider::google()),
+    ]
+}
+
+async fn status_json(app: &super::App, owner: &str) -> Result<Value, ApiError> {
+    let status = app.resolver.status(owner).await?;
+    let mut out = serde_json::Map::new();
+    for (name, provider) in fields() {
+        let has = status.get(&provider).is_some_and(|s| s.user);
+        out.insert(format!("has_{name}_key"), Value::Bool(has));
+    }
+    Ok(Value::Object(out))
+}
+
+pub async fn key_status(
+    axum::extract::State(app): State,
+    VerifiedKey(key): VerifiedKey,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(status_json(&app, &key.owner).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PersonalKeys {
+    anthropic_api_key: Option<secrecy::SecretString>,
+    openai_api_key: Option<secrecy::SecretString>,
+    google_api_key: Option<secrecy::SecretString>,
+}
+
+pub async fn set_keys(
+    axum::extract::State(app): State,
+    VerifiedKey(key): VerifiedKey,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    use secrecy::ExposeSecret;
+    let req: PersonalKeys = parse_json(&body_bytes(body, app.settings.max_api_body).await?)?;
+    let given = [
+        (Provider::anthropic(), req.anthropic_api_key),
+        (Provider::openai(), req.openai_api_key),
+        (Provider::google(), req.google_api_key),
+    ];
+    let scope = CredentialScope::user(&key.owner)?;
+    // Every key is checked and sealed before any is stored: a bad one stores none.
+    let mut sealed = Vec::new();
+    for (provider, secret) in &given {
+        if let Some(secret) = secret {
+            provider.check_key(secret.expose_secret())?;
+            sealed.push((
+                provider,
+                app.vault.seal(&scope, provider, secret.expose_secret())?,
+            ));
+        }
+    }
+    if sealed.is_empty() {
+        return Err(ApiError::unprocessable(
+            "give at least one of anthropic_api_key, openai_api_key, google_api_key",
+        ));
+    }
+    for (provider, sealed) in &sealed {
+        app.store.put(&scope, provider, sealed).await?;
+    }
+    Ok(Json(status_json(&app, &key.owner).await?))
+}
+
+pub async fn delete_keys(
+    axum::extract::State(app): State,
+    VerifiedKey(key): VerifiedKey,
+) -> Result<Json<Value>, ApiError> {
+    let deleted = app
+        .store
+        .delete_all(&CredentialScope::user(&key.owner)?)
+        .await?;
+    let mut status = status_json(&app, &key.owner).await?;
+    status["deleted"] = json!(deleted);
+    Ok(Json(status))
+}
+
+/// `POST /api/v1/usage`: what an SDK reports after calling a provider itself.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Ingest {
+    request_id: String,
+    model: String,
+    usage: Box<serde_json::value::RawValue>,
+    usage_format: String,
+    at: Option<DateTime<Utc>>,
+}
+
+pub async fn ingest(
+    axum::extract::State(app): State,
+    VerifiedKey(key): VerifiedKey,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let req: Ingest = parse_json(&body_bytes(body, app.settings.max_api_body).await?)?;
+    let format: UsageFormat = req.usage_format.parse()?;
+    let mut request = MeteredRequest::new(&*key, req.model)
+        .request_id(owner_request_id(&key.owner, &req.request_id));
+    if let Some(at) = req.at {
+        if at > Utc::now() + chrono::Duration::minutes(5) {
+            return Err(ApiError::unprocessable("at is in the future"));
+        }
+        request = request.at(at);
+    }
+    let metered = app.meter.record(request, (format, req.usage.get())).await?;
+    Ok(Json(json!({
+        "event_id": metered.event_id,
+        "cost": metered.cost.total.to_string(),
+        "duplicate": metered.duplicate,
+    })))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ReportQuery {
+    by: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    tz: Option<String>,
+    owner: Option<String>,
+}
+
+pub async fn report(
+    axum::extract::State(app): State,
+    VerifiedKey(key): VerifiedKey,
+    Query(q): Query<ReportQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let by: GroupBy = q.by.as_deref().unwrap_or("day").parse()?;
+    let tz: chrono_tz::Tz = match q.tz.as_deref() {
+        None => chrono_tz::UTC,
+        Some(name) => name.parse().map_err(|_| {
+            ApiError::unprocessable("tz: use an IANA time zone such as Europe/Berlin")
+        })?,
+    };
+    let (owner, org) = match q.owner {
+        Some(other) if other != key.owner => {
+            if !is_admin(&key) {
+                return Err(ApiError::new(
+                    axum::http::StatusCode::FORBIDDEN,
+                    "INSUFFICIENT_SCOPE",
+                    "another owner's usage needs the admin scope",
+                ));
+            }
+            // An organisation's admin reads within its organisation.
+            (other, key.org.clone())
+        }
+        _ => (key.owner.clone(), None),
+    };
+    let filter = EventFilter {
+        owner: Some(owner),
+        org,
+        since: q
+            .since
+            .map(|s| keymeter::validate::instant("since", &s, tz))
+            .transpose()?,
+        until: q
+            .until
+            .map(|s| keymeter::validate::instant("until", &s, tz))
+            .transpose()?,
+        ..EventFilter::default()
+    };
+    let report = app.store.report(&filter, by, tz).await?;
+    Ok(Json(json!(report)))
+}
+
+pub async fn budget(
+    axum::extract::State(app): State,
+    VerifiedKey(key): VerifiedKey,
+) -> Result<Json<Value>, ApiError> {
+    let now = Utc::now();
+    let mut budgets = Vec::new();
+    for scope in BudgetScope::of(Some(&key.id), &key.owner, key.org.as_deref()) {
+        if let Some(status) = app.store.budget_status(&scope, now).await? {
+            budgets.push(status);
+        }
+    }
+    Ok(Json(json!({ "budgets": budgets })))
+}

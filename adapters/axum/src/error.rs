@@ -1,0 +1,217 @@
+//! Refusals and errors as HTTP answers: `{"error": {"code", "message"}}` with the status and headers of DESIGN §3
+//! and §12.
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use keymeter::keys::{Verdict, VerdictCode};
+use keymeter::limits::LimitStatus;
+
+/// `RateLimit-Policy`, the quota of the tightest limit (IETF draft `ratelimit-headers`).
+pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+/// `RateLimit`, what is left of it now.
+pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+
+/// An error answer: a status, a stable `code` (`SCREAMING_SNAKE`), a message for people, and extra headers.
+///
+/// Messages never carry a secret: they come from keymeter's errors, which name what was wrong, never the value.
+///
+/// ```
+/// use axum::http::StatusCode;
+/// use keymeter_axum::ApiError;
+///
+/// let e = ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND_ID", "no key km_abc");
+/// assert_eq!(e.status(), StatusCode::NOT_FOUND);
+/// assert_eq!(e.body()["error"]["code"], "NOT_FOUND_ID");
+/// ```
+#[derive(Debug, Clone)]
+pub struct ApiError(Box<Inner>);
+
+// Boxed: handlers return `Result<_, ApiError>`, and the error path should not make every `Ok` wide.
+#[derive(Debug, Clone)]
+struct Inner {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    headers: HeaderMap,
+}
+
+impl ApiError {
+    /// An error with `status`, `code` and `message`.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError(Box::new(Inner {
+            status,
+            code,
+            message: message.into(),
+            headers: HeaderMap::new(),
+        }))
+    }
+
+    /// A 400 `INVALID_REQUEST`: the request cannot be read (JSON that does not parse, a body too large).
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, "INVALID_REQUEST", message)
+    }
+
+    /// A 422 `INVALID_REQUEST`: the request reads but holds a bad value.
+    pub fn unprocessable(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "INVALID_REQUEST", message)
+    }
+
+    /// The answer to a refused [`Verdict`]: its code and status, `WWW-Authenticate: Bearer` on a 401,
+    /// `Retry-After` and the `RateLimit-Policy` / `RateLimit` headers on a 429.
+    pub fn refusal(verdict: &Verdict) -> Self {
+        ApiError::for_verdict_code(verdict.code(), verdict.limit())
+    }
+
+    /// The answer to a refusal with `code` (and the tightest rate limit, when there is one).
+    pub fn for_verdict_code(code: VerdictCode, limit: Option<&LimitStatus>) -> Self {
+        let status = StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::UNAUTHORIZED);
+        let mut e = ApiError::new(status, code.as_str(), refusal_message(code));
+        if status == StatusCode::UNAUTHORIZED {
+            e.0.headers
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let Some(limit) = limit {
+            if code == VerdictCode::RateLimited {
+                e.0.headers
+                    .insert(header::RETRY_AFTER, limit.retry_after_secs().max(1).into());
+            }
+            rate_limit_headers(&mut e.0.headers, limit);
+        }
+        e
+    }
+
+    /// Replaces the message.
+    #[must_use]
+    pub fn with_message(mut self, message: impl Into<String>) -> Self {
+        self.0.message = message.into();
+        self
+    }
+
+    /// Adds a header to the answer.
+    #[must_use]
+    pub fn header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.0.headers.insert(name, value);
+        self
+    }
+
+    /// The status.
+    pub fn status(&self) -> StatusCode {
+        self.0.status
+    }
+
+    /// The code.
+    pub fn code(&self) -> &'static str {
+        self.0.code
+    }
+
+    /// The JSON body.
+    pub fn body(&self) -> serde_json::Value {
+        serde_json::json!({"error": {"code": self.0.code, "message": self.0.message}})
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {}: {}",
+            self.0.status.as_u16(),
+            self.0.code,
+            self.0.message
+        )
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = self.body();
+        let Inner {
+            status, headers, ..
+        } = *self.0;
+        (status, headers, axum::Json(body)).into_response()
+    }
+}
+
+/// keymeter's errors as answers: a budget is 402 `BUDGET_EXCEEDED`, no provider key 424 `NO_CREDENTIAL`, an unknown
+/// id 404 `NOT_FOUND_ID`, bad input 422, an overloaded verifier 503; a store or internal failure is a 500 whose
+/// message says only that (the details go to the log).
+impl From<keymeter::Error> for ApiError {
+    fn from(e: keymeter::Error) -> Self {
+        use keymeter::Error as E;
+        match &e {
+            E::BudgetExceeded { .. } => ApiError::new(
+                StatusCode::PAYMENT_REQUIRED,
+                VerdictCode::BudgetExceeded.as_str(),
+                e.to_string(),
+            ),
+            E::NoCredential { .. } => ApiError::new(
+                StatusCode::FAILED_DEPENDENCY,
+                "NO_CREDENTIAL",
+                e.to_string(),
+            ),
+            E::NotFound { .. } => {
+                ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND_ID", e.to_string())
+            }
+            E::UnknownModel { .. }
+            | E::AmbiguousModel { .. }
+            | E::UnpricedUnit { .. }
+            | E::NoPrice { .. }
+            | E::UnpricedClass { .. } => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "UNPRICED_MODEL",
+                e.to_string(),
+            ),
+            E::InvalidInput { .. }
+            | E::InvalidCredential { .. }
+            | E::InvalidUsage(_)
+            | E::Token(_) => ApiError::unprocessable(e.to_string()),
+            E::AlreadyExists { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "CONFLICT", e.to_string())
+            }
+            E::Overloaded => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "OVERLOADED", e.to_string())
+                    .header(header::RETRY_AFTER, HeaderValue::from_static("1"))
+            }
+            _ => {
+                tracing::error!(error = %e, "request failed");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "INTERNAL",
+                    "the server could not complete the request; see its log",
+                )
+            }
+        }
+    }
+}
+
+fn refusal_message(code: VerdictCode) -> &'static str {
+    match code {
+        VerdictCode::Malformed => {
+            "send one API key as `Authorization: Bearer <key>` or `x-api-key: <key>`; this one is not well formed"
+        }
+        VerdictCode::WrongEnvironment => "this key belongs to another environment (live or test)",
+        VerdictCode::NotFound => "unknown API key",
+        VerdictCode::Revoked => "this API key was revoked",
+        VerdictCode::Disabled => "this API key is disabled",
+        VerdictCode::Expired => "this API key has expired",
+        VerdictCode::IpNotAllowed => "this API key may not be used from this address",
+        VerdictCode::InsufficientScope => "this API key lacks the scope this endpoint needs",
+        VerdictCode::RateLimited => "rate limit reached; retry after the time in Retry-After",
+        VerdictCode::BudgetExceeded => "the budget is spent",
+        _ => "refused",
+    }
+}
+
+/// Sets `RateLimit-Policy: "default";q=LIMIT;w=WINDOW` and `RateLimit: "default";r=REMAINING;t=RESET` (the
+/// structured-field form of the IETF draft) for the tightest limit.
+pub fn rate_limit_headers(headers: &mut HeaderMap, limit: &LimitStatus) {
+    let window = limit.period.micros() / 1_000_000;
+    let policy = format!("\"default\";q={};w={window}", limit.limit);
+    let now = format!("\"default\";r={};t={}", limit.remaining, limit.reset_secs());
+    if let (Ok(policy), Ok(now)) = (HeaderValue::from_str(&policy), HeaderValue::from_str(&now)) {
+        headers.insert(RATELIMIT_POLICY, policy);
+        headers.insert(RATELIMIT, now);
+    }
+}

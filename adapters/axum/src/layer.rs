@@ -1,0 +1,211 @@
+//! The tower layer: verify the request's key against a route's requirement, or answer the refusal.
+
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::body::Body;
+use axum::http::{HeaderMap, Request};
+use axum::response::{IntoResponse, Response};
+use keymeter::keys::{Requirement, ScopeRequirement, Verdict, Verifier};
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::client_ip::ClientIp;
+use crate::error::{ApiError, rate_limit_headers};
+use crate::extract::VerifiedKey;
+
+/// What every guarded route shares: the verifier (with its rate limits and statistics, as configured) and where
+/// the client address comes from. Cheap to clone.
+///
+/// ```
+/// use std::sync::Arc;
+/// use axum::{Router, routing::post};
+/// use keymeter::keys::{KeyHasher, Pepper, PepperRing, ScopeRequirement, Verifier, VerifierConfig};
+/// use keymeter::random::OsRandom;
+/// use keymeter::store::MemoryStore;
+/// use keymeter_axum::{KeyAuth, VerifiedKey};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let hasher = Arc::new(KeyHasher::new(PepperRing::new(vec![Pepper::generate("p1", &OsRandom)?])?));
+/// let verifier = Verifier::new(Arc::new(MemoryStore::new()), hasher, VerifierConfig::default())?;
+/// let auth = KeyAuth::new(Arc::new(verifier));
+///
+/// async fn chat(VerifiedKey(key): VerifiedKey) -> String {
+///     format!("hello {}", key.owner)
+/// }
+/// let app: Router = Router::new().route(
+///     "/v1/chat",
+///     post(chat).layer(auth.require(ScopeRequirement::all(["llm:chat"])?)),
+/// );
+/// # drop(app);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct KeyAuth {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    verifier: Arc<Verifier>,
+    client_ip: ClientIp,
+}
+
+impl KeyAuth {
+    /// Guards with `verifier`, taking the client address from the connection.
+    pub fn new(verifier: Arc<Verifier>) -> Self {
+        KeyAuth {
+            shared: Arc::new(Shared {
+                verifier,
+                client_ip: ClientIp::Connection,
+            }),
+        }
+    }
+
+    /// Takes the client address from `source` instead.
+    #[must_use]
+    pub fn with_client_ip(self, source: ClientIp) -> Self {
+        KeyAuth {
+            shared: Arc::new(Shared {
+                verifier: self.shared.verifier.clone(),
+                client_ip: source,
+            }),
+        }
+    }
+
+    /// The verifier.
+    pub fn verifier(&self) -> &Arc<Verifier> {
+        &self.shared.verifier
+    }
+
+    /// A layer admitting requests whose key satisfies `scopes` ([`ScopeRequirement::None`]: any valid key).
+    pub fn require(&self, scopes: ScopeRequirement) -> RequireKeyLayer {
+        RequireKeyLayer {
+            auth: self.clone(),
+            scopes: Arc::new(scopes),
+        }
+    }
+
+    /// The client address of `request`, from the configured [`ClientIp`] source.
+    pub fn client_ip<B>(&self, request: &Request<B>) -> Option<IpAddr> {
+        self.shared.client_ip.of(request)
+    }
+
+    /// Verifies the key `headers` carry (`Authorization: Bearer …`, else `x-api-key`) against `scopes` and
+    /// `client_ip`; rate limits are charged and statistics counted by the verifier.
+    ///
+    /// # Errors
+    /// The refusal as an [`ApiError`] (401, 403, 429), or the verifier's failure (503 when overloaded, 500).
+    pub async fn verify(
+        &self,
+        headers: &HeaderMap,
+        client_ip: Option<IpAddr>,
+        scopes: &ScopeRequirement,
+    ) -> Result<Verdict, ApiError> {
+        let requirement = Requirement {
+            scopes: scopes.clone(),
+            client_ip,
+        };
+        let verdict = match credential_header(headers) {
+            Some((name, value)) => {
+                self.shared
+                    .verifier
+                    .verify_header(name, value, &requirement)
+                    .await?
+            }
+            None => return Err(missing_key()),
+        };
+        if verdict.is_valid() {
+            Ok(verdict)
+        } else {
+            Err(ApiError::refusal(&verdict))
+        }
+    }
+}
+
+/// The header carrying the key: `Authorization` when present, else `x-api-key`. A value that is not text counts
+/// as no key.
+fn credential_header(headers: &HeaderMap) -> Option<(&'static str, &str)> {
+    if let Some(v) = headers.get(axum::http::header::AUTHORIZATION) {
+        return Some(("authorization", v.to_str().unwrap_or("")));
+    }
+    headers
+        .get("x-api-key")
+        .map(|v| ("x-api-key", v.to_str().unwrap_or("")))
+}
+
+fn missing_key() -> ApiError {
+    ApiError::for_verdict_code(keymeter::keys::VerdictCode::Malformed, None)
+        .with_message("no API key: send `Authorization: Bearer <key>` or `x-api-key: <key>`")
+}
+
+/// The layer of one route (or group of routes): see [`KeyAuth::require`].
+#[derive(Debug, Clone)]
+pub struct RequireKeyLayer {
+    auth: KeyAuth,
+    scopes: Arc<ScopeRequirement>,
+}
+
+impl<S> Layer<S> for RequireKeyLayer {
+    type Service = RequireKey<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RequireKey {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// The service [`RequireKeyLayer`] wraps around a route: a valid key's record goes into the request's extensions
+/// as a [`VerifiedKey`] and its rate-limit headers onto the answer; anything else is answered here.
+#[derive(Debug, Clone)]
+pub struct RequireKey<S> {
+    inner: S,
+    layer: RequireKeyLayer,
+}
+
+impl<S> Service<Request<Body>> for RequireKey<S>
+where
+    S: Service<Request<Body>, Response = Response> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<Body>) -> Self::Future {
+        // The ready service goes into the future; a fresh clone waits for the next call (tower's rule).
+        let ready = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, ready);
+        let layer = self.layer.clone();
+        Box::pin(async move {
+            let client_ip = layer.auth.client_ip(&request);
+            let verified = layer
+                .auth
+                .verify(request.headers(), client_ip, &layer.scopes)
+                .await;
+            let verdict = match verified {
+                Ok(verdict) => verdict,
+                Err(refusal) => return Ok(refusal.into_response()),
+            };
+            let limit = verdict.limit().copied();
+            if let Some(key) = verdict.valid_key() {
+                request.extensions_mut().insert(VerifiedKey(key.clone()));
+            }
+            let mut response = inner.call(request).await?;
+            if let Some(limit) = &limit {
+                rate_limit_headers(response.headers_mut(), limit);
+            }
+            Ok(response)
+        })
+    }
+}

@@ -1,0 +1,30 @@
+//! # keymeter-axum
+//!
+//! [keymeter]'s inbound-key checks for [axum] 0.8: a tower layer that verifies the request's API key
+//! (`Authorization: Bearer …` or `x-api-key`) against a route's scope requirement and the client address, charges
+//! rate limits and counts statistics (through the [`Verifier`](keymeter::keys::Verifier) it is given), and puts
+//! the verified key in the request's extensions ([`VerifiedKey`]); every refusal is JSON
+//! `{"error": {"code": "<VERDICT>", "message": "…"}}` with the status of keymeter's DESIGN §3: 401 with
+//! `WWW-Authenticate: Bearer`, 403, 429 with `Retry-After` and `RateLimit-Policy` / `RateLimit`, 402.
+//!
+//! The adapter is thin: no keymeter type knows axum. Its example `gateway` is the reference service (an
+//! OpenAI- and Anthropic-compatible metering proxy with key administration):
+//!
+//! ```sh
+//! cargo run -p keymeter-axum --example gateway
+//! ```
+//!
+//! [keymeter]: https://docs.rs/keymeter
+//! [axum]: https://docs.rs/axum
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod client_ip;
+mod error;
+mod extract;
+mod layer;
+
+pub use client_ip::ClientIp;
+pub use error::{ApiError, RATELIMIT, RATELIMIT_POLICY, rate_limit_headers};
+pub use extract::VerifiedKey;
+pub use layer::{KeyAuth, RequireKey, RequireKeyLayer};
