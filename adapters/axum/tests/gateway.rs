@@ -229,15 +229,7 @@ async fn key_administration() {
         (r#"{"name": 7}"#, 422),
         (r#"{"name": "x", "surprise": true}"#, 422),
     ] {
-        let response = gw
-            .client
-            .post(format!("{}/api/v1/api-keys", gw.url))
-            .bearer_auth(&gw.admin)
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
+        let response = gw.post_raw("/api/v1/api-keys", &gw.admin, body).await;
         assert_eq!(response.status().as_u16(), want, "{body}");
         let error: Value = response.json().await.unwrap();
         assert_eq!(code(&error), "INVALID_REQUEST", "{body}");
@@ -575,15 +567,11 @@ async fn proxied_calls_are_priced_exactly_and_recorded_once() {
 
     // A retried request id records once.
     for _ in 0..2 {
-        let response = gw
-            .client
-            .post(format!("{}/v1/chat/completions", gw.url))
-            .bearer_auth(&alice)
+        let request = gw
+            .post("/v1/chat/completions", &alice)
             .header("x-request-id", "retry-1")
-            .json(&chat(json!({})))
-            .send()
-            .await
-            .unwrap();
+            .json(&chat(json!({})));
+        let response = support::send(request).await;
         assert_eq!(response.status(), 200);
     }
     wait_events(&gw, "alice", 4).await;
@@ -636,13 +624,8 @@ async fn proxied_calls_are_priced_exactly_and_recorded_once() {
     assert_eq!((s, code(&body)), (422, "UNPRICED_MODEL"));
     // Bad JSON is 400, a body without a model 422.
     let response = gw
-        .client
-        .post(format!("{}/v1/chat/completions", gw.url))
-        .bearer_auth(&alice)
-        .body("{\"model\": ")
-        .send()
-        .await
-        .unwrap();
+        .post_raw("/v1/chat/completions", &alice, "{\"model\": ")
+        .await;
     assert_eq!(response.status(), 400);
     let (s, _, _) = gw
         .call(
@@ -667,13 +650,12 @@ async fn streams_are_passed_through_and_billed_even_when_the_client_leaves() {
 
     // Whole stream: every event arrives, the upstream was asked for usage, the usage is billed.
     let response = gw
-        .client
-        .post(format!("{}/v1/chat/completions", gw.url))
-        .bearer_auth(&alice)
-        .json(&chat(json!({"stream": true})))
-        .send()
-        .await
-        .unwrap();
+        .post_json(
+            "/v1/chat/completions",
+            &alice,
+            &chat(json!({"stream": true})),
+        )
+        .await;
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["content-type"], "text/event-stream");
     let text = response.text().await.unwrap();
@@ -687,14 +669,8 @@ async fn streams_are_passed_through_and_billed_even_when_the_client_leaves() {
     assert_eq!(events[0].cost, cost);
 
     // The client leaves after the first chunk of a slow stream: the upstream is read to its usage anyway.
-    let mut response = gw
-        .client
-        .post(format!("{}/v1/chat/completions", gw.url))
-        .bearer_auth(&alice)
-        .json(&chat(json!({"stream": true, "user": "slow"})))
-        .send()
-        .await
-        .unwrap();
+    let slow = chat(json!({"stream": true, "user": "slow"}));
+    let mut response = gw.post_json("/v1/chat/completions", &alice, &slow).await;
     let first = response.chunk().await.unwrap().unwrap();
     assert!(!first.is_empty());
     drop(response);
@@ -704,14 +680,7 @@ async fn streams_are_passed_through_and_billed_even_when_the_client_leaves() {
     // A stream that reports no usage is billed for its reservation, the most it could have cost: every byte of
     // the request a prompt token, plus its output cap.
     let body = chat(json!({"stream": true, "user": "nousage"}));
-    let response = gw
-        .client
-        .post(format!("{}/v1/chat/completions", gw.url))
-        .bearer_auth(&alice)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let response = gw.post_json("/v1/chat/completions", &alice, &body).await;
     response.text().await.unwrap();
     let events = wait_events(&gw, "alice", 3).await;
     let billed = &events[2].usage;
@@ -736,14 +705,9 @@ async fn streams_are_passed_through_and_billed_even_when_the_client_leaves() {
         Some(json!({"anthropic_api_key": "sk-ant-api03-alice-own-key-1111111111111"})),
     )
     .await;
-    let response = gw
-        .client
-        .post(format!("{}/v1/messages", gw.url))
-        .bearer_auth(&alice)
-        .json(&json!({"model": "claude-sonnet-4-5", "max_tokens": 300, "stream": true, "messages": []}))
-        .send()
-        .await
-        .unwrap();
+    let messages =
+        json!({"model": "claude-sonnet-4-5", "max_tokens": 300, "stream": true, "messages": []});
+    let response = gw.post_json("/v1/messages", &alice, &messages).await;
     assert!(response.text().await.unwrap().contains("message_stop"));
     let events = wait_events(&gw, "alice", 4).await;
     assert_eq!(
@@ -842,21 +806,13 @@ async fn usage_ingest_is_idempotent_and_reports_stay_with_their_owner() {
 
     // Bad bodies: 400 for JSON that does not parse, 422 for a bad shape or value; nothing recorded.
     for (body, want) in [
-        (json!("{\"request_id\": ").to_string(), 400),
+        ("{\"request_id\": ".to_owned(), 400),
         (json!({"request_id": "x", "model": "gpt-4o", "usage": usage, "usage_format": "cobol"}).to_string(), 422),
         (json!({"request_id": "x", "model": "gpt-nonesuch", "usage": usage, "usage_format": "openai"}).to_string(), 422),
         (json!({"request_id": "x", "model": "gpt-4o", "usage": {"prompt_tokens": -1}, "usage_format": "openai"}).to_string(), 422),
         (json!({"model": "gpt-4o"}).to_string(), 422),
     ] {
-        let body = if want == 400 { "{\"request_id\": ".to_owned() } else { body };
-        let response = gw
-            .client
-            .post(format!("{}/api/v1/usage", gw.url))
-            .bearer_auth(&alice)
-            .body(body.clone())
-            .send()
-            .await
-            .unwrap();
+        let response = gw.post_raw("/api/v1/usage", &alice, &body).await;
         assert_eq!(response.status().as_u16(), want, "{body}");
     }
     assert_eq!(events_of(&gw, "alice").await.len(), 1);

@@ -301,7 +301,7 @@ impl Gateway {
         if let Some(body) = body {
             request = request.json(&body);
         }
-        let response = request.send().await.expect("the gateway answers");
+        let response = send(request).await;
         let status = response.status().as_u16();
         let headers = response.headers().clone();
         let bytes = response.bytes().await.unwrap_or_default();
@@ -310,6 +310,28 @@ impl Gateway {
             headers,
             serde_json::from_slice(&bytes).unwrap_or(Value::Null),
         )
+    }
+
+    /// `POST path` with `key` as a bearer token, to add headers or a body to.
+    pub fn post(&self, path: &str, key: &str) -> reqwest::RequestBuilder {
+        self.client
+            .post(format!("{}{path}", self.url))
+            .bearer_auth(key)
+    }
+
+    /// `POST path` with `body` as JSON; the whole response (streams are read by the caller).
+    pub async fn post_json(&self, path: &str, key: &str, body: &Value) -> reqwest::Response {
+        send(self.post(path, key).json(body)).await
+    }
+
+    /// `POST path` with `body` as it is (JSON or not).
+    pub async fn post_raw(&self, path: &str, key: &str, body: &str) -> reqwest::Response {
+        send(
+            self.post(path, key)
+                .header("content-type", "application/json")
+                .body(body.to_owned()),
+        )
+        .await
     }
 
     /// A key made through the admin endpoint: (id, secret).
@@ -328,4 +350,9 @@ impl Gateway {
             created["secret"].as_str().unwrap().to_owned(),
         )
     }
+}
+
+/// Sends `request` to a gateway that must answer.
+pub async fn send(request: reqwest::RequestBuilder) -> reqwest::Response {
+    request.send().await.expect("the gateway answers")
 }

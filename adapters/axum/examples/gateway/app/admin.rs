@@ -9,7 +9,7 @@ use axum::extract::{Path, Query};
 use axum::http::StatusCode;
 use chrono::Utc;
 use keymeter::keys::record::parse_networks;
-use keymeter::keys::{KeyFilter, KeyRecord, NewKey, RateLimit, Scope};
+use keymeter::keys::{KeyFilter, KeyRecord, KeyStore, NewKey, RateLimit, Scope};
 use keymeter::limits::{LimitScope, Limits, Quota};
 use keymeter::stats::KeyStats;
 use keymeter_axum::{ApiError, VerifiedKey};
@@ -65,17 +65,7 @@ pub async fn create(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let req: CreateKey = parse_json(&body_bytes(body, app.settings.max_api_body).await?)?;
     // An organisation's admin creates keys in its organisation only.
-    let org = match (&admin.org, req.organization_id) {
-        (Some(own), Some(asked)) if *own != asked => {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "INSUFFICIENT_SCOPE",
-                "this admin key manages its own organisation's keys only",
-            ));
-        }
-        (Some(own), _) => Some(own.clone()),
-        (None, asked) => asked,
-    };
+    let org = org_of(&admin, req.organization_id)?;
     let scopes = req
         .permissions
         .iter()
@@ -231,9 +221,8 @@ pub async fn stats(
     let today = Utc::now().date_naive();
     let since = today - chrono::Days::new(u64::from(days - 1));
     let stored = app.store.key_stats(&id, since).await?;
-    let last_used = app
-        .keys
-        .get(&id)
+    // The store's `last_used_at`, which the flush above just moved: the cached record may predate it.
+    let last_used = KeyStore::get(app.store.as_ref(), &id)
         .await?
         .and_then(|r| r.last_used_at)
         .or(record.last_used_at);

@@ -14,7 +14,7 @@ use axum::response::Response;
 use bytes::Bytes;
 use chrono::Utc;
 use futures_util::StreamExt;
-use keymeter::credentials::{CredentialSource, Provider};
+use keymeter::credentials::Provider;
 use keymeter::keys::KeyRecord;
 use keymeter::ledger::{Hold, MeteredRequest};
 use keymeter::pricing::{ServiceTier, StreamUsage, TokenClass, Usage, UsageFormat};
@@ -198,13 +198,9 @@ async fn forward(
     }
     out.insert(
         SOURCE_HEADER,
-        HeaderValue::from_static(source_name(credential.source)),
+        HeaderValue::from_static(credential.source.as_str()),
     );
     Ok(response)
-}
-
-fn source_name(source: CredentialSource) -> &'static str {
-    source.as_str()
 }
 
 /// The client's `x-request-id`: at most 128 visible ASCII characters.
@@ -492,7 +488,7 @@ impl SseEvents {
     }
 
     fn feed(&mut self, mut chunk: &[u8]) {
-        while let Some(end) = memchr_newline(chunk) {
+        while let Some(end) = chunk.iter().position(|&b| b == b'\n') {
             if !self.overlong {
                 self.line.extend_from_slice(&chunk[..end]);
                 self.line_done();
@@ -521,8 +517,4 @@ impl SseEvents {
             tracing::debug!(error = %e, "stream event skipped");
         }
     }
-}
-
-fn memchr_newline(bytes: &[u8]) -> Option<usize> {
-    bytes.iter().position(|&b| b == b'\n')
 }
