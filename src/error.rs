@@ -158,6 +158,17 @@ pub enum Error {
     #[error("internal error: {0}")]
     Internal(String),
 
+    /// A dependency the operation needs cannot be reached now (HTTP 503 with `Retry-After`): try again shortly.
+    /// Nothing was charged or recorded by the failed call.
+    #[error("{dependency} unavailable: {source}")]
+    Unavailable {
+        /// What could not be reached.
+        dependency: Dependency,
+        /// The dependency's own error.
+        #[source]
+        source: Box<Error>,
+    },
+
     /// A storage backend failed. `store` names the backend.
     #[error("{store} store error: {source}")]
     Store {
@@ -167,6 +178,40 @@ pub enum Error {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync + 'static>,
     },
+}
+
+/// A dependency an operation can find unreachable ([`Error::Unavailable`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Dependency {
+    /// The store (keys, credentials, ledger).
+    Store,
+    /// The rate limiter (Redis, or the store's limit tables), when it fails closed.
+    Limiter,
+}
+
+impl Dependency {
+    /// `store` or `limiter`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dependency::Store => "store",
+            Dependency::Limiter => "limiter",
+        }
+    }
+
+    /// The service code of DESIGN §3 a refusal for it carries: `STORE_UNAVAILABLE`, `LIMITER_UNAVAILABLE`.
+    pub fn code(self) -> &'static str {
+        match self {
+            Dependency::Store => "STORE_UNAVAILABLE",
+            Dependency::Limiter => "LIMITER_UNAVAILABLE",
+        }
+    }
+}
+
+impl std::fmt::Display for Dependency {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 fn shown_id(id: &str) -> String {
@@ -182,6 +227,16 @@ impl Error {
         Error::InvalidInput {
             what,
             reason: reason.into(),
+        }
+    }
+
+    /// The dependency this error says is unreachable: [`Error::Unavailable`]'s, and the store for every
+    /// [`Error::Store`] (a backend error is the store failing, whatever its cause; its message says which).
+    pub fn unavailable(&self) -> Option<Dependency> {
+        match self {
+            Error::Unavailable { dependency, .. } => Some(*dependency),
+            Error::Store { .. } => Some(Dependency::Store),
+            _ => None,
         }
     }
 

@@ -17,6 +17,27 @@ use crate::error::{Error, Result};
 /// # Errors
 /// [`Error::Config`] when the TLS configuration or the client cannot be built.
 pub fn client(timeout: Duration) -> Result<reqwest::Client> {
+    builder()?
+        .timeout(timeout)
+        .build()
+        .map_err(|e| Error::Config(format!("cannot build the HTTP client: {e}")))
+}
+
+/// The builder behind [`client`], with its TLS roots and user agent set and no timeout, for callers that bound
+/// each phase themselves (a connect timeout here, the first byte and the whole exchange around the calls).
+///
+/// ```
+/// let client = keymeter::http::builder()?
+///     .connect_timeout(std::time::Duration::from_secs(5))
+///     .build()
+///     .unwrap();
+/// # drop(client);
+/// # Ok::<(), keymeter::Error>(())
+/// ```
+///
+/// # Errors
+/// [`Error::Config`] when the TLS configuration cannot be built.
+pub fn builder() -> Result<reqwest::ClientBuilder> {
     let roots = rustls::RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };
@@ -27,10 +48,7 @@ pub fn client(timeout: Duration) -> Result<reqwest::Client> {
     .map_err(|e| Error::Config(format!("TLS: {e}")))?
     .with_root_certificates(roots)
     .with_no_client_auth();
-    reqwest::Client::builder()
+    Ok(reqwest::Client::builder()
         .tls_backend_preconfigured(tls)
-        .timeout(timeout)
-        .user_agent(concat!("keymeter/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| Error::Config(format!("cannot build the HTTP client: {e}")))
+        .user_agent(concat!("keymeter/", env!("CARGO_PKG_VERSION"))))
 }

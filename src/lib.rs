@@ -26,4 +26,4 @@ pub mod store;
 pub mod validate;
 
 pub use config::Config;
-pub use error::{Error, Result};
+pub use error::{Dependency, Error, Result};

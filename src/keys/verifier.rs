@@ -435,7 +435,10 @@ impl Verifier {
                 }
                 Err(e) => {
                     tracing::warn!(key_id = %record.id, error = %e, "rate limiter unreachable: failing closed");
-                    return Err(e);
+                    return Err(crate::Error::Unavailable {
+                        dependency: crate::error::Dependency::Limiter,
+                        source: Box::new(e),
+                    });
                 }
             }
         }

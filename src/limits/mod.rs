@@ -84,6 +84,14 @@ pub trait RateLimiter: Send + Sync + std::fmt::Debug {
     /// # Errors
     /// Backend failures.
     async fn charge(&self, charges: &[Charge], now: i64) -> Result<()>;
+
+    /// Whether the limiter can be reached now (a readiness probe); in-process limiters always can.
+    ///
+    /// # Errors
+    /// Backend failures (the limiter cannot be reached).
+    async fn reachable(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Whether a bucket counts requests or tokens.

@@ -82,6 +82,14 @@ pub trait Store:
     /// Closes connections and flushes what the backend buffers (SQLite checkpoints its WAL). The store must not
     /// be used afterwards.
     async fn close(&self) {}
+
+    /// Whether the store answers now (a readiness probe): one trivial query on a database, nothing in memory.
+    ///
+    /// # Errors
+    /// Backend failures (the database cannot be reached).
+    async fn ping(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -105,6 +113,10 @@ impl Store for SqliteStore {
     async fn close(&self) {
         SqliteStore::close(self).await;
     }
+
+    async fn ping(&self) -> Result<()> {
+        SqliteStore::ping(self).await
+    }
 }
 
 #[cfg(feature = "postgres")]
@@ -120,6 +132,10 @@ impl Store for PostgresStore {
 
     async fn close(&self) {
         PostgresStore::close(self).await;
+    }
+
+    async fn ping(&self) -> Result<()> {
+        PostgresStore::ping(self).await
     }
 }
 

@@ -189,6 +189,15 @@ impl RateLimiter for RedisLimiter {
         }
         self.run("charge", charges).await.map(|_| ())
     }
+
+    async fn reachable(&self) -> Result<()> {
+        let mut conn = self.conn.clone();
+        redis::cmd("PING")
+            .query_async::<String>(&mut conn)
+            .await
+            .map_err(RedisError::from)?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

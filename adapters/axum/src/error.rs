@@ -56,6 +56,16 @@ impl ApiError {
         ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "INVALID_REQUEST", message)
     }
 
+    /// A 503 with `code` and `Retry-After: secs`: a dependency the request needs cannot be reached now.
+    pub fn unavailable(
+        code: &'static str,
+        message: impl Into<String>,
+        retry_after_secs: u32,
+    ) -> Self {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
+            .header(header::RETRY_AFTER, retry_after_secs.into())
+    }
+
     /// The answer to a refused [`Verdict`]: its code and status, `WWW-Authenticate: Bearer` on a 401,
     /// `Retry-After` and the `RateLimit-Policy` / `RateLimit` headers on a 429.
     pub fn refusal(verdict: &Verdict) -> Self {
@@ -135,11 +145,21 @@ impl IntoResponse for ApiError {
 }
 
 /// keymeter's errors as answers: a budget is 402 `BUDGET_EXCEEDED`, no provider key 424 `NO_CREDENTIAL`, an unknown
-/// id 404 `NOT_FOUND_ID`, bad input 422, an overloaded verifier 503; a store or internal failure is a 500 whose
-/// message says only that (the details go to the log).
+/// id 404 `NOT_FOUND_ID`, bad input 422, an overloaded verifier 503 `OVERLOADED`; a dependency that cannot be
+/// reached (the store, a limiter failing closed) is a 503 `STORE_UNAVAILABLE` / `LIMITER_UNAVAILABLE` with
+/// `Retry-After`, never a 500 or a 402; an internal failure is a 500. The last two say only that: the details go to
+/// the log.
 impl From<keymeter::Error> for ApiError {
     fn from(e: keymeter::Error) -> Self {
         use keymeter::Error as E;
+        if let Some(dependency) = e.unavailable() {
+            tracing::warn!(error = %e, dependency = %dependency, "dependency unavailable: answering 503");
+            return ApiError::unavailable(
+                dependency.code(),
+                format!("the {dependency} cannot be reached; retry after the time in Retry-After"),
+                1,
+            );
+        }
         match &e {
             E::BudgetExceeded { .. } => ApiError::new(
                 StatusCode::PAYMENT_REQUIRED,
@@ -170,10 +190,7 @@ impl From<keymeter::Error> for ApiError {
             E::AlreadyExists { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "CONFLICT", e.to_string())
             }
-            E::Overloaded => {
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "OVERLOADED", e.to_string())
-                    .header(header::RETRY_AFTER, HeaderValue::from_static("1"))
-            }
+            E::Overloaded => ApiError::unavailable("OVERLOADED", e.to_string(), 1),
             _ => {
                 tracing::error!(error = %e, "request failed");
                 ApiError::new(

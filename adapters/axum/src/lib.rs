@@ -7,11 +7,13 @@
 //! `{"error": {"code": "<VERDICT>", "message": "…"}}` with the status of keymeter's DESIGN §3: 401 with
 //! `WWW-Authenticate: Bearer`, 403, 429 with `Retry-After` and `RateLimit-Policy` / `RateLimit`, 402.
 //!
-//! The adapter is thin: no keymeter type knows axum. Its example `gateway` is the reference service (an
-//! OpenAI- and Anthropic-compatible metering proxy with key administration):
+//! The adapter is thin: no keymeter type knows axum. Its example `guard` guards one route; the reference service
+//! built on it (an OpenAI- and Anthropic-compatible metering proxy with key administration) is the crate
+//! `keymeter-gateway`:
 //!
 //! ```sh
-//! cargo run -p keymeter-axum --example gateway
+//! cargo run -p keymeter-axum --example guard
+//! cargo run -p keymeter-gateway
 //! ```
 //!
 //! [keymeter]: https://docs.rs/keymeter

@@ -228,4 +228,16 @@ impl PostgresStore {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+
+    /// One trivial query through the pool: whether the server answers now.
+    ///
+    /// # Errors
+    /// [`Error::Store`] when it does not.
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+            .map_err(db)
+    }
 }

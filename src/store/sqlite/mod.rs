@@ -306,4 +306,16 @@ impl SqliteStore {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+
+    /// One trivial query through the pool: whether the database answers now.
+    ///
+    /// # Errors
+    /// [`Error::Store`] when it does not.
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+            .map_err(db)
+    }
 }

@@ -54,7 +54,7 @@ pub async fn set_keys(
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
     use secrecy::ExposeSecret;
-    let req: PersonalKeys = parse_json(&body_bytes(body, app.settings.max_api_body).await?)?;
+    let req: PersonalKeys = parse_json(&body_bytes(&app, body, app.settings.max_api_body).await?)?;
     let given = [
         (Provider::anthropic(), req.anthropic_api_key),
         (Provider::openai(), req.openai_api_key),
@@ -112,7 +112,7 @@ pub async fn ingest(
     VerifiedKey(key): VerifiedKey,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
-    let req: Ingest = parse_json(&body_bytes(body, app.settings.max_api_body).await?)?;
+    let req: Ingest = parse_json(&body_bytes(&app, body, app.settings.max_api_body).await?)?;
     let format: UsageFormat = req.usage_format.parse()?;
     let mut request = MeteredRequest::new(&*key, req.model)
         .request_id(owner_request_id(&key.owner, &req.request_id));

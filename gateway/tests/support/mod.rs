@@ -2,11 +2,11 @@
 //! fixed usage, streamed and not) and a gateway served on a loopback port.
 #![allow(dead_code)]
 
-#[path = "../../examples/gateway/app/mod.rs"]
-pub mod app;
+pub mod binary;
+
+pub use keymeter_gateway as app;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -42,7 +42,8 @@ pub struct Seen {
 }
 
 /// A stand-in for OpenAI and Anthropic on a loopback port. The request's `"user"` field steers it: `fail` answers
-/// 500, `slow` streams 40 chunks 25 ms apart, `nousage` reports no usage.
+/// 500, `slow` streams 40 chunks 25 ms apart (a whole answer waits 400 ms before its headers), `nousage`
+/// reports no usage.
 #[derive(Clone)]
 pub struct Upstream {
     pub url: String,
@@ -64,14 +65,14 @@ pub async fn upstream() -> Upstream {
             "/v1/chat/completions",
             post(move |headers: HeaderMap, body: Bytes| {
                 let seen = openai_seen.clone();
-                async move { answer(&seen, "/v1/chat/completions", &headers, &body, false) }
+                async move { answer(&seen, "/v1/chat/completions", &headers, &body, false).await }
             }),
         )
         .route(
             "/v1/messages",
             post(move |headers: HeaderMap, body: Bytes| {
                 let seen = anthropic_seen.clone();
-                async move { answer(&seen, "/v1/messages", &headers, &body, true) }
+                async move { answer(&seen, "/v1/messages", &headers, &body, true).await }
             }),
         );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -80,7 +81,7 @@ pub async fn upstream() -> Upstream {
     Upstream { url, seen }
 }
 
-fn answer(
+async fn answer(
     seen: &Mutex<Vec<Seen>>,
     path: &str,
     headers: &HeaderMap,
@@ -111,6 +112,9 @@ fn answer(
             .into_response();
     }
     let usage = mode != "nousage";
+    if mode == "slow" && body["stream"] != true {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
     if body["stream"] == true {
         let chunks = if anthropic {
             anthropic_events(usage)
@@ -212,7 +216,12 @@ pub struct Gateway {
 
 /// The configuration every test gateway shares (so two instances on one database share secrets too).
 pub fn config(store: &str) -> Config {
-    let vars = HashMap::from([
+    config_with(store, &[])
+}
+
+/// The variables of [`config`], for a process of the real binary.
+pub fn config_vars(store: &str) -> HashMap<String, String> {
+    HashMap::from([
         ("KEYMETER_ENV".to_owned(), "production".to_owned()),
         ("KEYMETER_STORE".to_owned(), store.to_owned()),
         (
@@ -223,7 +232,15 @@ pub fn config(store: &str) -> Config {
             "KEYMETER_MASTER_KEYS".to_owned(),
             "k1:AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=".to_owned(),
         ),
-    ]);
+    ])
+}
+
+/// [`config`] with `extra` variables on top (a limiter URL, say).
+pub fn config_with(store: &str, extra: &[(&str, &str)]) -> Config {
+    let mut vars = config_vars(store);
+    for (k, v) in extra {
+        vars.insert((*k).to_owned(), (*v).to_owned());
+    }
     Config::from_source(&vars).expect("test configuration")
 }
 
@@ -236,15 +253,35 @@ pub async fn sqlite_gateway(upstream: &Upstream) -> Gateway {
     gw
 }
 
-/// A gateway on `store`, with the system OpenAI key stored and an operator-wide admin key for `admin_owner`.
-pub async fn serve(store: &str, upstream: &Upstream, admin_owner: &str) -> Gateway {
-    let settings = app::Settings {
+/// The settings of a test gateway in front of `upstream`.
+pub fn settings(upstream: &Upstream) -> app::Settings {
+    app::Settings {
         openai_base_url: upstream.url.clone(),
         anthropic_base_url: upstream.url.clone(),
         upstream_timeout: Duration::from_secs(30),
         ..app::Settings::default()
-    };
-    let built = app::Gateway::build(&config(store), settings)
+    }
+}
+
+/// A gateway on `store`, with the system OpenAI key stored and an operator-wide admin key for `admin_owner`.
+pub async fn serve(store: &str, upstream: &Upstream, admin_owner: &str) -> Gateway {
+    serve_with(
+        &config(store),
+        settings(upstream),
+        app::server::Limits::default(),
+        admin_owner,
+    )
+    .await
+}
+
+/// A gateway built from `config`, `settings` and `limits`, as [`serve`] describes.
+pub async fn serve_with(
+    config: &Config,
+    settings: app::Settings,
+    limits: app::server::Limits,
+    admin_owner: &str,
+) -> Gateway {
+    let built = app::Gateway::build(config, settings)
         .await
         .expect("gateway builds");
     let app = built.app.clone();
@@ -266,15 +303,12 @@ pub async fn serve(store: &str, upstream: &Upstream, admin_owner: &str) -> Gatew
         .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            built
-                .router
-                .into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
-    });
+    tokio::spawn(app::server::serve(
+        listener,
+        built,
+        limits,
+        std::future::pending(),
+    ));
     Gateway {
         url,
         app,

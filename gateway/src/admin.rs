@@ -63,7 +63,7 @@ pub async fn create(
     VerifiedKey(admin): VerifiedKey,
     body: Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let req: CreateKey = parse_json(&body_bytes(body, app.settings.max_api_body).await?)?;
+    let req: CreateKey = parse_json(&body_bytes(&app, body, app.settings.max_api_body).await?)?;
     // An organisation's admin creates keys in its organisation only.
     let org = org_of(&admin, req.organization_id)?;
     let scopes = req
@@ -183,7 +183,7 @@ pub async fn rotate(
     Path(id): Path<String>,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
-    let bytes = body_bytes(body, app.settings.max_api_body).await?;
+    let bytes = body_bytes(&app, body, app.settings.max_api_body).await?;
     // An empty body rotates with no grace period.
     let req: Rotate = if bytes.iter().all(u8::is_ascii_whitespace) {
         Rotate { grace_period: None }

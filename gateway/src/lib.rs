@@ -1,9 +1,34 @@
-//! The reference gateway's application: its state and router (DESIGN §12). `main.rs` reads the flags and serves
-//! it; the tests and the load bench build it the same way, in process.
+//! # keymeter-gateway
+//!
+//! The reference service built on [keymeter] and [keymeter-axum](keymeter_axum): OpenAI- and Anthropic-compatible
+//! metering proxies that pay with the owner's own provider key (else the system's), key administration, personal
+//! provider keys, usage ingest, reports and budgets, on the embedded SQLite store by default or on PostgreSQL for
+//! several instances.
+//!
+//! The binary `keymeter-gateway` reads its flags and [`Config::from_env`]; tests and benches build the same
+//! service in process:
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use keymeter_gateway::{Gateway, Settings, server};
+//!
+//! let config = keymeter::Config::from_env()?;
+//! let gateway = Gateway::build(&config, Settings::default()).await?;
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! server::serve(listener, gateway, server::Limits::default(), std::future::pending()).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! What survives which fault, and how the HTTP server bounds slow clients, is in `README.md`.
+//!
+//! [keymeter]: https://docs.rs/keymeter
+#![forbid(unsafe_code)]
 
 mod admin;
+pub mod logs;
 mod me;
 mod proxy;
+pub mod server;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,10 +39,14 @@ use keymeter::Config;
 use keymeter::credentials::{CredentialResolver, Vault};
 use keymeter::keys::{KeyIssuer, KeyRecord, KeyStore, Scope, ScopeRequirement, Verifier};
 use keymeter::ledger::Meter;
+use keymeter::limits::RateLimiter;
 use keymeter::stats::StatsRecorder;
 use keymeter::store::Store;
 use keymeter_axum::{ApiError, ClientIp, KeyAuth};
 use serde::de::DeserializeOwned;
+use tokio_util::task::TaskTracker;
+
+pub use proxy::{COST_HEADER, REQUEST_ID_HEADER, SOURCE_HEADER};
 
 /// What the flags and defaults decide beyond [`Config`].
 #[derive(Debug, Clone)]
@@ -32,8 +61,17 @@ pub struct Settings {
     pub max_proxy_body: usize,
     /// The largest body of every other endpoint.
     pub max_api_body: usize,
-    /// A whole upstream exchange, streams included.
+    /// Connecting to a provider (TCP and TLS). A connect that fails or times out releases the reservation:
+    /// nothing was sent.
+    pub connect_timeout: Duration,
+    /// From sending the request to the provider's answer headers. A timeout here bills the reservation: the
+    /// request was sent, and what it cost is unknown.
+    pub first_byte_timeout: Duration,
+    /// A whole upstream exchange, streams included; cut there, it is billed what the provider reported, else
+    /// the reservation.
     pub upstream_timeout: Duration,
+    /// How long a request body may take to arrive (408 past it).
+    pub body_read_timeout: Duration,
     /// Where the client address comes from.
     pub client_ip: ClientIp,
     /// How often key statistics are written.
@@ -48,7 +86,10 @@ impl Default for Settings {
             default_max_tokens: 4096,
             max_proxy_body: 8 << 20,
             max_api_body: 64 << 10,
+            connect_timeout: Duration::from_secs(10),
+            first_byte_timeout: Duration::from_secs(300),
             upstream_timeout: Duration::from_secs(600),
+            body_read_timeout: Duration::from_secs(30),
             client_ip: ClientIp::Connection,
             stats_interval: Duration::from_secs(10),
         }
@@ -58,19 +99,31 @@ impl Default for Settings {
 /// Everything a handler needs, built once from the configuration.
 #[derive(Debug)]
 pub struct App {
+    /// The store.
     pub store: Arc<dyn Store>,
     /// The store's keys behind the in-process cache the verifier reads.
     pub keys: Arc<dyn KeyStore>,
+    /// The rate limiter the verifier charges (for readiness).
+    pub limiter: Arc<dyn RateLimiter>,
+    /// Verifies inbound keys.
     pub verifier: Arc<Verifier>,
+    /// Issues keys.
     pub issuer: KeyIssuer,
+    /// Resolves the provider key that pays.
     pub resolver: CredentialResolver,
+    /// Seals and opens provider keys.
     pub vault: Arc<Vault>,
+    /// Reserves and settles.
     pub meter: Meter,
+    /// Counts verifications.
     pub stats: Arc<StatsRecorder>,
+    /// The client for the providers.
     pub http: reqwest::Client,
+    /// The settings.
     pub settings: Settings,
+    /// The exchanges in flight: each runs in a task of its own, which shutdown waits for.
+    pub exchanges: TaskTracker,
 }
-
 /// The state every handler gets.
 pub type State = axum::extract::State<Arc<App>>;
 
@@ -95,20 +148,26 @@ impl Gateway {
         let verifier = Arc::new(
             config
                 .verifier(keys.clone())?
-                .with_limits(store.clone(), limiter)
+                .with_limits(store.clone(), limiter.clone())
                 .with_stats(stats.clone()),
         );
+        let http = keymeter::http::builder()?
+            .connect_timeout(settings.connect_timeout)
+            .build()
+            .map_err(|e| keymeter::Error::Config(format!("cannot build the HTTP client: {e}")))?;
         let app = Arc::new(App {
             issuer: config.issuer(keys.clone())?,
             keys,
             resolver: config.resolver(store.clone())?,
             vault: config.vault()?,
             meter: config.meter(store.clone())?,
-            http: keymeter::http::client(settings.upstream_timeout)?,
+            http,
             verifier,
             stats,
             store,
+            limiter,
             settings,
+            exchanges: TaskTracker::new(),
         });
         Ok(Gateway {
             router: router(app.clone()),
@@ -118,6 +177,26 @@ impl Gateway {
 }
 
 impl App {
+    /// Waits up to `grace` for the exchanges in flight to settle (none starts meanwhile: the server stopped
+    /// accepting), then writes the statistics still counted in memory and closes the store.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.exchanges.close();
+        let open = self.exchanges.len();
+        if open > 0 {
+            tracing::info!(open, "waiting for the exchanges in flight");
+        }
+        if tokio::time::timeout(grace, self.exchanges.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                open = self.exchanges.len(),
+                "shutdown grace over with exchanges in flight: their reservations expire unbilled"
+            );
+        }
+        self.close().await;
+    }
+
     /// Writes the statistics still counted in memory and closes the store.
     pub async fn close(&self) {
         if let Err(e) = self.stats.close().await {
@@ -183,12 +262,48 @@ pub fn router(app: Arc<App>) -> Router {
             get(me::budget).layer(auth.require(scopes(&["billing"]))),
         )
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .fallback(not_found)
         .with_state(app)
 }
 
 async fn healthz() -> axum::Json<serde_json::Value> {
     axum::Json(serde_json::json!({"status": "ok"}))
+}
+
+/// Whether the service can serve: each dependency's state, 200 when all are up, else 503 (for load balancers).
+async fn readyz(axum::extract::State(app): State) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let probe = Duration::from_secs(2);
+    let state = |r: Result<keymeter::Result<()>, tokio::time::error::Elapsed>| match r {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {} s", probe.as_secs())),
+    };
+    let (store, limiter) = tokio::join!(
+        tokio::time::timeout(probe, app.store.ping()),
+        tokio::time::timeout(probe, app.limiter.reachable())
+    );
+    let mut ready = true;
+    let mut out = serde_json::Map::new();
+    for (name, r) in [("store", state(store)), ("limiter", state(limiter))] {
+        let entry = match r {
+            Ok(()) => serde_json::json!({"status": "up"}),
+            Err(e) => {
+                ready = false;
+                tracing::warn!(dependency = name, error = %e, "readiness: dependency down");
+                serde_json::json!({"status": "down", "error": e})
+            }
+        };
+        out.insert(name.into(), entry);
+    }
+    let status = if ready {
+        axum::http::StatusCode::OK
+    } else {
+        axum::http::StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = serde_json::json!({"status": if ready { "ready" } else { "unavailable" }, "dependencies": out});
+    (status, axum::Json(body)).into_response()
 }
 
 async fn not_found() -> ApiError {
@@ -211,16 +326,27 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     })
 }
 
-/// The body, read up to `limit` bytes: more is a 413 with the error body, and nothing was read into memory past
-/// the limit.
-pub async fn body_bytes(body: axum::body::Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
-    axum::body::to_bytes(body, limit).await.map_err(|_| {
-        ApiError::new(
+/// The body, read up to `limit` bytes within the settings' body-read timeout: more is a 413 with the error body
+/// (nothing was read into memory past the limit), a body that takes longer a 408.
+pub async fn body_bytes(
+    app: &App,
+    body: axum::body::Body,
+    limit: usize,
+) -> Result<bytes::Bytes, ApiError> {
+    let timeout = app.settings.body_read_timeout;
+    match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(_)) => Err(ApiError::new(
             axum::http::StatusCode::PAYLOAD_TOO_LARGE,
             "BODY_TOO_LARGE",
             format!("the body is larger than {limit} bytes, or was cut short"),
-        )
-    })
+        )),
+        Err(_) => Err(ApiError::new(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            "REQUEST_TIMEOUT",
+            format!("the body did not arrive within {} s", timeout.as_secs()),
+        )),
+    }
 }
 
 /// Whether `key` holds `admin`.

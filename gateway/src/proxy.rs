@@ -2,15 +2,21 @@
 //!
 //! One request: resolve whose provider key pays (the owner's own, else the system's: 424 without), reserve the
 //! worst case (402 when a budget has no room), forward with that key, price what the provider reports and settle.
-//! An upstream error releases the reservation. A stream passes through as it comes; it is settled from its usage
-//! events, also when the client left mid-way (the upstream is read to its end), and for the reservation when the
-//! upstream reported no usage.
+//! Once the body is read the request runs in a task of its own, so a client that hangs up cancels nothing: the
+//! upstream is read to its end and billed what it reports (DESIGN §13).
+//!
+//! - A connect failure, or an error answer from the provider, releases the reservation: nothing was spent.
+//! - No answer within the first-byte timeout, an exchange that breaks off after the request was sent, or an
+//!   answer without usage bills the reservation.
+//! - A stream passes through as it comes and is settled from its usage events, also when the client left mid-way.
+//! - A settle that meets an unreachable store is retried with the same usage, never re-priced.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use chrono::Utc;
 use futures_util::StreamExt;
@@ -22,6 +28,7 @@ use keymeter_axum::{ApiError, VerifiedKey};
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 use serde_json::{Map, Value};
+use tokio::sync::oneshot;
 
 use super::{App, State, body_bytes, owner_request_id, parse_json};
 
@@ -92,6 +99,8 @@ pub async fn anthropic(state: State, key: VerifiedKey, headers: HeaderMap, body:
     proxy(state, key, headers, body, Api::Anthropic).await
 }
 
+/// Reads the body, then hands the request to a task of its own: once a reservation exists the exchange runs to
+/// its end (settled or released) whether or not the client is still there to read the answer.
 async fn proxy(
     axum::extract::State(app): State,
     VerifiedKey(key): VerifiedKey,
@@ -99,20 +108,63 @@ async fn proxy(
     body: Body,
     api: Api,
 ) -> Response {
-    match forward(app, key, headers, body, api).await {
-        Ok(response) => response,
-        Err(e) => axum::response::IntoResponse::into_response(e),
+    let body = match body_bytes(&app, body, app.settings.max_proxy_body).await {
+        Ok(body) => body,
+        Err(e) => return e.into_response(),
+    };
+    let (tx, rx) = oneshot::channel();
+    let tracker = app.exchanges.clone();
+    tracker.spawn(async move {
+        let mut reply = Reply(Some(tx));
+        if let Err(e) = exchange(app, key, headers, body, api, &mut reply).await {
+            reply.send(e.into_response());
+        }
+    });
+    rx.await.unwrap_or_else(|_| {
+        ApiError::from(keymeter::Error::Internal(
+            "the exchange ended without an answer".into(),
+        ))
+        .into_response()
+    })
+}
+
+/// Where the exchange's answer goes, once: the waiting handler, if the client is still there.
+struct Reply(Option<oneshot::Sender<Response>>);
+
+impl Reply {
+    fn send(&mut self, response: Response) {
+        if let Some(tx) = self.0.take() {
+            // An error means the client left: the exchange goes on to its settle all the same.
+            let _ = tx.send(response);
+        }
     }
 }
 
-async fn forward(
+fn upstream_unavailable(api: Api, why: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_GATEWAY,
+        "UPSTREAM_UNAVAILABLE",
+        format!("{}: {why}", api.provider()),
+    )
+}
+
+fn upstream_timeout(api: Api, why: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::GATEWAY_TIMEOUT,
+        "UPSTREAM_TIMEOUT",
+        format!("{}: {why}", api.provider()),
+    )
+}
+
+/// One proxied request from its parsed body to its settle: resolve, reserve, forward, answer, settle.
+async fn exchange(
     app: Arc<App>,
     key: Arc<KeyRecord>,
     headers: HeaderMap,
-    body: Body,
+    body: Bytes,
     api: Api,
-) -> Result<Response, ApiError> {
-    let body = body_bytes(body, app.settings.max_proxy_body).await?;
+    reply: &mut Reply,
+) -> Result<(), ApiError> {
     let fields: Fields = parse_json(&body)?;
     let streaming = fields.stream == Some(true);
     // The output cap: what the request names, else the configured default, which is then sent upstream so the
@@ -140,6 +192,12 @@ async fn forward(
     }
     let worst = worst_case(&app, &priced, body.len() as u64, output_cap);
     let hold = app.meter.reserve(request, &worst).await?;
+    let bill = Bill {
+        app: app.clone(),
+        key,
+        hold,
+        worst,
+    };
 
     let mut upstream = app
         .http
@@ -162,45 +220,67 @@ async fn forward(
             u
         }
     };
-    let answer = match upstream.send().await {
-        Ok(answer) => answer,
-        Err(e) => {
-            release(&app, hold).await;
-            tracing::warn!(error = %e, "upstream unreachable");
-            return Err(ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                "UPSTREAM_UNAVAILABLE",
-                format!("{} could not be reached", api.provider()),
-            ));
+    let deadline = tokio::time::Instant::now() + app.settings.upstream_timeout;
+    let first_byte = app
+        .settings
+        .first_byte_timeout
+        .min(app.settings.upstream_timeout);
+    let answer = match tokio::time::timeout(first_byte, upstream.send()).await {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(e)) if e.is_connect() => {
+            // Nothing reached the provider: nothing was spent.
+            tracing::warn!(request_id = bill.hold.request_id(), error = %e, "upstream unreachable: reservation released");
+            bill.release().await;
+            return Err(upstream_unavailable(api, "could not be reached"));
+        }
+        Ok(Err(e)) => {
+            // The request went out; what it cost is unknown.
+            tracing::warn!(request_id = bill.hold.request_id(), error = %e, "upstream failed after the request was sent");
+            bill.settle(None).await;
+            return Err(upstream_unavailable(api, "the exchange broke off"));
+        }
+        Err(_) => {
+            tracing::warn!(
+                request_id = bill.hold.request_id(),
+                timeout_s = first_byte.as_secs(),
+                "upstream sent no answer in time"
+            );
+            bill.settle(None).await;
+            return Err(upstream_timeout(api, "no answer in time"));
         }
     };
     let status = answer.status();
     if !status.is_success() {
         // The provider refused: nothing was spent. Its own error body goes back as it came.
-        release(&app, hold).await;
+        bill.release().await;
         let content_type = answer.headers().get(header::CONTENT_TYPE).cloned();
-        let bytes = answer.bytes().await.unwrap_or_default();
+        let bytes = read_bounded(answer, deadline).await.unwrap_or_default();
         let mut response = Response::new(Body::from(bytes));
         *response.status_mut() = status;
         if let Some(ct) = content_type {
             response.headers_mut().insert(header::CONTENT_TYPE, ct);
         }
-        return Ok(response);
+        reply.send(response);
+        return Ok(());
     }
-    let mut response = if streaming {
-        stream(app, key, hold.clone(), worst, api, answer)
-    } else {
-        whole(app, key, priced, hold.clone(), worst, api, answer).await?
+    let request_id = HeaderValue::from_str(bill.hold.request_id()).ok();
+    let stamp = |mut response: Response| {
+        let out = response.headers_mut();
+        if let Some(id) = request_id {
+            out.insert(REQUEST_ID_HEADER, id);
+        }
+        out.insert(
+            SOURCE_HEADER,
+            HeaderValue::from_static(credential.source.as_str()),
+        );
+        reply.send(response);
     };
-    let out = response.headers_mut();
-    if let Ok(id) = HeaderValue::from_str(hold.request_id()) {
-        out.insert(REQUEST_ID_HEADER, id);
+    if streaming {
+        stream(bill, api, answer, deadline, stamp).await;
+    } else {
+        whole(bill, priced, api, answer, deadline, stamp).await?;
     }
-    out.insert(
-        SOURCE_HEADER,
-        HeaderValue::from_static(credential.source.as_str()),
-    );
-    Ok(response)
+    Ok(())
 }
 
 /// The client's `x-request-id`: at most 128 visible ASCII characters.
@@ -289,86 +369,124 @@ fn worst_case(app: &App, priced: &Priced, prompt_bound: u64, output: u64) -> Usa
     )
 }
 
-async fn release(app: &App, hold: Hold) {
-    if let Err(e) = app.meter.release(hold).await {
-        tracing::warn!(error = %e, "could not release a reservation; it expires on its own");
-    }
+/// How long a settle that meets an unreachable store keeps trying before it gives up (the reservation, which
+/// outlives this, keeps the budget held meanwhile).
+const SETTLE_RETRY_FOR: Duration = Duration::from_secs(300);
+
+/// A reservation and what is needed to end it: settled with the reported usage (or the worst case), or released.
+struct Bill {
+    app: Arc<App>,
+    key: Arc<KeyRecord>,
+    hold: Hold,
+    worst: Usage,
 }
 
-/// Settles `hold` with `usage` (or the worst case when the upstream reported none) and charges the tokens to the
-/// key's token limits.
-async fn settle(
-    app: &App,
-    key: &KeyRecord,
-    hold: Hold,
-    usage: Option<Usage>,
-    worst: Usage,
-) -> keymeter::Result<keymeter::ledger::Metered> {
-    let usage = match usage {
-        Some(u) => u,
-        None => {
-            tracing::warn!(
-                request_id = hold.request_id(),
-                "no usage reported: billing the reservation"
-            );
-            worst
+impl Bill {
+    async fn release(self) {
+        if let Err(e) = self.app.meter.release(self.hold).await {
+            tracing::warn!(error = %e, "could not release a reservation; it expires on its own");
         }
-    };
-    let metered = match app.meter.settle(hold.clone(), usage).await {
-        // A usage the catalog cannot price (a class the model has no rate for, say): the reservation is billed.
-        Err(e) if worst != usage => {
-            tracing::warn!(error = %e, "reported usage unpriced: billing the reservation");
-            app.meter.settle(hold, worst).await?
-        }
-        other => other?,
-    };
-    let tokens = metered.usage.prompt_tokens() + metered.usage.output_tokens();
-    if let Err(e) = app.verifier.charge_tokens(key, tokens).await {
-        tracing::warn!(error = %e, "could not charge token limits");
     }
-    Ok(metered)
+
+    /// Settles with `usage`, or with the worst case (the reservation) when the upstream reported none or what it
+    /// reported cannot be priced; charges the tokens to the key's token limits. A store that cannot be reached is
+    /// retried with the same usage, never re-priced at the worst case. Returns what was recorded.
+    async fn settle(self, usage: Option<Usage>) -> Option<keymeter::ledger::Metered> {
+        let request_id = self.hold.request_id().to_owned();
+        let usage = match usage {
+            Some(u) => u,
+            None => {
+                tracing::warn!(
+                    request_id,
+                    amount = %self.hold.amount(),
+                    "no usage reported: billing the reservation"
+                );
+                self.worst
+            }
+        };
+        let settled = match self.settle_retrying(usage).await {
+            // A usage the catalog cannot price (a class the model has no rate for, say): the reservation is
+            // billed. Never on a store failure: that one was retried above.
+            Err(e) if usage != self.worst && e.unavailable().is_none() => {
+                tracing::warn!(request_id, error = %e, "reported usage unpriced: billing the reservation");
+                self.settle_retrying(self.worst).await
+            }
+            other => other,
+        };
+        let metered = match settled {
+            Ok(metered) => metered,
+            Err(e) => {
+                tracing::error!(request_id, error = %e, "could not settle a request; its reservation expires unbilled");
+                return None;
+            }
+        };
+        if metered.cost.total > self.hold.amount() {
+            tracing::warn!(
+                request_id,
+                reserved = %self.hold.amount(),
+                cost = %metered.cost.total,
+                "settled above its reservation: the provider reported more than the worst case"
+            );
+        }
+        let tokens = metered.usage.prompt_tokens() + metered.usage.output_tokens();
+        if let Err(e) = self.app.verifier.charge_tokens(&self.key, tokens).await {
+            tracing::warn!(request_id, error = %e, "could not charge token limits");
+        }
+        Some(metered)
+    }
+
+    async fn settle_retrying(&self, usage: Usage) -> keymeter::Result<keymeter::ledger::Metered> {
+        let give_up = tokio::time::Instant::now() + SETTLE_RETRY_FOR;
+        let mut pause = Duration::from_millis(50);
+        loop {
+            match self.app.meter.settle(self.hold.clone(), usage).await {
+                Err(e) if e.unavailable().is_some() && tokio::time::Instant::now() < give_up => {
+                    tracing::warn!(
+                        request_id = self.hold.request_id(),
+                        error = %e,
+                        retry_in_ms = pause.as_millis() as u64,
+                        "settle failed: the store is unreachable; retrying"
+                    );
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                }
+                other => return other,
+            }
+        }
+    }
 }
 
 /// Answers as soon as the upstream has, with the exact cost priced in memory; the settle (the ledger's write)
-/// runs after, in a task of its own. Until it lands the reservation keeps holding the budget, so nothing can
-/// overspend meanwhile; the event carries the request's arrival time, so the recorded cost is the one sent.
+/// runs after, in this same task, whether or not the client is still there. Until it lands the reservation keeps
+/// holding the budget, so nothing can overspend meanwhile; the event carries the request's arrival time, so the
+/// recorded cost is the one sent.
 async fn whole(
-    app: Arc<App>,
-    key: Arc<KeyRecord>,
+    bill: Bill,
     priced: Priced,
-    hold: Hold,
-    worst: Usage,
     api: Api,
     answer: reqwest::Response,
-) -> Result<Response, ApiError> {
+    deadline: tokio::time::Instant,
+    answer_client: impl FnOnce(Response),
+) -> Result<(), ApiError> {
     let status = answer.status();
     let content_type = answer.headers().get(header::CONTENT_TYPE).cloned();
-    let bytes = match read_bounded(answer).await {
+    let bytes = match read_bounded(answer, deadline).await {
         Ok(bytes) => bytes,
         Err(e) => {
             // The answer was cut: whatever it cost is unknown, so the reservation is billed.
-            tracing::warn!(error = %e, "upstream answer unreadable");
-            settle(&app, &key, hold, None, worst).await?;
-            return Err(ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                "UPSTREAM_UNAVAILABLE",
-                "the provider's answer was cut short",
-            ));
+            tracing::warn!(request_id = bill.hold.request_id(), error = %e, "upstream answer unreadable");
+            bill.settle(None).await;
+            return Err(upstream_unavailable(api, "the answer was cut short"));
         }
     };
     let usage = std::str::from_utf8(&bytes)
         .ok()
         .and_then(|text| keymeter::pricing::normalize::normalize(api.format(), text).ok());
     // What the settle will record: the reported usage's price, or the reservation when there is none to price.
-    let (usage, cost) = match usage.and_then(|u| priced.cost(&app, &u).map(|c| (u, c))) {
+    let (usage, cost) = match usage.and_then(|u| priced.cost(&bill.app, &u).map(|c| (u, c))) {
         Some((u, c)) => (Some(u), c),
-        None => (None, hold.amount()),
+        None => (None, bill.hold.amount()),
     };
-    tokio::spawn(async move {
-        if let Err(e) = settle(&app, &key, hold, usage, worst).await {
-            tracing::error!(error = %e, "could not settle a request; its reservation expires on its own");
-        }
-    });
     let mut response = Response::new(Body::from(bytes));
     *response.status_mut() = status;
     let out = response.headers_mut();
@@ -378,7 +496,9 @@ async fn whole(
     if let Ok(cost) = HeaderValue::from_str(&cost.to_string()) {
         out.insert(COST_HEADER, cost);
     }
-    Ok(response)
+    answer_client(response);
+    bill.settle(usage).await;
+    Ok(())
 }
 
 /// How a request is priced: its model, arrival time and tier (what the meter prices the settle with).
@@ -398,11 +518,19 @@ impl Priced {
     }
 }
 
-async fn read_bounded(answer: reqwest::Response) -> Result<Bytes, String> {
+/// The whole answer, up to [`MAX_ANSWER_BYTES`], by `deadline`.
+async fn read_bounded(
+    answer: reqwest::Response,
+    deadline: tokio::time::Instant,
+) -> Result<Bytes, String> {
     let mut out = Vec::new();
     let mut chunks = answer.bytes_stream();
-    while let Some(chunk) = chunks.next().await {
-        let chunk = chunk.map_err(|e| e.to_string())?;
+    loop {
+        let chunk = match tokio::time::timeout_at(deadline, chunks.next()).await {
+            Ok(Some(chunk)) => chunk.map_err(|e| e.to_string())?,
+            Ok(None) => break,
+            Err(_) => return Err("the upstream timeout ran out".into()),
+        };
         if out.len() + chunk.len() > MAX_ANSWER_BYTES {
             return Err(format!(
                 "the answer is larger than {MAX_ANSWER_BYTES} bytes"
@@ -413,48 +541,16 @@ async fn read_bounded(answer: reqwest::Response) -> Result<Bytes, String> {
     Ok(out.into())
 }
 
-/// Passes the stream through and settles it in a task of its own, which outlives the client's connection.
-fn stream(
-    app: Arc<App>,
-    key: Arc<KeyRecord>,
-    hold: Hold,
-    worst: Usage,
+/// Passes the stream through as it comes and settles it from its usage events once the upstream ends (or the
+/// deadline cuts it). A client that leaves stops receiving; the upstream is still read to its usage.
+async fn stream(
+    bill: Bill,
     api: Api,
     answer: reqwest::Response,
-) -> Response {
+    deadline: tokio::time::Instant,
+    answer_client: impl FnOnce(Response),
+) {
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(32);
-    tokio::spawn(async move {
-        let mut events = SseEvents::new(api.format());
-        let mut client = Some(tx);
-        let mut chunks = answer.bytes_stream();
-        while let Some(chunk) = chunks.next().await {
-            let chunk = match chunk {
-                Ok(chunk) => chunk,
-                Err(e) => {
-                    tracing::warn!(error = %e, "upstream stream broke off");
-                    break;
-                }
-            };
-            events.feed(&chunk);
-            if let Some(tx) = &client
-                && tx.send(chunk).await.is_err()
-            {
-                // The client left: keep reading the upstream to its usage.
-                client = None;
-            }
-        }
-        drop(client);
-        let usage = match events.usage.usage() {
-            Ok(usage) => usage,
-            Err(e) => {
-                tracing::warn!(error = %e, "stream usage unreadable");
-                None
-            }
-        };
-        if let Err(e) = settle(&app, &key, hold, usage, worst).await {
-            tracing::error!(error = %e, "could not settle a streamed request");
-        }
-    });
     let body = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv()
             .await
@@ -467,7 +563,44 @@ fn stream(
         HeaderValue::from_static("text/event-stream"),
     );
     out.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    response
+    answer_client(response);
+
+    let mut events = SseEvents::new(api.format());
+    let mut client = Some(tx);
+    let mut chunks = answer.bytes_stream();
+    loop {
+        let chunk = match tokio::time::timeout_at(deadline, chunks.next()).await {
+            Ok(Some(Ok(chunk))) => chunk,
+            Ok(None) => break,
+            Ok(Some(Err(e))) => {
+                tracing::warn!(request_id = bill.hold.request_id(), error = %e, "upstream stream broke off");
+                break;
+            }
+            Err(_) => {
+                tracing::warn!(
+                    request_id = bill.hold.request_id(),
+                    "upstream stream cut at the upstream timeout"
+                );
+                break;
+            }
+        };
+        events.feed(&chunk);
+        if let Some(tx) = &client
+            && tx.send(chunk).await.is_err()
+        {
+            // The client left: keep reading the upstream to its usage.
+            client = None;
+        }
+    }
+    drop(client);
+    let usage = match events.usage.usage() {
+        Ok(usage) => usage,
+        Err(e) => {
+            tracing::warn!(request_id = bill.hold.request_id(), error = %e, "stream usage unreadable");
+            None
+        }
+    };
+    bill.settle(usage).await;
 }
 
 /// Splits a byte stream into SSE lines and feeds each `data:` payload to the usage accumulator. A line longer
