@@ -11,6 +11,9 @@
 //! | `KEYMETER_LIMITER` | where rate-limit buckets live: `redis://…` (feature `redis`) | the store |
 //! | `KEYMETER_LIMITS_FAIL_OPEN` | `1`/`true`: admit requests when the limiter cannot be reached | fail closed |
 //! | `KEYMETER_KEY_CACHE` | key records cached in process by [`Config::key_cache`] (`0`: none) | 10000 |
+//! | `KEYMETER_JOURNAL` | the journal directory ([`crate::ledger::journal`]) | `keymeter.journal` beside a SQLite database; none otherwise |
+//! | `KEYMETER_JOURNAL_SYNC` | when journal records reach the disk: `always`, or an interval such as `10ms` | `10ms` |
+//! | `KEYMETER_INSTANCE_ID` | this instance's stable id | one kept in the journal directory |
 //! | `KEYMETER_ENV`, `DEPLOY_ENV`, `DEBUG` | the environment ([`crate::env`]) | development, with a warning |
 //!
 //! In development (only), a secret missing from the environment is read from the **secrets file**
@@ -81,6 +84,12 @@ pub struct Config {
     pub limits_fail_open: bool,
     /// How many key records [`Config::key_cache`] keeps in process (0: none).
     pub key_cache: usize,
+    /// The journal's directory: `KEYMETER_JOURNAL`, else `keymeter.journal` beside a SQLite database file.
+    pub journal_dir: Option<PathBuf>,
+    /// When journal records reach the disk (`KEYMETER_JOURNAL_SYNC`).
+    pub journal_sync: crate::ledger::journal::SyncPolicy,
+    /// This instance's id (`KEYMETER_INSTANCE_ID`), if set.
+    pub instance_id: Option<String>,
     hasher: Option<Arc<KeyHasher>>,
     vault: Option<Arc<Vault>>,
     warnings: Vec<String>,
@@ -158,7 +167,27 @@ impl Config {
                 )
             })?,
         };
+        let journal_dir = source
+            .var("KEYMETER_JOURNAL")
+            .filter(|v| !v.trim().is_empty())
+            .map(PathBuf::from)
+            .or_else(|| journal_path(&store_url));
+        let journal_sync = match source.var("KEYMETER_JOURNAL_SYNC") {
+            Some(v) if !v.trim().is_empty() => parse_sync(v.trim())?,
+            _ => crate::ledger::journal::SyncPolicy::Every(std::time::Duration::from_millis(10)),
+        };
+        let instance_id = source
+            .var("KEYMETER_INSTANCE_ID")
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty());
+        if let Some(id) = &instance_id {
+            crate::validate::name("KEYMETER_INSTANCE_ID", id)
+                .map_err(|e| Error::Config(e.to_string()))?;
+        }
         let mut config = Config {
+            journal_dir,
+            journal_sync,
+            instance_id,
             key_cache,
             limiter_url,
             limits_fail_open,
@@ -362,6 +391,13 @@ impl Config {
         Ok(Meter::new(ledger, Arc::new(self.catalog()?)))
     }
 
+    /// The journal's configuration, if [`Config::journal_dir`] names a directory.
+    pub fn journal(&self) -> Option<crate::ledger::journal::JournalConfig> {
+        self.journal_dir.as_ref().map(|dir| {
+            crate::ledger::journal::JournalConfig::new(dir.clone()).sync(self.journal_sync)
+        })
+    }
+
     /// In development, writes the secrets missing from the environment (a fresh pepper, fresh master keys, with
     /// ids dated by `now`) to the secrets file beside the database (mode 0600, written atomically) and loads
     /// them; returns the names written. Outside development, a missing secret is an error and nothing is written.
@@ -435,6 +471,38 @@ fn inner(e: &Error) -> String {
 
 /// The development secrets file: beside a SQLite database, in the working directory for a PostgreSQL one; none
 /// for in-memory stores.
+/// `always`, or an interval of milliseconds or seconds (`10ms`, `1s`).
+fn parse_sync(text: &str) -> Result<crate::ledger::journal::SyncPolicy> {
+    use crate::ledger::journal::SyncPolicy;
+    let bad = || {
+        Error::Config("KEYMETER_JOURNAL_SYNC must be `always` or an interval such as 10ms".into())
+    };
+    if text == "always" {
+        return Ok(SyncPolicy::Always);
+    }
+    let (n, unit) = if let Some(n) = text.strip_suffix("ms") {
+        (n, 1)
+    } else if let Some(n) = text.strip_suffix('s') {
+        (n, 1000)
+    } else {
+        return Err(bad());
+    };
+    let n: u64 = n.parse().map_err(|_| bad())?;
+    let ms = n
+        .checked_mul(unit)
+        .filter(|ms| (1..=60_000).contains(ms))
+        .ok_or_else(bad)?;
+    Ok(SyncPolicy::Every(std::time::Duration::from_millis(ms)))
+}
+
+/// `keymeter.journal` beside a SQLite database file; none for a database elsewhere or in memory.
+fn journal_path(store_url: &str) -> Option<PathBuf> {
+    if store_url.starts_with("postgres:") || store_url.starts_with("postgresql:") {
+        return None;
+    }
+    secrets_path(store_url).map(|p| p.with_file_name("keymeter.journal"))
+}
+
 fn secrets_path(store_url: &str) -> Option<PathBuf> {
     // A database on a server has no directory of its own here: the secrets sit in the working directory.
     if store_url.starts_with("postgres:") || store_url.starts_with("postgresql:") {

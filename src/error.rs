@@ -188,6 +188,8 @@ pub enum Dependency {
     Store,
     /// The rate limiter (Redis, or the store's limit tables), when it fails closed.
     Limiter,
+    /// The local journal: past its size bound while the store is away, or a disk that refuses writes.
+    Journal,
 }
 
 impl Dependency {
@@ -196,14 +198,17 @@ impl Dependency {
         match self {
             Dependency::Store => "store",
             Dependency::Limiter => "limiter",
+            Dependency::Journal => "journal",
         }
     }
 
-    /// The service code of DESIGN §3 a refusal for it carries: `STORE_UNAVAILABLE`, `LIMITER_UNAVAILABLE`.
+    /// The service code of DESIGN §3 a refusal for it carries: `STORE_UNAVAILABLE`, `LIMITER_UNAVAILABLE`,
+    /// `JOURNAL_FULL`.
     pub fn code(self) -> &'static str {
         match self {
             Dependency::Store => "STORE_UNAVAILABLE",
             Dependency::Limiter => "LIMITER_UNAVAILABLE",
+            Dependency::Journal => "JOURNAL_FULL",
         }
     }
 }

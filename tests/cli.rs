@@ -1868,7 +1868,10 @@ fn usage_export_import_prune_on(source: Cli, target: Cli) {
     assert!(
         header.starts_with("event_id,request_id,at,key_id,owner,org,provider,model,usage.input,")
     );
-    assert!(header.contains("usage.cache_read") && header.ends_with("cost,credential_source"));
+    assert!(
+        header.contains("usage.cache_read")
+            && header.ends_with("cost,credential_source,estimated,estimated_first")
+    );
     assert_eq!(rows.count(), 3);
     assert!(csv.contains("\"Smith, \"\"Al\"\"\""), "{csv}");
 

@@ -6,10 +6,14 @@
 //! `start + i / rate` whatever the earlier ones are doing, so a slow gateway shows as latency, not as a lower
 //! rate. Then a closed loop of fixed concurrency finds the rate it sustains.
 //!
+//! Each run measures the journal's modes in turn (DESIGN §13): fsync every 10 ms (the default), fsync before each
+//! answer (`always`), and no journal.
+//!
 //! ```sh
-//! cargo bench -p keymeter-axum --bench gateway_load            # 3,000 requests per run
-//! GATEWAY_LOAD_REQUESTS=600 cargo bench -p keymeter-axum --bench gateway_load
-//! GATEWAY_LOAD_PHASES=1 cargo bench -p keymeter-axum --bench gateway_load   # also time each library call
+//! cargo bench -p keymeter-gateway --bench gateway_load            # 3,000 requests per run and mode
+//! GATEWAY_LOAD_REQUESTS=600 cargo bench -p keymeter-gateway --bench gateway_load
+//! GATEWAY_LOAD_JOURNAL=always cargo bench -p keymeter-gateway --bench gateway_load   # one mode: 10ms, always, off
+//! GATEWAY_LOAD_PHASES=1 cargo bench -p keymeter-gateway --bench gateway_load   # also time each library call
 //! ```
 
 #[path = "../tests/support/mod.rs"]
@@ -17,6 +21,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use keymeter::ledger::journal::{JournalConfig, SyncPolicy};
 use serde_json::json;
 
 fn requests() -> usize {
@@ -121,7 +126,32 @@ async fn main() {
     }
     let n = requests();
     let up = support::upstream().await;
-    let gw = support::sqlite_gateway(&up).await;
+    let modes = std::env::var("GATEWAY_LOAD_JOURNAL").unwrap_or_else(|_| "10ms,always,off".into());
+    for mode in modes.split(',') {
+        let sync = match mode.trim() {
+            "off" => None,
+            "always" => Some(SyncPolicy::Always),
+            "10ms" => Some(SyncPolicy::Every(Duration::from_millis(10))),
+            other => panic!("GATEWAY_LOAD_JOURNAL: {other:?} is not 10ms, always or off"),
+        };
+        run(&up, n, mode.trim(), sync).await;
+    }
+}
+
+async fn run(up: &support::Upstream, n: usize, mode: &str, sync: Option<SyncPolicy>) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("sqlite://{}/gateway.db", dir.path().display());
+    let settings = keymeter_gateway::Settings {
+        journal: sync.map(|s| JournalConfig::new(dir.path().join("journal")).sync(s)),
+        ..support::settings(up)
+    };
+    let gw = support::serve_with(
+        &support::config(&store),
+        settings,
+        keymeter_gateway::server::Limits::default(),
+        "ops",
+    )
+    .await;
     let (_, key) = gw
         .key(json!({"name": "load", "owner": "load", "permissions": ["llm:chat"]}))
         .await;
@@ -138,7 +168,9 @@ async fn main() {
     }
     let floor = open_loop(&client, &direct, None, 300.0, n).await;
     let gateway = open_loop(&client, &proxied, Some(&key), 300.0, n).await;
-    println!("gateway_load: {n} requests at 300/s, open loop, SQLite store, loopback");
+    println!(
+        "gateway_load: {n} requests at 300/s, open loop, SQLite store, loopback, journal {mode}"
+    );
     for (name, p) in [("p50", 0.50), ("p90", 0.90), ("p99", 0.99)] {
         let (f, g) = (pct(&floor, p), pct(&gateway, p));
         println!(
@@ -155,7 +187,7 @@ async fn main() {
             "  closed loop, {concurrency} in flight: gateway {rate:.0} req/s (direct {direct_rate:.0} req/s)"
         );
     }
-    gw.app.close().await;
+    gw.app.shutdown(Duration::from_secs(10)).await;
 }
 
 /// The mean time of each library call a proxied request makes, one at a time: where the added latency goes.

@@ -39,6 +39,7 @@ use keymeter::Config;
 use keymeter::credentials::{CredentialResolver, Vault};
 use keymeter::keys::{KeyIssuer, KeyRecord, KeyStore, Scope, ScopeRequirement, Verifier};
 use keymeter::ledger::Meter;
+use keymeter::ledger::journal::{Journal, JournalConfig};
 use keymeter::limits::RateLimiter;
 use keymeter::stats::StatsRecorder;
 use keymeter::store::Store;
@@ -76,6 +77,9 @@ pub struct Settings {
     pub client_ip: ClientIp,
     /// How often key statistics are written.
     pub stats_interval: Duration,
+    /// The journal (DESIGN §13): every hold, forward and settle written locally first, so a killed process or
+    /// a store outage loses no bill. `None` settles straight to the store.
+    pub journal: Option<JournalConfig>,
 }
 
 impl Default for Settings {
@@ -92,6 +96,7 @@ impl Default for Settings {
             body_read_timeout: Duration::from_secs(30),
             client_ip: ClientIp::Connection,
             stats_interval: Duration::from_secs(10),
+            journal: None,
         }
     }
 }
@@ -155,12 +160,30 @@ impl Gateway {
             .connect_timeout(settings.connect_timeout)
             .build()
             .map_err(|e| keymeter::Error::Config(format!("cannot build the HTTP client: {e}")))?;
+        let mut meter = config.meter(store.clone())?;
+        if let Some(journal) = &settings.journal {
+            let (journal, recovery) = Journal::open_as(
+                journal.clone(),
+                config.instance_id.clone(),
+                Arc::new(keymeter::random::OsRandom),
+            )?;
+            tracing::info!(
+                dir = %journal.dir().display(),
+                instance = journal.instance_id(),
+                settled = recovery.settled,
+                estimated = recovery.estimated,
+                released = recovery.released,
+                "journal open"
+            );
+            journal.start(store.clone());
+            meter = meter.with_journal(journal);
+        }
         let app = Arc::new(App {
             issuer: config.issuer(keys.clone())?,
             keys,
             resolver: config.resolver(store.clone())?,
             vault: config.vault()?,
-            meter: config.meter(store.clone())?,
+            meter,
             http,
             verifier,
             stats,
@@ -191,18 +214,35 @@ impl App {
         {
             tracing::warn!(
                 open = self.exchanges.len(),
-                "shutdown grace over with exchanges in flight: their reservations expire unbilled"
+                "shutdown grace over with exchanges in flight: the next start bills them from the journal"
+            );
+        }
+        if let Some(journal) = self.meter.journal()
+            && !journal.flush(grace).await
+        {
+            tracing::warn!(
+                backlog = journal.backlog(),
+                "the store did not take the whole journal before shutdown: the next start replays it"
             );
         }
         self.close().await;
     }
 
-    /// Writes the statistics still counted in memory and closes the store.
+    /// Writes the statistics still counted in memory and closes the store, each within a few seconds (a store
+    /// that does not answer must not keep the process from exiting).
     pub async fn close(&self) {
-        if let Err(e) = self.stats.close().await {
-            tracing::warn!(error = %e, "could not write key statistics at shutdown");
+        let bound = Duration::from_secs(5);
+        match tokio::time::timeout(bound, self.stats.close()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not write key statistics at shutdown"),
+            Err(_) => tracing::warn!("key statistics not written within 5 s at shutdown"),
         }
-        self.store.close().await;
+        if tokio::time::timeout(bound, self.store.close())
+            .await
+            .is_err()
+        {
+            tracing::warn!("the store did not close within 5 s");
+        }
     }
 }
 
@@ -302,6 +342,12 @@ async fn readyz(axum::extract::State(app): State) -> axum::response::Response {
     } else {
         axum::http::StatusCode::SERVICE_UNAVAILABLE
     };
+    if let Some(journal) = app.meter.journal() {
+        out.insert(
+            "journal".into(),
+            serde_json::json!({"status": "up", "backlog": journal.backlog(), "bytes": journal.bytes()}),
+        );
+    }
     let body = serde_json::json!({"status": if ready { "ready" } else { "unavailable" }, "dependencies": out});
     (status, axum::Json(body)).into_response()
 }

@@ -4,7 +4,7 @@
 //!
 //! ```sh
 //! cargo run -p keymeter-gateway -- [--listen 127.0.0.1:8080] [--store URL] [--limiter URL] \
-//!     [--openai-base-url URL] [--anthropic-base-url URL] [--default-max-tokens N] [--trust-forwarded CIDR,…] \
+//!     [--journal DIR | --no-journal] [--openai-base-url URL] [--anthropic-base-url URL] [--default-max-tokens N] [--trust-forwarded CIDR,…] \
 //!     [--connect-timeout 10s] [--first-byte-timeout 300s] [--upstream-timeout 600s] [--body-timeout 30s] \
 //!     [--header-timeout 30s] [--max-connections 1024] [--shutdown-grace 30s] [--log-format text|json]
 //! ```
@@ -25,6 +25,7 @@ use keymeter_axum::ClientIp;
 use keymeter_gateway::{Gateway, Settings, logs, server};
 
 const USAGE: &str = "usage: keymeter-gateway [--listen ADDR] [--store URL] [--limiter URL] \
+[--journal DIR | --no-journal] \
 [--openai-base-url URL] [--anthropic-base-url URL] [--default-max-tokens N] [--trust-forwarded CIDR,…] \
 [--connect-timeout DUR] [--first-byte-timeout DUR] [--upstream-timeout DUR] [--body-timeout DUR] \
 [--header-timeout DUR] [--max-connections N] [--shutdown-grace DUR] [--log-format text|json]
@@ -39,6 +40,8 @@ struct Flags {
     settings: Settings,
     limits: server::Limits,
     log_format: Option<logs::Format>,
+    journal: Option<String>,
+    no_journal: bool,
 }
 
 impl EnvSource for Flags {
@@ -46,6 +49,7 @@ impl EnvSource for Flags {
         match name {
             "KEYMETER_STORE" if self.store.is_some() => self.store.clone(),
             "KEYMETER_LIMITER" if self.limiter.is_some() => self.limiter.clone(),
+            "KEYMETER_JOURNAL" if self.journal.is_some() => self.journal.clone(),
             _ => ProcessEnv.var(name),
         }
     }
@@ -75,11 +79,17 @@ fn parse_flags() -> Result<Flags, String> {
         settings: Settings::default(),
         limits: server::Limits::default(),
         log_format: None,
+        journal: None,
+        no_journal: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         if flag == "--help" || flag == "-h" {
             return Err(USAGE.into());
+        }
+        if flag == "--no-journal" {
+            flags.no_journal = true;
+            continue;
         }
         let value = args
             .next()
@@ -93,6 +103,7 @@ fn parse_flags() -> Result<Flags, String> {
             }
             "--store" => flags.store = Some(value),
             "--limiter" => flags.limiter = Some(value),
+            "--journal" => flags.journal = Some(value),
             "--openai-base-url" => settings.openai_base_url = value,
             "--anthropic-base-url" => settings.anthropic_base_url = value,
             "--default-max-tokens" => settings.default_max_tokens = positive(&flag, &value)?,
@@ -156,7 +167,23 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Its warnings (an environment nobody set, say) reach the log through `tracing`.
     let mut config = Config::from_source(&flags)?;
     config.init_secrets(&flags, &OsRandom, Utc::now())?;
-    let gateway = Gateway::build(&config, flags.settings.clone()).await?;
+    let mut settings = flags.settings.clone();
+    if flags.no_journal {
+        tracing::warn!(
+            "no journal: a process killed mid-exchange loses the bills of the answers it had sent, and a store \
+             outage can lose settles"
+        );
+    } else {
+        settings.journal = config.journal();
+        let server_db = config.store_url.starts_with("postgres");
+        if settings.journal.is_none() && server_db {
+            exit_usage(
+                "a journal is required on a server database: --journal DIR (or KEYMETER_JOURNAL), or \
+                 --no-journal to accept losing bills on a crash",
+            );
+        }
+    }
+    let gateway = Gateway::build(&config, settings).await?;
     let listener = tokio::net::TcpListener::bind(flags.listen).await?;
     tracing::info!(
         "keymeter gateway on http://{} ({} store, {} environment)",

@@ -220,6 +220,11 @@ async fn exchange(
             u
         }
     };
+    if let Err(e) = app.meter.forwarded(&bill.hold) {
+        // Unjournaled, a crash would lose the bill: nothing goes upstream.
+        bill.release().await;
+        return Err(e.into());
+    }
     let deadline = tokio::time::Instant::now() + app.settings.upstream_timeout;
     let first_byte = app
         .settings
@@ -388,30 +393,30 @@ impl Bill {
         }
     }
 
-    /// Settles with `usage`, or with the worst case (the reservation) when the upstream reported none or what it
-    /// reported cannot be priced; charges the tokens to the key's token limits. A store that cannot be reached is
-    /// retried with the same usage, never re-priced at the worst case. Returns what was recorded.
+    /// Settles with `usage`, or at the reservation (an `estimated` event for the worst case) when the upstream
+    /// reported none or what it reported cannot be priced; charges the tokens to the key's token limits. A store
+    /// that cannot be reached is retried with the same usage, never re-priced at the worst case (with a journal
+    /// the settle is a local write and the journal's drain does the retrying). Returns what was recorded.
     async fn settle(self, usage: Option<Usage>) -> Option<keymeter::ledger::Metered> {
         let request_id = self.hold.request_id().to_owned();
-        let usage = match usage {
-            Some(u) => u,
+        let settled = match usage {
+            Some(usage) => match self.settle_retrying(Some(usage)).await {
+                // A usage the catalog cannot price (a class the model has no rate for, say): the reservation is
+                // billed. Never on a store failure: that one was retried.
+                Err(e) if e.unavailable().is_none() => {
+                    tracing::warn!(request_id, error = %e, "reported usage unpriced: billing the reservation");
+                    self.settle_retrying(None).await
+                }
+                other => other,
+            },
             None => {
                 tracing::warn!(
                     request_id,
                     amount = %self.hold.amount(),
                     "no usage reported: billing the reservation"
                 );
-                self.worst
+                self.settle_retrying(None).await
             }
-        };
-        let settled = match self.settle_retrying(usage).await {
-            // A usage the catalog cannot price (a class the model has no rate for, say): the reservation is
-            // billed. Never on a store failure: that one was retried above.
-            Err(e) if usage != self.worst && e.unavailable().is_none() => {
-                tracing::warn!(request_id, error = %e, "reported usage unpriced: billing the reservation");
-                self.settle_retrying(self.worst).await
-            }
-            other => other,
         };
         let metered = match settled {
             Ok(metered) => metered,
@@ -435,11 +440,20 @@ impl Bill {
         Some(metered)
     }
 
-    async fn settle_retrying(&self, usage: Usage) -> keymeter::Result<keymeter::ledger::Metered> {
+    /// Settles with `usage`, or estimated at the worst case when `None`, retrying while the store is away.
+    async fn settle_retrying(
+        &self,
+        usage: Option<Usage>,
+    ) -> keymeter::Result<keymeter::ledger::Metered> {
+        let meter = &self.app.meter;
         let give_up = tokio::time::Instant::now() + SETTLE_RETRY_FOR;
         let mut pause = Duration::from_millis(50);
         loop {
-            match self.app.meter.settle(self.hold.clone(), usage).await {
+            let settled = match usage {
+                Some(usage) => meter.settle(self.hold.clone(), usage).await,
+                None => meter.settle_estimated(self.hold.clone(), self.worst).await,
+            };
+            match settled {
                 Err(e) if e.unavailable().is_some() && tokio::time::Instant::now() < give_up => {
                     tracing::warn!(
                         request_id = self.hold.request_id(),
@@ -496,8 +510,14 @@ async fn whole(
     if let Ok(cost) = HeaderValue::from_str(&cost.to_string()) {
         out.insert(COST_HEADER, cost);
     }
-    answer_client(response);
-    bill.settle(usage).await;
+    if bill.app.meter.journal().is_some() {
+        // The settle is a local write: in the journal before the answer leaves, so a crash loses no bill.
+        bill.settle(usage).await;
+        answer_client(response);
+    } else {
+        answer_client(response);
+        bill.settle(usage).await;
+    }
     Ok(())
 }
 

@@ -4,6 +4,7 @@
 
 mod support;
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -11,7 +12,7 @@ use keymeter::credentials::{CredentialScope, Provider, set_key};
 use keymeter::keys::{NewKey, Scope};
 use keymeter::ledger::{Budget, BudgetPeriod, BudgetScope, EventFilter, UsageEvent};
 use keymeter::pricing::normalize::normalize;
-use keymeter::pricing::{ServiceTier, UsageFormat};
+use keymeter::pricing::{PriceCatalog, ServiceTier, UsageFormat};
 use keymeter::store::Store;
 use rust_decimal::Decimal;
 use secrecy::ExposeSecret;
@@ -23,7 +24,7 @@ use tokio::net::TcpStream;
 /// What the stand-in's OpenAI usage costs on gpt-4o.
 fn openai_cost() -> Decimal {
     let usage = normalize(UsageFormat::OpenAi, OPENAI_USAGE).unwrap();
-    keymeter::pricing::PriceCatalog::bundled()
+    PriceCatalog::bundled()
         .cost("gpt-4o", &usage, Utc::now(), ServiceTier::Standard)
         .unwrap()
         .total
@@ -470,4 +471,615 @@ async fn slow_and_idle_connections_are_closed_and_capped() {
         .expect("answered at the body timeout");
     assert!(answered.starts_with("HTTP/1.1 408"), "{answered}");
     assert!(answered.contains("REQUEST_TIMEOUT"), "{answered}");
+}
+
+/// What a client saw of one request.
+#[derive(Debug, Clone)]
+struct Seen {
+    request_id: String,
+    /// `x-keymeter-cost` of a whole answer read to its end; `None` for a stream.
+    cost: Option<Decimal>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_under_load_loses_no_answer_the_clients_received() {
+    let dir = tempfile::tempdir().unwrap();
+    let store_url = format!("sqlite://{}/gateway.db", dir.path().display());
+    let key = prepare(&store_url).await;
+    let up = support::upstream().await;
+    let vars = support::config_vars(&store_url);
+    let args = ["--openai-base-url", up.url.as_str()];
+    let log = dir.path().join("gateway.log");
+    let mut gateway = binary::start(&vars, &args, &log).await;
+    let client = keymeter::http::client(Duration::from_secs(10)).unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Seen>::new()));
+    let url = format!("{}/v1/chat/completions", gateway.url);
+
+    // Streams of about a second, cut by the kill half-way: the clients saw a 200 and part of a body.
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let (client, url, key, seen) = (client.clone(), url.clone(), key.clone(), seen.clone());
+        tasks.spawn(async move {
+            let Ok(response) = client
+                .post(&url)
+                .bearer_auth(&key)
+                .json(&chat("slow", true))
+                .send()
+                .await
+            else {
+                return;
+            };
+            if response.status() == 200 {
+                let request_id = response.headers()["x-keymeter-request-id"]
+                    .to_str()
+                    .unwrap()
+                    .to_owned();
+                seen.lock().unwrap().push(Seen {
+                    request_id,
+                    cost: None,
+                });
+            }
+            let _ = response.bytes().await;
+        });
+    }
+    // Whole answers at 150 a second, open loop, for 1.2 s; the kill lands 0.6 s in.
+    let load = {
+        let (client, url, key, seen) = (client.clone(), url.clone(), key.clone(), seen.clone());
+        tokio::spawn(async move {
+            let mut senders = tokio::task::JoinSet::new();
+            let mut tick = tokio::time::interval(Duration::from_micros(6_667));
+            for _ in 0..180 {
+                tick.tick().await;
+                let (client, url, key, seen) =
+                    (client.clone(), url.clone(), key.clone(), seen.clone());
+                senders.spawn(async move {
+                    let Ok(response) = client
+                        .post(&url)
+                        .bearer_auth(&key)
+                        .json(&chat("", false))
+                        .send()
+                        .await
+                    else {
+                        return;
+                    };
+                    if response.status() != 200 {
+                        return;
+                    }
+                    let header = |name: &str| response.headers()[name].to_str().unwrap().to_owned();
+                    let request_id = header("x-keymeter-request-id");
+                    let cost: Decimal = header("x-keymeter-cost").parse().unwrap();
+                    // Received means read to its end.
+                    if response.bytes().await.is_ok() {
+                        seen.lock().unwrap().push(Seen {
+                            request_id,
+                            cost: Some(cost),
+                        });
+                    }
+                });
+            }
+            while senders.join_next().await.is_some() {}
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    gateway.child.start_kill().unwrap(); // SIGKILL
+    gateway.child.wait().await.unwrap();
+    load.await.unwrap();
+    while tasks.join_next().await.is_some() {}
+    let seen = seen.lock().unwrap().clone();
+    let whole = seen.iter().filter(|s| s.cost.is_some()).count();
+    let streams = seen.len() - whole;
+    assert!(
+        whole >= 50,
+        "the load ran before the kill ({whole} answers)"
+    );
+    assert!(streams >= 1, "streams were in flight at the kill");
+
+    // The next start replays the journal; its drain brings the store up to date.
+    let mut restarted = binary::start(&vars, &args, &log).await;
+    let ready = keymeter::http::client(Duration::from_secs(5)).unwrap();
+    eventually(Duration::from_secs(10), "the journal drained", || {
+        let request = ready.get(format!("{}/readyz", restarted.url)).send();
+        async move {
+            let Ok(r) = request.await else { return false };
+            let body: Value = r.json().await.unwrap_or(Value::Null);
+            // (Without a journal there is nothing to drain.)
+            let journal = &body["dependencies"]["journal"];
+            journal.is_null() || journal["backlog"] == 0
+        }
+    })
+    .await;
+    restarted.terminate();
+    assert_eq!(restarted.exit_code(Duration::from_secs(20)).await, Some(0));
+
+    let store = support::config(&store_url).connect().await.unwrap();
+    let events = events_of(&*store, "alice").await;
+    let mut by_request: HashMap<&str, Vec<&UsageEvent>> = HashMap::new();
+    for e in &events {
+        by_request.entry(e.request_id.as_str()).or_default().push(e);
+    }
+    for s in &seen {
+        let found = by_request.get(s.request_id.as_str()).map_or(0, Vec::len);
+        assert_eq!(found, 1, "one event for {} (seen: {s:?})", s.request_id);
+        let event = by_request[s.request_id.as_str()][0];
+        if let Some(cost) = s.cost {
+            assert_eq!(event.cost, cost, "x-keymeter-cost is what the ledger holds");
+            assert!(
+                !event.estimated,
+                "a whole answer is billed its reported usage"
+            );
+        }
+    }
+    let estimated = events.iter().filter(|e| e.estimated).count();
+    eprintln!(
+        "{whole} whole answers and {streams} streams received; {} events ({estimated} estimated)",
+        events.len()
+    );
+    // Every hold the journal knew of was settled or released; at most one reservation can have been taken in
+    // the instant between the store's reserve and the journal's hold record, and it expires by itself.
+    let worst = PriceCatalog::bundled()
+        .cost(
+            "gpt-4o",
+            &keymeter::pricing::Usage {
+                input: 512,
+                output: 300,
+                ..Default::default()
+            },
+            Utc::now(),
+            ServiceTier::Standard,
+        )
+        .unwrap()
+        .total;
+    let status = store
+        .budget_status(&BudgetScope::Owner("alice".into()), Utc::now())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        status.reserved <= worst,
+        "reserved after recovery: {} (one worst case is {worst})",
+        status.reserved
+    );
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(log.contains("journal replayed"), "{log}");
+    store.close().await;
+}
+
+/// A small tmpfs mounted for the test (root only); unmounted on drop.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount(bytes: u64) -> Option<Tmpfs> {
+        let dir = tempfile::tempdir().ok()?;
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}")])
+            .arg("tmpfs")
+            .arg(dir.path())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .ok()?;
+        status.success().then_some(Tmpfs { dir })
+    }
+
+    fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// Writes `path` until the file system is full.
+fn fill(path: &std::path::Path) {
+    use std::io::Write;
+    let mut file = std::fs::File::create(path).unwrap();
+    let chunk = vec![0u8; 16 << 10];
+    while file.write_all(&chunk).is_ok() {}
+    let _ = file.sync_all();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_answers_503_and_recovers_within_a_second_of_room_returning() {
+    let Some(disk) = Tmpfs::mount(16 << 20) else {
+        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+        return;
+    };
+    let store_url = format!("sqlite://{}/gateway.db", disk.path().display());
+    let key = prepare(&store_url).await;
+    let up = support::upstream().await;
+    let vars = support::config_vars(&store_url);
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().join("gateway.log");
+    let mut gateway = binary::start(&vars, &["--openai-base-url", &up.url], &log).await;
+    let client = keymeter::http::client(Duration::from_secs(60)).unwrap();
+    let url = format!("{}/v1/chat/completions", gateway.url);
+    let send = |body: Value| {
+        let request = client.post(&url).bearer_auth(&key).json(&body).send();
+        async move {
+            let response = request.await.expect("the gateway answers");
+            let status = response.status().as_u16();
+            let id = response
+                .headers()
+                .get("x-keymeter-request-id")
+                .map(|v| v.to_str().unwrap().to_owned());
+            let body: Value = response.json().await.unwrap_or(Value::Null);
+            (status, id, body)
+        }
+    };
+    let mut answered = Vec::new();
+    for _ in 0..5 {
+        let (status, id, body) = send(chat("", false)).await;
+        assert_eq!(status, 200, "{body}");
+        answered.extend(id);
+    }
+
+    let filler = disk.path().join("filler");
+    fill(&filler);
+    // While full: every answer is a 200 (SQLite may still reuse pages it has) or a 503 with a code; never a 500
+    // or a 402. Requests run concurrently so one that waits for room does not hold up the rest.
+    let mut while_full = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        while_full.spawn(send(chat("", false)));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    std::fs::remove_file(&filler).unwrap();
+    let freed = Instant::now();
+    let mut refused = 0;
+    while let Some(done) = while_full.join_next().await {
+        let (status, id, body) = done.unwrap();
+        match status {
+            200 => answered.extend(id),
+            503 => {
+                refused += 1;
+                let code = body["error"]["code"].as_str().unwrap_or("");
+                assert!(
+                    ["STORE_UNAVAILABLE", "JOURNAL_FULL"].contains(&code),
+                    "{body}"
+                );
+            }
+            other => panic!("{other} while the disk was full: {body}"),
+        }
+    }
+    eprintln!("while full: {refused} of 20 refused with 503");
+    let took = eventually(
+        Duration::from_secs(10),
+        "served again after room returned",
+        || {
+            let request = send(chat("", false));
+            async move { request.await.0 == 200 }
+        },
+    )
+    .await;
+    eprintln!("served again {:?} after room returned", freed.elapsed());
+    assert!(took <= Duration::from_secs(1), "recovery took {took:?}");
+    for _ in 0..5 {
+        let (status, id, body) = send(chat("", false)).await;
+        assert_eq!(status, 200, "{body}; log:\n{}", gateway.log());
+        answered.extend(id);
+    }
+    gateway.terminate();
+    assert_eq!(gateway.exit_code(Duration::from_secs(30)).await, Some(0));
+
+    let store = support::config(&store_url).connect().await.unwrap();
+    let events = events_of(&*store, "alice").await;
+    for id in &answered {
+        let n = events.iter().filter(|e| &e.request_id == id).count();
+        assert_eq!(n, 1, "one event for every answer ({id})");
+    }
+    store.close().await;
+    let check = rusqlite_integrity(&disk.path().join("gateway.db"));
+    assert_eq!(check, "ok");
+}
+
+fn rusqlite_integrity(path: &std::path::Path) -> String {
+    let output = std::process::Command::new("python3")
+        .arg("-c")
+        .arg("import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute('PRAGMA integrity_check').fetchone()[0])")
+        .arg(path)
+        .output()
+        .expect("python3 runs");
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+/// A PostgreSQL cluster of the test's own (as the `postgres` user, trusting loopback), to stop and start.
+struct Postgres {
+    dir: tempfile::TempDir,
+    bin: std::path::PathBuf,
+    port: u16,
+}
+
+impl Postgres {
+    /// `None` where the server binaries or the `postgres` user are missing (CI installs them).
+    fn start_new() -> Option<Postgres> {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()?
+            .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+            .filter(|b| b.join("initdb").exists())
+            .max()?;
+        let dir = tempfile::tempdir().ok()?;
+        let pg = Postgres {
+            dir,
+            bin,
+            port: binary::free_port(),
+        };
+        let as_postgres = |cmd: &str, args: &[&str]| {
+            std::process::Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .arg(pg.bin.join(cmd))
+                .args(args)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        std::fs::set_permissions(
+            pg.dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o777),
+        )
+        .ok()?;
+        let data = pg.data();
+        let ok = as_postgres(
+            "initdb",
+            &["-D", &data, "-U", "postgres", "-A", "trust", "--no-locale"],
+        );
+        if !ok {
+            return None;
+        }
+        pg.start();
+        let created = std::process::Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(pg.bin.join("createdb"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &pg.port.to_string(),
+                "-U",
+                "postgres",
+                "keymeter",
+            ])
+            .status()
+            .is_ok_and(|s| s.success());
+        created.then_some(pg)
+    }
+
+    fn data(&self) -> String {
+        self.dir.path().join("data").display().to_string()
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/keymeter", self.port)
+    }
+
+    fn pg_ctl(&self, args: &[&str]) {
+        let status = std::process::Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(self.bin.join("pg_ctl"))
+            .args(["-D", &self.data()])
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "pg_ctl {args:?}");
+    }
+
+    fn start(&self) {
+        let options = format!(
+            "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off -c max_connections=100",
+            self.port,
+            self.dir.path().display()
+        );
+        let log = self.dir.path().join("log").display().to_string();
+        self.pg_ctl(&["-l", &log, "-w", "-o", &options, "start"]);
+    }
+
+    /// Stops the server: `fast` (connections closed, a clean shutdown) or `immediate` (as in a crash).
+    fn stop(&self, mode: &str) {
+        self.pg_ctl(&["-m", mode, "-w", "stop"]);
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(self.bin.join("pg_ctl"))
+            .args(["-D", &self.data(), "-m", "immediate", "stop"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_restarted_and_stopped_under_load_on_two_instances_answers_503_never_402_and_bills_every_answer()
+ {
+    let Some(pg) = Postgres::start_new() else {
+        eprintln!(
+            "skipped: no PostgreSQL server binaries or no postgres user here (CI installs them)"
+        );
+        return;
+    };
+    let store_url = pg.url();
+    let key = prepare(&store_url).await;
+    {
+        // Room for the whole run: a 402 here could only be the outage's doing.
+        let store = support::config(&store_url).connect().await.unwrap();
+        store
+            .set_budget(
+                &Budget::new(
+                    BudgetScope::Owner("alice".into()),
+                    Decimal::from(100),
+                    BudgetPeriod::Monthly,
+                )
+                .unwrap(),
+            )
+            .await
+            .unwrap();
+        store.close().await;
+    }
+    let up = support::upstream().await;
+    let vars = support::config_vars(&store_url);
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let mut gateways = Vec::new();
+    for dir in &dirs {
+        let journal = dir.path().join("journal").display().to_string();
+        let log = dir.path().join("gateway.log");
+        gateways.push(
+            binary::start(
+                &vars,
+                &["--openai-base-url", &up.url, "--journal", &journal],
+                &log,
+            )
+            .await,
+        );
+    }
+    let client = keymeter::http::client(Duration::from_secs(30)).unwrap();
+    let urls: Vec<String> = gateways
+        .iter()
+        .map(|g| format!("{}/v1/chat/completions", g.url))
+        .collect();
+
+    // Both instances at 50 requests a second each, open loop, through an immediate restart, a fast restart and a
+    // 5-second stop.
+    type Outcome = (Instant, u16, Option<(String, Decimal)>, Value, Duration);
+    let outcomes = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Outcome>::new()));
+    let load = {
+        let (client, urls, key, outcomes) =
+            (client.clone(), urls.clone(), key.clone(), outcomes.clone());
+        tokio::spawn(async move {
+            let mut senders = tokio::task::JoinSet::new();
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            for i in 0..1_000 {
+                tick.tick().await;
+                let request = client
+                    .post(&urls[i % 2])
+                    .bearer_auth(&key)
+                    .json(&chat("", false))
+                    .send();
+                let outcomes = outcomes.clone();
+                senders.spawn(async move {
+                    let sent = Instant::now();
+                    let Ok(response) = request.await else { return };
+                    let status = response.status().as_u16();
+                    let billed = (status == 200).then(|| {
+                        let h = |n: &str| response.headers()[n].to_str().unwrap().to_owned();
+                        (
+                            h("x-keymeter-request-id"),
+                            h("x-keymeter-cost").parse().unwrap(),
+                        )
+                    });
+                    let body: Value = response.json().await.unwrap_or(Value::Null);
+                    outcomes
+                        .lock()
+                        .unwrap()
+                        .push((sent, status, billed, body, sent.elapsed()));
+                });
+            }
+            while senders.join_next().await.is_some() {}
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    pg.stop("immediate");
+    pg.start();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    pg.stop("fast");
+    pg.start();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    pg.stop("fast");
+    let stopped = Instant::now();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    pg.start();
+    let back = Instant::now();
+    load.await.unwrap();
+
+    let outcomes = outcomes.lock().unwrap().clone();
+    let mut served = 0;
+    let mut refused = 0;
+    for (_, status, _, body, _) in &outcomes {
+        match status {
+            200 => served += 1,
+            503 => {
+                refused += 1;
+                let code = body["error"]["code"].as_str().unwrap_or("");
+                assert!(
+                    ["STORE_UNAVAILABLE", "LIMITER_UNAVAILABLE", "JOURNAL_FULL"].contains(&code),
+                    "{body}"
+                );
+            }
+            other => panic!(
+                "{other} during the outage (never 402 while room remains, never 500): {body}"
+            ),
+        }
+    }
+    let slowest = outcomes.iter().map(|o| o.4).max().unwrap();
+    let first_after = outcomes
+        .iter()
+        .filter(|o| o.0 >= back && o.1 == 200)
+        .map(|o| o.0 - back)
+        .min();
+    let refused_after = outcomes
+        .iter()
+        .filter(|o| o.0 >= back + Duration::from_secs(1) && o.1 != 200)
+        .count();
+    eprintln!(
+        "{} requests: {served} served, {refused} refused (503); slowest answer {slowest:?}; stopped {:?}; first \
+         served {first_after:?} after the server was back",
+        outcomes.len(),
+        back - stopped
+    );
+    assert!(
+        served > 300 && refused > 0,
+        "the load ran through the outage"
+    );
+    assert_eq!(
+        refused_after, 0,
+        "every request from a second after the server returned is served"
+    );
+    // At most about two of the pool's 2-second connect deadlines (key lookup, then reserve): never sqlx's 30 s.
+    assert!(
+        slowest < Duration::from_secs(7),
+        "no request stalls: {slowest:?}"
+    );
+
+    // Every answer served is one event at the cost it was sent with (never re-priced at the worst case).
+    for g in &mut gateways {
+        g.terminate();
+    }
+    for g in &mut gateways {
+        assert_eq!(
+            g.exit_code(Duration::from_secs(30)).await,
+            Some(0),
+            "{}",
+            g.log()
+        );
+    }
+    let store = support::config(&store_url).connect().await.unwrap();
+    let events = events_of(&*store, "alice").await;
+    let by_request: HashMap<&str, &UsageEvent> =
+        events.iter().map(|e| (e.request_id.as_str(), e)).collect();
+    for (_, _, billed, _, _) in &outcomes {
+        if let Some((id, cost)) = billed {
+            let event = by_request
+                .get(id.as_str())
+                .expect("an event for every answer");
+            assert_eq!(event.cost, *cost, "billed what the answer said");
+        }
+    }
+    assert_eq!(events.len(), served, "nothing else was billed");
+    let status = store
+        .budget_status(&BudgetScope::Owner("alice".into()), Utc::now())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.spent + status.reserved <= status.limit);
+    store.close().await;
 }

@@ -10,7 +10,8 @@ use crate::pricing::Usage;
 use crate::random::{RandomSource, fill_base62};
 
 /// One priced request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "EventLine")]
 pub struct UsageEvent {
     /// keymeter's id of the event.
     pub event_id: String,
@@ -34,6 +35,17 @@ pub struct UsageEvent {
     pub cost: Decimal,
     /// Whose provider key paid, if known.
     pub credential_source: Option<CredentialSource>,
+    /// Billed at the request's reservation because its usage never arrived (a process killed mid-exchange, an
+    /// upstream that reported nothing): `usage` is the worst case reserved and `cost` its price.
+    #[serde(skip_serializing_if = "is_false")]
+    pub estimated: bool,
+    /// The event was first recorded as `estimated` and later replaced by the exact usage.
+    #[serde(skip_serializing_if = "is_false")]
+    pub estimated_first: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl UsageEvent {
@@ -69,6 +81,8 @@ impl UsageEvent {
             usage,
             cost,
             credential_source: None,
+            estimated: false,
+            estimated_first: false,
         };
         event.validate()?;
         Ok(event)
@@ -137,6 +151,10 @@ struct EventLine {
     cost: String,
     #[serde(default)]
     credential_source: Option<String>,
+    #[serde(default)]
+    estimated: bool,
+    #[serde(default)]
+    estimated_first: bool,
 }
 
 impl std::str::FromStr for UsageEvent {
@@ -151,6 +169,14 @@ impl std::str::FromStr for UsageEvent {
         let raw: EventLine = serde_json::from_str(line).map_err(|e| {
             crate::Error::invalid("usage event", format!("not an exported event: {e}"))
         })?;
+        UsageEvent::try_from(raw)
+    }
+}
+
+impl TryFrom<EventLine> for UsageEvent {
+    type Error = crate::Error;
+
+    fn try_from(raw: EventLine) -> Result<Self> {
         let cost = raw.cost.parse::<Decimal>().map_err(|_| {
             crate::Error::invalid("cost", "expected a decimal string such as \"0.0125\"")
         })?;
@@ -171,6 +197,8 @@ impl std::str::FromStr for UsageEvent {
             usage: raw.usage,
             cost,
             credential_source,
+            estimated: raw.estimated,
+            estimated_first: raw.estimated_first,
         };
         event.validate()?;
         Ok(event)

@@ -33,6 +33,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::credentials::CredentialSource;
 use crate::error::Result;
 use crate::keys::KeyRecord;
+use crate::ledger::journal::{HoldRecord, Journal};
 use crate::ledger::{BudgetScope, Ledger, Recorded, Reservation, UsageEvent};
 use crate::pricing::normalize::normalize;
 use crate::pricing::{Cost, PriceCatalog, Region, ServiceTier, Terms, Usage, UsageFormat};
@@ -255,6 +256,7 @@ pub struct Meter {
     clock: Arc<dyn Clock>,
     random: Arc<dyn RandomSource>,
     hold_ttl: Duration,
+    journal: Option<Journal>,
 }
 
 impl Meter {
@@ -267,7 +269,22 @@ impl Meter {
             clock: Arc::new(SystemClock),
             random: Arc::new(OsRandom),
             hold_ttl: Duration::minutes(10),
+            journal: None,
         }
+    }
+
+    /// Writes every hold, forward, settle and release to `journal` first (DESIGN §13): a settle then returns
+    /// once its record is written, and the journal's drain records it in the store (start it with
+    /// [`Journal::start`]). Without a journal a settle returns once the store committed it.
+    #[must_use]
+    pub fn with_journal(mut self, journal: Journal) -> Self {
+        self.journal = Some(journal);
+        self
+    }
+
+    /// The journal, if the meter writes one.
+    pub fn journal(&self) -> Option<&Journal> {
+        self.journal.as_ref()
     }
 
     /// Injects the clock.
@@ -304,9 +321,12 @@ impl Meter {
     /// Prices `worst` (the most the request can use: its prompt as fresh input plus its output cap) and reserves
     /// that amount against every budget of the payer, all or none.
     ///
+    /// With a journal, the hold is written to it before this returns.
+    ///
     /// # Errors
     /// [`crate::Error::BudgetExceeded`] when a budget has no room (nothing is reserved); pricing errors
-    /// ([`crate::Error::UnknownModel`] and the like); backend failures.
+    /// ([`crate::Error::UnknownModel`] and the like); backend failures; with a journal,
+    /// [`crate::Error::Unavailable`] (`JOURNAL_FULL`) when it cannot take the hold (the reservation is given back).
     pub async fn reserve(&self, request: MeteredRequest, worst: &Usage) -> Result<Hold> {
         let now = self.clock.now();
         let cost = self.catalog.cost(
@@ -320,6 +340,28 @@ impl Meter {
             .ledger
             .reserve(&request.payer.scopes(), cost.total, now, self.hold_ttl)
             .await?;
+        if let Some(journal) = &self.journal {
+            let record = HoldRecord {
+                request_id: request_id.clone(),
+                reservation_id: reservation.id.clone(),
+                at: request.at.unwrap_or(now),
+                key_id: request.payer.key_id.clone(),
+                owner: request.payer.owner.clone(),
+                org: request.payer.org.clone(),
+                provider: cost.provider.to_string(),
+                model: cost.model.to_string(),
+                worst: *worst,
+                amount: cost.total,
+                credential_source: request.credential_source.map(|s| s.as_str().to_owned()),
+                expires_at: reservation.expires_at,
+            };
+            if let Err(e) = journal.hold(record) {
+                if let Err(release) = self.ledger.release(&reservation.id).await {
+                    tracing::warn!(error = %release, "could not give back a reservation the journal refused");
+                }
+                return Err(e);
+            }
+        }
         Ok(Hold {
             request,
             request_id,
@@ -327,8 +369,24 @@ impl Meter {
         })
     }
 
+    /// Marks the hold's request as about to be sent to the provider (with a journal: a `forwarded` record, so
+    /// a crash from here on bills the reservation instead of releasing it). Without a journal it does nothing.
+    ///
+    /// # Errors
+    /// [`crate::Error::Unavailable`] (journal) when the journal cannot be written: do not forward then.
+    pub fn forwarded(&self, hold: &Hold) -> Result<()> {
+        match &self.journal {
+            Some(journal) => journal.forwarded(&hold.request_id),
+            None => Ok(()),
+        }
+    }
+
     /// Prices what the provider reported and settles the hold: the reservation ends and the event is recorded
     /// once, in one step. The actual cost is recorded even above the reservation (it was spent).
+    ///
+    /// `Ok` means the settle is durable: with a journal, its record is written (the drain records it in the
+    /// store; `duplicate` is then always `false`, since the store has not been asked yet); without one, the
+    /// store committed it. A journal that cannot be written falls back to the store.
     ///
     /// # Errors
     /// A usage that does not parse or contradicts itself, pricing errors, backend failures. The hold is not
@@ -339,6 +397,38 @@ impl Meter {
         usage: impl Into<ReportedUsage<'a>>,
     ) -> Result<Metered> {
         let (event, cost) = self.event(&hold.request, &hold.request_id, usage.into())?;
+        self.settle_event(hold, event, cost).await
+    }
+
+    /// Settles `hold` with `worst`, the usage it reserved, as an `estimated` event: the provider's usage never
+    /// arrived (it reported none, or what it reported cannot be priced). Priced at the request's time, as the
+    /// reservation was, the event costs what was reserved.
+    ///
+    /// # Errors
+    /// As [`Meter::settle`].
+    pub async fn settle_estimated(&self, hold: Hold, worst: Usage) -> Result<Metered> {
+        let (mut event, cost) = self.event(&hold.request, &hold.request_id, worst.into())?;
+        event.estimated = true;
+        self.settle_event(hold, event, cost).await
+    }
+
+    async fn settle_event(&self, hold: Hold, event: UsageEvent, cost: Cost) -> Result<Metered> {
+        if let Some(journal) = &self.journal {
+            match journal.settle(&hold.reservation.id, event.clone()) {
+                Ok(()) => {
+                    let recorded = Recorded {
+                        event_id: event.event_id.clone(),
+                        duplicate: false,
+                    };
+                    return Ok(Metered::new(event, cost, recorded));
+                }
+                Err(e) => tracing::error!(
+                    request_id = %hold.request_id,
+                    error = %e,
+                    "the journal refused a settle: writing it to the store directly"
+                ),
+            }
+        }
         let recorded = self
             .ledger
             .settle(&hold.reservation.id, &event, self.clock.now())
@@ -352,6 +442,11 @@ impl Meter {
     /// # Errors
     /// Backend failures.
     pub async fn release(&self, hold: Hold) -> Result<bool> {
+        if let Some(journal) = &self.journal
+            && let Err(e) = journal.release(&hold.request_id, &hold.reservation.id)
+        {
+            tracing::warn!(request_id = %hold.request_id, error = %e, "could not journal a release");
+        }
         self.ledger.release(&hold.reservation.id).await
     }
 

@@ -27,6 +27,7 @@
 
 pub mod budget;
 pub mod event;
+pub mod journal;
 pub mod meter;
 pub mod period;
 pub mod report;
@@ -41,7 +42,7 @@ pub use budget::{Budget, BudgetScope, BudgetStatus, Reservation, parse_amount};
 pub use event::{EventCursor, EventFilter, Recorded, UsageEvent};
 pub use meter::{Hold, Meter, Metered, MeteredRequest, Payer, ReportedUsage};
 pub use period::BudgetPeriod;
-pub use report::{GroupBy, Report, ReportGroup, aggregate};
+pub use report::{Estimated, GroupBy, Report, ReportGroup, aggregate};
 
 use crate::error::{Error, Result};
 

@@ -71,6 +71,26 @@ pub struct Report {
     pub groups: Vec<ReportGroup>,
     /// The sum of every group's cost.
     pub total: Decimal,
+    /// Of those, the events billed at their reservation because their usage never arrived (counted in the groups
+    /// and the total like any other).
+    pub estimated: Estimated,
+}
+
+/// The `estimated` events of a report: how many, and what they cost.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Estimated {
+    /// How many.
+    pub events: u64,
+    /// Their cost.
+    pub cost: Decimal,
+}
+
+impl Estimated {
+    /// Counts `cost` as one more estimated event.
+    pub fn add(&mut self, cost: Decimal) {
+        self.events += 1;
+        self.cost += cost;
+    }
 }
 
 /// Exact sums of a group (or of a stored rollup row): cost, events, prompt-side and output-side tokens.
@@ -207,6 +227,7 @@ impl ReportBuilder {
         Report {
             groups,
             total: total.normalize(),
+            estimated: Estimated::default(),
         }
     }
 }
@@ -218,7 +239,11 @@ pub fn aggregate<'a>(
     tz: Tz,
 ) -> Report {
     let mut report = ReportBuilder::default();
+    let mut estimated = Estimated::default();
     for e in events {
+        if e.estimated {
+            estimated.add(e.cost);
+        }
         let key = by.key_of(
             e.at,
             tz,
@@ -229,5 +254,8 @@ pub fn aggregate<'a>(
         );
         report.add(&key, &Totals::of(e));
     }
-    report.finish()
+    let mut report = report.finish();
+    estimated.cost = estimated.cost.normalize();
+    report.estimated = estimated;
+    report
 }

@@ -61,7 +61,17 @@ pub fn csv_header() -> String {
             .iter()
             .map(|c| format!("usage.{}", c.as_str())),
     );
-    columns.extend(["usage.tier", "usage.region", "cost", "credential_source"].map(str::to_owned));
+    columns.extend(
+        [
+            "usage.tier",
+            "usage.region",
+            "cost",
+            "credential_source",
+            "estimated",
+            "estimated_first",
+        ]
+        .map(str::to_owned),
+    );
     columns.join(",")
 }
 
@@ -96,6 +106,8 @@ pub fn csv_line(e: &UsageEvent) -> String {
             .map(|s| s.as_str().to_owned())
             .unwrap_or_default(),
     );
+    fields.push(e.estimated.to_string());
+    fields.push(e.estimated_first.to_string());
     fields
         .iter()
         .map(|f| csv_field(f))

@@ -23,6 +23,10 @@ pub(crate) trait Columns {
     fn opt_text(&self, column: &str) -> Result<Option<String>>;
     fn opt_time(&self, column: &str) -> Result<Option<DateTime<Utc>>>;
     fn flag(&self, column: &str) -> Result<bool>;
+    /// A flag column that older schemas lack (read while a migration rebuilds from them): `None` when absent.
+    fn opt_flag(&self, column: &str) -> Result<Option<bool>> {
+        self.flag(column).map(Some)
+    }
     fn opt_decimal(&self, column: &str) -> Result<Option<Decimal>>;
     /// The backend's error for a stored value that does not decode.
     fn corrupt(&self, what: &'static str) -> Error;
@@ -115,6 +119,9 @@ pub(crate) fn usage_event(row: &impl Columns) -> Result<UsageEvent> {
             .opt_text("credential_source")?
             .as_deref()
             .and_then(|s| CredentialSource::from_str(s).ok()),
+        // Absent while migrations before the one that adds them rebuild rollups from the events.
+        estimated: row.opt_flag("estimated")?.unwrap_or(false),
+        estimated_first: row.opt_flag("estimated_first")?.unwrap_or(false),
     })
 }
 

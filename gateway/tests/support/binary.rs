@@ -88,11 +88,13 @@ impl Process {
 
     /// Waits for the process to exit (at most `within`), returning its exit code.
     pub async fn exit_code(&mut self, within: Duration) -> Option<i32> {
-        tokio::time::timeout(within, self.child.wait())
-            .await
-            .expect("the gateway exits in time")
-            .unwrap()
-            .code()
+        match tokio::time::timeout(within, self.child.wait()).await {
+            Ok(status) => status.unwrap().code(),
+            Err(_) => panic!(
+                "the gateway did not exit within {within:?}; its log:\n{}",
+                self.log()
+            ),
+        }
     }
 
     /// The log so far.

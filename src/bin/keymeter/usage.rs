@@ -93,7 +93,15 @@ fn report_table(report: &keymeter::ledger::Report, by: GroupBy, tz: chrono_tz::T
         view::count(output),
     ]);
     view::align_right(&mut t, &[1, 2, 3, 4]);
-    t.to_string()
+    let mut out = t.to_string();
+    if report.estimated.events > 0 {
+        out.push_str(&format!(
+            "\nof which estimated (billed at the reservation, no usage arrived): {} requests, {}",
+            view::count(report.estimated.events),
+            view::money(report.estimated.cost, "USD")
+        ));
+    }
+    out
 }
 
 /// Imports in batches with a progress bar on a terminal (counted once the input is validated).

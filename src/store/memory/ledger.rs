@@ -73,6 +73,8 @@ struct StoredEvent {
     usage: crate::pricing::Usage,
     cost: Decimal,
     credential_source: Option<crate::credentials::CredentialSource>,
+    estimated: bool,
+    estimated_first: bool,
 }
 
 impl StoredEvent {
@@ -89,6 +91,8 @@ impl StoredEvent {
             usage: self.usage,
             cost: self.cost,
             credential_source: self.credential_source,
+            estimated: self.estimated,
+            estimated_first: self.estimated_first,
         }
     }
 }
@@ -205,6 +209,8 @@ impl LedgerState {
             usage: event.usage,
             cost: event.cost,
             credential_source: event.credential_source,
+            estimated: event.estimated,
+            estimated_first: event.estimated_first,
         };
         self.push(stored);
         Recorded {

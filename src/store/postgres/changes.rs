@@ -40,8 +40,13 @@ impl PgKeyFeed {
         let (tx, rx) = mpsc::channel(QUEUE);
         let lost = Arc::new(AtomicBool::new(false));
         let flag = lost.clone();
+        let pool = pool.clone();
         let task = tokio::spawn(async move {
             loop {
+                // A closed store: nothing more to listen for (and closing waits for this connection).
+                if pool.is_closed() {
+                    return;
+                }
                 match listener.try_recv().await {
                     Ok(Some(n)) => {
                         if tx.try_send(n.payload().to_owned()).is_err() {
@@ -54,6 +59,7 @@ impl PgKeyFeed {
                     // The connection dropped: what was sent meanwhile is gone. The next call reconnects and
                     // listens again.
                     Ok(None) => flag.store(true, Ordering::Release),
+                    Err(_) if pool.is_closed() => return,
                     Err(e) => {
                         tracing::warn!(error = %e, "PostgreSQL key change listener failed; retrying");
                         flag.store(true, Ordering::Release);

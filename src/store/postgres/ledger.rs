@@ -17,8 +17,8 @@ use crate::credentials::CredentialSource;
 use crate::error::Result;
 use crate::ledger::report::{ReportBuilder, Totals};
 use crate::ledger::{
-    Budget, BudgetScope, BudgetStatus, EventCursor, EventFilter, GroupBy, Ledger, Recorded, Report,
-    Reservation, Standing, UsageEvent, admit,
+    Budget, BudgetScope, BudgetStatus, Estimated, EventCursor, EventFilter, GroupBy, Ledger,
+    Recorded, Report, Reservation, Standing, UsageEvent, admit,
 };
 use crate::store::sql::{Columns, budget, usage_event, usage_text};
 
@@ -136,6 +136,7 @@ async fn record_in(tx: &mut Tx, events: &[UsageEvent]) -> Result<Vec<Recorded>> 
         Vec::with_capacity(n),
         Vec::with_capacity(n),
     );
+    let (mut estimated, mut estimated_first) = (Vec::with_capacity(n), Vec::with_capacity(n));
     for e in &firsts {
         event_ids.push(e.event_id.as_str());
         request_ids.push(e.request_id.as_str());
@@ -150,13 +151,15 @@ async fn record_in(tx: &mut Tx, events: &[UsageEvent]) -> Result<Vec<Recorded>> 
         outputs.push(i64::try_from(e.usage.output_tokens()).unwrap_or(i64::MAX));
         costs.push(e.cost.normalize());
         sources.push(e.credential_source.map(CredentialSource::as_str));
+        estimated.push(e.estimated);
+        estimated_first.push(e.estimated_first);
     }
     let rows = sqlx::query(
         "INSERT INTO keymeter_usage_events (event_id, request_id, at, key_id, owner, org, provider, model, usage, \
-         input_tokens, output_tokens, cost, credential_source, bucket) \
+         input_tokens, output_tokens, cost, credential_source, estimated, estimated_first, bucket) \
          SELECT e.*, floor(extract(epoch FROM e.at) / 900)::bigint FROM UNNEST($1::text[], $2::text[], \
          $3::timestamptz[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::bigint[], \
-         $11::bigint[], $12::numeric[], $13::text[]) AS e (event_id, request_id, at) \
+         $11::bigint[], $12::numeric[], $13::text[], $14::bool[], $15::bool[]) AS e (event_id, request_id, at) \
          WHERE NOT EXISTS (SELECT 1 FROM keymeter_pruned_requests p WHERE p.request_id = e.request_id) \
          ON CONFLICT (request_id) DO NOTHING RETURNING request_id, event_id",
     )
@@ -173,6 +176,8 @@ async fn record_in(tx: &mut Tx, events: &[UsageEvent]) -> Result<Vec<Recorded>> 
     .bind(&outputs)
     .bind(&costs)
     .bind(&sources)
+    .bind(&estimated)
+    .bind(&estimated_first)
     .fetch_all(&mut **tx)
     .await
     .map_err(db)?;
@@ -356,26 +361,22 @@ impl Ledger for PostgresStore {
     }
 
     async fn report(&self, f: &EventFilter, by: GroupBy, tz: Tz) -> Result<Report> {
-        if by.is_calendar() {
-            return calendar_report(self, f, by, tz).await;
-        }
-        let key = match by {
-            GroupBy::Key => "COALESCE(key_id, '(none)')",
-            GroupBy::Org => "COALESCE(org, '(none)')",
-            GroupBy::Model => "model",
-            _ => "owner",
+        let mut report = if by.is_calendar() {
+            calendar_report(self, f, by, tz).await?
+        } else {
+            grouped_report(self, f, by).await?
         };
         let sql = format!(
-            "SELECT {key} AS key, SUM(cost) AS cost, COUNT(*) AS events, \
-             SUM(input_tokens)::bigint AS input_tokens, SUM(output_tokens)::bigint AS output_tokens \
-             FROM keymeter_usage_events WHERE {FILTER} GROUP BY 1"
+            "SELECT COUNT(*) AS events, COALESCE(SUM(cost), 0) AS cost FROM keymeter_usage_events \
+             WHERE {FILTER} AND estimated"
         );
-        let mut out = ReportBuilder::default();
-        let mut rows = filtered(&sql, f).fetch(self.pool());
-        while let Some(row) = rows.try_next().await.map_err(db)? {
-            out.add(&row.text("key")?, &totals(&row)?);
-        }
-        Ok(out.finish())
+        let row = filtered(&sql, f).fetch_one(self.pool()).await.map_err(db)?;
+        let events: i64 = sqlx::Row::try_get(&row, "events").map_err(db)?;
+        report.estimated = Estimated {
+            events: u64::try_from(events).unwrap_or(0),
+            cost: row.decimal("cost")?.normalize(),
+        };
+        Ok(report)
     }
 
     async fn events_after(
@@ -611,4 +612,25 @@ impl Ledger for PostgresStore {
             .map_err(db)?;
         Ok(done.rows_affected() > 0)
     }
+}
+
+/// A report grouped by key, owner, org or model, summed in the database.
+async fn grouped_report(store: &PostgresStore, f: &EventFilter, by: GroupBy) -> Result<Report> {
+    let key = match by {
+        GroupBy::Key => "COALESCE(key_id, '(none)')",
+        GroupBy::Org => "COALESCE(org, '(none)')",
+        GroupBy::Model => "model",
+        _ => "owner",
+    };
+    let sql = format!(
+        "SELECT {key} AS key, SUM(cost) AS cost, COUNT(*) AS events, \
+         SUM(input_tokens)::bigint AS input_tokens, SUM(output_tokens)::bigint AS output_tokens \
+         FROM keymeter_usage_events WHERE {FILTER} GROUP BY 1"
+    );
+    let mut out = ReportBuilder::default();
+    let mut rows = filtered(&sql, f).fetch(store.pool());
+    while let Some(row) = rows.try_next().await.map_err(db)? {
+        out.add(&row.text("key")?, &totals(&row)?);
+    }
+    Ok(out.finish())
 }

@@ -54,6 +54,11 @@ const MIGRATIONS: &[Migration] = &[
         "pruned_requests",
         include_str!("../../../migrations/postgres/0008_pruned_requests.sql"),
     ),
+    (
+        9,
+        "estimated_events",
+        include_str!("../../../migrations/postgres/0009_estimated_events.sql"),
+    ),
 ];
 
 /// The advisory lock migrations take: "keymeter" in ASCII, so it stays clear of an application's own numbers.

@@ -140,6 +140,13 @@ impl Columns for PgRow {
     fn flag(&self, column: &str) -> Result<bool> {
         sqlx::Row::try_get(self, column).map_err(db)
     }
+    fn opt_flag(&self, column: &str) -> Result<Option<bool>> {
+        match sqlx::Row::try_get(self, column) {
+            Ok(v) => Ok(Some(v)),
+            Err(sqlx::Error::ColumnNotFound(_)) => Ok(None),
+            Err(e) => Err(db(e)),
+        }
+    }
     fn opt_decimal(&self, column: &str) -> Result<Option<Decimal>> {
         sqlx::Row::try_get(self, column).map_err(db)
     }
@@ -180,6 +187,9 @@ impl PostgresStore {
     pub async fn connect_with(options: PgConnectOptions, max_connections: u32) -> Result<Self> {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(1))
+            // While the server is down sqlx keeps retrying a refused connect until this deadline: a call then
+            // fails within 2 s (a 503 for a service) instead of hanging for sqlx's default 30 s.
+            .acquire_timeout(std::time::Duration::from_secs(2))
             .connect_with(options)
             .await
             .map_err(db)?;

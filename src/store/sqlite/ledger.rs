@@ -130,7 +130,7 @@ async fn record_in(tx: &mut Tx, events: &[UsageEvent]) -> Result<Vec<Recorded>> 
             .collect::<Result<Vec<_>>>()?;
         let mut qb = QueryBuilder::<Sqlite>::new(
             "INSERT INTO keymeter_usage_events (event_id, request_id, at, key_id, owner, org, provider, model, usage, cost, \
-             credential_source) ",
+             credential_source, estimated, estimated_first) ",
         );
         qb.push_values(chunk.iter().zip(&usages), |mut row, (e, usage)| {
             row.push_bind(&e.event_id)
@@ -143,7 +143,9 @@ async fn record_in(tx: &mut Tx, events: &[UsageEvent]) -> Result<Vec<Recorded>> 
                 .push_bind(&e.model)
                 .push_bind(usage)
                 .push_bind(e.cost.normalize().to_string())
-                .push_bind(e.credential_source.map(CredentialSource::as_str));
+                .push_bind(e.credential_source.map(CredentialSource::as_str))
+                .push_bind(e.estimated)
+                .push_bind(e.estimated_first);
         });
         qb.push(" ON CONFLICT (request_id) DO NOTHING RETURNING request_id, event_id");
         for row in qb.build().fetch_all(&mut **tx).await.map_err(db)? {
@@ -252,7 +254,27 @@ impl Ledger for SqliteStore {
     }
 
     async fn report(&self, f: &EventFilter, by: GroupBy, tz: Tz) -> Result<Report> {
-        super::rollup::report(self, f, by, tz).await
+        let mut report = super::rollup::report(self, f, by, tz).await?;
+        // Few and indexed apart (a partial index): summed from the events themselves.
+        let rows = sqlx::query(
+            "SELECT cost FROM keymeter_usage_events WHERE estimated = 1 AND (?1 IS NULL OR owner = ?1) \
+             AND (?2 IS NULL OR org = ?2) AND (?3 IS NULL OR key_id = ?3) AND (?4 IS NULL OR model = ?4) \
+             AND (?5 IS NULL OR at >= ?5) AND (?6 IS NULL OR at < ?6)",
+        )
+        .bind(&f.owner)
+        .bind(&f.org)
+        .bind(&f.key_id)
+        .bind(&f.model)
+        .bind(f.since.map(micros))
+        .bind(f.until.map(micros))
+        .fetch_all(self.pool())
+        .await
+        .map_err(db)?;
+        for row in &rows {
+            report.estimated.add(row.decimal("cost")?);
+        }
+        report.estimated.cost = report.estimated.cost.normalize();
+        Ok(report)
     }
 
     async fn events_after(

@@ -60,6 +60,11 @@ const MIGRATIONS: &[Migration] = &[
         "pruned_requests",
         include_str!("../../../migrations/sqlite/0009_pruned_requests.sql"),
     ),
+    (
+        10,
+        "estimated_events",
+        include_str!("../../../migrations/sqlite/0010_estimated_events.sql"),
+    ),
 ];
 
 /// The migration that creates the report rollups: when it runs, the events already stored are rolled up.
@@ -111,6 +116,7 @@ async fn migrate_once(pool: &SqlitePool) -> Result<()> {
         MigrationMismatch::Changed(version) => SqliteError::MigrationChanged { version },
         MigrationMismatch::Unknown(version) => SqliteError::MigrationUnknown { version },
     })?;
+    let migrated = !pending.is_empty();
     for (version, name, sql) in pending {
         sqlx::raw_sql(sqlx::AssertSqlSafe(*sql))
             .execute(&mut *tx)
@@ -128,6 +134,13 @@ async fn migrate_once(pool: &SqlitePool) -> Result<()> {
         if *version == ROLLUPS {
             super::rollup::rebuild(&mut tx, i64::MIN, i64::MAX).await?;
         }
+    }
+    if migrated {
+        // A statement this connection prepared before a migration altered its table keeps the old columns in
+        // sqlx's cache: drop them before the connection serves anything else.
+        sqlx::Connection::clear_cached_statements(&mut *tx)
+            .await
+            .map_err(db)?;
     }
     tx.commit().await.map_err(db)?;
     Ok(())

@@ -28,12 +28,14 @@ const BUSY_RETRIES: u32 = 20;
 type Tx = sqlx::Transaction<'static, sqlx::Sqlite>;
 
 /// Runs `$body` (a block using `$tx: &mut Tx`, which may `.await`) in a `BEGIN IMMEDIATE` transaction and
-/// commits it, retrying the whole of it while the database is busy. A macro rather than a closure so the body
-/// may borrow the caller's arguments.
+/// commits it, retrying the whole of it while the database is busy. One write transaction of this store at a time
+/// (an in-process lock in front of SQLite's): the process's writers queue here instead of meeting in SQLite's
+/// sleeping busy handler. A macro rather than a closure so the body may borrow the caller's arguments.
 macro_rules! immediate {
     ($store:expr, $tx:ident => $body:block) => {{
         let mut attempt = 0u32;
         loop {
+            let _writer = $store.writer.lock().await;
             let result: Result<_> = async {
                 let mut transaction: super::Tx = $store
                     .pool()
@@ -167,6 +169,13 @@ impl crate::store::sql::Columns for sqlx::sqlite::SqliteRow {
     fn flag(&self, column: &str) -> Result<bool> {
         sqlx::Row::try_get(self, column).map_err(db)
     }
+    fn opt_flag(&self, column: &str) -> Result<Option<bool>> {
+        match sqlx::Row::try_get(self, column) {
+            Ok(v) => Ok(Some(v)),
+            Err(sqlx::Error::ColumnNotFound(_)) => Ok(None),
+            Err(e) => Err(db(e)),
+        }
+    }
     /// Amounts are exact decimal strings: SQLite has no exact decimal type.
     fn opt_decimal(&self, column: &str) -> Result<Option<rust_decimal::Decimal>> {
         decimal_text(self.opt_text(column)?)
@@ -206,6 +215,8 @@ pub struct SqliteStore {
     pool: SqlitePool,
     /// Key reads by id without the pool's thread hand-off, when the database is a file.
     points: Option<Arc<point::PointReads>>,
+    /// Held across each write transaction: one writer per process.
+    writer: Arc<tokio::sync::Mutex<()>>,
     clock: Arc<dyn Clock>,
     random: Arc<dyn RandomSource>,
 }
@@ -252,12 +263,23 @@ impl SqliteStore {
             // A batch of 5,000 events dirties more than the default 1,000-page checkpoint interval, so every
             // commit paid a checkpoint (copy and fsync) of pages the next batch dirtied again; at 8,192 pages
             // (32 MiB of WAL) a page is copied once for several batches (import 20,800 → 26,000 events/s).
-            .pragma("wal_autocheckpoint", "8192");
-        let pool = SqlitePoolOptions::new()
-            .max_connections(max_connections.max(1))
-            .connect_with(options)
-            .await
-            .map_err(db)?;
+            .pragma("wal_autocheckpoint", "8192")
+            // After a checkpoint the WAL is cut back to 64 MiB instead of keeping its largest size for good.
+            .pragma("journal_size_limit", "67108864");
+        let in_memory = options
+            .get_filename()
+            .to_string_lossy()
+            .contains(":memory:");
+        let mut pool = SqlitePoolOptions::new().max_connections(max_connections.max(1));
+        if !in_memory {
+            // A transaction SQLite ended by itself (SQLITE_FULL, SQLITE_IOERR) leaves sqlx counting it as open, and
+            // every later BEGIN on that connection fails: such a connection is closed instead of reused, so the
+            // store recovers as soon as the disk has room again.
+            pool = pool.before_acquire(|conn, _| {
+                Box::pin(async move { Ok(!sqlx::Connection::is_in_transaction(conn)) })
+            });
+        }
+        let pool = pool.connect_with(options).await.map_err(db)?;
         migrate(&pool).await?;
         Ok(SqliteStore::from_pool(pool))
     }
@@ -269,6 +291,7 @@ impl SqliteStore {
     pub fn from_pool(pool: SqlitePool) -> Self {
         SqliteStore {
             points: point::PointReads::new(pool.connect_options().get_filename()).map(Arc::new),
+            writer: Arc::new(tokio::sync::Mutex::new(())),
             pool,
             clock: Arc::new(SystemClock),
             random: Arc::new(OsRandom),

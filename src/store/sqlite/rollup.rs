@@ -605,7 +605,10 @@ mod tests {
         // As a database written before the rollups existed.
         sqlx::raw_sql(
             "DROP TABLE keymeter_usage_timeline; DROP TABLE keymeter_usage_rollups; \
-             DROP TABLE keymeter_pruned_requests; DELETE FROM keymeter_migrations WHERE version >= 8",
+             DROP TABLE keymeter_pruned_requests; DROP INDEX keymeter_usage_events_estimated; \
+             ALTER TABLE keymeter_usage_events DROP COLUMN estimated; \
+             ALTER TABLE keymeter_usage_events DROP COLUMN estimated_first; \
+             DELETE FROM keymeter_migrations WHERE version >= 8",
         )
         .execute(store.pool())
         .await

@@ -1,0 +1,911 @@
+//! The journal: a local write-ahead log of holds and settles, so an answer a client received is billed even when
+//! the process is killed or the store is down (DESIGN §13).
+//!
+//! A [`Meter`](crate::ledger::Meter) with a journal writes, for each request, a `hold` record after the
+//! reservation, a `forwarded` record before the request goes upstream, then a `settle` (the priced event) or a
+//! `release`. [`Meter::settle`](crate::ledger::Meter::settle) returns once its record is written (`write(2)`
+//! returned: a process crash loses nothing); the **drain**, a background task, then records the event in the
+//! store, retrying while the store cannot be reached. Records reach the disk (`fsync`) at least every
+//! [`SyncPolicy::Every`] interval (default 10 ms), or before the call returns with [`SyncPolicy::Always`]; a
+//! *machine* crash (power loss) can lose at most that interval of records.
+//!
+//! **Recovery** ([`Journal::open`]) reads every segment, cuts a torn or corrupt tail, and resolves each request:
+//! a settle the store may lack is recorded again (idempotent by request id); a hold that was `forwarded` but
+//! never settled is billed at its reservation as an `estimated` event; a hold never forwarded is released. The
+//! outcome is written to a fresh segment, drained like any other, and the old segments are deleted.
+//!
+//! **Segments** (the format is in [`frame`]) rotate at [`JournalConfig::segment_bytes`]; one is deleted once
+//! every hold in it is settled or released and the store has confirmed its settles. Past
+//! [`JournalConfig::max_bytes`] on disk (a store that stays down) new holds are refused with
+//! [`Error::Unavailable`] ([`Dependency::Journal`], `JOURNAL_FULL`); settles and releases are always written.
+//!
+//! One process per directory: [`Journal::open`] takes an exclusive lock on `LOCK`, held until the journal is
+//! dropped.
+//!
+//! ```
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! use std::sync::Arc;
+//! use keymeter::ledger::journal::{Journal, JournalConfig};
+//! use keymeter::ledger::{Meter, MeteredRequest, Payer};
+//! use keymeter::pricing::{PriceCatalog, Usage};
+//! use keymeter::random::OsRandom;
+//! use keymeter::store::MemoryStore;
+//!
+//! let dir = tempfile::tempdir().unwrap();
+//! let store = Arc::new(MemoryStore::new());
+//! let (journal, recovered) = Journal::open(JournalConfig::new(dir.path()), Arc::new(OsRandom))?;
+//! assert_eq!(recovered.estimated, 0);
+//! journal.start(store.clone());
+//! let meter = Meter::new(store.clone(), Arc::new(PriceCatalog::bundled())).with_journal(journal.clone());
+//!
+//! let hold = meter.reserve(MeteredRequest::new(Payer::owner("alice"), "gpt-4o"), &Usage { input: 100, output: 50, ..Usage::default() }).await?;
+//! meter.forwarded(&hold)?;
+//! let metered = meter.settle(hold, Usage { input: 80, output: 20, ..Usage::default() }).await?; // in the journal
+//! journal.flush(std::time::Duration::from_secs(5)).await;                                       // in the store
+//! # use keymeter::ledger::Ledger;
+//! assert_eq!(store.events(&Default::default()).await?.len(), 1);
+//! # Ok::<(), keymeter::Error>(()) }).unwrap();
+//! ```
+
+pub mod frame;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, mpsc};
+
+use crate::error::{Dependency, Error, Result};
+use crate::ledger::{Ledger, UsageEvent};
+use crate::pricing::Usage;
+use crate::random::RandomSource;
+
+pub use frame::Record;
+
+/// When records reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncPolicy {
+    /// `fsync` before every append returns: nothing is lost even to a power cut, at the cost of a disk flush per
+    /// record.
+    Always,
+    /// `fsync` at least this often (a background task); a process crash loses nothing, a power cut at most this
+    /// interval of records.
+    Every(Duration),
+}
+
+/// Where the journal lives and how it behaves.
+#[derive(Debug, Clone)]
+pub struct JournalConfig {
+    /// The directory (created if missing, mode 0700).
+    pub dir: PathBuf,
+    /// When records reach the disk (default every 10 ms).
+    pub sync: SyncPolicy,
+    /// A segment rotates past this many bytes (default 16 MiB).
+    pub segment_bytes: u64,
+    /// Past this many bytes on disk new holds are refused with `JOURNAL_FULL` (default 1 GiB).
+    pub max_bytes: u64,
+}
+
+impl JournalConfig {
+    /// The defaults in `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        JournalConfig {
+            dir: dir.into(),
+            sync: SyncPolicy::Every(Duration::from_millis(10)),
+            segment_bytes: 16 << 20,
+            max_bytes: 1 << 30,
+        }
+    }
+
+    /// Sets the sync policy.
+    #[must_use]
+    pub fn sync(mut self, sync: SyncPolicy) -> Self {
+        self.sync = sync;
+        self
+    }
+
+    /// Sets the segment size.
+    #[must_use]
+    pub fn segment_bytes(mut self, bytes: u64) -> Self {
+        self.segment_bytes = bytes.max(1);
+        self
+    }
+
+    /// Sets the size past which new holds are refused.
+    #[must_use]
+    pub fn max_bytes(mut self, bytes: u64) -> Self {
+        self.max_bytes = bytes;
+        self
+    }
+}
+
+/// What a `hold` record keeps of a request: enough to bill its reservation as an `estimated` event if the
+/// process dies after forwarding it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HoldRecord {
+    /// The request id (the idempotency key).
+    pub request_id: String,
+    /// The reservation in the store.
+    pub reservation_id: String,
+    /// When the request arrived (the estimated event's time).
+    pub at: DateTime<Utc>,
+    /// The inbound key, if any.
+    pub key_id: Option<String>,
+    /// The owner.
+    pub owner: String,
+    /// The organisation, if any.
+    pub org: Option<String>,
+    /// The provider of the model.
+    pub provider: String,
+    /// The model.
+    pub model: String,
+    /// The worst case reserved.
+    pub worst: Usage,
+    /// Its price: what an estimated bill records.
+    pub amount: Decimal,
+    /// Whose provider key pays (`user`, `system`, `env-file`), if known.
+    pub credential_source: Option<String>,
+    /// When the reservation expires by itself in the store.
+    pub expires_at: DateTime<Utc>,
+}
+
+impl HoldRecord {
+    /// The event that bills this hold's reservation when the usage never arrived: the worst case at the
+    /// reserved amount, marked `estimated`.
+    ///
+    /// # Errors
+    /// [`Error::Random`]; [`Error::InvalidInput`] for a record with invalid names.
+    pub fn estimated_event(&self, random: &dyn RandomSource) -> Result<UsageEvent> {
+        let mut event = UsageEvent::new(
+            Some(&self.request_id),
+            self.at,
+            &self.owner,
+            &self.provider,
+            &self.model,
+            self.worst,
+            self.amount,
+            random,
+        )?;
+        event.key_id = self.key_id.clone();
+        event.org = self.org.clone();
+        event.credential_source = self
+            .credential_source
+            .as_deref()
+            .and_then(|s| s.parse().ok());
+        event.estimated = true;
+        Ok(event)
+    }
+}
+
+/// What recovery found and queued for the store.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Recovery {
+    /// Settles found in the journal, recorded again (idempotent).
+    pub settled: usize,
+    /// Holds forwarded but never settled, billed at their reservation as `estimated`.
+    pub estimated: usize,
+    /// Holds released or never forwarded, given back.
+    pub released: usize,
+    /// Bytes of torn or corrupt tails cut off.
+    pub cut_bytes: u64,
+}
+
+/// The store work the drain does for one record.
+#[derive(Debug)]
+enum Op {
+    Settle {
+        reservation_id: String,
+        event: Box<UsageEvent>,
+    },
+    Release {
+        reservation_id: String,
+    },
+}
+
+#[derive(Debug)]
+struct Queued {
+    segment: u64,
+    op: Op,
+}
+
+#[derive(Debug)]
+struct Segment {
+    path: PathBuf,
+    bytes: u64,
+    /// Holds not yet settled or released, plus settles and releases the store has not confirmed.
+    pending: usize,
+}
+
+#[derive(Debug)]
+struct State {
+    file: File,
+    active: u64,
+    active_len: u64,
+    next_seq: u64,
+    segments: BTreeMap<u64, Segment>,
+    /// The segments holding each open hold's records (its `hold`, and its `forwarded` when that went to a later
+    /// segment), by request id: they stay until the hold is settled or released.
+    holds: HashMap<String, Vec<u64>>,
+    total_bytes: u64,
+    /// Records queued for the drain and not yet confirmed.
+    queued: usize,
+}
+
+struct Inner {
+    config: JournalConfig,
+    instance_id: String,
+    state: Mutex<State>,
+    dirty: AtomicBool,
+    drain: mpsc::UnboundedSender<Queued>,
+    drain_rx: Mutex<Option<mpsc::UnboundedReceiver<Queued>>>,
+    drained: Notify,
+    _lock: File,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journal")
+            .field("dir", &self.config.dir)
+            .field("instance_id", &self.instance_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The write-ahead journal (see the module docs). Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Journal {
+    inner: Arc<Inner>,
+}
+
+fn io(what: &str, path: &Path, e: std::io::Error) -> Error {
+    Error::Unavailable {
+        dependency: Dependency::Journal,
+        source: Box::new(Error::Internal(format!(
+            "journal: {what} {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
+fn segment_path(dir: &Path, id: u64) -> PathBuf {
+    dir.join(format!("seg-{id:020}.log"))
+}
+
+fn new_segment(dir: &Path, id: u64) -> Result<File> {
+    let path = segment_path(dir, id);
+    let mut options = OpenOptions::new();
+    options.append(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let file = options
+        .open(&path)
+        .map_err(|e| io("cannot create", &path, e))?;
+    sync_dir(dir)?;
+    Ok(file)
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    #[cfg(unix)]
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io("cannot sync", dir, e))?;
+    Ok(())
+}
+
+/// The instance id kept in `dir/instance` (made once, atomically), unless `given`.
+fn instance_id(dir: &Path, given: Option<String>, random: &dyn RandomSource) -> Result<String> {
+    if let Some(id) = given {
+        return Ok(id);
+    }
+    let path = dir.join("instance");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        let id = text.trim();
+        if !id.is_empty() {
+            return Ok(id.to_owned());
+        }
+    }
+    let id = format!("inst_{}", crate::ledger::event::random_id(random)?);
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| io("cannot write", dir, e))?;
+    tmp.write_all(id.as_bytes())
+        .and_then(|()| tmp.as_file().sync_all())
+        .map_err(|e| io("cannot write", &path, e))?;
+    tmp.persist(&path)
+        .map_err(|e| io("cannot write", &path, e.error))?;
+    Ok(id)
+}
+
+impl Journal {
+    /// Opens (creating) the journal in `config.dir`, takes its lock, and recovers what an earlier process left:
+    /// the returned [`Recovery`] says what was queued for the store. Call [`Journal::start`] to drain it.
+    ///
+    /// # Errors
+    /// [`Error::Config`] when another process holds the directory; [`Error::Unavailable`] (journal) when it
+    /// cannot be created, read or written.
+    pub fn open(
+        config: JournalConfig,
+        random: Arc<dyn RandomSource>,
+    ) -> Result<(Journal, Recovery)> {
+        Journal::open_as(config, None, random)
+    }
+
+    /// [`Journal::open`] with a given instance id (`KEYMETER_INSTANCE_ID`) instead of the one kept in the
+    /// directory.
+    ///
+    /// # Errors
+    /// As [`Journal::open`].
+    pub fn open_as(
+        config: JournalConfig,
+        instance: Option<String>,
+        random: Arc<dyn RandomSource>,
+    ) -> Result<(Journal, Recovery)> {
+        let dir = config.dir.clone();
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder
+            .create(&dir)
+            .map_err(|e| io("cannot create", &dir, e))?;
+        let lock_path = dir.join("LOCK");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| io("cannot open", &lock_path, e))?;
+        if lock.try_lock().is_err() {
+            return Err(Error::Config(format!(
+                "the journal {} is in use by another process (one process per journal directory)",
+                dir.display()
+            )));
+        }
+        let instance_id = instance_id(&dir, instance, random.as_ref())?;
+
+        // Read every segment in order.
+        let mut ids = Vec::new();
+        for entry in std::fs::read_dir(&dir).map_err(|e| io("cannot read", &dir, e))? {
+            let entry = entry.map_err(|e| io("cannot read", &dir, e))?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if let Some(id) = name
+                .strip_prefix("seg-")
+                .and_then(|n| n.strip_suffix(".log"))
+                .and_then(|n| n.parse::<u64>().ok())
+            {
+                ids.push(id);
+            }
+        }
+        ids.sort_unstable();
+        let mut recovery = Recovery::default();
+        let mut max_seq = 0;
+        let mut requests: BTreeMap<String, Replayed> = BTreeMap::new();
+        for &id in &ids {
+            let path = segment_path(&dir, id);
+            let bytes = std::fs::read(&path).map_err(|e| io("cannot read", &path, e))?;
+            let decoded = frame::decode(&bytes);
+            if decoded.valid_len < bytes.len() {
+                let cut = (bytes.len() - decoded.valid_len) as u64;
+                tracing::warn!(
+                    segment = %path.display(),
+                    bytes = cut,
+                    "journal: torn or corrupt tail cut off"
+                );
+                recovery.cut_bytes += cut;
+            }
+            for (seq, record) in decoded.records {
+                max_seq = max_seq.max(seq);
+                let entry = requests.entry(record.request_id().to_owned()).or_default();
+                match record {
+                    Record::Hold(h) => entry.hold = Some(*h),
+                    Record::Forwarded { .. } => entry.forwarded = true,
+                    Record::Settle {
+                        reservation_id,
+                        event,
+                    } => entry.settled = Some((reservation_id, *event)),
+                    Record::Release { reservation_id, .. } => entry.released = Some(reservation_id),
+                }
+            }
+        }
+
+        // Resolve every request and write the outcome to a fresh segment.
+        // Past every sequence number and every segment seen (an empty segment has no records to say its id).
+        let active = max_seq.max(ids.last().copied().unwrap_or(0)) + 1;
+        let file = new_segment(&dir, active)?;
+        let (drain, drain_rx) = mpsc::unbounded_channel();
+        let journal = Journal {
+            inner: Arc::new(Inner {
+                config,
+                instance_id,
+                state: Mutex::new(State {
+                    file,
+                    active,
+                    active_len: 0,
+                    next_seq: active,
+                    segments: BTreeMap::from([(
+                        active,
+                        Segment {
+                            path: segment_path(&dir, active),
+                            bytes: 0,
+                            pending: 0,
+                        },
+                    )]),
+                    holds: HashMap::new(),
+                    total_bytes: 0,
+                    queued: 0,
+                }),
+                dirty: AtomicBool::new(false),
+                drain,
+                drain_rx: Mutex::new(Some(drain_rx)),
+                drained: Notify::new(),
+                _lock: lock,
+            }),
+        };
+        for (request_id, r) in requests {
+            if let Some((reservation_id, event)) = r.settled {
+                recovery.settled += 1;
+                journal.append_and_queue(Record::Settle {
+                    reservation_id,
+                    event: Box::new(event),
+                })?;
+            } else if let Some(reservation_id) = r.released {
+                recovery.released += 1;
+                journal.append_and_queue(Record::Release {
+                    request_id,
+                    reservation_id,
+                })?;
+            } else if let Some(hold) = r.hold {
+                if r.forwarded {
+                    let event = hold.estimated_event(random.as_ref())?;
+                    tracing::warn!(
+                        request_id = %hold.request_id,
+                        amount = %hold.amount,
+                        "journal replay: forwarded but never settled; billing the reservation as estimated"
+                    );
+                    recovery.estimated += 1;
+                    journal.append_and_queue(Record::Settle {
+                        reservation_id: hold.reservation_id,
+                        event: Box::new(event),
+                    })?;
+                } else {
+                    recovery.released += 1;
+                    journal.append_and_queue(Record::Release {
+                        request_id,
+                        reservation_id: hold.reservation_id,
+                    })?;
+                }
+            }
+        }
+        {
+            let state = journal.lock();
+            state
+                .file
+                .sync_data()
+                .map_err(|e| io("cannot sync", &dir, e))?;
+        }
+        for id in ids {
+            let path = segment_path(&dir, id);
+            std::fs::remove_file(&path).map_err(|e| io("cannot delete", &path, e))?;
+        }
+        sync_dir(&dir)?;
+        if recovery != Recovery::default() {
+            tracing::info!(
+                settled = recovery.settled,
+                estimated = recovery.estimated,
+                released = recovery.released,
+                cut_bytes = recovery.cut_bytes,
+                "journal replayed"
+            );
+        }
+        Ok((journal, recovery))
+    }
+
+    /// Starts the background work: the drain into `ledger` and, with [`SyncPolicy::Every`], the periodic
+    /// `fsync`. Needs a tokio runtime. Calling it again does nothing.
+    pub fn start(&self, ledger: Arc<dyn Ledger>) {
+        let Some(rx) = self
+            .inner
+            .drain_rx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        else {
+            return;
+        };
+        tokio::spawn(drain(Arc::downgrade(&self.inner), ledger, rx));
+        if let SyncPolicy::Every(interval) = self.inner.config.sync {
+            tokio::spawn(syncer(Arc::downgrade(&self.inner), interval));
+        }
+    }
+
+    /// This instance's stable id (`KEYMETER_INSTANCE_ID`, else the one kept in the directory).
+    pub fn instance_id(&self) -> &str {
+        &self.inner.instance_id
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.config.dir
+    }
+
+    /// Bytes of the segments on disk.
+    pub fn bytes(&self) -> u64 {
+        self.lock().total_bytes
+    }
+
+    /// Records written but not yet confirmed by the store.
+    pub fn backlog(&self) -> usize {
+        self.lock().queued
+    }
+
+    /// Waits until the store has confirmed every record queued so far, or `timeout` passes; returns whether it
+    /// did. Also `fsync`s.
+    pub async fn flush(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let done = loop {
+            let notified = self.inner.drained.notified();
+            {
+                let mut state = self.lock();
+                if state.queued == 0 {
+                    empty_active_if_done(&mut state, 0);
+                    break true;
+                }
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                break self.lock().queued == 0;
+            }
+        };
+        if let Err(e) = self.sync() {
+            tracing::error!(error = %e, "journal: fsync failed");
+        }
+        done
+    }
+
+    /// `fsync`s the active segment now.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] (journal) when the disk refuses.
+    pub fn sync(&self) -> Result<()> {
+        let file = {
+            let state = self.lock();
+            state.file.try_clone()
+        }
+        .map_err(|e| io("cannot sync", self.dir(), e))?;
+        self.inner.dirty.store(false, Ordering::Relaxed);
+        file.sync_data()
+            .map_err(|e| io("cannot sync", self.dir(), e))
+    }
+
+    /// Writes a `hold` record; refuses with `JOURNAL_FULL` when the journal is past its size bound.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] ([`Dependency::Journal`]) when full or when the disk refuses.
+    pub fn hold(&self, hold: HoldRecord) -> Result<()> {
+        let full = {
+            let state = self.lock();
+            state.total_bytes >= self.inner.config.max_bytes
+        };
+        if full {
+            return Err(Error::Unavailable {
+                dependency: Dependency::Journal,
+                source: Box::new(Error::Internal(format!(
+                    "journal: {} bytes waiting for the store, over the bound of {}",
+                    self.bytes(),
+                    self.inner.config.max_bytes
+                ))),
+            });
+        }
+        self.append(Record::Hold(Box::new(hold))).map(|_| ())
+    }
+
+    /// Writes a `forwarded` record: the request is about to go upstream.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] (journal) when the disk refuses.
+    pub fn forwarded(&self, request_id: &str) -> Result<()> {
+        self.append(Record::Forwarded {
+            request_id: request_id.to_owned(),
+        })
+        .map(|_| ())
+    }
+
+    /// Writes a `settle` record and queues the event for the store.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] (journal) when the disk refuses (nothing is queued then).
+    pub fn settle(&self, reservation_id: &str, event: UsageEvent) -> Result<()> {
+        self.append_and_queue(Record::Settle {
+            reservation_id: reservation_id.to_owned(),
+            event: Box::new(event),
+        })
+    }
+
+    /// Writes a `release` record (the caller frees the reservation in the store itself).
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] (journal) when the disk refuses.
+    pub fn release(&self, request_id: &str, reservation_id: &str) -> Result<()> {
+        self.append(Record::Release {
+            request_id: request_id.to_owned(),
+            reservation_id: reservation_id.to_owned(),
+        })
+        .map(|_| ())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn append_and_queue(&self, record: Record) -> Result<()> {
+        let op = match &record {
+            Record::Settle {
+                reservation_id,
+                event,
+            } => Op::Settle {
+                reservation_id: reservation_id.clone(),
+                event: event.clone(),
+            },
+            Record::Release { reservation_id, .. } => Op::Release {
+                reservation_id: reservation_id.clone(),
+            },
+            _ => return self.append(record).map(|_| ()),
+        };
+        let mut state = self.lock();
+        let segment = self.append_locked(&mut state, &record)?;
+        if let Some(s) = state.segments.get_mut(&segment) {
+            s.pending += 1;
+        }
+        state.queued += 1;
+        drop(state);
+        // The receiver lives as long as the journal's drain; without one started, records wait in the channel.
+        let _ = self.inner.drain.send(Queued { segment, op });
+        Ok(())
+    }
+
+    fn append(&self, record: Record) -> Result<u64> {
+        let mut state = self.lock();
+        self.append_locked(&mut state, &record)
+    }
+
+    /// Writes `record` to the active segment (rotating first when it is full) and keeps the accounting of open
+    /// holds; returns the segment it went to.
+    fn append_locked(&self, state: &mut State, record: &Record) -> Result<u64> {
+        let dir = &self.inner.config.dir;
+        let frame = frame::encode(state.next_seq, record)?;
+        if state.active_len > 0
+            && state.active_len + frame.len() as u64 > self.inner.config.segment_bytes
+        {
+            self.rotate(state)?;
+        }
+        if let Err(e) = state.file.write_all(&frame) {
+            // Leave no partial frame before the next one.
+            let _ = state.file.set_len(state.active_len);
+            return Err(io("cannot write", dir, e));
+        }
+        if self.inner.config.sync == SyncPolicy::Always {
+            state
+                .file
+                .sync_data()
+                .map_err(|e| io("cannot sync", dir, e))?;
+        } else {
+            self.inner.dirty.store(true, Ordering::Relaxed);
+        }
+        let len = frame.len() as u64;
+        state.next_seq += 1;
+        state.active_len += len;
+        state.total_bytes += len;
+        let active = state.active;
+        if let Some(s) = state.segments.get_mut(&active) {
+            s.bytes += len;
+        }
+        match record {
+            Record::Hold(h) => {
+                if let Some(s) = state.segments.get_mut(&active) {
+                    s.pending += 1;
+                }
+                state.holds.insert(h.request_id.clone(), vec![active]);
+            }
+            Record::Forwarded { request_id } => {
+                // The marker that turns a crash's release into a bill must outlive its segment's other records.
+                if let Some(segments) = state.holds.get_mut(request_id)
+                    && !segments.contains(&active)
+                {
+                    segments.push(active);
+                    if let Some(s) = state.segments.get_mut(&active) {
+                        s.pending += 1;
+                    }
+                }
+            }
+            Record::Settle { event, .. } => close_hold(state, &event.request_id),
+            Record::Release { request_id, .. } => close_hold(state, request_id),
+        }
+        Ok(active)
+    }
+
+    fn rotate(&self, state: &mut State) -> Result<()> {
+        let dir = &self.inner.config.dir;
+        state
+            .file
+            .sync_data()
+            .map_err(|e| io("cannot sync", dir, e))?;
+        let id = state.next_seq;
+        state.file = new_segment(dir, id)?;
+        let previous = state.active;
+        state.active = id;
+        state.active_len = 0;
+        state.segments.insert(
+            id,
+            Segment {
+                path: segment_path(dir, id),
+                bytes: 0,
+                pending: 0,
+            },
+        );
+        delete_if_done(state, previous);
+        Ok(())
+    }
+
+    fn confirm(&self, segment: u64) {
+        let mut state = self.lock();
+        state.queued = state.queued.saturating_sub(1);
+        if let Some(s) = state.segments.get_mut(&segment) {
+            s.pending = s.pending.saturating_sub(1);
+        }
+        delete_if_done(&mut state, segment);
+        drop(state);
+        self.inner.drained.notify_waiters();
+    }
+}
+
+/// What one request left in the journal, gathered during recovery.
+#[derive(Debug, Default)]
+struct Replayed {
+    hold: Option<HoldRecord>,
+    forwarded: bool,
+    settled: Option<(String, UsageEvent)>,
+    released: Option<String>,
+}
+
+fn close_hold(state: &mut State, request_id: &str) {
+    for segment in state.holds.remove(request_id).unwrap_or_default() {
+        if let Some(s) = state.segments.get_mut(&segment) {
+            s.pending = s.pending.saturating_sub(1);
+        }
+        delete_if_done(state, segment);
+    }
+}
+
+/// The active segment is emptied in place once nothing in it is pending and it has grown past this (or at a
+/// flush that drained everything), so a quiet journal stays small without rotating.
+const EMPTY_ACTIVE_PAST: u64 = 1 << 20;
+
+/// Deletes `segment` once it is not the active one and nothing in it is pending; empties the active one in
+/// place under the same condition when it has grown past [`EMPTY_ACTIVE_PAST`] (`always`: at any size).
+fn delete_if_done(state: &mut State, segment: u64) {
+    if segment == state.active {
+        empty_active_if_done(state, EMPTY_ACTIVE_PAST);
+        return;
+    }
+    let done = state.segments.get(&segment).is_some_and(|s| s.pending == 0);
+    if !done {
+        return;
+    }
+    if let Some(s) = state.segments.remove(&segment) {
+        state.total_bytes = state.total_bytes.saturating_sub(s.bytes);
+        if let Err(e) = std::fs::remove_file(&s.path) {
+            tracing::warn!(segment = %s.path.display(), error = %e, "journal: cannot delete a finished segment");
+        }
+    }
+}
+
+fn empty_active_if_done(state: &mut State, past: u64) {
+    let active = state.active;
+    let Some(s) = state.segments.get_mut(&active) else {
+        return;
+    };
+    if s.pending > 0 || state.active_len == 0 || state.active_len < past {
+        return;
+    }
+    match state.file.set_len(0) {
+        Ok(()) => {
+            state.total_bytes = state.total_bytes.saturating_sub(s.bytes);
+            s.bytes = 0;
+            state.active_len = 0;
+        }
+        Err(e) => {
+            tracing::warn!(segment = %s.path.display(), error = %e, "journal: cannot empty a finished segment")
+        }
+    }
+}
+
+/// Records queued settles and releases in the store, in order, retrying while it cannot be reached.
+async fn drain(
+    inner: Weak<Inner>,
+    ledger: Arc<dyn Ledger>,
+    mut rx: mpsc::UnboundedReceiver<Queued>,
+) {
+    while let Some(queued) = rx.recv().await {
+        let mut pause = Duration::from_millis(20);
+        let mut down_since: Option<tokio::time::Instant> = None;
+        loop {
+            let done = match &queued.op {
+                Op::Settle {
+                    reservation_id,
+                    event,
+                } => ledger
+                    .settle(reservation_id, event, Utc::now())
+                    .await
+                    .map(|_| ()),
+                Op::Release { reservation_id } => ledger.release(reservation_id).await.map(|_| ()),
+            };
+            match done {
+                Ok(()) => {
+                    if let Some(since) = down_since {
+                        tracing::info!(
+                            after_ms = since.elapsed().as_millis() as u64,
+                            "journal drain: the store is back"
+                        );
+                    }
+                    break;
+                }
+                Err(e) if e.unavailable().is_some() => {
+                    if down_since.is_none() {
+                        tracing::warn!(error = %e, "journal drain: the store cannot be reached; retrying");
+                        down_since = Some(tokio::time::Instant::now());
+                    }
+                    if inner.strong_count() == 0 {
+                        return;
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(500));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "journal drain: the store refused a record; dropped");
+                    break;
+                }
+            }
+        }
+        match inner.upgrade() {
+            Some(inner) => Journal { inner }.confirm(queued.segment),
+            None => return,
+        }
+    }
+}
+
+/// `fsync`s the active segment every `interval` while there is something new.
+async fn syncer(inner: Weak<Inner>, interval: Duration) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        if inner.dirty.swap(false, Ordering::Relaxed) {
+            let file = inner
+                .state
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .file
+                .try_clone();
+            let dir = inner.config.dir.clone();
+            drop(inner);
+            // On the blocking pool: a flush can take milliseconds, which a request worker should not wait out.
+            let synced = match file {
+                Ok(file) => tokio::task::spawn_blocking(move || file.sync_data())
+                    .await
+                    .unwrap_or_else(|e| Err(std::io::Error::other(e))),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = synced {
+                tracing::error!(dir = %dir.display(), error = %e, "journal: fsync failed");
+            }
+        }
+    }
+}
