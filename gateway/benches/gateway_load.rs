@@ -187,6 +187,8 @@ async fn run(up: &support::Upstream, n: usize, mode: &str, sync: Option<SyncPoli
             "  closed loop, {concurrency} in flight: gateway {rate:.0} req/s (direct {direct_rate:.0} req/s)"
         );
     }
+    let wal = std::fs::metadata(dir.path().join("gateway.db-wal")).map_or(0, |m| m.len());
+    println!("  WAL after the run: {} KiB", wal / 1024);
     gw.app.shutdown(Duration::from_secs(10)).await;
 }
 
