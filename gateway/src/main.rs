@@ -84,9 +84,6 @@ fn parse_flags() -> Result<Flags, String> {
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
-        if flag == "--help" || flag == "-h" {
-            return Err(USAGE.into());
-        }
         if flag == "--no-journal" {
             flags.no_journal = true;
             continue;
@@ -155,6 +152,10 @@ fn exit_usage(message: &str) -> ! {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    if std::env::args().skip(1).any(|a| a == "--help" || a == "-h") {
+        println!("{USAGE}");
+        return Ok(());
+    }
     let flags = parse_flags().unwrap_or_else(|m| exit_usage(&m));
     let format = match flags.log_format {
         Some(format) => format,

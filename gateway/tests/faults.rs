@@ -113,9 +113,9 @@ async fn a_client_that_hangs_up_before_the_answer_is_billed_what_the_upstream_re
     assert_eq!(status.spent, openai_cost() * Decimal::from(5));
 }
 
-/// A SQLite store prepared for a process of the real binary: the system OpenAI key and a chat key for alice
-/// (returned), with a budget of $5 on alice.
-async fn prepare(store_url: &str) -> String {
+/// A store prepared for a process of the real binary: the system OpenAI key and a chat key for alice (returned),
+/// with a monthly budget of `budget` dollars on alice.
+async fn prepare(store_url: &str, budget: u32) -> String {
     let config = support::config(store_url);
     let store = config.connect().await.unwrap();
     set_key(
@@ -131,7 +131,7 @@ async fn prepare(store_url: &str) -> String {
         .set_budget(
             &Budget::new(
                 BudgetScope::Owner("alice".into()),
-                Decimal::from(5),
+                Decimal::from(budget),
                 BudgetPeriod::Monthly,
             )
             .unwrap(),
@@ -152,7 +152,7 @@ async fn prepare(store_url: &str) -> String {
 async fn sigterm_finishes_and_bills_every_exchange_in_flight_and_logs_no_secret() {
     let dir = tempfile::tempdir().unwrap();
     let store_url = format!("sqlite://{}/gateway.db", dir.path().display());
-    let key = prepare(&store_url).await;
+    let key = prepare(&store_url, 5).await;
     let up = support::upstream().await;
     let vars = support::config_vars(&store_url);
     let mut gateway = binary::start(
@@ -485,7 +485,7 @@ struct Seen {
 async fn kill_9_under_load_loses_no_answer_the_clients_received() {
     let dir = tempfile::tempdir().unwrap();
     let store_url = format!("sqlite://{}/gateway.db", dir.path().display());
-    let key = prepare(&store_url).await;
+    let key = prepare(&store_url, 5).await;
     let up = support::upstream().await;
     let vars = support::config_vars(&store_url);
     let args = ["--openai-base-url", up.url.as_str()];
@@ -692,7 +692,7 @@ async fn a_full_disk_answers_503_and_recovers_within_a_second_of_room_returning(
         return;
     };
     let store_url = format!("sqlite://{}/gateway.db", disk.path().display());
-    let key = prepare(&store_url).await;
+    let key = prepare(&store_url, 5).await;
     let up = support::upstream().await;
     let vars = support::config_vars(&store_url);
     let logs = tempfile::tempdir().unwrap();
@@ -909,23 +909,8 @@ async fn postgres_restarted_and_stopped_under_load_on_two_instances_answers_503_
         return;
     };
     let store_url = pg.url();
-    let key = prepare(&store_url).await;
-    {
-        // Room for the whole run: a 402 here could only be the outage's doing.
-        let store = support::config(&store_url).connect().await.unwrap();
-        store
-            .set_budget(
-                &Budget::new(
-                    BudgetScope::Owner("alice".into()),
-                    Decimal::from(100),
-                    BudgetPeriod::Monthly,
-                )
-                .unwrap(),
-            )
-            .await
-            .unwrap();
-        store.close().await;
-    }
+    // Room for the whole run: a 402 here could only be the outage's doing.
+    let key = prepare(&store_url, 100).await;
     let up = support::upstream().await;
     let vars = support::config_vars(&store_url);
     let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];

@@ -256,20 +256,9 @@ impl Ledger for SqliteStore {
     async fn report(&self, f: &EventFilter, by: GroupBy, tz: Tz) -> Result<Report> {
         let mut report = super::rollup::report(self, f, by, tz).await?;
         // Few and indexed apart (a partial index): summed from the events themselves.
-        let rows = sqlx::query(
-            "SELECT cost FROM keymeter_usage_events WHERE estimated = 1 AND (?1 IS NULL OR owner = ?1) \
-             AND (?2 IS NULL OR org = ?2) AND (?3 IS NULL OR key_id = ?3) AND (?4 IS NULL OR model = ?4) \
-             AND (?5 IS NULL OR at >= ?5) AND (?6 IS NULL OR at < ?6)",
-        )
-        .bind(&f.owner)
-        .bind(&f.org)
-        .bind(&f.key_id)
-        .bind(&f.model)
-        .bind(f.since.map(micros))
-        .bind(f.until.map(micros))
-        .fetch_all(self.pool())
-        .await
-        .map_err(db)?;
+        let sql =
+            format!("SELECT cost FROM keymeter_usage_events WHERE estimated = 1 AND {FILTER}");
+        let rows = filtered(&sql, f).fetch_all(self.pool()).await.map_err(db)?;
         for row in &rows {
             report.estimated.add(row.decimal("cost")?);
         }
@@ -283,24 +272,17 @@ impl Ledger for SqliteStore {
         after: Option<&EventCursor>,
         limit: usize,
     ) -> Result<Vec<UsageEvent>> {
-        let rows = sqlx::query(
-            "SELECT * FROM keymeter_usage_events WHERE (?1 IS NULL OR owner = ?1) AND (?2 IS NULL OR org = ?2) \
-             AND (?3 IS NULL OR key_id = ?3) AND (?4 IS NULL OR model = ?4) AND (?5 IS NULL OR at >= ?5) \
-             AND (?6 IS NULL OR at < ?6) AND (?7 IS NULL OR at > ?7 OR (at = ?7 AND event_id > ?8)) \
-             ORDER BY at, event_id LIMIT ?9",
-        )
-        .bind(&f.owner)
-        .bind(&f.org)
-        .bind(&f.key_id)
-        .bind(&f.model)
-        .bind(f.since.map(micros))
-        .bind(f.until.map(micros))
-        .bind(after.map(|c| micros(c.at)))
-        .bind(after.map(|c| c.event_id.as_str()))
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(self.pool())
-        .await
-        .map_err(db)?;
+        let sql = format!(
+            "SELECT * FROM keymeter_usage_events WHERE {FILTER} \
+             AND (?7 IS NULL OR at > ?7 OR (at = ?7 AND event_id > ?8)) ORDER BY at, event_id LIMIT ?9"
+        );
+        let rows = filtered(&sql, f)
+            .bind(after.map(|c| micros(c.at)))
+            .bind(after.map(|c| c.event_id.as_str()))
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(self.pool())
+            .await
+            .map_err(db)?;
         rows.iter().map(usage_event).collect()
     }
 
@@ -536,4 +518,22 @@ impl Ledger for SqliteStore {
                 .map(|done| done.rows_affected() > 0)
         })
     }
+}
+
+/// An [`EventFilter`] as SQL over parameters `?1`–`?6`, bound by [`filtered`].
+const FILTER: &str = "(?1 IS NULL OR owner = ?1) AND (?2 IS NULL OR org = ?2) AND (?3 IS NULL OR key_id = ?3) \
+     AND (?4 IS NULL OR model = ?4) AND (?5 IS NULL OR at >= ?5) AND (?6 IS NULL OR at < ?6)";
+
+/// `sql` (holding [`FILTER`]) with the filter's values bound as `?1`–`?6`.
+fn filtered<'q>(
+    sql: &'q str,
+    f: &'q EventFilter,
+) -> sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments> {
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(&f.owner)
+        .bind(&f.org)
+        .bind(&f.key_id)
+        .bind(&f.model)
+        .bind(f.since.map(micros))
+        .bind(f.until.map(micros))
 }
