@@ -97,6 +97,13 @@ impl Process {
         }
     }
 
+    /// SIGTERM, then the clean exit (code 0) within 30 s that a graceful shutdown promises.
+    pub async fn stop(&mut self) {
+        self.terminate();
+        let code = self.exit_code(Duration::from_secs(30)).await;
+        assert_eq!(code, Some(0), "a clean exit; log:\n{}", self.log());
+    }
+
     /// The log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
