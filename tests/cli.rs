@@ -1920,3 +1920,89 @@ fn usage_export_import_prune_on(source: Cli, target: Cli) {
     let report = target.ok(&["usage", "report", "--by", "owner"]);
     assert_eq!(report["groups"].as_array().unwrap().len(), 1);
 }
+
+#[test]
+fn usage_adjust_replaces_an_estimated_event() {
+    usage_adjust_replaces_an_estimated_event_on(Cli::new());
+}
+
+#[test]
+fn usage_adjust_replaces_an_estimated_event_on_postgres() {
+    if let Some(cli) = Cli::postgres("usage_adjust_replaces_an_estimated_event_on_postgres") {
+        usage_adjust_replaces_an_estimated_event_on(cli);
+    }
+}
+
+/// `usage adjust` replaces an estimated event (here imported, as a journal replay or the store's safety net
+/// would write it) with exact usage: same event id, `estimated_first`, budget moved by the difference; an exact
+/// event or an unknown request id is a negative answer that changes nothing.
+fn usage_adjust_replaces_an_estimated_event_on(cli: Cli) {
+    cli.ok(&["init"]);
+    cli.ok(&[
+        "budget", "set", "--owner", "alice", "--limit", "10", "--period", "total",
+    ]);
+    let line = |request: &str, cost: &str, estimated: bool| {
+        serde_json::json!({
+            "event_id": format!("ev_{request}"), "request_id": request, "at": "2026-11-20T10:00:00Z",
+            "owner": "alice", "provider": "openai", "model": "gpt-4o",
+            "usage": {"input": 2000, "output": 16000}, "cost": cost, "estimated": estimated,
+        })
+        .to_string()
+    };
+    let lines = [line("r-est", "0.165", true), line("r-exact", "0.01", false)].join("\n");
+    assert_eq!(
+        cli.run(&["usage", "import", "-"], Some(&lines)).1["recorded"],
+        2
+    );
+    assert_eq!(
+        cli.ok(&["usage", "report", "--by", "owner"])["estimated"]["events"],
+        1
+    );
+
+    let adjusted = cli.ok(&[
+        "usage", "adjust", "r-est", "--input", "1000", "--output", "100",
+    ]);
+    // gpt-4o: $2.50 per million input tokens, $10 per million output.
+    assert_eq!(
+        adjusted,
+        serde_json::json!({"request_id": "r-est", "event_id": "ev_r-est", "cost": "0.0035",
+                           "previous_cost": "0.165", "replaced": true})
+    );
+    let report = cli.ok(&["usage", "report", "--by", "owner"]);
+    assert_eq!(
+        (report["total"].as_str(), &report["estimated"]["events"]),
+        (Some("0.0135"), &serde_json::json!(0))
+    );
+    assert_eq!(
+        cli.ok(&["budget", "status", "--owner", "alice"])["spent"],
+        "0.0135"
+    );
+    let out = cli.run_with(&["usage", "export"], None);
+    let exported: Value = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|e| e["request_id"] == "r-est")
+        .unwrap();
+    assert_eq!(exported["estimated_first"], true);
+    assert_eq!(exported.get("estimated"), None);
+    assert_eq!(exported["usage"]["output"], 100);
+
+    for (request, code) in [
+        ("r-est", "NOT_ESTIMATED"),
+        ("r-exact", "NOT_ESTIMATED"),
+        ("r-none", "NOT_FOUND"),
+    ] {
+        let (exit, answer) = cli.run(&["usage", "adjust", request, "--input", "1"], None);
+        assert_eq!(
+            (exit, answer["code"].as_str()),
+            (1, Some(code)),
+            "{request}: {answer}"
+        );
+    }
+    assert_eq!(
+        cli.ok(&["budget", "status", "--owner", "alice"])["spent"],
+        "0.0135",
+        "a refused adjustment changes nothing"
+    );
+}

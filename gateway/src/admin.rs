@@ -230,3 +230,71 @@ pub async fn stats(
         &id, &stored, today, days, last_used
     ))))
 }
+
+/// `POST /api/v1/usage/{request_id}/adjust`: the exact usage of an `estimated` event.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Adjust {
+    usage: Box<serde_json::value::RawValue>,
+    usage_format: String,
+}
+
+/// Replaces an `estimated` event (billed at its reservation) with exact usage, as `keymeter usage adjust` does.
+/// An organisation's admin adjusts its organisation's events only; another's are "not found". An exact event is
+/// 409 `NOT_ESTIMATED` and stays as it is.
+pub async fn adjust(
+    axum::extract::State(app): State,
+    VerifiedKey(admin): VerifiedKey,
+    Path(request_id): Path<String>,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let req: Adjust = parse_json(&body_bytes(&app, body, app.settings.max_api_body).await?)?;
+    let format: keymeter::pricing::UsageFormat = req.usage_format.parse()?;
+    let stored = match app.meter.ledger().event(&request_id).await? {
+        Some(e) if admin.org.is_none() || e.org == admin.org => e,
+        _ => {
+            return Err(keymeter::Error::NotFound {
+                what: "usage event of request",
+                id: request_id,
+            }
+            .into());
+        }
+    };
+    let exact = || {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "NOT_ESTIMATED",
+            "this event holds exact usage already: only an estimated event is replaced",
+        )
+    };
+    if !stored.estimated {
+        return Err(exact());
+    }
+    let adjusted = match app
+        .meter
+        .adjust(&request_id, (format, req.usage.get()))
+        .await
+    {
+        Ok(adjusted) => adjusted,
+        // Replaced by another writer since it was read.
+        Err(keymeter::Error::InvalidInput {
+            what: "adjustment", ..
+        }) => return Err(exact()),
+        Err(e) => return Err(e.into()),
+    };
+    tracing::info!(
+        request_id = %request_id,
+        event_id = %adjusted.event_id,
+        previous_cost = %stored.cost,
+        cost = %adjusted.cost.total,
+        by = %admin.id,
+        "an estimated event was adjusted by hand"
+    );
+    Ok(Json(json!({
+        "request_id": request_id,
+        "event_id": adjusted.event_id,
+        "cost": adjusted.cost.total.to_string(),
+        "previous_cost": stored.cost.to_string(),
+        "replaced": true,
+    })))
+}

@@ -288,7 +288,11 @@ pub fn router(app: Arc<App>) -> Router {
         )
         .route(
             "/api/v1/api-keys/{id}/stats",
-            get(admin::stats).layer(admin),
+            get(admin::stats).layer(admin.clone()),
+        )
+        .route(
+            "/api/v1/usage/{request_id}/adjust",
+            post(admin::adjust).layer(admin),
         )
         .route(
             "/api/v1/usage",

@@ -850,3 +850,92 @@ async fn usage_ingest_is_idempotent_and_reports_stay_with_their_owner() {
         .await;
     assert_eq!(s, 422);
 }
+
+/// `POST /api/v1/usage/{request_id}/adjust` replaces an estimated event with exact usage (DESIGN §13: "and the
+/// admin API"): admins only, an organisation's admin within its organisation, exact events left alone.
+#[tokio::test]
+async fn admins_adjust_estimated_events() {
+    let up = support::upstream().await;
+    let gw = support::sqlite_gateway(&up).await;
+    let mut estimated = UsageEvent::new(
+        Some("lost-1"),
+        Utc::now(),
+        "alice",
+        "openai",
+        "gpt-4o",
+        keymeter::pricing::Usage {
+            input: 4000,
+            output: 16000,
+            ..Default::default()
+        },
+        "0.17".parse().unwrap(),
+        &keymeter::random::OsRandom,
+    )
+    .unwrap()
+    .org("acme");
+    estimated.estimated = true;
+    gw.app.store.record(&estimated).await.unwrap();
+    let (_, acme_admin) = gw
+        .key(json!({"name": "a", "owner": "root-acme", "organization_id": "acme", "permissions": ["admin"]}))
+        .await;
+    let (_, other_admin) = gw
+        .key(json!({"name": "o", "owner": "root-other", "organization_id": "other", "permissions": ["admin"]}))
+        .await;
+    let (_, alice) = gw
+        .key(json!({"name": "alice", "owner": "alice", "organization_id": "acme", "permissions": ["write", "reports"]}))
+        .await;
+    let usage: Value = serde_json::from_str(OPENAI_USAGE).unwrap();
+    let body = json!({"usage": usage, "usage_format": "openai"});
+    let path = "/api/v1/usage/lost-1/adjust";
+
+    let (s, _, refused) = gw
+        .call(Method::POST, path, Some(&alice), Some(body.clone()))
+        .await;
+    assert_eq!((s, code(&refused)), (403, "INSUFFICIENT_SCOPE"));
+    let (s, _, _) = gw
+        .call(Method::POST, path, Some(&other_admin), Some(body.clone()))
+        .await;
+    assert_eq!(s, 404, "another organisation's event is not found");
+    let (s, _, _) = gw
+        .call(
+            Method::POST,
+            path,
+            Some(&acme_admin),
+            Some(json!({"usage": usage, "usage_format": "cobol"})),
+        )
+        .await;
+    assert_eq!(s, 422);
+    assert!(
+        events_of(&gw, "alice").await[0].estimated,
+        "nothing changed yet"
+    );
+
+    let (s, _, adjusted) = gw
+        .call(Method::POST, path, Some(&acme_admin), Some(body.clone()))
+        .await;
+    assert_eq!(s, 200, "{adjusted}");
+    let cost = expected_cost(&gw, "gpt-4o", UsageFormat::OpenAi, OPENAI_USAGE);
+    assert_eq!(
+        adjusted,
+        json!({"request_id": "lost-1", "event_id": estimated.event_id, "cost": cost.to_string(),
+               "previous_cost": "0.17", "replaced": true})
+    );
+    let events = events_of(&gw, "alice").await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].cost, cost);
+    assert!(!events[0].estimated && events[0].estimated_first);
+
+    let (s, _, again) = gw
+        .call(Method::POST, path, Some(&gw.admin), Some(body.clone()))
+        .await;
+    assert_eq!((s, code(&again)), (409, "NOT_ESTIMATED"));
+    let (s, _, _) = gw
+        .call(
+            Method::POST,
+            "/api/v1/usage/nonesuch/adjust",
+            Some(&gw.admin),
+            Some(body),
+        )
+        .await;
+    assert_eq!(s, 404);
+}

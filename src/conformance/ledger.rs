@@ -578,6 +578,102 @@ pub async fn settle_and_release(ledger: Arc<dyn Ledger>) {
     );
 }
 
+/// An `estimated` event is replaced by the exact event of its request id when that turns up (DESIGN §13,
+/// promise 3): one event, the exact usage and cost, budgets moved by the difference, reports (and their
+/// rollups) following, `estimated_first` kept; nothing else replaces an event.
+pub async fn estimated_replaced_by_exact(ledger: Arc<dyn Ledger>) {
+    let alice = BudgetScope::Owner("alice".into());
+    ledger
+        .set_budget(&Budget::new(alice.clone(), d("10"), BudgetPeriod::Monthly).expect("b"))
+        .await
+        .expect("set");
+    let estimated = |request: &str, cost: &str| {
+        let mut e = event(request, "alice", cost, t0());
+        e.estimated = true;
+        e.usage.output = 4000;
+        e
+    };
+    let exact = |request: &str, cost: &str| {
+        let mut e = event(request, "alice", cost, t0() + Duration::hours(1));
+        e.event_id = format!("ev_exact_{request}");
+        e
+    };
+    let hold = ledger
+        .reserve(
+            std::slice::from_ref(&alice),
+            d("0.5"),
+            t0(),
+            Duration::minutes(5),
+        )
+        .await
+        .expect("reserve");
+    let first = ledger
+        .settle(&hold.id, &estimated("r-a", "0.5"), t0())
+        .await
+        .expect("settle");
+    assert!(!first.duplicate && !first.replaced);
+    let batch = ledger
+        .record_batch(&[
+            exact("r-a", "0.03"),
+            estimated("r-b", "0.4"),
+            exact("r-b", "0.05"),
+        ])
+        .await
+        .expect("batch");
+    assert_eq!(
+        batch
+            .iter()
+            .map(|r| (r.duplicate, r.replaced))
+            .collect::<Vec<_>>(),
+        [(false, true), (false, false), (false, true)]
+    );
+    assert_eq!(
+        batch[0].event_id, first.event_id,
+        "the stored event keeps its id"
+    );
+    // Once exact, an event is never replaced again, by exact or estimated usage.
+    for again in [exact("r-a", "0.07"), estimated("r-a", "0.5")] {
+        let r = ledger.record(&again).await.expect("record");
+        assert!(r.duplicate && !r.replaced);
+    }
+    let events = every_event(&ledger).await;
+    assert_eq!(events.len(), 2);
+    let a = events.iter().find(|e| e.request_id == "r-a").expect("r-a");
+    assert_eq!((a.event_id.as_str(), a.at), (first.event_id.as_str(), t0()));
+    assert_eq!((a.cost, a.usage.output), (d("0.03"), 10));
+    assert!(!a.estimated && a.estimated_first);
+    let s = ledger
+        .budget_status(&alice, t0())
+        .await
+        .expect("status")
+        .expect("budget");
+    assert_eq!((s.spent, s.reserved), (d("0.08"), Decimal::ZERO));
+    let month = EventFilter {
+        since: Some(
+            Utc.with_ymd_and_hms(2026, 3, 1, 0, 0, 0)
+                .single()
+                .expect("date"),
+        ),
+        until: Some(
+            Utc.with_ymd_and_hms(2026, 4, 1, 0, 0, 0)
+                .single()
+                .expect("date"),
+        ),
+        ..EventFilter::default()
+    };
+    for f in [EventFilter::default(), month] {
+        for by in [GroupBy::Owner, GroupBy::Model, GroupBy::Day, GroupBy::Month] {
+            let report = ledger.report(&f, by, chrono_tz::UTC).await.expect("report");
+            assert_eq!(
+                report,
+                crate::ledger::aggregate(events.iter(), by, chrono_tz::UTC),
+                "{by:?}"
+            );
+            assert_eq!((report.total, report.estimated.events), (d("0.08"), 0));
+        }
+    }
+}
+
 /// An abandoned reservation stops counting at its deadline.
 pub async fn reservations_expire(ledger: Arc<dyn Ledger>) {
     let alice = BudgetScope::Owner("alice".into());

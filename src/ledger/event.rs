@@ -88,6 +88,44 @@ impl UsageEvent {
         Ok(event)
     }
 
+    /// Whether `incoming`, recorded for this stored event's request id, replaces it (promise 3 of DESIGN §13): only
+    /// exact usage replaces an `estimated` event; anything else is a duplicate.
+    pub fn is_replaced_by(&self, incoming: &UsageEvent) -> bool {
+        self.estimated && !incoming.estimated && self.request_id == incoming.request_id
+    }
+
+    /// This `estimated` event with `exact`'s usage, cost and credential source: the stored event's id, time, key,
+    /// owner and model stay (so it stays in the same budget periods and report groups), and it is marked
+    /// `estimated_first`.
+    ///
+    /// ```
+    /// # use keymeter::ledger::UsageEvent;
+    /// # use keymeter::pricing::Usage;
+    /// # use keymeter::random::OsRandom;
+    /// # use rust_decimal::Decimal;
+    /// let at = chrono::Utc::now();
+    /// let mut estimated = UsageEvent::new(Some("req-1"), at, "alice", "openai", "gpt-4o",
+    ///                                     Usage::default(), Decimal::new(50, 2), &OsRandom)?;
+    /// estimated.estimated = true;
+    /// let exact = UsageEvent::new(Some("req-1"), at, "alice", "openai", "gpt-4o",
+    ///                             Usage::default(), Decimal::new(3, 2), &OsRandom)?;
+    /// assert!(estimated.is_replaced_by(&exact));
+    /// let replaced = estimated.replaced_by(&exact);
+    /// assert_eq!((replaced.event_id.as_str(), replaced.cost), (estimated.event_id.as_str(), Decimal::new(3, 2)));
+    /// assert!(!replaced.estimated && replaced.estimated_first);
+    /// # Ok::<(), keymeter::Error>(())
+    /// ```
+    pub fn replaced_by(&self, exact: &UsageEvent) -> UsageEvent {
+        UsageEvent {
+            usage: exact.usage,
+            cost: exact.cost,
+            credential_source: exact.credential_source.or(self.credential_source),
+            estimated: false,
+            estimated_first: true,
+            ..self.clone()
+        }
+    }
+
     /// Checks what every backend requires of an event before storing it: names (event id, request id, owner,
     /// provider, model, key id, org) of 1–256 characters without control characters, and a cost that is not
     /// negative. Backends call it on every event they are given (the fields are public, so an event need not
@@ -234,6 +272,11 @@ pub struct Recorded {
     pub event_id: String,
     /// Whether an event with the same request id was already recorded (nothing was added).
     pub duplicate: bool,
+    /// Whether this exact event replaced an `estimated` one of the same request id (DESIGN §13, promise 3):
+    /// the stored event (its id is `event_id`) took this usage and cost, and its budgets moved by the
+    /// difference. `duplicate` is false then.
+    #[serde(skip_serializing_if = "is_false")]
+    pub replaced: bool,
 }
 
 /// Where a page of [`crate::ledger::Ledger::events_after`] ends: the last event's time and id.

@@ -31,7 +31,7 @@ use rust_decimal::Decimal;
 
 use crate::clock::{Clock, SystemClock};
 use crate::credentials::CredentialSource;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::keys::KeyRecord;
 use crate::ledger::journal::{HoldRecord, Journal};
 use crate::ledger::{BudgetScope, Ledger, Recorded, Reservation, UsageEvent};
@@ -234,6 +234,8 @@ pub struct Metered {
     pub request_id: String,
     /// Whether the request id was already recorded (nothing was added).
     pub duplicate: bool,
+    /// Whether this exact usage replaced the request's `estimated` event (DESIGN §13, promise 3).
+    pub replaced: bool,
 }
 
 impl Metered {
@@ -244,6 +246,7 @@ impl Metered {
             event_id: recorded.event_id,
             request_id: event.request_id,
             duplicate: recorded.duplicate,
+            replaced: recorded.replaced,
         }
     }
 }
@@ -419,6 +422,7 @@ impl Meter {
                     let recorded = Recorded {
                         event_id: event.event_id.clone(),
                         duplicate: false,
+                        replaced: false,
                     };
                     return Ok(Metered::new(event, cost, recorded));
                 }
@@ -462,6 +466,50 @@ impl Meter {
         let request_id = self.request_id(&request)?;
         let (event, cost) = self.event(&request, &request_id, usage.into())?;
         let recorded = self.ledger.record(&event).await?;
+        Ok(Metered::new(event, cost, recorded))
+    }
+
+    /// Replaces the `estimated` event of `request_id` with the exact `usage` (found later, or by hand: `keymeter
+    /// usage adjust`), priced for the event's model at the event's time. The event keeps its id, time and payer
+    /// and is marked `estimated_first`; its budgets move by the difference.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] when no event of `request_id` is stored; [`Error::InvalidInput`] when it is exact
+    /// already (only estimated events are replaced); pricing errors as [`Meter::settle`]; backend failures.
+    pub async fn adjust<'a>(
+        &self,
+        request_id: &str,
+        usage: impl Into<ReportedUsage<'a>>,
+    ) -> Result<Metered> {
+        let Some(stored) = self.ledger.event(request_id).await? else {
+            return Err(Error::NotFound {
+                what: "usage event of request",
+                id: request_id.to_owned(),
+            });
+        };
+        let not_estimated = || Error::InvalidInput {
+            what: "adjustment",
+            reason: format!(
+                "the event of request {request_id:?} holds exact usage already; only an estimated event is replaced"
+            ),
+        };
+        if !stored.estimated {
+            return Err(not_estimated());
+        }
+        let mut payer = Payer::owner(stored.owner.clone());
+        payer.key_id = stored.key_id.clone();
+        payer.org = stored.org.clone();
+        let model = format!("{}/{}", stored.provider, stored.model);
+        let mut request = MeteredRequest::new(payer, model)
+            .request_id(request_id)
+            .at(stored.at);
+        request.credential_source = stored.credential_source;
+        let (event, cost) = self.event(&request, request_id, usage.into())?;
+        let recorded = self.ledger.record(&event).await?;
+        if !recorded.replaced {
+            // Another writer replaced it between the read and this record.
+            return Err(not_estimated());
+        }
         Ok(Metered::new(event, cost, recorded))
     }
 

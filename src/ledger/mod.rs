@@ -68,6 +68,18 @@ pub trait Ledger: Send + Sync + std::fmt::Debug {
     /// Backend failures.
     async fn events(&self, filter: &EventFilter) -> Result<Vec<UsageEvent>>;
 
+    /// The stored event of `request_id`, if any (none once pruned).
+    ///
+    /// # Errors
+    /// Backend failures.
+    async fn event(&self, request_id: &str) -> Result<Option<UsageEvent>> {
+        Ok(self
+            .events(&EventFilter::default())
+            .await?
+            .into_iter()
+            .find(|e| e.request_id == request_id))
+    }
+
     /// Up to `limit` events passing `filter` that come after `after` in the order of [`Ledger::events`]
     /// (oldest first, then by event id): pages for streaming every event with bounded memory.
     ///

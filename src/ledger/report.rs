@@ -118,6 +118,14 @@ impl Totals {
         }
     }
 
+    /// Takes `other` away (an event replaced in place); counts never fall below zero.
+    pub(crate) fn sub(&mut self, other: &Totals) {
+        self.cost -= other.cost;
+        self.events = self.events.saturating_sub(other.events);
+        self.input_tokens = self.input_tokens.saturating_sub(other.input_tokens);
+        self.output_tokens = self.output_tokens.saturating_sub(other.output_tokens);
+    }
+
     /// Adds `other`.
     pub(crate) fn add(&mut self, other: &Totals) {
         self.cost += other.cost;

@@ -185,6 +185,21 @@ pub(crate) enum UsageCommand {
         /// The JSON lines file, or - for stdin.
         file: String,
     },
+    /// Replace an estimated event (billed at its reservation because its usage never arrived) with the exact
+    /// usage, priced for its model at its time: the event keeps its id and is marked estimated_first, and its
+    /// budgets move by the difference. An exact event is never changed.
+    #[command(
+        after_help = "Examples:\n  keymeter usage adjust req-42 --input 1200 --output 310\n  keymeter usage adjust req-42 --usage answer.json --usage-format openai"
+    )]
+    Adjust {
+        /// The request id of the estimated event.
+        request_id: String,
+        /// A catalog file (keymeter's format or LiteLLM's); default: the bundled snapshot.
+        #[arg(long)]
+        catalog: Option<PathBuf>,
+        #[command(flatten)]
+        usage: UsageArgs,
+    },
     /// Delete the events from before a time. Budgets' spend is kept; pruned request ids stay duplicates.
     ///
     /// Example: keymeter usage prune --before 2026-01-01

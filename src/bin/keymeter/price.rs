@@ -21,7 +21,7 @@ const MAX_USAGE_BYTES: u64 = 1024 * 1024;
 
 /// The `--catalog` file, else the configured catalog (`KEYMETER_CATALOG`, else the bundled snapshot), with a
 /// spinner on a terminal while a file of thousands of entries is read.
-fn load_catalog(config: &Config, path: Option<&Path>) -> Result<PriceCatalog, Failure> {
+pub(crate) fn load_catalog(config: &Config, path: Option<&Path>) -> Result<PriceCatalog, Failure> {
     let file = path.or(config.catalog_path.as_deref());
     let spinner = file.map(|f| view::spinner(&format!("loading prices from {}", f.display())));
     let loaded = match path {

@@ -11,7 +11,7 @@ use keymeter::ledger::{
 use serde_json::json;
 
 use crate::args::UsageCommand;
-use crate::price::{pricing_failure, pricing_inputs};
+use crate::price::{load_catalog, pricing_failure, pricing_inputs};
 use crate::{Failure, Outcome, delivered, parse_instant, parse_tz, to_json, view};
 
 /// Events recorded per transaction by `usage import`.
@@ -246,6 +246,51 @@ pub(crate) async fn run(config: &Config, cmd: UsageCommand) -> Outcome {
                 imported.read, imported.recorded, imported.duplicates
             );
             Ok((to_json(imported)?, human))
+        }
+        UsageCommand::Adjust {
+            request_id,
+            catalog,
+            usage,
+        } => {
+            let catalog = load_catalog(config, catalog.as_deref())?;
+            let usage = usage.usage()?;
+            let Some(stored) = store.event(&request_id).await? else {
+                return Err(Failure::Negative(
+                    json!({"code": "NOT_FOUND", "request_id": request_id}),
+                    format!("no event of request {request_id:?} is stored (or it was pruned)"),
+                ));
+            };
+            let exact = || {
+                Failure::Negative(
+                    json!({"code": "NOT_ESTIMATED", "request_id": request_id, "event_id": stored.event_id}),
+                    format!(
+                        "the event of request {request_id:?} holds exact usage already: only an estimated event is replaced"
+                    ),
+                )
+            };
+            if !stored.estimated {
+                return Err(exact());
+            }
+            let adjusted = match Meter::new(store.clone(), Arc::new(catalog))
+                .adjust(&request_id, usage)
+                .await
+            {
+                Ok(adjusted) => adjusted,
+                // Replaced by another writer since it was read.
+                Err(keymeter::Error::InvalidInput { .. }) => return Err(exact()),
+                Err(e) => return Err(pricing_failure(e)),
+            };
+            let cost = &adjusted.cost;
+            Ok((
+                json!({"request_id": request_id, "event_id": adjusted.event_id, "cost": cost.total.to_string(),
+                       "previous_cost": stored.cost.to_string(), "replaced": true}),
+                format!(
+                    "replaced the estimated event {} of request {request_id}: {} instead of {}",
+                    adjusted.event_id,
+                    view::money(cost.total, &cost.currency),
+                    view::money(stored.cost, &cost.currency)
+                ),
+            ))
         }
         UsageCommand::Prune { before } => {
             let before = parse_instant(&before, chrono_tz::UTC)?;

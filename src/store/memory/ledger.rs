@@ -182,14 +182,35 @@ impl LedgerState {
             return Recorded {
                 event_id: event_id.to_string(),
                 duplicate: true,
+                replaced: false,
             };
         }
         if let Some(&i) = self.by_request.get(event.request_id.as_str()) {
+            let stored = self.events[i / EVENT_CHUNK][i % EVENT_CHUNK].to_event();
+            if !stored.is_replaced_by(event) {
+                return Recorded {
+                    event_id: stored.event_id,
+                    duplicate: true,
+                    replaced: false,
+                };
+            }
+            let replaced = stored.replaced_by(event);
+            let delta = replaced.cost - stored.cost;
+            for b in self.event_budgets(&stored).into_iter().flatten() {
+                let entry = &mut self.budgets[b];
+                let start = entry.period_start(stored.at);
+                *entry.spent.entry(start).or_default() += delta;
+            }
+            let slot = &mut self.events[i / EVENT_CHUNK][i % EVENT_CHUNK];
+            slot.usage = replaced.usage;
+            slot.cost = replaced.cost;
+            slot.credential_source = replaced.credential_source;
+            slot.estimated = false;
+            slot.estimated_first = true;
             return Recorded {
-                event_id: self.events[i / EVENT_CHUNK][i % EVENT_CHUNK]
-                    .event_id
-                    .to_string(),
-                duplicate: true,
+                event_id: stored.event_id,
+                duplicate: false,
+                replaced: true,
             };
         }
         for i in self.event_budgets(event).into_iter().flatten() {
@@ -216,6 +237,7 @@ impl LedgerState {
         Recorded {
             event_id: event.event_id.clone(),
             duplicate: false,
+            replaced: false,
         }
     }
 
@@ -268,6 +290,14 @@ impl Ledger for MemoryStore {
             .collect();
         out.sort_by(|a, b| a.at.cmp(&b.at).then_with(|| a.event_id.cmp(&b.event_id)));
         Ok(out)
+    }
+
+    async fn event(&self, request_id: &str) -> Result<Option<UsageEvent>> {
+        let state = self.ledger();
+        Ok(state
+            .by_request
+            .get(request_id)
+            .map(|&i| state.events[i / EVENT_CHUNK][i % EVENT_CHUNK].to_event()))
     }
 
     async fn prune(&self, before: DateTime<Utc>) -> Result<u64> {

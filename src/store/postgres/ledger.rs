@@ -218,17 +218,86 @@ async fn record_in(tx: &mut Tx, events: &[UsageEvent]) -> Result<Vec<Recorded>> 
         out.push(Recorded {
             event_id: event_id.clone(),
             duplicate: !new,
+            replaced: false,
         });
     }
-    add_to_budgets(tx, &fresh).await?;
+    let replaced = replace_estimated(tx, events, &mut out).await?;
+    let mut amounts: Vec<(&UsageEvent, Decimal)> = fresh.iter().map(|e| (*e, e.cost)).collect();
+    amounts.extend(replaced.iter().map(|(old, delta)| (old, *delta)));
+    // One locking pass over every budget touched, in one order, so batches never deadlock one another.
+    add_to_budgets(tx, &amounts).await?;
     Ok(out)
 }
 
-/// Adds new events' costs to the spend of every budget they count against, holding those budgets' locks.
-async fn add_to_budgets(tx: &mut Tx, events: &[&UsageEvent]) -> Result<()> {
+/// Replaces stored `estimated` events with the exact events of the batch found duplicates of them (DESIGN §13,
+/// promise 3): each row takes the exact usage and cost and `out` says `replaced` for it. Returns each replaced
+/// event as it was, with the difference its budgets move by.
+async fn replace_estimated(
+    tx: &mut Tx,
+    events: &[UsageEvent],
+    out: &mut [Recorded],
+) -> Result<Vec<(UsageEvent, Decimal)>> {
+    let candidates: Vec<usize> = (0..events.len())
+        .filter(|&i| out[i].duplicate && !events[i].estimated)
+        .collect();
+    if candidates.is_empty() {
+        return Ok(Vec::new());
+    }
+    let wanted: Vec<&str> = candidates
+        .iter()
+        .map(|&i| events[i].request_id.as_str())
+        .collect();
+    // A pruned event has no row left, so it is never found (and never replaced) here.
+    let rows = sqlx::query(
+        "SELECT * FROM keymeter_usage_events WHERE estimated AND request_id = ANY($1::text[]) \
+         ORDER BY request_id FOR UPDATE",
+    )
+    .bind(&wanted)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(db)?;
+    let mut stored: HashMap<String, UsageEvent> = HashMap::with_capacity(rows.len());
+    for row in &rows {
+        let e = usage_event(row)?;
+        stored.insert(e.request_id.clone(), e);
+    }
+    let mut replaced = Vec::new();
+    for i in candidates {
+        // The first exact event of a request id replaces; the row is exact from then on.
+        let Some(old) = stored.remove(&events[i].request_id) else {
+            continue;
+        };
+        let new = old.replaced_by(&events[i]);
+        sqlx::query(
+            "UPDATE keymeter_usage_events SET usage = $1, input_tokens = $2, output_tokens = $3, cost = $4, \
+             credential_source = $5, estimated = false, estimated_first = true WHERE event_id = $6",
+        )
+        .bind(usage_text(&new)?)
+        .bind(i64::try_from(new.usage.prompt_tokens()).unwrap_or(i64::MAX))
+        .bind(i64::try_from(new.usage.output_tokens()).unwrap_or(i64::MAX))
+        .bind(new.cost.normalize())
+        .bind(new.credential_source.map(CredentialSource::as_str))
+        .bind(&new.event_id)
+        .execute(&mut **tx)
+        .await
+        .map_err(db)?;
+        out[i] = Recorded {
+            event_id: new.event_id.clone(),
+            duplicate: false,
+            replaced: true,
+        };
+        let delta = new.cost - old.cost;
+        replaced.push((old, delta));
+    }
+    Ok(replaced)
+}
+
+/// Adds each amount to the spend of every budget its event counts against (in the event's period), holding
+/// those budgets' locks.
+async fn add_to_budgets(tx: &mut Tx, events: &[(&UsageEvent, Decimal)]) -> Result<()> {
     let scopes: BTreeSet<BudgetScope> = events
         .iter()
-        .flat_map(|e| BudgetScope::of_event(e))
+        .flat_map(|(e, _)| BudgetScope::of_event(e))
         .collect();
     let budgets: HashMap<BudgetScope, Budget> = lock_budgets(tx, &scopes)
         .await?
@@ -236,12 +305,12 @@ async fn add_to_budgets(tx: &mut Tx, events: &[&UsageEvent]) -> Result<()> {
         .map(|b| (b.scope.clone(), b))
         .collect();
     let mut deltas: BTreeMap<(BudgetScope, DateTime<Utc>), Decimal> = BTreeMap::new();
-    for e in events {
+    for (e, amount) in events {
         for scope in BudgetScope::of_event(e) {
             if let Some(budget) = budgets.get(&scope) {
                 *deltas
                     .entry((scope, budget.period_start(e.at)))
-                    .or_default() += e.cost;
+                    .or_default() += *amount;
             }
         }
     }
@@ -358,6 +427,15 @@ impl Ledger for PostgresStore {
 
     async fn events(&self, f: &EventFilter) -> Result<Vec<UsageEvent>> {
         self.events_after(f, None, usize::MAX).await
+    }
+
+    async fn event(&self, request_id: &str) -> Result<Option<UsageEvent>> {
+        let row = sqlx::query("SELECT * FROM keymeter_usage_events WHERE request_id = $1")
+            .bind(request_id)
+            .fetch_optional(self.pool())
+            .await
+            .map_err(db)?;
+        row.as_ref().map(usage_event).transpose()
     }
 
     async fn report(&self, f: &EventFilter, by: GroupBy, tz: Tz) -> Result<Report> {

@@ -186,18 +186,84 @@ async fn record_in(tx: &mut Tx, events: &[UsageEvent]) -> Result<Vec<Recorded>> 
         out.push(Recorded {
             event_id,
             duplicate: !new,
+            replaced: false,
         });
     }
-    add_to_budgets(tx, &fresh).await?;
+    let added: Vec<(&UsageEvent, Decimal)> = fresh.iter().map(|e| (*e, e.cost)).collect();
+    add_to_budgets(tx, &added).await?;
     super::rollup::add(tx, &fresh).await?;
+    replace_estimated(tx, events, &mut out).await?;
     Ok(out)
 }
 
-/// Adds new events' costs to the spend of every budget they count against.
-async fn add_to_budgets(tx: &mut Tx, events: &[&UsageEvent]) -> Result<()> {
+/// Replaces stored `estimated` events with the exact events of the batch that were found duplicates of them
+/// (DESIGN §13, promise 3): each row takes the exact usage and cost, its budgets and rollups move by the
+/// difference, and `out` says `replaced` for it. Pruned events are never replaced.
+async fn replace_estimated(tx: &mut Tx, events: &[UsageEvent], out: &mut [Recorded]) -> Result<()> {
+    let candidates: Vec<usize> = (0..events.len())
+        .filter(|&i| out[i].duplicate && !events[i].estimated)
+        .collect();
+    if candidates.is_empty() {
+        return Ok(());
+    }
+    // A pruned event has no row left, so it is never found (and never replaced) here.
+    let mut stored: HashMap<String, UsageEvent> = HashMap::new();
+    let wanted: Vec<&str> = candidates
+        .iter()
+        .map(|&i| events[i].request_id.as_str())
+        .collect();
+    for chunk in wanted.chunks(INSERT_CHUNK) {
+        let mut qb = QueryBuilder::<Sqlite>::new(
+            "SELECT * FROM keymeter_usage_events WHERE estimated = 1 AND request_id IN (",
+        );
+        let mut list = qb.separated(", ");
+        for r in chunk {
+            list.push_bind(*r);
+        }
+        qb.push(")");
+        for row in qb.build().fetch_all(&mut **tx).await.map_err(db)? {
+            let e = usage_event(&row)?;
+            stored.insert(e.request_id.clone(), e);
+        }
+    }
+    let (mut olds, mut news, mut deltas) = (Vec::new(), Vec::new(), Vec::new());
+    for i in candidates {
+        // The first exact event of a request id replaces; the row is exact from then on.
+        let Some(old) = stored.remove(&events[i].request_id) else {
+            continue;
+        };
+        let new = old.replaced_by(&events[i]);
+        sqlx::query(
+            "UPDATE keymeter_usage_events SET usage = ?1, cost = ?2, credential_source = ?3, estimated = 0, \
+             estimated_first = 1 WHERE event_id = ?4",
+        )
+        .bind(usage_text(&new)?)
+        .bind(new.cost.normalize().to_string())
+        .bind(new.credential_source.map(CredentialSource::as_str))
+        .bind(&new.event_id)
+        .execute(&mut **tx)
+        .await
+        .map_err(db)?;
+        out[i] = Recorded {
+            event_id: new.event_id.clone(),
+            duplicate: false,
+            replaced: true,
+        };
+        deltas.push(new.cost - old.cost);
+        olds.push(old);
+        news.push(new);
+    }
+    let moved: Vec<(&UsageEvent, Decimal)> = olds.iter().zip(deltas).collect();
+    add_to_budgets(tx, &moved).await?;
+    super::rollup::remove(tx, &olds.iter().collect::<Vec<_>>()).await?;
+    super::rollup::add(tx, &news.iter().collect::<Vec<_>>()).await
+}
+
+/// Adds each amount to the spend of every budget its event counts against (in the event's period).
+async fn add_to_budgets(tx: &mut Tx, events: &[(&UsageEvent, Decimal)]) -> Result<()> {
     let scopes: BTreeSet<BudgetScope> = events
         .iter()
-        .flat_map(|e| BudgetScope::of_event(e))
+        .flat_map(|(e, _)| BudgetScope::of_event(e))
         .collect();
     if scopes.is_empty() {
         return Ok(());
@@ -221,12 +287,12 @@ async fn add_to_budgets(tx: &mut Tx, events: &[&UsageEvent]) -> Result<()> {
         return Ok(());
     }
     let mut deltas: BTreeMap<(BudgetScope, i64), Decimal> = BTreeMap::new();
-    for e in events {
+    for (e, amount) in events {
         for scope in BudgetScope::of_event(e) {
             if let Some(budget) = budgets.get(&scope) {
                 *deltas
                     .entry((scope, micros(budget.period_start(e.at))))
-                    .or_default() += e.cost;
+                    .or_default() += *amount;
             }
         }
     }
@@ -251,6 +317,15 @@ impl Ledger for SqliteStore {
 
     async fn events(&self, f: &EventFilter) -> Result<Vec<UsageEvent>> {
         self.events_after(f, None, usize::MAX).await
+    }
+
+    async fn event(&self, request_id: &str) -> Result<Option<UsageEvent>> {
+        let row = sqlx::query("SELECT * FROM keymeter_usage_events WHERE request_id = ?1")
+            .bind(request_id)
+            .fetch_optional(self.pool())
+            .await
+            .map_err(db)?;
+        row.as_ref().map(usage_event).transpose()
     }
 
     async fn report(&self, f: &EventFilter, by: GroupBy, tz: Tz) -> Result<Report> {

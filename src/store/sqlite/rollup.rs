@@ -159,6 +159,37 @@ type RollupKey = (Level, i64, i64, String, String, String, String);
 
 /// Adds newly recorded events to the timeline and the rollups (inside the recording transaction).
 pub(super) async fn add(tx: &mut Tx, events: &[&UsageEvent]) -> Result<()> {
+    apply(tx, events, Sign::Add).await
+}
+
+/// Takes events out of the timeline and the rollups (an `estimated` event about to be replaced in place).
+pub(super) async fn remove(tx: &mut Tx, events: &[&UsageEvent]) -> Result<()> {
+    apply(tx, events, Sign::Remove).await
+}
+
+/// Whether events go into the rollups or out of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sign {
+    Add,
+    Remove,
+}
+
+impl Sign {
+    /// The stored totals `row` after applying `delta`.
+    fn merge(self, delta: &Totals, row: &Totals) -> Totals {
+        let mut merged = *row;
+        match self {
+            Sign::Add => merged.add(delta),
+            Sign::Remove => merged.sub(delta),
+        }
+        merged
+    }
+}
+
+async fn apply(tx: &mut Tx, events: &[&UsageEvent], sign: Sign) -> Result<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
     let mut timeline: BTreeMap<i64, Totals> = BTreeMap::new();
     let mut rollups: BTreeMap<RollupKey, Totals> = BTreeMap::new();
     for e in events {
@@ -179,8 +210,8 @@ pub(super) async fn add(tx: &mut Tx, events: &[&UsageEvent]) -> Result<()> {
             rollups.entry(key).or_default().add(&t);
         }
     }
-    merge_timeline(tx, timeline).await?;
-    merge_rollups(tx, rollups).await
+    merge_timeline(tx, timeline, sign).await?;
+    merge_rollups(tx, rollups, sign).await
 }
 
 fn totals(row: &sqlx::sqlite::SqliteRow) -> Result<Totals> {
@@ -200,10 +231,15 @@ fn count(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-async fn merge_timeline(tx: &mut Tx, deltas: BTreeMap<i64, Totals>) -> Result<()> {
+async fn merge_timeline(tx: &mut Tx, deltas: BTreeMap<i64, Totals>, sign: Sign) -> Result<()> {
     let deltas: Vec<(i64, Totals)> = deltas.into_iter().collect();
     for chunk in deltas.chunks(CHUNK) {
-        let mut merged: BTreeMap<i64, Totals> = chunk.iter().copied().collect();
+        let given: BTreeMap<i64, &Totals> = chunk.iter().map(|(k, t)| (*k, t)).collect();
+        // A delta with no row yet merges with zero totals.
+        let mut merged: BTreeMap<i64, Totals> = chunk
+            .iter()
+            .map(|(k, d)| (*k, sign.merge(d, &Totals::default())))
+            .collect();
         let mut qb = QueryBuilder::<Sqlite>::new(
             "SELECT * FROM keymeter_usage_timeline WHERE start_at IN (",
         );
@@ -214,8 +250,8 @@ async fn merge_timeline(tx: &mut Tx, deltas: BTreeMap<i64, Totals>) -> Result<()
         qb.push(")");
         for row in qb.build().fetch_all(&mut **tx).await.map_err(db)? {
             let start: i64 = row.try_get("start_at").map_err(db)?;
-            if let Some(t) = merged.get_mut(&start) {
-                t.add(&totals(&row)?);
+            if let (Some(d), Some(t)) = (given.get(&start), merged.get_mut(&start)) {
+                *t = sign.merge(d, &totals(&row)?);
             }
         }
         let mut qb = QueryBuilder::<Sqlite>::new(
@@ -237,10 +273,15 @@ async fn merge_timeline(tx: &mut Tx, deltas: BTreeMap<i64, Totals>) -> Result<()
     Ok(())
 }
 
-async fn merge_rollups(tx: &mut Tx, deltas: BTreeMap<RollupKey, Totals>) -> Result<()> {
+async fn merge_rollups(tx: &mut Tx, deltas: BTreeMap<RollupKey, Totals>, sign: Sign) -> Result<()> {
     let deltas: Vec<(RollupKey, Totals)> = deltas.into_iter().collect();
     for chunk in deltas.chunks(CHUNK) {
-        let mut merged: BTreeMap<RollupKey, Totals> = chunk.iter().cloned().collect();
+        let given: BTreeMap<&RollupKey, &Totals> = chunk.iter().map(|(k, t)| (k, t)).collect();
+        // A delta with no row yet merges with zero totals.
+        let mut merged: BTreeMap<RollupKey, Totals> = chunk
+            .iter()
+            .map(|(k, d)| (k.clone(), sign.merge(d, &Totals::default())))
+            .collect();
         // A join on the listed keys (a row-value `IN` would make SQLite scan the whole table).
         let mut qb = QueryBuilder::<Sqlite>::new(
             "WITH wanted (level, start_at, owner, org, key_id, model) AS (",
@@ -275,8 +316,8 @@ async fn merge_rollups(tx: &mut Tx, deltas: BTreeMap<RollupKey, Totals>) -> Resu
                 row.text("key_id")?,
                 row.text("model")?,
             );
-            if let Some(t) = merged.get_mut(&key) {
-                t.add(&totals(&row)?);
+            if let (Some(d), Some(t)) = (given.get(&key), merged.get_mut(&key)) {
+                *t = sign.merge(d, &totals(&row)?);
             }
         }
         let mut qb = QueryBuilder::<Sqlite>::new(
