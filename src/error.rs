@@ -40,6 +40,17 @@ pub enum Error {
         id: String,
     },
 
+    /// A key for an owner that already belongs to another organisation (or to none): an owner's keys all share
+    /// the organisation of its first key. The organisation it belongs to is not named (the caller may not be
+    /// allowed to know it).
+    #[error(
+        "owner {owner:?} belongs to another organisation: a key for an existing owner names that owner's organisation"
+    )]
+    OwnerInOtherOrganisation {
+        /// The owner.
+        owner: String,
+    },
+
     /// The record named does not exist.
     #[error("{what} {id:?} not found")]
     NotFound {

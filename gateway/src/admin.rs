@@ -71,6 +71,19 @@ pub async fn create(
         .iter()
         .map(|s| Scope::new(s))
         .collect::<keymeter::Result<Vec<_>>>()?;
+    // A key never grants what its creator lacks (`*` only from `*`).
+    if let Some(beyond) = scopes
+        .iter()
+        .find(|s| !admin.scopes.iter().any(|held| held.grants(s)))
+    {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "INSUFFICIENT_SCOPE",
+            format!(
+                "this admin key lacks the scope {beyond}: a key never grants scopes its creator lacks"
+            ),
+        ));
+    }
     let mut new = NewKey::new(req.name, req.owner.unwrap_or_else(|| admin.owner.clone()))
         .scopes(scopes)
         .allowed_ips(parse_networks(req.allowed_ips.iter().map(String::as_str))?);

@@ -264,11 +264,14 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/messages", post(proxy::anthropic).layer(chat))
         .route(
             "/v2/users/me/api-key-status",
-            get(me::key_status).layer(any.clone()),
+            get(me::key_status).layer(any),
         )
         .route(
             "/v2/users/me/api-key",
-            patch(me::set_keys).delete(me::delete_keys).layer(any),
+            // Changing or deleting the owner's provider keys needs `write`; reading their status needs none.
+            patch(me::set_keys)
+                .delete(me::delete_keys)
+                .layer(auth.require(scopes(&["write"]))),
         )
         .route(
             "/api/v1/api-keys",

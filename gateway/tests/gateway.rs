@@ -325,7 +325,7 @@ async fn key_administration() {
 
     // Revoke an organisation's keys; an organisation's admin sees only its own keys.
     let (a1, _) = gw
-        .key(json!({"name": "a1", "organization_id": "globex"}))
+        .key(json!({"name": "a1", "owner": "g1", "organization_id": "globex"}))
         .await;
     let (_, globex_admin) = gw
         .key(
@@ -372,7 +372,7 @@ async fn byok_the_owners_key_before_the_systems() {
     let up = support::upstream().await;
     let gw = support::sqlite_gateway(&up).await;
     let (_, alice) = gw
-        .key(json!({"name": "alice", "owner": "alice", "permissions": ["llm:chat"]}))
+        .key(json!({"name": "alice", "owner": "alice", "permissions": ["llm:chat", "write"]}))
         .await;
     let status_path = "/v2/users/me/api-key-status";
 
@@ -446,7 +446,7 @@ async fn byok_the_owners_key_before_the_systems() {
 
     // Another owner never sees or uses hers.
     let (_, bob) = gw
-        .key(json!({"name": "bob", "owner": "bob", "permissions": ["llm:chat"]}))
+        .key(json!({"name": "bob", "owner": "bob", "permissions": ["llm:chat", "write"]}))
         .await;
     let (_, _, status) = gw.call(Method::GET, status_path, Some(&bob), None).await;
     assert_eq!(status["has_openai_key"], false);
@@ -493,7 +493,7 @@ async fn proxied_calls_are_priced_exactly_and_recorded_once() {
     let up = support::upstream().await;
     let gw = support::sqlite_gateway(&up).await;
     let (key_id, alice) = gw
-        .key(json!({"name": "alice", "owner": "alice", "permissions": ["llm:chat"]}))
+        .key(json!({"name": "alice", "owner": "alice", "permissions": ["llm:chat", "write"]}))
         .await;
     gw.call(
         Method::PATCH,
@@ -644,7 +644,7 @@ async fn streams_are_passed_through_and_billed_even_when_the_client_leaves() {
     let up = support::upstream().await;
     let gw = support::sqlite_gateway(&up).await;
     let (_, alice) = gw
-        .key(json!({"name": "alice", "owner": "alice", "permissions": ["llm:chat"]}))
+        .key(json!({"name": "alice", "owner": "alice", "permissions": ["llm:chat", "write"]}))
         .await;
     let cost = expected_cost(&gw, "gpt-4o", UsageFormat::OpenAi, OPENAI_USAGE);
 

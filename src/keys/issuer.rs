@@ -245,10 +245,12 @@ impl KeyIssuer {
     /// Generates, hashes (HMAC-SHA-256 under the active pepper) and stores a new key.
     ///
     /// # Errors
-    /// [`Error::InvalidInput`] for a bad field or prefix; store failures. An id collision (about 2⁻⁷¹ per pair)
-    /// is retried with a fresh id.
+    /// [`Error::InvalidInput`] for a bad field or prefix; [`Error::OwnerInOtherOrganisation`] when the owner's
+    /// keys are in another organisation (or in none); store failures. An id collision (about 2⁻⁷¹ per pair) is
+    /// retried with a fresh id.
     pub async fn issue(&self, new: NewKey) -> Result<IssuedKey> {
         new.validate()?;
+        self.check_organisation(&new).await?;
         let now = self.clock.now();
         let mut attempts = 0;
         loop {
@@ -262,6 +264,29 @@ impl KeyIssuer {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// An owner belongs to one organisation (or none), bound by its first key (DESIGN §12): a key for an owner
+    /// with keys must name the same organisation, so an organisation's admin never makes keys that act as
+    /// another organisation's owner (its usage, budget and provider keys). Two first keys made at the same
+    /// instant in two organisations are not caught here (the store holds no owner table).
+    async fn check_organisation(&self, new: &NewKey) -> Result<()> {
+        let filter = crate::keys::KeyFilter {
+            owner: Some(new.owner.clone()),
+            org: None,
+        };
+        if self
+            .store
+            .list(&filter)
+            .await?
+            .iter()
+            .any(|k| k.org != new.org)
+        {
+            return Err(Error::OwnerInOtherOrganisation {
+                owner: new.owner.clone(),
+            });
+        }
+        Ok(())
     }
 
     /// Gives the generated key `id` a new secret, keeping its id (so its budgets, limits, statistics and ledger
@@ -316,7 +341,16 @@ impl KeyIssuer {
         let token = token::generate_for(prefix, record.env, &record.id, self.random.as_ref())?;
         let hash = self.hasher.hash_hmac(token.expose_secret().as_bytes());
         let now = self.clock.now().trunc_subsecs(6);
-        let grace_until = (grace > chrono::Duration::zero()).then(|| now + grace);
+        let grace_until = if grace > chrono::Duration::zero() {
+            Some(now.checked_add_signed(grace).ok_or_else(|| {
+                Error::invalid(
+                    "grace",
+                    "too long: the grace period ends past the year 262143",
+                )
+            })?)
+        } else {
+            None
+        };
         self.store.rotate(&record.id, &hash, grace_until).await?;
         Ok(RotatedKey {
             id: record.id.clone(),
@@ -338,9 +372,10 @@ impl KeyIssuer {
     /// # Errors
     /// [`Error::Hash`] for a hash string that does not parse, is over the ceilings, names an unknown pepper, or
     /// needs the `bcrypt` feature; [`Error::InvalidInput`] for a missing or wrong-length hint;
-    /// [`Error::HintFull`]; store failures.
+    /// [`Error::OwnerInOtherOrganisation`] as [`KeyIssuer::issue`]; [`Error::HintFull`]; store failures.
     pub async fn import(&self, new: NewKey, hash: &str, hint: Option<&str>) -> Result<KeyRecord> {
         new.validate()?;
+        self.check_organisation(&new).await?;
         let hash = KeyHash::from_str(hash.trim())?;
         if hash.scheme() == HashScheme::Bcrypt && !cfg!(feature = "bcrypt") {
             return Err(crate::keys::hash::HashError::FeatureDisabled(HashScheme::Bcrypt).into());

@@ -46,6 +46,14 @@ impl ClientIp {
     ///     .unwrap();
     /// request.extensions_mut().insert(ConnectInfo("10.0.0.1:5000".parse::<SocketAddr>().unwrap()));
     /// assert_eq!(source.of(&request), Some("203.0.113.7".parse().unwrap()));
+    ///
+    /// // An unreadable header is no address at all (IP rules then refuse), not the proxy's.
+    /// let mut request = Request::builder()
+    ///     .header("x-forwarded-for", axum::http::HeaderValue::from_bytes(b"203.0.113.7\xff").unwrap())
+    ///     .body(())
+    ///     .unwrap();
+    /// request.extensions_mut().insert(ConnectInfo("10.0.0.1:5000".parse::<SocketAddr>().unwrap()));
+    /// assert_eq!(source.of(&request), None);
     /// ```
     pub fn of<B>(&self, request: &Request<B>) -> Option<IpAddr> {
         let peer = request
@@ -61,14 +69,16 @@ impl ClientIp {
                     return Some(peer);
                 }
                 let mut last = peer;
-                // Every value of the header, in order, as one list; walked from the right.
-                let entries: Vec<&str> = request
+                // Every value of the header, in order, as one list; walked from the right. A value that is not
+                // readable text (a non-ASCII byte) makes the address unknown, never skipped: skipping it would
+                // fall back to the proxy's own address and let IP rules pass.
+                let values: Vec<&str> = request
                     .headers()
                     .get_all(header)
                     .iter()
-                    .filter_map(|v| v.to_str().ok())
-                    .flat_map(|v| v.split(','))
-                    .collect();
+                    .map(|v| v.to_str().ok())
+                    .collect::<Option<_>>()?;
+                let entries: Vec<&str> = values.iter().flat_map(|v| v.split(',')).collect();
                 for entry in entries.iter().rev() {
                     let ip: IpAddr = entry.trim().parse().ok()?;
                     last = ip;

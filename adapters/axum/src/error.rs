@@ -187,6 +187,11 @@ impl From<keymeter::Error> for ApiError {
             | E::InvalidCredential { .. }
             | E::InvalidUsage(_)
             | E::Token(_) => ApiError::unprocessable(e.to_string()),
+            E::OwnerInOtherOrganisation { .. } => ApiError::new(
+                StatusCode::FORBIDDEN,
+                "OWNER_IN_OTHER_ORGANISATION",
+                e.to_string(),
+            ),
             E::AlreadyExists { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "CONFLICT", e.to_string())
             }

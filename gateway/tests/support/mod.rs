@@ -296,9 +296,7 @@ pub async fn serve_with(
     .unwrap();
     let admin = app
         .issuer
-        .issue(
-            NewKey::new("admin", admin_owner).scopes(Scope::parse_list("admin,reports").unwrap()),
-        )
+        .issue(NewKey::new("admin", admin_owner).scopes(Scope::parse_list("*").unwrap()))
         .await
         .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
