@@ -165,6 +165,21 @@ pub enum Error {
         reserved: rust_decimal::Decimal,
     },
 
+    /// The request id is taken (DESIGN §15): another request holds it (`event_id` is `None`) or it is recorded
+    /// already (its event's id, and its cost while the event is kept). Nothing was reserved.
+    #[error("request id {request_id:?} was used already{}", match .event_id {
+        Some(id) => format!(": recorded as {id}"),
+        None => ": a request with it is in flight".to_owned(),
+    })]
+    DuplicateRequest {
+        /// The request id.
+        request_id: String,
+        /// The recorded event's id, when there is one.
+        event_id: Option<String>,
+        /// The recorded event's cost, when the event is kept (not pruned).
+        cost: Option<rust_decimal::Decimal>,
+    },
+
     /// A background task failed (a panic or cancellation inside keymeter).
     #[error("internal error: {0}")]
     Internal(String),

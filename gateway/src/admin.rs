@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, Query};
+use axum::extract::Path;
 use axum::http::StatusCode;
 use chrono::Utc;
 use keymeter::keys::record::parse_networks;
@@ -17,7 +17,7 @@ use secrecy::ExposeSecret;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{State, body_bytes, manages, parse_json};
+use super::{Params, State, body_bytes, manages, parse_json};
 
 /// `POST /api/v1/api-keys`, the seeds' field names.
 #[derive(Debug, Deserialize)]
@@ -149,7 +149,7 @@ fn org_of(admin: &KeyRecord, asked: Option<String>) -> Result<Option<String>, Ap
 pub async fn list(
     axum::extract::State(app): State,
     VerifiedKey(admin): VerifiedKey,
-    Query(q): Query<OrgQuery>,
+    Params(q): Params<OrgQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let filter = KeyFilter {
         owner: None,
@@ -173,7 +173,7 @@ pub async fn revoke(
 pub async fn revoke_all(
     axum::extract::State(app): State,
     VerifiedKey(admin): VerifiedKey,
-    Query(q): Query<OrgQuery>,
+    Params(q): Params<OrgQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let Some(org) = org_of(&admin, q.organization)? else {
         return Err(ApiError::unprocessable(
@@ -225,7 +225,7 @@ pub async fn stats(
     axum::extract::State(app): State,
     VerifiedKey(admin): VerifiedKey,
     Path(id): Path<String>,
-    Query(q): Query<StatsQuery>,
+    Params(q): Params<StatsQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let days = q.days.unwrap_or(30).clamp(1, 366);
     let record = managed(&app, &admin, &id).await?;

@@ -3,7 +3,6 @@
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::Query;
 use chrono::{DateTime, Utc};
 use keymeter::credentials::{CredentialScope, Provider};
 use keymeter::ledger::{BudgetScope, EventFilter, GroupBy, MeteredRequest};
@@ -12,7 +11,7 @@ use keymeter_axum::{ApiError, VerifiedKey};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{State, body_bytes, is_admin, owner_request_id, parse_json};
+use super::{Params, State, body_bytes, is_admin, owner_request_id, parse_json};
 
 /// The personal-key fields of the seeds' API, one per built-in provider.
 fn fields() -> [(&'static str, Provider); 3] {
@@ -142,7 +141,7 @@ pub struct ReportQuery {
 pub async fn report(
     axum::extract::State(app): State,
     VerifiedKey(key): VerifiedKey,
-    Query(q): Query<ReportQuery>,
+    Params(q): Params<ReportQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let by: GroupBy = q.by.as_deref().unwrap_or("day").parse()?;
     let tz: chrono_tz::Tz = match q.tz.as_deref() {

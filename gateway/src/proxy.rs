@@ -89,7 +89,13 @@ struct Fields {
     stream: Option<bool>,
     #[serde(default)]
     service_tier: Option<String>,
+    /// OpenAI: how many choices to generate (each up to the output cap).
+    #[serde(default)]
+    n: Option<u64>,
 }
+
+/// The most choices one request may ask for (OpenAI's own ceiling).
+const MAX_CHOICES: u64 = 128;
 
 pub async fn openai(state: State, key: VerifiedKey, headers: HeaderMap, body: Body) -> Response {
     proxy(state, key, headers, body, Api::OpenAi).await
@@ -169,19 +175,35 @@ async fn exchange(
     let streaming = fields.stream == Some(true);
     // The output cap: what the request names, else the configured default, which is then sent upstream so the
     // reservation stays a true bound.
-    let asked = fields.max_completion_tokens.or(fields.max_tokens);
+    // Each API's own field: Anthropic honours only `max_tokens`; OpenAI takes either, so the larger bounds it.
+    let asked = match api {
+        Api::OpenAi => fields.max_completion_tokens.max(fields.max_tokens),
+        Api::Anthropic => fields.max_tokens,
+    };
     let output_cap = asked.unwrap_or(app.settings.default_max_tokens);
     let upstream_body = rewrite(&body, api, streaming, asked.is_none(), output_cap)?;
+    // Every choice may use the whole cap: the reservation covers them all.
+    let choices = match (api, fields.n) {
+        (Api::OpenAi, Some(n)) if n == 0 || n > MAX_CHOICES => {
+            return Err(ApiError::unprocessable(format!(
+                "n must be 1–{MAX_CHOICES} choices"
+            )));
+        }
+        (Api::OpenAi, Some(n)) => n,
+        _ => 1,
+    };
+    // A client's tier is a claim: it may raise the reservation (priority costs more), never lower the bill. The
+    // settle prices at the tier the response names, else the provider's default.
+    let claimed = fields
+        .service_tier
+        .as_deref()
+        .and_then(|t| t.parse::<ServiceTier>().ok());
 
     let credential = app.resolver.resolve(&key.owner, &api.provider()).await?;
     let priced = Priced {
         model: fields.model.clone(),
         at: Utc::now(),
-        tier: fields
-            .service_tier
-            .as_deref()
-            .and_then(|t| t.parse::<ServiceTier>().ok())
-            .unwrap_or_default(),
+        tier: ServiceTier::default(),
     };
     let mut request = MeteredRequest::new(&*key, fields.model.clone())
         .credential_source(credential.source)
@@ -190,7 +212,13 @@ async fn exchange(
     if let Some(id) = client_request_id(&headers)? {
         request = request.request_id(owner_request_id(&key.owner, id));
     }
-    let worst = worst_case(&app, &priced, body.len() as u64, output_cap);
+    let worst = worst_case(
+        &app,
+        &priced,
+        claimed,
+        body.len() as u64,
+        output_cap.saturating_mul(choices),
+    );
     let hold = app.meter.reserve(request, &worst).await?;
     let bill = Bill {
         app: app.clone(),
@@ -342,15 +370,28 @@ fn rewrite(
 /// The most the request can cost: every byte of the body as one prompt token (a token is never shorter than a
 /// byte), priced at the dearest way the model bills prompt tokens (fresh, or written to a cache), plus the output
 /// cap.
-fn worst_case(app: &App, priced: &Priced, prompt_bound: u64, output: u64) -> Usage {
+fn worst_case(
+    app: &App,
+    priced: &Priced,
+    claimed: Option<ServiceTier>,
+    prompt_bound: u64,
+    output: u64,
+) -> Usage {
     let mut best: Option<(rust_decimal::Decimal, Usage)> = None;
-    for class in [
+    let classes = [
         TokenClass::Input,
         TokenClass::CacheWrite5m,
         TokenClass::CacheWrite1h,
-    ] {
+    ];
+    // The default tier, and the claimed one if the provider may bill it: whichever costs more.
+    let tiers = [None, claimed];
+    for (class, tier) in classes
+        .iter()
+        .flat_map(|c| tiers.iter().map(move |t| (*c, *t)))
+    {
         let mut usage = Usage {
             output,
+            tier,
             ..Usage::default()
         };
         usage.set(class, prompt_bound);

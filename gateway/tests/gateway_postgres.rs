@@ -147,3 +147,58 @@ async fn two_instances_share_revocations_and_budgets() {
     assert_eq!(total, status.spent);
     eprintln!("{admitted} admitted, {refused} refused, spent {total} of {limit}");
 }
+
+/// One client request id sent to two instances at once is forwarded once (DESIGN §15): the claim is the
+/// reservation row under a unique index, so the second instance waits for the first and is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_id_is_claimed_once_across_two_instances() {
+    let Ok(url) = std::env::var("KEYMETER_TEST_PG_URL") else {
+        eprintln!(
+            "skipping a_request_id_is_claimed_once_across_two_instances: KEYMETER_TEST_PG_URL is not set"
+        );
+        return;
+    };
+    let run = run_id();
+    let up = support::upstream().await;
+    let a = support::serve(&url, &up, &format!("ops-{run}")).await;
+    let b = support::serve(&url, &up, &format!("ops-{run}")).await;
+    let owner = format!("alice-{run}");
+    let (_, key) = a
+        .key(json!({"name": "alice", "owner": owner, "permissions": ["llm:chat"]}))
+        .await;
+    let body = json!({"model": "gpt-4o", "max_tokens": 300, "user": "slow",
+        "messages": [{"role": "user", "content": "Say hello"}]});
+    let id = format!("once-{run}");
+    let send = |gw: &support::Gateway| {
+        let request = gw
+            .post("/v1/chat/completions", &key)
+            .header("x-request-id", id.as_str())
+            .json(&body);
+        async move { support::send(request).await.status().as_u16() }
+    };
+    let statuses =
+        futures_util::future::join_all([&a, &b, &a, &b, &a, &b].into_iter().map(send)).await;
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 409).count(),
+        5,
+        "{statuses:?}"
+    );
+    assert_eq!(up.calls().len(), 1, "forwarded once");
+    // The settle reaches the store through the journal's drain, just after the answer.
+    let filter = EventFilter {
+        owner: Some(owner.clone()),
+        ..EventFilter::default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut events = a.app.store.events(&filter).await.unwrap();
+    while events.is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        events = a.app.store.events(&filter).await.unwrap();
+    }
+    assert_eq!(events.len(), 1);
+}

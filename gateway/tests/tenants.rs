@@ -211,3 +211,265 @@ async fn an_absurd_grace_period_is_refused() {
         assert_eq!(s, 422, "{grace}: {body}");
     }
 }
+
+fn chat(user: &str) -> Value {
+    json!({"model": "gpt-4o", "max_tokens": 300, "user": user,
+        "messages": [{"role": "user", "content": "Say hello"}]})
+}
+
+/// A reused `x-request-id` is answered 409 `DUPLICATE_REQUEST` before anything goes upstream, with the original
+/// event and cost once recorded: sequential reuse, concurrent reuse, and an id planted through usage ingest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_id_is_answered_once() {
+    let up = support::upstream().await;
+    let gw = support::sqlite_gateway(&up).await;
+    let (_, key) = gw
+        .key(json!({"name": "k", "owner": "alice", "permissions": ["llm:chat", "write"]}))
+        .await;
+    let send = |id: &'static str, user: &'static str| {
+        let request = gw
+            .post("/v1/chat/completions", &key)
+            .header("x-request-id", id)
+            .json(&chat(user));
+        async move {
+            let r = support::send(request).await;
+            let status = r.status().as_u16();
+            let cost = r
+                .headers()
+                .get("x-keymeter-cost")
+                .map(|v| v.to_str().unwrap().to_owned());
+            let body: Value = r.json().await.unwrap_or(Value::Null);
+            (status, cost, body)
+        }
+    };
+    let (s, cost, _) = send("same", "").await;
+    assert_eq!(s, 200);
+    let cost = cost.unwrap();
+    for _ in 0..4 {
+        let (s, again, body) = send("same", "").await;
+        assert_eq!((s, code(&body)), (409, "DUPLICATE_REQUEST"), "{body}");
+        assert_eq!(again, None, "no answer, so no cost header");
+        assert_eq!(body["error"]["cost"].as_str(), Some(cost.as_str()));
+        assert!(body["error"]["event_id"].is_string());
+    }
+    assert_eq!(up.calls().len(), 1, "one upstream call for five requests");
+
+    // Five at once (the stand-in answers after 400 ms): one is forwarded, the others refused while it runs.
+    let racing = futures_util::future::join_all((0..5).map(|_| send("race", "slow"))).await;
+    let statuses: Vec<u16> = racing.iter().map(|(s, ..)| *s).collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 409).count(),
+        4,
+        "{statuses:?}"
+    );
+    assert_eq!(up.calls().len(), 2);
+
+    // An id planted through ingest at a low cost cannot make a later chat free.
+    let usage = json!({"prompt_tokens": 1, "completion_tokens": 0, "total_tokens": 1});
+    let (s, _, planted) = gw
+        .call(
+            Method::POST,
+            "/api/v1/usage",
+            Some(&key),
+            Some(json!({"request_id": "planted", "model": "gpt-4o", "usage": usage, "usage_format": "openai"})),
+        )
+        .await;
+    assert_eq!(s, 200, "{planted}");
+    let (s, _, body) = send("planted", "").await;
+    assert_eq!((s, code(&body)), (409, "DUPLICATE_REQUEST"));
+    assert_eq!(body["error"]["event_id"], planted["event_id"]);
+    assert_eq!(up.calls().len(), 2);
+    // Ingest of an id a chat holds is refused too; once the chat is recorded it is a duplicate.
+    let slow = send("held", "slow");
+    let ingest = async {
+        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+        gw.call(
+            Method::POST,
+            "/api/v1/usage",
+            Some(&key),
+            Some(json!({"request_id": "held", "model": "gpt-4o", "usage": usage, "usage_format": "openai"})),
+        )
+        .await
+    };
+    let ((s, ..), (ingested, _, body)) = tokio::join!(slow, ingest);
+    assert_eq!(s, 200);
+    assert_eq!(
+        (ingested, code(&body)),
+        (409, "DUPLICATE_REQUEST"),
+        "{body}"
+    );
+}
+
+/// A careless (or clever) client's request fields: every choice is reserved (`n`), each API's own output cap is
+/// read (Anthropic's `max_tokens`, never `max_completion_tokens`), and a claimed cheaper tier is not believed
+/// when the provider served the default one.
+#[tokio::test]
+async fn the_reservation_bounds_what_the_request_may_cost() {
+    let up = support::upstream().await;
+    let gw = support::sqlite_gateway(&up).await;
+    let (_, key) = gw
+        .key(json!({"name": "k", "owner": "alice", "permissions": ["llm:chat", "write"]}))
+        .await;
+    let alice = keymeter::ledger::BudgetScope::Owner("alice".into());
+    gw.app
+        .store
+        .set_budget(
+            &keymeter::ledger::Budget::new(
+                alice,
+                "0.05".parse().unwrap(),
+                keymeter::ledger::BudgetPeriod::Monthly,
+            )
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let post = |path: &'static str, body: Value| {
+        let request = gw.post(path, &key).json(&body);
+        async move {
+            let r = support::send(request).await;
+            let status = r.status().as_u16();
+            let cost = r
+                .headers()
+                .get("x-keymeter-cost")
+                .map(|v| v.to_str().unwrap().to_owned());
+            let body: Value = r.json().await.unwrap_or(Value::Null);
+            (status, cost, body)
+        }
+    };
+    // 128 choices of up to 300 tokens of gpt-4o output ($10/M): $0.384 of room needed, $0.05 left.
+    let mut many = chat("");
+    many["n"] = json!(128);
+    let (s, _, body) = post("/v1/chat/completions", many).await;
+    assert_eq!((s, code(&body)), (402, "BUDGET_EXCEEDED"), "{body}");
+    for n in [0, 129] {
+        let mut bad = chat("");
+        bad["n"] = json!(n);
+        assert_eq!(post("/v1/chat/completions", bad).await.0, 422, "n = {n}");
+    }
+    // Anthropic honours max_tokens (64,000 tokens of Sonnet output: $0.96), whatever max_completion_tokens says.
+    let (s, _, _) = gw
+        .call(
+            Method::PATCH,
+            "/v2/users/me/api-key",
+            Some(&key),
+            Some(json!({"anthropic_api_key": "sk-ant-api03-alice-own-key-1111111111111"})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let claude = json!({"model": "claude-sonnet-4-5", "max_tokens": 64000, "max_completion_tokens": 1,
+        "messages": [{"role": "user", "content": "Say hello"}]});
+    let (s, _, body) = post("/v1/messages", claude).await;
+    assert_eq!((s, code(&body)), (402, "BUDGET_EXCEEDED"), "{body}");
+    assert!(
+        up.calls().is_empty(),
+        "nothing refused reached the provider"
+    );
+
+    // Flex claimed, default served: billed at the default tier.
+    let mut flex = chat("");
+    flex["model"] = json!("gpt-5");
+    flex["service_tier"] = json!("flex");
+    let (s, cost, body) = post("/v1/chat/completions", flex).await;
+    assert_eq!(s, 200, "{body}");
+    let usage = keymeter::pricing::normalize::normalize(
+        keymeter::pricing::UsageFormat::OpenAi,
+        support::OPENAI_USAGE,
+    )
+    .unwrap();
+    let standard = gw
+        .app
+        .meter
+        .catalog()
+        .cost(
+            "gpt-5",
+            &usage,
+            chrono::Utc::now(),
+            keymeter::pricing::ServiceTier::Standard,
+        )
+        .unwrap()
+        .total;
+    assert_eq!(cost.unwrap(), standard.to_string());
+}
+
+/// Usage ingest bounds times and counts by the rule every stored event keeps, so reports cannot be made to
+/// disagree or overflow.
+#[tokio::test]
+async fn ingest_refuses_times_and_counts_no_event_may_hold() {
+    let up = support::upstream().await;
+    let gw = support::sqlite_gateway(&up).await;
+    let (_, key) = gw
+        .key(json!({"name": "k", "owner": "alice", "permissions": ["write", "reports"]}))
+        .await;
+    let usage = json!({"prompt_tokens": 10, "completion_tokens": 1, "total_tokens": 11});
+    let huge = json!({"prompt_tokens": u64::MAX, "completion_tokens": 0, "total_tokens": u64::MAX});
+    for (i, (at, usage)) in [
+        (json!("-9999-01-01T00:00:00Z"), usage.clone()),
+        (json!("1969-12-31T23:59:59Z"), usage.clone()),
+        (json!(null), huge),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (s, _, body) = gw
+            .call(
+                Method::POST,
+                "/api/v1/usage",
+                Some(&key),
+                Some(
+                    json!({"request_id": format!("bad-{i}"), "model": "gpt-4o", "usage": usage,
+                    "usage_format": "openai", "at": at}),
+                ),
+            )
+            .await;
+        assert_eq!(s, 422, "{at}: {body}");
+    }
+    let (_, _, report) = gw
+        .call(Method::GET, "/api/v1/usage?by=owner", Some(&key), None)
+        .await;
+    assert_eq!(report["groups"], json!([]), "nothing was recorded");
+}
+
+/// Every refusal is the JSON error body, including a query string that does not parse and a wrong method.
+#[tokio::test]
+async fn every_error_is_the_json_error_body() {
+    let up = support::upstream().await;
+    let gw = support::sqlite_gateway(&up).await;
+    let (id, key) = gw
+        .key(json!({"name": "k", "owner": "alice", "permissions": ["reports", "billing"]}))
+        .await;
+    for (method, path, who, want) in [
+        (
+            Method::GET,
+            "/api/v1/usage?by=day&by=owner".to_owned(),
+            &key,
+            400,
+        ),
+        (
+            Method::GET,
+            format!("/api/v1/api-keys/{id}/stats?days=-1"),
+            &gw.admin,
+            400,
+        ),
+        (
+            Method::GET,
+            "/api/v1/api-keys?organization=a&organization=b".to_owned(),
+            &gw.admin,
+            400,
+        ),
+        (Method::DELETE, "/api/v1/budget".to_owned(), &key, 405),
+        (Method::PUT, "/v1/chat/completions".to_owned(), &key, 405),
+    ] {
+        let (s, _, body) = gw.call(method.clone(), &path, Some(who), None).await;
+        assert_eq!(s, want, "{method} {path}: {body}");
+        assert!(body["error"]["code"].is_string(), "{method} {path}: {body}");
+        assert!(
+            body["error"]["message"].is_string(),
+            "{method} {path}: {body}"
+        );
+    }
+}

@@ -674,6 +674,112 @@ pub async fn estimated_replaced_by_exact(ledger: Arc<dyn Ledger>) {
     }
 }
 
+/// A reservation claims its request id (DESIGN §15): while it lives the id is refused, with no event; released,
+/// expired or refused for budget, the id is free again; recorded (or pruned), it is refused with its event.
+/// Concurrent claims of one id: exactly one wins.
+pub async fn request_ids_are_claimed_with_the_reservation(ledger: Arc<dyn Ledger>) {
+    let alice = BudgetScope::Owner("alice".into());
+    ledger
+        .set_budget(&Budget::new(alice.clone(), d("1"), BudgetPeriod::Total).expect("b"))
+        .await
+        .expect("set");
+    let scopes = std::slice::from_ref(&alice);
+    let ttl = Duration::minutes(5);
+    let taken = |r: crate::error::Result<crate::ledger::Reservation>| match r {
+        Err(Error::DuplicateRequest { event_id, cost, .. }) => (event_id, cost),
+        other => panic!("expected DUPLICATE_REQUEST, got {other:?}"),
+    };
+    let first = ledger
+        .reserve_request("r1", scopes, d("0.4"), t0(), ttl)
+        .await
+        .expect("claim");
+    assert_eq!(first.scopes, std::slice::from_ref(&alice));
+    assert_eq!(
+        taken(
+            ledger
+                .reserve_request("r1", scopes, d("0.1"), t0(), ttl)
+                .await
+        ),
+        (None, None)
+    );
+    // Another id, and unclaimed reservations, are unaffected.
+    ledger
+        .reserve_request("r2", scopes, d("0.1"), t0(), Duration::minutes(1))
+        .await
+        .expect("another id");
+    ledger
+        .reserve(scopes, d("0.1"), t0(), ttl)
+        .await
+        .expect("unclaimed");
+    // Released: free again.
+    assert!(ledger.release(&first.id).await.expect("release"));
+    let again = ledger
+        .reserve_request("r1", scopes, d("0.4"), t0(), ttl)
+        .await
+        .expect("claim after release");
+    // Refused for budget: nothing claimed.
+    assert!(matches!(
+        ledger
+            .reserve_request("r3", scopes, d("0.9"), t0(), ttl)
+            .await,
+        Err(Error::BudgetExceeded { .. })
+    ));
+    // Settled: the id is recorded, and refused with its event and cost.
+    let recorded = ledger
+        .settle(&again.id, &event("r1", "alice", "0.25", t0()), t0())
+        .await
+        .expect("settle");
+    assert_eq!(
+        taken(
+            ledger
+                .reserve_request("r1", scopes, d("0.1"), t0(), ttl)
+                .await
+        ),
+        (Some(recorded.event_id.clone()), Some(d("0.25")))
+    );
+    // Expired: free again (judged at the new claim's time).
+    let later = t0() + Duration::minutes(2);
+    ledger
+        .reserve_request("r2", scopes, d("0.1"), later, ttl)
+        .await
+        .expect("claim after expiry");
+    ledger
+        .reserve_request("r3", scopes, d("0.1"), later, ttl)
+        .await
+        .expect("an id refused for budget was never claimed");
+    // Pruned: still recorded.
+    let old = Utc
+        .with_ymd_and_hms(2020, 1, 1, 0, 0, 0)
+        .single()
+        .expect("date");
+    ledger
+        .record(&event("r-old", "bob", "0.5", old))
+        .await
+        .expect("record");
+    ledger.prune(old + Duration::days(1)).await.expect("prune");
+    let (event_id, _) = taken(
+        ledger
+            .reserve_request("r-old", &[], Decimal::ZERO, later, ttl)
+            .await,
+    );
+    assert!(event_id.is_some());
+    // Eight claims of one id at once: one wins.
+    let claims = (0..8).map(|_| {
+        let ledger = ledger.clone();
+        tokio::spawn(async move {
+            ledger
+                .reserve_request("r-race", &[], Decimal::ZERO, later, ttl)
+                .await
+                .is_ok()
+        })
+    });
+    let mut won = 0;
+    for claim in claims {
+        won += usize::from(claim.await.expect("task"));
+    }
+    assert_eq!(won, 1);
+}
+
 /// An abandoned reservation stops counting at its deadline.
 pub async fn reservations_expire(ledger: Arc<dyn Ledger>) {
     let alice = BudgetScope::Owner("alice".into());

@@ -44,6 +44,16 @@ pub struct UsageEvent {
     pub estimated_first: bool,
 }
 
+/// The earliest time an event may carry: the Unix epoch.
+fn earliest() -> DateTime<Utc> {
+    DateTime::UNIX_EPOCH
+}
+
+/// The latest time an event may carry: the end of the year 9999.
+fn latest() -> DateTime<Utc> {
+    DateTime::from_timestamp(253_402_300_799, 0).unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
 fn is_false(b: &bool) -> bool {
     !*b
 }
@@ -127,8 +137,8 @@ impl UsageEvent {
     }
 
     /// Checks what every backend requires of an event before storing it: names (event id, request id, owner,
-    /// provider, model, key id, org) of 1–256 characters without control characters, and a cost that is not
-    /// negative. Backends call it on every event they are given (the fields are public, so an event need not
+    /// provider, model, key id, org) of 1–256 characters without control characters, a time in the years
+    /// 1970–9999, counts within [`Usage::MAX_COUNT`], and a cost that is not negative. Backends call it on every event they are given (the fields are public, so an event need not
     /// come from [`UsageEvent::new`]).
     ///
     /// # Errors
@@ -146,6 +156,13 @@ impl UsageEvent {
         if let Some(o) = &self.org {
             name("org", o)?;
         }
+        if self.at < earliest() || self.at > latest() {
+            return Err(crate::Error::invalid(
+                "event time",
+                format!("{} is outside the years 1970–9999", self.at),
+            ));
+        }
+        self.usage.check_bounds()?;
         crate::validate::amount("cost", self.cost)
     }
 

@@ -327,7 +327,9 @@ impl Meter {
     /// With a journal, the hold is written to it before this returns.
     ///
     /// # Errors
-    /// [`crate::Error::BudgetExceeded`] when a budget has no room (nothing is reserved); pricing errors
+    /// [`crate::Error::BudgetExceeded`] when a budget has no room (nothing is reserved);
+    /// [`crate::Error::DuplicateRequest`] when the request's own id is held by another reservation or recorded
+    /// (see [`Ledger::reserve_request`]); pricing errors
     /// ([`crate::Error::UnknownModel`] and the like); backend failures; with a journal,
     /// [`crate::Error::Unavailable`] (`JOURNAL_FULL`) when it cannot take the hold (the reservation is given back).
     pub async fn reserve(&self, request: MeteredRequest, worst: &Usage) -> Result<Hold> {
@@ -339,10 +341,20 @@ impl Meter {
             request.terms,
         )?;
         let request_id = self.request_id(&request)?;
-        let reservation = self
-            .ledger
-            .reserve(&request.payer.scopes(), cost.total, now, self.hold_ttl)
-            .await?;
+        let scopes = request.payer.scopes();
+        // A caller's request id is claimed with the reservation (a fresh random one cannot collide).
+        let reservation = match &request.request_id {
+            Some(id) => {
+                self.ledger
+                    .reserve_request(id, &scopes, cost.total, now, self.hold_ttl)
+                    .await?
+            }
+            None => {
+                self.ledger
+                    .reserve(&scopes, cost.total, now, self.hold_ttl)
+                    .await?
+            }
+        };
         if let Some(journal) = &self.journal {
             let record = HoldRecord {
                 request_id: request_id.clone(),
@@ -454,10 +466,13 @@ impl Meter {
         self.ledger.release(&hold.reservation.id).await
     }
 
-    /// Prices and records a request that had no reservation (usage reported after the fact, as by an SDK).
+    /// Prices and records a request that had no reservation (usage reported after the fact, as by an SDK). A
+    /// request id given by the caller is claimed first, as [`Meter::reserve`] claims it: recorded once, and never
+    /// while a reservation holds it.
     ///
     /// # Errors
-    /// As [`Meter::settle`].
+    /// [`crate::Error::DuplicateRequest`] when a reservation holds the request id (a request with it is in
+    /// flight); otherwise as [`Meter::settle`].
     pub async fn record<'a>(
         &self,
         request: MeteredRequest,
@@ -465,7 +480,25 @@ impl Meter {
     ) -> Result<Metered> {
         let request_id = self.request_id(&request)?;
         let (event, cost) = self.event(&request, &request_id, usage.into())?;
-        let recorded = self.ledger.record(&event).await?;
+        if request.request_id.is_none() {
+            let recorded = self.ledger.record(&event).await?;
+            return Ok(Metered::new(event, cost, recorded));
+        }
+        // A caller's id shares one space with the reservations' claims: claimed (with nothing reserved) and
+        // settled, so it is never recorded while a request holding it is in flight.
+        let now = self.clock.now();
+        let recorded = match self
+            .ledger
+            .reserve_request(&request_id, &[], Decimal::ZERO, now, self.hold_ttl)
+            .await
+        {
+            Ok(claim) => self.ledger.settle(&claim.id, &event, now).await?,
+            // Recorded already: a duplicate, or the exact usage of an estimated event.
+            Err(Error::DuplicateRequest {
+                event_id: Some(_), ..
+            }) => self.ledger.record(&event).await?,
+            Err(e) => return Err(e),
+        };
         Ok(Metered::new(event, cost, recorded))
     }
 
@@ -530,6 +563,8 @@ impl Meter {
         usage: ReportedUsage<'_>,
     ) -> Result<(UsageEvent, Cost)> {
         let usage = usage.canonical()?;
+        // Before pricing: a count no event may hold is refused, not priced.
+        usage.check_bounds()?;
         let at = request.at.unwrap_or_else(|| self.clock.now());
         let cost = self
             .catalog

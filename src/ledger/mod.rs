@@ -152,6 +152,33 @@ pub trait Ledger: Send + Sync + std::fmt::Debug {
         ttl: Duration,
     ) -> Result<Reservation>;
 
+    /// Reserves as [`Ledger::reserve`] and claims `request_id` in the same atomic step (DESIGN §15): while the
+    /// reservation lives no other reservation can claim it, and an id already recorded (or pruned) is refused.
+    /// Releasing the reservation (or its expiry) frees the id; settling it records the id's event. The default
+    /// implementation checks [`Ledger::event`] and then reserves, which is not atomic: every bundled backend
+    /// overrides it with one transaction.
+    ///
+    /// # Errors
+    /// [`Error::DuplicateRequest`] when the id is held or recorded (nothing is reserved then); as
+    /// [`Ledger::reserve`].
+    async fn reserve_request(
+        &self,
+        request_id: &str,
+        scopes: &[BudgetScope],
+        amount: Decimal,
+        now: DateTime<Utc>,
+        ttl: Duration,
+    ) -> Result<Reservation> {
+        if let Some(event) = self.event(request_id).await? {
+            return Err(Error::DuplicateRequest {
+                request_id: request_id.to_owned(),
+                event_id: Some(event.event_id),
+                cost: Some(event.cost),
+            });
+        }
+        self.reserve(scopes, amount, now, ttl).await
+    }
+
     /// Ends a reservation and records the request's actual event, atomically. The actual cost may be lower or
     /// higher than reserved: it is what was spent. An expired or unknown reservation still records the event.
     ///

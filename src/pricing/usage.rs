@@ -241,6 +241,35 @@ impl Usage {
         }
     }
 
+    /// The most any one class of one event may count: 2⁴⁰ (about 1.1 × 10¹²). Far above any real request, and
+    /// low enough that sums over millions of events stay exact in every store's 64-bit columns.
+    pub const MAX_COUNT: u64 = 1 << 40;
+
+    /// Checks every count against [`Usage::MAX_COUNT`]; every stored event passes it (one rule for ingest,
+    /// settles, records and imports).
+    ///
+    /// ```
+    /// # use keymeter::pricing::Usage;
+    /// assert!(Usage { input: 1_000, ..Usage::default() }.check_bounds().is_ok());
+    /// assert!(Usage { output: u64::MAX, ..Usage::default() }.check_bounds().is_err());
+    /// ```
+    ///
+    /// # Errors
+    /// [`crate::Error::InvalidUsage`] naming the class.
+    pub fn check_bounds(&self) -> crate::Result<()> {
+        match TokenClass::ALL
+            .iter()
+            .find(|c| self.get(**c) > Self::MAX_COUNT)
+        {
+            Some(class) => Err(crate::Error::InvalidUsage(format!(
+                "{class:?} counts {}: at most {} per event",
+                self.get(*class),
+                Self::MAX_COUNT
+            ))),
+            None => Ok(()),
+        }
+    }
+
     /// The count of one class.
     pub fn get(&self, class: TokenClass) -> u64 {
         match class {

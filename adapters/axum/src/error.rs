@@ -33,6 +33,8 @@ struct Inner {
     code: &'static str,
     message: String,
     headers: HeaderMap,
+    /// Fields of the error object beside `code` and `message` (what refused, what was recorded).
+    details: serde_json::Map<String, serde_json::Value>,
 }
 
 impl ApiError {
@@ -43,6 +45,7 @@ impl ApiError {
             code,
             message: message.into(),
             headers: HeaderMap::new(),
+            details: serde_json::Map::new(),
         }))
     }
 
@@ -97,6 +100,15 @@ impl ApiError {
         self
     }
 
+    /// Adds a field to the error object, beside `code` and `message` (which it never replaces).
+    #[must_use]
+    pub fn with_detail(mut self, name: &str, value: impl Into<serde_json::Value>) -> Self {
+        if name != "code" && name != "message" {
+            self.0.details.insert(name.to_owned(), value.into());
+        }
+        self
+    }
+
     /// Adds a header to the answer.
     #[must_use]
     pub fn header(mut self, name: HeaderName, value: HeaderValue) -> Self {
@@ -116,7 +128,10 @@ impl ApiError {
 
     /// The JSON body.
     pub fn body(&self) -> serde_json::Value {
-        serde_json::json!({"error": {"code": self.0.code, "message": self.0.message}})
+        let mut error = self.0.details.clone();
+        error.insert("code".into(), self.0.code.into());
+        error.insert("message".into(), self.0.message.clone().into());
+        serde_json::json!({ "error": error })
     }
 }
 
@@ -192,6 +207,22 @@ impl From<keymeter::Error> for ApiError {
                 "OWNER_IN_OTHER_ORGANISATION",
                 e.to_string(),
             ),
+            E::DuplicateRequest {
+                request_id,
+                event_id,
+                cost,
+            } => {
+                let mut answer =
+                    ApiError::new(StatusCode::CONFLICT, "DUPLICATE_REQUEST", e.to_string())
+                        .with_detail("request_id", request_id.as_str());
+                if let Some(id) = event_id {
+                    answer = answer.with_detail("event_id", id.as_str());
+                }
+                if let Some(cost) = cost {
+                    answer = answer.with_detail("cost", cost.normalize().to_string());
+                }
+                answer
+            }
             E::AlreadyExists { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "CONFLICT", e.to_string())
             }

@@ -137,7 +137,8 @@ async fn answer(
         }
         a
     } else {
-        let mut a = json!({"id": "chatcmpl-1", "object": "chat.completion",
+        // As OpenAI answers a request it served at its default tier, whatever tier the request asked for.
+        let mut a = json!({"id": "chatcmpl-1", "object": "chat.completion", "service_tier": "default",
             "choices": [{"index": 0, "message": {"role": "assistant", "content": "hello"}}]});
         if usage {
             a["usage"] = serde_json::from_str(OPENAI_USAGE).unwrap();

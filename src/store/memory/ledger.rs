@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Duration, Utc};
 use rust_decimal::Decimal;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::ledger::{
     Budget, BudgetScope, BudgetStatus, EventFilter, Ledger, Recorded, Reservation, Standing,
     UsageEvent, admit,
@@ -54,6 +54,8 @@ impl BudgetEntry {
 struct Held {
     amount: Decimal,
     expires_at: DateTime<Utc>,
+    /// The request id it claims, if any.
+    request: Option<Arc<str>>,
     /// (index into `LedgerState::budgets`, period start).
     slots: Vec<(usize, i64)>,
 }
@@ -114,6 +116,8 @@ pub(crate) struct LedgerState {
     by_owner: HashMap<String, usize>,
     by_org: HashMap<String, usize>,
     holds: HashMap<u64, Held>,
+    // Request ids claimed by live holds.
+    claims: HashMap<Arc<str>, u64>,
     expiries: BTreeSet<(DateTime<Utc>, u64)>,
     next_id: u64,
 }
@@ -168,6 +172,9 @@ impl LedgerState {
             return false;
         };
         self.expiries.remove(&(held.expires_at, id));
+        if let Some(request) = &held.request {
+            self.claims.remove(request);
+        }
         // A zero left in place is cheaper than freeing and re-allocating the entry on the next reserve.
         for (i, start) in held.slots {
             if let Some(r) = self.budgets[i].reserved.get_mut(&start) {
@@ -175,6 +182,63 @@ impl LedgerState {
             }
         }
         true
+    }
+
+    /// Admits and holds `amount` against the budgets of `scopes` (after a purge), claiming `request` if given.
+    fn reserve(
+        &mut self,
+        scopes: &[BudgetScope],
+        amount: Decimal,
+        now: DateTime<Utc>,
+        ttl: Duration,
+        request: Option<Arc<str>>,
+        prefix: &str,
+    ) -> Result<Reservation> {
+        let mut slots: Vec<(usize, i64)> = Vec::with_capacity(scopes.len());
+        for scope in scopes {
+            let Some(i) = self.index(scope) else {
+                continue;
+            };
+            if slots.iter().any(|(j, _)| *j == i) {
+                continue;
+            }
+            slots.push((i, self.budgets[i].period_start(now)));
+        }
+        admit(
+            slots
+                .iter()
+                .map(|&(i, start)| self.budgets[i].standing(start)),
+            amount,
+        )?;
+        for &(i, start) in &slots {
+            *self.budgets[i].reserved.entry(start).or_default() += amount;
+        }
+        self.next_id += 1;
+        let number = self.next_id;
+        let expires_at = now + ttl;
+        self.expiries.insert((expires_at, number));
+        let scopes = slots
+            .iter()
+            .map(|&(i, _)| self.budgets[i].budget.scope.clone())
+            .collect();
+        if let Some(r) = &request {
+            self.claims.insert(r.clone(), number);
+        }
+        self.holds.insert(
+            number,
+            Held {
+                amount,
+                expires_at,
+                request,
+                slots,
+            },
+        );
+        Ok(Reservation {
+            id: format!("{prefix}{number}"),
+            amount,
+            expires_at,
+            scopes,
+        })
     }
 
     fn record(&mut self, event: &UsageEvent) -> Recorded {
@@ -391,47 +455,45 @@ impl Ledger for MemoryStore {
         crate::ledger::validate_reservation(scopes, amount, ttl)?;
         let mut state = self.ledger();
         state.purge(now);
-        let mut slots: Vec<(usize, i64)> = Vec::with_capacity(scopes.len());
-        for scope in scopes {
-            let Some(i) = state.index(scope) else {
-                continue;
-            };
-            if slots.iter().any(|(j, _)| *j == i) {
-                continue;
-            }
-            slots.push((i, state.budgets[i].period_start(now)));
+        state.reserve(scopes, amount, now, ttl, None, &self.reservation_prefix)
+    }
+
+    async fn reserve_request(
+        &self,
+        request_id: &str,
+        scopes: &[BudgetScope],
+        amount: Decimal,
+        now: DateTime<Utc>,
+        ttl: Duration,
+    ) -> Result<Reservation> {
+        crate::ledger::validate_reservation(scopes, amount, ttl)?;
+        crate::validate::name("request id", request_id)?;
+        let mut state = self.ledger();
+        state.purge(now);
+        let taken = |event_id: Option<String>, cost: Option<Decimal>| Error::DuplicateRequest {
+            request_id: request_id.to_owned(),
+            event_id,
+            cost,
+        };
+        if let Some(event_id) = state.pruned.get(request_id) {
+            return Err(taken(Some(event_id.to_string()), None));
         }
-        admit(
-            slots
-                .iter()
-                .map(|&(i, start)| state.budgets[i].standing(start)),
-            amount,
-        )?;
-        for &(i, start) in &slots {
-            *state.budgets[i].reserved.entry(start).or_default() += amount;
+        if let Some(&i) = state.by_request.get(request_id) {
+            let e = &state.events[i / EVENT_CHUNK][i % EVENT_CHUNK];
+            return Err(taken(Some(e.event_id.to_string()), Some(e.cost)));
         }
-        state.next_id += 1;
-        let number = state.next_id;
-        let expires_at = now + ttl;
-        state.expiries.insert((expires_at, number));
-        let scopes = slots
-            .iter()
-            .map(|&(i, _)| state.budgets[i].budget.scope.clone())
-            .collect();
-        state.holds.insert(
-            number,
-            Held {
-                amount,
-                expires_at,
-                slots,
-            },
-        );
-        Ok(Reservation {
-            id: format!("{}{number}", self.reservation_prefix),
-            amount,
-            expires_at,
+        if state.claims.contains_key(request_id) {
+            return Err(taken(None, None));
+        }
+        let request: Arc<str> = Arc::from(request_id);
+        state.reserve(
             scopes,
-        })
+            amount,
+            now,
+            ttl,
+            Some(request),
+            &self.reservation_prefix,
+        )
     }
 
     async fn settle(

@@ -14,7 +14,7 @@ use sqlx::Row;
 
 use super::{PostgresStore, Tx, corrupt, db};
 use crate::credentials::CredentialSource;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::ledger::report::{ReportBuilder, Totals};
 use crate::ledger::{
     Budget, BudgetScope, BudgetStatus, Estimated, EventCursor, EventFilter, GroupBy, Ledger,
@@ -227,6 +227,140 @@ async fn record_in(tx: &mut Tx, events: &[UsageEvent]) -> Result<Vec<Recorded>> 
     // One locking pass over every budget touched, in one order, so batches never deadlock one another.
     add_to_budgets(tx, &amounts).await?;
     Ok(out)
+}
+
+/// Reserves `amount` as reservation `id` against the budgets of `scopes` (locked in one order), claiming
+/// `request_id` first if given. The claim is the reservation row itself under a unique index: a second claim of
+/// the id on any instance waits for the first transaction and then finds the row (or, if that one rolled back,
+/// takes it); the check for a recorded event comes after the claim, so an event committed by a settle the claim
+/// waited for is seen.
+async fn reserve_in(
+    tx: &mut Tx,
+    id: &str,
+    request_id: Option<&str>,
+    scopes: &[BudgetScope],
+    amount: Decimal,
+    now: DateTime<Utc>,
+    ttl: Duration,
+) -> Result<Reservation> {
+    let expires_at = now + ttl;
+    if let Some(request) = request_id {
+        claim(tx, id, request, amount, now, expires_at).await?;
+    }
+    let budgets = lock_budgets(tx, scopes.iter().collect::<BTreeSet<_>>()).await?;
+    let mut found = Vec::with_capacity(budgets.len());
+    for budget in &budgets {
+        let start = budget.period_start(now);
+        let (spent, reserved) = standing_of(&mut **tx, &budget.scope, start, now).await?;
+        found.push((budget, spent, reserved, start));
+    }
+    admit(
+        found.iter().map(|(budget, spent, reserved, _)| Standing {
+            budget,
+            spent: *spent,
+            reserved: *reserved,
+        }),
+        amount,
+    )?;
+    // Expired reservations no longer count; clear a few, skipping rows another instance holds.
+    sqlx::query(
+        "DELETE FROM keymeter_reservations WHERE id IN (SELECT id FROM keymeter_reservations \
+         WHERE expires_at <= $1 ORDER BY expires_at LIMIT 64 FOR UPDATE SKIP LOCKED)",
+    )
+    .bind(now)
+    .execute(&mut **tx)
+    .await
+    .map_err(db)?;
+    if request_id.is_none() {
+        sqlx::query(
+            "INSERT INTO keymeter_reservations (id, amount, expires_at) VALUES ($1, $2, $3)",
+        )
+        .bind(id)
+        .bind(amount)
+        .bind(expires_at)
+        .execute(&mut **tx)
+        .await
+        .map_err(db)?;
+    }
+    let kinds: Vec<&str> = found.iter().map(|(b, ..)| b.scope.kind()).collect();
+    let ids: Vec<&str> = found.iter().map(|(b, ..)| b.scope.id()).collect();
+    let starts: Vec<DateTime<Utc>> = found.iter().map(|(.., s)| *s).collect();
+    sqlx::query(
+        "INSERT INTO keymeter_reservation_budgets (reservation_id, scope_kind, scope_id, period_start) \
+         SELECT $1, * FROM UNNEST($2::text[], $3::text[], $4::timestamptz[])",
+    )
+    .bind(id)
+    .bind(&kinds)
+    .bind(&ids)
+    .bind(&starts)
+    .execute(&mut **tx)
+    .await
+    .map_err(db)?;
+    // In the caller's order, as the other backends give them.
+    let mut held: Vec<BudgetScope> = Vec::with_capacity(budgets.len());
+    for s in scopes {
+        if budgets.iter().any(|b| b.scope == *s) && !held.contains(s) {
+            held.push(s.clone());
+        }
+    }
+    Ok(Reservation {
+        id: id.to_owned(),
+        amount,
+        expires_at,
+        scopes: held,
+    })
+}
+
+/// Inserts reservation `id` claiming `request_id`, or refuses the id: held by a live reservation, or recorded.
+async fn claim(
+    tx: &mut Tx,
+    id: &str,
+    request_id: &str,
+    amount: Decimal,
+    now: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+) -> Result<()> {
+    let taken = |event_id: Option<String>, cost: Option<Decimal>| Error::DuplicateRequest {
+        request_id: request_id.to_owned(),
+        event_id,
+        cost,
+    };
+    // An expired claim of this id frees it.
+    sqlx::query("DELETE FROM keymeter_reservations WHERE request_id = $1 AND expires_at <= $2")
+        .bind(request_id)
+        .bind(now)
+        .execute(&mut **tx)
+        .await
+        .map_err(db)?;
+    let inserted = sqlx::query(
+        "INSERT INTO keymeter_reservations (id, amount, expires_at, request_id) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (request_id) WHERE request_id IS NOT NULL DO NOTHING RETURNING id",
+    )
+    .bind(id)
+    .bind(amount)
+    .bind(expires_at)
+    .bind(request_id)
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(db)?;
+    let recorded = sqlx::query(
+        "SELECT event_id, cost FROM keymeter_usage_events WHERE request_id = $1 \
+         UNION ALL SELECT event_id, NULL FROM keymeter_pruned_requests WHERE request_id = $1 LIMIT 1",
+    )
+    .bind(request_id)
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(db)?;
+    if let Some(row) = recorded {
+        return Err(taken(
+            Some(row.text("event_id")?),
+            row.try_get::<Option<Decimal>, _>("cost").map_err(db)?,
+        ));
+    }
+    if inserted.is_none() {
+        return Err(taken(None, None));
+    }
+    Ok(())
 }
 
 /// Replaces stored `estimated` events with the exact events of the batch found duplicates of them (DESIGN §13,
@@ -607,58 +741,21 @@ impl Ledger for PostgresStore {
     ) -> Result<Reservation> {
         crate::ledger::validate_reservation(scopes, amount, ttl)?;
         let id = crate::ledger::reservation_id(self.random.as_ref())?;
-        let expires_at = now + ttl;
-        transaction!(self, tx => {
-            async {
-                let budgets = lock_budgets(tx, scopes.iter().collect::<BTreeSet<_>>()).await?;
-                let mut found = Vec::with_capacity(budgets.len());
-                for budget in &budgets {
-                    let start = budget.period_start(now);
-                    let (spent, reserved) = standing_of(&mut **tx, &budget.scope, start, now).await?;
-                    found.push((budget, spent, reserved, start));
-                }
-                admit(found.iter().map(|(budget, spent, reserved, _)| Standing { budget, spent: *spent, reserved: *reserved }), amount)?;
-                // Expired reservations no longer count; clear a few, skipping rows another instance holds.
-                sqlx::query(
-                    "DELETE FROM keymeter_reservations WHERE id IN (SELECT id FROM keymeter_reservations \
-                     WHERE expires_at <= $1 ORDER BY expires_at LIMIT 64 FOR UPDATE SKIP LOCKED)",
-                )
-                .bind(now)
-                .execute(&mut **tx)
-                .await
-                .map_err(db)?;
-                sqlx::query("INSERT INTO keymeter_reservations (id, amount, expires_at) VALUES ($1, $2, $3)")
-                    .bind(&id)
-                    .bind(amount)
-                    .bind(expires_at)
-                    .execute(&mut **tx)
-                    .await
-                    .map_err(db)?;
-                let kinds: Vec<&str> = found.iter().map(|(b, ..)| b.scope.kind()).collect();
-                let ids: Vec<&str> = found.iter().map(|(b, ..)| b.scope.id()).collect();
-                let starts: Vec<DateTime<Utc>> = found.iter().map(|(.., s)| *s).collect();
-                sqlx::query(
-                    "INSERT INTO keymeter_reservation_budgets (reservation_id, scope_kind, scope_id, period_start) \
-                     SELECT $1, * FROM UNNEST($2::text[], $3::text[], $4::timestamptz[])",
-                )
-                .bind(&id)
-                .bind(&kinds)
-                .bind(&ids)
-                .bind(&starts)
-                .execute(&mut **tx)
-                .await
-                .map_err(db)?;
-                // In the caller's order, as the other backends give them.
-                let mut held: Vec<BudgetScope> = Vec::with_capacity(budgets.len());
-                for s in scopes {
-                    if budgets.iter().any(|b| b.scope == *s) && !held.contains(s) {
-                        held.push(s.clone());
-                    }
-                }
-                Ok(Reservation { id: id.clone(), amount, expires_at, scopes: held })
-            }
-            .await
-        })
+        transaction!(self, tx => { reserve_in(tx, &id, None, scopes, amount, now, ttl).await })
+    }
+
+    async fn reserve_request(
+        &self,
+        request_id: &str,
+        scopes: &[BudgetScope],
+        amount: Decimal,
+        now: DateTime<Utc>,
+        ttl: Duration,
+    ) -> Result<Reservation> {
+        crate::ledger::validate_reservation(scopes, amount, ttl)?;
+        crate::validate::name("request id", request_id)?;
+        let id = crate::ledger::reservation_id(self.random.as_ref())?;
+        transaction!(self, tx => { reserve_in(tx, &id, Some(request_id), scopes, amount, now, ttl).await })
     }
 
     async fn settle(

@@ -59,6 +59,11 @@ const MIGRATIONS: &[Migration] = &[
         "estimated_events",
         include_str!("../../../migrations/postgres/0009_estimated_events.sql"),
     ),
+    (
+        10,
+        "request_claims",
+        include_str!("../../../migrations/postgres/0010_request_claims.sql"),
+    ),
 ];
 
 /// The advisory lock migrations take: "keymeter" in ASCII, so it stays clear of an application's own numbers.

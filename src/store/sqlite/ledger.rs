@@ -81,6 +81,104 @@ async fn add_spend(tx: &mut Tx, scope: &BudgetScope, start: i64, amount: Decimal
     Ok(())
 }
 
+/// Reserves `amount` as reservation `id` against the budgets of `scopes`, claiming `request_id` if given: one
+/// writer at a time (the caller's `BEGIN IMMEDIATE`), so the checks below cannot interleave with another claim.
+async fn reserve_in(
+    tx: &mut Tx,
+    id: &str,
+    request_id: Option<&str>,
+    scopes: &[BudgetScope],
+    amount: Decimal,
+    now: DateTime<Utc>,
+    ttl: Duration,
+) -> Result<Reservation> {
+    let expires_at = now + ttl;
+    purge(tx, now).await?;
+    if let Some(request) = request_id {
+        claimable(tx, request).await?;
+    }
+    let mut found: Vec<(Budget, Decimal, Decimal, i64)> = Vec::new();
+    for scope in scopes {
+        if found.iter().any(|(b, ..)| b.scope == *scope) {
+            continue;
+        }
+        if let Some(budget) = budget_of(tx, scope).await? {
+            let start = micros(budget.period_start(now));
+            let spent = spent_in(tx, scope, start).await?;
+            let reserved = reserved_in(tx, scope, start).await?;
+            found.push((budget, spent, reserved, start));
+        }
+    }
+    let standings = found.iter().map(|(budget, spent, reserved, _)| Standing {
+        budget,
+        spent: *spent,
+        reserved: *reserved,
+    });
+    admit(standings, amount)?;
+    let slots: Vec<(BudgetScope, i64)> = found
+        .into_iter()
+        .map(|(budget, _, _, start)| (budget.scope, start))
+        .collect();
+    sqlx::query(
+        "INSERT INTO keymeter_reservations (id, amount, expires_at, request_id) VALUES (?1, ?2, ?3, ?4)",
+    )
+    .bind(id)
+    .bind(amount.to_string())
+    .bind(micros(expires_at))
+    .bind(request_id)
+    .execute(&mut **tx)
+    .await
+    .map_err(db)?;
+    for (scope, start) in &slots {
+        sqlx::query(
+            "INSERT INTO keymeter_reservation_budgets (reservation_id, scope_kind, scope_id, period_start) \
+             VALUES (?1, ?2, ?3, ?4)",
+        )
+        .bind(id)
+        .bind(scope.kind())
+        .bind(scope.id())
+        .bind(start)
+        .execute(&mut **tx)
+        .await
+        .map_err(db)?;
+    }
+    Ok(Reservation {
+        id: id.to_owned(),
+        amount,
+        expires_at,
+        scopes: slots.into_iter().map(|(s, _)| s).collect(),
+    })
+}
+
+/// Refuses a request id that a live reservation holds or that is recorded (or pruned).
+async fn claimable(tx: &mut Tx, request_id: &str) -> Result<()> {
+    let taken = |event_id: Option<String>, cost: Option<Decimal>| Error::DuplicateRequest {
+        request_id: request_id.to_owned(),
+        event_id,
+        cost,
+    };
+    let row = sqlx::query(
+        "SELECT event_id, cost FROM keymeter_usage_events WHERE request_id = ?1 \
+         UNION ALL SELECT event_id, NULL FROM keymeter_pruned_requests WHERE request_id = ?1 \
+         UNION ALL SELECT NULL, NULL FROM keymeter_reservations WHERE request_id = ?1 LIMIT 1",
+    )
+    .bind(request_id)
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(db)?;
+    match row {
+        None => Ok(()),
+        Some(row) => {
+            let event_id: Option<String> = row.try_get("event_id").map_err(db)?;
+            let cost: Option<String> = row.try_get("cost").map_err(db)?;
+            let cost = cost
+                .map(|c| c.parse::<Decimal>().map_err(|_| corrupt("event cost")))
+                .transpose()?;
+            Err(taken(event_id, cost))
+        }
+    }
+}
+
 /// Adds to `found` the event id stored in `table` (events or pruned requests) for each of `requests` it holds.
 async fn event_ids_of(
     tx: &mut Tx,
@@ -508,57 +606,21 @@ impl Ledger for SqliteStore {
     ) -> Result<Reservation> {
         crate::ledger::validate_reservation(scopes, amount, ttl)?;
         let id = crate::ledger::reservation_id(self.random.as_ref())?;
-        let expires_at = now + ttl;
-        immediate!(self, tx => {
-            async {
-                purge(tx, now).await?;
-                let mut found: Vec<(Budget, Decimal, Decimal, i64)> = Vec::new();
-                for scope in scopes {
-                    if found.iter().any(|(b, ..)| b.scope == *scope) {
-                        continue;
-                    }
-                    if let Some(budget) = budget_of(tx, scope).await? {
-                        let start = micros(budget.period_start(now));
-                        let spent = spent_in(tx, scope, start).await?;
-                        let reserved = reserved_in(tx, scope, start).await?;
-                        found.push((budget, spent, reserved, start));
-                    }
-                }
-                let standings = found
-                    .iter()
-                    .map(|(budget, spent, reserved, _)| Standing { budget, spent: *spent, reserved: *reserved });
-                admit(standings, amount)?;
-                let slots: Vec<(BudgetScope, i64)> =
-                    found.into_iter().map(|(budget, _, _, start)| (budget.scope, start)).collect();
-                sqlx::query("INSERT INTO keymeter_reservations (id, amount, expires_at) VALUES (?1, ?2, ?3)")
-                    .bind(&id)
-                    .bind(amount.to_string())
-                    .bind(micros(expires_at))
-                    .execute(&mut **tx)
-                    .await
-                    .map_err(db)?;
-                for (scope, start) in &slots {
-                    sqlx::query(
-                        "INSERT INTO keymeter_reservation_budgets (reservation_id, scope_kind, scope_id, period_start) \
-                         VALUES (?1, ?2, ?3, ?4)",
-                    )
-                    .bind(&id)
-                    .bind(scope.kind())
-                    .bind(scope.id())
-                    .bind(start)
-                    .execute(&mut **tx)
-                    .await
-                    .map_err(db)?;
-                }
-                Ok(Reservation {
-                    id: id.clone(),
-                    amount,
-                    expires_at,
-                    scopes: slots.into_iter().map(|(s, _)| s).collect(),
-                })
-            }
-            .await
-        })
+        immediate!(self, tx => { reserve_in(tx, &id, None, scopes, amount, now, ttl).await })
+    }
+
+    async fn reserve_request(
+        &self,
+        request_id: &str,
+        scopes: &[BudgetScope],
+        amount: Decimal,
+        now: DateTime<Utc>,
+        ttl: Duration,
+    ) -> Result<Reservation> {
+        crate::ledger::validate_reservation(scopes, amount, ttl)?;
+        crate::validate::name("request id", request_id)?;
+        let id = crate::ledger::reservation_id(self.random.as_ref())?;
+        immediate!(self, tx => { reserve_in(tx, &id, Some(request_id), scopes, amount, now, ttl).await })
     }
 
     async fn settle(

@@ -65,6 +65,11 @@ const MIGRATIONS: &[Migration] = &[
         "estimated_events",
         include_str!("../../../migrations/sqlite/0010_estimated_events.sql"),
     ),
+    (
+        11,
+        "request_claims",
+        include_str!("../../../migrations/sqlite/0011_request_claims.sql"),
+    ),
 ];
 
 /// The migration that creates the report rollups: when it runs, the events already stored are rolled up.

@@ -649,6 +649,8 @@ mod tests {
              DROP TABLE keymeter_pruned_requests; DROP INDEX keymeter_usage_events_estimated; \
              ALTER TABLE keymeter_usage_events DROP COLUMN estimated; \
              ALTER TABLE keymeter_usage_events DROP COLUMN estimated_first; \
+             DROP INDEX keymeter_reservations_request; \
+             ALTER TABLE keymeter_reservations DROP COLUMN request_id; \
              DELETE FROM keymeter_migrations WHERE version >= 8",
         )
         .execute(store.pool())
