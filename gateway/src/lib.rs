@@ -29,6 +29,7 @@ pub mod logs;
 mod me;
 mod proxy;
 pub mod server;
+mod worst;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -23,14 +23,14 @@ use futures_util::StreamExt;
 use keymeter::credentials::Provider;
 use keymeter::keys::KeyRecord;
 use keymeter::ledger::{Hold, MeteredRequest};
-use keymeter::pricing::{ServiceTier, StreamUsage, TokenClass, Usage, UsageFormat};
+use keymeter::pricing::{ServiceTier, StreamUsage, Usage, UsageFormat};
 use keymeter_axum::{ApiError, VerifiedKey};
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use tokio::sync::oneshot;
 
-use super::{App, State, body_bytes, owner_request_id, parse_json};
+use super::{App, State, body_bytes, owner_request_id, parse_json, worst};
 
 /// The exact cost of a non-streamed answer, in the catalog's currency.
 pub const COST_HEADER: HeaderName = HeaderName::from_static("x-keymeter-cost");
@@ -171,7 +171,10 @@ async fn exchange(
     api: Api,
     reply: &mut Reply,
 ) -> Result<(), ApiError> {
-    let fields: Fields = parse_json(&body)?;
+    let json: Value = parse_json(&body)?;
+    let fields = Fields::deserialize(&json)
+        .map_err(|e| ApiError::unprocessable(format!("invalid request: {e}")))?;
+    let images = worst::images_in(&json)?;
     let streaming = fields.stream == Some(true);
     // The output cap: what the request names, else the configured default, which is then sent upstream so the
     // reservation stays a true bound.
@@ -212,11 +215,16 @@ async fn exchange(
     if let Some(id) = client_request_id(&headers)? {
         request = request.request_id(owner_request_id(&key.owner, id));
     }
-    let worst = worst_case(
+    let image_tokens = match api {
+        Api::OpenAi => worst::OPENAI_IMAGE_TOKENS,
+        Api::Anthropic => worst::ANTHROPIC_IMAGE_TOKENS,
+    };
+    let worst = worst::worst_case(
         &app,
-        &priced,
+        &priced.model,
+        priced.at,
         claimed,
-        body.len() as u64,
+        (body.len() as u64).saturating_add(images.saturating_mul(image_tokens)),
         output_cap.saturating_mul(choices),
     );
     let hold = app.meter.reserve(request, &worst).await?;
@@ -370,51 +378,6 @@ fn rewrite(
 /// The most the request can cost: every byte of the body as one prompt token (a token is never shorter than a
 /// byte), priced at the dearest way the model bills prompt tokens (fresh, or written to a cache), plus the output
 /// cap.
-fn worst_case(
-    app: &App,
-    priced: &Priced,
-    claimed: Option<ServiceTier>,
-    prompt_bound: u64,
-    output: u64,
-) -> Usage {
-    let mut best: Option<(rust_decimal::Decimal, Usage)> = None;
-    let classes = [
-        TokenClass::Input,
-        TokenClass::CacheWrite5m,
-        TokenClass::CacheWrite1h,
-    ];
-    // The default tier, and the claimed one if the provider may bill it: whichever costs more.
-    let tiers = [None, claimed];
-    for (class, tier) in classes
-        .iter()
-        .flat_map(|c| tiers.iter().map(move |t| (*c, *t)))
-    {
-        let mut usage = Usage {
-            output,
-            tier,
-            ..Usage::default()
-        };
-        usage.set(class, prompt_bound);
-        if let Ok(cost) = app
-            .meter
-            .catalog()
-            .cost(&priced.model, &usage, priced.at, priced.tier)
-            && best.as_ref().is_none_or(|(b, _)| cost.total > *b)
-        {
-            best = Some((cost.total, usage));
-        }
-    }
-    // Unpriced: the reservation reports why (an unknown model is an error, never zero).
-    best.map_or(
-        Usage {
-            input: prompt_bound,
-            output,
-            ..Usage::default()
-        },
-        |(_, u)| u,
-    )
-}
-
 /// How long a settle that meets an unreachable store keeps trying before it gives up (the reservation, which
 /// outlives this, keeps the budget held meanwhile).
 const SETTLE_RETRY_FOR: Duration = Duration::from_secs(300);

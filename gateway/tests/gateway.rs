@@ -565,14 +565,14 @@ async fn proxied_calls_are_priced_exactly_and_recorded_once() {
             .all(|e| e.key_id.as_deref() == Some(key_id.as_str()))
     );
 
-    // A retried request id records once.
-    for _ in 0..2 {
+    // A retried request id records once: the retry is answered 409 without going upstream (DESIGN §15).
+    for want in [200, 409] {
         let request = gw
             .post("/v1/chat/completions", &alice)
             .header("x-request-id", "retry-1")
             .json(&chat(json!({})));
         let response = support::send(request).await;
-        assert_eq!(response.status(), 200);
+        assert_eq!(response.status(), want);
     }
     wait_events(&gw, "alice", 4).await;
     tokio::time::sleep(Duration::from_millis(200)).await;

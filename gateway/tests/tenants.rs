@@ -473,3 +473,58 @@ async fn every_error_is_the_json_error_body() {
         );
     }
 }
+
+/// An image URL costs far more tokens than its bytes: each is reserved at the API's per-image ceiling, and a
+/// document (whose tokens nothing bounds) is refused before anything is reserved or forwarded.
+#[tokio::test]
+async fn images_are_reserved_at_their_ceiling_and_documents_refused() {
+    let up = support::upstream().await;
+    let gw = support::sqlite_gateway(&up).await;
+    let (_, key) = gw
+        .key(json!({"name": "k", "owner": "alice", "permissions": ["llm:chat"]}))
+        .await;
+    gw.app
+        .store
+        .set_budget(
+            &keymeter::ledger::Budget::new(
+                keymeter::ledger::BudgetScope::Owner("alice".into()),
+                "0.05".parse().unwrap(),
+                keymeter::ledger::BudgetPeriod::Monthly,
+            )
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let with = |part: Value| {
+        json!({"model": "gpt-4o", "max_tokens": 300, "messages": [{"role": "user", "content": [
+            {"type": "text", "text": "What is in this picture?"}, part]}]})
+    };
+    // One image: 48,169 prompt tokens of gpt-4o ($2.50/M) is $0.12, over the $0.05 left.
+    let image =
+        with(json!({"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}));
+    let (s, _, body) = gw
+        .call(
+            Method::POST,
+            "/v1/chat/completions",
+            Some(&key),
+            Some(image),
+        )
+        .await;
+    assert_eq!((s, code(&body)), (402, "BUDGET_EXCEEDED"), "{body}");
+    let document = with(json!({"type": "file", "file": {"file_id": "file-abc"}}));
+    let (s, _, body) = gw
+        .call(
+            Method::POST,
+            "/v1/chat/completions",
+            Some(&key),
+            Some(document),
+        )
+        .await;
+    assert_eq!((s, code(&body)), (422, "UNBOUNDED_INPUT"), "{body}");
+    assert!(up.calls().is_empty());
+    let text = with(json!({"type": "text", "text": "(no picture after all)"}));
+    let (s, _, body) = gw
+        .call(Method::POST, "/v1/chat/completions", Some(&key), Some(text))
+        .await;
+    assert_eq!(s, 200, "{body}");
+}
