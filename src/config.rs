@@ -10,6 +10,7 @@
 //! | `KEYMETER_CATALOG` | a price catalog file (keymeter's format or LiteLLM's) | the bundled snapshot |
 //! | `KEYMETER_LIMITER` | where rate-limit buckets live: `redis://…` (feature `redis`) | the store |
 //! | `KEYMETER_LIMITS_FAIL_OPEN` | `1`/`true`: admit requests when the limiter cannot be reached | fail closed |
+//! | `KEYMETER_FAILED_VERIFICATIONS` | failed verifications of imported keys allowed per client address before it is refused without a KDF: `N/PERIOD`, or `off` | `10/min` |
 //! | `KEYMETER_KEY_CACHE` | key records cached in process by [`Config::key_cache`] (`0`: none) | 10000 |
 //! | `KEYMETER_JOURNAL` | the journal directory ([`crate::ledger::journal`]) | `keymeter.journal` beside a SQLite database; none otherwise |
 //! | `KEYMETER_JOURNAL_SYNC` | when journal records reach the disk: `always`, or an interval such as `10ms` | `10ms` |
@@ -84,6 +85,9 @@ pub struct Config {
     pub limits_fail_open: bool,
     /// How many key records [`Config::key_cache`] keeps in process (0: none).
     pub key_cache: usize,
+    /// Failed verifications allowed per client address before the verifier refuses it any KDF
+    /// (`KEYMETER_FAILED_VERIFICATIONS`; `None`: no budget).
+    pub failed_verifications: Option<crate::limits::Quota>,
     /// The journal's directory: `KEYMETER_JOURNAL`, else `keymeter.journal` beside a SQLite database file.
     pub journal_dir: Option<PathBuf>,
     /// When journal records reach the disk (`KEYMETER_JOURNAL_SYNC`).
@@ -167,6 +171,20 @@ impl Config {
                 )
             })?,
         };
+        let failed_verifications = match source
+            .var("KEYMETER_FAILED_VERIFICATIONS")
+            .as_deref()
+            .map(str::trim)
+        {
+            None | Some("") => VerifierConfig::default().failures_per_address,
+            Some("off") => None,
+            Some(quota) => Some(quota.parse::<crate::limits::Quota>().map_err(|_| {
+                Error::Config(
+                    "KEYMETER_FAILED_VERIFICATIONS must be N/PERIOD (for example 10/min) or off"
+                        .into(),
+                )
+            })?),
+        };
         let journal_dir = source
             .var("KEYMETER_JOURNAL")
             .filter(|v| !v.trim().is_empty())
@@ -189,6 +207,7 @@ impl Config {
             journal_sync,
             instance_id,
             key_cache,
+            failed_verifications,
             limiter_url,
             limits_fail_open,
             secrets_file: secrets_path(&store_url),
@@ -319,6 +338,7 @@ impl Config {
         VerifierConfig {
             prefixes: self.prefixes.clone(),
             limits_fail_open: self.limits_fail_open,
+            failures_per_address: self.failed_verifications,
             ..VerifierConfig::default()
         }
     }

@@ -528,3 +528,50 @@ async fn images_are_reserved_at_their_ceiling_and_documents_refused() {
         .await;
     assert_eq!(s, 200, "{body}");
 }
+
+/// Made-up keys while an Argon2id key exists each cost a KDF (so timing does not tell which key prefixes exist):
+/// an address gets ten failures a minute, then `RATE_LIMITED` with no KDF at all.
+#[tokio::test]
+async fn a_stranger_gets_a_few_kdfs_and_then_none() {
+    let up = support::upstream().await;
+    let gw = support::sqlite_gateway(&up).await;
+    let dir = tempfile::tempdir().unwrap();
+    let hasher = support::config(&format!("sqlite://{}/x.db", dir.path().display()))
+        .hasher()
+        .unwrap();
+    let secret = "sk-legacy-argon2-0123456789abcdefXYW";
+    let hash = hasher.hash_argon2(secret.as_bytes()).unwrap();
+    gw.app
+        .issuer
+        .import(
+            keymeter::keys::NewKey::new("legacy", "alice"),
+            hash.as_str(),
+            Some(&secret[..8]),
+        )
+        .await
+        .unwrap();
+    let before = gw.app.verifier.kdf_runs();
+    let mut statuses = Vec::new();
+    for i in 0..20 {
+        let (s, headers, body) = gw
+            .call(
+                Method::GET,
+                "/v2/users/me/api-key-status",
+                Some(&format!("made-up-key-number-{i:04}-xxxxxxxx")),
+                None,
+            )
+            .await;
+        if s == 429 {
+            assert_eq!(code(&body), "RATE_LIMITED");
+            assert!(headers.contains_key("retry-after"));
+        }
+        statuses.push(s);
+    }
+    assert_eq!(statuses[..10], [401; 10]);
+    assert_eq!(statuses[10..], [429; 10]);
+    assert_eq!(
+        gw.app.verifier.kdf_runs() - before,
+        10,
+        "one KDF a failure, none once refused"
+    );
+}

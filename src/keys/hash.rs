@@ -14,7 +14,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use argon2::password_hash::phc::PasswordHash;
-use argon2::{Algorithm, Argon2, Params, PasswordHasher, PasswordVerifier, Version};
+use argon2::{Algorithm, Argon2, Params, PasswordHasher, Version};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD_NO_PAD;
 use hmac::{Hmac, KeyInit, Mac};
@@ -684,7 +684,7 @@ impl KeyHasher {
                 let phc = PasswordHash::new(&hash.text)
                     .map_err(|_| malformed(HashScheme::Argon2id, "not a valid PHC string"))?;
                 // The parameters come from the hash string, not from our configuration.
-                Ok(Argon2::default().verify_password(token, &phc).is_ok())
+                Ok(verify_argon2(token, &phc))
             }
             HashScheme::Bcrypt => {
                 self.check_importable(hash)?;
@@ -745,6 +745,47 @@ fn hint_digest_under(pepper: &Pepper, hint: &[u8]) -> String {
     mac.update(hint);
     let digest: [u8; 32] = mac.finalize().into_bytes().into();
     format!("{}:{}", pepper.id, STANDARD_NO_PAD.encode(digest))
+}
+
+thread_local! {
+    /// This thread's Argon2 working memory, kept from one verification to the next. Allocating it afresh for
+    /// each KDF (tens of MiB) lets the allocator keep a freed copy in every arena a KDF ever ran in: a flood of
+    /// made-up keys then left hundreds of MiB resident. Reused, a KDF thread holds one copy, as large as the
+    /// largest hash it verified (bounded by the importable ceilings).
+    static ARGON2_MEMORY: std::cell::RefCell<Vec<argon2::Block>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Whether `token` is the Argon2 hash `phc`, with the parameters `phc` names, in this thread's kept memory. A
+/// hash whose algorithm, version, parameters, salt or output cannot be used never matches.
+fn verify_argon2(token: &[u8], phc: &PasswordHash) -> bool {
+    let Ok(algorithm) = Algorithm::try_from(phc.algorithm.as_str()) else {
+        return false;
+    };
+    let version = match phc.version.map(Version::try_from) {
+        None => Version::default(),
+        Some(Ok(v)) => v,
+        Some(Err(_)) => return false,
+    };
+    let (Ok(params), Some(salt), Some(expected)) = (Params::try_from(phc), &phc.salt, &phc.hash)
+    else {
+        return false;
+    };
+    let blocks = params.block_count();
+    let context = Argon2::new(algorithm, version, params);
+    let mut buffer = [0u8; 64];
+    let Some(out) = buffer.get_mut(..expected.len()) else {
+        return false;
+    };
+    let hashed = ARGON2_MEMORY.with(|memory| {
+        let mut memory = memory.borrow_mut();
+        if memory.len() < blocks {
+            memory.resize(blocks, argon2::Block::new());
+        }
+        context
+            .hash_password_into_with_memory(token, salt.as_ref(), &mut *out, &mut memory[..blocks])
+            .is_ok()
+    });
+    hashed && bool::from(out.ct_eq(expected.as_bytes()))
 }
 
 /// Constant-time equality of two digests: OR of XORs, with one optimisation barrier on the result (cheaper than

@@ -34,6 +34,7 @@ pub mod changes;
 pub mod hash;
 pub mod header;
 pub mod issuer;
+pub mod kdf;
 pub mod record;
 pub mod record_cache;
 pub mod scope;

@@ -31,10 +31,14 @@ struct Entries {
     by_id: HashMap<String, Entry, foldhash::fast::RandomState>,
     /// Imported SHA-256 keys: digest → id.
     by_digest: HashMap<String, String, foldhash::fast::RandomState>,
+    /// Ids the store did not hold, with when it said so: an unknown id is answered from memory like a known
+    /// one, so timing does not tell which ids exist. Creations reach the feed, which evicts these too.
+    absent: HashMap<String, i64, foldhash::fast::RandomState>,
 }
 
 impl Entries {
     fn remove(&mut self, id: &str) {
+        self.absent.remove(id);
         if let Some(e) = self.by_id.remove(id)
             && let KeyLookup::Digest(d) = &e.record.lookup
         {
@@ -45,6 +49,7 @@ impl Entries {
     fn clear(&mut self) {
         self.by_id.clear();
         self.by_digest.clear();
+        self.absent.clear();
     }
 }
 
@@ -175,10 +180,31 @@ impl CachedKeyStore {
             && now.saturating_sub(self.polled_at.load(Ordering::Acquire)) >= self.poll_micros
     }
 
-    fn cached(&self, id: &str, now: i64) -> Option<Arc<KeyRecord>> {
+    /// What memory knows of `id`: `Some(Some(record))`, `Some(None)` for an id the store lately did not hold,
+    /// `None` to ask the store.
+    fn cached(&self, id: &str, now: i64) -> Option<Option<Arc<KeyRecord>>> {
         let entries = self.read();
-        let e = entries.by_id.get(id)?;
-        (now - e.fetched < self.ttl_micros).then(|| e.record.clone())
+        if let Some(e) = entries.by_id.get(id) {
+            return (now - e.fetched < self.ttl_micros).then(|| Some(e.record.clone()));
+        }
+        let fetched = entries.absent.get(id)?;
+        (now - fetched < self.ttl_micros).then_some(None)
+    }
+
+    /// Remembers that the store does not hold `id`, on the terms of [`CachedKeyStore::keep`].
+    fn keep_absent(&self, id: &str, generation: u64, now: i64) {
+        if self.capacity == 0 || self.poll_due(now) {
+            return;
+        }
+        let mut entries = self.write();
+        if self.generation.load(Ordering::Acquire) != generation {
+            return;
+        }
+        // Bounded: a flood of made-up ids starts the set over instead of growing it.
+        if entries.absent.len() >= self.capacity {
+            entries.absent.clear();
+        }
+        entries.absent.insert(id.to_owned(), now);
     }
 
     fn evict(&self, id: &str) {
@@ -255,21 +281,25 @@ impl CachedKeyStore {
 #[async_trait]
 impl KeyStore for CachedKeyStore {
     async fn create(&self, record: &KeyRecord) -> Result<()> {
-        self.inner.create(record).await
+        let made = self.inner.create(record).await;
+        // Known at once in this process, whatever the feed's pace.
+        self.evict(&record.id);
+        made
     }
 
     async fn get(&self, id: &str) -> Result<Option<Arc<KeyRecord>>> {
         self.refresh().await;
         let now = self.clock.now_micros();
         if !self.poll_due(now)
-            && let Some(record) = self.cached(id, now)
+            && let Some(known) = self.cached(id, now)
         {
-            return Ok(Some(record));
+            return Ok(known);
         }
         let generation = self.generation.load(Ordering::Acquire);
         let record = self.inner.get(id).await?;
-        if let Some(r) = &record {
-            self.keep(r, generation, now);
+        match &record {
+            Some(r) => self.keep(r, generation, now),
+            None => self.keep_absent(id, generation, now),
         }
         Ok(record)
     }
@@ -280,7 +310,7 @@ impl KeyStore for CachedKeyStore {
         if self.poll_due(now) {
             return None;
         }
-        self.cached(id, now).map(Some)
+        self.cached(id, now)
     }
 
     async fn find_by_digest(&self, digest: &str) -> Result<Option<Arc<KeyRecord>>> {
@@ -288,7 +318,7 @@ impl KeyStore for CachedKeyStore {
         let now = self.clock.now_micros();
         if !self.poll_due(now) {
             let id = self.read().by_digest.get(digest).cloned();
-            if let Some(record) = id.and_then(|id| self.cached(&id, now)) {
+            if let Some(record) = id.and_then(|id| self.cached(&id, now)).flatten() {
                 return Ok(Some(record));
             }
         }
@@ -498,6 +528,59 @@ mod tests {
             );
             assert!(cache.get("no-such-id").await.unwrap().is_none());
             assert!(cache.len() <= 2);
+        });
+    }
+
+    /// An unknown id is answered from memory once the store said so (as a known one is), until the feed
+    /// reports the id made elsewhere; one made through the cache is known at once.
+    #[test]
+    fn unknown_ids_are_remembered_until_the_feed_reports_them_made() {
+        rt().block_on(async {
+            let feed = Arc::new(Queued::default());
+            let (store, cache, clock, _) = setup(Some(feed.clone()), 10).await;
+            assert!(cache.get("not-yet-made").await.unwrap().is_none());
+            assert_eq!(
+                cache.get_now("not-yet-made", clock.now_micros()),
+                Some(None),
+                "answered from memory, no store read"
+            );
+            // Made on another instance: remembered as unknown until the feed's next poll (a second at most).
+            let hasher = Arc::new(KeyHasher::new(
+                PepperRing::new(vec![Pepper::generate("p", &OsRandom).unwrap()]).unwrap(),
+            ));
+            let elsewhere = KeyIssuer::new(store.clone(), hasher.clone())
+                .issue(NewKey::new("late", "bob"))
+                .await
+                .unwrap()
+                .record
+                .id;
+            assert!(
+                cache.get(&elsewhere).await.unwrap().is_some(),
+                "never asked before"
+            );
+            let id = "km0000000000".to_owned();
+            assert!(cache.get(&id).await.unwrap().is_none());
+            let mut record = (*cache.get(&elsewhere).await.unwrap().unwrap()).clone();
+            record.id = id.clone();
+            store.create(&record).await.unwrap();
+            assert!(cache.get(&id).await.unwrap().is_none());
+            feed.0
+                .lock()
+                .unwrap()
+                .push(Ok(KeyChanges::Keys(vec![id.clone()])));
+            clock.advance(Duration::seconds(1));
+            assert!(cache.get(&id).await.unwrap().is_some());
+            // Made through the cache: known at once.
+            let mut mine = record.clone();
+            mine.id = "km1111111111".into();
+            assert!(cache.get(&mine.id).await.unwrap().is_none());
+            cache.create(&mine).await.unwrap();
+            assert!(cache.get(&mine.id).await.unwrap().is_some());
+            // A flood of made-up ids stays within the capacity.
+            for i in 0..100 {
+                cache.get(&format!("made-up-{i}")).await.unwrap();
+            }
+            assert!(cache.read().absent.len() <= 10);
         });
     }
 

@@ -47,6 +47,10 @@ pub struct VerifierConfig {
     /// When the rate limiter cannot be reached: `false` (the default) fails the verification with the
     /// limiter's error (fail closed); `true` lets the request through (fail open). Either way it is logged.
     pub limits_fail_open: bool,
+    /// Failed verifications of imported keys (those that may need a KDF) allowed per client address (IPv6 by
+    /// /64) before that address is refused `RATE_LIMITED` without any lookup or KDF (default 10 a minute;
+    /// `None` turns it off). Only verifications that carry the client address count.
+    pub failures_per_address: Option<crate::limits::Quota>,
 }
 
 impl Default for VerifierConfig {
@@ -61,6 +65,10 @@ impl Default for VerifierConfig {
             kdf_concurrency: std::thread::available_parallelism().map_or(2, usize::from),
             kdf_wait: Duration::seconds(2),
             limits_fail_open: false,
+            failures_per_address: Some(crate::limits::Quota {
+                count: 10,
+                period: crate::limits::Period::Minute,
+            }),
         }
     }
 }
@@ -103,8 +111,10 @@ impl Requirement {
 /// - A generated key is found by its id: one store read and one HMAC. An unknown id still costs one HMAC.
 /// - An imported key is found by its SHA-256 digest, else by its first `hint_len` characters (at most
 ///   [`MAX_KEYS_PER_HINT`] candidates). The table is never scanned.
-/// - Slow hashes (Argon2id, bcrypt) go through a [`VerifiedTokenCache`] and run on tokio's blocking pool when a
-///   runtime is present, so the KDF does not stall other requests.
+/// - Slow hashes (Argon2id, bcrypt) go through a [`VerifiedTokenCache`] and run on a fixed set of
+///   `kdf_concurrency` threads ([`crate::keys::kdf::KdfThreads`]) when a runtime is present, so the KDF neither
+///   stalls other requests nor leaves its memory behind in many threads. An address whose verifications of
+///   imported keys keep failing is refused `RATE_LIMITED` before any KDF (`failures_per_address`).
 /// - A match under an outdated scheme or pepper is re-hashed ([`KeyHasher::upgrade`]) with a compare-and-swap.
 /// - `last_used_at` is written only when the stored value is older than `last_used_interval`, so a busy key costs
 ///   one write a minute, not one per request; with [`Verifier::with_stats`] the recorder's flushes write it instead.
@@ -120,7 +130,9 @@ pub struct Verifier {
     config: VerifierConfig,
     cache: VerifiedTokenCache,
     kdf_slots: Arc<tokio::sync::Semaphore>,
+    kdf_threads: crate::keys::kdf::KdfThreads,
     kdf_runs: std::sync::atomic::AtomicU64,
+    failures: Option<crate::keys::kdf::FailureBudget>,
     limits: Option<LimitGate>,
     stats: Option<Arc<StatsRecorder>>,
 }
@@ -240,6 +252,10 @@ impl Verifier {
         }
         let cache = VerifiedTokenCache::new(config.cache_capacity, config.cache_ttl, &OsRandom)?;
         let kdf_slots = Arc::new(tokio::sync::Semaphore::new(config.kdf_concurrency));
+        let kdf_threads = crate::keys::kdf::KdfThreads::new(config.kdf_concurrency);
+        let failures = config
+            .failures_per_address
+            .map(crate::keys::kdf::FailureBudget::new);
         Ok(Verifier {
             store,
             hasher,
@@ -247,7 +263,9 @@ impl Verifier {
             config,
             cache,
             kdf_slots,
+            kdf_threads,
             kdf_runs: std::sync::atomic::AtomicU64::new(0),
+            failures,
             limits: None,
             stats: None,
         })
@@ -385,12 +403,24 @@ impl Verifier {
             if !credential.bytes().all(|b| b.is_ascii_graphic()) {
                 return Ok(Verdict::reject(VerdictCode::Malformed));
             }
+            // An address that keeps failing gets no more KDFs for a while (nor lookups that may lead to one).
+            // Taken before the lookup (concurrent attempts cannot all slip through), given back on success.
+            let budget = self.failures.as_ref().zip(requirement.client_ip);
+            if let Some((failures, ip)) = budget
+                && let Err(status) = failures.take(ip, self.clock.now_micros())
+            {
+                return Ok(Verdict::reject(VerdictCode::RateLimited).with_limit(Some(status)));
+            }
             match Box::pin(self.find_imported(credential)).await? {
                 Some(record) => {
+                    let now = self.clock.now_micros();
+                    if let Some((failures, ip)) = budget {
+                        failures.give_back(ip, now);
+                    }
                     if !self.config.environments.contains(&record.env) {
                         return Ok(Verdict::reject(VerdictCode::WrongEnvironment));
                     }
-                    (record, self.clock.now_micros())
+                    (record, now)
                 }
                 None => return Ok(Verdict::reject(VerdictCode::NotFound)),
             }
@@ -534,12 +564,15 @@ impl Verifier {
         self.kdf_runs
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // The permit lives as long as the KDF runs, even if the caller stops waiting for it.
-        run_blocking(move || {
+        let work = move || {
             let out = work();
             drop(permit);
             out
-        })
-        .await
+        };
+        if tokio::runtime::Handle::try_current().is_err() {
+            return work().map_err(Into::into);
+        }
+        self.kdf_threads.run(work).await?.map_err(Into::into)
     }
 
     async fn matches(&self, credential: &str, record: &KeyRecord) -> Result<bool> {
@@ -683,22 +716,5 @@ impl Verifier {
     /// [`crate::Error::NotFound`] for an unknown id; store failures.
     pub async fn enable(&self, id: &str) -> Result<()> {
         self.store.set_disabled(id, false).await
-    }
-}
-
-/// Runs CPU-heavy work (a KDF) off the async workers when a tokio runtime is present.
-async fn run_blocking<T, E, F>(work: F) -> Result<T>
-where
-    F: FnOnce() -> std::result::Result<T, E> + Send + 'static,
-    E: Into<crate::Error> + Send + 'static,
-    T: Send + 'static,
-{
-    match tokio::runtime::Handle::try_current() {
-        Ok(handle) => handle
-            .spawn_blocking(work)
-            .await
-            .map_err(|e| crate::Error::Internal(format!("hash task failed: {e}")))?
-            .map_err(Into::into),
-        Err(_) => work().map_err(Into::into),
     }
 }

@@ -64,6 +64,11 @@ const MIGRATIONS: &[Migration] = &[
         "request_claims",
         include_str!("../../../migrations/postgres/0010_request_claims.sql"),
     ),
+    (
+        11,
+        "key_creations",
+        include_str!("../../../migrations/postgres/0011_key_creations.sql"),
+    ),
 ];
 
 /// The advisory lock migrations take: "keymeter" in ASCII, so it stays clear of an application's own numbers.

@@ -70,6 +70,11 @@ const MIGRATIONS: &[Migration] = &[
         "request_claims",
         include_str!("../../../migrations/sqlite/0011_request_claims.sql"),
     ),
+    (
+        12,
+        "key_creations",
+        include_str!("../../../migrations/sqlite/0012_key_creations.sql"),
+    ),
 ];
 
 /// The migration that creates the report rollups: when it runs, the events already stored are rolled up.

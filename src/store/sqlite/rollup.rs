@@ -651,6 +651,7 @@ mod tests {
              ALTER TABLE keymeter_usage_events DROP COLUMN estimated_first; \
              DROP INDEX keymeter_reservations_request; \
              ALTER TABLE keymeter_reservations DROP COLUMN request_id; \
+             DROP TRIGGER keymeter_api_keys_created; \
              DELETE FROM keymeter_migrations WHERE version >= 8",
         )
         .execute(store.pool())
