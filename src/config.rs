@@ -277,7 +277,8 @@ impl Config {
     fn missing(&self, name: &str) -> Error {
         if self.environment.environment.is_development() {
             Error::Config(format!(
-                "{name} is not set: set it, or run `keymeter init` to write development secrets"
+                "{name} is not set: set it, or write development secrets with `keymeter init` (a host: \
+                 `Config::init_development_secrets()`)"
             ))
         } else {
             Error::Config(format!(
@@ -416,6 +417,19 @@ impl Config {
         self.journal_dir.as_ref().map(|dir| {
             crate::ledger::journal::JournalConfig::new(dir.clone()).sync(self.journal_sync)
         })
+    }
+
+    /// [`Config::init_secrets`] with the process environment, the OS's randomness and the current time: the one
+    /// line a service in development calls before [`Config::open`]. Writes nothing when every secret is set.
+    ///
+    /// # Errors
+    /// As [`Config::init_secrets`] (outside development a missing secret is an error).
+    pub fn init_development_secrets(&mut self) -> Result<Vec<&'static str>> {
+        self.init_secrets(
+            &crate::env::ProcessEnv,
+            &crate::random::OsRandom,
+            chrono::Utc::now(),
+        )
     }
 
     /// In development, writes the secrets missing from the environment (a fresh pepper, fresh master keys, with

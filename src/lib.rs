@@ -15,6 +15,7 @@ mod file;
 #[cfg(feature = "http-client")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http-client")))]
 pub mod http;
+mod keymeter;
 pub mod keys;
 pub mod ledger;
 pub mod limits;
@@ -27,3 +28,14 @@ pub mod validate;
 
 pub use config::Config;
 pub use error::{Dependency, Error, Result};
+pub use keymeter::Keymeter;
+
+// The foreign types keymeter's public API speaks in, so a host needs no matching versions of its own: amounts
+// are `Decimal`, report time zones `Tz`, times `DateTime<Utc>`, secrets `SecretString` (read with
+// `ExposeSecret`), usage bodies `Bytes` or `serde_json::Value`.
+pub use bytes::Bytes;
+pub use chrono::{DateTime, Utc};
+pub use chrono_tz::Tz;
+pub use rust_decimal::Decimal;
+pub use secrecy::{ExposeSecret, SecretString};
+pub use serde_json;

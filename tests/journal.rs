@@ -98,8 +98,14 @@ async fn a_dead_process_holds_are_settled_estimated_or_released_at_the_next_star
         // Forwarded, never settled: billed at the reservation, estimated.
         let forwarded = meter.reserve(request("forwarded"), &worst()).await.unwrap();
         meter.forwarded(&forwarded).unwrap();
+        // The process dies with its holds: nothing ends them now.
+        forwarded.abandon();
         // Never forwarded: released.
-        meter.reserve(request("held"), &worst()).await.unwrap();
+        meter
+            .reserve(request("held"), &worst())
+            .await
+            .unwrap()
+            .abandon();
         // Settled in the journal only: recorded with its exact usage.
         let settled = meter.reserve(request("settled"), &worst()).await.unwrap();
         meter.forwarded(&settled).unwrap();

@@ -262,3 +262,93 @@ async fn ids_come_from_the_injected_random_source() {
     assert_eq!(run(9).await, run(9).await);
     assert_ne!(run(9).await, run(10).await);
 }
+
+/// Waits (at most 1 s) until `check` holds: a dropped hold ends in a background task.
+async fn eventually(mut check: impl AsyncFnMut() -> bool) {
+    for _ in 0..200 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    panic!("never happened");
+}
+
+/// A hold dropped unsettled ends as a crash recovery would: before it was forwarded its room comes back at once;
+/// after, it is billed at its reservation as an `estimated` event. A settle that fails (here: a usage that
+/// contradicts itself) ends the hold the same way, and `try_settle` gives it back instead.
+#[tokio::test]
+async fn a_dropped_hold_gives_its_room_back_or_bills_its_reservation() {
+    let f = fixture(7);
+    let scope = BudgetScope::Owner("alice".into());
+    f.store
+        .set_budget(&Budget::new(scope.clone(), d("10"), BudgetPeriod::Monthly).unwrap())
+        .await
+        .unwrap();
+    let worst = Usage {
+        input: 1_000,
+        output: 1_000,
+        ..Usage::default()
+    };
+    let reserved = || {
+        let store = f.store.clone();
+        let scope = scope.clone();
+        async move {
+            store
+                .budget_status(&scope, t0())
+                .await
+                .unwrap()
+                .unwrap()
+                .reserved
+        }
+    };
+    let request = |id: &str| MeteredRequest::new(alice(), "gpt-4o").request_id(id);
+
+    // Dropped before forwarding: given back, the request id freed.
+    let hold = f.meter.reserve(request("r1"), &worst).await.unwrap();
+    assert!(reserved().await > Decimal::ZERO);
+    drop(hold);
+    eventually(async || reserved().await == Decimal::ZERO).await;
+    f.meter.reserve(request("r1"), &worst).await.unwrap(); // claimable again; dropped in turn
+    eventually(async || reserved().await == Decimal::ZERO).await;
+
+    // Dropped after forwarding: billed at the reservation, marked estimated.
+    let hold = f.meter.reserve(request("r2"), &worst).await.unwrap();
+    let amount = hold.amount();
+    f.meter.forwarded(&hold).unwrap();
+    drop(hold);
+    eventually(async || reserved().await == Decimal::ZERO).await;
+    let events = f.store.events(&EventFilter::default()).await.unwrap();
+    assert_eq!(events.len(), 1);
+    assert!(events[0].estimated);
+    assert_eq!(
+        (events[0].request_id.as_str(), events[0].cost),
+        ("r2", amount)
+    );
+
+    // A failed settle: try_settle keeps the hold, settle ends it.
+    let bad = r#"{"prompt_tokens": 10, "completion_tokens": 5, "prompt_tokens_details": {"cached_tokens": 99}}"#;
+    let hold = f.meter.reserve(request("r3"), &worst).await.unwrap();
+    f.meter.forwarded(&hold).unwrap();
+    let unsettled = f
+        .meter
+        .try_settle(hold, (UsageFormat::OpenAi, bad))
+        .await
+        .unwrap_err();
+    assert!(reserved().await > Decimal::ZERO, "still held");
+    assert!(matches!(
+        f.meter
+            .settle(unsettled.hold, (UsageFormat::OpenAi, bad))
+            .await,
+        Err(Error::InvalidUsage(_))
+    ));
+    eventually(async || reserved().await == Decimal::ZERO).await;
+    eventually(async || {
+        f.store
+            .event("r3")
+            .await
+            .unwrap()
+            .is_some_and(|e| e.estimated)
+    })
+    .await;
+}

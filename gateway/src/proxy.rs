@@ -22,7 +22,7 @@ use chrono::Utc;
 use futures_util::StreamExt;
 use keymeter::credentials::Provider;
 use keymeter::keys::KeyRecord;
-use keymeter::ledger::{Hold, MeteredRequest};
+use keymeter::ledger::{Hold, MeteredRequest, Unsettled};
 use keymeter::pricing::{ServiceTier, StreamUsage, Usage, UsageFormat};
 use keymeter_axum::{ApiError, VerifiedKey};
 use secrecy::ExposeSecret;
@@ -402,74 +402,89 @@ impl Bill {
     /// that cannot be reached is retried with the same usage, never re-priced at the worst case (with a journal
     /// the settle is a local write and the journal's drain does the retrying). Returns what was recorded.
     async fn settle(self, usage: Option<Usage>) -> Option<keymeter::ledger::Metered> {
-        let request_id = self.hold.request_id().to_owned();
+        let Bill {
+            app,
+            key,
+            hold,
+            worst,
+        } = self;
+        let request_id = hold.request_id().to_owned();
+        let amount = hold.amount();
         let settled = match usage {
-            Some(usage) => match self.settle_retrying(Some(usage)).await {
+            Some(usage) => match settle_retrying(&app, hold, Some(usage), worst).await {
                 // A usage the catalog cannot price (a class the model has no rate for, say): the reservation is
                 // billed. Never on a store failure: that one was retried.
-                Err(e) if e.unavailable().is_none() => {
-                    tracing::warn!(request_id, error = %e, "reported usage unpriced: billing the reservation");
-                    self.settle_retrying(None).await
+                Err(unsettled) if unsettled.error.unavailable().is_none() => {
+                    tracing::warn!(request_id, error = %unsettled.error, "reported usage unpriced: billing the reservation");
+                    settle_retrying(&app, unsettled.hold, None, worst).await
                 }
                 other => other,
             },
             None => {
                 tracing::warn!(
                     request_id,
-                    amount = %self.hold.amount(),
+                    %amount,
                     "no usage reported: billing the reservation"
                 );
-                self.settle_retrying(None).await
+                settle_retrying(&app, hold, None, worst).await
             }
         };
         let metered = match settled {
             Ok(metered) => metered,
-            Err(e) => {
-                tracing::error!(request_id, error = %e, "could not settle a request; its reservation expires unbilled");
+            Err(unsettled) => {
+                // Dropping the hold tries once more in the background (it was forwarded: billed as estimated).
+                tracing::error!(request_id, error = %unsettled.error, "could not settle a request");
                 return None;
             }
         };
-        if metered.cost.total > self.hold.amount() {
+        if metered.cost.total > amount {
             tracing::warn!(
                 request_id,
-                reserved = %self.hold.amount(),
+                reserved = %amount,
                 cost = %metered.cost.total,
                 "settled above its reservation: the provider reported more than the worst case"
             );
         }
         let tokens = metered.usage.prompt_tokens() + metered.usage.output_tokens();
-        if let Err(e) = self.app.verifier.charge_tokens(&self.key, tokens).await {
+        if let Err(e) = app.verifier.charge_tokens(&key, tokens).await {
             tracing::warn!(request_id, error = %e, "could not charge token limits");
         }
         Some(metered)
     }
+}
 
-    /// Settles with `usage`, or estimated at the worst case when `None`, retrying while the store is away.
-    async fn settle_retrying(
-        &self,
-        usage: Option<Usage>,
-    ) -> keymeter::Result<keymeter::ledger::Metered> {
-        let meter = &self.app.meter;
-        let give_up = tokio::time::Instant::now() + SETTLE_RETRY_FOR;
-        let mut pause = Duration::from_millis(50);
-        loop {
-            let settled = match usage {
-                Some(usage) => meter.settle(self.hold.clone(), usage).await,
-                None => meter.settle_estimated(self.hold.clone(), self.worst).await,
-            };
-            match settled {
-                Err(e) if e.unavailable().is_some() && tokio::time::Instant::now() < give_up => {
-                    tracing::warn!(
-                        request_id = self.hold.request_id(),
-                        error = %e,
-                        retry_in_ms = pause.as_millis() as u64,
-                        "settle failed: the store is unreachable; retrying"
-                    );
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_secs(5));
-                }
-                other => return other,
+/// Settles `hold` with `usage`, or estimated at `worst` when `None`, retrying while the store is away; a failure
+/// gives the hold back.
+async fn settle_retrying(
+    app: &App,
+    mut hold: Hold,
+    usage: Option<Usage>,
+    worst: Usage,
+) -> Result<keymeter::ledger::Metered, Unsettled> {
+    let meter = &app.meter;
+    let give_up = tokio::time::Instant::now() + SETTLE_RETRY_FOR;
+    let mut pause = Duration::from_millis(50);
+    loop {
+        let settled = match usage {
+            Some(usage) => meter.try_settle(hold, usage).await,
+            None => meter.try_settle_estimated(hold, worst).await,
+        };
+        match settled {
+            Err(unsettled)
+                if unsettled.error.unavailable().is_some()
+                    && tokio::time::Instant::now() < give_up =>
+            {
+                tracing::warn!(
+                    request_id = unsettled.hold.request_id(),
+                    error = %unsettled.error,
+                    retry_in_ms = pause.as_millis() as u64,
+                    "settle failed: the store is unreachable; retrying"
+                );
+                hold = unsettled.hold;
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
             }
+            other => return other,
         }
     }
 }

@@ -80,6 +80,13 @@ impl Payer {
     }
 }
 
+/// The key's id, owner and org, from the key as the axum extractor hands it over.
+impl From<&Arc<KeyRecord>> for Payer {
+    fn from(key: &Arc<KeyRecord>) -> Self {
+        Payer::from(&**key)
+    }
+}
+
 /// The key's id, owner and org.
 impl From<&KeyRecord> for Payer {
     fn from(key: &KeyRecord) -> Self {
@@ -158,18 +165,67 @@ impl MeteredRequest {
     }
 }
 
-/// A usage as a provider reported it, or already canonical.
-#[derive(Debug, Clone, Copy)]
+/// A usage as a provider reported it, or already canonical. A provider's usage object (or a whole response
+/// holding one) comes with its format, as text in whatever form the host has it:
+///
+/// ```
+/// use keymeter::ledger::ReportedUsage;
+/// use keymeter::pricing::UsageFormat::OpenAi;
+///
+/// let text = r#"{"prompt_tokens": 10, "completion_tokens": 2}"#;
+/// let _: ReportedUsage = (OpenAi, text).into();
+/// let _: ReportedUsage = (OpenAi, text.to_owned()).into();
+/// let _: ReportedUsage = (OpenAi, bytes::Bytes::from(text)).into();
+/// let _: ReportedUsage = (OpenAi, serde_json::json!({"prompt_tokens": 10, "completion_tokens": 2})).into();
+/// ```
+#[derive(Debug, Clone)]
 pub enum ReportedUsage<'a> {
     /// A provider's usage object (or a whole response holding one), normalised inside.
-    Provider(UsageFormat, &'a str),
+    Provider(UsageFormat, std::borrow::Cow<'a, str>),
     /// Canonical, disjoint classes.
     Canonical(Usage),
 }
 
 impl<'a> From<(UsageFormat, &'a str)> for ReportedUsage<'a> {
     fn from((format, text): (UsageFormat, &'a str)) -> Self {
-        ReportedUsage::Provider(format, text)
+        ReportedUsage::Provider(format, text.into())
+    }
+}
+
+impl<'a> From<(UsageFormat, &'a String)> for ReportedUsage<'a> {
+    fn from((format, text): (UsageFormat, &'a String)) -> Self {
+        ReportedUsage::Provider(format, text.as_str().into())
+    }
+}
+
+impl From<(UsageFormat, String)> for ReportedUsage<'_> {
+    fn from((format, text): (UsageFormat, String)) -> Self {
+        ReportedUsage::Provider(format, text.into())
+    }
+}
+
+/// A body as it came off the wire; bytes that are not UTF-8 fail as a usage that does not parse.
+impl From<(UsageFormat, bytes::Bytes)> for ReportedUsage<'_> {
+    fn from((format, body): (UsageFormat, bytes::Bytes)) -> Self {
+        ReportedUsage::Provider(format, String::from_utf8_lossy(&body).into_owned().into())
+    }
+}
+
+impl<'a> From<(UsageFormat, &'a [u8])> for ReportedUsage<'a> {
+    fn from((format, body): (UsageFormat, &'a [u8])) -> Self {
+        ReportedUsage::Provider(format, String::from_utf8_lossy(body))
+    }
+}
+
+impl From<(UsageFormat, serde_json::Value)> for ReportedUsage<'_> {
+    fn from((format, value): (UsageFormat, serde_json::Value)) -> Self {
+        ReportedUsage::Provider(format, value.to_string().into())
+    }
+}
+
+impl From<(UsageFormat, &serde_json::Value)> for ReportedUsage<'_> {
+    fn from((format, value): (UsageFormat, &serde_json::Value)) -> Self {
+        ReportedUsage::Provider(format, value.to_string().into())
     }
 }
 
@@ -182,22 +238,137 @@ impl From<Usage> for ReportedUsage<'_> {
 impl ReportedUsage<'_> {
     fn canonical(self) -> Result<Usage> {
         match self {
-            ReportedUsage::Provider(format, text) => normalize(format, text),
+            ReportedUsage::Provider(format, text) => normalize(format, &text),
             ReportedUsage::Canonical(usage) => Ok(usage),
         }
     }
 }
 
 /// A reservation held for a request in flight: settle it with [`Meter::settle`] or give it back with
-/// [`Meter::release`]; abandoned, it expires.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// [`Meter::release`]; both consume it.
+///
+/// A hold dropped unsettled (a `?` between reserve and settle, a task cancelled) does what a crash recovery
+/// would (DESIGN §13): before [`Meter::forwarded`] it gives its reservation back at once; after, the request may
+/// have cost something, so it is billed at its reservation as an `estimated` event. Either runs in the
+/// background on the current tokio runtime (and is journaled first when the meter has a journal); outside a
+/// runtime the reservation expires.
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// use std::sync::Arc;
+/// use keymeter::ledger::{Budget, BudgetPeriod, BudgetScope, Ledger, Meter, MeteredRequest, Payer};
+/// use keymeter::pricing::{PriceCatalog, Usage};
+/// use keymeter::store::MemoryStore;
+///
+/// let store = Arc::new(MemoryStore::new());
+/// let alice = BudgetScope::Owner("alice".into());
+/// store.set_budget(&Budget::new(alice.clone(), rust_decimal::Decimal::ONE, BudgetPeriod::Monthly)?).await?;
+/// let meter = Meter::new(store.clone(), Arc::new(PriceCatalog::bundled()));
+/// let worst = Usage { input: 1_000, output: 1_000, ..Usage::default() };
+/// let hold = meter.reserve(MeteredRequest::new(Payer::owner("alice"), "gpt-4o"), &worst).await?;
+/// drop(hold); // an error path that never settles
+/// tokio::task::yield_now().await;
+/// let status = store.budget_status(&alice, chrono::Utc::now()).await?.unwrap();
+/// assert_eq!(status.reserved, rust_decimal::Decimal::ZERO);
+/// # Ok::<(), keymeter::Error>(()) }).unwrap();
+/// ```
+#[derive(Debug)]
 pub struct Hold {
     request: MeteredRequest,
     request_id: String,
     reservation: Reservation,
+    worst: Usage,
+    forwarded: std::sync::atomic::AtomicBool,
+    /// Ends the hold if it is dropped unsettled; `None` once settled or released.
+    guard: Option<Meter>,
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        let Some(meter) = self.guard.take() else {
+            return;
+        };
+        let forwarded = self.forwarded.load(std::sync::atomic::Ordering::Acquire);
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!(
+                request_id = %self.request_id,
+                "a hold was dropped unsettled outside a tokio runtime: its reservation stays until it expires"
+            );
+            return;
+        };
+        // A disarmed copy, ended by the meter as if the caller had done it.
+        let hold = Hold {
+            request: self.request.clone(),
+            request_id: self.request_id.clone(),
+            reservation: self.reservation.clone(),
+            worst: self.worst,
+            forwarded: std::sync::atomic::AtomicBool::new(forwarded),
+            guard: None,
+        };
+        runtime.spawn(async move {
+            let request_id = hold.request_id.clone();
+            let worst = hold.worst;
+            if forwarded {
+                tracing::warn!(%request_id, amount = %hold.reservation.amount,
+                    "a forwarded request's hold was dropped unsettled: billing its reservation as estimated");
+                if let Err(e) = meter.settle_estimated(hold, worst).await {
+                    tracing::error!(%request_id, error = %e, "could not bill a dropped hold; its reservation expires");
+                }
+            } else {
+                tracing::info!(%request_id, "a hold was dropped before forwarding: its reservation is given back");
+                if let Err(e) = meter.release(hold).await {
+                    tracing::warn!(%request_id, error = %e, "could not give back a dropped hold; it expires");
+                }
+            }
+        });
+    }
+}
+
+/// A settle that failed, with its hold, so the caller can retry it or settle it otherwise
+/// ([`Meter::try_settle`]). Turned into an [`Error`] (`?`), the hold is dropped and ends as [`Hold`] says.
+#[derive(Debug)]
+pub struct Unsettled {
+    /// Why the settle failed.
+    pub error: Error,
+    /// The hold, still held.
+    pub hold: Hold,
+}
+
+impl std::fmt::Display for Unsettled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "request {} not settled: {}",
+            self.hold.request_id, self.error
+        )
+    }
+}
+
+impl std::error::Error for Unsettled {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}
+
+impl From<Unsettled> for Error {
+    fn from(u: Unsettled) -> Self {
+        u.error
+    }
 }
 
 impl Hold {
+    /// Settled or released: nothing left for the drop to do.
+    fn disarm(&mut self) {
+        self.guard = None;
+    }
+
+    /// Lets the hold go without ending it, as a crash would: its reservation stays until it expires, or until
+    /// the journal's next start ends it. For tests of crash recovery, and hosts that end reservations
+    /// themselves through the [`Ledger`].
+    pub fn abandon(mut self) {
+        self.disarm();
+    }
+
     /// The reservation (its id, amount, expiry and the budgets it holds).
     pub fn reservation(&self) -> &Reservation {
         &self.reservation
@@ -381,6 +552,9 @@ impl Meter {
             request,
             request_id,
             reservation,
+            worst: *worst,
+            forwarded: std::sync::atomic::AtomicBool::new(false),
+            guard: Some(self.clone()),
         })
     }
 
@@ -390,10 +564,13 @@ impl Meter {
     /// # Errors
     /// [`crate::Error::Unavailable`] (journal) when the journal cannot be written: do not forward then.
     pub fn forwarded(&self, hold: &Hold) -> Result<()> {
-        match &self.journal {
-            Some(journal) => journal.forwarded(&hold.request_id),
-            None => Ok(()),
+        if let Some(journal) = &self.journal {
+            journal.forwarded(&hold.request_id)?;
         }
+        // From here a dropped hold is billed, not given back.
+        hold.forwarded
+            .store(true, std::sync::atomic::Ordering::Release);
+        Ok(())
     }
 
     /// Prices what the provider reported and settles the hold: the reservation ends and the event is recorded
@@ -404,15 +581,30 @@ impl Meter {
     /// store committed it. A journal that cannot be written falls back to the store.
     ///
     /// # Errors
-    /// A usage that does not parse or contradicts itself, pricing errors, backend failures. The hold is not
-    /// released on an error: release it, or let it expire.
+    /// A usage that does not parse or contradicts itself, pricing errors, backend failures. The hold then ends as
+    /// a dropped one does ([`Hold`]: billed at its reservation once forwarded, else given back); to keep it (to
+    /// retry, or settle otherwise), use [`Meter::try_settle`].
     pub async fn settle<'a>(
         &self,
         hold: Hold,
         usage: impl Into<ReportedUsage<'a>>,
     ) -> Result<Metered> {
-        let (event, cost) = self.event(&hold.request, &hold.request_id, usage.into())?;
-        self.settle_event(hold, event, cost).await
+        Ok(self.try_settle(hold, usage).await?)
+    }
+
+    /// [`Meter::settle`], giving the hold back with the error when it fails.
+    ///
+    /// # Errors
+    /// As [`Meter::settle`], as an [`Unsettled`] holding the hold.
+    pub async fn try_settle<'a>(
+        &self,
+        hold: Hold,
+        usage: impl Into<ReportedUsage<'a>>,
+    ) -> std::result::Result<Metered, Unsettled> {
+        match self.event(&hold.request, &hold.request_id, usage.into()) {
+            Ok((event, cost)) => self.settle_event(hold, event, cost).await,
+            Err(error) => Err(Unsettled { error, hold }),
+        }
     }
 
     /// Settles `hold` with `worst`, the usage it reserved, as an `estimated` event: the provider's usage never
@@ -422,15 +614,37 @@ impl Meter {
     /// # Errors
     /// As [`Meter::settle`].
     pub async fn settle_estimated(&self, hold: Hold, worst: Usage) -> Result<Metered> {
-        let (mut event, cost) = self.event(&hold.request, &hold.request_id, worst.into())?;
-        event.estimated = true;
-        self.settle_event(hold, event, cost).await
+        Ok(self.try_settle_estimated(hold, worst).await?)
     }
 
-    async fn settle_event(&self, hold: Hold, event: UsageEvent, cost: Cost) -> Result<Metered> {
+    /// [`Meter::settle_estimated`], giving the hold back with the error when it fails.
+    ///
+    /// # Errors
+    /// As [`Meter::settle`], as an [`Unsettled`] holding the hold.
+    pub async fn try_settle_estimated(
+        &self,
+        hold: Hold,
+        worst: Usage,
+    ) -> std::result::Result<Metered, Unsettled> {
+        match self.event(&hold.request, &hold.request_id, worst.into()) {
+            Ok((mut event, cost)) => {
+                event.estimated = true;
+                self.settle_event(hold, event, cost).await
+            }
+            Err(error) => Err(Unsettled { error, hold }),
+        }
+    }
+
+    async fn settle_event(
+        &self,
+        mut hold: Hold,
+        event: UsageEvent,
+        cost: Cost,
+    ) -> std::result::Result<Metered, Unsettled> {
         if let Some(journal) = &self.journal {
             match journal.settle(&hold.reservation.id, event.clone()) {
                 Ok(()) => {
+                    hold.disarm();
                     let recorded = Recorded {
                         event_id: event.event_id.clone(),
                         duplicate: false,
@@ -445,11 +659,17 @@ impl Meter {
                 ),
             }
         }
-        let recorded = self
+        match self
             .ledger
             .settle(&hold.reservation.id, &event, self.clock.now())
-            .await?;
-        Ok(Metered::new(event, cost, recorded))
+            .await
+        {
+            Ok(recorded) => {
+                hold.disarm();
+                Ok(Metered::new(event, cost, recorded))
+            }
+            Err(error) => Err(Unsettled { error, hold }),
+        }
     }
 
     /// Gives a hold's reservation back (the request failed before anything was spent); returns whether it was
@@ -457,7 +677,8 @@ impl Meter {
     ///
     /// # Errors
     /// Backend failures.
-    pub async fn release(&self, hold: Hold) -> Result<bool> {
+    pub async fn release(&self, mut hold: Hold) -> Result<bool> {
+        hold.disarm();
         if let Some(journal) = &self.journal
             && let Err(e) = journal.release(&hold.request_id, &hold.reservation.id)
         {

@@ -40,7 +40,7 @@ use rust_decimal::Decimal;
 
 pub use budget::{Budget, BudgetScope, BudgetStatus, Reservation, parse_amount};
 pub use event::{EventCursor, EventFilter, Recorded, UsageEvent};
-pub use meter::{Hold, Meter, Metered, MeteredRequest, Payer, ReportedUsage};
+pub use meter::{Hold, Meter, Metered, MeteredRequest, Payer, ReportedUsage, Unsettled};
 pub use period::BudgetPeriod;
 pub use report::{Estimated, GroupBy, Report, ReportGroup, aggregate};
 

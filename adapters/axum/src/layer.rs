@@ -57,7 +57,8 @@ struct Shared {
 
 impl KeyAuth {
     /// Guards with `verifier`, taking the client address from the connection.
-    pub fn new(verifier: Arc<Verifier>) -> Self {
+    pub fn new(verifier: impl Into<Arc<Verifier>>) -> Self {
+        let verifier = verifier.into();
         KeyAuth {
             shared: Arc::new(Shared {
                 verifier,
@@ -120,10 +121,18 @@ impl KeyAuth {
             None => return Err(missing_key()),
         };
         if verdict.is_valid() {
-            Ok(verdict)
-        } else {
-            Err(ApiError::refusal(&verdict))
+            return Ok(verdict);
         }
+        if verdict.code() == keymeter::keys::VerdictCode::IpNotAllowed && client_ip.is_none() {
+            // The usual cause is the host's serving code, not the client: say so where the operator looks.
+            tracing::warn!(
+                key_id = verdict.key().map(|k| k.id.as_str()).unwrap_or(""),
+                "a key with IP rules was refused because the client address is unknown: serve with \
+                 `router.into_make_service_with_connect_info::<SocketAddr>()`, or configure `ClientIp::Forwarded` \
+                 behind a proxy"
+            );
+        }
+        Err(ApiError::refusal(&verdict))
     }
 }
 

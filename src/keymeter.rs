@@ -1,0 +1,128 @@
+//! [`Keymeter`]: everything a service needs of keymeter, opened from one [`Config`] in one call.
+//!
+//! ```no_run
+//! # async fn run() -> keymeter::Result<()> {
+//! let mut config = keymeter::Config::from_env()?;
+//! config.init_development_secrets()?; // development only: writes missing secrets beside the database
+//! let km = config.open().await?;
+//! // km.verifier, km.resolver, km.meter, km.issuer, km.store: cheap to clone, shared by every request.
+//! km.close().await;
+//! # Ok(()) }
+//! ```
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::credentials::CredentialResolver;
+use crate::error::Result;
+use crate::keys::{KeyIssuer, KeyStore, Verifier};
+use crate::ledger::Meter;
+use crate::ledger::journal::Journal;
+use crate::stats::StatsRecorder;
+use crate::store::Store;
+
+/// How often [`Keymeter`]'s verifier writes key statistics.
+const STATS_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The parts a service uses, built the way the reference gateway builds them: the store; the key records cached
+/// in process and kept fresh by the store's change feed; a verifier with the configured rate limits and
+/// statistics; an issuer; the credential resolver; a meter on the configured catalog with the journal when one
+/// is configured (beside a SQLite database by default). Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Keymeter {
+    /// The store (keys, credentials, ledger, limits, statistics).
+    pub store: Arc<dyn Store>,
+    /// The key store the verifier and issuer use (the store behind a record cache).
+    pub keys: Arc<dyn KeyStore>,
+    /// Verifies inbound keys, charging rate limits and counting statistics.
+    pub verifier: Arc<Verifier>,
+    /// Issues, imports and rotates keys.
+    pub issuer: Arc<KeyIssuer>,
+    /// Resolves the provider key a request uses: the owner's own, else the system's.
+    pub resolver: Arc<CredentialResolver>,
+    /// Seals provider keys for storage (with [`crate::credentials::set_key`]).
+    pub vault: Arc<crate::credentials::Vault>,
+    /// Reserves, settles and records usage.
+    pub meter: Meter,
+    /// The verifier's statistics, written every 10 s and at [`Keymeter::close`].
+    pub stats: Arc<StatsRecorder>,
+}
+
+impl Config {
+    /// Opens everything a service needs ([`Keymeter`]). The secrets are checked first: a missing one fails with
+    /// an error that names the fix before any database file is created. Needs a tokio runtime.
+    ///
+    /// # Errors
+    /// [`crate::Error::Config`] for a missing secret or a bad setting; the store's, the limiter's and the
+    /// journal's failures to open.
+    pub async fn open(&self) -> Result<Keymeter> {
+        self.hasher()?;
+        self.vault()?;
+        let catalog = self.catalog()?;
+        let store = self.connect().await?;
+        let keys = self.key_cache(store.clone()).await?;
+        let limiter = self.limiter(store.clone()).await?;
+        let stats = Arc::new(StatsRecorder::new(store.clone()));
+        stats.spawn_flusher(STATS_INTERVAL);
+        let verifier = Arc::new(
+            self.verifier(keys.clone())?
+                .with_limits(store.clone(), limiter)
+                .with_stats(stats.clone()),
+        );
+        let mut meter = Meter::new(store.clone(), Arc::new(catalog));
+        if let Some(journal) = self.journal() {
+            let (journal, recovery) = Journal::open_as(
+                journal,
+                self.instance_id.clone(),
+                Arc::new(crate::random::OsRandom),
+            )?;
+            tracing::info!(
+                dir = %journal.dir().display(),
+                settled = recovery.settled,
+                estimated = recovery.estimated,
+                released = recovery.released,
+                "journal open"
+            );
+            journal.start(store.clone());
+            meter = meter.with_journal(journal);
+        }
+        Ok(Keymeter {
+            issuer: Arc::new(self.issuer(keys.clone())?),
+            resolver: Arc::new(self.resolver(store.clone())?),
+            vault: self.vault()?,
+            keys,
+            verifier,
+            meter,
+            stats,
+            store,
+        })
+    }
+}
+
+impl Keymeter {
+    /// Waits (at most `timeout`) until the store holds every settle the journal took so far, so a report or an
+    /// export read next includes them; true when it does (always, without a journal).
+    pub async fn drain(&self, timeout: Duration) -> bool {
+        match self.meter.journal() {
+            Some(journal) => journal.flush(timeout).await,
+            None => true,
+        }
+    }
+
+    /// Writes what is still in memory (statistics, the journal's backlog, within 5 s) and closes the store.
+    pub async fn close(&self) {
+        if let Err(e) = self.stats.close().await {
+            tracing::warn!(error = %e, "could not write the last key statistics");
+        }
+        if let Some(journal) = self.meter.journal()
+            && !journal.flush(Duration::from_secs(5)).await
+        {
+            tracing::warn!(
+                backlog = journal.backlog(),
+                "the store did not take the whole journal: the next start replays it"
+            );
+        }
+        self.store.close().await;
+    }
+}
