@@ -1,6 +1,6 @@
 //! Environment detection: development, test, staging or production, and the rule that decided it.
 //!
-//! Rules, first match wins; a development signal never overrides a production one (DESIGN §5):
+//! Rules, first match wins; a development signal never overrides a production one:
 //! 1. `KEYMETER_ENV` set: `development`/`dev`, `test`, `staging`/`stage`, `production`/`prod` (any case); empty,
 //!    not UTF-8 or anything else is an error;
 //! 2. `DEPLOY_ENV` set: `local`/`dev`/`development` → development; `test`/`ci` → test; `staging`/`stage`/`preview`

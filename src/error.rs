@@ -165,7 +165,7 @@ pub enum Error {
         reserved: rust_decimal::Decimal,
     },
 
-    /// The request id is taken (DESIGN §15): another request holds it (`event_id` is `None`) or it is recorded
+    /// The request id is taken: another request holds it (`event_id` is `None`) or it is recorded
     /// already (its event's id, and its cost while the event is kept). Nothing was reserved.
     #[error("request id {request_id:?} was used already{}", match .event_id {
         Some(id) => format!(": recorded as {id}"),
@@ -228,7 +228,7 @@ impl Dependency {
         }
     }
 
-    /// The service code of DESIGN §3 a refusal for it carries: `STORE_UNAVAILABLE`, `LIMITER_UNAVAILABLE`,
+    /// The service code a refusal for it carries: `STORE_UNAVAILABLE`, `LIMITER_UNAVAILABLE`,
     /// `JOURNAL_FULL`.
     pub fn code(self) -> &'static str {
         match self {

@@ -2006,3 +2006,31 @@ fn usage_adjust_replaces_an_estimated_event_on(cli: Cli) {
         "a refused adjustment changes nothing"
     );
 }
+
+/// `creds delete --system` removes the operator's key as `creds set --system` stored it; `--owner` and
+/// `--system` together are a usage error.
+#[test]
+fn creds_delete_takes_system_keys_too() {
+    let cli = Cli::new();
+    cli.ok(&["init"]);
+    let (code, _) = cli.run(
+        &["creds", "set", "--system", "--provider", "anthropic"],
+        Some("sk-ant-api03-system-key-11111111111111"),
+    );
+    assert_eq!(code, 0);
+    assert_eq!(
+        cli.ok(&["creds", "status", "--owner", "alice"])["providers"]["anthropic"]["system"],
+        true
+    );
+    let deleted = cli.ok(&["creds", "delete", "--system", "--provider", "anthropic"]);
+    assert_eq!(
+        deleted,
+        serde_json::json!({"owner": null, "scope": "system", "deleted": 1})
+    );
+    assert_eq!(
+        cli.ok(&["creds", "status", "--owner", "alice"])["providers"]["anthropic"]["system"],
+        false
+    );
+    let out = cli.run_with(&["creds", "delete", "--system", "--owner", "alice"], None);
+    assert_eq!(out.status.code(), Some(2));
+}

@@ -78,7 +78,7 @@ pub struct Settings {
     pub client_ip: ClientIp,
     /// How often key statistics are written.
     pub stats_interval: Duration,
-    /// The journal (DESIGN §13): every hold, forward and settle written locally first, so a killed process or
+    /// The journal: every hold, forward and settle written locally first, so a killed process or
     /// a store outage loses no bill. `None` settles straight to the store.
     pub journal: Option<JournalConfig>,
 }
@@ -251,7 +251,7 @@ fn scopes(list: &[&str]) -> ScopeRequirement {
     ScopeRequirement::all(list.iter().copied()).expect("the gateway's scope names are valid")
 }
 
-/// The endpoint table of DESIGN §12.
+/// The endpoint table (README: "The axum adapter and the reference gateway").
 pub fn router(app: Arc<App>) -> Router {
     let auth = KeyAuth::new(app.verifier.clone()).with_client_ip(app.settings.client_ip.clone());
     let chat = auth.require(scopes(&["llm:chat"]));

@@ -1,4 +1,4 @@
-//! `keymeter-gateway`: the reference service of keymeter (DESIGN §12), an OpenAI- and Anthropic-compatible
+//! `keymeter-gateway`: the reference service of keymeter, an OpenAI- and Anthropic-compatible
 //! metering proxy with personal provider keys, key administration, usage ingest, reports and budgets, on the
 //! embedded SQLite store by default.
 //!

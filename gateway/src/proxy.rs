@@ -3,7 +3,7 @@
 //! One request: resolve whose provider key pays (the owner's own, else the system's: 424 without), reserve the
 //! worst case (402 when a budget has no room), forward with that key, price what the provider reports and settle.
 //! Once the body is read the request runs in a task of its own, so a client that hangs up cancels nothing: the
-//! upstream is read to its end and billed what it reports (DESIGN §13).
+//! upstream is read to its end and billed what it reports.
 //!
 //! - A connect failure, or an error answer from the provider, releases the reservation: nothing was spent.
 //! - No answer within the first-byte timeout, an exchange that breaks off after the request was sent, or an

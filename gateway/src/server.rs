@@ -1,5 +1,5 @@
 //! The HTTP server: the gateway's router on hyper's HTTP/1 connections, with the limits a public service needs so
-//! slow or idle clients cannot exhaust it (DESIGN §13), and a graceful shutdown.
+//! slow or idle clients cannot exhaust it, and a graceful shutdown.
 //!
 //! - **Header read / idle**: a request's head must arrive whole within [`Limits::header_read_timeout`], counted
 //!   from the moment the connection is idle, so the same bound closes keep-alive connections that send nothing.

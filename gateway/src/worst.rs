@@ -1,4 +1,4 @@
-//! The worst case a proxied request can cost, so its reservation is a true bound (DESIGN §13 promise 2): every
+//! The worst case a proxied request can cost, so its reservation is a true bound (admissions never overshoot): every
 //! request byte a prompt token at the dearest way the model bills prompt tokens, plus a ceiling per image (whose
 //! tokens its bytes do not bound: a URL of a few bytes is a whole picture), plus the output cap for every choice.
 //! Inputs whose tokens nothing here can bound (documents, files) are refused.

@@ -578,8 +578,8 @@ pub async fn settle_and_release(ledger: Arc<dyn Ledger>) {
     );
 }
 
-/// An `estimated` event is replaced by the exact event of its request id when that turns up (DESIGN §13,
-/// promise 3): one event, the exact usage and cost, budgets moved by the difference, reports (and their
+/// An `estimated` event is replaced by the exact event of its request id when that turns up (an estimate gives way to
+/// the exact usage): one event, the exact usage and cost, budgets moved by the difference, reports (and their
 /// rollups) following, `estimated_first` kept; nothing else replaces an event.
 pub async fn estimated_replaced_by_exact(ledger: Arc<dyn Ledger>) {
     let alice = BudgetScope::Owner("alice".into());
@@ -674,7 +674,7 @@ pub async fn estimated_replaced_by_exact(ledger: Arc<dyn Ledger>) {
     }
 }
 
-/// A reservation claims its request id (DESIGN §15): while it lives the id is refused, with no event; released,
+/// A reservation claims its request id: while it lives the id is refused, with no event; released,
 /// expired or refused for budget, the id is free again; recorded (or pruned), it is refused with its event.
 /// Concurrent claims of one id: exactly one wins.
 pub async fn request_ids_are_claimed_with_the_reservation(ledger: Arc<dyn Ledger>) {

@@ -29,7 +29,7 @@ pub trait KeyChangeFeed: Send + Sync + std::fmt::Debug {
     async fn poll(&self) -> Result<KeyChanges>;
 
     /// How often a cache may poll: a second by default (a feed that reads its database). A feed whose poll only
-    /// drains memory says less, so that a change is seen well within the second DESIGN §11 allows, notification
+    /// drains memory says less, so that a change is seen well within the second a cache may lag, notification
     /// delay included.
     fn poll_interval(&self) -> std::time::Duration {
         std::time::Duration::from_secs(1)

@@ -266,7 +266,7 @@ impl KeyIssuer {
         }
     }
 
-    /// An owner belongs to one organisation (or none), bound by its first key (DESIGN §12): a key for an owner
+    /// An owner belongs to one organisation (or none), bound by its first key: a key for an owner
     /// with keys must name the same organisation, so an organisation's admin never makes keys that act as
     /// another organisation's owner (its usage, budget and provider keys). Two first keys made at the same
     /// instant in two organisations are not caught here (the store holds no owner table).

@@ -18,7 +18,7 @@ use crate::error::Result;
 use crate::keys::changes::{KeyChangeFeed, KeyChanges};
 use crate::keys::{KeyFilter, KeyHash, KeyLookup, KeyRecord, KeyStore};
 
-/// The longest a record may be served after a change made elsewhere (DESIGN §11), in microseconds.
+/// The longest a record may be served after a change made elsewhere, in microseconds.
 const MAX_STALE_MICROS: i64 = 1_000_000;
 
 struct Entry {

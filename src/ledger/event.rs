@@ -98,8 +98,8 @@ impl UsageEvent {
         Ok(event)
     }
 
-    /// Whether `incoming`, recorded for this stored event's request id, replaces it (promise 3 of DESIGN §13): only
-    /// exact usage replaces an `estimated` event; anything else is a duplicate.
+    /// Whether `incoming`, recorded for this stored event's request id, replaces it: only exact usage replaces an
+    /// `estimated` event (the estimate gives way to the usage that turned up); anything else is a duplicate.
     pub fn is_replaced_by(&self, incoming: &UsageEvent) -> bool {
         self.estimated && !incoming.estimated && self.request_id == incoming.request_id
     }
@@ -289,7 +289,7 @@ pub struct Recorded {
     pub event_id: String,
     /// Whether an event with the same request id was already recorded (nothing was added).
     pub duplicate: bool,
-    /// Whether this exact event replaced an `estimated` one of the same request id (DESIGN §13, promise 3):
+    /// Whether this exact event replaced an `estimated` one of the same request id (the estimate gives way):
     /// the stored event (its id is `event_id`) took this usage and cost, and its budgets moved by the
     /// difference. `duplicate` is false then.
     #[serde(skip_serializing_if = "is_false")]

@@ -248,7 +248,7 @@ impl ReportedUsage<'_> {
 /// [`Meter::release`]; both consume it.
 ///
 /// A hold dropped unsettled (a `?` between reserve and settle, a task cancelled) does what a crash recovery
-/// would (DESIGN §13): before [`Meter::forwarded`] it gives its reservation back at once; after, the request may
+/// would: before [`Meter::forwarded`] it gives its reservation back at once; after, the request may
 /// have cost something, so it is billed at its reservation as an `estimated` event. Either runs in the
 /// background on the current tokio runtime (and is journaled first when the meter has a journal); outside a
 /// runtime the reservation expires.
@@ -405,7 +405,7 @@ pub struct Metered {
     pub request_id: String,
     /// Whether the request id was already recorded (nothing was added).
     pub duplicate: bool,
-    /// Whether this exact usage replaced the request's `estimated` event (DESIGN §13, promise 3).
+    /// Whether this exact usage replaced the request's `estimated` event (an estimate gives way to the exact usage).
     pub replaced: bool,
 }
 
@@ -447,7 +447,7 @@ impl Meter {
         }
     }
 
-    /// Writes every hold, forward, settle and release to `journal` first (DESIGN §13): a settle then returns
+    /// Writes every hold, forward, settle and release to `journal` first: a settle then returns
     /// once its record is written, and the journal's drain records it in the store (start it with
     /// [`Journal::start`]). Without a journal a settle returns once the store committed it.
     #[must_use]

@@ -152,7 +152,7 @@ pub trait Ledger: Send + Sync + std::fmt::Debug {
         ttl: Duration,
     ) -> Result<Reservation>;
 
-    /// Reserves as [`Ledger::reserve`] and claims `request_id` in the same atomic step (DESIGN §15): while the
+    /// Reserves as [`Ledger::reserve`] and claims `request_id` in the same atomic step: while the
     /// reservation lives no other reservation can claim it, and an id already recorded (or pruned) is refused.
     /// Releasing the reservation (or its expiry) frees the id; settling it records the id's event. The default
     /// implementation checks [`Ledger::event`] and then reserves, which is not atomic: every bundled backend

@@ -1,4 +1,4 @@
-//! Moving events between stores (DESIGN §9): export as JSON lines (each an event's serde form) or CSV (the same
+//! Moving events between stores: export as JSON lines (each an event's serde form) or CSV (the same
 //! fields, usage flattened as `usage.<class>`), and import of the JSON lines, validated whole before anything is
 //! recorded, then recorded in batches (idempotent by request id, so a rerun after an interruption completes it).
 //!

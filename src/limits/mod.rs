@@ -1,4 +1,4 @@
-//! Rate limits (DESIGN §10): GCRA quotas per key, per owner and per org, on requests and on tokens.
+//! Rate limits: GCRA quotas per key, per owner and per org, on requests and on tokens.
 //!
 //! - [`Quota`] (`100/min`), [`Limits`] (a scope's request and token quotas), [`LimitScope`] (key, owner, org).
 //! - [`gcra`]: the rule, pure functions of (state, now, cost); [`Decision`] and [`LimitStatus`] are its answers.

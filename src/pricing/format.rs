@@ -34,7 +34,7 @@
 //!   query: `web_search`, `maps_grounding`; per image: `images`. A class without a rate is unpriced (an error if
 //!   used), except `reasoning`, which falls back to `output`, and `image_input`, which falls back to `input`.
 //! - `tiers` override rates for `batch`, `flex` and `priority`. A rate missing for a tier (or a band) falls back
-//!   as DESIGN §6 says: the higher of the tier's base rate and the band's standard rate, then the standard base
+//!   to the higher of the tier's base rate and the band's standard rate, then the standard base
 //!   rate; reasoning first tries the same tier's and band's output rate.
 //! - `above` lists context bands: when the request's prompt tokens exceed `tokens`, the **whole request** is
 //!   billed at that band's rates (the highest band that applies). LiteLLM's `tiered_pricing` ranges are bands.

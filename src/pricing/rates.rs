@@ -1,5 +1,5 @@
-//! Rates and how one is chosen: service tiers, regions, long-context bands, off-peak hours, and the fallback rule
-//! of DESIGN §6.
+//! Rates and how one is chosen: service tiers, regions, long-context bands, off-peak hours, and the rule that
+//! finds a rate a tier or band lacks.
 
 use chrono::{DateTime, Datelike, Timelike, Utc};
 use rust_decimal::Decimal;
@@ -399,7 +399,7 @@ impl PriceWindow {
             .unwrap_or(&self.bands[0])
     }
 
-    /// The rate for `class` in `band` under `tier` (DESIGN §6): the tier's rate in the band; else the higher of
+    /// The rate for `class` in `band` under `tier`: the tier's rate in the band; else the higher of
     /// the tier's base rate and the band's standard rate (never under-billing against a rate the catalog gives);
     /// else the standard base rate. At each step a class with a fallback ([`TokenClass::fallback`]: reasoning →
     /// output, image input → input) tries its fallback in the same tier and band before moving on.

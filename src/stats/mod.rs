@@ -1,4 +1,4 @@
-//! Per-key statistics (DESIGN §10): verifications per UTC day by verdict code, and `last_used_at`.
+//! Per-key statistics: verifications per UTC day by verdict code, and `last_used_at`.
 //!
 //! A [`StatsRecorder`] counts in memory on the verify path and writes batches to a [`StatsStore`] — at most one
 //! write per key and day per flush, never one per verify; a flush that fails keeps its counts for the next one.

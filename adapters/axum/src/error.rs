@@ -1,5 +1,5 @@
-//! Refusals and errors as HTTP answers: `{"error": {"code", "message"}}` with the status and headers of DESIGN §3
-//! and §12.
+//! Refusals and errors as HTTP answers: `{"error": {"code", "message"}}` with the status and headers each verdict
+//! calls for.
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};

@@ -4,8 +4,9 @@
 //! (`Authorization: Bearer …` or `x-api-key`) against a route's scope requirement and the client address, charges
 //! rate limits and counts statistics (through the [`Verifier`](keymeter::keys::Verifier) it is given), and puts
 //! the verified key in the request's extensions ([`VerifiedKey`]); every refusal is JSON
-//! `{"error": {"code": "<VERDICT>", "message": "…"}}` with the status of keymeter's DESIGN §3: 401 with
-//! `WWW-Authenticate: Bearer`, 403, 429 with `Retry-After` and `RateLimit-Policy` / `RateLimit`, 402.
+//! `{"error": {"code": "<VERDICT>", "message": "…"}}` with the verdict's status
+//! ([`VerdictCode::http_status`](keymeter::keys::VerdictCode::http_status)): 401 with `WWW-Authenticate: Bearer`,
+//! 403, 429 with `Retry-After` and `RateLimit-Policy` / `RateLimit`, 402.
 //!
 //! The adapter is thin: no keymeter type knows axum. Its example `guard` guards one route; the reference service
 //! built on it (an OpenAI- and Anthropic-compatible metering proxy with key administration) is the crate

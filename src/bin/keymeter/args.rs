@@ -317,13 +317,16 @@ pub(crate) enum CredsCommand {
         #[command(flatten)]
         env_file: EnvFileArg,
     },
-    /// Delete an owner's key for one provider, or all of them.
+    /// Delete an owner's key (or a system key) for one provider, or all of them.
     #[command(
-        after_help = "Examples:\n  keymeter creds delete --owner alice --provider openai\n  keymeter creds delete --owner alice          # every provider"
+        after_help = "Examples:\n  keymeter creds delete --owner alice --provider openai\n  keymeter creds delete --owner alice          # every provider\n  keymeter creds delete --system --provider anthropic"
     )]
     Delete {
+        #[arg(long, required_unless_present = "system", conflicts_with = "system")]
+        owner: Option<String>,
+        /// The system keys (the operator's, used when an owner has none) instead of an owner's.
         #[arg(long)]
-        owner: String,
+        system: bool,
         #[arg(long)]
         provider: Option<String>,
     },

@@ -126,15 +126,23 @@ pub(crate) async fn run(config: &Config, cmd: CredsCommand) -> Outcome {
                 format!("{provider}: {} key {masked}", resolved.source.as_str()),
             ))
         }
-        CredsCommand::Delete { owner, provider } => {
-            let scope = CredentialScope::user(&owner)?;
+        CredsCommand::Delete {
+            owner,
+            system: _,
+            provider,
+        } => {
+            let scope = match &owner {
+                Some(o) => CredentialScope::user(o)?,
+                None => CredentialScope::System,
+            };
             let deleted = match provider {
                 Some(p) => u64::from(store.delete(&scope, &Provider::new(&p)?).await?),
                 None => store.delete_all(&scope).await?,
             };
+            let whose = owner.as_deref().unwrap_or("the system");
             Ok((
-                json!({"owner": owner, "deleted": deleted}),
-                format!("deleted {deleted} key(s) of {owner}"),
+                json!({"owner": owner, "scope": if owner.is_some() { "user" } else { "system" }, "deleted": deleted}),
+                format!("deleted {deleted} key(s) of {whose}"),
             ))
         }
         CredsCommand::Rewrap => {

@@ -1,4 +1,4 @@
-//! `keymeter`: the admin CLI (feature `cli`). See DESIGN §9 and the README for the contract.
+//! `keymeter`: the admin CLI (feature `cli`). README's "The admin CLI" section is its contract.
 //!
 //! Exit codes: 0 success, 1 a negative answer (invalid key, unknown id), 2 a usage or configuration error.
 //! Secrets (the pepper, tokens) come from the environment or stdin, never from argv. Everything the CLI knows

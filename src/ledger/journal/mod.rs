@@ -1,5 +1,5 @@
 //! The journal: a local write-ahead log of holds and settles, so an answer a client received is billed even when
-//! the process is killed or the store is down (DESIGN §13).
+//! the process is killed or the store is down.
 //!
 //! A [`Meter`](crate::ledger::Meter) with a journal writes, for each request, a `hold` record after the
 //! reservation, a `forwarded` record before the request goes upstream, then a `settle` (the priced event) or a

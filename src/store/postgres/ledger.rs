@@ -363,9 +363,9 @@ async fn claim(
     Ok(())
 }
 
-/// Replaces stored `estimated` events with the exact events of the batch found duplicates of them (DESIGN §13,
-/// promise 3): each row takes the exact usage and cost and `out` says `replaced` for it. Returns each replaced
-/// event as it was, with the difference its budgets move by.
+/// Replaces stored `estimated` events with the exact events of the batch found duplicates of them: each row
+/// takes the exact usage and cost and `out` says `replaced` for it. Returns each replaced event as it was, with
+/// the difference its budgets move by.
 async fn replace_estimated(
     tx: &mut Tx,
     events: &[UsageEvent],

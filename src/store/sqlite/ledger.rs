@@ -294,9 +294,9 @@ async fn record_in(tx: &mut Tx, events: &[UsageEvent]) -> Result<Vec<Recorded>> 
     Ok(out)
 }
 
-/// Replaces stored `estimated` events with the exact events of the batch that were found duplicates of them
-/// (DESIGN §13, promise 3): each row takes the exact usage and cost, its budgets and rollups move by the
-/// difference, and `out` says `replaced` for it. Pruned events are never replaced.
+/// Replaces stored `estimated` events with the exact events of the batch that were found duplicates of them: each
+/// row takes the exact usage and cost, its budgets and rollups move by the difference, and `out` says `replaced`
+/// for it. Pruned events are never replaced.
 async fn replace_estimated(tx: &mut Tx, events: &[UsageEvent], out: &mut [Recorded]) -> Result<()> {
     let candidates: Vec<usize> = (0..events.len())
         .filter(|&i| out[i].duplicate && !events[i].estimated)
