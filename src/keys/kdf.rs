@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
 use crate::limits::Quota;
-use crate::limits::gcra::{LimitStatus, decide};
+use crate::limits::gcra::{LimitStatus, decide, force};
 
 type Job = Box<dyn FnOnce() + Send>;
 
@@ -120,35 +120,27 @@ impl FailureBudget {
         }
     }
 
-    /// Takes one failure from `ip`'s budget at `now` (micros) before the verification runs, so concurrent ones
-    /// cannot all pass a check made before any of them failed; [`FailureBudget::give_back`] returns it when the
-    /// verification succeeds.
-    ///
-    /// # Errors
-    /// The limit's numbers when the budget is spent (nothing is taken then).
-    pub fn take(&self, ip: IpAddr, now: i64) -> std::result::Result<(), LimitStatus> {
+    /// Whether `ip` has spent its budget at `now` (micros): the limit's numbers when it has. Checked before the
+    /// lookup; only failures are counted ([`FailureBudget::failed`]), so a client whose keys verify is never
+    /// refused here, however many requests it has in flight.
+    pub fn spent(&self, ip: IpAddr, now: i64) -> Option<LimitStatus> {
+        let tats = self.tats.lock().unwrap_or_else(|p| p.into_inner());
+        let (allowed, _, status) = decide(tats.get(&bucket_of(ip)).copied(), now, &self.quota, 1);
+        (!allowed).then_some(status)
+    }
+
+    /// Counts one failed verification from `ip` at `now` (micros).
+    pub fn failed(&self, ip: IpAddr, now: i64) {
         let mut tats = self.tats.lock().unwrap_or_else(|p| p.into_inner());
         let key = bucket_of(ip);
-        let (allowed, tat, status) = decide(tats.get(&key).copied(), now, &self.quota, 1);
-        if !allowed {
-            return Err(status);
-        }
         if tats.len() >= MAX_ADDRESSES && !tats.contains_key(&key) {
             tats.retain(|_, tat| *tat > now);
             if tats.len() >= MAX_ADDRESSES {
                 tats.clear();
             }
         }
+        let tat = force(tats.get(&key).copied(), now, &self.quota, 1);
         tats.insert(key, tat);
-        Ok(())
-    }
-
-    /// Returns what [`FailureBudget::take`] took, for a verification that succeeded.
-    pub fn give_back(&self, ip: IpAddr, now: i64) {
-        let mut tats = self.tats.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(tat) = tats.get_mut(&bucket_of(ip)) {
-            *tat = tat.saturating_sub(self.quota.emission_micros()).max(now);
-        }
     }
 }
 
@@ -167,19 +159,21 @@ mod tests {
         let b: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
         let b_sibling: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
         for _ in 0..3 {
-            budget.take(a, 0).expect("within the budget");
+            assert!(budget.spent(a, 0).is_none());
+            budget.failed(a, 0);
         }
-        let status = budget.take(a, 0).expect_err("spent");
+        let status = budget.spent(a, 0).expect("spent");
         assert_eq!(status.retry_after_secs(), 20);
-        assert!(budget.take(a, 20_000_000).is_ok(), "one more after 20 s");
-        // A verification that succeeded gives its share back.
-        budget.give_back(a, 20_000_000);
-        assert!(budget.take(a, 20_000_000).is_ok());
+        assert!(budget.spent(a, 20_000_000).is_none(), "one more after 20 s");
         for _ in 0..3 {
-            budget.take(b, 0).unwrap();
+            budget.failed(b, 0);
         }
-        assert!(budget.take(b_sibling, 0).is_err(), "one /64, one budget");
-        assert!(budget.take("2001:db8:1:3::1".parse().unwrap(), 0).is_ok());
+        assert!(budget.spent(b_sibling, 0).is_some(), "one /64, one budget");
+        assert!(
+            budget
+                .spent("2001:db8:1:3::1".parse().unwrap(), 0)
+                .is_none()
+        );
     }
 
     #[tokio::test]

@@ -404,25 +404,27 @@ impl Verifier {
                 return Ok(Verdict::reject(VerdictCode::Malformed));
             }
             // An address that keeps failing gets no more KDFs for a while (nor lookups that may lead to one).
-            // Taken before the lookup (concurrent attempts cannot all slip through), given back on success.
+            // Only failures count, so a client whose keys verify is never refused here; the attempts already in
+            // flight when an address's budget runs out still finish (at most the KDF slots' worth run at once).
             let budget = self.failures.as_ref().zip(requirement.client_ip);
             if let Some((failures, ip)) = budget
-                && let Err(status) = failures.take(ip, self.clock.now_micros())
+                && let Some(status) = failures.spent(ip, self.clock.now_micros())
             {
                 return Ok(Verdict::reject(VerdictCode::RateLimited).with_limit(Some(status)));
             }
             match Box::pin(self.find_imported(credential)).await? {
                 Some(record) => {
-                    let now = self.clock.now_micros();
-                    if let Some((failures, ip)) = budget {
-                        failures.give_back(ip, now);
-                    }
                     if !self.config.environments.contains(&record.env) {
                         return Ok(Verdict::reject(VerdictCode::WrongEnvironment));
                     }
-                    (record, now)
+                    (record, self.clock.now_micros())
                 }
-                None => return Ok(Verdict::reject(VerdictCode::NotFound)),
+                None => {
+                    if let Some((failures, ip)) = budget {
+                        failures.failed(ip, self.clock.now_micros());
+                    }
+                    return Ok(Verdict::reject(VerdictCode::NotFound));
+                }
             }
         };
 
