@@ -278,39 +278,7 @@ fn verify_sqlite(c: &mut Criterion) {
             VerdictCode::NotFound
         );
     }
-    // The two are measured interleaved (a wrong secret, an unknown id, a wrong secret, …), each timing only its
-    // own half, so a drift in the machine's speed during the run falls on both alike.
-    let mut group = c.benchmark_group("verify_sqlite");
-    let mut timed_pair = |name: &str, timed_first: bool| {
-        let mut i = 0;
-        group.bench_function(name, |b| {
-            b.iter_custom(|iters| {
-                let mut spent = std::time::Duration::ZERO;
-                for _ in 0..iters {
-                    i = (i + 1) % CYCLE;
-                    let (timed, other) = if timed_first {
-                        (&wrong[i], &unknown[i])
-                    } else {
-                        (&unknown[i], &wrong[i])
-                    };
-                    black_box(
-                        rt.block_on(verifier.verify(black_box(other), &need))
-                            .unwrap(),
-                    );
-                    let start = std::time::Instant::now();
-                    black_box(
-                        rt.block_on(verifier.verify(black_box(timed), &need))
-                            .unwrap(),
-                    );
-                    spent += start.elapsed();
-                }
-                spent
-            })
-        });
-    };
-    timed_pair("wrong_secret", true);
-    timed_pair("unknown_id", false);
-    group.finish();
+    wrong_secret_against_unknown_id(c, "verify_sqlite", &rt, &verifier, &need, &wrong, &unknown);
 
     // As a service verifies (the record cache and its change feed in front of the store, DESIGN §14): each id
     // seen once is answered from memory, known or not, so the two still cost the same.
@@ -329,8 +297,31 @@ fn verify_sqlite(c: &mut Criterion) {
         rt.block_on(verifier.verify(w, &need)).unwrap();
         rt.block_on(verifier.verify(u, &need)).unwrap();
     }
-    let mut group = c.benchmark_group("verify_cached_sqlite");
-    let mut timed_pair = |name: &str, timed_first: bool| {
+    wrong_secret_against_unknown_id(
+        c,
+        "verify_cached_sqlite",
+        &rt,
+        &verifier,
+        &need,
+        &wrong,
+        &unknown,
+    );
+}
+
+/// Times a wrong secret and an unknown id interleaved (a wrong secret, an unknown id, a wrong secret, …), each
+/// timing only its own half, so a drift in the machine's speed during the run falls on both alike.
+#[cfg(feature = "sqlite")]
+fn wrong_secret_against_unknown_id(
+    c: &mut Criterion,
+    group: &str,
+    rt: &tokio::runtime::Runtime,
+    verifier: &Verifier,
+    need: &Requirement,
+    wrong: &[String],
+    unknown: &[String],
+) {
+    let mut group = c.benchmark_group(group);
+    for (name, timed_first) in [("wrong_secret", true), ("unknown_id", false)] {
         let mut i = 0;
         group.bench_function(name, |b| {
             b.iter_custom(|iters| {
@@ -343,12 +334,12 @@ fn verify_sqlite(c: &mut Criterion) {
                         (&unknown[i], &wrong[i])
                     };
                     black_box(
-                        rt.block_on(verifier.verify(black_box(other), &need))
+                        rt.block_on(verifier.verify(black_box(other), need))
                             .unwrap(),
                     );
                     let start = std::time::Instant::now();
                     black_box(
-                        rt.block_on(verifier.verify(black_box(timed), &need))
+                        rt.block_on(verifier.verify(black_box(timed), need))
                             .unwrap(),
                     );
                     spent += start.elapsed();
@@ -356,9 +347,7 @@ fn verify_sqlite(c: &mut Criterion) {
                 spent
             })
         });
-    };
-    timed_pair("wrong_secret", true);
-    timed_pair("unknown_id", false);
+    }
     group.finish();
 }
 
