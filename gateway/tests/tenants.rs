@@ -7,6 +7,17 @@ use keymeter_axum::ClientIp;
 use reqwest::Method;
 use serde_json::{Value, json};
 
+/// Gives `owner` a monthly budget of `limit` dollars.
+async fn monthly_budget(gw: &support::Gateway, owner: &str, limit: &str) {
+    let budget = keymeter::ledger::Budget::new(
+        keymeter::ledger::BudgetScope::Owner(owner.into()),
+        limit.parse().unwrap(),
+        keymeter::ledger::BudgetPeriod::Monthly,
+    )
+    .unwrap();
+    gw.app.store.set_budget(&budget).await.unwrap();
+}
+
 fn code(body: &Value) -> &str {
     body["error"]["code"].as_str().unwrap_or("")
 }
@@ -315,19 +326,7 @@ async fn the_reservation_bounds_what_the_request_may_cost() {
     let (_, key) = gw
         .key(json!({"name": "k", "owner": "alice", "permissions": ["llm:chat", "write"]}))
         .await;
-    let alice = keymeter::ledger::BudgetScope::Owner("alice".into());
-    gw.app
-        .store
-        .set_budget(
-            &keymeter::ledger::Budget::new(
-                alice,
-                "0.05".parse().unwrap(),
-                keymeter::ledger::BudgetPeriod::Monthly,
-            )
-            .unwrap(),
-        )
-        .await
-        .unwrap();
+    monthly_budget(&gw, "alice", "0.05").await;
     let post = |path: &'static str, body: Value| {
         let request = gw.post(path, &key).json(&body);
         async move {
@@ -483,18 +482,7 @@ async fn images_are_reserved_at_their_ceiling_and_documents_refused() {
     let (_, key) = gw
         .key(json!({"name": "k", "owner": "alice", "permissions": ["llm:chat"]}))
         .await;
-    gw.app
-        .store
-        .set_budget(
-            &keymeter::ledger::Budget::new(
-                keymeter::ledger::BudgetScope::Owner("alice".into()),
-                "0.05".parse().unwrap(),
-                keymeter::ledger::BudgetPeriod::Monthly,
-            )
-            .unwrap(),
-        )
-        .await
-        .unwrap();
+    monthly_budget(&gw, "alice", "0.05").await;
     let with = |part: Value| {
         json!({"model": "gpt-4o", "max_tokens": 300, "messages": [{"role": "user", "content": [
             {"type": "text", "text": "What is in this picture?"}, part]}]})
