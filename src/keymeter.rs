@@ -19,6 +19,7 @@ use crate::error::Result;
 use crate::keys::{KeyIssuer, KeyStore, Verifier};
 use crate::ledger::Meter;
 use crate::ledger::journal::Journal;
+use crate::limits::RateLimiter;
 use crate::stats::StatsRecorder;
 use crate::store::Store;
 
@@ -37,6 +38,8 @@ pub struct Keymeter {
     pub keys: Arc<dyn KeyStore>,
     /// Verifies inbound keys, charging rate limits and counting statistics.
     pub verifier: Arc<Verifier>,
+    /// The rate limiter the verifier charges: Redis when configured, else the store.
+    pub limiter: Arc<dyn RateLimiter>,
     /// Issues, imports and rotates keys.
     pub issuer: Arc<KeyIssuer>,
     /// Resolves the provider key a request uses: the owner's own, else the system's.
@@ -53,6 +56,10 @@ impl Config {
     /// Opens everything a service needs ([`Keymeter`]). The secrets are checked first: a missing one fails with
     /// an error that names the fix before any database file is created. Needs a tokio runtime.
     ///
+    /// Outside production-like environments it says so: through `tracing`, and on standard error as well when
+    /// the host has installed no `tracing` subscriber (a new service often has not), so development mode is
+    /// never silent.
+    ///
     /// # Errors
     /// [`crate::Error::Config`] for a missing secret or a bad setting; the store's, the limiter's and the
     /// journal's failures to open.
@@ -60,6 +67,7 @@ impl Config {
         self.hasher()?;
         self.vault()?;
         let catalog = self.catalog()?;
+        self.announce();
         let store = self.connect().await?;
         let keys = self.key_cache(store.clone()).await?;
         let limiter = self.limiter(store.clone()).await?;
@@ -67,7 +75,7 @@ impl Config {
         stats.spawn_flusher(STATS_INTERVAL);
         let verifier = Arc::new(
             self.verifier(keys.clone())?
-                .with_limits(store.clone(), limiter)
+                .with_limits(store.clone(), limiter.clone())
                 .with_stats(stats.clone()),
         );
         let mut meter = Meter::new(store.clone(), Arc::new(catalog));
@@ -79,6 +87,7 @@ impl Config {
             )?;
             tracing::info!(
                 dir = %journal.dir().display(),
+                instance = journal.instance_id(),
                 settled = recovery.settled,
                 estimated = recovery.estimated,
                 released = recovery.released,
@@ -93,6 +102,7 @@ impl Config {
             vault: self.vault()?,
             keys,
             verifier,
+            limiter,
             meter,
             stats,
             store,
@@ -100,7 +110,52 @@ impl Config {
     }
 }
 
+impl Config {
+    /// Says what a host must know before serving: the environment when it is not production or staging, and
+    /// each configuration warning. Through `tracing`, and on standard error when no subscriber would show them.
+    fn announce(&self) {
+        let detected = &self.environment;
+        let mut lines = Vec::new();
+        if detected.environment.is_development() {
+            lines.push(format!(
+                "development mode ({}): missing secrets come from the secrets file and system \
+                 provider keys from `.env`; set KEYMETER_ENV=production before serving users",
+                detected.reason
+            ));
+        }
+        for warning in self.warnings() {
+            // The line above already says the environment was a default.
+            let said =
+                detected.environment.is_development() && detected.warning.as_ref() == Some(warning);
+            if !said {
+                lines.push(warning.clone());
+            }
+        }
+        let silent = !tracing::dispatcher::has_been_set();
+        for line in &lines {
+            tracing::warn!("{line}");
+            if silent {
+                eprintln!("keymeter: warning: {line}");
+            }
+        }
+    }
+}
+
 impl Keymeter {
+    /// Seals `key` and stores it as `scope`'s key for `provider`: [`crate::credentials::set_key`] with this
+    /// handle's store and vault.
+    ///
+    /// # Errors
+    /// As [`crate::credentials::set_key`]: a key of the wrong shape or a placeholder, the store's failures.
+    pub async fn set_key(
+        &self,
+        scope: &crate::credentials::CredentialScope,
+        provider: &crate::credentials::Provider,
+        key: &str,
+    ) -> Result<()> {
+        crate::credentials::set_key(&*self.store, &self.vault, scope, provider, key).await
+    }
+
     /// Waits (at most `timeout`) until the store holds every settle the journal took so far, so a report or an
     /// export read next includes them; true when it does (always, without a journal).
     pub async fn drain(&self, timeout: Duration) -> bool {

@@ -58,6 +58,12 @@ fn the_short_path_runs_in_an_empty_directory() {
     );
     assert!(stdout.contains("this request: 0.0087 USD"), "{stdout}");
     assert!(stdout.contains("by day: 0.0087"), "{stdout}");
+    // The host installed no tracing subscriber: development mode is said on standard error all the same.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("keymeter: warning: development mode (nothing set"),
+        "{stderr}"
+    );
     // Twice: a second run on the same directory works too (its secrets are read back, not rewritten).
     let again = command.output().unwrap();
     assert!(

@@ -21,7 +21,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use keymeter::ledger::journal::{JournalConfig, SyncPolicy};
+use keymeter::ledger::journal::SyncPolicy;
 use serde_json::json;
 
 fn requests() -> usize {
@@ -141,13 +141,14 @@ async fn main() {
 async fn run(up: &support::Upstream, n: usize, mode: &str, sync: Option<SyncPolicy>) {
     let dir = tempfile::tempdir().unwrap();
     let store = format!("sqlite://{}/gateway.db", dir.path().display());
-    let settings = keymeter_gateway::Settings {
-        journal: sync.map(|s| JournalConfig::new(dir.path().join("journal")).sync(s)),
-        ..support::settings(up)
-    };
+    let mut config = support::config(&store);
+    config.journal_dir = sync.map(|_| dir.path().join("journal"));
+    if let Some(sync) = sync {
+        config.journal_sync = sync;
+    }
     let gw = support::serve_with(
-        &support::config(&store),
-        settings,
+        &config,
+        support::settings(up),
         keymeter_gateway::server::Limits::default(),
         "ops",
     )

@@ -40,7 +40,6 @@ use keymeter::Config;
 use keymeter::credentials::{CredentialResolver, Vault};
 use keymeter::keys::{KeyIssuer, KeyRecord, KeyStore, Scope, ScopeRequirement, Verifier};
 use keymeter::ledger::Meter;
-use keymeter::ledger::journal::{Journal, JournalConfig};
 use keymeter::limits::RateLimiter;
 use keymeter::stats::StatsRecorder;
 use keymeter::store::Store;
@@ -76,11 +75,6 @@ pub struct Settings {
     pub body_read_timeout: Duration,
     /// Where the client address comes from.
     pub client_ip: ClientIp,
-    /// How often key statistics are written.
-    pub stats_interval: Duration,
-    /// The journal: every hold, forward and settle written locally first, so a killed process or
-    /// a store outage loses no bill. `None` settles straight to the store.
-    pub journal: Option<JournalConfig>,
 }
 
 impl Default for Settings {
@@ -96,8 +90,6 @@ impl Default for Settings {
             upstream_timeout: Duration::from_secs(600),
             body_read_timeout: Duration::from_secs(30),
             client_ip: ClientIp::Connection,
-            stats_interval: Duration::from_secs(10),
-            journal: None,
         }
     }
 }
@@ -114,9 +106,9 @@ pub struct App {
     /// Verifies inbound keys.
     pub verifier: Arc<Verifier>,
     /// Issues keys.
-    pub issuer: KeyIssuer,
+    pub issuer: Arc<KeyIssuer>,
     /// Resolves the provider key that pays.
-    pub resolver: CredentialResolver,
+    pub resolver: Arc<CredentialResolver>,
     /// Seals and opens provider keys.
     pub vault: Arc<Vault>,
     /// Reserves and settles.
@@ -140,56 +132,29 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Connects the configured store and builds the verifier (cached keys, rate limits, statistics), issuer,
-    /// resolver and meter.
+    /// Opens keymeter as [`Config::open`] does (the store, cached keys, rate limits, statistics, issuer, resolver,
+    /// and the meter with the configured journal: [`Config::journal_dir`], `None` to settle straight to the
+    /// store) and builds the routes on it.
     ///
     /// # Errors
     /// Configuration and store failures.
     pub async fn build(config: &Config, settings: Settings) -> keymeter::Result<Gateway> {
-        let store = config.connect().await?;
-        let keys = config.key_cache(store.clone()).await?;
-        let limiter = config.limiter(store.clone()).await?;
-        let stats = Arc::new(StatsRecorder::new(store.clone()));
-        stats.spawn_flusher(settings.stats_interval);
-        let verifier = Arc::new(
-            config
-                .verifier(keys.clone())?
-                .with_limits(store.clone(), limiter.clone())
-                .with_stats(stats.clone()),
-        );
+        let km = config.open().await?;
         let http = keymeter::http::builder()?
             .connect_timeout(settings.connect_timeout)
             .build()
             .map_err(|e| keymeter::Error::Config(format!("cannot build the HTTP client: {e}")))?;
-        let mut meter = config.meter(store.clone())?;
-        if let Some(journal) = &settings.journal {
-            let (journal, recovery) = Journal::open_as(
-                journal.clone(),
-                config.instance_id.clone(),
-                Arc::new(keymeter::random::OsRandom),
-            )?;
-            tracing::info!(
-                dir = %journal.dir().display(),
-                instance = journal.instance_id(),
-                settled = recovery.settled,
-                estimated = recovery.estimated,
-                released = recovery.released,
-                "journal open"
-            );
-            journal.start(store.clone());
-            meter = meter.with_journal(journal);
-        }
         let app = Arc::new(App {
-            issuer: config.issuer(keys.clone())?,
-            keys,
-            resolver: config.resolver(store.clone())?,
-            vault: config.vault()?,
-            meter,
+            issuer: km.issuer,
+            keys: km.keys,
+            resolver: km.resolver,
+            vault: km.vault,
+            meter: km.meter,
             http,
-            verifier,
-            stats,
-            store,
-            limiter,
+            verifier: km.verifier,
+            stats: km.stats,
+            store: km.store,
+            limiter: km.limiter,
             settings,
             exchanges: TaskTracker::new(),
         });

@@ -168,23 +168,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Its warnings (an environment nobody set, say) reach the log through `tracing`.
     let mut config = Config::from_source(&flags)?;
     config.init_secrets(&flags, &OsRandom, Utc::now())?;
-    let mut settings = flags.settings.clone();
     if flags.no_journal {
+        config.journal_dir = None;
         tracing::warn!(
             "no journal: a process killed mid-exchange loses the bills of the answers it had sent, and a store \
              outage can lose settles"
         );
-    } else {
-        settings.journal = config.journal();
-        let server_db = config.store_url.starts_with("postgres");
-        if settings.journal.is_none() && server_db {
-            exit_usage(
-                "a journal is required on a server database: --journal DIR (or KEYMETER_JOURNAL), or \
-                 --no-journal to accept losing bills on a crash",
-            );
-        }
+    } else if config.journal_dir.is_none() && config.store_url.starts_with("postgres") {
+        exit_usage(
+            "a journal is required on a server database: --journal DIR (or KEYMETER_JOURNAL), or \
+             --no-journal to accept losing bills on a crash",
+        );
     }
-    let gateway = Gateway::build(&config, settings).await?;
+    let gateway = Gateway::build(&config, flags.settings.clone()).await?;
     let listener = tokio::net::TcpListener::bind(flags.listen).await?;
     tracing::info!(
         "keymeter gateway on http://{} ({} store, {} environment)",
