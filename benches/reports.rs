@@ -130,11 +130,9 @@ fn reports(c: &mut Criterion) {
             })
         });
         // A window that starts and ends mid-day: SQLite reads day rollups and two partial days of events.
-        let window = EventFilter {
-            since: Some(Utc.with_ymd_and_hms(2026, 9, 3, 12, 34, 0).unwrap()),
-            until: Some(Utc.with_ymd_and_hms(2026, 9, 27, 8, 15, 0).unwrap()),
-            ..EventFilter::default()
-        };
+        let window = EventFilter::new()
+            .since(Utc.with_ymd_and_hms(2026, 9, 3, 12, 34, 0).unwrap())
+            .until(Utc.with_ymd_and_hms(2026, 9, 27, 8, 15, 0).unwrap());
         group.bench_function(format!("{name}_by_owner_mid_day_window"), |b| {
             b.iter(|| {
                 rt.block_on(store.report(&window, GroupBy::Owner, chrono_tz::UTC))

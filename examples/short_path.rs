@@ -1,7 +1,7 @@
 //! README's "short path", verbatim (a test checks the two agree and runs this in a fresh directory): a key
 //! verified, whose provider key pays, the worst case held, the reported usage settled, a report by day.
 
-use keymeter::credentials::{CredentialScope, Provider, set_key};
+use keymeter::credentials::{CredentialScope, Provider};
 use keymeter::keys::{NewKey, Requirement, Scope, ScopeRequirement};
 use keymeter::ledger::{EventFilter, GroupBy, MeteredRequest};
 use keymeter::pricing::{Usage, UsageFormat};
@@ -20,14 +20,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .issue(NewKey::new("laptop", "alice").scopes(scopes))
         .await?;
     let system_key = "sk-proj-operator0000000000000000000000000000";
-    set_key(
-        &*km.store,
-        &km.vault,
-        &CredentialScope::System,
-        &Provider::openai(),
-        system_key,
-    )
-    .await?;
+    km.set_key(&CredentialScope::System, &Provider::openai(), system_key)
+        .await?;
 
     // One request: the caller's key, whose provider key pays, the worst case held, the actual cost settled.
     let header = format!("Bearer {}", issued.token.expose_secret());
@@ -41,14 +35,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let request = MeteredRequest::new(key, "gpt-4o").credential_source(credential.source);
     let hold = km
         .meter
-        .reserve(
-            request,
-            &Usage {
-                input: 2_000,
-                output: 1_000,
-                ..Usage::default()
-            },
-        )
+        .reserve(request, &Usage::tokens(2_000, 1_000))
         .await?;
     km.meter.forwarded(&hold)?; // from here a dropped hold is billed, not given back
     // … call OpenAI with `credential.key` …
@@ -60,10 +47,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     km.drain(std::time::Duration::from_secs(5)).await; // the journal's settles reach the store
-    let report = km
-        .store
-        .report(&EventFilter::default(), GroupBy::Day, Tz::UTC)
-        .await?;
+    let alice = EventFilter::new().owner("alice");
+    let report = km.store.report(&alice, GroupBy::Day, Tz::UTC).await?;
     println!("by day: {}", report.total);
     km.close().await;
     Ok(())

@@ -271,10 +271,7 @@ impl KeyIssuer {
     /// another organisation's owner (its usage, budget and provider keys). Two first keys made at the same
     /// instant in two organisations are not caught here (the store holds no owner table).
     async fn check_organisation(&self, new: &NewKey) -> Result<()> {
-        let filter = crate::keys::KeyFilter {
-            owner: Some(new.owner.clone()),
-            org: None,
-        };
+        let filter = crate::keys::KeyFilter::new().owner(new.owner.clone());
         if self
             .store
             .list(&filter)

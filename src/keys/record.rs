@@ -298,6 +298,11 @@ impl Serialize for KeyRecord {
 }
 
 /// Filters for [`crate::keys::KeyStore::list`]; unset fields match everything.
+///
+/// ```
+/// let filter = keymeter::keys::KeyFilter::new().org("acme");
+/// assert_eq!(filter.org.as_deref(), Some("acme"));
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KeyFilter {
     /// Only keys of this owner.
@@ -307,6 +312,25 @@ pub struct KeyFilter {
 }
 
 impl KeyFilter {
+    /// A filter that matches every key.
+    pub fn new() -> KeyFilter {
+        KeyFilter::default()
+    }
+
+    /// Only `owner`'s keys.
+    #[must_use]
+    pub fn owner(mut self, owner: impl Into<String>) -> Self {
+        self.owner = Some(owner.into());
+        self
+    }
+
+    /// Only organisation `org`'s keys.
+    #[must_use]
+    pub fn org(mut self, org: impl Into<String>) -> Self {
+        self.org = Some(org.into());
+        self
+    }
+
     /// Whether `record` passes the filter.
     pub fn matches(&self, record: &KeyRecord) -> bool {
         self.owner.as_ref().is_none_or(|o| *o == record.owner)

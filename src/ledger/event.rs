@@ -321,7 +321,16 @@ impl EventCursor {
 }
 
 /// Filters for [`crate::ledger::Ledger::events`]; unset fields match everything. `since` is inclusive, `until`
-/// exclusive.
+/// exclusive. Built as [`crate::keys::NewKey`] and [`crate::ledger::MeteredRequest`] are:
+///
+/// ```
+/// use keymeter::ledger::EventFilter;
+///
+/// let march = "2026-03-01T00:00:00Z".parse().unwrap();
+/// let filter = EventFilter::new().owner("alice").model("gpt-4o").since(march);
+/// assert_eq!(filter.owner.as_deref(), Some("alice"));
+/// assert!(filter.until.is_none());
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 pub struct EventFilter {
     /// Only this owner's events.
@@ -339,6 +348,53 @@ pub struct EventFilter {
 }
 
 impl EventFilter {
+    /// A filter that matches every event.
+    pub fn new() -> EventFilter {
+        EventFilter::default()
+    }
+
+    /// Only `owner`'s events.
+    #[must_use]
+    pub fn owner(mut self, owner: impl Into<String>) -> Self {
+        self.owner = Some(owner.into());
+        self
+    }
+
+    /// Only organisation `org`'s events.
+    #[must_use]
+    pub fn org(mut self, org: impl Into<String>) -> Self {
+        self.org = Some(org.into());
+        self
+    }
+
+    /// Only the events of the key with this id.
+    #[must_use]
+    pub fn key_id(mut self, key_id: impl Into<String>) -> Self {
+        self.key_id = Some(key_id.into());
+        self
+    }
+
+    /// Only `model`'s events.
+    #[must_use]
+    pub fn model(mut self, model: impl Into<String>) -> Self {
+        self.model = Some(model.into());
+        self
+    }
+
+    /// From `since` (inclusive).
+    #[must_use]
+    pub fn since(mut self, since: DateTime<Utc>) -> Self {
+        self.since = Some(since);
+        self
+    }
+
+    /// Before `until` (exclusive).
+    #[must_use]
+    pub fn until(mut self, until: DateTime<Utc>) -> Self {
+        self.until = Some(until);
+        self
+    }
+
     /// Whether `e` passes.
     pub fn matches(&self, e: &UsageEvent) -> bool {
         self.owner.as_ref().is_none_or(|o| *o == e.owner)

@@ -241,6 +241,34 @@ impl Usage {
         }
     }
 
+    /// Uncached text input and visible output tokens, nothing else: what a request usually reserves.
+    ///
+    /// ```
+    /// # use keymeter::pricing::Usage;
+    /// assert_eq!(Usage::tokens(2_000, 1_000), Usage { input: 2_000, output: 1_000, ..Usage::default() });
+    /// ```
+    pub const fn tokens(input: u64, output: u64) -> Usage {
+        Usage {
+            input,
+            cache_read: 0,
+            cache_write_5m: 0,
+            cache_write_1h: 0,
+            cache_write_12h: 0,
+            output,
+            reasoning: 0,
+            audio_input: 0,
+            cache_read_audio: 0,
+            audio_output: 0,
+            image_input: 0,
+            image_output: 0,
+            web_search: 0,
+            maps_grounding: 0,
+            images: 0,
+            tier: None,
+            region: None,
+        }
+    }
+
     /// The most any one class of one event may count: 2⁴⁰ (about 1.1 × 10¹²). Far above any real request, and
     /// low enough that sums over millions of events stay exact in every store's 64-bit columns.
     pub const MAX_COUNT: u64 = 1 << 40;
