@@ -91,6 +91,18 @@ impl KeyAuth {
         }
     }
 
+    /// A layer admitting requests whose key holds every one of `scopes`: [`KeyAuth::require`] with
+    /// [`ScopeRequirement::all`].
+    ///
+    /// # Errors
+    /// [`keymeter::Error::InvalidInput`] for a malformed scope (a route table that cannot be right).
+    pub fn require_all<'a>(
+        &self,
+        scopes: impl IntoIterator<Item = &'a str>,
+    ) -> keymeter::Result<RequireKeyLayer> {
+        Ok(self.require(ScopeRequirement::all(scopes)?))
+    }
+
     /// The client address of `request`, from the configured [`ClientIp`] source.
     pub fn client_ip<B>(&self, request: &Request<B>) -> Option<IpAddr> {
         self.shared.client_ip.of(request)

@@ -8,12 +8,14 @@
 //! ([`VerdictCode::http_status`](keymeter::keys::VerdictCode::http_status)): 401 with `WWW-Authenticate: Bearer`,
 //! 403, 429 with `Retry-After` and `RateLimit-Policy` / `RateLimit`, 402.
 //!
-//! The adapter is thin: no keymeter type knows axum. Its example `guard` guards one route; the reference service
-//! built on it (an OpenAI- and Anthropic-compatible metering proxy with key administration) is the crate
-//! `keymeter-gateway`:
+//! The adapter is thin: no keymeter type knows axum. Its example `guard` guards one route, `service` is a small
+//! metered service (key guard, the caller's own OpenAI key first, reserve, forward, settle, spend by day); the
+//! reference service built on it (an OpenAI- and Anthropic-compatible metering proxy with key administration) is
+//! the crate `keymeter-gateway`:
 //!
 //! ```sh
 //! cargo run -p keymeter-axum --example guard
+//! OPENAI_API_KEY=sk-proj-… cargo run -p keymeter-axum --example service
 //! cargo run -p keymeter-gateway
 //! ```
 //!
