@@ -219,6 +219,9 @@ pub enum Dependency {
 }
 
 impl Dependency {
+    /// Every dependency, in declaration order.
+    pub const ALL: [Dependency; 3] = [Dependency::Store, Dependency::Limiter, Dependency::Journal];
+
     /// `store` or `limiter`.
     pub fn as_str(self) -> &'static str {
         match self {
