@@ -339,3 +339,60 @@ fn the_documented_format_reads_back() {
     };
     assert_eq!(event.cost, Decimal::new(2, 3));
 }
+
+/// Waits (at most 5 s) until `check` holds.
+async fn eventually(mut check: impl AsyncFnMut() -> bool) {
+    for _ in 0..1_000 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("never happened");
+}
+
+/// With the journal, a hold dropped unsettled ends there as it would without: before forwarding its room comes
+/// back at once and the journal records the release; after, it is billed at its reservation as `estimated`. A
+/// restart then finds nothing left to settle, bill or release: neither is counted twice.
+#[tokio::test]
+async fn a_dropped_hold_ends_in_the_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with_budget().await;
+    let (journal, _) = Journal::open(JournalConfig::new(dir.path()), Arc::new(OsRandom)).unwrap();
+    journal.start(store.clone());
+    let meter = meter(&store, &journal);
+
+    let hold = meter.reserve(request("dropped"), &worst()).await.unwrap();
+    assert!(reserved(&store).await > Decimal::ZERO);
+    drop(hold);
+    eventually(async || reserved(&store).await == Decimal::ZERO).await;
+    assert!(store.events(&Default::default()).await.unwrap().is_empty());
+
+    let hold = meter.reserve(request("gone"), &worst()).await.unwrap();
+    let amount = hold.amount();
+    meter.forwarded(&hold).unwrap();
+    drop(hold);
+    eventually(async || reserved(&store).await == Decimal::ZERO).await;
+    assert!(journal.flush(Duration::from_secs(5)).await);
+    let events = store.events(&Default::default()).await.unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(
+        (
+            events[0].request_id.as_str(),
+            events[0].estimated,
+            events[0].cost
+        ),
+        ("gone", true, amount)
+    );
+
+    journal.sync().unwrap();
+    drop(meter);
+    drop(journal);
+    let (journal, recovery) =
+        Journal::open(JournalConfig::new(dir.path()), Arc::new(OsRandom)).unwrap();
+    assert_eq!(recovery, Default::default(), "nothing left open");
+    journal.start(store.clone());
+    assert!(journal.flush(Duration::from_secs(5)).await);
+    assert_eq!(store.events(&Default::default()).await.unwrap().len(), 1);
+    assert_eq!(reserved(&store).await, Decimal::ZERO);
+}
