@@ -14,6 +14,7 @@
 //! | `KEYMETER_KEY_CACHE` | key records cached in process by [`Config::key_cache`] (`0`: none) | 10000 |
 //! | `KEYMETER_JOURNAL` | the journal directory ([`crate::ledger::journal`]) | `keymeter.journal` beside a SQLite database; none otherwise |
 //! | `KEYMETER_JOURNAL_SYNC` | when journal records reach the disk: `always`, or an interval such as `10ms` | `10ms` |
+//! | `KEYMETER_CLAIM_TTL` | how long a journaled instance's claims live without its heartbeat; past it, they are billed as estimated | `30s` |
 //! | `KEYMETER_INSTANCE_ID` | this instance's stable id | one kept in the journal directory |
 //! | `KEYMETER_ENV`, `DEPLOY_ENV`, `DEBUG` | the environment ([`crate::env`]) | development, with a warning |
 //!
@@ -92,6 +93,8 @@ pub struct Config {
     pub journal_dir: Option<PathBuf>,
     /// When journal records reach the disk (`KEYMETER_JOURNAL_SYNC`).
     pub journal_sync: crate::ledger::journal::SyncPolicy,
+    /// How long this instance's claims live without its heartbeat (`KEYMETER_CLAIM_TTL`, at least 1 s).
+    pub claim_ttl: chrono::Duration,
     /// This instance's id (`KEYMETER_INSTANCE_ID`), if set.
     pub instance_id: Option<String>,
     hasher: Option<Arc<KeyHasher>>,
@@ -194,6 +197,20 @@ impl Config {
             Some(v) if !v.trim().is_empty() => parse_sync(v.trim())?,
             _ => crate::ledger::journal::SyncPolicy::Every(std::time::Duration::from_millis(10)),
         };
+        let claim_ttl = match source.var("KEYMETER_CLAIM_TTL") {
+            Some(v) if !v.trim().is_empty() => {
+                crate::validate::duration("KEYMETER_CLAIM_TTL", v.trim(), false)
+                    .ok()
+                    .filter(|d| *d >= chrono::Duration::seconds(1))
+                    .ok_or_else(|| {
+                        Error::Config(
+                            "KEYMETER_CLAIM_TTL must be a duration of at least 1s, such as 30s"
+                                .into(),
+                        )
+                    })?
+            }
+            _ => crate::ledger::journal::CLAIM_TTL,
+        };
         let instance_id = source
             .var("KEYMETER_INSTANCE_ID")
             .map(|v| v.trim().to_owned())
@@ -205,6 +222,7 @@ impl Config {
         let mut config = Config {
             journal_dir,
             journal_sync,
+            claim_ttl,
             instance_id,
             key_cache,
             failed_verifications,
@@ -415,7 +433,9 @@ impl Config {
     /// The journal's configuration, if [`Config::journal_dir`] names a directory.
     pub fn journal(&self) -> Option<crate::ledger::journal::JournalConfig> {
         self.journal_dir.as_ref().map(|dir| {
-            crate::ledger::journal::JournalConfig::new(dir.clone()).sync(self.journal_sync)
+            crate::ledger::journal::JournalConfig::new(dir.clone())
+                .sync(self.journal_sync)
+                .claim_ttl(self.claim_ttl)
         })
     }
 

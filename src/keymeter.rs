@@ -95,6 +95,9 @@ impl Config {
             );
             journal.start(store.clone());
             meter = meter.with_journal(journal);
+        } else {
+            // No heartbeat without a journal: sweep lapsed claims all the same, so an idle store bills them.
+            crate::ledger::journal::spawn_sweeper(&store, store.clone());
         }
         Ok(Keymeter {
             issuer: Arc::new(self.issuer(keys.clone())?),

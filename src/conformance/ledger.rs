@@ -1028,3 +1028,103 @@ pub async fn invalid_input_is_refused(ledger: Arc<dyn Ledger>) {
             .is_none()
     );
 }
+
+/// Claims lapse unless their instance renews them, and a lapsed claim is billed its estimate (once), never
+/// dropped unbilled: spend plus reservations keep it from the moment it lapses until a sweep bills it. A lapsed
+/// claim without an estimate (never sent) is freed. On the real clock: PostgreSQL judges expiry by its own.
+pub async fn lapsed_claims_are_billed_never_dropped(ledger: Arc<dyn Ledger>) {
+    let alice = BudgetScope::Owner("alice".into());
+    ledger
+        .set_budget(&Budget::new(alice.clone(), d("10"), BudgetPeriod::Monthly).expect("b"))
+        .await
+        .expect("set");
+    let scopes = std::slice::from_ref(&alice);
+    let standing = async || {
+        let s = ledger
+            .budget_status(&alice, Utc::now())
+            .await
+            .expect("status")
+            .expect("budget");
+        (s.spent, s.reserved)
+    };
+    let estimate = |request: &str, cost: &str| {
+        let mut e = event(request, "alice", cost, Utc::now());
+        e.estimated = true;
+        e
+    };
+    let short = Duration::milliseconds(600);
+    let (a, c) = (estimate("lapse-a", "0.5"), estimate("lapse-c", "0.125"));
+    let claim = |request: &'static str, instance: &'static str| {
+        crate::ledger::Claim::request(request).instance(Some(instance))
+    };
+    let now = Utc::now();
+    ledger
+        .reserve_claim(
+            claim("lapse-a", "i1").estimate(&a),
+            scopes,
+            d("0.5"),
+            now,
+            short,
+        )
+        .await
+        .expect("a");
+    ledger
+        .reserve_claim(claim("lapse-b", "i1"), scopes, d("0.25"), now, short)
+        .await
+        .expect("b: never sent, no estimate");
+    ledger
+        .reserve_claim(
+            claim("lapse-c", "i2").estimate(&c),
+            scopes,
+            d("0.125"),
+            now,
+            short,
+        )
+        .await
+        .expect("c");
+    // i1 lives and renews; i2 died.
+    assert_eq!(
+        ledger
+            .renew("i1", Utc::now(), Duration::seconds(60))
+            .await
+            .expect("renew"),
+        2
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(900)).await;
+    let (spent, reserved) = standing().await;
+    assert_eq!(spent + reserved, d("0.875"), "a lapsed claim still counts");
+    // Billed by this sweep, or already by the status read (a backend may sweep as it reads); never twice.
+    assert!(ledger.sweep(Utc::now()).await.expect("sweep") <= 1);
+    assert_eq!(
+        ledger.sweep(Utc::now()).await.expect("sweep"),
+        0,
+        "billed once"
+    );
+    assert_eq!(standing().await, (d("0.125"), d("0.75")));
+    let events = every_event(&ledger).await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(
+        (
+            events[0].request_id.as_str(),
+            events[0].estimated,
+            events[0].cost
+        ),
+        ("lapse-c", true, d("0.125"))
+    );
+    // i1 stops renewing: its claim with an estimate is billed, the one without is freed.
+    ledger
+        .renew("i1", Utc::now(), short)
+        .await
+        .expect("last renew");
+    tokio::time::sleep(std::time::Duration::from_millis(900)).await;
+    assert_eq!(ledger.sweep(Utc::now()).await.expect("sweep"), 1);
+    assert_eq!(ledger.sweep(Utc::now()).await.expect("sweep"), 0);
+    assert_eq!(standing().await, (d("0.625"), Decimal::ZERO));
+    let billed: Vec<String> = every_event(&ledger)
+        .await
+        .into_iter()
+        .map(|e| e.request_id)
+        .collect();
+    assert_eq!(billed.len(), 2);
+    assert!(billed.contains(&"lapse-a".to_owned()), "{billed:?}");
+}

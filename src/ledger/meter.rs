@@ -34,7 +34,7 @@ use crate::credentials::CredentialSource;
 use crate::error::{Error, Result};
 use crate::keys::KeyRecord;
 use crate::ledger::journal::{HoldRecord, Journal};
-use crate::ledger::{BudgetScope, Ledger, Recorded, Reservation, UsageEvent};
+use crate::ledger::{BudgetScope, Claim, Ledger, Recorded, Reservation, UsageEvent};
 use crate::pricing::normalize::normalize;
 use crate::pricing::{Cost, PriceCatalog, Region, ServiceTier, Terms, Usage, UsageFormat};
 use crate::random::{OsRandom, RandomSource};
@@ -251,7 +251,7 @@ impl ReportedUsage<'_> {
 /// would: before [`Meter::forwarded`] it gives its reservation back at once; after, the request may
 /// have cost something, so it is billed at its reservation as an `estimated` event. Either runs in the
 /// background on the current tokio runtime (and is journaled first when the meter has a journal); outside a
-/// runtime the reservation expires.
+/// runtime the reservation lapses and the store's sweep bills it as `estimated` ([`Ledger::sweep`]).
 ///
 /// ```
 /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
@@ -362,8 +362,8 @@ impl Hold {
         self.guard = None;
     }
 
-    /// Lets the hold go without ending it, as a crash would: its reservation stays until it expires, or until
-    /// the journal's next start ends it. For tests of crash recovery, and hosts that end reservations
+    /// Lets the hold go without ending it, as a crash would: its reservation stays until the journal's next
+    /// start ends it, or until it lapses and the store's sweep bills it as `estimated` ([`Ledger::sweep`]). For tests of crash recovery, and hosts that end reservations
     /// themselves through the [`Ledger`].
     pub fn abandon(mut self) {
         self.disarm();
@@ -513,19 +513,36 @@ impl Meter {
         )?;
         let request_id = self.request_id(&request)?;
         let scopes = request.payer.scopes();
-        // A caller's request id is claimed with the reservation (a fresh random one cannot collide).
-        let reservation = match &request.request_id {
-            Some(id) => {
-                self.ledger
-                    .reserve_request(id, &scopes, cost.total, now, self.hold_ttl)
-                    .await?
-            }
-            None => {
-                self.ledger
-                    .reserve(&scopes, cost.total, now, self.hold_ttl)
-                    .await?
-            }
+        // What the store bills if this claim lapses unsettled (its process died with its journal).
+        let mut estimate = UsageEvent::new(
+            Some(&request_id),
+            request.at.unwrap_or(now),
+            &request.payer.owner,
+            &cost.provider,
+            &cost.model,
+            *worst,
+            cost.total,
+            self.random.as_ref(),
+        )?;
+        estimate.key_id = request.payer.key_id.clone();
+        estimate.org = request.payer.org.clone();
+        estimate.credential_source = request.credential_source;
+        estimate.estimated = true;
+        // A caller's request id is claimed with the reservation (a fresh random one cannot collide). With a
+        // journal the claim is the instance's, renewed by its heartbeat, and lapses soon after the instance dies.
+        let claim = Claim {
+            request_id: request.request_id.as_deref(),
+            instance: self.journal.as_ref().map(Journal::claimant),
+            estimate: Some(&estimate),
         };
+        let ttl = match &self.journal {
+            Some(journal) => self.hold_ttl.min(journal.claim_ttl()),
+            None => self.hold_ttl,
+        };
+        let reservation = self
+            .ledger
+            .reserve_claim(claim, &scopes, cost.total, now, ttl)
+            .await?;
         if let Some(journal) = &self.journal {
             let record = HoldRecord {
                 request_id: request_id.clone(),

@@ -179,6 +179,53 @@ pub trait Ledger: Send + Sync + std::fmt::Debug {
         self.reserve(scopes, amount, now, ttl).await
     }
 
+    /// Reserves as [`Ledger::reserve_request`] (or [`Ledger::reserve`] when the claim names no request id) and
+    /// keeps the rest of `claim` with the reservation: the instance whose journal holds it, which renews it
+    /// ([`Ledger::renew`]), and the event billed if it lapses unsettled ([`Ledger::sweep`]). The default ignores
+    /// all but the request id: a backend without the safety net lets a lapsed claim go unbilled. Every bundled
+    /// backend overrides it, in the reservation's own transaction.
+    ///
+    /// # Errors
+    /// As [`Ledger::reserve_request`].
+    async fn reserve_claim(
+        &self,
+        claim: Claim<'_>,
+        scopes: &[BudgetScope],
+        amount: Decimal,
+        now: DateTime<Utc>,
+        ttl: Duration,
+    ) -> Result<Reservation> {
+        match claim.request_id {
+            Some(id) => self.reserve_request(id, scopes, amount, now, ttl).await,
+            None => self.reserve(scopes, amount, now, ttl).await,
+        }
+    }
+
+    /// Renews every reservation `instance` holds to expire `ttl` after now by the store's clock (PostgreSQL's
+    /// own; the caller's `now` on the embedded backends, which share the caller's machine); returns how many.
+    /// A live instance calls it every few seconds, so its claims never lapse while it lives and lapse within
+    /// `ttl` of its death. The default renews nothing.
+    ///
+    /// # Errors
+    /// Backend failures.
+    async fn renew(&self, instance: &str, now: DateTime<Utc>, ttl: Duration) -> Result<u64> {
+        let _ = (instance, now, ttl);
+        Ok(0)
+    }
+
+    /// The safety net: bills each lapsed reservation that carries an estimate ([`Claim::estimate`]) as that
+    /// `estimated` event (once: a request id already recorded adds nothing) and frees the lapsed ones without
+    /// one, which were never sent. Never deletes a claim unbilled. Returns how many it billed. Reserves and
+    /// settles sweep too; a service calls this now and then so an idle store sweeps as well. The default does
+    /// nothing.
+    ///
+    /// # Errors
+    /// Backend failures.
+    async fn sweep(&self, now: DateTime<Utc>) -> Result<u64> {
+        let _ = now;
+        Ok(0)
+    }
+
     /// Ends a reservation and records the request's actual event, atomically. The actual cost may be lower or
     /// higher than reserved: it is what was spent. An expired or unknown reservation still records the event.
     ///
@@ -196,6 +243,50 @@ pub trait Ledger: Send + Sync + std::fmt::Debug {
     /// # Errors
     /// Backend failures.
     async fn release(&self, reservation_id: &str) -> Result<bool>;
+}
+
+/// What a reservation claims beside its amount ([`Ledger::reserve_claim`]).
+///
+/// ```
+/// use keymeter::ledger::Claim;
+///
+/// let claim = Claim::request("req-7").instance(Some("gw-1"));
+/// assert_eq!((claim.request_id, claim.instance), (Some("req-7"), Some("gw-1")));
+/// assert!(claim.estimate.is_none());
+/// ```
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Claim<'a> {
+    /// The caller's request id, claimed with the reservation (see [`Ledger::reserve_request`]).
+    pub request_id: Option<&'a str>,
+    /// The instance whose journal holds the reservation and renews it ([`Ledger::renew`]).
+    pub instance: Option<&'a str>,
+    /// The event the store bills if the reservation lapses unsettled ([`Ledger::sweep`]): the request at its
+    /// reservation, marked `estimated`.
+    pub estimate: Option<&'a UsageEvent>,
+}
+
+impl<'a> Claim<'a> {
+    /// A claim of `request_id`.
+    pub fn request(request_id: &'a str) -> Self {
+        Claim {
+            request_id: Some(request_id),
+            ..Claim::default()
+        }
+    }
+
+    /// Held by `instance`.
+    #[must_use]
+    pub fn instance(mut self, instance: Option<&'a str>) -> Self {
+        self.instance = instance;
+        self
+    }
+
+    /// Billed as `estimate` if it lapses.
+    #[must_use]
+    pub fn estimate(mut self, estimate: &'a UsageEvent) -> Self {
+        self.estimate = Some(estimate);
+        self
+    }
 }
 
 /// One budget's standing, as a backend reads it inside its atomic step.
@@ -223,6 +314,24 @@ pub fn admit<'a>(standings: impl IntoIterator<Item = Standing<'a>>, amount: Deci
                 reserved: s.reserved,
             });
         }
+    }
+    Ok(())
+}
+
+/// Checks a claim as every backend does before reserving: a well-formed request id and instance, an estimate
+/// that is itself a valid event.
+///
+/// # Errors
+/// [`Error::InvalidInput`]; the estimate's own errors.
+pub fn validate_claim(claim: &Claim<'_>) -> Result<()> {
+    if let Some(id) = claim.request_id {
+        crate::validate::name("request id", id)?;
+    }
+    if let Some(instance) = claim.instance {
+        crate::validate::name("instance", instance)?;
+    }
+    if let Some(estimate) = claim.estimate {
+        estimate.validate()?;
     }
     Ok(())
 }

@@ -191,6 +191,11 @@ pub(crate) fn usage_text(event: &UsageEvent) -> Result<String> {
     serde_json::to_string(&event.usage).map_err(|err| Error::InvalidUsage(err.to_string()))
 }
 
+/// A claim's estimate as its reservation row keeps it: the event's JSON line (read back with `parse`).
+pub(crate) fn estimate_text(event: &UsageEvent) -> Result<String> {
+    serde_json::to_string(event).map_err(|err| Error::InvalidUsage(err.to_string()))
+}
+
 /// A migration's checksum, as its bookkeeping table records it.
 pub(crate) fn checksum(sql: &str) -> String {
     Sha256::digest(sql.as_bytes())

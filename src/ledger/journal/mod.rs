@@ -48,6 +48,7 @@
 //! ```
 
 pub mod frame;
+mod heartbeat;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
@@ -68,6 +69,7 @@ use crate::pricing::Usage;
 use crate::random::RandomSource;
 
 pub use frame::Record;
+pub use heartbeat::{CLAIM_TTL, HEARTBEAT, spawn_sweeper};
 
 /// When records reach the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,6 +93,9 @@ pub struct JournalConfig {
     pub segment_bytes: u64,
     /// Past this many bytes on disk new holds are refused with `JOURNAL_FULL` (default 1 GiB).
     pub max_bytes: u64,
+    /// How long this instance's claims live without a heartbeat (default [`CLAIM_TTL`]); the heartbeat runs
+    /// every third of it.
+    pub claim_ttl: chrono::Duration,
 }
 
 impl JournalConfig {
@@ -101,7 +106,15 @@ impl JournalConfig {
             sync: SyncPolicy::Every(Duration::from_millis(10)),
             segment_bytes: 16 << 20,
             max_bytes: 1 << 30,
+            claim_ttl: CLAIM_TTL,
         }
+    }
+
+    /// Sets how long claims live without a heartbeat (at least one second).
+    #[must_use]
+    pub fn claim_ttl(mut self, ttl: chrono::Duration) -> Self {
+        self.claim_ttl = ttl.max(chrono::Duration::seconds(1));
+        self
     }
 
     /// Sets the sync policy.
@@ -241,6 +254,9 @@ struct State {
 struct Inner {
     config: JournalConfig,
     instance_id: String,
+    /// This run's name for its claims: the instance id and a fresh suffix, so a reservation an earlier run of
+    /// the instance left without a journal record (a crash between the two) is never renewed, and lapses.
+    claimant: String,
     state: Mutex<State>,
     dirty: AtomicBool,
     drain: mpsc::UnboundedSender<Queued>,
@@ -422,6 +438,10 @@ impl Journal {
         let journal = Journal {
             inner: Arc::new(Inner {
                 config,
+                claimant: format!(
+                    "{instance_id}.{}",
+                    crate::ledger::event::random_id(random.as_ref())?
+                ),
                 instance_id,
                 state: Mutex::new(State {
                     file,
@@ -506,8 +526,9 @@ impl Journal {
         Ok((journal, recovery))
     }
 
-    /// Starts the background work: the drain into `ledger` and, with [`SyncPolicy::Every`], the periodic
-    /// `fsync`. Needs a tokio runtime. Calling it again does nothing.
+    /// Starts the background work: the drain into `ledger`, the heartbeat that renews this instance's claims
+    /// and sweeps lapsed ones (see [`HEARTBEAT`]) and, with [`SyncPolicy::Every`], the periodic `fsync`. Needs a
+    /// tokio runtime. Calling it again does nothing.
     pub fn start(&self, ledger: Arc<dyn Ledger>) {
         let Some(rx) = self
             .inner
@@ -518,10 +539,27 @@ impl Journal {
         else {
             return;
         };
+        tokio::spawn(heartbeat::beat(
+            Arc::downgrade(&self.inner),
+            ledger.clone(),
+            Some((self.inner.claimant.clone(), self.inner.config.claim_ttl)),
+        ));
         tokio::spawn(drain(Arc::downgrade(&self.inner), ledger, rx));
         if let SyncPolicy::Every(interval) = self.inner.config.sync {
             tokio::spawn(syncer(Arc::downgrade(&self.inner), interval));
         }
+    }
+
+    /// How long this instance's claims live without a heartbeat ([`JournalConfig::claim_ttl`]).
+    pub fn claim_ttl(&self) -> chrono::Duration {
+        self.inner.config.claim_ttl
+    }
+
+    /// The name this run's claims carry ([`crate::ledger::Claim::instance`]): the instance id and a suffix fresh
+    /// at each start. The heartbeat renews only these, so a reservation an earlier run left without a journal
+    /// record lapses and is billed rather than renewed for ever.
+    pub fn claimant(&self) -> &str {
+        &self.inner.claimant
     }
 
     /// This instance's stable id (`KEYMETER_INSTANCE_ID`, else the one kept in the directory).

@@ -9,7 +9,7 @@ use rust_decimal::Decimal;
 
 use crate::error::{Error, Result};
 use crate::ledger::{
-    Budget, BudgetScope, BudgetStatus, EventFilter, Ledger, Recorded, Reservation, Standing,
+    Budget, BudgetScope, BudgetStatus, Claim, EventFilter, Ledger, Recorded, Reservation, Standing,
     UsageEvent, admit,
 };
 use crate::store::memory::MemoryStore;
@@ -56,6 +56,10 @@ struct Held {
     expires_at: DateTime<Utc>,
     /// The request id it claims, if any.
     request: Option<Arc<str>>,
+    /// The instance that renews it, if any.
+    instance: Option<Arc<str>>,
+    /// What to bill if it lapses unsettled.
+    estimate: Option<Box<UsageEvent>>,
     /// (index into `LedgerState::budgets`, period start).
     slots: Vec<(usize, i64)>,
 }
@@ -158,40 +162,62 @@ impl LedgerState {
         ]
     }
 
-    fn purge(&mut self, now: DateTime<Utc>) {
+    /// Ends the lapsed holds: those with an estimate are billed it, the others freed. Returns how many were
+    /// billed.
+    fn purge(&mut self, now: DateTime<Utc>) -> u64 {
+        let mut billed = 0;
         while let Some(&(at, id)) = self.expiries.first() {
             if at > now {
                 break;
             }
-            self.drop_hold(id);
+            if let Some(estimate) = self.take_hold(id).and_then(|held| held.estimate) {
+                self.record(&estimate);
+                billed += 1;
+            }
         }
+        billed
     }
 
     fn drop_hold(&mut self, id: u64) -> bool {
-        let Some(held) = self.holds.remove(&id) else {
-            return false;
-        };
+        self.take_hold(id).is_some()
+    }
+
+    fn take_hold(&mut self, id: u64) -> Option<Held> {
+        let held = self.holds.remove(&id)?;
         self.expiries.remove(&(held.expires_at, id));
         if let Some(request) = &held.request {
             self.claims.remove(request);
         }
         // A zero left in place is cheaper than freeing and re-allocating the entry on the next reserve.
-        for (i, start) in held.slots {
+        for &(i, start) in &held.slots {
             if let Some(r) = self.budgets[i].reserved.get_mut(&start) {
                 *r -= held.amount;
             }
         }
-        true
+        Some(held)
     }
 
-    /// Admits and holds `amount` against the budgets of `scopes` (after a purge), claiming `request` if given.
+    fn renew(&mut self, instance: &str, expires_at: DateTime<Utc>) -> u64 {
+        let mut renewed = 0;
+        for (&id, held) in &mut self.holds {
+            if held.instance.as_deref() == Some(instance) {
+                self.expiries.remove(&(held.expires_at, id));
+                held.expires_at = expires_at;
+                self.expiries.insert((expires_at, id));
+                renewed += 1;
+            }
+        }
+        renewed
+    }
+
+    /// Admits and holds `amount` against the budgets of `scopes` (after a purge), with `claim`.
     fn reserve(
         &mut self,
         scopes: &[BudgetScope],
         amount: Decimal,
         now: DateTime<Utc>,
         ttl: Duration,
-        request: Option<Arc<str>>,
+        claim: Claim<'_>,
         prefix: &str,
     ) -> Result<Reservation> {
         let mut slots: Vec<(usize, i64)> = Vec::with_capacity(scopes.len());
@@ -221,15 +247,19 @@ impl LedgerState {
             .iter()
             .map(|&(i, _)| self.budgets[i].budget.scope.clone())
             .collect();
+        let request: Option<Arc<str>> = claim.request_id.map(Arc::from);
         if let Some(r) = &request {
             self.claims.insert(r.clone(), number);
         }
+        let instance = claim.instance.map(|i| self.intern(i));
         self.holds.insert(
             number,
             Held {
                 amount,
                 expires_at,
                 request,
+                instance,
+                estimate: claim.estimate.map(|e| Box::new(e.clone())),
                 slots,
             },
         );
@@ -452,10 +482,8 @@ impl Ledger for MemoryStore {
         now: DateTime<Utc>,
         ttl: Duration,
     ) -> Result<Reservation> {
-        crate::ledger::validate_reservation(scopes, amount, ttl)?;
-        let mut state = self.ledger();
-        state.purge(now);
-        state.reserve(scopes, amount, now, ttl, None, &self.reservation_prefix)
+        self.reserve_claim(Claim::default(), scopes, amount, now, ttl)
+            .await
     }
 
     async fn reserve_request(
@@ -466,34 +494,48 @@ impl Ledger for MemoryStore {
         now: DateTime<Utc>,
         ttl: Duration,
     ) -> Result<Reservation> {
+        self.reserve_claim(Claim::request(request_id), scopes, amount, now, ttl)
+            .await
+    }
+
+    async fn reserve_claim(
+        &self,
+        claim: Claim<'_>,
+        scopes: &[BudgetScope],
+        amount: Decimal,
+        now: DateTime<Utc>,
+        ttl: Duration,
+    ) -> Result<Reservation> {
         crate::ledger::validate_reservation(scopes, amount, ttl)?;
-        crate::validate::name("request id", request_id)?;
+        crate::ledger::validate_claim(&claim)?;
         let mut state = self.ledger();
         state.purge(now);
-        let taken = |event_id: Option<String>, cost: Option<Decimal>| Error::DuplicateRequest {
-            request_id: request_id.to_owned(),
-            event_id,
-            cost,
-        };
-        if let Some(event_id) = state.pruned.get(request_id) {
-            return Err(taken(Some(event_id.to_string()), None));
+        if let Some(request_id) = claim.request_id {
+            let taken = |event_id: Option<String>, cost: Option<Decimal>| Error::DuplicateRequest {
+                request_id: request_id.to_owned(),
+                event_id,
+                cost,
+            };
+            if let Some(event_id) = state.pruned.get(request_id) {
+                return Err(taken(Some(event_id.to_string()), None));
+            }
+            if let Some(&i) = state.by_request.get(request_id) {
+                let e = &state.events[i / EVENT_CHUNK][i % EVENT_CHUNK];
+                return Err(taken(Some(e.event_id.to_string()), Some(e.cost)));
+            }
+            if state.claims.contains_key(request_id) {
+                return Err(taken(None, None));
+            }
         }
-        if let Some(&i) = state.by_request.get(request_id) {
-            let e = &state.events[i / EVENT_CHUNK][i % EVENT_CHUNK];
-            return Err(taken(Some(e.event_id.to_string()), Some(e.cost)));
-        }
-        if state.claims.contains_key(request_id) {
-            return Err(taken(None, None));
-        }
-        let request: Arc<str> = Arc::from(request_id);
-        state.reserve(
-            scopes,
-            amount,
-            now,
-            ttl,
-            Some(request),
-            &self.reservation_prefix,
-        )
+        state.reserve(scopes, amount, now, ttl, claim, &self.reservation_prefix)
+    }
+
+    async fn renew(&self, instance: &str, now: DateTime<Utc>, ttl: Duration) -> Result<u64> {
+        Ok(self.ledger().renew(instance, now + ttl))
+    }
+
+    async fn sweep(&self, now: DateTime<Utc>) -> Result<u64> {
+        Ok(self.ledger().purge(now))
     }
 
     async fn settle(

@@ -17,10 +17,10 @@ use crate::credentials::CredentialSource;
 use crate::error::{Error, Result};
 use crate::ledger::report::{ReportBuilder, Totals};
 use crate::ledger::{
-    Budget, BudgetScope, BudgetStatus, Estimated, EventCursor, EventFilter, GroupBy, Ledger,
+    Budget, BudgetScope, BudgetStatus, Claim, Estimated, EventCursor, EventFilter, GroupBy, Ledger,
     Recorded, Report, Reservation, Standing, UsageEvent, admit,
 };
-use crate::store::sql::{Columns, budget, usage_event, usage_text};
+use crate::store::sql::{Columns, budget, estimate_text, usage_event, usage_text};
 
 /// The budgets of `scopes` that exist, locked `FOR UPDATE` in one fixed order.
 async fn lock_budgets<'a>(
@@ -57,7 +57,7 @@ async fn standing_of(
                 COALESCE((SELECT SUM(r.amount) FROM keymeter_reservation_budgets b \
                           JOIN keymeter_reservations r ON r.id = b.reservation_id \
                           WHERE b.scope_kind = $1 AND b.scope_id = $2 AND b.period_start = $3 \
-                          AND r.expires_at > $4), 0) AS reserved",
+                          AND (r.expires_at > $4 OR r.estimate IS NOT NULL)), 0) AS reserved",
     )
     .bind(scope.kind())
     .bind(scope.id())
@@ -237,15 +237,23 @@ async fn record_in(tx: &mut Tx, events: &[UsageEvent]) -> Result<Vec<Recorded>> 
 async fn reserve_in(
     tx: &mut Tx,
     id: &str,
-    request_id: Option<&str>,
+    claimed: Claim<'_>,
     scopes: &[BudgetScope],
     amount: Decimal,
     now: DateTime<Utc>,
     ttl: Duration,
 ) -> Result<Reservation> {
     let expires_at = now + ttl;
-    if let Some(request) = request_id {
-        claim(tx, id, request, amount, now, expires_at).await?;
+    let estimate = claimed.estimate.map(estimate_text).transpose()?;
+    let row = NewReservation {
+        id,
+        amount,
+        expires_at,
+        instance: claimed.instance,
+        estimate: estimate.as_deref(),
+    };
+    if let Some(request) = claimed.request_id {
+        claim(tx, &row, request, now).await?;
     }
     let budgets = lock_budgets(tx, scopes.iter().collect::<BTreeSet<_>>()).await?;
     let mut found = Vec::with_capacity(budgets.len());
@@ -262,22 +270,27 @@ async fn reserve_in(
         }),
         amount,
     )?;
-    // Expired reservations no longer count; clear a few, skipping rows another instance holds.
+    // Expired reservations that were never sent no longer count; clear a few, skipping rows another instance
+    // holds. Those with an estimate wait for a sweep, which bills them (in its own transaction, so the budget
+    // rows it locks never meet this one's in another order).
     sqlx::query(
         "DELETE FROM keymeter_reservations WHERE id IN (SELECT id FROM keymeter_reservations \
-         WHERE expires_at <= $1 ORDER BY expires_at LIMIT 64 FOR UPDATE SKIP LOCKED)",
+         WHERE expires_at <= $1 AND estimate IS NULL ORDER BY expires_at LIMIT 64 FOR UPDATE SKIP LOCKED)",
     )
     .bind(now)
     .execute(&mut **tx)
     .await
     .map_err(db)?;
-    if request_id.is_none() {
+    if claimed.request_id.is_none() {
         sqlx::query(
-            "INSERT INTO keymeter_reservations (id, amount, expires_at) VALUES ($1, $2, $3)",
+            "INSERT INTO keymeter_reservations (id, amount, expires_at, instance_id, estimate) \
+             VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(id)
         .bind(amount)
         .bind(expires_at)
+        .bind(row.instance)
+        .bind(row.estimate)
         .execute(&mut **tx)
         .await
         .map_err(db)?;
@@ -311,35 +324,48 @@ async fn reserve_in(
     })
 }
 
-/// Inserts reservation `id` claiming `request_id`, or refuses the id: held by a live reservation, or recorded.
+/// A reservation row as [`reserve_in`] writes it.
+struct NewReservation<'a> {
+    id: &'a str,
+    amount: Decimal,
+    expires_at: DateTime<Utc>,
+    instance: Option<&'a str>,
+    estimate: Option<&'a str>,
+}
+
+/// Inserts reservation `row` claiming `request_id`, or refuses the id: held by a live reservation (or a lapsed
+/// one a sweep has yet to bill), or recorded.
 async fn claim(
     tx: &mut Tx,
-    id: &str,
+    row: &NewReservation<'_>,
     request_id: &str,
-    amount: Decimal,
     now: DateTime<Utc>,
-    expires_at: DateTime<Utc>,
 ) -> Result<()> {
     let taken = |event_id: Option<String>, cost: Option<Decimal>| Error::DuplicateRequest {
         request_id: request_id.to_owned(),
         event_id,
         cost,
     };
-    // An expired claim of this id frees it.
-    sqlx::query("DELETE FROM keymeter_reservations WHERE request_id = $1 AND expires_at <= $2")
+    // An expired claim of this id that was never sent frees it.
+    sqlx::query(
+        "DELETE FROM keymeter_reservations WHERE request_id = $1 AND expires_at <= $2 AND estimate IS NULL",
+    )
         .bind(request_id)
         .bind(now)
         .execute(&mut **tx)
         .await
         .map_err(db)?;
     let inserted = sqlx::query(
-        "INSERT INTO keymeter_reservations (id, amount, expires_at, request_id) VALUES ($1, $2, $3, $4) \
+        "INSERT INTO keymeter_reservations (id, amount, expires_at, request_id, instance_id, estimate) \
+         VALUES ($1, $2, $3, $4, $5, $6) \
          ON CONFLICT (request_id) WHERE request_id IS NOT NULL DO NOTHING RETURNING id",
     )
-    .bind(id)
-    .bind(amount)
-    .bind(expires_at)
+    .bind(row.id)
+    .bind(row.amount)
+    .bind(row.expires_at)
     .bind(request_id)
+    .bind(row.instance)
+    .bind(row.estimate)
     .fetch_optional(&mut **tx)
     .await
     .map_err(db)?;
@@ -739,9 +765,8 @@ impl Ledger for PostgresStore {
         now: DateTime<Utc>,
         ttl: Duration,
     ) -> Result<Reservation> {
-        crate::ledger::validate_reservation(scopes, amount, ttl)?;
-        let id = crate::ledger::reservation_id(self.random.as_ref())?;
-        transaction!(self, tx => { reserve_in(tx, &id, None, scopes, amount, now, ttl).await })
+        self.reserve_claim(Claim::default(), scopes, amount, now, ttl)
+            .await
     }
 
     async fn reserve_request(
@@ -752,10 +777,81 @@ impl Ledger for PostgresStore {
         now: DateTime<Utc>,
         ttl: Duration,
     ) -> Result<Reservation> {
+        self.reserve_claim(Claim::request(request_id), scopes, amount, now, ttl)
+            .await
+    }
+
+    async fn reserve_claim(
+        &self,
+        claim: Claim<'_>,
+        scopes: &[BudgetScope],
+        amount: Decimal,
+        now: DateTime<Utc>,
+        ttl: Duration,
+    ) -> Result<Reservation> {
         crate::ledger::validate_reservation(scopes, amount, ttl)?;
-        crate::validate::name("request id", request_id)?;
+        crate::ledger::validate_claim(&claim)?;
         let id = crate::ledger::reservation_id(self.random.as_ref())?;
-        transaction!(self, tx => { reserve_in(tx, &id, Some(request_id), scopes, amount, now, ttl).await })
+        transaction!(self, tx => { reserve_in(tx, &id, claim, scopes, amount, now, ttl).await })
+    }
+
+    async fn renew(&self, instance: &str, _now: DateTime<Utc>, ttl: Duration) -> Result<u64> {
+        // The database's clock, which every instance shares, judges expiry.
+        let seconds = ttl.num_milliseconds() as f64 / 1000.0;
+        let done = sqlx::query(
+            "UPDATE keymeter_reservations SET expires_at = now() + make_interval(secs => $2) \
+             WHERE instance_id = $1",
+        )
+        .bind(instance)
+        .bind(seconds)
+        .execute(self.pool())
+        .await
+        .map_err(db)?;
+        Ok(done.rows_affected())
+    }
+
+    async fn sweep(&self, _now: DateTime<Utc>) -> Result<u64> {
+        transaction!(self, tx => {
+            async {
+                // Lapsed by the database's clock; rows another sweep holds are skipped.
+                let rows = sqlx::query(
+                    "SELECT id, estimate FROM keymeter_reservations WHERE expires_at <= now() \
+                     ORDER BY expires_at LIMIT 256 FOR UPDATE SKIP LOCKED",
+                )
+                .fetch_all(&mut **tx)
+                .await
+                .map_err(db)?;
+                let mut ended: Vec<String> = Vec::with_capacity(rows.len());
+                let mut bills: Vec<UsageEvent> = Vec::new();
+                for row in &rows {
+                    let id = row.text("id")?;
+                    match row.try_get::<Option<String>, _>("estimate").map_err(db)? {
+                        None => ended.push(id),
+                        Some(text) => match text.parse::<UsageEvent>() {
+                            Ok(event) => {
+                                ended.push(id);
+                                bills.push(event);
+                            }
+                            Err(e) => tracing::error!(reservation = %id, error = %e,
+                                "a lapsed claim's estimate does not read: kept"),
+                        },
+                    }
+                }
+                sqlx::query("DELETE FROM keymeter_reservations WHERE id = ANY($1)")
+                    .bind(&ended)
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(db)?;
+                if bills.is_empty() {
+                    return Ok(0);
+                }
+                let recorded = record_in(tx, &bills).await?;
+                let billed = recorded.iter().filter(|r| !r.duplicate).count() as u64;
+                tracing::warn!(billed, lapsed = bills.len(), "lapsed claims billed at their reservation as estimated");
+                Ok(billed)
+            }
+            .await
+        })
     }
 
     async fn settle(

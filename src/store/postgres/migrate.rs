@@ -69,6 +69,11 @@ const MIGRATIONS: &[Migration] = &[
         "key_creations",
         include_str!("../../../migrations/postgres/0011_key_creations.sql"),
     ),
+    (
+        12,
+        "lapsing_claims",
+        include_str!("../../../migrations/postgres/0012_lapsing_claims.sql"),
+    ),
 ];
 
 /// The advisory lock migrations take: "keymeter" in ASCII, so it stays clear of an application's own numbers.

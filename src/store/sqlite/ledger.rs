@@ -15,10 +15,10 @@ use super::{SqliteStore, Tx, corrupt, db, micros};
 use crate::credentials::CredentialSource;
 use crate::error::{Error, Result};
 use crate::ledger::{
-    Budget, BudgetScope, BudgetStatus, EventCursor, EventFilter, GroupBy, Ledger, Recorded, Report,
-    Reservation, Standing, UsageEvent, admit,
+    Budget, BudgetScope, BudgetStatus, Claim, EventCursor, EventFilter, GroupBy, Ledger, Recorded,
+    Report, Reservation, Standing, UsageEvent, admit,
 };
-use crate::store::sql::{Columns, budget, usage_event, usage_text};
+use crate::store::sql::{Columns, budget, estimate_text, usage_event, usage_text};
 
 async fn budget_of(tx: &mut Tx, scope: &BudgetScope) -> Result<Option<Budget>> {
     let row = sqlx::query("SELECT * FROM keymeter_budgets WHERE scope_kind = ?1 AND scope_id = ?2")
@@ -56,13 +56,51 @@ async fn reserved_in(tx: &mut Tx, scope: &BudgetScope, start: i64) -> Result<Dec
         .try_fold(Decimal::ZERO, |sum, r| Ok(sum + r.decimal("amount")?))
 }
 
-async fn purge(tx: &mut Tx, now: DateTime<Utc>) -> Result<()> {
-    sqlx::query("DELETE FROM keymeter_reservations WHERE expires_at <= ?1")
+/// Ends the lapsed reservations: each with an estimate is billed it (once), the others freed. Returns how many
+/// were billed. A row whose estimate does not read stays, counted as reserved, and is logged: never freed unbilled.
+async fn purge(tx: &mut Tx, now: DateTime<Utc>) -> Result<u64> {
+    let lapsed = sqlx::query(
+        "SELECT id, estimate FROM keymeter_reservations WHERE expires_at <= ?1 AND estimate IS NOT NULL LIMIT 256",
+    )
+    .bind(micros(now))
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(db)?;
+    let mut bills = Vec::with_capacity(lapsed.len());
+    for row in &lapsed {
+        let id: String = row.try_get("id").map_err(db)?;
+        let text: String = row.try_get("estimate").map_err(db)?;
+        match text.parse::<UsageEvent>() {
+            Ok(event) => bills.push((id, event)),
+            Err(e) => {
+                tracing::error!(reservation = %id, error = %e, "a lapsed claim's estimate does not read: kept")
+            }
+        }
+    }
+    sqlx::query("DELETE FROM keymeter_reservations WHERE expires_at <= ?1 AND estimate IS NULL")
         .bind(micros(now))
         .execute(&mut **tx)
         .await
         .map_err(db)?;
-    Ok(())
+    if bills.is_empty() {
+        return Ok(0);
+    }
+    for (id, _) in &bills {
+        sqlx::query("DELETE FROM keymeter_reservations WHERE id = ?1")
+            .bind(id)
+            .execute(&mut **tx)
+            .await
+            .map_err(db)?;
+    }
+    let events: Vec<UsageEvent> = bills.into_iter().map(|(_, e)| e).collect();
+    let recorded = record_in(tx, &events).await?;
+    let billed = recorded.iter().filter(|r| !r.duplicate).count() as u64;
+    tracing::warn!(
+        billed,
+        lapsed = events.len(),
+        "lapsed claims billed at their reservation as estimated"
+    );
+    Ok(billed)
 }
 
 async fn add_spend(tx: &mut Tx, scope: &BudgetScope, start: i64, amount: Decimal) -> Result<()> {
@@ -86,7 +124,7 @@ async fn add_spend(tx: &mut Tx, scope: &BudgetScope, start: i64, amount: Decimal
 async fn reserve_in(
     tx: &mut Tx,
     id: &str,
-    request_id: Option<&str>,
+    claim: Claim<'_>,
     scopes: &[BudgetScope],
     amount: Decimal,
     now: DateTime<Utc>,
@@ -94,9 +132,10 @@ async fn reserve_in(
 ) -> Result<Reservation> {
     let expires_at = now + ttl;
     purge(tx, now).await?;
-    if let Some(request) = request_id {
+    if let Some(request) = claim.request_id {
         claimable(tx, request).await?;
     }
+    let estimate = claim.estimate.map(estimate_text).transpose()?;
     let mut found: Vec<(Budget, Decimal, Decimal, i64)> = Vec::new();
     for scope in scopes {
         if found.iter().any(|(b, ..)| b.scope == *scope) {
@@ -120,12 +159,15 @@ async fn reserve_in(
         .map(|(budget, _, _, start)| (budget.scope, start))
         .collect();
     sqlx::query(
-        "INSERT INTO keymeter_reservations (id, amount, expires_at, request_id) VALUES (?1, ?2, ?3, ?4)",
+        "INSERT INTO keymeter_reservations (id, amount, expires_at, request_id, instance_id, estimate) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )
     .bind(id)
     .bind(amount.to_string())
     .bind(micros(expires_at))
-    .bind(request_id)
+    .bind(claim.request_id)
+    .bind(claim.instance)
+    .bind(estimate)
     .execute(&mut **tx)
     .await
     .map_err(db)?;
@@ -581,7 +623,8 @@ impl Ledger for SqliteStore {
         let spent = spent_in(&mut tx, scope, start).await?;
         let rows = sqlx::query(
             "SELECT r.amount FROM keymeter_reservation_budgets b JOIN keymeter_reservations r ON r.id = b.reservation_id \
-             WHERE b.scope_kind = ?1 AND b.scope_id = ?2 AND b.period_start = ?3 AND r.expires_at > ?4",
+             WHERE b.scope_kind = ?1 AND b.scope_id = ?2 AND b.period_start = ?3 \
+             AND (r.expires_at > ?4 OR r.estimate IS NOT NULL)",
         )
         .bind(scope.kind())
         .bind(scope.id())
@@ -604,9 +647,8 @@ impl Ledger for SqliteStore {
         now: DateTime<Utc>,
         ttl: Duration,
     ) -> Result<Reservation> {
-        crate::ledger::validate_reservation(scopes, amount, ttl)?;
-        let id = crate::ledger::reservation_id(self.random.as_ref())?;
-        immediate!(self, tx => { reserve_in(tx, &id, None, scopes, amount, now, ttl).await })
+        self.reserve_claim(Claim::default(), scopes, amount, now, ttl)
+            .await
     }
 
     async fn reserve_request(
@@ -617,10 +659,38 @@ impl Ledger for SqliteStore {
         now: DateTime<Utc>,
         ttl: Duration,
     ) -> Result<Reservation> {
+        self.reserve_claim(Claim::request(request_id), scopes, amount, now, ttl)
+            .await
+    }
+
+    async fn reserve_claim(
+        &self,
+        claim: Claim<'_>,
+        scopes: &[BudgetScope],
+        amount: Decimal,
+        now: DateTime<Utc>,
+        ttl: Duration,
+    ) -> Result<Reservation> {
         crate::ledger::validate_reservation(scopes, amount, ttl)?;
-        crate::validate::name("request id", request_id)?;
+        crate::ledger::validate_claim(&claim)?;
         let id = crate::ledger::reservation_id(self.random.as_ref())?;
-        immediate!(self, tx => { reserve_in(tx, &id, Some(request_id), scopes, amount, now, ttl).await })
+        immediate!(self, tx => { reserve_in(tx, &id, claim, scopes, amount, now, ttl).await })
+    }
+
+    async fn renew(&self, instance: &str, now: DateTime<Utc>, ttl: Duration) -> Result<u64> {
+        immediate!(self, tx => {
+            sqlx::query("UPDATE keymeter_reservations SET expires_at = ?1 WHERE instance_id = ?2")
+                .bind(micros(now + ttl))
+                .bind(instance)
+                .execute(&mut **tx)
+                .await
+                .map_err(db)
+                .map(|done| done.rows_affected())
+        })
+    }
+
+    async fn sweep(&self, now: DateTime<Utc>) -> Result<u64> {
+        immediate!(self, tx => { purge(tx, now).await })
     }
 
     async fn settle(

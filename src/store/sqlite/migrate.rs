@@ -75,6 +75,11 @@ const MIGRATIONS: &[Migration] = &[
         "key_creations",
         include_str!("../../../migrations/sqlite/0012_key_creations.sql"),
     ),
+    (
+        13,
+        "lapsing_claims",
+        include_str!("../../../migrations/sqlite/0013_lapsing_claims.sql"),
+    ),
 ];
 
 /// The migration that creates the report rollups: when it runs, the events already stored are rolled up.

@@ -651,6 +651,9 @@ mod tests {
              ALTER TABLE keymeter_usage_events DROP COLUMN estimated_first; \
              DROP INDEX keymeter_reservations_request; \
              ALTER TABLE keymeter_reservations DROP COLUMN request_id; \
+             DROP INDEX keymeter_reservations_instance; \
+             ALTER TABLE keymeter_reservations DROP COLUMN instance_id; \
+             ALTER TABLE keymeter_reservations DROP COLUMN estimate; \
              DROP TRIGGER keymeter_api_keys_created; \
              DELETE FROM keymeter_migrations WHERE version >= 8",
         )
