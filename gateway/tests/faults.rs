@@ -8,14 +8,11 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use keymeter::credentials::{CredentialScope, Provider, set_key};
-use keymeter::keys::{NewKey, Scope};
 use keymeter::ledger::{Budget, BudgetPeriod, BudgetScope, EventFilter, UsageEvent};
 use keymeter::pricing::normalize::normalize;
 use keymeter::pricing::{PriceCatalog, ServiceTier, UsageFormat};
 use keymeter::store::Store;
 use rust_decimal::Decimal;
-use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 use support::{OPENAI_USAGE, SYSTEM_OPENAI_KEY, app, binary};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -113,46 +110,11 @@ async fn a_client_that_hangs_up_before_the_answer_is_billed_what_the_upstream_re
     assert_eq!(status.spent, openai_cost() * Decimal::from(5));
 }
 
-/// A store prepared for a process of the real binary: the system OpenAI key and a chat key for alice (returned),
-/// with a monthly budget of `budget` dollars on alice.
-async fn prepare(store_url: &str, budget: u32) -> String {
-    let config = support::config(store_url);
-    let store = config.connect().await.unwrap();
-    set_key(
-        &*store,
-        &config.vault().unwrap(),
-        &CredentialScope::System,
-        &Provider::openai(),
-        SYSTEM_OPENAI_KEY,
-    )
-    .await
-    .unwrap();
-    store
-        .set_budget(
-            &Budget::new(
-                BudgetScope::Owner("alice".into()),
-                Decimal::from(budget),
-                BudgetPeriod::Monthly,
-            )
-            .unwrap(),
-        )
-        .await
-        .unwrap();
-    let issued = config
-        .issuer(store.clone())
-        .unwrap()
-        .issue(NewKey::new("chat", "alice").scopes(Scope::parse_list("llm:chat").unwrap()))
-        .await
-        .unwrap();
-    store.close().await;
-    issued.token.expose_secret().to_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_and_bills_every_exchange_in_flight_and_logs_no_secret() {
     let dir = tempfile::tempdir().unwrap();
     let store_url = format!("sqlite://{}/gateway.db", dir.path().display());
-    let key = prepare(&store_url, 5).await;
+    let key = support::prepare_alice(&store_url, 5).await;
     let up = support::upstream().await;
     let vars = support::config_vars(&store_url);
     let mut gateway = binary::start(
@@ -485,7 +447,7 @@ struct Seen {
 async fn kill_9_under_load_loses_no_answer_the_clients_received() {
     let dir = tempfile::tempdir().unwrap();
     let store_url = format!("sqlite://{}/gateway.db", dir.path().display());
-    let key = prepare(&store_url, 5).await;
+    let key = support::prepare_alice(&store_url, 5).await;
     let up = support::upstream().await;
     let vars = support::config_vars(&store_url);
     let args = ["--openai-base-url", up.url.as_str()];
@@ -691,7 +653,7 @@ async fn a_full_disk_answers_503_and_recovers_within_a_second_of_room_returning(
         return;
     };
     let store_url = format!("sqlite://{}/gateway.db", disk.path().display());
-    let key = prepare(&store_url, 5).await;
+    let key = support::prepare_alice(&store_url, 5).await;
     let up = support::upstream().await;
     let vars = support::config_vars(&store_url);
     let logs = tempfile::tempdir().unwrap();
@@ -908,7 +870,7 @@ async fn postgres_restarted_and_stopped_under_load_on_two_instances_answers_503_
     };
     let store_url = pg.url();
     // Room for the whole run: a 402 here could only be the outage's doing.
-    let key = prepare(&store_url, 100).await;
+    let key = support::prepare_alice(&store_url, 100).await;
     let up = support::upstream().await;
     let vars = support::config_vars(&store_url);
     let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];

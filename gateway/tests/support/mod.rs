@@ -19,6 +19,8 @@ use bytes::Bytes;
 use keymeter::Config;
 use keymeter::credentials::{CredentialScope, Provider, set_key};
 use keymeter::keys::{NewKey, Scope};
+use keymeter::ledger::{Budget, BudgetPeriod, BudgetScope};
+use rust_decimal::Decimal;
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 
@@ -42,8 +44,8 @@ pub struct Seen {
 }
 
 /// A stand-in for OpenAI and Anthropic on a loopback port. The request's `"user"` field steers it: `fail` answers
-/// 500, `slow` streams 40 chunks 25 ms apart (a whole answer waits 400 ms before its headers), `nousage`
-/// reports no usage.
+/// 500, `slow` streams 40 chunks 25 ms apart (a whole answer waits 400 ms before its headers), `long` waits 3 s
+/// before a whole answer, `nousage` reports no usage.
 #[derive(Clone)]
 pub struct Upstream {
     pub url: String,
@@ -114,6 +116,9 @@ async fn answer(
     let usage = mode != "nousage";
     if mode == "slow" && body["stream"] != true {
         tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    if mode == "long" && body["stream"] != true {
+        tokio::time::sleep(Duration::from_secs(3)).await;
     }
     if body["stream"] == true {
         let chunks = if anthropic {
@@ -392,4 +397,39 @@ impl Gateway {
 /// Sends `request` to a gateway that must answer.
 pub async fn send(request: reqwest::RequestBuilder) -> reqwest::Response {
     request.send().await.expect("the gateway answers")
+}
+
+/// A database at `store_url` with the system OpenAI key, a monthly budget of `budget` dollars for alice, and a
+/// key of hers that may chat (returned).
+pub async fn prepare_alice(store_url: &str, budget: u32) -> String {
+    let config = config(store_url);
+    let store = config.connect().await.unwrap();
+    set_key(
+        &*store,
+        &config.vault().unwrap(),
+        &CredentialScope::System,
+        &Provider::openai(),
+        SYSTEM_OPENAI_KEY,
+    )
+    .await
+    .unwrap();
+    store
+        .set_budget(
+            &Budget::new(
+                BudgetScope::Owner("alice".into()),
+                Decimal::from(budget),
+                BudgetPeriod::Monthly,
+            )
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let issued = config
+        .issuer(store.clone())
+        .unwrap()
+        .issue(NewKey::new("chat", "alice").scopes(Scope::parse_list("llm:chat").unwrap()))
+        .await
+        .unwrap();
+    store.close().await;
+    issued.token.expose_secret().to_owned()
 }
