@@ -204,6 +204,27 @@ fn ledger(c: &mut Criterion) {
             BatchSize::SmallInput,
         )
     });
+    // The reservation alone (its release, untimed, keeps the table at one row): the write a request makes
+    // before it goes upstream.
+    group.bench_function("reserve_sqlite_two_budgets", |b| {
+        b.iter_custom(|iters| {
+            let mut spent = std::time::Duration::ZERO;
+            for _ in 0..iters {
+                let start = std::time::Instant::now();
+                let hold = runtime
+                    .block_on(sqlite.reserve(
+                        black_box(&scopes),
+                        Decimal::new(1, 2),
+                        now,
+                        Duration::minutes(5),
+                    ))
+                    .unwrap();
+                spent += start.elapsed();
+                runtime.block_on(sqlite.release(&hold.id)).unwrap();
+            }
+            spent
+        })
+    });
     group.finish();
 
     #[cfg(feature = "postgres")]

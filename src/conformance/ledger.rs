@@ -1128,3 +1128,50 @@ pub async fn lapsed_claims_are_billed_never_dropped(ledger: Arc<dyn Ledger>) {
     assert_eq!(billed.len(), 2);
     assert!(billed.contains(&"lapse-a".to_owned()), "{billed:?}");
 }
+
+/// A batch of settles is each settle at once: reservations ended, events recorded once (a request id already
+/// recorded is a duplicate), spend moved; a batch holding an invalid event writes nothing.
+pub async fn settle_batch_settles_each(ledger: Arc<dyn Ledger>) {
+    let alice = BudgetScope::Owner("alice".into());
+    ledger
+        .set_budget(&Budget::new(alice.clone(), d("10"), BudgetPeriod::Monthly).expect("b"))
+        .await
+        .expect("set");
+    let scopes = std::slice::from_ref(&alice);
+    let ttl = Duration::minutes(5);
+    let r1 = ledger.reserve(scopes, d("1"), t0(), ttl).await.expect("r1");
+    let r2 = ledger.reserve(scopes, d("1"), t0(), ttl).await.expect("r2");
+    let earlier = event("b-0", "alice", "0.5", t0());
+    ledger.record(&earlier).await.expect("earlier");
+    let (e1, e2) = (
+        event("b-1", "alice", "0.25", t0()),
+        event("b-2", "alice", "0.125", t0()),
+    );
+    let mut bad = event("b-3", "alice", "0.125", t0());
+    bad.cost = d("-1");
+    assert!(
+        ledger
+            .settle_batch(&[(&r1.id, &e1), ("none", &bad)], t0())
+            .await
+            .is_err()
+    );
+    assert_eq!(
+        every_event(&ledger).await.len(),
+        1,
+        "nothing of a bad batch"
+    );
+    let again = event("b-0", "alice", "0.5", t0());
+    let recorded = ledger
+        .settle_batch(&[(&r1.id, &e1), (&r2.id, &e2), ("gone", &again)], t0())
+        .await
+        .expect("batch");
+    let duplicates: Vec<bool> = recorded.iter().map(|r| r.duplicate).collect();
+    assert_eq!(duplicates, [false, false, true]);
+    let status = ledger
+        .budget_status(&alice, t0())
+        .await
+        .expect("status")
+        .expect("budget");
+    assert_eq!((status.spent, status.reserved), (d("0.875"), Decimal::ZERO));
+    assert_eq!(every_event(&ledger).await.len(), 3);
+}

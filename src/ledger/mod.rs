@@ -238,6 +238,24 @@ pub trait Ledger: Send + Sync + std::fmt::Debug {
         now: DateTime<Utc>,
     ) -> Result<Recorded>;
 
+    /// Settles many reservations, each as [`Ledger::settle`] would (an event per reservation, idempotent by
+    /// request id), in one atomic step on every bundled backend: what a journal's drain writes, so the store
+    /// commits once per batch rather than once per request. The default settles them one by one.
+    ///
+    /// # Errors
+    /// As [`Ledger::settle`]; on the bundled backends nothing of the batch is written then.
+    async fn settle_batch(
+        &self,
+        settles: &[(&str, &UsageEvent)],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Recorded>> {
+        let mut out = Vec::with_capacity(settles.len());
+        for (reservation_id, event) in settles {
+            out.push(self.settle(reservation_id, event, now).await?);
+        }
+        Ok(out)
+    }
+
     /// Frees a reservation; returns whether it was still held.
     ///
     /// # Errors

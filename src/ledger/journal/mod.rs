@@ -862,56 +862,126 @@ fn empty_active_if_done(state: &mut State, past: u64) {
     }
 }
 
-/// Records queued settles and releases in the store, in order, retrying while it cannot be reached.
+/// The most records the drain writes in one store transaction.
+const DRAIN_BATCH: usize = 256;
+
+/// Records queued settles and releases in the store, retrying while it cannot be reached. What has queued up
+/// while the store was busy goes in one batch: its settles in one transaction ([`Ledger::settle_batch`]), so
+/// the store commits once per batch rather than once per request, then its releases.
 async fn drain(
     inner: Weak<Inner>,
     ledger: Arc<dyn Ledger>,
     mut rx: mpsc::UnboundedReceiver<Queued>,
 ) {
-    while let Some(queued) = rx.recv().await {
-        let mut pause = Duration::from_millis(20);
-        let mut down_since: Option<tokio::time::Instant> = None;
-        loop {
-            let done = match &queued.op {
+    let mut batch: Vec<Queued> = Vec::with_capacity(DRAIN_BATCH);
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while batch.len() < DRAIN_BATCH {
+            match rx.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let settles: Vec<(&str, &UsageEvent)> = batch
+            .iter()
+            .filter_map(|q| match &q.op {
                 Op::Settle {
                     reservation_id,
                     event,
-                } => ledger
-                    .settle(reservation_id, event, Utc::now())
-                    .await
-                    .map(|_| ()),
-                Op::Release { reservation_id } => ledger.release(reservation_id).await.map(|_| ()),
-            };
-            match done {
-                Ok(()) => {
-                    if let Some(since) = down_since {
-                        tracing::info!(
-                            after_ms = since.elapsed().as_millis() as u64,
-                            "journal drain: the store is back"
-                        );
+                } => Some((reservation_id.as_str(), &**event)),
+                Op::Release { .. } => None,
+            })
+            .collect();
+        let written = match settles.len() {
+            0 => true,
+            1 => false, // one settle goes the per-record way below
+            _ => {
+                let done = until_stored(&inner, || ledger.settle_batch(&settles, Utc::now())).await;
+                match done {
+                    Some(Ok(_)) => true,
+                    Some(Err(e)) => {
+                        // One bad record must not cost the others theirs: each is tried alone.
+                        tracing::warn!(error = %e, records = settles.len(),
+                            "journal drain: the store refused a batch; writing its records one by one");
+                        false
                     }
-                    break;
-                }
-                Err(e) if e.unavailable().is_some() => {
-                    if down_since.is_none() {
-                        tracing::warn!(error = %e, "journal drain: the store cannot be reached; retrying");
-                        down_since = Some(tokio::time::Instant::now());
-                    }
-                    if inner.strong_count() == 0 {
-                        return;
-                    }
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_millis(500));
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "journal drain: the store refused a record; dropped");
-                    break;
+                    None => return,
                 }
             }
+        };
+        for queued in &batch {
+            let done = match &queued.op {
+                Op::Settle { .. } if written => continue,
+                Op::Settle {
+                    reservation_id,
+                    event,
+                } => {
+                    until_stored(&inner, || async {
+                        ledger
+                            .settle(reservation_id, event, Utc::now())
+                            .await
+                            .map(|_| ())
+                    })
+                    .await
+                }
+                Op::Release { reservation_id } => {
+                    until_stored(&inner, || async {
+                        ledger.release(reservation_id).await.map(|_| ())
+                    })
+                    .await
+                }
+            };
+            match done {
+                Some(Ok(())) => {}
+                Some(Err(e)) => {
+                    tracing::error!(error = %e, "journal drain: the store refused a record; dropped");
+                }
+                None => return,
+            }
         }
-        match inner.upgrade() {
-            Some(inner) => Journal { inner }.confirm(queued.segment),
-            None => return,
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let journal = Journal { inner };
+        for queued in batch.drain(..) {
+            journal.confirm(queued.segment);
+        }
+    }
+}
+
+/// Runs `write` until the store takes it or refuses it for good (`Some`), retrying with a growing pause while
+/// it cannot be reached; `None` when the journal is gone meanwhile.
+async fn until_stored<T, F, Fut>(inner: &Weak<Inner>, mut write: F) -> Option<Result<T>>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let mut pause = Duration::from_millis(20);
+    let mut down_since: Option<tokio::time::Instant> = None;
+    loop {
+        match write().await {
+            Err(e) if e.unavailable().is_some() => {
+                if down_since.is_none() {
+                    tracing::warn!(error = %e, "journal drain: the store cannot be reached; retrying");
+                    down_since = Some(tokio::time::Instant::now());
+                }
+                if inner.strong_count() == 0 {
+                    return None;
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(500));
+            }
+            done => {
+                if let Some(since) = down_since
+                    && done.is_ok()
+                {
+                    tracing::info!(
+                        after_ms = since.elapsed().as_millis() as u64,
+                        "journal drain: the store is back"
+                    );
+                }
+                return Some(done);
+            }
         }
     }
 }

@@ -554,6 +554,28 @@ impl Ledger for MemoryStore {
         Ok(state.record(event))
     }
 
+    async fn settle_batch(
+        &self,
+        settles: &[(&str, &UsageEvent)],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Recorded>> {
+        for (_, event) in settles {
+            event.validate()?;
+        }
+        let numbers: Vec<Option<u64>> =
+            settles.iter().map(|(id, _)| self.hold_number(id)).collect();
+        let mut state = self.ledger();
+        state.purge(now);
+        let mut out = Vec::with_capacity(settles.len());
+        for ((_, event), number) in settles.iter().zip(numbers) {
+            if let Some(n) = number {
+                state.drop_hold(n);
+            }
+            out.push(state.record(event));
+        }
+        Ok(out)
+    }
+
     async fn release(&self, reservation_id: &str) -> Result<bool> {
         let Some(n) = self.hold_number(reservation_id) else {
             return Ok(false);

@@ -875,6 +875,29 @@ impl Ledger for PostgresStore {
         })
     }
 
+    async fn settle_batch(
+        &self,
+        settles: &[(&str, &UsageEvent)],
+        _now: DateTime<Utc>,
+    ) -> Result<Vec<Recorded>> {
+        for (_, event) in settles {
+            event.validate()?;
+        }
+        let ids: Vec<&str> = settles.iter().map(|(id, _)| *id).collect();
+        let events: Vec<UsageEvent> = settles.iter().map(|(_, e)| (*e).clone()).collect();
+        transaction!(self, tx => {
+            async {
+                sqlx::query("DELETE FROM keymeter_reservations WHERE id = ANY($1)")
+                    .bind(&ids)
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(db)?;
+                record_in(tx, &events).await
+            }
+            .await
+        })
+    }
+
     async fn release(&self, reservation_id: &str) -> Result<bool> {
         let done = sqlx::query("DELETE FROM keymeter_reservations WHERE id = $1")
             .bind(reservation_id)

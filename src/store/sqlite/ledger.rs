@@ -674,6 +674,29 @@ impl Ledger for SqliteStore {
         crate::ledger::validate_reservation(scopes, amount, ttl)?;
         crate::ledger::validate_claim(&claim)?;
         let id = crate::ledger::reservation_id(self.random.as_ref())?;
+        if let Some(reserver) = &self.reserver {
+            let ask = super::reserve::Ask {
+                id: id.clone(),
+                request_id: claim.request_id.map(str::to_owned),
+                instance: claim.instance.map(str::to_owned),
+                estimate: claim.estimate.map(estimate_text).transpose()?,
+                scopes: scopes.to_vec(),
+                amount,
+                now,
+                ttl,
+            };
+            // The lock goes with the work: a caller that stops waiting leaves it held until the write is done.
+            let writer = self.writer.clone().lock_owned().await;
+            let reserver = reserver.clone();
+            let done = tokio::task::spawn_blocking(move || {
+                let _writer = writer;
+                reserver.reserve(&ask)
+            })
+            .await;
+            if let Ok(Some(result)) = done {
+                return result;
+            }
+        }
         immediate!(self, tx => { reserve_in(tx, &id, claim, scopes, amount, now, ttl).await })
     }
 
@@ -710,6 +733,33 @@ impl Ledger for SqliteStore {
                     .map_err(db)?;
                 let mut one = record_in(tx, std::slice::from_ref(event)).await?;
                 one.pop().ok_or_else(|| corrupt("usage event"))
+            }
+            .await
+        })
+    }
+
+    async fn settle_batch(
+        &self,
+        settles: &[(&str, &UsageEvent)],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Recorded>> {
+        for (_, event) in settles {
+            event.validate()?;
+        }
+        let events: Vec<UsageEvent> = settles.iter().map(|(_, e)| (*e).clone()).collect();
+        immediate!(self, tx => {
+            async {
+                purge(tx, now).await?;
+                for chunk in settles.chunks(INSERT_CHUNK) {
+                    let mut qb = QueryBuilder::<Sqlite>::new("DELETE FROM keymeter_reservations WHERE id IN (");
+                    let mut ids = qb.separated(", ");
+                    for (id, _) in chunk {
+                        ids.push_bind(*id);
+                    }
+                    qb.push(")");
+                    qb.build().execute(&mut **tx).await.map_err(db)?;
+                }
+                record_in(tx, &events).await
             }
             .await
         })

@@ -70,6 +70,7 @@ mod ledger;
 mod limits;
 mod migrate;
 mod point;
+mod reserve;
 mod rollup;
 mod stats;
 
@@ -215,6 +216,8 @@ pub struct SqliteStore {
     pool: SqlitePool,
     /// Key reads by id without the pool's thread hand-off, when the database is a file.
     points: Option<Arc<point::PointReads>>,
+    /// Reservations in one hand-off to a blocking thread (a database file only).
+    reserver: Option<Arc<reserve::Reserver>>,
     /// Held across each write transaction: one writer per process.
     writer: Arc<tokio::sync::Mutex<()>>,
     clock: Arc<dyn Clock>,
@@ -310,6 +313,7 @@ impl SqliteStore {
     pub fn from_pool(pool: SqlitePool) -> Self {
         SqliteStore {
             points: point::PointReads::new(pool.connect_options().get_filename()).map(Arc::new),
+            reserver: reserve::Reserver::new(pool.connect_options().get_filename()).map(Arc::new),
             writer: Arc::new(tokio::sync::Mutex::new(())),
             pool,
             clock: Arc::new(SystemClock),

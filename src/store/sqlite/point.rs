@@ -104,7 +104,8 @@ fn busy_or<T>(e: rusqlite::Error) -> Option<Result<T>> {
     }
 }
 
-struct PointRow<'a, 'b>(&'a rusqlite::Row<'b>);
+/// A `rusqlite` row read through [`Columns`].
+pub(super) struct PointRow<'a, 'b>(pub(super) &'a rusqlite::Row<'b>);
 
 impl PointRow<'_, '_> {
     fn get<T: rusqlite::types::FromSql>(&self, column: &str) -> Result<T> {
