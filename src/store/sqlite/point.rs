@@ -1,4 +1,4 @@
-//! Point reads of one key record through `rusqlite`, on the calling thread.
+//! Point reads of one row (a key record, a sealed credential) through `rusqlite`, on the calling thread.
 //!
 //! sqlx runs each SQLite statement on a worker thread and wakes the caller when it is done: on the cold verify
 //! path those two thread hand-offs (futex wake, eventfd, epoll) were about three quarters of a ~75 µs read whose
@@ -59,6 +59,17 @@ impl PointReads {
     /// The key record the query `sql` (one `?1` parameter, [`crate::store::sql::KEY_COLUMNS`] selected) finds
     /// for `value`. `None`: the database was busy or no connection could be opened, ask the pool.
     pub(super) fn record(&self, sql: &str, value: &str) -> Option<Result<Option<KeyRecord>>> {
+        self.row(sql, &[&value], |r| key_record(r))
+    }
+
+    /// The first row the query `sql` finds with `params`, read by `read`. `None`: the database was busy or no
+    /// connection could be opened, ask the pool.
+    pub(super) fn row<T>(
+        &self,
+        sql: &str,
+        params: &[&dyn rusqlite::ToSql],
+        read: impl FnOnce(&PointRow<'_, '_>) -> Result<T>,
+    ) -> Option<Result<Option<T>>> {
         let conn = self
             .idle
             .lock()
@@ -74,24 +85,29 @@ impl PointReads {
                 return None;
             }
         };
-        let read = read(&conn, sql, value);
+        let found = first(&conn, sql, params, read);
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() < IDLE {
             idle.push(conn);
         }
         drop(idle);
-        match read {
+        match found {
             Ok(found) => Some(found),
             Err(e) => busy_or(e),
         }
     }
 }
 
-fn read(conn: &Connection, sql: &str, value: &str) -> rusqlite::Result<Result<Option<KeyRecord>>> {
+fn first<T>(
+    conn: &Connection,
+    sql: &str,
+    params: &[&dyn rusqlite::ToSql],
+    read: impl FnOnce(&PointRow<'_, '_>) -> Result<T>,
+) -> rusqlite::Result<Result<Option<T>>> {
     let mut statement = conn.prepare_cached(sql)?;
-    let mut rows = statement.query([value])?;
+    let mut rows = statement.query(params)?;
     match rows.next()? {
-        Some(row) => Ok(key_record(&PointRow(row)).map(Some)),
+        Some(row) => Ok(read(&PointRow(row)).map(Some)),
         None => Ok(Ok(None)),
     }
 }
