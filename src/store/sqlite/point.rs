@@ -98,6 +98,91 @@ impl PointReads {
     }
 }
 
+impl PointReads {
+    /// Every row the query `sql` finds with `params`, its columns read as text (for tables of text columns,
+    /// such as the limits). `None`: the database was busy or no connection could be opened, ask the pool.
+    pub(super) fn text_rows(
+        &self,
+        sql: &str,
+        params: &[&dyn rusqlite::ToSql],
+    ) -> Option<Result<Vec<TextRow>>> {
+        let conn = self
+            .idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop()
+            .map_or_else(|| self.open(), Ok)
+            .ok()?;
+        let found = all_text(&conn, sql, params);
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < IDLE {
+            idle.push(conn);
+        }
+        drop(idle);
+        match found {
+            Ok(rows) => Some(Ok(rows)),
+            Err(e) => busy_or(e),
+        }
+    }
+}
+
+fn all_text(
+    conn: &Connection,
+    sql: &str,
+    params: &[&dyn rusqlite::ToSql],
+) -> rusqlite::Result<Vec<TextRow>> {
+    let mut statement = conn.prepare_cached(sql)?;
+    let names: Vec<String> = statement
+        .column_names()
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    let mut rows = statement.query(params)?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        let mut columns = Vec::with_capacity(names.len());
+        for (i, name) in names.iter().enumerate() {
+            columns.push((name.clone(), row.get::<_, Option<String>>(i)?));
+        }
+        out.push(TextRow(columns));
+    }
+    Ok(out)
+}
+
+/// A row read as owned text, column by name.
+pub(super) struct TextRow(Vec<(String, Option<String>)>);
+
+impl TextRow {
+    fn value(&self, column: &str) -> Result<Option<String>> {
+        self.0
+            .iter()
+            .find(|(name, _)| name == column)
+            .map(|(_, v)| v.clone())
+            .ok_or_else(|| corrupt("column"))
+    }
+}
+
+impl Columns for TextRow {
+    fn text(&self, column: &str) -> Result<String> {
+        self.value(column)?.ok_or_else(|| corrupt("text column"))
+    }
+    fn opt_text(&self, column: &str) -> Result<Option<String>> {
+        self.value(column)
+    }
+    fn opt_time(&self, _: &str) -> Result<Option<DateTime<Utc>>> {
+        Err(corrupt("timestamp (not a text column)"))
+    }
+    fn flag(&self, _: &str) -> Result<bool> {
+        Err(corrupt("flag (not a text column)"))
+    }
+    fn opt_decimal(&self, column: &str) -> Result<Option<rust_decimal::Decimal>> {
+        decimal_text(self.value(column)?)
+    }
+    fn corrupt(&self, what: &'static str) -> Error {
+        corrupt(what)
+    }
+}
+
 fn first<T>(
     conn: &Connection,
     sql: &str,
