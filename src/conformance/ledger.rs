@@ -47,6 +47,16 @@ pub fn event(request: &str, owner: &str, cost: &str, at: DateTime<Utc>) -> Usage
     .key_id("k1")
 }
 
+/// Alice's budget of `limit` over `period`, set; her scope.
+async fn alice_budget(ledger: &Arc<dyn Ledger>, limit: &str, period: BudgetPeriod) -> BudgetScope {
+    let alice = BudgetScope::Owner("alice".into());
+    ledger
+        .set_budget(&Budget::new(alice.clone(), d(limit), period).expect("b"))
+        .await
+        .expect("set");
+    alice
+}
+
 /// Every stored event, oldest first.
 async fn every_event(ledger: &Arc<dyn Ledger>) -> Vec<UsageEvent> {
     ledger
@@ -523,11 +533,7 @@ pub async fn reserve_all_or_none(ledger: Arc<dyn Ledger>) {
 
 /// Settle swaps the reservation for the actual cost; release frees it.
 pub async fn settle_and_release(ledger: Arc<dyn Ledger>) {
-    let alice = BudgetScope::Owner("alice".into());
-    ledger
-        .set_budget(&Budget::new(alice.clone(), d("1"), BudgetPeriod::Monthly).expect("b"))
-        .await
-        .expect("set");
+    let alice = alice_budget(&ledger, "1", BudgetPeriod::Monthly).await;
     let hold = ledger
         .reserve(
             std::slice::from_ref(&alice),
@@ -582,11 +588,7 @@ pub async fn settle_and_release(ledger: Arc<dyn Ledger>) {
 /// the exact usage): one event, the exact usage and cost, budgets moved by the difference, reports (and their
 /// rollups) following, `estimated_first` kept; nothing else replaces an event.
 pub async fn estimated_replaced_by_exact(ledger: Arc<dyn Ledger>) {
-    let alice = BudgetScope::Owner("alice".into());
-    ledger
-        .set_budget(&Budget::new(alice.clone(), d("10"), BudgetPeriod::Monthly).expect("b"))
-        .await
-        .expect("set");
+    let alice = alice_budget(&ledger, "10", BudgetPeriod::Monthly).await;
     let estimated = |request: &str, cost: &str| {
         let mut e = event(request, "alice", cost, t0());
         e.estimated = true;
@@ -678,11 +680,7 @@ pub async fn estimated_replaced_by_exact(ledger: Arc<dyn Ledger>) {
 /// expired or refused for budget, the id is free again; recorded (or pruned), it is refused with its event.
 /// Concurrent claims of one id: exactly one wins.
 pub async fn request_ids_are_claimed_with_the_reservation(ledger: Arc<dyn Ledger>) {
-    let alice = BudgetScope::Owner("alice".into());
-    ledger
-        .set_budget(&Budget::new(alice.clone(), d("1"), BudgetPeriod::Total).expect("b"))
-        .await
-        .expect("set");
+    let alice = alice_budget(&ledger, "1", BudgetPeriod::Total).await;
     let scopes = std::slice::from_ref(&alice);
     let ttl = Duration::minutes(5);
     let taken = |r: crate::error::Result<crate::ledger::Reservation>| match r {
@@ -782,11 +780,7 @@ pub async fn request_ids_are_claimed_with_the_reservation(ledger: Arc<dyn Ledger
 
 /// An abandoned reservation stops counting at its deadline.
 pub async fn reservations_expire(ledger: Arc<dyn Ledger>) {
-    let alice = BudgetScope::Owner("alice".into());
-    ledger
-        .set_budget(&Budget::new(alice.clone(), d("1"), BudgetPeriod::Monthly).expect("b"))
-        .await
-        .expect("set");
+    let alice = alice_budget(&ledger, "1", BudgetPeriod::Monthly).await;
     ledger
         .reserve(
             std::slice::from_ref(&alice),
@@ -913,11 +907,7 @@ pub async fn set_budget_counts_past_events(ledger: Arc<dyn Ledger>) {
         .record(&event("r2", "alice", "0.1", t0()))
         .await
         .expect("record");
-    let alice = BudgetScope::Owner("alice".into());
-    ledger
-        .set_budget(&Budget::new(alice.clone(), d("1"), BudgetPeriod::Monthly).expect("b"))
-        .await
-        .expect("set");
+    let alice = alice_budget(&ledger, "1", BudgetPeriod::Monthly).await;
     assert_eq!(
         ledger
             .budget_status(&alice, t0())
@@ -1033,11 +1023,7 @@ pub async fn invalid_input_is_refused(ledger: Arc<dyn Ledger>) {
 /// dropped unbilled: spend plus reservations keep it from the moment it lapses until a sweep bills it. A lapsed
 /// claim without an estimate (never sent) is freed. On the real clock: PostgreSQL judges expiry by its own.
 pub async fn lapsed_claims_are_billed_never_dropped(ledger: Arc<dyn Ledger>) {
-    let alice = BudgetScope::Owner("alice".into());
-    ledger
-        .set_budget(&Budget::new(alice.clone(), d("10"), BudgetPeriod::Monthly).expect("b"))
-        .await
-        .expect("set");
+    let alice = alice_budget(&ledger, "10", BudgetPeriod::Monthly).await;
     let scopes = std::slice::from_ref(&alice);
     let standing = async || {
         let s = ledger
@@ -1132,11 +1118,7 @@ pub async fn lapsed_claims_are_billed_never_dropped(ledger: Arc<dyn Ledger>) {
 /// A batch of settles is each settle at once: reservations ended, events recorded once (a request id already
 /// recorded is a duplicate), spend moved; a batch holding an invalid event writes nothing.
 pub async fn settle_batch_settles_each(ledger: Arc<dyn Ledger>) {
-    let alice = BudgetScope::Owner("alice".into());
-    ledger
-        .set_budget(&Budget::new(alice.clone(), d("10"), BudgetPeriod::Monthly).expect("b"))
-        .await
-        .expect("set");
+    let alice = alice_budget(&ledger, "10", BudgetPeriod::Monthly).await;
     let scopes = std::slice::from_ref(&alice);
     let ttl = Duration::minutes(5);
     let r1 = ledger.reserve(scopes, d("1"), t0(), ttl).await.expect("r1");

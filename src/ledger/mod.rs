@@ -138,29 +138,48 @@ pub trait Ledger: Send + Sync + std::fmt::Debug {
         now: DateTime<Utc>,
     ) -> Result<Option<BudgetStatus>>;
 
-    /// Reserves `amount` against the budgets of every scope in `scopes` that has one, atomically: all or none.
-    /// The reservation expires at `now + ttl` unless settled or released first.
+    /// Reserves `amount` against the budgets of every scope in `scopes` that has one, atomically: all or none,
+    /// and keeps `claim` with the reservation in the same step:
+    /// - its request id, if any: while the reservation lives no other reservation can claim the id, and an id
+    ///   already recorded (or pruned) is refused; releasing the reservation (or its expiry) frees the id, settling
+    ///   it records the id's event;
+    /// - the instance whose journal holds it, which renews it ([`Ledger::renew`]);
+    /// - the event billed if it lapses unsettled ([`Ledger::sweep`]).
+    ///
+    /// The reservation expires at `now + ttl` unless settled, released or renewed first. The one reservation
+    /// method a backend implements; [`Ledger::reserve`] and [`Ledger::reserve_request`] are this with less.
     ///
     /// # Errors
-    /// [`Error::BudgetExceeded`] for the first budget that would go over (nothing is reserved then);
-    /// backend failures.
-    async fn reserve(
+    /// [`Error::BudgetExceeded`] for the first budget that would go over, [`Error::DuplicateRequest`] when the
+    /// id is held or recorded (nothing is reserved then); backend failures.
+    async fn reserve_claim(
         &self,
+        claim: Claim<'_>,
         scopes: &[BudgetScope],
         amount: Decimal,
         now: DateTime<Utc>,
         ttl: Duration,
     ) -> Result<Reservation>;
 
-    /// Reserves as [`Ledger::reserve`] and claims `request_id` in the same atomic step: while the
-    /// reservation lives no other reservation can claim it, and an id already recorded (or pruned) is refused.
-    /// Releasing the reservation (or its expiry) frees the id; settling it records the id's event. The default
-    /// implementation checks [`Ledger::event`] and then reserves, which is not atomic: every bundled backend
-    /// overrides it with one transaction.
+    /// [`Ledger::reserve_claim`] with no claim beyond the amount.
     ///
     /// # Errors
-    /// [`Error::DuplicateRequest`] when the id is held or recorded (nothing is reserved then); as
-    /// [`Ledger::reserve`].
+    /// As [`Ledger::reserve_claim`].
+    async fn reserve(
+        &self,
+        scopes: &[BudgetScope],
+        amount: Decimal,
+        now: DateTime<Utc>,
+        ttl: Duration,
+    ) -> Result<Reservation> {
+        self.reserve_claim(Claim::default(), scopes, amount, now, ttl)
+            .await
+    }
+
+    /// [`Ledger::reserve_claim`] claiming `request_id`.
+    ///
+    /// # Errors
+    /// As [`Ledger::reserve_claim`].
     async fn reserve_request(
         &self,
         request_id: &str,
@@ -169,36 +188,8 @@ pub trait Ledger: Send + Sync + std::fmt::Debug {
         now: DateTime<Utc>,
         ttl: Duration,
     ) -> Result<Reservation> {
-        if let Some(event) = self.event(request_id).await? {
-            return Err(Error::DuplicateRequest {
-                request_id: request_id.to_owned(),
-                event_id: Some(event.event_id),
-                cost: Some(event.cost),
-            });
-        }
-        self.reserve(scopes, amount, now, ttl).await
-    }
-
-    /// Reserves as [`Ledger::reserve_request`] (or [`Ledger::reserve`] when the claim names no request id) and
-    /// keeps the rest of `claim` with the reservation: the instance whose journal holds it, which renews it
-    /// ([`Ledger::renew`]), and the event billed if it lapses unsettled ([`Ledger::sweep`]). The default ignores
-    /// all but the request id: a backend without the safety net lets a lapsed claim go unbilled. Every bundled
-    /// backend overrides it, in the reservation's own transaction.
-    ///
-    /// # Errors
-    /// As [`Ledger::reserve_request`].
-    async fn reserve_claim(
-        &self,
-        claim: Claim<'_>,
-        scopes: &[BudgetScope],
-        amount: Decimal,
-        now: DateTime<Utc>,
-        ttl: Duration,
-    ) -> Result<Reservation> {
-        match claim.request_id {
-            Some(id) => self.reserve_request(id, scopes, amount, now, ttl).await,
-            None => self.reserve(scopes, amount, now, ttl).await,
-        }
+        self.reserve_claim(Claim::request(request_id), scopes, amount, now, ttl)
+            .await
     }
 
     /// Renews every reservation `instance` holds to expire `ttl` after now by the store's clock (PostgreSQL's
@@ -334,6 +325,14 @@ pub fn admit<'a>(standings: impl IntoIterator<Item = Standing<'a>>, amount: Deci
         }
     }
     Ok(())
+}
+
+/// Checks a batch of settles' events as every backend does before writing any of them.
+///
+/// # Errors
+/// The first invalid event's error.
+pub fn validate_settles(settles: &[(&str, &UsageEvent)]) -> Result<()> {
+    settles.iter().try_for_each(|(_, event)| event.validate())
 }
 
 /// Checks a claim as every backend does before reserving: a well-formed request id and instance, an estimate

@@ -475,29 +475,6 @@ impl Ledger for MemoryStore {
         Ok(Some(BudgetStatus::new(s.budget, s.spent, s.reserved, now)))
     }
 
-    async fn reserve(
-        &self,
-        scopes: &[BudgetScope],
-        amount: Decimal,
-        now: DateTime<Utc>,
-        ttl: Duration,
-    ) -> Result<Reservation> {
-        self.reserve_claim(Claim::default(), scopes, amount, now, ttl)
-            .await
-    }
-
-    async fn reserve_request(
-        &self,
-        request_id: &str,
-        scopes: &[BudgetScope],
-        amount: Decimal,
-        now: DateTime<Utc>,
-        ttl: Duration,
-    ) -> Result<Reservation> {
-        self.reserve_claim(Claim::request(request_id), scopes, amount, now, ttl)
-            .await
-    }
-
     async fn reserve_claim(
         &self,
         claim: Claim<'_>,
@@ -559,9 +536,7 @@ impl Ledger for MemoryStore {
         settles: &[(&str, &UsageEvent)],
         now: DateTime<Utc>,
     ) -> Result<Vec<Recorded>> {
-        for (_, event) in settles {
-            event.validate()?;
-        }
+        crate::ledger::validate_settles(settles)?;
         let numbers: Vec<Option<u64>> =
             settles.iter().map(|(id, _)| self.hold_number(id)).collect();
         let mut state = self.ledger();

@@ -758,29 +758,6 @@ impl Ledger for PostgresStore {
         Ok(Some(BudgetStatus::new(&budget, spent, reserved, now)))
     }
 
-    async fn reserve(
-        &self,
-        scopes: &[BudgetScope],
-        amount: Decimal,
-        now: DateTime<Utc>,
-        ttl: Duration,
-    ) -> Result<Reservation> {
-        self.reserve_claim(Claim::default(), scopes, amount, now, ttl)
-            .await
-    }
-
-    async fn reserve_request(
-        &self,
-        request_id: &str,
-        scopes: &[BudgetScope],
-        amount: Decimal,
-        now: DateTime<Utc>,
-        ttl: Duration,
-    ) -> Result<Reservation> {
-        self.reserve_claim(Claim::request(request_id), scopes, amount, now, ttl)
-            .await
-    }
-
     async fn reserve_claim(
         &self,
         claim: Claim<'_>,
@@ -880,9 +857,7 @@ impl Ledger for PostgresStore {
         settles: &[(&str, &UsageEvent)],
         _now: DateTime<Utc>,
     ) -> Result<Vec<Recorded>> {
-        for (_, event) in settles {
-            event.validate()?;
-        }
+        crate::ledger::validate_settles(settles)?;
         let ids: Vec<&str> = settles.iter().map(|(id, _)| *id).collect();
         let events: Vec<UsageEvent> = settles.iter().map(|(_, e)| (*e).clone()).collect();
         transaction!(self, tx => {
