@@ -39,14 +39,15 @@ async fn a_lost_machines_claims_are_billed_by_a_live_instance_and_a_live_ones_ne
         let journal = dir.path().join(format!("journal-{instance}"));
         vars.insert("KEYMETER_JOURNAL".into(), journal.display().to_string());
         vars.insert("KEYMETER_INSTANCE_ID".into(), instance.into());
-        // Claims live one second without a heartbeat (30 s by default), so the test waits seconds, not minutes.
-        vars.insert("KEYMETER_CLAIM_TTL".into(), "1s".into());
+        // Claims live two seconds without a heartbeat (30 s by default), so the test waits seconds, not minutes;
+        // the heartbeat renews them every 0.67 s, so two beats can run late on a loaded machine.
+        vars.insert("KEYMETER_CLAIM_TTL".into(), "2s".into());
         vars
     };
     let mut lost = binary::start(&vars("a"), &args, &dir.path().join("a.log")).await;
     let live = binary::start(&vars("b"), &args, &dir.path().join("b.log")).await;
     let client = keymeter::http::client(Duration::from_secs(30)).unwrap();
-    // "long": the stand-in answers after 3 s, three claim lifetimes.
+    // "long": the stand-in answers after 5 s, two and a half claim lifetimes.
     let body = json!({"model": "gpt-4o", "max_tokens": 300, "user": "long",
         "messages": [{"role": "user", "content": "Say hello"}]});
     let send = |url: String| {

@@ -44,7 +44,7 @@ pub struct Seen {
 }
 
 /// A stand-in for OpenAI and Anthropic on a loopback port. The request's `"user"` field steers it: `fail` answers
-/// 500, `slow` streams 40 chunks 25 ms apart (a whole answer waits 400 ms before its headers), `long` waits 3 s
+/// 500, `slow` streams 40 chunks 25 ms apart (a whole answer waits 400 ms before its headers), `long` waits 5 s
 /// before a whole answer, `nousage` reports no usage.
 #[derive(Clone)]
 pub struct Upstream {
@@ -118,7 +118,7 @@ async fn answer(
         tokio::time::sleep(Duration::from_millis(400)).await;
     }
     if mode == "long" && body["stream"] != true {
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
     }
     if body["stream"] == true {
         let chunks = if anthropic {
