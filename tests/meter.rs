@@ -31,6 +31,16 @@ struct Fixture {
     meter: Meter,
 }
 
+impl Fixture {
+    /// Sets a budget of `limit` on `scope` over `period`.
+    async fn budget(&self, scope: &BudgetScope, limit: &str, period: BudgetPeriod) {
+        self.store
+            .set_budget(&Budget::new(scope.clone(), d(limit), period).unwrap())
+            .await
+            .unwrap();
+    }
+}
+
 fn fixture(seed: u64) -> Fixture {
     let store = Arc::new(MemoryStore::new());
     let clock = Arc::new(ManualClock::new(t0()));
@@ -66,11 +76,7 @@ async fn reserve_and_settle_exactly_against_every_scope_of_the_key() {
     let request = MeteredRequest::new(alice(), "claude-sonnet-4-5")
         .request_id("msg_01")
         .credential_source(CredentialSource::User);
-    let worst = Usage {
-        input: 12_000,
-        output: 4_096,
-        ..Usage::default()
-    };
+    let worst = Usage::tokens(12_000, 4_096);
     let hold = f.meter.reserve(request, &worst).await.unwrap();
     // 12,000 × 0.000003 + 4,096 × 0.000015 = 0.036 + 0.06144
     assert_eq!(hold.amount(), d("0.09744"));
@@ -150,15 +156,8 @@ impl Fixture {
 async fn a_worst_case_past_the_limit_is_refused_and_holds_nothing() {
     let f = fixture(2);
     let org = BudgetScope::Org("acme".into());
-    f.store
-        .set_budget(&Budget::new(org.clone(), d("0.05"), BudgetPeriod::Monthly).unwrap())
-        .await
-        .unwrap();
-    let worst = Usage {
-        input: 12_000,
-        output: 4_096,
-        ..Usage::default()
-    };
+    f.budget(&org, "0.05", BudgetPeriod::Monthly).await;
+    let worst = Usage::tokens(12_000, 4_096);
     let err = f
         .meter
         .reserve(MeteredRequest::new(alice(), "claude-sonnet-4-5"), &worst)
@@ -183,15 +182,8 @@ async fn a_worst_case_past_the_limit_is_refused_and_holds_nothing() {
 async fn release_returns_the_hold_and_a_retried_request_id_records_once() {
     let f = fixture(3);
     let owner = BudgetScope::Owner("alice".into());
-    f.store
-        .set_budget(&Budget::new(owner.clone(), d("1"), BudgetPeriod::Total).unwrap())
-        .await
-        .unwrap();
-    let worst = Usage {
-        input: 1_000,
-        output: 1_000,
-        ..Usage::default()
-    };
+    f.budget(&owner, "1", BudgetPeriod::Total).await;
+    let worst = Usage::tokens(1_000, 1_000);
     let hold = f
         .meter
         .reserve(MeteredRequest::new(alice(), "claude-sonnet-4-5"), &worst)
@@ -281,15 +273,8 @@ async fn eventually(mut check: impl AsyncFnMut() -> bool) {
 async fn a_dropped_hold_gives_its_room_back_or_bills_its_reservation() {
     let f = fixture(7);
     let scope = BudgetScope::Owner("alice".into());
-    f.store
-        .set_budget(&Budget::new(scope.clone(), d("10"), BudgetPeriod::Monthly).unwrap())
-        .await
-        .unwrap();
-    let worst = Usage {
-        input: 1_000,
-        output: 1_000,
-        ..Usage::default()
-    };
+    f.budget(&scope, "10", BudgetPeriod::Monthly).await;
+    let worst = Usage::tokens(1_000, 1_000);
     let reserved = || {
         let store = f.store.clone();
         let scope = scope.clone();
