@@ -1,11 +1,14 @@
-//! Pulling the key out of an HTTP header value: `Authorization: Bearer …` or `x-api-key: …`.
+//! Pulling the key out of an HTTP header value: `Authorization: Bearer …`, `x-api-key: …` or, as Google's SDKs
+//! send it, `x-goog-api-key: …`.
 
 /// Why a header does not carry a key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum HeaderError {
     /// The header is not one that carries a key.
-    #[error("header {0:?} does not carry an API key (use Authorization or x-api-key)")]
+    #[error(
+        "header {0:?} does not carry an API key (use Authorization, x-api-key or x-goog-api-key)"
+    )]
     UnsupportedHeader(String),
     /// `Authorization` with another scheme than `Bearer`.
     #[error("the Authorization header must use the Bearer scheme")]
@@ -22,6 +25,7 @@ pub enum HeaderError {
 ///
 /// assert_eq!(credential_from_header("Authorization", "Bearer km_live_x").unwrap(), "km_live_x");
 /// assert_eq!(credential_from_header("x-api-key", " km_live_x ").unwrap(), "km_live_x");
+/// assert_eq!(credential_from_header("x-goog-api-key", "km_live_x").unwrap(), "km_live_x");
 /// assert!(credential_from_header("Authorization", "Basic abc").is_err());
 /// ```
 ///
@@ -37,7 +41,8 @@ pub fn credential_from_header<'a>(name: &str, value: &'a str) -> Result<&'a str,
             return Err(HeaderError::NotBearer);
         }
         rest.trim_start_matches([' ', '\t'])
-    } else if name.eq_ignore_ascii_case("x-api-key") {
+    } else if name.eq_ignore_ascii_case("x-api-key") || name.eq_ignore_ascii_case("x-goog-api-key")
+    {
         value.trim_matches(|c| c == ' ' || c == '\t')
     } else {
         return Err(HeaderError::UnsupportedHeader(

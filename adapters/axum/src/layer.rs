@@ -108,8 +108,8 @@ impl KeyAuth {
         self.shared.client_ip.of(request)
     }
 
-    /// Verifies the key `headers` carry (`Authorization: Bearer …`, else `x-api-key`) against `scopes` and
-    /// `client_ip`; rate limits are charged and statistics counted by the verifier.
+    /// Verifies the key `headers` carry (`Authorization: Bearer …`, else `x-api-key` or `x-goog-api-key`) against
+    /// `scopes` and `client_ip`; rate limits are charged and statistics counted by the verifier.
     ///
     /// # Errors
     /// The refusal as an [`ApiError`] (401, 403, 429), or the verifier's failure (503 when overloaded, 500).
@@ -148,20 +148,19 @@ impl KeyAuth {
     }
 }
 
-/// The header carrying the key: `Authorization` when present, else `x-api-key`. A value that is not text counts
-/// as no key.
+/// The header carrying the key: `Authorization` when present, else `x-api-key`, else `x-goog-api-key` (Google's
+/// SDKs). A value that is not text counts as no key.
 fn credential_header(headers: &HeaderMap) -> Option<(&'static str, &str)> {
-    if let Some(v) = headers.get(axum::http::header::AUTHORIZATION) {
-        return Some(("authorization", v.to_str().unwrap_or("")));
-    }
-    headers
-        .get("x-api-key")
-        .map(|v| ("x-api-key", v.to_str().unwrap_or("")))
+    ["authorization", "x-api-key", "x-goog-api-key"]
+        .into_iter()
+        .find_map(|name| headers.get(name).map(|v| (name, v.to_str().unwrap_or(""))))
 }
 
 fn missing_key() -> ApiError {
     ApiError::for_verdict_code(keymeter::keys::VerdictCode::Malformed, None)
-        .with_message("no API key: send `Authorization: Bearer <key>` or `x-api-key: <key>`")
+        .with_message(
+            "no API key: send `Authorization: Bearer <key>`, `x-api-key: <key>` or `x-goog-api-key: <key>`",
+        )
 }
 
 /// The layer of one route (or group of routes): see [`KeyAuth::require`].

@@ -1,8 +1,8 @@
 //! # keymeter-axum
 //!
 //! [keymeter]'s inbound-key checks for [axum] 0.8: a tower layer that verifies the request's API key
-//! (`Authorization: Bearer …` or `x-api-key`) against a route's scope requirement and the client address, charges
-//! rate limits and counts statistics (through the [`Verifier`](keymeter::keys::Verifier) it is given), and puts
+//! (`Authorization: Bearer …`, `x-api-key` or `x-goog-api-key`) against a route's scope requirement and the client
+//! address, charges rate limits and counts statistics (through the [`Verifier`](keymeter::keys::Verifier) it is given), and puts
 //! the verified key in the request's extensions ([`VerifiedKey`]); every refusal is JSON
 //! `{"error": {"code": "<VERDICT>", "message": "…"}}` with the verdict's status
 //! ([`VerdictCode::http_status`](keymeter::keys::VerdictCode::http_status)): 401 with `WWW-Authenticate: Bearer`,
