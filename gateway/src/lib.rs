@@ -1,9 +1,9 @@
 //! # keymeter-gateway
 //!
-//! The reference service built on [keymeter] and [keymeter-axum](keymeter_axum): OpenAI- and Anthropic-compatible
-//! metering proxies that pay with the owner's own provider key (else the system's), key administration, personal
-//! provider keys, usage ingest, reports and budgets, on the embedded SQLite store by default or on PostgreSQL for
-//! several instances.
+//! The reference service built on [keymeter] and [keymeter-axum](keymeter_axum): OpenAI-, Anthropic- and
+//! Gemini-compatible metering proxies that pay with the owner's own provider key (else the system's), key
+//! administration, personal provider keys, usage ingest, reports and budgets, on the embedded SQLite store by
+//! default or on PostgreSQL for several instances.
 //!
 //! The binary `keymeter-gateway` reads its flags and [`Config::from_env`]; tests and benches build the same
 //! service in process:
@@ -27,9 +27,8 @@
 mod admin;
 pub mod logs;
 mod me;
-mod proxy;
+mod proxies;
 pub mod server;
-mod worst;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,7 +46,7 @@ use keymeter_axum::{ApiError, ClientIp, KeyAuth};
 use serde::de::DeserializeOwned;
 use tokio_util::task::TaskTracker;
 
-pub use proxy::{COST_HEADER, REQUEST_ID_HEADER, SOURCE_HEADER};
+pub use proxies::{COST_HEADER, REQUEST_ID_HEADER, SOURCE_HEADER};
 
 /// What the flags and defaults decide beyond [`Config`].
 #[derive(Debug, Clone)]
@@ -56,6 +55,8 @@ pub struct Settings {
     pub openai_base_url: String,
     /// Anthropic's base URL (`{base}/v1/messages`).
     pub anthropic_base_url: String,
+    /// Gemini's base URL (`{base}/v1beta/models/{model}:generateContent`).
+    pub gemini_base_url: String,
     /// The output cap reserved (and sent upstream) when a request names none.
     pub default_max_tokens: u64,
     /// The largest proxied request body.
@@ -82,6 +83,7 @@ impl Default for Settings {
         Settings {
             openai_base_url: "https://api.openai.com".into(),
             anthropic_base_url: "https://api.anthropic.com".into(),
+            gemini_base_url: "https://generativelanguage.googleapis.com".into(),
             default_max_tokens: 4096,
             max_proxy_body: 8 << 20,
             max_api_body: 64 << 10,
@@ -225,9 +227,25 @@ pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route(
             "/v1/chat/completions",
-            post(proxy::openai).layer(chat.clone()),
+            post(proxies::chat).layer(chat.clone()),
         )
-        .route("/v1/messages", post(proxy::anthropic).layer(chat))
+        .route(
+            "/v1/responses",
+            post(proxies::responses).layer(chat.clone()),
+        )
+        .route(
+            "/v1/embeddings",
+            post(proxies::embeddings).layer(chat.clone()),
+        )
+        .route("/v1/models", get(proxies::models).layer(chat.clone()))
+        .route("/v1/messages", post(proxies::messages).layer(chat.clone()))
+        // Gemini's `{model}:{action}` is one path segment: the handler splits it. Google's SDKs call `v1beta` or,
+        // newer ones, `v1`.
+        .route(
+            "/v1beta/models/{target}",
+            post(proxies::generate).layer(chat.clone()),
+        )
+        .route("/v1/models/{target}", post(proxies::generate).layer(chat))
         .route(
             "/v2/users/me/api-key-status",
             get(me::key_status).layer(any),

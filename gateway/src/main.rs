@@ -1,10 +1,11 @@
-//! `keymeter-gateway`: the reference service of keymeter, an OpenAI- and Anthropic-compatible
+//! `keymeter-gateway`: the reference service of keymeter, an OpenAI-, Anthropic- and Gemini-compatible
 //! metering proxy with personal provider keys, key administration, usage ingest, reports and budgets, on the
 //! embedded SQLite store by default.
 //!
 //! ```sh
 //! cargo run -p keymeter-gateway -- [--listen 127.0.0.1:8080] [--store URL] [--limiter URL] \
-//!     [--journal DIR | --no-journal] [--openai-base-url URL] [--anthropic-base-url URL] [--default-max-tokens N] [--trust-forwarded CIDR,…] \
+//!     [--journal DIR | --no-journal] [--openai-base-url URL] [--anthropic-base-url URL] \
+//!     [--gemini-base-url URL] [--default-max-tokens N] [--trust-forwarded CIDR,…] \
 //!     [--connect-timeout 10s] [--first-byte-timeout 300s] [--upstream-timeout 600s] [--body-timeout 30s] \
 //!     [--header-timeout 30s] [--max-connections 1024] [--shutdown-grace 30s] [--log-format text|json]
 //! ```
@@ -26,7 +27,8 @@ use keymeter_gateway::{Gateway, Settings, logs, server};
 
 const USAGE: &str = "usage: keymeter-gateway [--listen ADDR] [--store URL] [--limiter URL] \
 [--journal DIR | --no-journal] \
-[--openai-base-url URL] [--anthropic-base-url URL] [--default-max-tokens N] [--trust-forwarded CIDR,…] \
+[--openai-base-url URL] [--anthropic-base-url URL] [--gemini-base-url URL] [--default-max-tokens N] \
+[--trust-forwarded CIDR,…] \
 [--connect-timeout DUR] [--first-byte-timeout DUR] [--upstream-timeout DUR] [--body-timeout DUR] \
 [--header-timeout DUR] [--max-connections N] [--shutdown-grace DUR] [--log-format text|json]
 (DUR: a number and s, m or h, such as 30s)";
@@ -103,6 +105,7 @@ fn parse_flags() -> Result<Flags, String> {
             "--journal" => flags.journal = Some(value),
             "--openai-base-url" => settings.openai_base_url = value,
             "--anthropic-base-url" => settings.anthropic_base_url = value,
+            "--gemini-base-url" => settings.gemini_base_url = value,
             "--default-max-tokens" => settings.default_max_tokens = positive(&flag, &value)?,
             "--connect-timeout" => {
                 settings.connect_timeout = duration("--connect-timeout", &value)?

@@ -7,13 +7,15 @@ mod support;
 use std::time::Duration;
 
 use chrono::Utc;
-use keymeter::ledger::{Budget, BudgetPeriod, BudgetScope, EventFilter, UsageEvent};
-use keymeter::pricing::normalize::normalize;
+use keymeter::ledger::{Budget, BudgetPeriod, BudgetScope, UsageEvent};
 use keymeter::pricing::{ServiceTier, UsageFormat};
 use reqwest::Method;
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
-use support::{ANTHROPIC_USAGE, Gateway, OPENAI_USAGE, SYSTEM_OPENAI_KEY, USER_OPENAI_KEY};
+use support::{
+    ANTHROPIC_USAGE, OPENAI_USAGE, SYSTEM_OPENAI_KEY, USER_OPENAI_KEY, code, events_of,
+    expected_cost, wait_events,
+};
 
 fn chat(extra: Value) -> Value {
     let mut body = json!({"model": "gpt-4o", "max_tokens": 500,
@@ -22,43 +24,6 @@ fn chat(extra: Value) -> Value {
         b.extend(e);
     }
     body
-}
-
-fn expected_cost(gw: &Gateway, model: &str, format: UsageFormat, usage: &str) -> Decimal {
-    let usage = normalize(format, usage).unwrap();
-    gw.app
-        .meter
-        .catalog()
-        .cost(model, &usage, Utc::now(), ServiceTier::Standard)
-        .unwrap()
-        .total
-}
-
-async fn events_of(gw: &Gateway, owner: &str) -> Vec<UsageEvent> {
-    gw.app
-        .store
-        .events(&EventFilter {
-            owner: Some(owner.into()),
-            ..EventFilter::default()
-        })
-        .await
-        .unwrap()
-}
-
-/// Waits (at most 5 s) until `owner` has `n` events: requests settle after their answer is sent.
-async fn wait_events(gw: &Gateway, owner: &str, n: usize) -> Vec<UsageEvent> {
-    for _ in 0..100 {
-        let events = events_of(gw, owner).await;
-        if events.len() >= n {
-            return events;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{owner} never had {n} events");
-}
-
-fn code(body: &Value) -> &str {
-    body["error"]["code"].as_str().unwrap_or("")
 }
 
 #[tokio::test]

@@ -7,7 +7,7 @@ use keymeter::pricing::{ServiceTier, TokenClass, Usage};
 use keymeter_axum::ApiError;
 use serde_json::Value;
 
-use super::App;
+use super::{App, Bound};
 
 /// Tokens one image may cost on OpenAI's chat API: the dearest image pricing it has (gpt-4o-mini's 2,833 base
 /// plus 5,667 a tile, eight 512-pixel tiles at the largest size it keeps), so the ceiling holds for every model.
@@ -17,8 +17,20 @@ pub const OPENAI_IMAGE_TOKENS: u64 = 2_833 + 8 * 5_667;
 /// (width × height / 750 at 1.15 megapixels), with a margin.
 pub const ANTHROPIC_IMAGE_TOKENS: u64 = 1_650;
 
+/// Tokens one inline media part may cost on Gemini beyond its bytes: an image at the highest media resolution
+/// (Gemini 3: 1,120; earlier models scale an image down and bill 258 a 768-pixel tile), with a margin. Audio and
+/// video cost fewer tokens a second (32 and 263) than their bytes a second, which already bound them.
+pub const GEMINI_MEDIA_TOKENS: u64 = 2_240;
+
 /// Content part types whose tokens nothing in the request bounds (a PDF's pages, an uploaded file).
-const UNBOUNDED: [&str; 4] = ["document", "file", "input_file", "container_upload"];
+/// `item_reference` (the Responses API) names a stored item, whose tokens the request does not carry.
+const UNBOUNDED: [&str; 5] = [
+    "document",
+    "file",
+    "input_file",
+    "container_upload",
+    "item_reference",
+];
 
 /// Counts the images anywhere in a request (message parts, tool results), or refuses a part whose tokens cannot
 /// be bounded.
@@ -35,13 +47,9 @@ pub fn images_in(body: &Value) -> Result<u64, ApiError> {
                     if kind == "image_url" || kind == "image" || kind == "input_image" {
                         images += 1;
                     } else if UNBOUNDED.contains(&kind.as_str()) {
-                        return Err(ApiError::new(
-                            axum::http::StatusCode::UNPROCESSABLE_ENTITY,
-                            "UNBOUNDED_INPUT",
-                            format!(
-                                "a {kind:?} part costs tokens its bytes do not bound, so no reservation can cover \
-                                 it: send its text instead"
-                            ),
+                        return Err(unbounded(
+                            &format!("a {kind:?} part"),
+                            "send its text instead",
                         ));
                     }
                 }
@@ -54,16 +62,57 @@ pub fn images_in(body: &Value) -> Result<u64, ApiError> {
     Ok(images)
 }
 
-/// The usage a request can cost at most: `prompt_bound` prompt tokens at the dearest prompt class of `model`
-/// (fresh input or a cache write), `output` output tokens, at the default tier or the `claimed` one, whichever
-/// costs more (a claim may raise a reservation, never lower it).
-pub fn worst_case(
+/// 422 `UNBOUNDED_INPUT`: `what` costs tokens the request does not carry, so no reservation can cover it.
+pub fn unbounded(what: &str, instead: &str) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+        "UNBOUNDED_INPUT",
+        format!(
+            "{what} costs tokens the request does not carry, so no reservation can cover it: {instead}"
+        ),
+    )
+}
+
+/// Counts the inline media parts of a Gemini request (`inlineData`), or refuses what its bytes do not bound: a
+/// file reference (`fileData`, an uploaded video of an hour) or cached content.
+///
+/// # Errors
+/// 422 `UNBOUNDED_INPUT` naming the field.
+pub fn gemini_media_in(body: &Value) -> Result<u64, ApiError> {
+    let mut media = 0u64;
+    let mut stack = vec![body];
+    while let Some(v) = stack.pop() {
+        match v {
+            Value::Object(map) => {
+                for (name, value) in map {
+                    match name.as_str() {
+                        "inlineData" | "inline_data" => media += 1,
+                        "fileData" | "file_data" => {
+                            return Err(unbounded(
+                                "a fileData part",
+                                "send the media inline (inlineData) instead",
+                            ));
+                        }
+                        _ => {}
+                    }
+                    stack.push(value);
+                }
+            }
+            Value::Array(items) => stack.extend(items),
+            _ => {}
+        }
+    }
+    Ok(media)
+}
+
+/// The usage a request can cost at most: `bound.prompt` prompt tokens at the dearest prompt class of `model`
+/// (fresh input or a cache write), `bound.output` output tokens and `bound.web_search` searches, at the default
+/// tier or the claimed one, whichever costs more (a claim may raise a reservation, never lower it).
+pub(crate) fn worst_case(
     app: &App,
     model: &str,
     at: chrono::DateTime<chrono::Utc>,
-    claimed: Option<ServiceTier>,
-    prompt_bound: u64,
-    output: u64,
+    bound: &Bound,
 ) -> Usage {
     let mut best: Option<(rust_decimal::Decimal, Usage)> = None;
     let classes = [
@@ -71,17 +120,19 @@ pub fn worst_case(
         TokenClass::CacheWrite5m,
         TokenClass::CacheWrite1h,
     ];
-    let tiers = [None, claimed];
+    let tiers = [None, bound.claimed];
     for (class, tier) in classes
         .iter()
         .flat_map(|c| tiers.iter().map(move |t| (*c, *t)))
     {
         let mut usage = Usage {
-            output,
+            output: bound.output,
+            web_search: bound.web_search,
+            maps_grounding: bound.maps_grounding,
             tier,
             ..Usage::default()
         };
-        usage.set(class, prompt_bound);
+        usage.set(class, bound.prompt);
         if let Ok(cost) = app
             .meter
             .catalog()
@@ -94,8 +145,10 @@ pub fn worst_case(
     // Unpriced: the reservation reports why (an unknown model is an error, never zero).
     best.map_or(
         Usage {
-            input: prompt_bound,
-            output,
+            input: bound.prompt,
+            output: bound.output,
+            web_search: bound.web_search,
+            maps_grounding: bound.maps_grounding,
             ..Usage::default()
         },
         |(_, u)| u,

@@ -19,7 +19,9 @@ use bytes::Bytes;
 use keymeter::Config;
 use keymeter::credentials::{CredentialScope, Provider, set_key};
 use keymeter::keys::{NewKey, Scope};
-use keymeter::ledger::{Budget, BudgetPeriod, BudgetScope};
+use keymeter::ledger::{Budget, BudgetPeriod, BudgetScope, EventFilter, UsageEvent};
+use keymeter::pricing::normalize::normalize;
+use keymeter::pricing::{ServiceTier, UsageFormat};
 use rust_decimal::Decimal;
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
@@ -30,22 +32,33 @@ pub const OPENAI_USAGE: &str = r#"{"prompt_tokens": 1200, "completion_tokens": 3
 /// The usage it reports for every Anthropic call.
 pub const ANTHROPIC_USAGE: &str =
     r#"{"input_tokens": 900, "output_tokens": 250, "cache_read_input_tokens": 100}"#;
+/// The usage it reports for every OpenAI Responses call (reasoning within the output).
+pub const RESPONSES_USAGE: &str = r#"{"input_tokens": 1000, "output_tokens": 400, "total_tokens": 1400,
+    "input_tokens_details": {"cached_tokens": 100}, "output_tokens_details": {"reasoning_tokens": 150}}"#;
+/// The usage it reports for every OpenAI embeddings call.
+pub const EMBEDDINGS_USAGE: &str = r#"{"prompt_tokens": 8000, "total_tokens": 8000}"#;
+/// The usage it reports for every Gemini call (thinking apart from the candidates, implicit cache within the
+/// prompt).
+pub const GEMINI_USAGE: &str = r#"{"promptTokenCount": 700, "candidatesTokenCount": 200, "thoughtsTokenCount": 50,
+    "cachedContentTokenCount": 100, "totalTokenCount": 950}"#;
 /// The system keys the tests store.
 pub const SYSTEM_OPENAI_KEY: &str = "sk-proj-system0000000000000000000000000000";
 pub const USER_OPENAI_KEY: &str = "sk-proj-useralice11111111111111111111111111";
+pub const SYSTEM_GOOGLE_KEY: &str = "AIzaSyStandInSystemKey00000000000000000";
+pub const USER_GOOGLE_KEY: &str = "AIzaSyStandInAliceKey111111111111111111";
 
 /// What the stand-in saw of one call.
 #[derive(Debug, Clone)]
 pub struct Seen {
     pub path: String,
-    /// The provider key that reached it (`Authorization: Bearer …` or `x-api-key`).
+    /// The provider key that reached it (`Authorization: Bearer …`, `x-api-key` or `x-goog-api-key`).
     pub key: String,
     pub body: Value,
 }
 
-/// A stand-in for OpenAI and Anthropic on a loopback port. The request's `"user"` field steers it: `fail` answers
-/// 500, `slow` streams 40 chunks 25 ms apart (a whole answer waits 400 ms before its headers), `long` waits 5 s
-/// before a whole answer, `nousage` reports no usage.
+/// A stand-in for OpenAI (chat, Responses, embeddings), Anthropic and Gemini on a loopback port. The request's
+/// `"user"` field steers it: `fail` answers 500, `slow` streams 40 chunks 25 ms apart (a whole answer waits
+/// 400 ms before its headers), `long` waits 5 s before a whole answer, `nousage` reports no usage.
 #[derive(Clone)]
 pub struct Upstream {
     pub url: String,
@@ -58,25 +71,34 @@ impl Upstream {
     }
 }
 
+/// The provider APIs the stand-in answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Api {
+    Chat,
+    Messages,
+    Responses,
+    Embeddings,
+    Gemini,
+}
+
 pub async fn upstream() -> Upstream {
     let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
-    let openai_seen = seen.clone();
-    let anthropic_seen = seen.clone();
-    let router = Router::new()
-        .route(
-            "/v1/chat/completions",
-            post(move |headers: HeaderMap, body: Bytes| {
-                let seen = openai_seen.clone();
-                async move { answer(&seen, "/v1/chat/completions", &headers, &body, false).await }
-            }),
+    let route = |api: Api| {
+        let seen = seen.clone();
+        post(
+            move |uri: axum::http::Uri, headers: HeaderMap, body: Bytes| {
+                let seen = seen.clone();
+                async move { answer(&seen, api, &uri, &headers, &body).await }
+            },
         )
-        .route(
-            "/v1/messages",
-            post(move |headers: HeaderMap, body: Bytes| {
-                let seen = anthropic_seen.clone();
-                async move { answer(&seen, "/v1/messages", &headers, &body, true).await }
-            }),
-        );
+    };
+    let router = Router::new()
+        .route("/v1/chat/completions", route(Api::Chat))
+        .route("/v1/messages", route(Api::Messages))
+        .route("/v1/responses", route(Api::Responses))
+        .route("/v1/embeddings", route(Api::Embeddings))
+        .route("/v1beta/models/{target}", route(Api::Gemini))
+        .route("/v1/models/{target}", route(Api::Gemini));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, router).await });
@@ -85,21 +107,22 @@ pub async fn upstream() -> Upstream {
 
 async fn answer(
     seen: &Mutex<Vec<Seen>>,
-    path: &str,
+    api: Api,
+    uri: &axum::http::Uri,
     headers: &HeaderMap,
     body: &[u8],
-    anthropic: bool,
 ) -> Response {
     let body: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
-    let key = if anthropic {
-        headers.get("x-api-key")
-    } else {
-        headers.get("authorization")
+    let key = match api {
+        Api::Messages => headers.get("x-api-key"),
+        Api::Gemini => headers.get("x-goog-api-key"),
+        _ => headers.get("authorization"),
     }
     .and_then(|v| v.to_str().ok())
     .unwrap_or("")
     .trim_start_matches("Bearer ")
     .to_owned();
+    let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
     seen.lock().unwrap().push(Seen {
         path: path.into(),
         key,
@@ -114,18 +137,25 @@ async fn answer(
             .into_response();
     }
     let usage = mode != "nousage";
-    if mode == "slow" && body["stream"] != true {
+    let streaming = match api {
+        Api::Gemini => uri.path().ends_with(":streamGenerateContent"),
+        _ => body["stream"] == true,
+    };
+    if mode == "slow" && !streaming {
         tokio::time::sleep(Duration::from_millis(400)).await;
     }
-    if mode == "long" && body["stream"] != true {
+    if mode == "long" && !streaming {
         tokio::time::sleep(Duration::from_secs(5)).await;
     }
-    if body["stream"] == true {
-        let chunks = if anthropic {
-            anthropic_events(usage)
-        } else {
-            let asked = body["stream_options"]["include_usage"] == true;
-            openai_chunks(usage && asked)
+    if streaming {
+        let chunks = match api {
+            Api::Messages => anthropic_events(usage),
+            Api::Responses => responses_events(usage),
+            Api::Gemini => gemini_chunks(usage),
+            _ => {
+                let asked = body["stream_options"]["include_usage"] == true;
+                openai_chunks(usage && asked)
+            }
         };
         let (count, pause) = if mode == "slow" {
             (40, Duration::from_millis(25))
@@ -134,22 +164,43 @@ async fn answer(
         };
         return sse(chunks, count, pause);
     }
-    let answer = if anthropic {
-        let mut a = json!({"id": "msg_1", "type": "message", "role": "assistant",
-            "content": [{"type": "text", "text": "hello"}]});
-        if usage {
-            a["usage"] = serde_json::from_str(ANTHROPIC_USAGE).unwrap();
-        }
-        a
-    } else {
+    let (mut answer, field, reported) = match api {
+        Api::Messages => (
+            json!({"id": "msg_1", "type": "message", "role": "assistant",
+                "content": [{"type": "text", "text": "hello"}]}),
+            "usage",
+            ANTHROPIC_USAGE,
+        ),
         // As OpenAI answers a request it served at its default tier, whatever tier the request asked for.
-        let mut a = json!({"id": "chatcmpl-1", "object": "chat.completion", "service_tier": "default",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": "hello"}}]});
-        if usage {
-            a["usage"] = serde_json::from_str(OPENAI_USAGE).unwrap();
-        }
-        a
+        Api::Chat => (
+            json!({"id": "chatcmpl-1", "object": "chat.completion", "service_tier": "default",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "hello"}}]}),
+            "usage",
+            OPENAI_USAGE,
+        ),
+        Api::Responses => (
+            json!({"id": "resp_1", "object": "response", "status": "completed", "model": body["model"],
+                "output": [{"type": "message", "id": "msg_1", "role": "assistant", "status": "completed",
+                    "content": [{"type": "output_text", "text": "hello", "annotations": []}]}]}),
+            "usage",
+            RESPONSES_USAGE,
+        ),
+        Api::Embeddings => (
+            json!({"object": "list", "model": body["model"],
+                "data": [{"object": "embedding", "index": 0, "embedding": [0.25, -0.5, 0.125]}]}),
+            "usage",
+            EMBEDDINGS_USAGE,
+        ),
+        Api::Gemini => (
+            json!({"candidates": [{"content": {"role": "model", "parts": [{"text": "hello"}]},
+                "finishReason": "STOP", "index": 0}], "modelVersion": "gemini-2.5-flash"}),
+            "usageMetadata",
+            GEMINI_USAGE,
+        ),
     };
+    if usage {
+        answer[field] = serde_json::from_str(reported).unwrap();
+    }
     axum::Json(answer).into_response()
 }
 
@@ -171,12 +222,64 @@ fn openai_chunks(usage: bool) -> Script {
     (Vec::new(), text.into(), last)
 }
 
-fn anthropic_events(usage: bool) -> Script {
-    let start = if usage {
-        r#"{"type":"message_start","message":{"id":"msg_1","usage":{"input_tokens":900,"cache_read_input_tokens":100,"output_tokens":1}}}"#
-    } else {
-        r#"{"type":"message_start","message":{"id":"msg_1"}}"#
+fn responses_events(usage: bool) -> Script {
+    let response = |status: &str, usage: &str| {
+        format!(
+            r#"{{"id":"resp_1","object":"response","status":"{status}","model":"gpt-5-mini","output":[],"usage":{usage}}}"#
+        )
     };
+    let created = format!(
+        r#"{{"type":"response.created","sequence_number":0,"response":{}}}"#,
+        response("in_progress", "null")
+    );
+    let text = r#"{"type":"response.output_text.delta","sequence_number":1,"item_id":"msg_1","output_index":0,"content_index":0,"delta":"hi ","logprobs":[]}"#;
+    let completed = format!(
+        r#"{{"type":"response.completed","sequence_number":2,"response":{}}}"#,
+        response(
+            "completed",
+            &if usage {
+                RESPONSES_USAGE.replace('\n', "")
+            } else {
+                "null".into()
+            }
+        )
+    );
+    (vec![created], text.into(), vec![completed])
+}
+
+fn gemini_chunks(usage: bool) -> Script {
+    // Every chunk carries the usage so far; the last one is the total.
+    let so_far = if usage {
+        r#","usageMetadata":{"promptTokenCount":700,"totalTokenCount":700}"#
+    } else {
+        ""
+    };
+    let text = format!(
+        r#"{{"candidates":[{{"content":{{"role":"model","parts":[{{"text":"hi "}}]}},"index":0}}]{so_far}}}"#
+    );
+    let total = if usage {
+        format!(r#","usageMetadata":{}"#, GEMINI_USAGE.replace('\n', ""))
+    } else {
+        String::new()
+    };
+    let last = format!(
+        r#"{{"candidates":[{{"content":{{"role":"model","parts":[{{"text":"."}}]}},"finishReason":"STOP","index":0}}]{total}}}"#
+    );
+    (Vec::new(), text, vec![last])
+}
+
+fn anthropic_events(usage: bool) -> Script {
+    // As Anthropic streams: the message without content, each block started and stopped around its deltas.
+    let usage_start = if usage {
+        r#","usage":{"input_tokens":900,"cache_read_input_tokens":100,"output_tokens":1}"#
+    } else {
+        ""
+    };
+    let start = format!(
+        r#"{{"type":"message_start","message":{{"id":"msg_1","type":"message","role":"assistant","model":"claude-sonnet-4-5","content":[],"stop_reason":null{usage_start}}}}}"#
+    );
+    let block =
+        r#"{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#;
     let text =
         r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"hi "}}"#;
     let delta = if usage {
@@ -185,9 +288,13 @@ fn anthropic_events(usage: bool) -> Script {
         r#"{"type":"message_delta","delta":{"stop_reason":"end_turn"}}"#
     };
     (
-        vec![start.into()],
+        vec![start, block.into()],
         text.into(),
-        vec![delta.into(), r#"{"type":"message_stop"}"#.into()],
+        vec![
+            r#"{"type":"content_block_stop","index":0}"#.into(),
+            delta.into(),
+            r#"{"type":"message_stop"}"#.into(),
+        ],
     )
 }
 
@@ -196,7 +303,16 @@ fn sse((first, text, last): Script, count: usize, pause: Duration) -> Response {
         .into_iter()
         .chain(std::iter::repeat_n(text, count))
         .chain(last)
-        .map(|e| format!("data: {e}\n\n"))
+        .map(|e| {
+            // Anthropic and the Responses API name each event, as their SDKs expect; chat and Gemini do not.
+            match serde_json::from_str::<Value>(&e)
+                .ok()
+                .and_then(|v| v["type"].as_str().map(str::to_owned))
+            {
+                Some(kind) => format!("event: {kind}\ndata: {e}\n\n"),
+                None => format!("data: {e}\n\n"),
+            }
+        })
         .collect();
     let stream = futures_util::stream::unfold(events.into_iter(), move |mut it| async move {
         let next = it.next()?;
@@ -268,12 +384,13 @@ pub fn settings(upstream: &Upstream) -> app::Settings {
     app::Settings {
         openai_base_url: upstream.url.clone(),
         anthropic_base_url: upstream.url.clone(),
+        gemini_base_url: upstream.url.clone(),
         upstream_timeout: Duration::from_secs(30),
         ..app::Settings::default()
     }
 }
 
-/// A gateway on `store`, with the system OpenAI key stored and an operator-wide admin key for `admin_owner`.
+/// A gateway on `store`, with the system OpenAI and Google keys stored and an operator-wide admin key for `admin_owner`.
 pub async fn serve(store: &str, upstream: &Upstream, admin_owner: &str) -> Gateway {
     serve_with(
         &config(store),
@@ -301,6 +418,15 @@ pub async fn serve_with(
         &CredentialScope::System,
         &Provider::openai(),
         SYSTEM_OPENAI_KEY,
+    )
+    .await
+    .unwrap();
+    set_key(
+        &*app.store,
+        &app.vault,
+        &CredentialScope::System,
+        &Provider::google(),
+        SYSTEM_GOOGLE_KEY,
     )
     .await
     .unwrap();
@@ -392,6 +518,43 @@ impl Gateway {
             created["secret"].as_str().unwrap().to_owned(),
         )
     }
+}
+
+/// What the catalog charges `model` for `usage` (a provider's usage object, or a response holding one) today.
+pub fn expected_cost(gw: &Gateway, model: &str, format: UsageFormat, usage: &str) -> Decimal {
+    let usage = normalize(format, usage).unwrap();
+    gw.app
+        .meter
+        .catalog()
+        .cost(model, &usage, chrono::Utc::now(), ServiceTier::Standard)
+        .unwrap()
+        .total
+}
+
+/// The events of `owner`, oldest first.
+pub async fn events_of(gw: &Gateway, owner: &str) -> Vec<UsageEvent> {
+    gw.app
+        .store
+        .events(&EventFilter::new().owner(owner))
+        .await
+        .unwrap()
+}
+
+/// Waits (at most 5 s) until `owner` has `n` events: requests settle after their answer is sent.
+pub async fn wait_events(gw: &Gateway, owner: &str, n: usize) -> Vec<UsageEvent> {
+    for _ in 0..100 {
+        let events = events_of(gw, owner).await;
+        if events.len() >= n {
+            return events;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{owner} never had {n} events");
+}
+
+/// The `code` of an error body.
+pub fn code(body: &Value) -> &str {
+    body["error"]["code"].as_str().unwrap_or("")
 }
 
 /// Sends `request` to a gateway that must answer.
