@@ -7,7 +7,8 @@
 //! rate. Then a closed loop of fixed concurrency finds the rate it sustains.
 //!
 //! Each run measures the journal's modes in turn (DESIGN §13): fsync every 10 ms (the default), fsync before each
-//! answer (`always`), and no journal.
+//! answer (`always`), and no journal; and a Gemini stream's latency to its last event, beside the same stream
+//! straight from the stand-in.
 //!
 //! ```sh
 //! cargo bench -p keymeter-gateway --bench gateway_load            # 3,000 requests per run and mode
@@ -31,7 +32,12 @@ fn requests() -> usize {
         .unwrap_or(3000)
 }
 
-/// Latencies in microseconds of `n` requests sent at `rate` per second, open loop.
+/// The chat request every run sends.
+fn chat() -> serde_json::Value {
+    json!({"model": "gpt-4o", "max_tokens": 300, "messages": [{"role": "user", "content": "Say hello"}]})
+}
+
+/// Latencies in microseconds of `n` chat requests sent at `rate` per second, open loop.
 async fn open_loop(
     client: &reqwest::Client,
     url: &str,
@@ -39,15 +45,27 @@ async fn open_loop(
     rate: f64,
     n: usize,
 ) -> Vec<u64> {
-    let body = json!({"model": "gpt-4o", "max_tokens": 300,
-        "messages": [{"role": "user", "content": "Say hello"}]});
+    let auth = key.map(|k| ("authorization", format!("Bearer {k}")));
+    open_loop_of(client, url, auth, &chat(), rate, n).await
+}
+
+/// Latencies in microseconds (to the answer's last byte) of `n` requests of `body` with the header `auth`, sent
+/// at `rate` per second, open loop.
+async fn open_loop_of(
+    client: &reqwest::Client,
+    url: &str,
+    auth: Option<(&'static str, String)>,
+    body: &serde_json::Value,
+    rate: f64,
+    n: usize,
+) -> Vec<u64> {
     let start = tokio::time::Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..n {
         tokio::time::sleep_until(start + Duration::from_secs_f64(i as f64 / rate)).await;
-        let mut request = client.post(url).json(&body);
-        if let Some(key) = key {
-            request = request.bearer_auth(key);
+        let mut request = client.post(url).json(body);
+        if let Some((name, value)) = &auth {
+            request = request.header(*name, value);
         }
         tasks.spawn(async move {
             let sent = Instant::now();
@@ -73,8 +91,7 @@ async fn closed_loop(
     concurrency: usize,
     n: usize,
 ) -> f64 {
-    let body = json!({"model": "gpt-4o", "max_tokens": 300,
-        "messages": [{"role": "user", "content": "Say hello"}]});
+    let body = chat();
     let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
@@ -109,6 +126,19 @@ async fn closed_loop(
 fn pct(sorted: &[u64], p: f64) -> u64 {
     let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
     sorted[i]
+}
+
+/// Prints each percentile of the direct and the gateway latencies (sorted), and what the gateway added.
+fn added(floor: &[u64], gateway: &[u64], percentiles: &[(&str, f64)]) {
+    for (name, p) in percentiles {
+        let (f, g) = (pct(floor, *p), pct(gateway, *p));
+        println!(
+            "  {name}: direct {}  gateway {}  added {}",
+            ms(f as i64),
+            ms(g as i64),
+            ms(g as i64 - f as i64)
+        );
+    }
 }
 
 fn ms(us: i64) -> String {
@@ -172,15 +202,24 @@ async fn run(up: &support::Upstream, n: usize, mode: &str, sync: Option<SyncPoli
     println!(
         "gateway_load: {n} requests at 300/s, open loop, SQLite store, loopback, journal {mode}"
     );
-    for (name, p) in [("p50", 0.50), ("p90", 0.90), ("p99", 0.99)] {
-        let (f, g) = (pct(&floor, p), pct(&gateway, p));
-        println!(
-            "  {name}: direct {}  gateway {}  added {}",
-            ms(f as i64),
-            ms(g as i64),
-            ms(g as i64 - f as i64)
-        );
-    }
+    added(
+        &floor,
+        &gateway,
+        &[("p50", 0.50), ("p90", 0.90), ("p99", 0.99)],
+    );
+    // One Gemini stream (four events, the usage total in the last) per request: the stream passes through and is billed
+    // from its last chunk.
+    let gemini = json!({"contents": [{"role": "user", "parts": [{"text": "Say hello"}]}],
+        "generationConfig": {"maxOutputTokens": 300}});
+    let path = "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse";
+    let (direct_stream, proxied_stream) =
+        (format!("{}{path}", up.url), format!("{}{path}", gw.url));
+    let auth = Some(("x-goog-api-key", key.clone()));
+    open_loop_of(&client, &proxied_stream, auth.clone(), &gemini, 300.0, 200).await;
+    let floor = open_loop_of(&client, &direct_stream, None, &gemini, 300.0, n).await;
+    let gateway = open_loop_of(&client, &proxied_stream, auth, &gemini, 300.0, n).await;
+    println!("  Gemini streams at 300/s, to the last event:");
+    added(&floor, &gateway, &[("p50", 0.50), ("p99", 0.99)]);
     for concurrency in [8, 32] {
         let direct_rate = closed_loop(&client, &direct, "", concurrency, n).await;
         let rate = closed_loop(&client, &proxied, &key, concurrency, n).await;
