@@ -51,6 +51,17 @@ pub enum Error {
         owner: String,
     },
 
+    /// The model is not on an allowlist that applies: the key's own, or its owner's or organisation's.
+    #[error("model {model:?} ({provider}) is not allowed for {scope}")]
+    ModelNotAllowed {
+        /// The model asked for.
+        model: String,
+        /// Its provider.
+        provider: String,
+        /// The scope whose allowlist refused it, `kind:id`.
+        scope: String,
+    },
+
     /// The record named does not exist.
     #[error("{what} {id:?} not found")]
     NotFound {
@@ -152,8 +163,11 @@ pub enum Error {
     #[error("vault: {0}")]
     Vault(#[from] crate::credentials::VaultError),
 
-    /// A reservation would take a budget past its limit.
-    #[error("budget {scope} exceeded: limit {limit}, spent {spent}, reserved {reserved}")]
+    /// A reservation would take a budget past its limit: which budget refused, and its numbers.
+    #[error(
+        "budget {scope} exceeded: limit {limit}, spent {spent}, reserved {reserved}; this request needs up to \
+         {requested} (the period ends {period_end})"
+    )]
     BudgetExceeded {
         /// The budget's scope, `kind:id`.
         scope: String,
@@ -163,6 +177,10 @@ pub enum Error {
         spent: rust_decimal::Decimal,
         /// Live reservations in the period.
         reserved: rust_decimal::Decimal,
+        /// What the refused reservation asked for.
+        requested: rust_decimal::Decimal,
+        /// When the budget's period ends (its room comes back).
+        period_end: chrono::DateTime<chrono::Utc>,
     },
 
     /// The request id is taken: another request holds it (`event_id` is `None`) or it is recorded

@@ -788,14 +788,21 @@ fn rate_limits_hold_across_invocations_on(cli: Cli) {
         "100/day",
         "--token-limit",
         "50000/h",
+        "--models",
+        "gpt-4o*,anthropic/*",
     ]);
+    assert_eq!(
+        created["allowed_models"],
+        serde_json::json!(["gpt-4o*", "anthropic/*"])
+    );
     let id = created["id"].as_str().unwrap();
     let key = created["key"].as_str().unwrap();
     let shown = cli.ok(&["keys", "show", id]);
     assert_eq!(shown["rate_limit"], "3/min");
+    assert_eq!(shown["allowed_models"], created["allowed_models"]);
     assert_eq!(
         shown["limits"],
-        serde_json::json!({"requests": ["3/min", "100/day"], "tokens": ["50000/h"]})
+        serde_json::json!({"requests": ["3/min", "100/day"], "tokens": ["50000/h"], "models": []})
     );
     // Three verifications in a minute, each a separate process; the fourth is refused.
     for left in [2, 1, 0] {
@@ -833,15 +840,32 @@ fn rate_limits_hold_across_invocations_on(cli: Cli) {
     ]);
     assert_eq!(
         set,
-        serde_json::json!({"scope": "owner:alice", "requests": ["10/s"], "tokens": ["1000/min"]})
+        serde_json::json!({"scope": "owner:alice", "requests": ["10/s"], "tokens": ["1000/min"], "models": []})
     );
     assert_eq!(cli.ok(&["limits", "show", "--owner", "alice"]), set);
     let cleared = cli.ok(&["limits", "set", "--owner", "alice"]);
     assert_eq!(cleared["requests"], serde_json::json!([]));
     assert_eq!(
         cli.ok(&["limits", "show", "--org", "acme"]),
-        serde_json::json!({"scope": "org:acme", "requests": [], "tokens": []})
+        serde_json::json!({"scope": "org:acme", "requests": [], "tokens": [], "models": []})
     );
+    // An organisation's model allowlist; a rule that cannot be one is refused.
+    let set = cli.ok(&[
+        "limits",
+        "set",
+        "--org",
+        "acme",
+        "--models",
+        "openai/gpt-4o*",
+    ]);
+    assert_eq!(set["models"], serde_json::json!(["openai/gpt-4o*"]));
+    assert_eq!(cli.ok(&["limits", "show", "--org", "acme"]), set);
+    let (code, _) = cli.run(
+        &["limits", "set", "--org", "acme", "--models", "gpt 4o"],
+        None,
+    );
+    assert_eq!(code, 2);
+    cli.ok(&["limits", "set", "--org", "acme"]);
     let (code, _) = cli.run(
         &["limits", "set", "--org", "acme", "--requests", "0/min"],
         None,

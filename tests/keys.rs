@@ -1204,7 +1204,7 @@ async fn rate_limits_of_the_key_its_owner_and_its_org_are_charged_all_or_none() 
             &LimitScope::Owner("alice".into()),
             &Limits {
                 requests: vec!["2/h".parse().unwrap()],
-                tokens: vec![],
+                ..Limits::default()
             },
         )
         .await
@@ -1244,8 +1244,8 @@ async fn token_limits_are_charged_after_the_response_and_delay_the_next_request(
         .set_limits(
             &LimitScope::Org("acme".into()),
             &Limits {
-                requests: vec![],
                 tokens: vec!["10000/min".parse().unwrap()],
+                ..Limits::default()
             },
         )
         .await

@@ -32,6 +32,9 @@ struct CreateKey {
     allowed_ips: Vec<String>,
     expires_in: Option<String>,
     rate_limit: Option<OneOrMany>,
+    /// `[provider/]pattern` rules with `*` wildcards; empty (the default) allows any model.
+    #[serde(default)]
+    allowed_models: Vec<keymeter::keys::ModelRule>,
 }
 
 /// `"100/min"` or `["100/min", "5000/day"]`.
@@ -86,7 +89,8 @@ pub async fn create(
     }
     let mut new = NewKey::new(req.name, req.owner.unwrap_or_else(|| admin.owner.clone()))
         .scopes(scopes)
-        .allowed_ips(parse_networks(req.allowed_ips.iter().map(String::as_str))?);
+        .allowed_ips(parse_networks(req.allowed_ips.iter().map(String::as_str))?)
+        .allowed_models(req.allowed_models);
     if let Some(org) = org {
         new = new.org(org);
     }
@@ -108,7 +112,7 @@ pub async fn create(
         .collect::<keymeter::Result<Vec<_>>>()?;
     let limits_set = Limits {
         requests: quotas,
-        tokens: Vec::new(),
+        ..Limits::default()
     };
     limits_set.validate()?;
     if let Some(first) = limits.first() {
@@ -152,8 +156,8 @@ pub async fn list(
     Params(q): Params<OrgQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let filter = KeyFilter {
-        owner: None,
         org: org_of(&admin, q.organization)?,
+        ..KeyFilter::default()
     };
     let keys = app.keys.list(&filter).await?;
     Ok(Json(json!({ "keys": keys })))

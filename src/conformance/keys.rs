@@ -43,6 +43,7 @@ pub fn sample(id: &str) -> KeyRecord {
         allowed_ips: crate::keys::record::parse_networks(["10.0.0.0/8", "2001:db8::/32"])
             .expect("nets"),
         rate_limit: Some("100/min".parse::<RateLimit>().expect("limit")),
+        allowed_models: crate::keys::models::parse_rules("gpt-4o*,anthropic/*").expect("rules"),
         metadata: serde_json::json!({"team": "infra", "n": 1}),
         previous: Some(PreviousSecret {
             hash: hasher().hash_hmac(b"the secret before"),
@@ -174,26 +175,25 @@ pub async fn list_filters(store: Arc<dyn KeyStore>) {
     let ids = |v: Vec<KeyRecord>| v.into_iter().map(|r| r.id).collect::<Vec<_>>();
     let all = ids(store.list(&KeyFilter::default()).await.expect("list"));
     assert_eq!(all, ["EEEEEEEEEEE1", "EEEEEEEEEEE2", "EEEEEEEEEEE3"]);
-    let alice = KeyFilter {
-        owner: Some("alice".into()),
-        org: None,
-    };
+    let alice = KeyFilter::new().owner("alice");
     assert_eq!(
         ids(store.list(&alice).await.expect("list")),
         ["EEEEEEEEEEE1", "EEEEEEEEEEE3"]
     );
-    let acme = KeyFilter {
-        owner: None,
-        org: Some("acme".into()),
-    };
+    let acme = KeyFilter::new().org("acme");
     assert_eq!(
         ids(store.list(&acme).await.expect("list")),
         ["EEEEEEEEEEE1", "EEEEEEEEEEE2"]
     );
-    let both = KeyFilter {
-        owner: Some("alice".into()),
-        org: Some("acme".into()),
-    };
+    let both = KeyFilter::new().owner("alice").org("acme");
+    // A limit keeps the oldest.
+    assert_eq!(
+        ids(store
+            .list(&KeyFilter::new().owner("alice").limit(1))
+            .await
+            .expect("list")),
+        ["EEEEEEEEEEE1"]
+    );
     assert_eq!(
         ids(store.list(&both).await.expect("list")),
         ["EEEEEEEEEEE1"]

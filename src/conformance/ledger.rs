@@ -503,11 +503,15 @@ pub async fn reserve_all_or_none(ledger: Arc<dyn Ledger>) {
             limit,
             spent,
             reserved,
+            requested,
+            period_end,
         }) => {
             assert_eq!(
-                (scope.as_str(), limit, spent, reserved),
-                ("org:acme", d("1"), Decimal::ZERO, d("0.6"))
+                (scope.as_str(), limit, spent, reserved, requested),
+                ("org:acme", d("1"), Decimal::ZERO, d("0.6"), d("0.5"))
             );
+            // The refusal says when the room comes back: the end of the period holding the reservation time.
+            assert!(period_end > t0(), "{period_end}");
         }
         other => panic!("expected BudgetExceeded, got {other:?}"),
     }

@@ -23,8 +23,8 @@ fn charge(bucket: &str, quota: &str, cost: u64) -> Charge {
     }
 }
 
-/// Limits are set per scope, read back in the order asked, replaced, and cleared by empty limits; bad input is
-/// refused and changes nothing.
+/// Limits (quotas and model allowlists) are set per scope, read back in the order asked, replaced, and cleared by
+/// empty limits; bad input is refused and changes nothing.
 pub async fn limits_set_replace_clear(store: Arc<dyn LimitStore>) {
     let key = LimitScope::Key("k1".into());
     let owner = LimitScope::Owner("alice".into());
@@ -32,11 +32,28 @@ pub async fn limits_set_replace_clear(store: Arc<dyn LimitStore>) {
     let a = Limits {
         requests: vec![q("100/min"), q("1000/day")],
         tokens: vec![q("50000/h")],
+        models: crate::keys::models::parse_rules("gpt-4o*,anthropic/*").expect("rules"),
     };
     let b = Limits {
         requests: vec![q("10/s")],
-        tokens: vec![],
+        ..Limits::default()
     };
+    // A scope with only an allowlist keeps it.
+    let only_models = Limits {
+        models: crate::keys::models::parse_rules("openai/gpt-5*").expect("rules"),
+        ..Limits::default()
+    };
+    store
+        .set_limits(&LimitScope::Org("models-only".into()), &only_models)
+        .await
+        .expect("set models only");
+    assert_eq!(
+        store
+            .limits(&[LimitScope::Org("models-only".into())])
+            .await
+            .expect("limits"),
+        vec![only_models]
+    );
     store.set_limits(&key, &a).await.expect("set key");
     store.set_limits(&org, &b).await.expect("set org");
     assert_eq!(
@@ -79,11 +96,16 @@ pub async fn limits_set_replace_clear(store: Arc<dyn LimitStore>) {
     );
     let too_many = Limits {
         requests: vec![q("1/s"); crate::limits::MAX_QUOTAS + 1],
-        tokens: vec![],
+        ..Limits::default()
+    };
+    let too_many_models = Limits {
+        models: vec!["gpt-4o".parse().expect("rule"); crate::keys::models::MAX_MODEL_RULES + 1],
+        ..Limits::default()
     };
     for (scope, limits) in [
         (LimitScope::Org(String::new()), b.clone()),
         (LimitScope::Org("acme".into()), too_many),
+        (LimitScope::Org("acme".into()), too_many_models),
     ] {
         let err = store
             .set_limits(&scope, &limits)

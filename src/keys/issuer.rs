@@ -11,6 +11,7 @@ use secrecy::{ExposeSecret, SecretString};
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
 use crate::keys::hash::{HashScheme, KeyHash, KeyHasher};
+use crate::keys::models::ModelRule;
 use crate::keys::record::{KeyLookup, KeyRecord, RateLimit};
 use crate::keys::scope::Scope;
 use crate::keys::token::{self, DEFAULT_PREFIX, KeyEnv};
@@ -35,6 +36,8 @@ pub struct NewKey {
     pub allowed_ips: Vec<IpNet>,
     /// Rate limit, if any.
     pub rate_limit: Option<RateLimit>,
+    /// The models the key may call; empty allows any.
+    pub allowed_models: Vec<ModelRule>,
     /// Token prefix (default `km`).
     pub prefix: String,
     /// Free-form JSON metadata (default `{}`).
@@ -53,6 +56,7 @@ impl NewKey {
             expires_at: None,
             allowed_ips: Vec::new(),
             rate_limit: None,
+            allowed_models: Vec::new(),
             prefix: DEFAULT_PREFIX.to_owned(),
             metadata: serde_json::Value::Object(Default::default()),
         }
@@ -100,6 +104,21 @@ impl NewKey {
         self
     }
 
+    /// Sets the models the key may call ([`crate::keys::models`]).
+    ///
+    /// ```
+    /// use keymeter::keys::{NewKey, models::parse_rules};
+    ///
+    /// let key = NewKey::new("ci", "alice").allowed_models(parse_rules("gpt-4o*,anthropic/*")?);
+    /// assert_eq!(key.allowed_models.len(), 2);
+    /// # Ok::<(), keymeter::Error>(())
+    /// ```
+    #[must_use]
+    pub fn allowed_models(mut self, rules: Vec<ModelRule>) -> Self {
+        self.allowed_models = rules;
+        self
+    }
+
     /// Sets the token prefix.
     #[must_use]
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
@@ -123,7 +142,7 @@ impl NewKey {
         if !self.metadata.is_object() {
             return Err(Error::invalid("metadata", "must be a JSON object"));
         }
-        Ok(())
+        crate::keys::models::check_rules(&self.allowed_models)
     }
 
     fn into_record(
@@ -153,6 +172,7 @@ impl NewKey {
             revoked_at: None,
             allowed_ips: self.allowed_ips,
             rate_limit: self.rate_limit,
+            allowed_models: self.allowed_models,
             metadata: self.metadata,
             previous: None,
         }
@@ -269,9 +289,12 @@ impl KeyIssuer {
     /// An owner belongs to one organisation (or none), bound by its first key: a key for an owner
     /// with keys must name the same organisation, so an organisation's admin never makes keys that act as
     /// another organisation's owner (its usage, budget and provider keys). Two first keys made at the same
-    /// instant in two organisations are not caught here (the store holds no owner table).
+    /// instant in two organisations are not caught here (the store holds no owner table). The owner's keys all
+    /// share one organisation, so its oldest key tells it: one row read, however many keys the owner has.
     async fn check_organisation(&self, new: &NewKey) -> Result<()> {
-        let filter = crate::keys::KeyFilter::new().owner(new.owner.clone());
+        let filter = crate::keys::KeyFilter::new()
+            .owner(new.owner.clone())
+            .limit(1);
         if self
             .store
             .list(&filter)

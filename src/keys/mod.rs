@@ -35,6 +35,7 @@ pub mod hash;
 pub mod header;
 pub mod issuer;
 pub mod kdf;
+pub mod models;
 pub mod record;
 pub mod record_cache;
 pub mod scope;
@@ -50,6 +51,7 @@ pub use hash::{
 };
 pub use header::{HeaderError, credential_from_header};
 pub use issuer::{IssuedKey, KeyIssuer, NewKey, RotatedKey};
+pub use models::ModelRule;
 pub use record::{KeyFilter, KeyLookup, KeyRecord, PreviousSecret, RateLimit, RatePer};
 pub use record_cache::CachedKeyStore;
 pub use scope::{Scope, ScopeRequirement};

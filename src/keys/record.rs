@@ -10,6 +10,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{Error, Result};
 use crate::keys::hash::{HashScheme, KeyHash};
+use crate::keys::models::ModelRule;
 use crate::keys::scope::Scope;
 use crate::keys::token::KeyEnv;
 
@@ -199,6 +200,8 @@ pub struct KeyRecord {
     pub allowed_ips: Vec<IpNet>,
     /// The key's rate limit, if any.
     pub rate_limit: Option<RateLimit>,
+    /// The models the key may call ([`crate::keys::models`]); empty allows any.
+    pub allowed_models: Vec<ModelRule>,
     /// Free-form JSON metadata.
     pub metadata: serde_json::Value,
     /// The secret a rotation replaced, still accepted until its grace period ends.
@@ -268,6 +271,7 @@ struct RecordView<'a> {
     revoked_at: Option<DateTime<Utc>>,
     allowed_ips: &'a [IpNet],
     rate_limit: Option<RateLimit>,
+    allowed_models: &'a [ModelRule],
     metadata: &'a serde_json::Value,
     grace_until: Option<DateTime<Utc>>,
 }
@@ -290,6 +294,7 @@ impl Serialize for KeyRecord {
             revoked_at: self.revoked_at,
             allowed_ips: &self.allowed_ips,
             rate_limit: self.rate_limit,
+            allowed_models: &self.allowed_models,
             metadata: &self.metadata,
             grace_until: self.previous.as_ref().map(|p| p.valid_until),
         }
@@ -309,6 +314,8 @@ pub struct KeyFilter {
     pub owner: Option<String>,
     /// Only keys of this organisation.
     pub org: Option<String>,
+    /// At most this many (the oldest first).
+    pub limit: Option<u32>,
 }
 
 impl KeyFilter {
@@ -331,7 +338,14 @@ impl KeyFilter {
         self
     }
 
-    /// Whether `record` passes the filter.
+    /// At most `n` keys, the oldest first.
+    #[must_use]
+    pub fn limit(mut self, n: u32) -> Self {
+        self.limit = Some(n);
+        self
+    }
+
+    /// Whether `record` passes the filter (the limit aside).
     pub fn matches(&self, record: &KeyRecord) -> bool {
         self.owner.as_ref().is_none_or(|o| *o == record.owner)
             && self

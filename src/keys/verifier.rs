@@ -12,6 +12,7 @@ use crate::error::Result;
 use crate::keys::cache::VerifiedTokenCache;
 use crate::keys::hash::{KeyHash, KeyHasher};
 use crate::keys::header::credential_from_header;
+use crate::keys::models::{self, ModelRule};
 use crate::keys::record::{KeyLookup, KeyRecord};
 use crate::keys::scope::ScopeRequirement;
 use crate::keys::store::{KeyStore, MAX_KEYS_PER_HINT};
@@ -147,9 +148,17 @@ struct LimitGate {
     compiled: std::sync::RwLock<CompiledLimits>,
 }
 
-/// Key id → (trusted until, in microseconds; the key's charges). Ids are keymeter's own (looked up only after the
+/// Key id → (trusted until, in microseconds; the key's rules). Ids are keymeter's own (looked up only after the
 /// key's secret was proven), so a fast hasher is safe on this hot path.
-type CompiledLimits = HashMap<String, (i64, Arc<[Charge]>), foldhash::fast::RandomState>;
+type CompiledLimits = HashMap<String, (i64, Arc<Compiled>), foldhash::fast::RandomState>;
+
+/// A key's rules as its scopes' limits give them: the request charges, and each scope's model allowlist.
+#[derive(Debug, Default)]
+struct Compiled {
+    charges: Arc<[Charge]>,
+    /// Only the scopes with an allowlist.
+    models: Vec<(LimitScope, Vec<ModelRule>)>,
+}
 
 /// How long a key's compiled limits are trusted: one second.
 const LIMITS_TTL_MICROS: i64 = 1_000_000;
@@ -157,70 +166,81 @@ const LIMITS_TTL_MICROS: i64 = 1_000_000;
 const LIMITS_CACHE_CAP: usize = 100_000;
 
 impl LimitGate {
-    fn cached(&self, id: &str, now: i64) -> Option<Arc<[Charge]>> {
+    fn cached(&self, id: &str, now: i64) -> Option<Arc<Compiled>> {
         let map = self.compiled.read().unwrap_or_else(|e| e.into_inner());
         map.get(id)
             .filter(|(until, _)| now < *until)
             .map(|(_, c)| c.clone())
     }
 
-    fn remember(&self, id: &str, now: i64, charges: Arc<[Charge]>) {
+    fn remember(&self, id: &str, now: i64, compiled: Arc<Compiled>) {
         let mut map = self.compiled.write().unwrap_or_else(|e| e.into_inner());
         if map.len() >= LIMITS_CACHE_CAP {
             map.clear();
         }
-        map.insert(id.to_owned(), (now + LIMITS_TTL_MICROS, charges));
+        map.insert(id.to_owned(), (now + LIMITS_TTL_MICROS, compiled));
     }
 
-    /// The key's request charges and token pre-checks, from `limits` (one per scope of `scopes`), remembered.
+    /// The key's request charges, token pre-checks and allowlists, from `limits` (one per scope of `scopes`),
+    /// remembered.
     fn compile(
         &self,
         record: &KeyRecord,
         scopes: &[LimitScope],
         mut limits: Vec<Limits>,
         now: i64,
-    ) -> Arc<[Charge]> {
+    ) -> Arc<Compiled> {
         if let Some(own) = limits.first_mut() {
             *own = std::mem::take(own).with_record_limit(record);
         }
-        let charges: Arc<[Charge]> = crate::limits::charges(scopes, &limits, None, 0).into();
-        self.remember(&record.id, now, charges.clone());
-        charges
+        let compiled = Arc::new(Compiled {
+            charges: crate::limits::charges(scopes, &limits, None, 0).into(),
+            models: scopes
+                .iter()
+                .zip(&mut limits)
+                .filter(|(_, l)| !l.models.is_empty())
+                .map(|(s, l)| (s.clone(), std::mem::take(&mut l.models)))
+                .collect(),
+        });
+        self.remember(&record.id, now, compiled.clone());
+        compiled
     }
 
-    /// The key's charges when they come without waiting: cached, or compiled from limits held in memory.
-    fn charges_now(&self, record: &KeyRecord, now: i64) -> Option<Arc<[Charge]>> {
-        if let Some(charges) = self.cached(&record.id, now) {
-            return Some(charges);
+    /// The key's rules when they come without waiting: cached, or compiled from limits held in memory.
+    fn compiled_now(&self, record: &KeyRecord, now: i64) -> Option<Arc<Compiled>> {
+        if let Some(compiled) = self.cached(&record.id, now) {
+            return Some(compiled);
         }
         let scopes = LimitScope::of(Some(&record.id), &record.owner, record.org.as_deref());
         let limits = self.rules.limits_now(&scopes)?;
         Some(self.compile(record, &scopes, limits, now))
     }
 
+    async fn compiled(&self, record: &KeyRecord, now: i64) -> Result<Arc<Compiled>> {
+        if let Some(compiled) = self.compiled_now(record, now) {
+            return Ok(compiled);
+        }
+        let scopes = LimitScope::of(Some(&record.id), &record.owner, record.org.as_deref());
+        let limits = self.rules.limits(&scopes).await?;
+        Ok(self.compile(record, &scopes, limits, now))
+    }
+
     /// The check, when everything it needs answers without waiting (compiled limits cached or in memory, an
     /// in-memory limiter); `None` means "take the async path".
     fn check_now(&self, record: &KeyRecord, now: i64) -> Option<Result<Decision>> {
-        let charges = self.charges_now(record, now)?;
-        if charges.is_empty() {
+        let compiled = self.compiled_now(record, now)?;
+        if compiled.charges.is_empty() {
             return Some(Ok(Decision::UNLIMITED));
         }
-        self.limiter.check_now(&charges, now)
+        self.limiter.check_now(&compiled.charges, now)
     }
 
     async fn check(&self, record: &KeyRecord, now: i64) -> Result<Decision> {
-        let charges = match self.charges_now(record, now) {
-            Some(charges) => charges,
-            None => {
-                let scopes = LimitScope::of(Some(&record.id), &record.owner, record.org.as_deref());
-                let limits = self.rules.limits(&scopes).await?;
-                self.compile(record, &scopes, limits, now)
-            }
-        };
-        if charges.is_empty() {
+        let compiled = self.compiled(record, now).await?;
+        if compiled.charges.is_empty() {
             return Ok(Decision::UNLIMITED);
         }
-        self.limiter.check(&charges, now).await
+        self.limiter.check(&compiled.charges, now).await
     }
 }
 
@@ -496,6 +516,58 @@ impl Verifier {
                 )
                 .await
             }
+            None => Ok(()),
+        }
+    }
+
+    /// Whether `key` may call `model` through `provider` (a provider name such as `openai`): the key's own
+    /// allowlist ([`KeyRecord::allowed_models`]) and each one set on the key's, its owner's and its organisation's
+    /// limits ([`Limits::models`]) must permit it. An empty list permits everything. The scopes' lists are read
+    /// with the rate limits and trusted as long (a change holds within a second).
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// use std::sync::Arc;
+    /// use keymeter::keys::hash::{KeyHasher, Pepper, PepperRing};
+    /// use keymeter::keys::{KeyIssuer, NewKey, Verifier, VerifierConfig, models::parse_rules};
+    /// use keymeter::random::OsRandom;
+    /// use keymeter::store::MemoryStore;
+    ///
+    /// let store = Arc::new(MemoryStore::new());
+    /// let peppers = PepperRing::new(vec![Pepper::generate("p1", &OsRandom)?])?;
+    /// let hasher = Arc::new(KeyHasher::new(peppers));
+    /// let issuer = KeyIssuer::new(store.clone(), hasher.clone());
+    /// let key = issuer.issue(NewKey::new("ci", "alice").allowed_models(parse_rules("gpt-4o*")?)).await?;
+    /// let verifier = Verifier::new(store.clone(), hasher, VerifierConfig::default())?;
+    /// assert!(verifier.check_model(&key.record, "openai", "gpt-4o-mini").await.is_ok());
+    /// let refused = verifier.check_model(&key.record, "anthropic", "claude-sonnet-4-5").await;
+    /// assert!(matches!(refused, Err(keymeter::Error::ModelNotAllowed { .. })));
+    /// # Ok::<(), keymeter::Error>(()) }).unwrap();
+    /// ```
+    ///
+    /// # Errors
+    /// [`crate::Error::ModelNotAllowed`] naming the scope that refused; the limit store's failures.
+    pub async fn check_model(&self, key: &KeyRecord, provider: &str, model: &str) -> Result<()> {
+        let refused = |scope: String| {
+            Err(crate::Error::ModelNotAllowed {
+                model: model.chars().take(128).collect(),
+                provider: provider.to_owned(),
+                scope,
+            })
+        };
+        if !models::permits(&key.allowed_models, provider, model) {
+            return refused(LimitScope::Key(key.id.clone()).to_string());
+        }
+        let Some(gate) = &self.limits else {
+            return Ok(());
+        };
+        let compiled = gate.compiled(key, self.clock.now_micros()).await?;
+        match compiled
+            .models
+            .iter()
+            .find(|(_, rules)| !models::permits(rules, provider, model))
+        {
+            Some((scope, _)) => refused(scope.to_string()),
             None => Ok(()),
         }
     }

@@ -309,11 +309,15 @@ pub struct Standing<'a> {
     pub reserved: Decimal,
 }
 
-/// The admission rule every backend applies: each budget must have room for `amount`. Pure.
+/// The admission rule every backend applies: each budget must have room for `amount` at `at`. Pure.
 ///
 /// # Errors
-/// [`Error::BudgetExceeded`] for the first budget without room.
-pub fn admit<'a>(standings: impl IntoIterator<Item = Standing<'a>>, amount: Decimal) -> Result<()> {
+/// [`Error::BudgetExceeded`] for the first budget without room, with its numbers and when its period ends.
+pub fn admit<'a>(
+    standings: impl IntoIterator<Item = Standing<'a>>,
+    amount: Decimal,
+    at: DateTime<Utc>,
+) -> Result<()> {
     for s in standings {
         if s.spent + s.reserved + amount > s.budget.limit {
             return Err(Error::BudgetExceeded {
@@ -321,6 +325,8 @@ pub fn admit<'a>(standings: impl IntoIterator<Item = Standing<'a>>, amount: Deci
                 limit: s.budget.limit,
                 spent: s.spent,
                 reserved: s.reserved,
+                requested: amount,
+                period_end: s.budget.period.bounds(at, s.budget.tz).1,
             });
         }
     }

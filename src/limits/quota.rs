@@ -143,6 +143,8 @@ pub struct Limits {
     pub requests: Vec<Quota>,
     /// Token quotas.
     pub tokens: Vec<Quota>,
+    /// The models the scope's keys may call ([`crate::keys::models`]); empty allows any.
+    pub models: Vec<crate::keys::ModelRule>,
 }
 
 /// The most quotas of one kind a scope may have.
@@ -151,7 +153,7 @@ pub const MAX_QUOTAS: usize = 8;
 impl Limits {
     /// Whether there is no limit.
     pub fn is_empty(&self) -> bool {
-        self.requests.is_empty() && self.tokens.is_empty()
+        self.requests.is_empty() && self.tokens.is_empty() && self.models.is_empty()
     }
 
     /// A key's limits as stored, with its record's own `rate_limit` (set at creation) as the first request quota
@@ -176,7 +178,7 @@ impl Limits {
                 format!("at most {MAX_QUOTAS} request and {MAX_QUOTAS} token quotas"),
             ));
         }
-        Ok(())
+        crate::keys::models::check_rules(&self.models)
     }
 }
 

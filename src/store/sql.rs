@@ -45,7 +45,7 @@ pub(crate) trait Columns {
 /// The key table's columns, in the order [`key_record`] reads them.
 pub(crate) const KEY_COLUMNS: &str = "id, name, owner, org, env, scopes, hash, lookup_kind, lookup_value, hint, \
      created_at, expires_at, last_used_at, disabled, revoked_at, allowed_ips, rate_limit, metadata, \
-     previous_hash, previous_valid_until";
+     previous_hash, previous_valid_until, allowed_models";
 
 /// The stand-in row's hash (an unknown id reads one, so it costs what a wrong secret costs): well-formed, under
 /// a pepper id no ring has.
@@ -98,6 +98,8 @@ pub(crate) fn key_record(row: &impl Columns) -> Result<KeyRecord> {
         revoked_at: row.opt_time("revoked_at")?,
         allowed_ips,
         rate_limit,
+        allowed_models: serde_json::from_str(&row.text("allowed_models")?)
+            .map_err(|_| c("model rules"))?,
         metadata: serde_json::from_str(&row.text("metadata")?).map_err(|_| c("metadata"))?,
         previous,
     })
@@ -153,6 +155,8 @@ pub(crate) fn limits_of<R: Columns>(scopes: &[LimitScope], rows: &[R]) -> Result
         let limits = Limits {
             requests: quotas(row, "requests")?,
             tokens: quotas(row, "tokens")?,
+            models: serde_json::from_str(&row.text("models")?)
+                .map_err(|_| row.corrupt("model rules"))?,
         };
         for (slot, s) in out.iter_mut().zip(scopes) {
             if s.kind() == kind && s.id() == id {
@@ -179,6 +183,11 @@ pub(crate) fn day_counts(
         }
     }
     out
+}
+
+/// A model rule list as stored.
+pub(crate) fn models_text(rules: &[crate::keys::ModelRule]) -> String {
+    serde_json::to_string(rules).unwrap_or_else(|_| "[]".into())
 }
 
 /// A quota list as stored.

@@ -159,7 +159,9 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// keymeter's errors as answers: a budget is 402 `BUDGET_EXCEEDED`, no provider key 424 `NO_CREDENTIAL`, an unknown
+/// keymeter's errors as answers: a budget is 402 `BUDGET_EXCEEDED` (naming the budget that refused, its limit, spent,
+/// reserved and remaining amounts, what the request needed and when the period ends), a model off an allowlist 403
+/// `MODEL_NOT_ALLOWED` (naming the model and the scope that refused it), no provider key 424 `NO_CREDENTIAL`, an unknown
 /// id 404 `NOT_FOUND_ID`, bad input 422, an overloaded verifier 503 `OVERLOADED`; a dependency that cannot be
 /// reached (the store, a limiter failing closed) is a 503 `STORE_UNAVAILABLE` / `LIMITER_UNAVAILABLE` with
 /// `Retry-After`, never a 500 or a 402; an internal failure is a 500. The last two say only that: the details go to
@@ -176,11 +178,29 @@ impl From<keymeter::Error> for ApiError {
             );
         }
         match &e {
-            E::BudgetExceeded { .. } => ApiError::new(
-                StatusCode::PAYMENT_REQUIRED,
-                VerdictCode::BudgetExceeded.as_str(),
-                e.to_string(),
-            ),
+            E::BudgetExceeded {
+                scope,
+                limit,
+                spent,
+                reserved,
+                requested,
+                period_end,
+            } => {
+                let remaining = (*limit - *spent - *reserved).max(keymeter::Decimal::ZERO);
+                let money = |d: &keymeter::Decimal| d.normalize().to_string();
+                ApiError::new(
+                    StatusCode::PAYMENT_REQUIRED,
+                    VerdictCode::BudgetExceeded.as_str(),
+                    e.to_string(),
+                )
+                .with_detail("scope", scope.as_str())
+                .with_detail("limit", money(limit))
+                .with_detail("spent", money(spent))
+                .with_detail("reserved", money(reserved))
+                .with_detail("remaining", money(&remaining))
+                .with_detail("requested", money(requested))
+                .with_detail("period_end", period_end.to_rfc3339())
+            }
             E::NoCredential { .. } => ApiError::new(
                 StatusCode::FAILED_DEPENDENCY,
                 "NO_CREDENTIAL",
@@ -202,6 +222,14 @@ impl From<keymeter::Error> for ApiError {
             | E::InvalidCredential { .. }
             | E::InvalidUsage(_)
             | E::Token(_) => ApiError::unprocessable(e.to_string()),
+            E::ModelNotAllowed {
+                model,
+                provider,
+                scope,
+            } => ApiError::new(StatusCode::FORBIDDEN, "MODEL_NOT_ALLOWED", e.to_string())
+                .with_detail("model", model.as_str())
+                .with_detail("provider", provider.as_str())
+                .with_detail("scope", scope.as_str()),
             E::OwnerInOtherOrganisation { .. } => ApiError::new(
                 StatusCode::FORBIDDEN,
                 "OWNER_IN_OTHER_ORGANISATION",

@@ -1,9 +1,9 @@
 //! The metering proxies, one module per provider API, all on one exchange path.
 //!
 //! Each API module only reads its request: which provider, model and usage format, the URL and body to send
-//! upstream, and the bound on what the request can cost (a [`Plan`]). Everything else is shared: resolve whose
-//! provider key pays (the owner's own, else the system's: 424 without), reserve the worst case (402 when a budget
-//! has no room), forward with that key, price what the provider reports and settle. Once the body is read the
+//! upstream, and the bound on what the request can cost (a [`Plan`]). Everything else is shared: check the model
+//! against the allowlists that apply (403 `MODEL_NOT_ALLOWED`), resolve whose provider key pays (the owner's own,
+//! else the system's: 424 without), reserve the worst case (402 when a budget has no room), forward with that key, price what the provider reports and settle. Once the body is read the
 //! request runs in a task of its own, so a client that hangs up cancels nothing: the upstream is read to its end
 //! and billed what it reports.
 //!
@@ -179,6 +179,10 @@ async fn exchange(
     reply: &mut Reply,
 ) -> Result<(), ApiError> {
     let plan = planner(&app, &inbound)?;
+    // Before anything is resolved or reserved: a model off an allowlist costs nothing.
+    app.verifier
+        .check_model(&key, plan.provider.as_str(), &plan.model)
+        .await?;
     let headers = inbound.headers;
     let credential = app.resolver.resolve(&key.owner, &plan.provider).await?;
     let priced = Priced {

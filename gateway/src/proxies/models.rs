@@ -1,6 +1,6 @@
 //! `GET /v1/models`: the models the calling key may use through the gateway, OpenAI-shaped — those the catalog
 //! prices today, of a provider its owner has a key for (its own or the system's), through an API the gateway
-//! serves.
+//! serves, that the allowlists of the key, its owner and its organisation permit.
 
 use axum::Json;
 use chrono::Utc;
@@ -51,7 +51,17 @@ pub async fn list(
             .strip_prefix(&*model.provider)
             .and_then(|rest| rest.strip_prefix('/'))
             .filter(|short| catalog.resolve(short).is_ok_and(|m| m.id == model.id));
-        data.push((short.unwrap_or(&model.id).to_owned(), provider.as_str()));
+        let name = short.unwrap_or(&model.id);
+        // Only what the allowlists that apply to the key permit (the same check a request meets).
+        match app
+            .verifier
+            .check_model(&key, provider.as_str(), name)
+            .await
+        {
+            Ok(()) => data.push((name.to_owned(), provider.as_str())),
+            Err(keymeter::Error::ModelNotAllowed { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
     }
     data.sort();
     data.dedup_by(|a, b| a.0 == b.0);

@@ -91,7 +91,7 @@ pub(crate) enum Command {
 pub(crate) enum LimitsCommand {
     /// Replace the scope's rate limits (none given clears them).
     #[command(
-        after_help = "Examples:\n  keymeter limits set --owner alice --requests 100/min --requests 5000/day --tokens 50000/h\n  keymeter limits set --key KEY_ID          # no quota given: clears the key's limits"
+        after_help = "Examples:\n  keymeter limits set --owner alice --requests 100/min --requests 5000/day --tokens 50000/h\n  keymeter limits set --org acme --models 'gpt-4o*,anthropic/*'\n  keymeter limits set --key KEY_ID          # no quota given: clears the key's limits"
     )]
     Set {
         #[command(flatten)]
@@ -102,6 +102,10 @@ pub(crate) enum LimitsCommand {
         /// A token quota such as 50000/h (repeatable).
         #[arg(long = "tokens")]
         tokens: Vec<String>,
+        /// The models the scope's keys may call: [provider/]pattern with * wildcards, comma-separated
+        /// (gpt-4o*,anthropic/*).
+        #[arg(long = "models", default_value = "")]
+        models: String,
     },
     /// Show the scope's rate limits.
     #[command(after_help = "Examples:\n  keymeter limits show --org acme")]
@@ -571,6 +575,9 @@ pub(crate) struct CreateArgs {
     /// A token quota such as 50000/h (repeatable).
     #[arg(long = "token-limit")]
     pub(crate) token_limit: Vec<String>,
+    /// The models the key may call: [provider/]pattern with * wildcards, comma-separated (gpt-4o*,anthropic/*).
+    #[arg(long = "models", default_value = "")]
+    pub(crate) models: String,
     #[arg(long, default_value = token::DEFAULT_PREFIX)]
     pub(crate) prefix: String,
 }

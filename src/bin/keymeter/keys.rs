@@ -32,6 +32,7 @@ pub(crate) async fn run(config: &Config, cmd: KeysCommand, json_mode: bool) -> O
                 .env(a.env.parse::<KeyEnv>()?)
                 .scopes(Scope::parse_list(&a.scopes)?)
                 .allowed_ips(parse_networks(a.allow_ip.iter().map(String::as_str))?)
+                .allowed_models(keymeter::keys::models::parse_rules(&a.models)?)
                 .prefix(a.prefix);
             if let Some(org) = a.org {
                 new = new.org(org);
@@ -49,6 +50,7 @@ pub(crate) async fn run(config: &Config, cmd: KeysCommand, json_mode: bool) -> O
             let limits = Limits {
                 requests: crate::limits::quotas(&a.rate_limit)?,
                 tokens: crate::limits::quotas(&a.token_limit)?,
+                ..Limits::default()
             };
             limits.validate()?;
             if let Some(first) = a.rate_limit.first() {
@@ -70,6 +72,7 @@ pub(crate) async fn run(config: &Config, cmd: KeysCommand, json_mode: bool) -> O
             let value = json!({
                 "id": r.id, "key": key, "name": r.name, "owner": r.owner, "org": r.org, "env": r.env,
                 "scopes": r.scopes, "expires_at": r.expires_at, "hint": r.hint,
+                "allowed_models": r.allowed_models,
             });
             let human = format!(
                 "{key}\n\nid: {}  ({})\nStore this key now: it is not shown again.",
@@ -86,7 +89,13 @@ pub(crate) async fn run(config: &Config, cmd: KeysCommand, json_mode: bool) -> O
             Ok(crate::delivered())
         }
         KeysCommand::List { owner, org } => {
-            let records = dyn_store.list(&KeyFilter { owner, org }).await?;
+            let records = dyn_store
+                .list(&KeyFilter {
+                    owner,
+                    org,
+                    limit: None,
+                })
+                .await?;
             let human = keys_table(&records, Utc::now());
             let mut list = Vec::with_capacity(records.len());
             for r in &records {
@@ -321,7 +330,8 @@ async fn record_json(
         .pop()
         .unwrap_or_default()
         .with_record_limit(r);
-    value["limits"] = json!({"requests": limits.requests, "tokens": limits.tokens});
+    value["limits"] =
+        json!({"requests": limits.requests, "tokens": limits.tokens, "models": limits.models});
     Ok(value)
 }
 
@@ -410,19 +420,24 @@ fn record_fields(r: &KeyRecord, value: &serde_json::Value, now: chrono::DateTime
     if let Some(p) = &r.previous {
         rows.push(("Previous key works until", view::when(p.valid_until, now)));
     }
-    let ips: Vec<String> = r.allowed_ips.iter().map(ToString::to_string).collect();
-    rows.push((
-        "Allowed IPs",
-        if ips.is_empty() {
-            "any".to_owned()
-        } else {
-            ips.join(", ")
-        },
-    ));
+    rows.push(("Allowed IPs", any_or_list(&r.allowed_ips)));
     rows.push(("Request limits", list(&value["limits"]["requests"])));
     rows.push(("Token limits", list(&value["limits"]["tokens"])));
+    rows.push(("Models", any_or_list(&r.allowed_models)));
     rows.push(("Hash", r.hash.scheme().as_str().to_owned()));
     view::fields(rows).to_string()
+}
+
+/// A rule list for people: `any` when it is empty (it allows everything), else its items.
+fn any_or_list<T: ToString>(items: &[T]) -> String {
+    if items.is_empty() {
+        return "any".to_owned();
+    }
+    items
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// `keys stats`: the totals, each day with a bar, and the verdicts by code.

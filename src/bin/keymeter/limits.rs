@@ -12,16 +12,23 @@ pub(crate) fn quotas(values: &[String]) -> Result<Vec<Quota>, keymeter::Error> {
     values.iter().map(|v| v.parse()).collect()
 }
 
-/// The JSON of a scope's limits: `{"scope", "requests": ["N/PERIOD"…], "tokens": […]}`.
+/// The JSON of a scope's limits: `{"scope", "requests": ["N/PERIOD"…], "tokens": […], "models": [rule…]}`.
 pub(crate) fn limits_json(scope: &LimitScope, limits: &Limits) -> Value {
-    json!({"scope": scope.to_string(), "requests": limits.requests, "tokens": limits.tokens})
+    json!({"scope": scope.to_string(), "requests": limits.requests, "tokens": limits.tokens,
+        "models": limits.models})
 }
 
 /// A table of the scope's quotas, one a row, with what each counts and per how long.
 fn human(scope: &LimitScope, limits: &Limits) -> String {
+    let models = if limits.models.is_empty() {
+        String::new()
+    } else {
+        let rules: Vec<String> = limits.models.iter().map(ToString::to_string).collect();
+        format!("\nModels allowed: {}", rules.join(", "))
+    };
     if limits.requests.is_empty() && limits.tokens.is_empty() {
         return format!(
-            "{scope}: no rate limits (set some with keymeter limits set --requests 100/min --tokens 50000/h)"
+            "{scope}: no rate limits (set some with keymeter limits set --requests 100/min --tokens 50000/h){models}"
         );
     }
     let mut t = crate::view::table(["Counts", "Allowed", "Per"]);
@@ -41,7 +48,7 @@ fn human(scope: &LimitScope, limits: &Limits) -> String {
         }
     }
     crate::view::align_right(&mut t, &[1]);
-    format!("Rate limits of {scope}\n{t}")
+    format!("Rate limits of {scope}\n{t}{models}")
 }
 
 pub(crate) async fn run(config: &Config, cmd: LimitsCommand) -> Outcome {
@@ -51,11 +58,13 @@ pub(crate) async fn run(config: &Config, cmd: LimitsCommand) -> Outcome {
             scope,
             requests,
             tokens,
+            models,
         } => {
             let scope = scope.scope();
             let limits = Limits {
                 requests: quotas(&requests)?,
                 tokens: quotas(&tokens)?,
+                models: keymeter::keys::models::parse_rules(&models)?,
             };
             store.set_limits(&scope, &limits).await?;
             Ok((limits_json(&scope, &limits), human(&scope, &limits)))

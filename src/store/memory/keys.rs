@@ -115,6 +115,7 @@ impl KeyStore for MemoryStore {
             .iter()
             .filter_map(|id| keys.by_id.get(id))
             .filter(|r| filter.matches(r))
+            .take(filter.limit.map_or(usize::MAX, |n| n as usize))
             .map(|r| KeyRecord::clone(r))
             .collect())
     }

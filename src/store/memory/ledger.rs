@@ -235,6 +235,7 @@ impl LedgerState {
                 .iter()
                 .map(|&(i, start)| self.budgets[i].standing(start)),
             amount,
+            now,
         )?;
         for &(i, start) in &slots {
             *self.budgets[i].reserved.entry(start).or_default() += amount;

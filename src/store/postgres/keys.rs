@@ -47,6 +47,8 @@ impl KeyStore for PostgresStore {
             .map_err(|e| Error::invalid("scopes", e.to_string()))?;
         let nets = serde_json::to_string(&r.allowed_ips)
             .map_err(|e| Error::invalid("ip networks", e.to_string()))?;
+        let models = serde_json::to_string(&r.allowed_models)
+            .map_err(|e| Error::invalid("model rules", e.to_string()))?;
         transaction!(self, tx => {
             async {
                 sqlx::query("SELECT pg_advisory_xact_lock($1)")
@@ -75,8 +77,8 @@ impl KeyStore for PostgresStore {
                 sqlx::query(
                     "INSERT INTO keymeter_api_keys (id, name, owner, org, env, scopes, hash, lookup_kind, lookup_value, \
                      hint, created_at, expires_at, last_used_at, disabled, revoked_at, allowed_ips, rate_limit, metadata, \
-                     previous_hash, previous_valid_until) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)",
+                     previous_hash, previous_valid_until, allowed_models) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)",
                 )
                 .bind(&r.id)
                 .bind(&r.name)
@@ -98,6 +100,7 @@ impl KeyStore for PostgresStore {
                 .bind(r.metadata.to_string())
                 .bind(r.previous.as_ref().map(|p| p.hash.as_str().to_owned()))
                 .bind(r.previous.as_ref().map(|p| p.valid_until))
+                .bind(&models)
                 .execute(&mut **tx)
                 .await
                 .map_err(db)?;
@@ -113,7 +116,7 @@ impl KeyStore for PostgresStore {
         let sql = format!(
             "SELECT {KEY_COLUMNS} FROM keymeter_api_keys WHERE id = $1 UNION ALL \
              SELECT '', 'absent', 'absent', NULL, 'live', '[\"read\"]', $2, 'id', NULL, 'km_live_…', \
-             'epoch'::timestamptz, NULL, NULL, FALSE, NULL, '[]', NULL, '{{}}', NULL, NULL \
+             'epoch'::timestamptz, NULL, NULL, FALSE, NULL, '[]', NULL, '{{}}', NULL, NULL, '[]' \
              WHERE NOT EXISTS (SELECT 1 FROM keymeter_api_keys WHERE id = $1)"
         );
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -157,13 +160,14 @@ impl KeyStore for PostgresStore {
     async fn list(&self, filter: &KeyFilter) -> Result<Vec<KeyRecord>> {
         let sql = format!(
             "SELECT {KEY_COLUMNS} FROM keymeter_api_keys WHERE ($1::text IS NULL OR owner = $1) \
-             AND ($2::text IS NULL OR org = $2) ORDER BY created_at, id"
+             AND ($2::text IS NULL OR org = $2) ORDER BY created_at, id LIMIT $3"
         );
         // Unnamed, so each run is planned for its filters (see the ledger's `filtered`).
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .persistent(false)
             .bind(&filter.owner)
             .bind(&filter.org)
+            .bind(filter.limit.map(i64::from))
             .fetch_all(&self.pool)
             .await
             .map_err(db)?;

@@ -269,6 +269,7 @@ async fn reserve_in(
             reserved: *reserved,
         }),
         amount,
+        now,
     )?;
     // Expired reservations that were never sent no longer count; clear a few, skipping rows another instance
     // holds. Those with an estimate wait for a sweep, which bills them (in its own transaction, so the budget

@@ -10,7 +10,7 @@ use sqlx::Row;
 use super::{PostgresStore, db};
 use crate::error::Result;
 use crate::limits::{Charge, Decision, LimitScope, LimitStore, Limits, RateLimiter, gcra};
-use crate::store::sql::{Columns, limits_of, quotas_text};
+use crate::store::sql::{Columns, limits_of, models_text, quotas_text};
 
 /// The buckets' states, each row locked for the rest of the transaction. A bucket seen for the first time is
 /// created at 0 (no state: every time since the epoch is past it) so that it can be locked like the others.
@@ -74,13 +74,15 @@ impl LimitStore for PostgresStore {
                 .await
         } else {
             sqlx::query(
-                "INSERT INTO keymeter_limits (scope_kind, scope_id, requests, tokens) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (scope_kind, scope_id) DO UPDATE SET requests = excluded.requests, tokens = excluded.tokens",
+                "INSERT INTO keymeter_limits (scope_kind, scope_id, requests, tokens, models) VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (scope_kind, scope_id) DO UPDATE SET requests = excluded.requests, tokens = excluded.tokens, \
+                 models = excluded.models",
             )
             .bind(scope.kind())
             .bind(scope.id())
             .bind(quotas_text(&limits.requests))
             .bind(quotas_text(&limits.tokens))
+            .bind(models_text(&limits.models))
             .execute(&self.pool)
             .await
         };
@@ -95,7 +97,7 @@ impl LimitStore for PostgresStore {
         let (kinds, ids): (Vec<&str>, Vec<&str>) =
             scopes.iter().map(|s| (s.kind(), s.id())).unzip();
         let rows = sqlx::query(
-            "SELECT scope_kind, scope_id, requests, tokens FROM keymeter_limits WHERE (scope_kind, scope_id) IN \
+            "SELECT scope_kind, scope_id, requests, tokens, models FROM keymeter_limits WHERE (scope_kind, scope_id) IN \
              (SELECT * FROM UNNEST($1::text[], $2::text[]))",
         )
         .bind(&kinds)

@@ -74,6 +74,11 @@ const MIGRATIONS: &[Migration] = &[
         "lapsing_claims",
         include_str!("../../../migrations/postgres/0012_lapsing_claims.sql"),
     ),
+    (
+        13,
+        "model_allowlists",
+        include_str!("../../../migrations/postgres/0013_model_allowlists.sql"),
+    ),
 ];
 
 /// The advisory lock migrations take: "keymeter" in ASCII, so it stays clear of an application's own numbers.

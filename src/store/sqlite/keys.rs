@@ -40,7 +40,7 @@ pub(super) static GET_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::ne
     format!(
         "SELECT {KEY_COLUMNS} FROM keymeter_api_keys WHERE id = ?1 UNION ALL \
          SELECT '', 'absent', 'absent', NULL, 'live', '[\"read\"]', '{ABSENT_HASH}', 'id', NULL, 'km_live_…', 0, NULL, \
-         NULL, 0, NULL, '[]', NULL, '{{}}', NULL, NULL WHERE NOT EXISTS (SELECT 1 FROM keymeter_api_keys WHERE id = ?1)"
+         NULL, 0, NULL, '[]', NULL, '{{}}', NULL, NULL, '[]' WHERE NOT EXISTS (SELECT 1 FROM keymeter_api_keys WHERE id = ?1)"
     )
 });
 
@@ -59,6 +59,8 @@ impl KeyStore for SqliteStore {
             .map_err(|e| Error::invalid("scopes", e.to_string()))?;
         let nets = serde_json::to_string(&r.allowed_ips)
             .map_err(|e| Error::invalid("ip networks", e.to_string()))?;
+        let models = serde_json::to_string(&r.allowed_models)
+            .map_err(|e| Error::invalid("model rules", e.to_string()))?;
         // One write transaction: the uniqueness and hint checks and the insert cannot interleave with another
         // writer, and each refusal is told by its own query, never by reading an error's text.
         immediate!(self, tx => {
@@ -84,8 +86,8 @@ impl KeyStore for SqliteStore {
                 sqlx::query(
                     "INSERT INTO keymeter_api_keys (id, name, owner, org, env, scopes, hash, lookup_kind, lookup_value, \
                      hint, created_at, expires_at, last_used_at, disabled, revoked_at, allowed_ips, rate_limit, metadata, \
-                     previous_hash, previous_valid_until) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
+                     previous_hash, previous_valid_until, allowed_models) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)",
                 )
                 .bind(&r.id)
                 .bind(&r.name)
@@ -107,6 +109,7 @@ impl KeyStore for SqliteStore {
                 .bind(r.metadata.to_string())
                 .bind(r.previous.as_ref().map(|p| p.hash.as_str().to_owned()))
                 .bind(r.previous.as_ref().map(|p| micros(p.valid_until)))
+                .bind(&models)
                 .execute(&mut **tx)
                 .await
                 .map_err(db)?;
@@ -152,11 +155,12 @@ impl KeyStore for SqliteStore {
     async fn list(&self, filter: &KeyFilter) -> Result<Vec<KeyRecord>> {
         let sql = format!(
             "SELECT {KEY_COLUMNS} FROM keymeter_api_keys WHERE (?1 IS NULL OR owner = ?1) AND (?2 IS NULL OR org = ?2) \
-             ORDER BY created_at, id"
+             ORDER BY created_at, id LIMIT COALESCE(?3, -1)"
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(&filter.owner)
             .bind(&filter.org)
+            .bind(filter.limit.map(i64::from))
             .fetch_all(&self.pool)
             .await
             .map_err(db)?;

@@ -153,7 +153,7 @@ async fn reserve_in(
         spent: *spent,
         reserved: *reserved,
     });
-    admit(standings, amount)?;
+    admit(standings, amount, now)?;
     let slots: Vec<(BudgetScope, i64)> = found
         .into_iter()
         .map(|(budget, _, _, start)| (budget.scope, start))

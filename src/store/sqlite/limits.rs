@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use super::{SqliteStore, db};
 use crate::error::Result;
 use crate::limits::{Charge, Decision, LimitScope, LimitStore, Limits, RateLimiter, gcra};
-use crate::store::sql::{limits_of, quotas_text};
+use crate::store::sql::{limits_of, models_text, quotas_text};
 
 async fn load(tx: &mut super::Tx, charges: &[Charge]) -> Result<Vec<Option<i64>>> {
     let mut states = Vec::with_capacity(charges.len());
@@ -45,8 +45,9 @@ impl LimitStore for SqliteStore {
             sqlx::query("DELETE FROM keymeter_limits WHERE scope_kind = ?1 AND scope_id = ?2")
         } else {
             sqlx::query(
-                "INSERT INTO keymeter_limits (scope_kind, scope_id, requests, tokens) VALUES (?1, ?2, ?3, ?4) \
-                 ON CONFLICT (scope_kind, scope_id) DO UPDATE SET requests = excluded.requests, tokens = excluded.tokens",
+                "INSERT INTO keymeter_limits (scope_kind, scope_id, requests, tokens, models) VALUES (?1, ?2, ?3, ?4, ?5) \
+                 ON CONFLICT (scope_kind, scope_id) DO UPDATE SET requests = excluded.requests, tokens = excluded.tokens, \
+                 models = excluded.models",
             )
         };
         query
@@ -54,6 +55,7 @@ impl LimitStore for SqliteStore {
             .bind(scope.id())
             .bind(quotas_text(&limits.requests))
             .bind(quotas_text(&limits.tokens))
+            .bind(models_text(&limits.models))
             .execute(&self.pool)
             .await
             .map_err(db)?;
@@ -65,7 +67,7 @@ impl LimitStore for SqliteStore {
             return Ok(Vec::new());
         }
         let mut sql = String::from(
-            "SELECT scope_kind, scope_id, requests, tokens FROM keymeter_limits WHERE ",
+            "SELECT scope_kind, scope_id, requests, tokens, models FROM keymeter_limits WHERE ",
         );
         for i in 0..scopes.len() {
             if i > 0 {

@@ -80,6 +80,11 @@ const MIGRATIONS: &[Migration] = &[
         "lapsing_claims",
         include_str!("../../../migrations/sqlite/0013_lapsing_claims.sql"),
     ),
+    (
+        14,
+        "model_allowlists",
+        include_str!("../../../migrations/sqlite/0014_model_allowlists.sql"),
+    ),
 ];
 
 /// The migration that creates the report rollups: when it runs, the events already stored are rolled up.

@@ -185,7 +185,7 @@ fn reserve_in(conn: &mut Connection, ask: &Ask) -> rusqlite::Result<Option<Resul
         spent: *spent,
         reserved: *reserved,
     });
-    if let Err(refused) = admit(standings, ask.amount) {
+    if let Err(refused) = admit(standings, ask.amount, ask.now) {
         return Ok(Some(Err(refused)));
     }
     let expires_at = ask.now + ask.ttl;

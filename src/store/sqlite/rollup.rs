@@ -655,6 +655,8 @@ mod tests {
              ALTER TABLE keymeter_reservations DROP COLUMN instance_id; \
              ALTER TABLE keymeter_reservations DROP COLUMN estimate; \
              DROP TRIGGER keymeter_api_keys_created; \
+             ALTER TABLE keymeter_api_keys DROP COLUMN allowed_models; \
+             ALTER TABLE keymeter_limits DROP COLUMN models; \
              DELETE FROM keymeter_migrations WHERE version >= 8",
         )
         .execute(store.pool())

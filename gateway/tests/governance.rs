@@ -1,0 +1,225 @@
+//! Governance per key over loopback (DESIGN §15): model allowlists on a key, its owner and its organisation,
+//! refused with 403 `MODEL_NOT_ALLOWED` before anything is resolved, reserved or sent, and the models list
+//! narrowed to what they permit.
+
+mod support;
+
+use chrono::Utc;
+use keymeter::keys::models::parse_rules;
+use keymeter::ledger::{Budget, BudgetPeriod, BudgetScope};
+use keymeter::limits::{LimitScope, Limits};
+use reqwest::Method;
+use rust_decimal::Decimal;
+use serde_json::{Value, json};
+use support::{Gateway, Upstream, code, events_of, wait_events};
+
+fn chat(model: &str) -> Value {
+    json!({"model": model, "max_tokens": 50, "messages": [{"role": "user", "content": "Say hello"}]})
+}
+
+/// Asks for `model` with `key`: the status and the error body (or the answer).
+async fn ask(gw: &Gateway, key: &str, path: &str, model: &str) -> (u16, Value) {
+    let body = if path.contains(':') {
+        json!({"contents": []})
+    } else {
+        chat(model)
+    };
+    let path = path.replace("{model}", model);
+    let response = gw.post_json(&path, key, &body).await;
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// Sets the model allowlist of `scope` (an owner's or organisation's limits).
+async fn allow(gw: &Gateway, scope: LimitScope, rules: &str) {
+    let limits = Limits {
+        models: parse_rules(rules).unwrap(),
+        ..Limits::default()
+    };
+    gw.app.store.set_limits(&scope, &limits).await.unwrap();
+}
+
+/// A 403 for `model` naming `scope`, with nothing sent upstream or billed to `gov`.
+async fn refused(gw: &Gateway, up: &Upstream, key: &str, path: &str, model: &str, scope: &str) {
+    let (calls, events) = (up.calls().len(), events_of(gw, "gov").await.len());
+    let (status, body) = ask(gw, key, path, model).await;
+    assert_eq!(
+        (status, code(&body)),
+        (403, "MODEL_NOT_ALLOWED"),
+        "{model}: {body}"
+    );
+    assert_eq!(body["error"]["model"], model);
+    assert_eq!(body["error"]["scope"], scope);
+    assert!(body["error"]["message"].as_str().unwrap().contains(model));
+    assert_eq!(up.calls().len(), calls, "{model} reached the upstream");
+    assert_eq!(events_of(gw, "gov").await.len(), events);
+}
+
+#[tokio::test]
+async fn model_allowlists_refuse_before_anything_is_spent() {
+    let up = support::upstream().await;
+    let gw = support::sqlite_gateway(&up).await;
+    gw.app
+        .store
+        .set_budget(
+            &Budget::new(
+                BudgetScope::Owner("gov".into()),
+                Decimal::from(10),
+                BudgetPeriod::Monthly,
+            )
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+
+    // The key's own list: OpenAI's gpt-4o family and anything of Anthropic's. The record shows it.
+    let (status, _, created) = gw
+        .call(
+            Method::POST,
+            "/api/v1/api-keys",
+            Some(&gw.admin),
+            Some(
+                json!({"name": "narrow", "owner": "gov", "permissions": ["llm:chat"],
+                "allowed_models": ["gpt-4o*", "anthropic/*"]}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["allowed_models"], json!(["gpt-4o*", "anthropic/*"]));
+    let (id, key) = (
+        created["id"].as_str().unwrap().to_owned(),
+        created["secret"].as_str().unwrap().to_owned(),
+    );
+    let (status, body) = ask(&gw, &key, "/v1/chat/completions", "gpt-4o-mini").await;
+    assert_eq!(status, 200, "{body}");
+    // Its settle lands after the answer: wait for it, so the refusals below count from it.
+    wait_events(&gw, "gov", 1).await;
+    let key_scope = format!("key:{id}");
+    refused(&gw, &up, &key, "/v1/chat/completions", "gpt-5", &key_scope).await;
+    refused(&gw, &up, &key, "/v1/responses", "gpt-5-mini", &key_scope).await;
+    refused(
+        &gw,
+        &up,
+        &key,
+        "/v1beta/models/{model}:generateContent",
+        "gemini-2.5-flash",
+        &key_scope,
+    )
+    .await;
+    // Anthropic's models pass the list (and then meet the missing Anthropic key: the check came first).
+    let (status, body) = ask(&gw, &key, "/v1/messages", "claude-sonnet-4-5").await;
+    assert_eq!((status, code(&body)), (424, "NO_CREDENTIAL"), "{body}");
+    // Nothing stays reserved.
+    let status = gw
+        .app
+        .store
+        .budget_status(&BudgetScope::Owner("gov".into()), Utc::now())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.reserved, Decimal::ZERO);
+
+    // The models list holds only what the key may call.
+    let (_, _, list) = gw.call(Method::GET, "/v1/models", Some(&key), None).await;
+    let ids: Vec<&str> = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert!(
+        ids.contains(&"gpt-4o-mini") && ids.contains(&"gpt-4o"),
+        "{ids:?}"
+    );
+    assert!(ids.iter().all(|m| m.starts_with("gpt-4o")), "{ids:?}");
+
+    // The owner's list applies to every key of the owner, on top of each key's own.
+    allow(&gw, LimitScope::Owner("gov".into()), "openai/*").await;
+    let (_, open) = gw
+        .key(json!({"name": "open", "owner": "gov", "permissions": ["llm:chat"]}))
+        .await;
+    let (status, body) = ask(&gw, &open, "/v1/chat/completions", "gpt-5").await;
+    assert_eq!(status, 200, "{body}");
+    wait_events(&gw, "gov", 2).await;
+    refused(
+        &gw,
+        &up,
+        &open,
+        "/v1/messages",
+        "claude-sonnet-4-5",
+        "owner:gov",
+    )
+    .await;
+
+    // An organisation's list applies to its owners' keys.
+    allow(&gw, LimitScope::Org("acme".into()), "gpt-4o").await;
+    let (_, member) = gw
+        .key(
+            json!({"name": "member", "owner": "org-owner", "organization_id": "acme",
+            "permissions": ["llm:chat"]}),
+        )
+        .await;
+    let (status, body) = ask(&gw, &member, "/v1/chat/completions", "gpt-4o").await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = ask(&gw, &member, "/v1/chat/completions", "gpt-4o-mini").await;
+    assert_eq!((status, code(&body)), (403, "MODEL_NOT_ALLOWED"));
+    assert_eq!(body["error"]["scope"], "org:acme");
+
+    // A rule that cannot be a rule is refused at creation, and no key is made.
+    let (status, _, body) = gw
+        .call(
+            Method::POST,
+            "/api/v1/api-keys",
+            Some(&gw.admin),
+            Some(json!({"name": "bad", "owner": "gov", "allowed_models": ["gpt 4o"]})),
+        )
+        .await;
+    assert_eq!((status, code(&body)), (422, "INVALID_REQUEST"), "{body}");
+}
+
+#[tokio::test]
+async fn a_402_names_the_budget_that_refused_and_its_numbers() {
+    let up = support::upstream().await;
+    let gw = support::sqlite_gateway(&up).await;
+    // The organisation's $0.01 has room for one small chat of the stand-in's usage ($0.00575), not for more.
+    for (scope, limit) in [
+        (BudgetScope::Owner("payer".into()), Decimal::from(5)),
+        (BudgetScope::Org("thrift".into()), Decimal::new(1, 2)),
+    ] {
+        gw.app
+            .store
+            .set_budget(&Budget::new(scope, limit, BudgetPeriod::Monthly).unwrap())
+            .await
+            .unwrap();
+    }
+    let (_, key) = gw
+        .key(
+            json!({"name": "payer", "owner": "payer", "organization_id": "thrift",
+            "permissions": ["llm:chat"]}),
+        )
+        .await;
+    let (status, body) = ask(&gw, &key, "/v1/chat/completions", "gpt-4o").await;
+    assert_eq!(status, 200, "{body}");
+    let spent = wait_events(&gw, "payer", 1).await[0].cost;
+
+    // A worst case of 1,000 output tokens ($0.01) no longer fits.
+    let mut big = chat("gpt-4o");
+    big["max_tokens"] = json!(1000);
+    let response = gw.post_json("/v1/chat/completions", &key, &big).await;
+    assert_eq!(response.status(), 402);
+    let body: Value = response.json().await.unwrap();
+    let error = &body["error"];
+    assert_eq!(error["code"], "BUDGET_EXCEEDED");
+    // The organisation's budget refused, not the owner's: its numbers, as decimal strings.
+    assert_eq!(error["scope"], "org:thrift");
+    assert_eq!(error["limit"], "0.01");
+    assert_eq!(error["spent"], spent.normalize().to_string());
+    assert_eq!(error["reserved"], "0");
+    let remaining: Decimal = error["remaining"].as_str().unwrap().parse().unwrap();
+    assert_eq!(remaining, Decimal::new(1, 2) - spent);
+    let requested: Decimal = error["requested"].as_str().unwrap().parse().unwrap();
+    assert!(requested > remaining, "{error}");
+    let period_end: chrono::DateTime<Utc> = error["period_end"].as_str().unwrap().parse().unwrap();
+    assert!(period_end > Utc::now() && period_end < Utc::now() + chrono::Duration::days(32));
+    assert!(error["message"].as_str().unwrap().contains("org:thrift"));
+}
