@@ -186,10 +186,9 @@ fn keys_walkthrough_across_invocations() {
 
     let verify =
         |args: &[&str], token: &str| cli.run(&[&["keys", "verify"], args].concat(), Some(token));
-    assert_eq!(
-        verify(&["--scope", "write", "--ip", "10.0.0.1"], &key).1["code"],
-        "INSUFFICIENT_SCOPE"
-    );
+    let refused = verify(&["--scope", "write", "--ip", "10.0.0.1"], &key).1;
+    assert_eq!(refused["code"], "INSUFFICIENT_SCOPE");
+    assert_eq!(refused["missing_scopes"], serde_json::json!(["write"]));
     assert_eq!(
         verify(
             &[

@@ -223,3 +223,43 @@ async fn a_402_names_the_budget_that_refused_and_its_numbers() {
     assert!(period_end > Utc::now() && period_end < Utc::now() + chrono::Duration::days(32));
     assert!(error["message"].as_str().unwrap().contains("org:thrift"));
 }
+
+#[tokio::test]
+async fn a_403_names_the_scopes_the_key_lacks() {
+    let up = support::upstream().await;
+    let gw = support::sqlite_gateway(&up).await;
+    let (_, reader) = gw
+        .key(json!({"name": "reader", "owner": "rita", "permissions": ["reports"]}))
+        .await;
+    for (method, path, missing) in [
+        (Method::POST, "/v1/chat/completions", "llm:chat"),
+        (Method::GET, "/api/v1/budget", "billing"),
+        (Method::GET, "/api/v1/api-keys", "admin"),
+    ] {
+        let body = (method == Method::POST).then(|| chat("gpt-4o"));
+        let (status, _, answer) = gw.call(method, path, Some(&reader), body).await;
+        assert_eq!(
+            (status, code(&answer)),
+            (403, "INSUFFICIENT_SCOPE"),
+            "{path}"
+        );
+        assert_eq!(
+            answer["error"]["missing_scopes"],
+            json!([missing]),
+            "{path}"
+        );
+        assert!(
+            answer["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains(missing)
+        );
+    }
+    assert!(up.calls().is_empty());
+    // A key that is not proven learns nothing about scopes.
+    let (status, _, answer) = gw
+        .call(Method::GET, "/api/v1/budget", Some("km_live_typo"), None)
+        .await;
+    assert_eq!(status, 401);
+    assert!(answer["error"].get("missing_scopes").is_none());
+}

@@ -174,4 +174,28 @@ impl ScopeRequirement {
             ScopeRequirement::Any(list) => list.is_empty() || list.iter().any(has),
         }
     }
+
+    /// What `granted` lacks, to explain a refusal: for [`ScopeRequirement::All`] each scope not granted, for
+    /// [`ScopeRequirement::Any`] the whole list when none is granted (any one would do); empty when satisfied.
+    ///
+    /// ```
+    /// use keymeter::keys::{Scope, ScopeRequirement};
+    ///
+    /// let need = ScopeRequirement::all(["llm:chat", "billing"])?;
+    /// let granted = Scope::parse_list("billing,reports")?;
+    /// assert_eq!(need.missing(&granted), Scope::parse_list("llm:chat")?);
+    /// assert!(need.missing(&Scope::parse_list("*")?).is_empty());
+    /// # Ok::<(), keymeter::Error>(())
+    /// ```
+    pub fn missing(&self, granted: &[Scope]) -> Vec<Scope> {
+        if self.is_satisfied_by(granted) {
+            return Vec::new();
+        }
+        let has = |need: &Scope| granted.iter().any(|g| g.grants(need));
+        match self {
+            ScopeRequirement::None => Vec::new(),
+            ScopeRequirement::All(list) => list.iter().filter(|s| !has(s)).cloned().collect(),
+            ScopeRequirement::Any(list) => list.clone(),
+        }
+    }
 }

@@ -144,7 +144,24 @@ impl KeyAuth {
                  behind a proxy"
             );
         }
-        Err(ApiError::refusal(&verdict))
+        let refusal = ApiError::refusal(&verdict);
+        match verdict.key() {
+            // The caller proved the key's secret: say which scopes it lacks.
+            Some(key) if verdict.code() == keymeter::keys::VerdictCode::InsufficientScope => {
+                let missing: Vec<String> = scopes
+                    .missing(&key.scopes)
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect();
+                Err(refusal
+                    .with_message(format!(
+                        "this API key lacks the scope this endpoint needs: {}",
+                        missing.join(", ")
+                    ))
+                    .with_detail("missing_scopes", missing))
+            }
+            _ => Err(refusal),
+        }
     }
 }
 

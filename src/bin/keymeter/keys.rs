@@ -195,6 +195,18 @@ pub(crate) async fn run(config: &Config, cmd: KeysCommand, json_mode: bool) -> O
                     ));
                 }
             }
+            if verdict.code() == VerdictCode::InsufficientScope
+                && let Some(k) = key
+            {
+                let missing: Vec<String> = requirement
+                    .scopes
+                    .missing(&k.scopes)
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect();
+                human.push_str(&format!(": lacks {}", missing.join(", ")));
+                value["missing_scopes"] = json!(missing);
+            }
             if verdict.is_valid() {
                 Ok((value, human))
             } else {
