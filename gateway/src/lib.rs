@@ -28,13 +28,14 @@ mod admin;
 pub mod logs;
 mod me;
 mod proxies;
+mod scoped;
 pub mod server;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::routing::{delete, get, patch, post};
+use axum::routing::{delete, get, patch, post, put};
 use keymeter::Config;
 use keymeter::credentials::{CredentialResolver, Vault};
 use keymeter::keys::{KeyIssuer, KeyRecord, KeyStore, Scope, ScopeRequirement, Verifier};
@@ -276,6 +277,18 @@ pub fn router(app: Arc<App>) -> Router {
         .route(
             "/api/v1/api-keys/{id}/stats",
             get(admin::stats).layer(admin.clone()),
+        )
+        .route(
+            "/api/v1/budgets/{scope}",
+            put(scoped::put_budget)
+                .get(scoped::get_budget)
+                .layer(admin.clone()),
+        )
+        .route(
+            "/api/v1/limits/{scope}",
+            put(scoped::put_limits)
+                .get(scoped::get_limits)
+                .layer(admin.clone()),
         )
         .route(
             "/api/v1/usage/{request_id}/adjust",

@@ -263,3 +263,149 @@ async fn a_403_names_the_scopes_the_key_lacks() {
     assert_eq!(status, 401);
     assert!(answer["error"].get("missing_scopes").is_none());
 }
+
+#[tokio::test]
+async fn budgets_and_limits_are_set_over_http_within_the_admins_organisation() {
+    let up = support::upstream().await;
+    let gw = support::sqlite_gateway(&up).await;
+    let (_, member) = gw
+        .key(json!({"name": "m", "owner": "mo", "organization_id": "acme", "permissions": ["llm:chat"]}))
+        .await;
+    let (_, acme_admin) = gw
+        .key(
+            json!({"name": "acme-admin", "owner": "acme-ops", "organization_id": "acme",
+            "permissions": ["admin", "llm:chat"]}),
+        )
+        .await;
+
+    // A budget, as `keymeter budget set` takes it; its status back.
+    let (status, _, set) = gw
+        .call(
+            Method::PUT,
+            "/api/v1/budgets/owner:mo",
+            Some(&acme_admin),
+            Some(
+                json!({"limit": "25.00", "period": "monthly", "soft": "20", "tz": "Europe/Berlin"}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 200, "{set}");
+    assert_eq!(
+        (&set["scope"], &set["limit"], &set["soft"], &set["tz"]),
+        (
+            &json!("owner:mo"),
+            &json!("25.00"),
+            &json!("20"),
+            &json!("Europe/Berlin")
+        )
+    );
+    let (status, _, standing) = gw
+        .call(
+            Method::GET,
+            "/api/v1/budgets/owner:mo",
+            Some(&acme_admin),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{standing}");
+    assert_eq!(standing["limit"], "25.00");
+    let (status, _, body) = gw
+        .call(
+            Method::GET,
+            "/api/v1/budgets/org:acme",
+            Some(&acme_admin),
+            None,
+        )
+        .await;
+    assert_eq!((status, code(&body)), (404, "NOT_FOUND_ID"));
+
+    // Limits with an allowlist: the member's next request meets it (within the second limits are trusted).
+    let (status, _, set) = gw
+        .call(
+            Method::PUT,
+            "/api/v1/limits/org:acme",
+            Some(&acme_admin),
+            Some(json!({"requests": ["100/min"], "models": ["anthropic/*"]})),
+        )
+        .await;
+    assert_eq!(status, 200, "{set}");
+    assert_eq!(
+        set,
+        json!({"scope": "org:acme", "requests": ["100/min"], "tokens": [], "models": ["anthropic/*"]})
+    );
+    let (_, _, shown) = gw
+        .call(
+            Method::GET,
+            "/api/v1/limits/org:acme",
+            Some(&acme_admin),
+            None,
+        )
+        .await;
+    assert_eq!(shown, set);
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let (status, body) = ask(&gw, &member, "/v1/chat/completions", "gpt-4o").await;
+    assert_eq!(
+        (status, &body["error"]["scope"]),
+        (403, &json!("org:acme")),
+        "{body}"
+    );
+
+    // Another organisation's scopes, and owners not bound to acme, are not acme's admin's.
+    gw.key(json!({"name": "o", "owner": "oscar", "organization_id": "other"}))
+        .await;
+    for path in [
+        "/api/v1/budgets/org:other",
+        "/api/v1/budgets/owner:oscar",
+        "/api/v1/limits/owner:nobody-yet",
+    ] {
+        let (status, _, body) = gw
+            .call(
+                Method::PUT,
+                path,
+                Some(&acme_admin),
+                Some(json!({"limit": "1", "period": "daily"})),
+            )
+            .await;
+        assert_eq!((status, code(&body)), (403, "INSUFFICIENT_SCOPE"), "{path}");
+    }
+    // The operator's admin (no organisation) manages any scope; bad values are 422 and change nothing.
+    let (status, _, _) = gw
+        .call(
+            Method::PUT,
+            "/api/v1/limits/owner:oscar",
+            Some(&gw.admin),
+            Some(json!({"tokens": ["5000/h"]})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    for (path, body) in [
+        (
+            "/api/v1/budgets/owner:mo",
+            json!({"limit": "-1", "period": "monthly"}),
+        ),
+        (
+            "/api/v1/budgets/owner:mo",
+            json!({"limit": "5", "period": "fortnightly"}),
+        ),
+        (
+            "/api/v1/budgets/owner:mo",
+            json!({"limit": "5", "period": "daily", "tz": "Mars/Base"}),
+        ),
+        ("/api/v1/limits/owner:mo", json!({"models": ["gpt 4o"]})),
+        ("/api/v1/limits/planet:mo", json!({})),
+    ] {
+        let (status, _, answer) = gw
+            .call(Method::PUT, path, Some(&gw.admin), Some(body.clone()))
+            .await;
+        assert_eq!(status, 422, "{path} {body}: {answer}");
+    }
+    let (_, _, standing) = gw
+        .call(
+            Method::GET,
+            "/api/v1/budgets/owner:mo",
+            Some(&gw.admin),
+            None,
+        )
+        .await;
+    assert_eq!(standing["limit"], "25.00");
+}
