@@ -48,6 +48,18 @@ async fn permitted(app: &App, admin: &KeyRecord, path: &str) -> Result<BudgetSco
     Ok(scope)
 }
 
+/// The scope in the path, if `admin` may manage it, and the PUT's body.
+async fn scope_and_body<T: serde::de::DeserializeOwned>(
+    app: &App,
+    admin: &KeyRecord,
+    path: &str,
+    body: Body,
+) -> Result<(BudgetScope, T), ApiError> {
+    let scope = permitted(app, admin, path).await?;
+    let body = parse_json(&body_bytes(app, body, app.settings.max_api_body).await?)?;
+    Ok((scope, body))
+}
+
 /// `PUT /api/v1/budgets/{scope}`: as `keymeter budget set`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -67,8 +79,7 @@ pub async fn put_budget(
     Path(scope): Path<String>,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
-    let scope = permitted(&app, &admin, &scope).await?;
-    let req: SetBudget = parse_json(&body_bytes(&app, body, app.settings.max_api_body).await?)?;
+    let (scope, req): (_, SetBudget) = scope_and_body(&app, &admin, &scope, body).await?;
     let mut budget = Budget::new(
         scope,
         parse_amount(&req.limit)?,
@@ -130,8 +141,7 @@ pub async fn put_limits(
     Path(scope): Path<String>,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
-    let scope = permitted(&app, &admin, &scope).await?;
-    let req: SetLimits = parse_json(&body_bytes(&app, body, app.settings.max_api_body).await?)?;
+    let (scope, req): (_, SetLimits) = scope_and_body(&app, &admin, &scope, body).await?;
     let limits = Limits {
         requests: req.requests,
         tokens: req.tokens,

@@ -544,18 +544,12 @@ async fn proxied_calls_are_priced_exactly_and_recorded_once() {
     assert_eq!(events_of(&gw, "alice").await.len(), 4);
 
     // Upstream errors pass through and release the reservation: nothing recorded, nothing held.
-    gw.app
-        .store
-        .set_budget(
-            &Budget::new(
-                BudgetScope::Owner("alice".into()),
-                Decimal::new(100, 0),
-                BudgetPeriod::Daily,
-            )
-            .unwrap(),
-        )
-        .await
-        .unwrap();
+    gw.budget(
+        BudgetScope::Owner("alice".into()),
+        Decimal::new(100, 0),
+        BudgetPeriod::Daily,
+    )
+    .await;
     let (s, _, body) = gw
         .call(
             Method::POST,

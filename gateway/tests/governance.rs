@@ -6,7 +6,7 @@ mod support;
 
 use chrono::Utc;
 use keymeter::keys::models::parse_rules;
-use keymeter::ledger::{Budget, BudgetPeriod, BudgetScope};
+use keymeter::ledger::{BudgetPeriod, BudgetScope};
 use keymeter::limits::{LimitScope, Limits};
 use reqwest::Method;
 use rust_decimal::Decimal;
@@ -59,18 +59,12 @@ async fn refused(gw: &Gateway, up: &Upstream, key: &str, path: &str, model: &str
 async fn model_allowlists_refuse_before_anything_is_spent() {
     let up = support::upstream().await;
     let gw = support::sqlite_gateway(&up).await;
-    gw.app
-        .store
-        .set_budget(
-            &Budget::new(
-                BudgetScope::Owner("gov".into()),
-                Decimal::from(10),
-                BudgetPeriod::Monthly,
-            )
-            .unwrap(),
-        )
-        .await
-        .unwrap();
+    gw.budget(
+        BudgetScope::Owner("gov".into()),
+        Decimal::from(10),
+        BudgetPeriod::Monthly,
+    )
+    .await;
 
     // The key's own list: OpenAI's gpt-4o family and anything of Anthropic's. The record shows it.
     let (status, _, created) = gw
@@ -186,11 +180,7 @@ async fn a_402_names_the_budget_that_refused_and_its_numbers() {
         (BudgetScope::Owner("payer".into()), Decimal::from(5)),
         (BudgetScope::Org("thrift".into()), Decimal::new(1, 2)),
     ] {
-        gw.app
-            .store
-            .set_budget(&Budget::new(scope, limit, BudgetPeriod::Monthly).unwrap())
-            .await
-            .unwrap();
+        gw.budget(scope, limit, BudgetPeriod::Monthly).await;
     }
     let (_, key) = gw
         .key(

@@ -7,7 +7,7 @@
 mod support;
 
 use chrono::Utc;
-use keymeter::ledger::{Budget, BudgetPeriod, BudgetScope};
+use keymeter::ledger::{BudgetPeriod, BudgetScope};
 use keymeter::pricing::normalize::normalize;
 use keymeter::pricing::{ServiceTier, UsageFormat};
 use reqwest::Method;
@@ -146,13 +146,12 @@ fn embeddings_body(mode: &str, _stream: bool) -> Value {
 
 /// A key of `owner` that may chat and store its own provider keys; the owner has a monthly budget of $100.
 async fn chat_key(gw: &Gateway, owner: &str) -> String {
-    let budget = Budget::new(
+    gw.budget(
         BudgetScope::Owner(owner.into()),
         Decimal::from(100),
         BudgetPeriod::Monthly,
     )
-    .unwrap();
-    gw.app.store.set_budget(&budget).await.unwrap();
+    .await;
     gw.key(json!({"name": owner, "owner": owner, "permissions": ["llm:chat", "write"]}))
         .await
         .1

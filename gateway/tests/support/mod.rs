@@ -502,6 +502,12 @@ impl Gateway {
         .await
     }
 
+    /// Sets a budget of `limit` dollars a `period` on `scope`.
+    pub async fn budget(&self, scope: BudgetScope, limit: Decimal, period: BudgetPeriod) {
+        let budget = Budget::new(scope, limit, period).unwrap();
+        self.app.store.set_budget(&budget).await.unwrap();
+    }
+
     /// A key made through the admin endpoint: (id, secret).
     pub async fn key(&self, body: Value) -> (String, String) {
         let (status, _, created) = self
