@@ -49,6 +49,30 @@ use tokio_util::task::TaskTracker;
 
 pub use proxies::{COST_HEADER, REQUEST_ID_HEADER, SOURCE_HEADER};
 
+/// On every answer: the milliseconds the gateway itself spent on the request (from its arrival at the router to
+/// the answer's headers, less the time spent waiting on the provider), three decimals.
+pub const OVERHEAD_HEADER: axum::http::HeaderName =
+    axum::http::HeaderName::from_static("x-keymeter-overhead-ms");
+
+/// Stamps [`OVERHEAD_HEADER`] on every answer (key checks included: it wraps every route).
+async fn overhead(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let started = std::time::Instant::now();
+    let mut response = next.run(request).await;
+    let upstream = response
+        .extensions()
+        .get::<proxies::UpstreamWait>()
+        .map_or(Duration::ZERO, |w| w.0);
+    let own = started.elapsed().saturating_sub(upstream);
+    let millis = format!("{:.3}", own.as_secs_f64() * 1000.0);
+    if let Ok(value) = axum::http::HeaderValue::from_str(&millis) {
+        response.headers_mut().insert(OVERHEAD_HEADER, value);
+    }
+    response
+}
+
 /// What the flags and defaults decide beyond [`Config`].
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -309,6 +333,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/readyz", get(readyz))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(overhead))
         .with_state(app)
 }
 

@@ -448,3 +448,55 @@ async fn the_models_list_follows_the_owners_credentials() {
         .await;
     assert_eq!((status, code(&body)), (403, "INSUFFICIENT_SCOPE"));
 }
+
+/// `x-keymeter-overhead-ms` as a number.
+fn overhead(headers: &reqwest::header::HeaderMap) -> f64 {
+    headers["x-keymeter-overhead-ms"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn every_answer_says_the_gateways_own_time_without_the_providers() {
+    let up = support::upstream().await;
+    let gw = support::sqlite_gateway(&up).await;
+    let key = chat_key(&gw, "otto").await;
+    let chat = |user: &str, stream: bool| {
+        json!({"model": "gpt-4o", "max_tokens": 50, "stream": stream, "user": user,
+            "messages": [{"role": "user", "content": "Say hello"}]})
+    };
+
+    // The stand-in waits 400 ms before a slow whole answer: the client waits that long, the header leaves it out.
+    let started = std::time::Instant::now();
+    let response = gw
+        .post_json("/v1/chat/completions", &key, &chat("slow", false))
+        .await;
+    assert_eq!(response.status(), 200);
+    assert!(started.elapsed().as_millis() >= 400);
+    let own = overhead(response.headers());
+    assert!((0.0..200.0).contains(&own), "{own} ms");
+
+    // On a stream, an upstream error, a refusal and a 404 alike.
+    let response = gw
+        .post_json("/v1/chat/completions", &key, &chat("", true))
+        .await;
+    assert!(overhead(response.headers()) >= 0.0);
+    response.text().await.unwrap();
+    let response = gw
+        .post_json("/v1/chat/completions", &key, &chat("fail", false))
+        .await;
+    assert_eq!(response.status(), 500);
+    assert!(overhead(response.headers()) >= 0.0);
+    for (path, key) in [
+        ("/v1/chat/completions", None),
+        ("/no/such/path", Some(key.as_str())),
+    ] {
+        let (status, headers, _) = gw
+            .call(Method::POST, path, key, Some(chat("", false)))
+            .await;
+        assert!(status == 401 || status == 404, "{path}: {status}");
+        assert!(overhead(&headers) >= 0.0, "{path}");
+    }
+}

@@ -10,7 +10,7 @@ use futures_util::StreamExt;
 use keymeter::pricing::{ServiceTier, StreamUsage, Usage, UsageFormat};
 
 use super::bill::Bill;
-use super::{App, COST_HEADER};
+use super::{App, COST_HEADER, UpstreamWait};
 
 /// The largest non-streamed upstream answer read (a stream is never held whole).
 const MAX_ANSWER_BYTES: usize = 64 << 20;
@@ -44,7 +44,7 @@ pub(super) async fn whole(
     priced: Priced,
     format: UsageFormat,
     answer: reqwest::Response,
-    deadline: tokio::time::Instant,
+    (sent_at, deadline): (tokio::time::Instant, tokio::time::Instant),
     answer_client: impl FnOnce(Response),
 ) -> Result<(), &'static str> {
     let status = answer.status();
@@ -68,6 +68,10 @@ pub(super) async fn whole(
     };
     let mut response = Response::new(Body::from(bytes));
     *response.status_mut() = status;
+    // The provider's time ends with its last byte read; what follows is the gateway's own.
+    response
+        .extensions_mut()
+        .insert(UpstreamWait(sent_at.elapsed()));
     let out = response.headers_mut();
     if let Some(ct) = content_type {
         out.insert(header::CONTENT_TYPE, ct);

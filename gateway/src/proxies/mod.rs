@@ -22,6 +22,7 @@ mod openai;
 pub mod worst;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
@@ -129,7 +130,10 @@ pub(crate) async fn run(
     let (tx, rx) = oneshot::channel();
     let tracker = app.exchanges.clone();
     tracker.spawn(async move {
-        let mut reply = Reply(Some(tx));
+        let mut reply = Reply {
+            tx: Some(tx),
+            upstream: Duration::ZERO,
+        };
         if let Err(e) = exchange(app, key, inbound, planner, &mut reply).await {
             reply.send(e.into_response());
         }
@@ -142,12 +146,25 @@ pub(crate) async fn run(
     })
 }
 
-/// Where the exchange's answer goes, once: the waiting handler, if the client is still there.
-struct Reply(Option<oneshot::Sender<Response>>);
+/// How long an answer waited on the provider: the gateway's `x-keymeter-overhead-ms` is its time less this.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct UpstreamWait(pub Duration);
+
+/// Where the exchange's answer goes, once: the waiting handler, if the client is still there; with how long the
+/// exchange has waited on the provider so far.
+struct Reply {
+    tx: Option<oneshot::Sender<Response>>,
+    upstream: Duration,
+}
 
 impl Reply {
-    fn send(&mut self, response: Response) {
-        if let Some(tx) = self.0.take() {
+    fn send(&mut self, mut response: Response) {
+        if response.extensions().get::<UpstreamWait>().is_none() {
+            response
+                .extensions_mut()
+                .insert(UpstreamWait(self.upstream));
+        }
+        if let Some(tx) = self.tx.take() {
             // An error means the client left: the exchange goes on to its settle all the same.
             let _ = tx.send(response);
         }
@@ -224,7 +241,10 @@ async fn exchange(
         .settings
         .first_byte_timeout
         .min(app.settings.upstream_timeout);
-    let answer = match tokio::time::timeout(first_byte, upstream.send()).await {
+    let sent_at = tokio::time::Instant::now();
+    let sent = tokio::time::timeout(first_byte, upstream.send()).await;
+    reply.upstream = sent_at.elapsed();
+    let answer = match sent {
         Ok(Ok(answer)) => answer,
         Ok(Err(e)) if e.is_connect() => {
             // Nothing reached the provider: nothing was spent.
@@ -254,6 +274,7 @@ async fn exchange(
         bill.release().await;
         let content_type = answer.headers().get(header::CONTENT_TYPE).cloned();
         let bytes = read_bounded(answer, deadline).await.unwrap_or_default();
+        reply.upstream = sent_at.elapsed();
         let mut response = Response::new(Body::from(bytes));
         *response.status_mut() = status;
         if let Some(ct) = content_type {
@@ -277,9 +298,16 @@ async fn exchange(
     if plan.streaming {
         answer::stream(bill, plan.format, answer, deadline, stamp).await;
     } else {
-        answer::whole(bill, priced, plan.format, answer, deadline, stamp)
-            .await
-            .map_err(|why| upstream_unavailable(provider, why))?;
+        answer::whole(
+            bill,
+            priced,
+            plan.format,
+            answer,
+            (sent_at, deadline),
+            stamp,
+        )
+        .await
+        .map_err(|why| upstream_unavailable(provider, why))?;
     }
     Ok(())
 }
