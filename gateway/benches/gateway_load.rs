@@ -37,20 +37,26 @@ fn chat() -> serde_json::Value {
     json!({"model": "gpt-4o", "max_tokens": 300, "messages": [{"role": "user", "content": "Say hello"}]})
 }
 
-/// Latencies in microseconds of `n` chat requests sent at `rate` per second, open loop.
+/// What an open-loop run measured, each sorted, in microseconds: latencies to the answer's last byte, and the
+/// gateway's own time as its `x-keymeter-overhead-ms` says (empty for the direct floor).
+struct Timings {
+    latency: Vec<u64>,
+    overhead: Vec<u64>,
+}
+
+/// `n` chat requests sent at `rate` per second, open loop.
 async fn open_loop(
     client: &reqwest::Client,
     url: &str,
     key: Option<&str>,
     rate: f64,
     n: usize,
-) -> Vec<u64> {
+) -> Timings {
     let auth = key.map(|k| ("authorization", format!("Bearer {k}")));
     open_loop_of(client, url, auth, &chat(), rate, n).await
 }
 
-/// Latencies in microseconds (to the answer's last byte) of `n` requests of `body` with the header `auth`, sent
-/// at `rate` per second, open loop.
+/// `n` requests of `body` with the header `auth`, sent at `rate` per second, open loop.
 async fn open_loop_of(
     client: &reqwest::Client,
     url: &str,
@@ -58,7 +64,7 @@ async fn open_loop_of(
     body: &serde_json::Value,
     rate: f64,
     n: usize,
-) -> Vec<u64> {
+) -> Timings {
     let start = tokio::time::Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..n {
@@ -71,16 +77,38 @@ async fn open_loop_of(
             let sent = Instant::now();
             let response = request.send().await.expect("loopback answers");
             assert_eq!(response.status(), 200);
+            let own = response
+                .headers()
+                .get("x-keymeter-overhead-ms")
+                .and_then(|v| v.to_str().ok()?.parse::<f64>().ok())
+                .map(|ms| (ms * 1000.0) as u64);
             response.bytes().await.expect("body");
-            sent.elapsed().as_micros() as u64
+            (sent.elapsed().as_micros() as u64, own)
         });
     }
-    let mut out = Vec::with_capacity(n);
-    while let Some(latency) = tasks.join_next().await {
-        out.push(latency.expect("request task"));
+    let mut out = Timings {
+        latency: Vec::with_capacity(n),
+        overhead: Vec::with_capacity(n),
+    };
+    while let Some(done) = tasks.join_next().await {
+        let (latency, own) = done.expect("request task");
+        out.latency.push(latency);
+        out.overhead.extend(own);
     }
-    out.sort_unstable();
+    out.latency.sort_unstable();
+    out.overhead.sort_unstable();
     out
+}
+
+/// The percentiles of the gateway's own time, as its header reports it.
+fn own_time(timings: &Timings) {
+    let o = &timings.overhead;
+    println!(
+        "  the gateway's own time (x-keymeter-overhead-ms): p50 {}  p90 {}  p99 {}",
+        ms(pct(o, 0.50) as i64),
+        ms(pct(o, 0.90) as i64),
+        ms(pct(o, 0.99) as i64)
+    );
 }
 
 /// Requests per second of `n` requests with `concurrency` in flight, closed loop.
@@ -203,10 +231,21 @@ async fn run(up: &support::Upstream, n: usize, mode: &str, sync: Option<SyncPoli
         "gateway_load: {n} requests at 300/s, open loop, SQLite store, loopback, journal {mode}"
     );
     added(
-        &floor,
-        &gateway,
+        &floor.latency,
+        &gateway.latency,
         &[("p50", 0.50), ("p90", 0.90), ("p99", 0.99)],
     );
+    own_time(&gateway);
+    // DESIGN §14's rate: 1,000 requests a second.
+    let floor = open_loop(&client, &direct, None, 1000.0, n).await;
+    let gateway = open_loop(&client, &proxied, Some(&key), 1000.0, n).await;
+    println!("  at 1,000/s:");
+    added(
+        &floor.latency,
+        &gateway.latency,
+        &[("p50", 0.50), ("p99", 0.99)],
+    );
+    own_time(&gateway);
     // One Gemini stream (four events, the usage total in the last) per request: the stream passes through and is billed
     // from its last chunk.
     let gemini = json!({"contents": [{"role": "user", "parts": [{"text": "Say hello"}]}],
@@ -219,7 +258,12 @@ async fn run(up: &support::Upstream, n: usize, mode: &str, sync: Option<SyncPoli
     let floor = open_loop_of(&client, &direct_stream, None, &gemini, 300.0, n).await;
     let gateway = open_loop_of(&client, &proxied_stream, auth, &gemini, 300.0, n).await;
     println!("  Gemini streams at 300/s, to the last event:");
-    added(&floor, &gateway, &[("p50", 0.50), ("p99", 0.99)]);
+    added(
+        &floor.latency,
+        &gateway.latency,
+        &[("p50", 0.50), ("p99", 0.99)],
+    );
+    own_time(&gateway);
     for concurrency in [8, 32] {
         let direct_rate = closed_loop(&client, &direct, "", concurrency, n).await;
         let rate = closed_loop(&client, &proxied, &key, concurrency, n).await;
