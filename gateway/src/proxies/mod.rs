@@ -195,7 +195,7 @@ async fn exchange(
     planner: Planner,
     reply: &mut Reply,
 ) -> Result<(), ApiError> {
-    let plan = planner(&app, &inbound)?;
+    let mut plan = planner(&app, &inbound)?;
     // Before anything is resolved or reserved: a model off an allowlist costs nothing.
     app.verifier
         .check_model(&key, plan.provider.as_str(), &plan.model)
@@ -223,8 +223,8 @@ async fn exchange(
         .post(&plan.url)
         .header(header::CONTENT_TYPE, "application/json")
         .body(plan.body);
-    for (name, value) in &plan.headers {
-        upstream = upstream.header(name, value.clone());
+    for (name, value) in std::mem::take(&mut plan.headers) {
+        upstream = upstream.header(name, value);
     }
     upstream = match plan.auth {
         Auth::Bearer => upstream.bearer_auth(credential.key.expose_secret()),

@@ -38,28 +38,39 @@ const UNBOUNDED: [&str; 5] = [
 /// # Errors
 /// 422 `UNBOUNDED_INPUT` naming the part's type.
 pub fn images_in(body: &Value) -> Result<u64, ApiError> {
-    let mut images = 0u64;
+    count_parts(body, |map| match map.get("type") {
+        Some(Value::String(kind))
+            if kind == "image_url" || kind == "image" || kind == "input_image" =>
+        {
+            Ok(1)
+        }
+        Some(Value::String(kind)) if UNBOUNDED.contains(&kind.as_str()) => Err(unbounded(
+            &format!("a {kind:?} part"),
+            "send its text instead",
+        )),
+        _ => Ok(0),
+    })
+}
+
+/// Sums `count` over every object anywhere in `body` (message parts, tool results, nested contents), stopping at
+/// the first refusal. Iterative: a deeply nested body cannot overflow the stack.
+fn count_parts(
+    body: &Value,
+    mut count: impl FnMut(&serde_json::Map<String, Value>) -> Result<u64, ApiError>,
+) -> Result<u64, ApiError> {
+    let mut total = 0u64;
     let mut stack = vec![body];
     while let Some(v) = stack.pop() {
         match v {
             Value::Object(map) => {
-                if let Some(Value::String(kind)) = map.get("type") {
-                    if kind == "image_url" || kind == "image" || kind == "input_image" {
-                        images += 1;
-                    } else if UNBOUNDED.contains(&kind.as_str()) {
-                        return Err(unbounded(
-                            &format!("a {kind:?} part"),
-                            "send its text instead",
-                        ));
-                    }
-                }
+                total = total.saturating_add(count(map)?);
                 stack.extend(map.values());
             }
             Value::Array(items) => stack.extend(items),
             _ => {}
         }
     }
-    Ok(images)
+    Ok(total)
 }
 
 /// 422 `UNBOUNDED_INPUT`: `what` costs tokens the request does not carry, so no reservation can cover it.
@@ -79,30 +90,15 @@ pub fn unbounded(what: &str, instead: &str) -> ApiError {
 /// # Errors
 /// 422 `UNBOUNDED_INPUT` naming the field.
 pub fn gemini_media_in(body: &Value) -> Result<u64, ApiError> {
-    let mut media = 0u64;
-    let mut stack = vec![body];
-    while let Some(v) = stack.pop() {
-        match v {
-            Value::Object(map) => {
-                for (name, value) in map {
-                    match name.as_str() {
-                        "inlineData" | "inline_data" => media += 1,
-                        "fileData" | "file_data" => {
-                            return Err(unbounded(
-                                "a fileData part",
-                                "send the media inline (inlineData) instead",
-                            ));
-                        }
-                        _ => {}
-                    }
-                    stack.push(value);
-                }
-            }
-            Value::Array(items) => stack.extend(items),
-            _ => {}
+    count_parts(body, |map| {
+        if map.contains_key("fileData") || map.contains_key("file_data") {
+            return Err(unbounded(
+                "a fileData part",
+                "send the media inline (inlineData) instead",
+            ));
         }
-    }
-    Ok(media)
+        Ok(u64::from(map.contains_key("inlineData")) + u64::from(map.contains_key("inline_data")))
+    })
 }
 
 /// The usage a request can cost at most: `bound.prompt` prompt tokens at the dearest prompt class of `model`
