@@ -100,13 +100,19 @@ fn verify(c: &mut Criterion) {
     // own limiter: what a limit adds to a verify.
     let limited = Verifier::new(store.clone(), hasher.clone(), VerifierConfig::default())
         .unwrap()
-        .with_limits(store.clone(), store.clone());
+        .with_limits(store.clone(), store.clone())
+        .with_slots(keymeter::limits::SlotKeeper::new(
+            store.clone(),
+            chrono::Duration::seconds(30),
+        ));
     let quota: keymeter::limits::Quota = "1000000000000/s".parse().unwrap();
     for k in (0..CYCLE).map(|i| &issued[i * (KEYS / CYCLE)]) {
-        // And a model allowlist, which only `check_model` reads (the same compiled entry as the limit).
+        // And a model allowlist and a concurrency limit, which the verify compiles with the limit and hands over
+        // in its verdict: the checks after it read them there.
         let limits = keymeter::limits::Limits {
             requests: vec![quota],
             models: keymeter::keys::models::parse_rules("gpt-4o*,anthropic/*").unwrap(),
+            max_parallel: Some(1000),
             ..Default::default()
         };
         let scope = keymeter::limits::LimitScope::Key(k.record.id.clone());
@@ -133,8 +139,27 @@ fn verify(c: &mut Criterion) {
         b.iter(|| {
             i = (i + 1) % CYCLE;
             let v = ready(limited.verify(black_box(&cycle[i]), &need_read)).unwrap();
-            let key = v.key().unwrap();
-            ready(limited.check_model(key, "openai", black_box("gpt-4o-mini"))).unwrap();
+            let (key, rules) = (v.key().unwrap(), v.rules().unwrap());
+            rules
+                .check_model(key, "openai", black_box("gpt-4o-mini"))
+                .unwrap();
+            v
+        })
+    });
+
+    // The same, then a concurrency slot taken and given back (the memory store's slots).
+    let mut i = 0;
+    group.bench_function("valid_generated_key_100k_one_limit_allowlist_slot", |b| {
+        b.iter(|| {
+            i = (i + 1) % CYCLE;
+            let v = ready(limited.verify(black_box(&cycle[i]), &need_read)).unwrap();
+            let (key, rules) = (v.key().unwrap(), v.rules().unwrap());
+            rules
+                .check_model(key, "openai", black_box("gpt-4o-mini"))
+                .unwrap();
+            let slot = ready(limited.claim_slot(key, rules)).unwrap();
+            debug_assert!(slot.slot().is_some());
+            ready(slot.release()).unwrap();
             v
         })
     });

@@ -371,11 +371,27 @@ impl Config {
         &self,
         store: Arc<dyn crate::store::Store>,
     ) -> Result<Arc<dyn crate::limits::RateLimiter>> {
+        Ok(self.limiters(store).await?.0)
+    }
+
+    /// The rate limiter and the concurrency slots' store together: both in Redis when `KEYMETER_LIMITER` names
+    /// one (one connection), else both in `store`.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for an unsupported limiter URL; the limiter's failure to connect.
+    pub async fn limiters(
+        &self,
+        store: Arc<dyn crate::store::Store>,
+    ) -> Result<(
+        Arc<dyn crate::limits::RateLimiter>,
+        Arc<dyn crate::limits::SlotStore>,
+    )> {
         match self.limiter_url.as_deref() {
-            None => Ok(store),
+            None => Ok((store.clone(), store)),
             #[cfg(feature = "redis")]
             Some(url) if url.starts_with("redis://") || url.starts_with("rediss://") => {
-                Ok(Arc::new(crate::store::RedisLimiter::connect(url).await?))
+                let redis = Arc::new(crate::store::RedisLimiter::connect(url).await?);
+                Ok((redis.clone(), redis))
             }
             Some(_) => Err(Error::Config(
                 "KEYMETER_LIMITER: expected redis://HOST:PORT (feature `redis`)".into(),

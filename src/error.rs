@@ -62,6 +62,18 @@ pub enum Error {
         scope: String,
     },
 
+    /// A scope already has as many requests in flight as its concurrency limit allows
+    /// ([`crate::limits::Limits::max_parallel`]).
+    #[error("{scope} already has {in_flight} requests in flight (its limit is {limit})")]
+    TooManyConcurrent {
+        /// The scope whose limit refused, `kind:id`.
+        scope: String,
+        /// Its limit.
+        limit: u32,
+        /// Its requests in flight when it refused.
+        in_flight: u64,
+    },
+
     /// The record named does not exist.
     #[error("{what} {id:?} not found")]
     NotFound {

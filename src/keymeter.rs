@@ -36,7 +36,8 @@ pub struct Keymeter {
     pub store: Arc<dyn Store>,
     /// The key store the verifier and issuer use (the store behind a record cache).
     pub keys: Arc<dyn KeyStore>,
-    /// Verifies inbound keys, charging rate limits and counting statistics.
+    /// Verifies inbound keys, charging rate limits, holding concurrency slots (in the limiter's Redis, else the
+    /// store, with the configured claim TTL) and counting statistics.
     pub verifier: Arc<Verifier>,
     /// The rate limiter the verifier charges: Redis when configured, else the store.
     pub limiter: Arc<dyn RateLimiter>,
@@ -70,12 +71,14 @@ impl Config {
         self.announce();
         let store = self.connect().await?;
         let keys = self.key_cache(store.clone()).await?;
-        let limiter = self.limiter(store.clone()).await?;
+        let (limiter, slot_store) = self.limiters(store.clone()).await?;
+        let slots = crate::limits::SlotKeeper::new(slot_store, self.claim_ttl);
         let stats = Arc::new(StatsRecorder::new(store.clone()));
         stats.spawn_flusher(STATS_INTERVAL);
         let verifier = Arc::new(
             self.verifier(keys.clone())?
                 .with_limits(store.clone(), limiter.clone())
+                .with_slots(slots)
                 .with_stats(stats.clone()),
         );
         let mut meter = Meter::new(store.clone(), Arc::new(catalog));

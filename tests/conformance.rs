@@ -18,6 +18,9 @@ mod memory {
             keymeter::store::MemoryStore::new()
         ));
     }
+    mod slots {
+        keymeter::slot_store_conformance!(std::sync::Arc::new(keymeter::store::MemoryStore::new()));
+    }
     mod stats {
         keymeter::stats_store_conformance!(
             std::sync::Arc::new(keymeter::store::MemoryStore::new())
@@ -51,6 +54,10 @@ mod sqlite {
         keymeter::limit_store_conformance!(fresh().await);
         keymeter::rate_limiter_conformance!(fresh().await);
     }
+    mod slots {
+        use super::fresh;
+        keymeter::slot_store_conformance!(fresh().await);
+    }
     mod stats {
         use super::fresh;
         keymeter::stats_store_conformance!(fresh().await);
@@ -83,6 +90,9 @@ mod postgres {
     mod limits {
         keymeter::limit_store_conformance!(fresh!());
         keymeter::rate_limiter_conformance!(fresh!());
+    }
+    mod slots {
+        keymeter::slot_store_conformance!(fresh!());
     }
     mod stats {
         keymeter::stats_store_conformance!(fresh!());

@@ -32,6 +32,30 @@ async fn limiter(url: &str) -> Arc<dyn RateLimiter> {
     )
 }
 
+/// The slot store's conformance suite: sorted sets judged by the server's clock.
+mod slots {
+    async fn store(url: &str) -> std::sync::Arc<dyn keymeter::limits::SlotStore> {
+        let mut id = [0u8; 12];
+        keymeter::random::fill_base62(&keymeter::random::OsRandom, &mut id).unwrap();
+        let prefix = format!("keymeter-test:{}:", String::from_utf8_lossy(&id));
+        std::sync::Arc::new(
+            keymeter::store::RedisLimiter::connect(url)
+                .await
+                .unwrap()
+                .with_prefix(prefix),
+        )
+    }
+    macro_rules! fresh {
+        () => {
+            match super::url() {
+                Some(url) => store(&url).await,
+                None => return,
+            }
+        };
+    }
+    keymeter::slot_store_conformance!(fresh!());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_or_none() {
     let Some(url) = url() else { return };

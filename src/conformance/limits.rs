@@ -33,12 +33,28 @@ pub async fn limits_set_replace_clear(store: Arc<dyn LimitStore>) {
         requests: vec![q("100/min"), q("1000/day")],
         tokens: vec![q("50000/h")],
         models: crate::keys::models::parse_rules("gpt-4o*,anthropic/*").expect("rules"),
+        max_parallel: Some(4),
     };
     let b = Limits {
         requests: vec![q("10/s")],
         ..Limits::default()
     };
-    // A scope with only an allowlist keeps it.
+    // A scope with only an allowlist (or only a concurrency limit) keeps it.
+    let only_parallel = Limits {
+        max_parallel: Some(1),
+        ..Limits::default()
+    };
+    store
+        .set_limits(&LimitScope::Owner("parallel-only".into()), &only_parallel)
+        .await
+        .expect("set parallel only");
+    assert_eq!(
+        store
+            .limits(&[LimitScope::Owner("parallel-only".into())])
+            .await
+            .expect("limits"),
+        vec![only_parallel]
+    );
     let only_models = Limits {
         models: crate::keys::models::parse_rules("openai/gpt-5*").expect("rules"),
         ..Limits::default()
@@ -98,6 +114,10 @@ pub async fn limits_set_replace_clear(store: Arc<dyn LimitStore>) {
         requests: vec![q("1/s"); crate::limits::MAX_QUOTAS + 1],
         ..Limits::default()
     };
+    let no_parallel = Limits {
+        max_parallel: Some(0),
+        ..Limits::default()
+    };
     let too_many_models = Limits {
         models: vec!["gpt-4o".parse().expect("rule"); crate::keys::models::MAX_MODEL_RULES + 1],
         ..Limits::default()
@@ -106,6 +126,7 @@ pub async fn limits_set_replace_clear(store: Arc<dyn LimitStore>) {
         (LimitScope::Org(String::new()), b.clone()),
         (LimitScope::Org("acme".into()), too_many),
         (LimitScope::Org("acme".into()), too_many_models),
+        (LimitScope::Org("acme".into()), no_parallel),
     ] {
         let err = store
             .set_limits(&scope, &limits)

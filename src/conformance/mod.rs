@@ -89,6 +89,32 @@ macro_rules! limit_store_conformance {
     };
 }
 
+/// Generates one `#[tokio::test]` per [`slots`] check of a [`crate::limits::SlotStore`]; `$make` gives a fresh
+/// store.
+#[cfg_attr(docsrs, doc(cfg(feature = "test-suite")))]
+#[macro_export]
+macro_rules! slot_store_conformance {
+    ($make:expr) => {
+        $crate::__slot_tests!($make;
+            slots_all_or_none_and_released_at_once, slots_lapse_unless_renewed,
+            concurrent_acquires_take_exactly_the_limit);
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __slot_tests {
+    ($make:expr; $($name:ident),*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let store: ::std::sync::Arc<dyn $crate::limits::SlotStore> = $make;
+                $crate::conformance::slots::$name(store).await;
+            }
+        )*
+    };
+}
+
 /// Generates one `#[tokio::test]` per [`limits`] check of a [`crate::limits::RateLimiter`] that takes the
 /// caller's time; `$make` gives a fresh limiter.
 #[cfg_attr(docsrs, doc(cfg(feature = "test-suite")))]
@@ -151,4 +177,5 @@ pub mod credentials;
 pub mod keys;
 pub mod ledger;
 pub mod limits;
+pub mod slots;
 pub mod stats;

@@ -116,6 +116,7 @@ pub struct Verdict {
     code: VerdictCode,
     key: Option<Arc<KeyRecord>>,
     limit: Option<LimitStatus>,
+    rules: Option<Arc<crate::keys::KeyRules>>,
 }
 
 impl Verdict {
@@ -124,6 +125,7 @@ impl Verdict {
             code,
             key: None,
             limit: None,
+            rules: None,
         }
     }
 
@@ -132,12 +134,25 @@ impl Verdict {
             code,
             key: Some(key),
             limit: None,
+            rules: None,
         }
     }
 
     pub(crate) fn with_limit(mut self, limit: Option<LimitStatus>) -> Self {
         self.limit = limit;
         self
+    }
+
+    pub(crate) fn with_rules(mut self, rules: Option<Arc<crate::keys::KeyRules>>) -> Self {
+        self.rules = rules;
+        self
+    }
+
+    /// The rules the key is held to by its scopes' limits (allowlists, concurrency limits), when the verifier has
+    /// limits and the key was checked against them: the checks after a verify read these instead of looking the
+    /// key up again.
+    pub fn rules(&self) -> Option<&Arc<crate::keys::KeyRules>> {
+        self.rules.as_ref()
     }
 
     /// The tightest rate limit's numbers, when the key has limits: for `RATE_LIMITED`, how long to wait

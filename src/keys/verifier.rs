@@ -1,6 +1,5 @@
 //! The [`Verifier`]: token + requirement → [`Verdict`].
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -12,13 +11,13 @@ use crate::error::Result;
 use crate::keys::cache::VerifiedTokenCache;
 use crate::keys::hash::{KeyHash, KeyHasher};
 use crate::keys::header::credential_from_header;
-use crate::keys::models::{self, ModelRule};
 use crate::keys::record::{KeyLookup, KeyRecord};
+use crate::keys::rules::{KeyRules, LimitGate};
 use crate::keys::scope::ScopeRequirement;
 use crate::keys::store::{KeyStore, MAX_KEYS_PER_HINT};
 use crate::keys::token::{self, DEFAULT_PREFIX, KeyEnv};
 use crate::keys::verdict::{Verdict, VerdictCode};
-use crate::limits::{Charge, Decision, LimitScope, LimitStore, Limits, RateLimiter};
+use crate::limits::{LimitStore, RateLimiter, SlotGuard, SlotKeeper};
 use crate::random::{OsRandom, RandomSource};
 use crate::stats::StatsRecorder;
 
@@ -135,113 +134,8 @@ pub struct Verifier {
     kdf_runs: std::sync::atomic::AtomicU64,
     failures: Option<crate::keys::kdf::FailureBudget>,
     limits: Option<LimitGate>,
+    slots: Option<Arc<SlotKeeper>>,
     stats: Option<Arc<StatsRecorder>>,
-}
-
-/// The rate limits a verifier charges: where the limits are kept, where the buckets are, and each key's request
-/// charges as last read (trusted for [`LIMITS_TTL_MICROS`], so a change made anywhere holds within a second and a
-/// hot key does not rebuild its bucket names on every verify).
-#[derive(Debug)]
-struct LimitGate {
-    rules: Arc<dyn LimitStore>,
-    limiter: Arc<dyn RateLimiter>,
-    compiled: std::sync::RwLock<CompiledLimits>,
-}
-
-/// Key id → (trusted until, in microseconds; the key's rules). Ids are keymeter's own (looked up only after the
-/// key's secret was proven), so a fast hasher is safe on this hot path.
-type CompiledLimits = HashMap<String, (i64, Arc<Compiled>), foldhash::fast::RandomState>;
-
-/// A key's rules as its scopes' limits give them: the request charges, and each scope's model allowlist.
-#[derive(Debug, Default)]
-struct Compiled {
-    charges: Arc<[Charge]>,
-    /// Only the scopes with an allowlist.
-    models: Vec<(LimitScope, Vec<ModelRule>)>,
-}
-
-/// How long a key's compiled limits are trusted: one second.
-const LIMITS_TTL_MICROS: i64 = 1_000_000;
-/// Past this many keys the compiled limits are dropped and read again.
-const LIMITS_CACHE_CAP: usize = 100_000;
-
-impl LimitGate {
-    fn cached(&self, id: &str, now: i64) -> Option<Arc<Compiled>> {
-        let map = self.compiled.read().unwrap_or_else(|e| e.into_inner());
-        map.get(id)
-            .filter(|(until, _)| now < *until)
-            .map(|(_, c)| c.clone())
-    }
-
-    fn remember(&self, id: &str, now: i64, compiled: Arc<Compiled>) {
-        let mut map = self.compiled.write().unwrap_or_else(|e| e.into_inner());
-        if map.len() >= LIMITS_CACHE_CAP {
-            map.clear();
-        }
-        map.insert(id.to_owned(), (now + LIMITS_TTL_MICROS, compiled));
-    }
-
-    /// The key's request charges, token pre-checks and allowlists, from `limits` (one per scope of `scopes`),
-    /// remembered.
-    fn compile(
-        &self,
-        record: &KeyRecord,
-        scopes: &[LimitScope],
-        mut limits: Vec<Limits>,
-        now: i64,
-    ) -> Arc<Compiled> {
-        if let Some(own) = limits.first_mut() {
-            *own = std::mem::take(own).with_record_limit(record);
-        }
-        let compiled = Arc::new(Compiled {
-            charges: crate::limits::charges(scopes, &limits, None, 0).into(),
-            models: scopes
-                .iter()
-                .zip(&mut limits)
-                .filter(|(_, l)| !l.models.is_empty())
-                .map(|(s, l)| (s.clone(), std::mem::take(&mut l.models)))
-                .collect(),
-        });
-        self.remember(&record.id, now, compiled.clone());
-        compiled
-    }
-
-    /// The key's rules when they come without waiting: cached, or compiled from limits held in memory.
-    fn compiled_now(&self, record: &KeyRecord, now: i64) -> Option<Arc<Compiled>> {
-        if let Some(compiled) = self.cached(&record.id, now) {
-            return Some(compiled);
-        }
-        let scopes = LimitScope::of(Some(&record.id), &record.owner, record.org.as_deref());
-        let limits = self.rules.limits_now(&scopes)?;
-        Some(self.compile(record, &scopes, limits, now))
-    }
-
-    async fn compiled(&self, record: &KeyRecord, now: i64) -> Result<Arc<Compiled>> {
-        if let Some(compiled) = self.compiled_now(record, now) {
-            return Ok(compiled);
-        }
-        let scopes = LimitScope::of(Some(&record.id), &record.owner, record.org.as_deref());
-        let limits = self.rules.limits(&scopes).await?;
-        Ok(self.compile(record, &scopes, limits, now))
-    }
-
-    /// The check, when everything it needs answers without waiting (compiled limits cached or in memory, an
-    /// in-memory limiter); `None` means "take the async path".
-    fn check_now(&self, record: &KeyRecord, now: i64) -> Option<Result<Decision>> {
-        let compiled = self.compiled_now(record, now)?;
-        if compiled.charges.is_empty() {
-            return Some(Ok(Decision::UNLIMITED));
-        }
-        self.limiter.check_now(&compiled.charges, now)
-    }
-
-    async fn check(&self, record: &KeyRecord, now: i64) -> Result<Decision> {
-        let compiled = self.compiled(record, now).await?;
-        if compiled.charges.is_empty() {
-            return Ok(Decision::UNLIMITED);
-        }
-        self.limiter.check(&compiled.charges, now).await
-    }
 }
 
 impl Verifier {
@@ -287,6 +181,7 @@ impl Verifier {
             kdf_runs: std::sync::atomic::AtomicU64::new(0),
             failures,
             limits: None,
+            slots: None,
             stats: None,
         })
     }
@@ -316,12 +211,21 @@ impl Verifier {
         rules: Arc<dyn LimitStore>,
         limiter: Arc<dyn RateLimiter>,
     ) -> Self {
-        self.limits = Some(LimitGate {
-            rules,
-            limiter,
-            compiled: std::sync::RwLock::default(),
-        });
+        self.limits = Some(LimitGate::new(rules, limiter));
         self
+    }
+
+    /// Holds each request's concurrency slots in `keeper`'s store ([`Verifier::claim_slot`]); without it,
+    /// concurrency limits are not enforced. The limits themselves come with [`Verifier::with_limits`].
+    #[must_use]
+    pub fn with_slots(mut self, keeper: Arc<SlotKeeper>) -> Self {
+        self.slots = Some(keeper);
+        self
+    }
+
+    /// The keeper of concurrency slots ([`Verifier::with_slots`]), if any.
+    pub fn slots(&self) -> Option<&Arc<SlotKeeper>> {
+        self.slots.as_ref()
     }
 
     /// Injects the clock.
@@ -469,12 +373,14 @@ impl Verifier {
             return Ok(Verdict::with_key(code, record));
         }
         let mut limit = None;
+        let mut rules = None;
         if let Some(gate) = &self.limits {
-            let decided = match gate.check_now(&record, now) {
-                Some(decided) => decided,
+            let (compiled, decided) = match gate.check_now(&record, now) {
+                Some((compiled, decided)) => (Some(compiled), decided),
                 // Boxed: a limiter's future stays out of the verify future of deployments without limits.
                 None => Box::pin(gate.check(&record, now)).await,
             };
+            rules = compiled;
             match decided {
                 Ok(decision) if decision.allowed => limit = decision.tightest,
                 Ok(decision) => {
@@ -496,7 +402,9 @@ impl Verifier {
         }
         self.count(&record.id, code, now);
         self.after_success(credential, &record, now).await;
-        Ok(Verdict::with_key(code, record).with_limit(limit))
+        Ok(Verdict::with_key(code, record)
+            .with_limit(limit)
+            .with_rules(rules))
     }
 
     /// Charges the tokens a response used against the token limits of `key`, its owner and its org (a bucket may
@@ -522,7 +430,7 @@ impl Verifier {
 
     /// Whether `key` may call `model` through `provider` (a provider name such as `openai`): the key's own
     /// allowlist ([`KeyRecord::allowed_models`]) and each one set on the key's, its owner's and its organisation's
-    /// limits ([`Limits::models`]) must permit it. An empty list permits everything. The scopes' lists are read
+    /// limits ([`crate::limits::Limits::models`]) must permit it. An empty list permits everything. The scopes' lists are read
     /// with the rate limits and trusted as long (a change holds within a second).
     ///
     /// ```
@@ -548,27 +456,53 @@ impl Verifier {
     /// # Errors
     /// [`crate::Error::ModelNotAllowed`] naming the scope that refused; the limit store's failures.
     pub async fn check_model(&self, key: &KeyRecord, provider: &str, model: &str) -> Result<()> {
-        let refused = |scope: String| {
-            Err(crate::Error::ModelNotAllowed {
-                model: model.chars().take(128).collect(),
-                provider: provider.to_owned(),
-                scope,
-            })
-        };
-        if !models::permits(&key.allowed_models, provider, model) {
-            return refused(LimitScope::Key(key.id.clone()).to_string());
+        match self.rules(key).await? {
+            Some(rules) => rules.check_model(key, provider, model),
+            None => KeyRules::default().check_model(key, provider, model),
         }
-        let Some(gate) = &self.limits else {
-            return Ok(());
+    }
+
+    /// The rules `key` is held to by its scopes' limits (read with the rate limits and trusted as long); `None`
+    /// without [`Verifier::with_limits`]. A valid verdict already carries them ([`Verdict::rules`]).
+    ///
+    /// # Errors
+    /// The limit store's failures.
+    pub async fn rules(&self, key: &KeyRecord) -> Result<Option<Arc<KeyRules>>> {
+        match &self.limits {
+            Some(gate) => gate.compiled(key, self.clock.now_micros()).await.map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Takes a slot for one request by `key` in each of its scopes with a concurrency limit (its `rules`, from
+    /// the verdict or [`Verifier::rules`]); the guard gives them back when the request ends. Without
+    /// [`Verifier::with_slots`] or a concurrency limit, a guard holding nothing and no store call.
+    ///
+    /// # Errors
+    /// [`crate::Error::TooManyConcurrent`] naming the scope with no room (and nothing held); the slot store's
+    /// failures, as [`crate::Error::Unavailable`] (the limiter) when the verifier fails closed; failing open, a
+    /// guard holding nothing.
+    pub async fn claim_slot(&self, key: &KeyRecord, rules: &KeyRules) -> Result<SlotGuard> {
+        let (Some(keeper), claims) = (&self.slots, rules.slot_claims()) else {
+            return Ok(SlotGuard::none());
         };
-        let compiled = gate.compiled(key, self.clock.now_micros()).await?;
-        match compiled
-            .models
-            .iter()
-            .find(|(_, rules)| !models::permits(rules, provider, model))
-        {
-            Some((scope, _)) => refused(scope.to_string()),
-            None => Ok(()),
+        if claims.is_empty() {
+            return Ok(SlotGuard::none());
+        }
+        match keeper.acquire(claims).await {
+            Err(e @ crate::Error::TooManyConcurrent { .. }) => Err(e),
+            Err(e) if self.config.limits_fail_open => {
+                tracing::warn!(key_id = %key.id, error = %e, "concurrency slots unreachable: failing open");
+                Ok(SlotGuard::none())
+            }
+            Err(e) => {
+                tracing::warn!(key_id = %key.id, error = %e, "concurrency slots unreachable: failing closed");
+                Err(crate::Error::Unavailable {
+                    dependency: crate::error::Dependency::Limiter,
+                    source: Box::new(e),
+                })
+            }
+            ok => ok,
         }
     }
 

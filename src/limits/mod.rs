@@ -5,6 +5,7 @@
 //! - [`LimitStore`]: where each scope's limits are kept. [`RateLimiter`]: where bucket states are kept, checked
 //!   and charged atomically — all the charges of one check, or none. Both are object safe; the memory and
 //!   SQLite stores implement them, and [`crate::conformance::limits`] checks any backend.
+//! - [`slots`]: concurrency limits, slots held while a request is in flight ([`SlotStore`], [`SlotKeeper`]).
 //! - The [`Verifier`](crate::keys::Verifier) charges request limits at verify and pre-checks token limits
 //!   ([`Verifier::with_limits`](crate::keys::Verifier::with_limits)); [`charge_tokens`] charges the tokens a
 //!   response used.
@@ -28,11 +29,13 @@
 
 pub mod gcra;
 pub mod quota;
+pub mod slots;
 
 use async_trait::async_trait;
 
 pub use gcra::{Charge, Decision, LimitStatus};
 pub use quota::{LimitScope, Limits, MAX_QUOTA, MAX_QUOTAS, Period, Quota};
+pub use slots::{MAX_PARALLEL, Slot, SlotClaim, SlotGuard, SlotKeeper, SlotRefusal, SlotStore};
 
 use crate::error::Result;
 

@@ -145,6 +145,9 @@ pub struct Limits {
     pub tokens: Vec<Quota>,
     /// The models the scope's keys may call ([`crate::keys::models`]); empty allows any.
     pub models: Vec<crate::keys::ModelRule>,
+    /// The most requests the scope may have in flight at once ([`crate::limits::slots`]); `None` for no limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_parallel: Option<u32>,
 }
 
 /// The most quotas of one kind a scope may have.
@@ -153,7 +156,10 @@ pub const MAX_QUOTAS: usize = 8;
 impl Limits {
     /// Whether there is no limit.
     pub fn is_empty(&self) -> bool {
-        self.requests.is_empty() && self.tokens.is_empty() && self.models.is_empty()
+        self.requests.is_empty()
+            && self.tokens.is_empty()
+            && self.models.is_empty()
+            && self.max_parallel.is_none()
     }
 
     /// A key's limits as stored, with its record's own `rate_limit` (set at creation) as the first request quota
@@ -167,7 +173,8 @@ impl Limits {
         self
     }
 
-    /// Checks what every backend requires: at most [`MAX_QUOTAS`] of each kind.
+    /// Checks what every backend requires: at most [`MAX_QUOTAS`] of each kind, valid model rules, a concurrency
+    /// limit between 1 and [`crate::limits::MAX_PARALLEL`].
     ///
     /// # Errors
     /// [`Error::InvalidInput`].
@@ -177,6 +184,9 @@ impl Limits {
                 "limits",
                 format!("at most {MAX_QUOTAS} request and {MAX_QUOTAS} token quotas"),
             ));
+        }
+        if let Some(max) = self.max_parallel {
+            crate::limits::slots::check_max(max)?;
         }
         crate::keys::models::check_rules(&self.models)
     }

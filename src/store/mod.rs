@@ -58,13 +58,14 @@ use crate::error::{Error, Result};
 use crate::keys::KeyStore;
 use crate::keys::changes::KeyChangeFeed;
 use crate::ledger::Ledger;
-use crate::limits::{LimitStore, RateLimiter};
+use crate::limits::{LimitStore, RateLimiter, SlotStore};
 use crate::stats::StatsStore;
 
-/// A backend that keeps keys, credentials, the ledger, rate limits and key statistics together: what [`connect`] returns.
+/// A backend that keeps keys, credentials, the ledger, rate limits, concurrency slots and key statistics together:
+/// what [`connect`] returns.
 #[async_trait]
 pub trait Store:
-    KeyStore + CredentialStore + Ledger + LimitStore + RateLimiter + StatsStore
+    KeyStore + CredentialStore + Ledger + LimitStore + RateLimiter + SlotStore + StatsStore
 {
     /// The backend's name: `memory`, `sqlite`, `postgres`.
     fn backend(&self) -> &'static str;

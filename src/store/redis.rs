@@ -6,6 +6,9 @@
 //! (remaining, reset, retry after) are then computed here by the same pure function from those inputs, and the
 //! two decisions must agree. A Redis that cannot be reached is an error: the verifier fails closed or open as
 //! configured.
+//!
+//! It is also a [`SlotStore`] (concurrency limits): a sorted set per scope whose members are slot ids scored by
+//! expiry, judged by the server's `TIME`; an acquire is one script that drops lapsed members, counts and adds.
 
 use std::time::Duration;
 
@@ -13,7 +16,9 @@ use async_trait::async_trait;
 use redis::aio::ConnectionManager;
 
 use crate::error::{Error, Result};
-use crate::limits::{Charge, Decision, RateLimiter, gcra};
+use crate::limits::{
+    Charge, Decision, LimitScope, RateLimiter, Slot, SlotRefusal, SlotStore, gcra,
+};
 
 /// Admission by GCRA over every key at once, all or none. ARGV: mode (`check` or `charge`), then per key its
 /// emission interval, period and cost in microseconds/units. Returns `{now, admitted, state before…}`.
@@ -49,6 +54,46 @@ if admitted == 1 then
 end
 local out = {now, admitted}
 for i = 1, #KEYS do out[#out + 1] = before[i] end
+return out
+";
+
+/// Takes a slot in every scope (KEYS) if each has fewer live members than its limit (ARGV[2 + i]), all or none.
+/// ARGV[1]: the slot id, ARGV[2]: its time to live in microseconds. Returns `{0, 0}`, or `{i, live}` for the
+/// first scope with no room.
+const ACQUIRE: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local ttl = tonumber(ARGV[2])
+for i = 1, #KEYS do
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now)
+  local n = redis.call('ZCARD', KEYS[i])
+  if n >= tonumber(ARGV[2 + i]) then return {i, n} end
+end
+for i = 1, #KEYS do
+  redis.call('ZADD', KEYS[i], now + ttl, ARGV[1])
+  redis.call('PEXPIRE', KEYS[i], math.floor(ttl / 1000) + 1000)
+end
+return {0, 0}
+";
+
+/// Extends each member ARGV[1 + i] of KEYS[i] still present to ARGV[1] microseconds from now.
+const RENEW: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local ttl = tonumber(ARGV[1])
+for i = 1, #KEYS do
+  redis.call('ZADD', KEYS[i], 'XX', now + ttl, ARGV[1 + i])
+  redis.call('PEXPIRE', KEYS[i], math.floor(ttl / 1000) + 1000)
+end
+return 0
+";
+
+/// The live members of each of KEYS.
+const COUNT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local out = {}
+for i = 1, #KEYS do out[i] = redis.call('ZCOUNT', KEYS[i], '(' .. string.format('%d', now), '+inf') end
 return out
 ";
 
@@ -197,6 +242,118 @@ impl RateLimiter for RedisLimiter {
             .await
             .map_err(RedisError::from)?;
         Ok(())
+    }
+}
+
+impl RedisLimiter {
+    fn slot_key(&self, scope: &LimitScope) -> String {
+        format!("{}slots:{scope}", self.prefix)
+    }
+}
+
+fn micros(ttl: chrono::Duration) -> i64 {
+    ttl.num_microseconds().unwrap_or(i64::MAX / 4)
+}
+
+#[async_trait]
+impl SlotStore for RedisLimiter {
+    async fn acquire(
+        &self,
+        slot: &Slot,
+        _now: chrono::DateTime<chrono::Utc>,
+        ttl: chrono::Duration,
+    ) -> Result<Option<SlotRefusal>> {
+        if slot.claims.is_empty() {
+            return Ok(None);
+        }
+        let script = redis::Script::new(ACQUIRE);
+        let mut invocation = script.prepare_invoke();
+        invocation.arg(&slot.id).arg(micros(ttl));
+        for claim in &slot.claims {
+            invocation.key(self.slot_key(&claim.scope)).arg(claim.max);
+        }
+        let mut conn = self.conn.clone();
+        let reply: (i64, i64) = invocation
+            .invoke_async(&mut conn)
+            .await
+            .map_err(RedisError::from)?;
+        match reply {
+            (0, _) => Ok(None),
+            (i, live) => {
+                let claim = usize::try_from(i - 1)
+                    .ok()
+                    .and_then(|i| slot.claims.get(i))
+                    .ok_or(RedisError::Reply("a scope index out of range"))?;
+                Ok(Some(SlotRefusal {
+                    scope: claim.scope.clone(),
+                    max: claim.max,
+                    in_flight: u64::try_from(live).unwrap_or(0),
+                }))
+            }
+        }
+    }
+
+    async fn renew(
+        &self,
+        slots: &[Slot],
+        _now: chrono::DateTime<chrono::Utc>,
+        ttl: chrono::Duration,
+    ) -> Result<()> {
+        let script = redis::Script::new(RENEW);
+        let mut invocation = script.prepare_invoke();
+        invocation.arg(micros(ttl));
+        let mut any = false;
+        for slot in slots {
+            for claim in &slot.claims {
+                invocation.key(self.slot_key(&claim.scope)).arg(&slot.id);
+                any = true;
+            }
+        }
+        if !any {
+            return Ok(());
+        }
+        let mut conn = self.conn.clone();
+        invocation
+            .invoke_async::<i64>(&mut conn)
+            .await
+            .map_err(RedisError::from)?;
+        Ok(())
+    }
+
+    async fn release(&self, slot: &Slot) -> Result<()> {
+        let mut pipe = redis::pipe();
+        for claim in &slot.claims {
+            pipe.zrem(self.slot_key(&claim.scope), &slot.id).ignore();
+        }
+        let mut conn = self.conn.clone();
+        pipe.query_async::<()>(&mut conn)
+            .await
+            .map_err(RedisError::from)?;
+        Ok(())
+    }
+
+    async fn in_flight(
+        &self,
+        scopes: &[LimitScope],
+        _now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<u64>> {
+        if scopes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let script = redis::Script::new(COUNT);
+        let mut invocation = script.prepare_invoke();
+        for scope in scopes {
+            invocation.key(self.slot_key(scope));
+        }
+        let mut conn = self.conn.clone();
+        let counts: Vec<i64> = invocation
+            .invoke_async(&mut conn)
+            .await
+            .map_err(RedisError::from)?;
+        Ok(counts
+            .into_iter()
+            .map(|n| u64::try_from(n).unwrap_or(0))
+            .collect())
     }
 }
 

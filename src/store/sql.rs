@@ -157,6 +157,11 @@ pub(crate) fn limits_of<R: Columns>(scopes: &[LimitScope], rows: &[R]) -> Result
             tokens: quotas(row, "tokens")?,
             models: serde_json::from_str(&row.text("models")?)
                 .map_err(|_| row.corrupt("model rules"))?,
+            max_parallel: row
+                .opt_text("max_parallel")?
+                .map(|n| n.parse::<u32>())
+                .transpose()
+                .map_err(|_| row.corrupt("concurrency limit"))?,
         };
         for (slot, s) in out.iter_mut().zip(scopes) {
             if s.kind() == kind && s.id() == id {

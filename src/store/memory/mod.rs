@@ -4,6 +4,7 @@ mod credentials;
 mod keys;
 mod ledger;
 mod limits;
+mod slots;
 mod stats;
 
 use std::collections::BTreeMap;
@@ -25,6 +26,7 @@ pub struct MemoryStore {
     limits: limits::LimitLock,
     buckets: limits::Buckets,
     stats: std::sync::Mutex<stats::StatsTable>,
+    slots: std::sync::Mutex<slots::SlotTable>,
     // Reservation ids are this per-store random prefix and a counter: unique without a syscall per reserve.
     reservation_prefix: String,
 }
@@ -51,6 +53,7 @@ impl Default for MemoryStore {
             limits: limits::LimitLock::default(),
             buckets: limits::Buckets::default(),
             stats: std::sync::Mutex::default(),
+            slots: std::sync::Mutex::default(),
             reservation_prefix: reservation_prefix(&OsRandom),
         }
     }

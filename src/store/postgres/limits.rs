@@ -74,15 +74,17 @@ impl LimitStore for PostgresStore {
                 .await
         } else {
             sqlx::query(
-                "INSERT INTO keymeter_limits (scope_kind, scope_id, requests, tokens, models) VALUES ($1, $2, $3, $4, $5) \
+                "INSERT INTO keymeter_limits (scope_kind, scope_id, requests, tokens, models, max_parallel) \
+                 VALUES ($1, $2, $3, $4, $5, $6) \
                  ON CONFLICT (scope_kind, scope_id) DO UPDATE SET requests = excluded.requests, tokens = excluded.tokens, \
-                 models = excluded.models",
+                 models = excluded.models, max_parallel = excluded.max_parallel",
             )
             .bind(scope.kind())
             .bind(scope.id())
             .bind(quotas_text(&limits.requests))
             .bind(quotas_text(&limits.tokens))
             .bind(models_text(&limits.models))
+            .bind(limits.max_parallel.map(|m| m as i32))
             .execute(&self.pool)
             .await
         };
@@ -97,7 +99,8 @@ impl LimitStore for PostgresStore {
         let (kinds, ids): (Vec<&str>, Vec<&str>) =
             scopes.iter().map(|s| (s.kind(), s.id())).unzip();
         let rows = sqlx::query(
-            "SELECT scope_kind, scope_id, requests, tokens, models FROM keymeter_limits WHERE (scope_kind, scope_id) IN \
+            "SELECT scope_kind, scope_id, requests, tokens, models, max_parallel::text AS max_parallel \
+             FROM keymeter_limits WHERE (scope_kind, scope_id) IN \
              (SELECT * FROM UNNEST($1::text[], $2::text[]))",
         )
         .bind(&kinds)

@@ -79,6 +79,11 @@ const MIGRATIONS: &[Migration] = &[
         "model_allowlists",
         include_str!("../../../migrations/postgres/0013_model_allowlists.sql"),
     ),
+    (
+        14,
+        "concurrency_slots",
+        include_str!("../../../migrations/postgres/0014_concurrency_slots.sql"),
+    ),
 ];
 
 /// The advisory lock migrations take: "keymeter" in ASCII, so it stays clear of an application's own numbers.

@@ -51,6 +51,7 @@ mod keys;
 mod ledger;
 mod limits;
 mod migrate;
+mod slots;
 mod stats;
 
 use std::str::FromStr;

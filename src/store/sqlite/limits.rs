@@ -45,9 +45,10 @@ impl LimitStore for SqliteStore {
             sqlx::query("DELETE FROM keymeter_limits WHERE scope_kind = ?1 AND scope_id = ?2")
         } else {
             sqlx::query(
-                "INSERT INTO keymeter_limits (scope_kind, scope_id, requests, tokens, models) VALUES (?1, ?2, ?3, ?4, ?5) \
+                "INSERT INTO keymeter_limits (scope_kind, scope_id, requests, tokens, models, max_parallel) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
                  ON CONFLICT (scope_kind, scope_id) DO UPDATE SET requests = excluded.requests, tokens = excluded.tokens, \
-                 models = excluded.models",
+                 models = excluded.models, max_parallel = excluded.max_parallel",
             )
         };
         query
@@ -56,6 +57,7 @@ impl LimitStore for SqliteStore {
             .bind(quotas_text(&limits.requests))
             .bind(quotas_text(&limits.tokens))
             .bind(models_text(&limits.models))
+            .bind(limits.max_parallel.map(i64::from))
             .execute(&self.pool)
             .await
             .map_err(db)?;
@@ -67,7 +69,8 @@ impl LimitStore for SqliteStore {
             return Ok(Vec::new());
         }
         let mut sql = String::from(
-            "SELECT scope_kind, scope_id, requests, tokens, models FROM keymeter_limits WHERE ",
+            "SELECT scope_kind, scope_id, requests, tokens, models, CAST(max_parallel AS TEXT) AS max_parallel \
+             FROM keymeter_limits WHERE ",
         );
         for i in 0..scopes.len() {
             if i > 0 {

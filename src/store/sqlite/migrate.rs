@@ -85,6 +85,11 @@ const MIGRATIONS: &[Migration] = &[
         "model_allowlists",
         include_str!("../../../migrations/sqlite/0014_model_allowlists.sql"),
     ),
+    (
+        15,
+        "concurrency_slots",
+        include_str!("../../../migrations/sqlite/0015_concurrency_slots.sql"),
+    ),
 ];
 
 /// The migration that creates the report rollups: when it runs, the events already stored are rolled up.

@@ -72,6 +72,7 @@ mod migrate;
 mod point;
 mod reserve;
 mod rollup;
+mod slots;
 mod stats;
 
 use std::str::FromStr;

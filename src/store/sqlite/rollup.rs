@@ -657,6 +657,7 @@ mod tests {
              DROP TRIGGER keymeter_api_keys_created; \
              ALTER TABLE keymeter_api_keys DROP COLUMN allowed_models; \
              ALTER TABLE keymeter_limits DROP COLUMN models; \
+             ALTER TABLE keymeter_limits DROP COLUMN max_parallel; DROP TABLE keymeter_slots; \
              DELETE FROM keymeter_migrations WHERE version >= 8",
         )
         .execute(store.pool())
