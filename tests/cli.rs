@@ -789,6 +789,8 @@ fn rate_limits_hold_across_invocations_on(cli: Cli) {
         "50000/h",
         "--models",
         "gpt-4o*,anthropic/*",
+        "--max-parallel",
+        "2",
     ]);
     assert_eq!(
         created["allowed_models"],
@@ -801,7 +803,8 @@ fn rate_limits_hold_across_invocations_on(cli: Cli) {
     assert_eq!(shown["allowed_models"], created["allowed_models"]);
     assert_eq!(
         shown["limits"],
-        serde_json::json!({"requests": ["3/min", "100/day"], "tokens": ["50000/h"], "models": []})
+        serde_json::json!({"requests": ["3/min", "100/day"], "tokens": ["50000/h"], "models": [],
+            "max_parallel": 2})
     );
     // Three verifications in a minute, each a separate process; the fourth is refused.
     for left in [2, 1, 0] {
@@ -836,17 +839,20 @@ fn rate_limits_hold_across_invocations_on(cli: Cli) {
         "10/s",
         "--tokens",
         "1000/min",
+        "--max-parallel",
+        "3",
     ]);
     assert_eq!(
         set,
-        serde_json::json!({"scope": "owner:alice", "requests": ["10/s"], "tokens": ["1000/min"], "models": []})
+        serde_json::json!({"scope": "owner:alice", "requests": ["10/s"], "tokens": ["1000/min"], "models": [],
+            "max_parallel": 3})
     );
     assert_eq!(cli.ok(&["limits", "show", "--owner", "alice"]), set);
     let cleared = cli.ok(&["limits", "set", "--owner", "alice"]);
     assert_eq!(cleared["requests"], serde_json::json!([]));
     assert_eq!(
         cli.ok(&["limits", "show", "--org", "acme"]),
-        serde_json::json!({"scope": "org:acme", "requests": [], "tokens": [], "models": []})
+        serde_json::json!({"scope": "org:acme", "requests": [], "tokens": [], "models": [], "max_parallel": null})
     );
     // An organisation's model allowlist; a rule that cannot be one is refused.
     let set = cli.ok(&[

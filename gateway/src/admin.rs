@@ -35,6 +35,8 @@ struct CreateKey {
     /// `[provider/]pattern` rules with `*` wildcards; empty (the default) allows any model.
     #[serde(default)]
     allowed_models: Vec<keymeter::keys::ModelRule>,
+    /// The most requests the key may have in flight at once.
+    max_parallel: Option<u32>,
 }
 
 /// `"100/min"` or `["100/min", "5000/day"]`.
@@ -112,6 +114,7 @@ pub async fn create(
         .collect::<keymeter::Result<Vec<_>>>()?;
     let limits_set = Limits {
         requests: quotas,
+        max_parallel: req.max_parallel,
         ..Limits::default()
     };
     limits_set.validate()?;
@@ -119,7 +122,7 @@ pub async fn create(
         new = new.rate_limit(first.parse::<RateLimit>()?);
     }
     let issued = app.issuer.issue(new).await?;
-    if limits_set.requests.len() > 1 {
+    if limits_set.requests.len() > 1 || limits_set.max_parallel.is_some() {
         // The key is not handed out before its limits hold.
         let scope = LimitScope::Key(issued.record.id.clone());
         if let Err(e) = app.store.set_limits(&scope, &limits_set).await {

@@ -128,11 +128,13 @@ struct SetLimits {
     tokens: Vec<Quota>,
     #[serde(default)]
     models: Vec<ModelRule>,
+    #[serde(default)]
+    max_parallel: Option<u32>,
 }
 
 fn limits_json(scope: &BudgetScope, limits: &Limits) -> Value {
     json!({"scope": scope.to_string(), "requests": limits.requests, "tokens": limits.tokens,
-        "models": limits.models})
+        "models": limits.models, "max_parallel": limits.max_parallel})
 }
 
 pub async fn put_limits(
@@ -146,6 +148,7 @@ pub async fn put_limits(
         requests: req.requests,
         tokens: req.tokens,
         models: req.models,
+        max_parallel: req.max_parallel,
     };
     app.store.set_limits(&scope, &limits).await?;
     Ok(Json(limits_json(&scope, &limits)))

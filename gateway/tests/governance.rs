@@ -315,13 +315,14 @@ async fn budgets_and_limits_are_set_over_http_within_the_admins_organisation() {
             Method::PUT,
             "/api/v1/limits/org:acme",
             Some(&acme_admin),
-            Some(json!({"requests": ["100/min"], "models": ["anthropic/*"]})),
+            Some(json!({"requests": ["100/min"], "models": ["anthropic/*"], "max_parallel": 20})),
         )
         .await;
     assert_eq!(status, 200, "{set}");
     assert_eq!(
         set,
-        json!({"scope": "org:acme", "requests": ["100/min"], "tokens": [], "models": ["anthropic/*"]})
+        json!({"scope": "org:acme", "requests": ["100/min"], "tokens": [], "models": ["anthropic/*"],
+            "max_parallel": 20})
     );
     let (_, _, shown) = gw
         .call(

@@ -161,7 +161,8 @@ impl IntoResponse for ApiError {
 
 /// keymeter's errors as answers: a budget is 402 `BUDGET_EXCEEDED` (naming the budget that refused, its limit, spent,
 /// reserved and remaining amounts, what the request needed and when the period ends), a model off an allowlist 403
-/// `MODEL_NOT_ALLOWED` (naming the model and the scope that refused it), no provider key 424 `NO_CREDENTIAL`, an unknown
+/// `MODEL_NOT_ALLOWED` (naming the model and the scope that refused it), a concurrency limit 429 `TOO_MANY_CONCURRENT`
+/// (`Retry-After: 1`, naming the scope, its limit and its requests in flight), no provider key 424 `NO_CREDENTIAL`, an unknown
 /// id 404 `NOT_FOUND_ID`, bad input 422, an overloaded verifier 503 `OVERLOADED`; a dependency that cannot be
 /// reached (the store, a limiter failing closed) is a 503 `STORE_UNAVAILABLE` / `LIMITER_UNAVAILABLE` with
 /// `Retry-After`, never a 500 or a 402; an internal failure is a 500. The last two say only that: the details go to
@@ -230,6 +231,19 @@ impl From<keymeter::Error> for ApiError {
                 .with_detail("model", model.as_str())
                 .with_detail("provider", provider.as_str())
                 .with_detail("scope", scope.as_str()),
+            E::TooManyConcurrent {
+                scope,
+                limit,
+                in_flight,
+            } => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "TOO_MANY_CONCURRENT",
+                e.to_string(),
+            )
+            .header(header::RETRY_AFTER, HeaderValue::from_static("1"))
+            .with_detail("scope", scope.as_str())
+            .with_detail("limit", *limit)
+            .with_detail("in_flight", *in_flight),
             E::OwnerInOtherOrganisation { .. } => ApiError::new(
                 StatusCode::FORBIDDEN,
                 "OWNER_IN_OTHER_ORGANISATION",

@@ -199,7 +199,8 @@ impl<S> Layer<S> for RequireKeyLayer {
 }
 
 /// The service [`RequireKeyLayer`] wraps around a route: a valid key's record goes into the request's extensions
-/// as a [`VerifiedKey`] and its rate-limit headers onto the answer; anything else is answered here.
+/// as a [`VerifiedKey`] (with its [`keymeter::keys::KeyRules`] as an `Arc<KeyRules>`, when the verifier has
+/// limits) and its rate-limit headers onto the answer; anything else is answered here.
 #[derive(Debug, Clone)]
 pub struct RequireKey<S> {
     inner: S,
@@ -237,6 +238,10 @@ where
             let limit = verdict.limit().copied();
             if let Some(key) = verdict.valid_key() {
                 request.extensions_mut().insert(VerifiedKey(key.clone()));
+                // The key's allowlists and concurrency limits, as the verify read them: later checks need no lookup.
+                if let Some(rules) = verdict.rules() {
+                    request.extensions_mut().insert(rules.clone());
+                }
             }
             let mut response = inner.call(request).await?;
             if let Some(limit) = &limit {

@@ -5,17 +5,18 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::response::Response;
 use keymeter::credentials::Provider;
 use keymeter::pricing::UsageFormat;
-use keymeter_axum::{ApiError, VerifiedKey};
+use keymeter_axum::ApiError;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::worst::{self, ANTHROPIC_IMAGE_TOKENS};
 use super::{
-    App, Auth, Bound, Inbound, Plan, State, claimed_tier, fields, parse_json, rewrite, run, url,
+    App, Auth, Bound, Caller, Inbound, Plan, State, claimed_tier, fields, parse_json, rewrite, run,
+    url,
 };
 
 /// `POST /v1/messages`.
-pub async fn messages(state: State, key: VerifiedKey, headers: HeaderMap, body: Body) -> Response {
+pub async fn messages(state: State, key: Caller, headers: HeaderMap, body: Body) -> Response {
     run(state, key, headers, body, Default::default(), plan).await
 }
 

@@ -7,13 +7,14 @@ use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::Response;
 use keymeter::credentials::Provider;
 use keymeter::pricing::UsageFormat;
-use keymeter_axum::{ApiError, VerifiedKey};
+use keymeter_axum::ApiError;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::worst::{self, GEMINI_MEDIA_TOKENS};
 use super::{
-    App, Auth, Bound, Inbound, Plan, State, fields, object_at, parse_json, rewrite, run, url,
+    App, Auth, Bound, Caller, Inbound, Plan, State, fields, object_at, parse_json, rewrite, run,
+    url,
 };
 
 /// The most candidates one request may ask for (Gemini's own ceiling).
@@ -27,7 +28,7 @@ const SEARCH_QUERIES: u64 = 8;
 /// `/v1/` (the version Google's newer SDKs default to), forwarded to the version the client called.
 pub async fn generate(
     state: State,
-    key: VerifiedKey,
+    key: Caller,
     uri: Uri,
     RawQuery(query): RawQuery,
     headers: HeaderMap,

@@ -2,7 +2,8 @@
 //!
 //! Each API module only reads its request: which provider, model and usage format, the URL and body to send
 //! upstream, and the bound on what the request can cost (a [`Plan`]). Everything else is shared: check the model
-//! against the allowlists that apply (403 `MODEL_NOT_ALLOWED`), resolve whose provider key pays (the owner's own,
+//! against the allowlists that apply (403 `MODEL_NOT_ALLOWED`), take a concurrency slot where a limit applies
+//! (429 `TOO_MANY_CONCURRENT`; given back once the answer is sent or the client is gone), resolve whose provider key pays (the owner's own,
 //! else the system's: 424 without), reserve the worst case (402 when a budget has no room), forward with that key, price what the provider reports and settle. Once the body is read the
 //! request runs in a task of its own, so a client that hangs up cancels nothing: the upstream is read to its end
 //! and billed what it reports.
@@ -30,8 +31,9 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use chrono::Utc;
 use keymeter::credentials::Provider;
-use keymeter::keys::KeyRecord;
+use keymeter::keys::{KeyRecord, KeyRules};
 use keymeter::ledger::MeteredRequest;
+use keymeter::limits::SlotGuard;
 use keymeter::pricing::{ServiceTier, UsageFormat};
 use keymeter_axum::{ApiError, VerifiedKey};
 use secrecy::ExposeSecret;
@@ -107,11 +109,43 @@ pub(crate) struct Plan {
 /// Reads an API's request into a [`Plan`], or refuses it (nothing reserved yet).
 pub(crate) type Planner = fn(&App, &Inbound) -> Result<Plan, ApiError>;
 
-/// Reads the body, then hands the request to a task of its own: once a reservation exists the exchange runs to
-/// its end (settled or released) whether or not the client is still there to read the answer.
+/// The caller of a proxy: the verified key, and the rules its verify read (allowlists, concurrency limits), so
+/// the exchange checks them without looking the key up again.
+pub(crate) struct Caller {
+    pub key: Arc<KeyRecord>,
+    pub rules: Option<Arc<KeyRules>>,
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let VerifiedKey(key) = VerifiedKey::from_request_parts(parts, state).await?;
+        let rules = parts.extensions.get::<Arc<KeyRules>>().cloned();
+        Ok(Caller { key, rules })
+    }
+}
+
+impl Caller {
+    /// The key's rules: as its verify read them, else read now (trusted for a second, like the verify's).
+    async fn rules(&self, app: &App) -> Result<Arc<KeyRules>, ApiError> {
+        if let Some(rules) = &self.rules {
+            return Ok(rules.clone());
+        }
+        Ok(app.verifier.rules(&self.key).await?.unwrap_or_default())
+    }
+}
+
+/// Reads the body and the request, checks the model and takes the concurrency slot, then hands the request to a
+/// task of its own: once a reservation exists the exchange runs to its end (settled or released) whether or not
+/// the client is still there to read the answer. The slot is the client's: it is given back when the answer has
+/// been sent or the client has left, whichever comes first (a cancel frees it at once).
 pub(crate) async fn run(
     axum::extract::State(app): State,
-    VerifiedKey(key): VerifiedKey,
+    caller: Caller,
     headers: HeaderMap,
     body: Body,
     (target, query): (String, Option<String>),
@@ -127,23 +161,71 @@ pub(crate) async fn run(
         target,
         query,
     };
+    let (plan, slot) = match admit(&app, &caller, &inbound, planner).await {
+        Ok(admitted) => admitted,
+        Err(e) => return e.into_response(),
+    };
     let (tx, rx) = oneshot::channel();
     let tracker = app.exchanges.clone();
+    let key = caller.key;
     tracker.spawn(async move {
         let mut reply = Reply {
             tx: Some(tx),
             upstream: Duration::ZERO,
         };
-        if let Err(e) = exchange(app, key, inbound, planner, &mut reply).await {
+        if let Err(e) = exchange(app, key, inbound.headers, plan, &mut reply).await {
             reply.send(e.into_response());
         }
     });
-    rx.await.unwrap_or_else(|_| {
+    let response = rx.await.unwrap_or_else(|_| {
         ApiError::from(keymeter::Error::Internal(
             "the exchange ended without an answer".into(),
         ))
         .into_response()
-    })
+    });
+    response.map(|body| Body::new(Held { body, _slot: slot }))
+}
+
+/// The checks before anything is resolved or reserved: the request read into a [`Plan`], the model against the
+/// allowlists (a model off one costs nothing), then a concurrency slot.
+async fn admit(
+    app: &App,
+    caller: &Caller,
+    inbound: &Inbound,
+    planner: Planner,
+) -> Result<(Plan, SlotGuard), ApiError> {
+    let plan = planner(app, inbound)?;
+    let rules = caller.rules(app).await?;
+    rules.check_model(&caller.key, plan.provider.as_str(), &plan.model)?;
+    let slot = app.verifier.claim_slot(&caller.key, &rules).await?;
+    Ok((plan, slot))
+}
+
+/// An answer's body holding the request's concurrency slot: dropped (the slot given back) when the body has been
+/// sent or the client has gone.
+struct Held {
+    body: Body,
+    _slot: SlotGuard,
+}
+
+impl http_body::Body for Held {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// How long an answer waited on the provider: the gateway's `x-keymeter-overhead-ms` is its time less this.
@@ -187,20 +269,14 @@ fn upstream_timeout(provider: &Provider, why: &str) -> ApiError {
     )
 }
 
-/// One proxied request from its body to its settle: plan, resolve, reserve, forward, answer, settle.
+/// One admitted request from its plan to its settle: resolve, reserve, forward, answer, settle.
 async fn exchange(
     app: Arc<App>,
     key: Arc<KeyRecord>,
-    inbound: Inbound,
-    planner: Planner,
+    headers: HeaderMap,
+    mut plan: Plan,
     reply: &mut Reply,
 ) -> Result<(), ApiError> {
-    let mut plan = planner(&app, &inbound)?;
-    // Before anything is resolved or reserved: a model off an allowlist costs nothing.
-    app.verifier
-        .check_model(&key, plan.provider.as_str(), &plan.model)
-        .await?;
-    let headers = inbound.headers;
     let credential = app.resolver.resolve(&key.owner, &plan.provider).await?;
     let priced = Priced {
         model: plan.model.clone(),

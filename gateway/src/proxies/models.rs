@@ -5,10 +5,10 @@
 use axum::Json;
 use chrono::Utc;
 use keymeter::credentials::Provider;
-use keymeter_axum::{ApiError, VerifiedKey};
+use keymeter_axum::ApiError;
 use serde_json::{Value, json};
 
-use super::State;
+use super::{Caller, State};
 
 /// Whether the gateway proxies `mode` for `provider`: OpenAI's chat, Responses and embeddings, Anthropic's
 /// messages and Gemini's generateContent.
@@ -23,8 +23,10 @@ fn served(provider: &Provider, mode: Option<&str>) -> bool {
 /// `GET /v1/models`.
 pub async fn list(
     axum::extract::State(app): State,
-    VerifiedKey(key): VerifiedKey,
+    caller: Caller,
 ) -> Result<Json<Value>, ApiError> {
+    let rules = caller.rules(&app).await?;
+    let key = caller.key;
     let status = app.resolver.status(&key.owner).await?;
     let usable: Vec<&Provider> = status
         .iter()
@@ -53,11 +55,7 @@ pub async fn list(
             .filter(|short| catalog.resolve(short).is_ok_and(|m| m.id == model.id));
         let name = short.unwrap_or(&model.id);
         // Only what the allowlists that apply to the key permit (the same check a request meets).
-        match app
-            .verifier
-            .check_model(&key, provider.as_str(), name)
-            .await
-        {
+        match rules.check_model(&key, provider.as_str(), name) {
             Ok(()) => data.push((name.to_owned(), provider.as_str())),
             Err(keymeter::Error::ModelNotAllowed { .. }) => {}
             Err(e) => return Err(e.into()),

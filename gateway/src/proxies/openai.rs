@@ -5,14 +5,14 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 use keymeter::credentials::Provider;
 use keymeter::pricing::UsageFormat;
-use keymeter_axum::{ApiError, VerifiedKey};
+use keymeter_axum::ApiError;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::worst::{self, OPENAI_IMAGE_TOKENS};
 use super::{
-    App, Auth, Bound, Inbound, Plan, State, claimed_tier, fields, object_at, parse_json, rewrite,
-    run, url,
+    App, Auth, Bound, Caller, Inbound, Plan, State, claimed_tier, fields, object_at, parse_json,
+    rewrite, run, url,
 };
 
 /// The most choices one chat request may ask for (OpenAI's own ceiling).
@@ -23,12 +23,12 @@ const MAX_CHOICES: u64 = 128;
 const DEFAULT_TOOL_CALLS: u64 = 8;
 
 /// `POST /v1/chat/completions`.
-pub async fn chat(state: State, key: VerifiedKey, headers: HeaderMap, body: Body) -> Response {
+pub async fn chat(state: State, key: Caller, headers: HeaderMap, body: Body) -> Response {
     run(state, key, headers, body, Default::default(), plan_chat).await
 }
 
 /// `POST /v1/responses`.
-pub async fn responses(state: State, key: VerifiedKey, headers: HeaderMap, body: Body) -> Response {
+pub async fn responses(state: State, key: Caller, headers: HeaderMap, body: Body) -> Response {
     run(
         state,
         key,
@@ -41,12 +41,7 @@ pub async fn responses(state: State, key: VerifiedKey, headers: HeaderMap, body:
 }
 
 /// `POST /v1/embeddings`.
-pub async fn embeddings(
-    state: State,
-    key: VerifiedKey,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
+pub async fn embeddings(state: State, key: Caller, headers: HeaderMap, body: Body) -> Response {
     run(
         state,
         key,

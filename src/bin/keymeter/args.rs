@@ -106,6 +106,9 @@ pub(crate) enum LimitsCommand {
         /// (gpt-4o*,anthropic/*).
         #[arg(long = "models", default_value = "")]
         models: String,
+        /// The most requests the scope may have in flight at once.
+        #[arg(long = "max-parallel")]
+        max_parallel: Option<u32>,
     },
     /// Show the scope's rate limits.
     #[command(after_help = "Examples:\n  keymeter limits show --org acme")]
@@ -578,6 +581,9 @@ pub(crate) struct CreateArgs {
     /// The models the key may call: [provider/]pattern with * wildcards, comma-separated (gpt-4o*,anthropic/*).
     #[arg(long = "models", default_value = "")]
     pub(crate) models: String,
+    /// The most requests the key may have in flight at once.
+    #[arg(long = "max-parallel")]
+    pub(crate) max_parallel: Option<u32>,
     #[arg(long, default_value = token::DEFAULT_PREFIX)]
     pub(crate) prefix: String,
 }

@@ -50,6 +50,7 @@ pub(crate) async fn run(config: &Config, cmd: KeysCommand, json_mode: bool) -> O
             let limits = Limits {
                 requests: crate::limits::quotas(&a.rate_limit)?,
                 tokens: crate::limits::quotas(&a.token_limit)?,
+                max_parallel: a.max_parallel,
                 ..Limits::default()
             };
             limits.validate()?;
@@ -58,7 +59,10 @@ pub(crate) async fn run(config: &Config, cmd: KeysCommand, json_mode: bool) -> O
             }
             let issued = config.issuer(dyn_store.clone())?.issue(new).await?;
             let r = &issued.record;
-            if limits.requests.len() > 1 || !limits.tokens.is_empty() {
+            if limits.requests.len() > 1
+                || !limits.tokens.is_empty()
+                || limits.max_parallel.is_some()
+            {
                 // The key is not handed out before its limits hold: revoke it if they cannot be stored.
                 if let Err(e) = store
                     .set_limits(&LimitScope::Key(r.id.clone()), &limits)
@@ -342,8 +346,8 @@ async fn record_json(
         .pop()
         .unwrap_or_default()
         .with_record_limit(r);
-    value["limits"] =
-        json!({"requests": limits.requests, "tokens": limits.tokens, "models": limits.models});
+    value["limits"] = json!({"requests": limits.requests, "tokens": limits.tokens, "models": limits.models,
+        "max_parallel": limits.max_parallel});
     Ok(value)
 }
 
@@ -435,6 +439,12 @@ fn record_fields(r: &KeyRecord, value: &serde_json::Value, now: chrono::DateTime
     rows.push(("Allowed IPs", any_or_list(&r.allowed_ips)));
     rows.push(("Request limits", list(&value["limits"]["requests"])));
     rows.push(("Token limits", list(&value["limits"]["tokens"])));
+    rows.push((
+        "In flight at most",
+        value["limits"]["max_parallel"]
+            .as_u64()
+            .map_or_else(|| "no limit".to_owned(), |n| n.to_string()),
+    ));
     rows.push(("Models", any_or_list(&r.allowed_models)));
     rows.push(("Hash", r.hash.scheme().as_str().to_owned()));
     view::fields(rows).to_string()

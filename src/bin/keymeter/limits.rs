@@ -15,7 +15,7 @@ pub(crate) fn quotas(values: &[String]) -> Result<Vec<Quota>, keymeter::Error> {
 /// The JSON of a scope's limits: `{"scope", "requests": ["N/PERIOD"…], "tokens": […], "models": [rule…]}`.
 pub(crate) fn limits_json(scope: &LimitScope, limits: &Limits) -> Value {
     json!({"scope": scope.to_string(), "requests": limits.requests, "tokens": limits.tokens,
-        "models": limits.models})
+        "models": limits.models, "max_parallel": limits.max_parallel})
 }
 
 /// A table of the scope's quotas, one a row, with what each counts and per how long.
@@ -25,6 +25,10 @@ fn human(scope: &LimitScope, limits: &Limits) -> String {
     } else {
         let rules: Vec<String> = limits.models.iter().map(ToString::to_string).collect();
         format!("\nModels allowed: {}", rules.join(", "))
+    };
+    let models = match limits.max_parallel {
+        Some(n) => format!("{models}\nRequests in flight at most: {n}"),
+        None => models,
     };
     if limits.requests.is_empty() && limits.tokens.is_empty() {
         return format!(
@@ -59,12 +63,14 @@ pub(crate) async fn run(config: &Config, cmd: LimitsCommand) -> Outcome {
             requests,
             tokens,
             models,
+            max_parallel,
         } => {
             let scope = scope.scope();
             let limits = Limits {
                 requests: quotas(&requests)?,
                 tokens: quotas(&tokens)?,
                 models: keymeter::keys::models::parse_rules(&models)?,
+                max_parallel,
             };
             store.set_limits(&scope, &limits).await?;
             Ok((limits_json(&scope, &limits), human(&scope, &limits)))
