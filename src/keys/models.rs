@@ -40,14 +40,78 @@ pub struct ModelRule {
 impl ModelRule {
     /// Whether the rule matches `model` called through `provider` (a provider name such as `openai`).
     pub fn permits(&self, provider: &str, model: &str) -> bool {
-        if let Some(p) = &self.provider
-            && !p.as_str().eq_ignore_ascii_case(provider)
-            // `gemini` is how some name Google's provider.
-            && !(p.as_str() == "google" && provider.eq_ignore_ascii_case("gemini"))
-        {
-            return false;
+        rule_permits(
+            self.provider.as_ref().map_or("", |p| p.as_str()),
+            self.pattern.as_bytes(),
+            provider,
+            model.as_bytes(),
+        )
+    }
+}
+
+/// One rule (its provider, empty for any, and its pattern) against a request.
+fn rule_permits(rule_provider: &str, pattern: &[u8], provider: &str, model: &[u8]) -> bool {
+    // `gemini` is how some name Google's provider.
+    let provider_ok = rule_provider.is_empty()
+        || rule_provider.eq_ignore_ascii_case(provider)
+        || (rule_provider == "google" && provider.eq_ignore_ascii_case("gemini"));
+    provider_ok && glob(pattern, model)
+}
+
+/// Several allowlists packed into one buffer, what the hot check after a verify reads: one allocation, so one
+/// cold cache line or two, where a list of rules costs a dependent load per rule. Each rule is its list's index,
+/// its provider's length (0 for any) and bytes, its pattern's length and bytes; a list's rules are contiguous.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct PackedRules {
+    bytes: Box<[u8]>,
+}
+
+impl PackedRules {
+    /// Packs `lists` (at most 255; empty lists are left out: they permit everything).
+    pub(crate) fn pack<'a>(lists: impl IntoIterator<Item = &'a [ModelRule]>) -> Self {
+        let mut bytes = Vec::new();
+        for (i, list) in lists.into_iter().enumerate().take(255) {
+            for rule in list {
+                let provider = rule.provider.as_ref().map_or("", |p| p.as_str());
+                // Providers are at most 32 bytes and patterns 128 (`FromStr`): their lengths fit a byte.
+                bytes.push(i as u8);
+                bytes.push(provider.len() as u8);
+                bytes.extend_from_slice(provider.as_bytes());
+                bytes.push(rule.pattern.len() as u8);
+                bytes.extend_from_slice(rule.pattern.as_bytes());
+            }
         }
-        glob(self.pattern.as_bytes(), model.as_bytes())
+        PackedRules {
+            bytes: bytes.into_boxed_slice(),
+        }
+    }
+
+    /// The index of the first list that does not permit `model` through `provider`, if any.
+    pub(crate) fn refusing(&self, provider: &str, model: &str) -> Option<usize> {
+        let b = &self.bytes;
+        let (mut at, mut list, mut permitted) = (0, None::<u8>, true);
+        while at < b.len() {
+            let i = b[at];
+            if list != Some(i) {
+                if !permitted {
+                    return list.map(usize::from);
+                }
+                (list, permitted) = (Some(i), false);
+            }
+            let p_len = usize::from(b[at + 1]);
+            let rule_provider = std::str::from_utf8(&b[at + 2..at + 2 + p_len]).unwrap_or("");
+            let q = at + 2 + p_len;
+            let pattern = &b[q + 1..q + 1 + usize::from(b[q])];
+            at = q + 1 + pattern.len();
+            if !permitted && rule_permits(rule_provider, pattern, provider, model.as_bytes()) {
+                permitted = true;
+            }
+        }
+        if permitted {
+            None
+        } else {
+            list.map(usize::from)
+        }
     }
 }
 
@@ -166,6 +230,28 @@ pub fn check_rules(rules: &[ModelRule]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// The packed lists refuse exactly where the first list that does not permit the model is.
+        #[test]
+        fn packed_lists_decide_as_the_lists_do(
+            lists in proptest::collection::vec(
+                proptest::collection::vec(("(|openai/|google/)", "[ab*]{1,4}"), 0..4), 0..4),
+            provider in "(openai|google|gemini|anthropic)",
+            model in "[ab]{0,5}",
+        ) {
+            let lists: Vec<Vec<ModelRule>> = lists
+                .iter()
+                .map(|l| l.iter().map(|(p, pat)| format!("{p}{pat}").parse().unwrap()).collect())
+                .collect();
+            let naive = lists.iter().position(|l| !permits(l, &provider, &model));
+            // Packed as the verifier packs them: the empty lists left out.
+            let kept: Vec<&Vec<ModelRule>> = lists.iter().filter(|l| !l.is_empty()).collect();
+            let packed = PackedRules::pack(kept.iter().map(|l| l.as_slice()));
+            let refused = packed.refusing(&provider, &model).map(|i| kept[i]);
+            proptest::prop_assert_eq!(refused, naive.map(|i| &lists[i]));
+        }
+    }
 
     fn rule(s: &str) -> ModelRule {
         s.parse().unwrap()

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::error::Result;
-use crate::keys::models::{self, ModelRule};
+use crate::keys::models::{self, PackedRules};
 use crate::keys::record::KeyRecord;
 use crate::limits::{Charge, Decision, LimitScope, LimitStore, Limits, RateLimiter, SlotClaim};
 
@@ -16,8 +16,9 @@ use crate::limits::{Charge, Decision, LimitScope, LimitStore, Limits, RateLimite
 #[derive(Debug, Default)]
 pub struct KeyRules {
     pub(crate) charges: Arc<[Charge]>,
-    /// Only the scopes with an allowlist.
-    models: Vec<(LimitScope, Vec<ModelRule>)>,
+    /// The scopes with an allowlist, in the order of `models`' lists.
+    model_scopes: Vec<LimitScope>,
+    models: PackedRules,
     /// Only the scopes with a concurrency limit.
     parallel: Vec<SlotClaim>,
 }
@@ -39,12 +40,12 @@ impl KeyRules {
         if !models::permits(&key.allowed_models, provider, model) {
             return refused(LimitScope::Key(key.id.clone()).to_string());
         }
-        match self
-            .models
-            .iter()
-            .find(|(_, rules)| !models::permits(rules, provider, model))
-        {
-            Some((scope, _)) => refused(scope.to_string()),
+        match self.models.refusing(provider, model) {
+            Some(i) => refused(
+                self.model_scopes
+                    .get(i)
+                    .map_or_else(String::new, ToString::to_string),
+            ),
             None => Ok(()),
         }
     }
@@ -109,6 +110,12 @@ impl LimitGate {
         if let Some(own) = limits.first_mut() {
             *own = std::mem::take(own).with_record_limit(record);
         }
+        let with_models = || {
+            scopes
+                .iter()
+                .zip(&limits)
+                .filter(|(_, l)| !l.models.is_empty())
+        };
         let compiled = Arc::new(KeyRules {
             charges: crate::limits::charges(scopes, &limits, None, 0).into(),
             parallel: scopes
@@ -121,12 +128,8 @@ impl LimitGate {
                     })
                 })
                 .collect(),
-            models: scopes
-                .iter()
-                .zip(&mut limits)
-                .filter(|(_, l)| !l.models.is_empty())
-                .map(|(s, l)| (s.clone(), std::mem::take(&mut l.models)))
-                .collect(),
+            model_scopes: with_models().map(|(s, _)| s.clone()).collect(),
+            models: PackedRules::pack(with_models().map(|(_, l)| l.models.as_slice())),
         });
         self.remember(&record.id, now, compiled.clone());
         compiled
