@@ -806,6 +806,19 @@ fn rate_limits_hold_across_invocations_on(cli: Cli) {
         serde_json::json!({"requests": ["3/min", "100/day"], "tokens": ["50000/h"], "models": [],
             "max_parallel": 2})
     );
+    // The standing `GET /api/v1/key` answers: nothing used yet.
+    assert_eq!(
+        shown["rate_limits"][0],
+        serde_json::json!({"scope": format!("key:{id}"), "counts": "requests", "quota": "3/min",
+            "remaining": 3, "reset": 0})
+    );
+    assert_eq!(shown["rate_limits"].as_array().unwrap().len(), 3);
+    assert_eq!(
+        shown["concurrency"],
+        serde_json::json!([{"scope": format!("key:{id}"), "limit": 2, "in_flight": 0}])
+    );
+    assert_eq!(shown["usage_today"]["events"], 0);
+    assert_eq!(shown["usage_today"]["cost"], "0");
     // Three verifications in a minute, each a separate process; the fourth is refused.
     for left in [2, 1, 0] {
         let (code, v) = cli.run(&["keys", "verify"], Some(key));

@@ -273,8 +273,9 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/models/{target}", post(proxies::generate).layer(chat))
         .route(
             "/v2/users/me/api-key-status",
-            get(me::key_status).layer(any),
+            get(me::key_status).layer(any.clone()),
         )
+        .route("/api/v1/key", get(me::key).layer(any))
         .route(
             "/v2/users/me/api-key",
             // Changing or deleting the owner's provider keys needs `write`; reading their status needs none.

@@ -194,3 +194,19 @@ pub async fn budget(
     }
     Ok(Json(json!({ "budgets": budgets })))
 }
+
+/// `GET /api/v1/key`: the calling key's record (never its hash), each of its limits with what remains and when it
+/// resets, its concurrency limits with the requests in flight, the allowlists and budget layers that apply, and
+/// today's usage (DESIGN §15; `keymeter keys show` prints the same).
+pub async fn key(
+    axum::extract::State(app): State,
+    VerifiedKey(key): VerifiedKey,
+) -> Result<Json<Value>, ApiError> {
+    let slots: std::sync::Arc<dyn keymeter::limits::SlotStore> = match app.verifier.slots() {
+        Some(keeper) => keeper.store().clone(),
+        None => app.store.clone(),
+    };
+    let seen =
+        keymeter::keys::inspect(&*app.store, &*app.limiter, &*slots, &key, Utc::now()).await?;
+    Ok(Json(json!(seen)))
+}

@@ -400,3 +400,107 @@ async fn budgets_and_limits_are_set_over_http_within_the_admins_organisation() {
         .await;
     assert_eq!(standing["limit"], "25.00");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_reads_its_own_limits_budgets_and_usage() {
+    let up = support::upstream().await;
+    let gw = support::sqlite_gateway(&up).await;
+    gw.budget(
+        BudgetScope::Owner("self".into()),
+        Decimal::from(10),
+        BudgetPeriod::Monthly,
+    )
+    .await;
+    let tokens = Limits {
+        tokens: vec!["100000/h".parse().unwrap()],
+        ..Limits::default()
+    };
+    gw.app
+        .store
+        .set_limits(&LimitScope::Owner("self".into()), &tokens)
+        .await
+        .unwrap();
+    let (id, key) = gw
+        .key(json!({"name": "me", "owner": "self", "permissions": ["llm:chat"], "rate_limit": "10/min",
+            "max_parallel": 3, "allowed_models": ["gpt-4o*"]}))
+        .await;
+    // Two answers billed, and a stream in flight (held, not yet billed).
+    for _ in 0..2 {
+        let (status, _) = ask(&gw, &key, "/v1/chat/completions", "gpt-4o-mini").await;
+        assert_eq!(status, 200);
+    }
+    let events = wait_events(&gw, "self", 2).await;
+    let spent: Decimal = events.iter().map(|e| e.cost).sum();
+    let stream = gw
+        .post_json(
+            "/v1/chat/completions",
+            &key,
+            &json!({"model": "gpt-4o-mini", "max_tokens": 50, "stream": true, "user": "slow",
+                "messages": [{"role": "user", "content": "Say hello"}]}),
+        )
+        .await;
+    assert_eq!(stream.status(), 200);
+
+    // Any valid key may ask, whatever its scopes.
+    let (status, _, seen) = gw.call(Method::GET, "/api/v1/key", Some(&key), None).await;
+    assert_eq!(status, 200, "{seen}");
+    assert_eq!(seen["key"]["id"], id.as_str());
+    assert_eq!(seen["key"]["owner"], "self");
+    assert!(seen["key"].get("hash").is_none(), "{seen}");
+    assert!(
+        !seen.to_string().contains(&key),
+        "the secret is never shown"
+    );
+    // Four requests charged to the key's 10/min so far (this one included); 3,000 tokens to the owner's hour.
+    let limits = seen["rate_limits"].as_array().unwrap();
+    let of = |scope: &str, counts: &str| {
+        limits
+            .iter()
+            .find(|l| l["scope"] == scope && l["counts"] == counts)
+            .unwrap_or_else(|| panic!("{scope} {counts}: {seen}"))
+            .clone()
+    };
+    let requests = of(&format!("key:{id}"), "requests");
+    assert_eq!(
+        (requests["quota"].as_str(), requests["remaining"].as_u64()),
+        (Some("10/min"), Some(6))
+    );
+    assert!(requests["reset"].as_u64().unwrap() >= 23, "{requests}");
+    let used = of("owner:self", "tokens");
+    let left = used["remaining"].as_u64().unwrap();
+    assert!((97_000..97_100).contains(&left), "{used}");
+    assert_eq!(
+        seen["concurrency"],
+        json!([{"scope": format!("key:{id}"), "limit": 3, "in_flight": 1}])
+    );
+    assert_eq!(
+        seen["models"],
+        json!([{"scope": format!("key:{id}"), "rules": ["gpt-4o*"]}])
+    );
+    let budget = &seen["budgets"][0];
+    assert_eq!(budget["scope"], "owner:self");
+    assert_eq!(budget["limit"], "10");
+    assert_eq!(
+        budget["spent"]
+            .as_str()
+            .unwrap()
+            .parse::<Decimal>()
+            .unwrap(),
+        spent
+    );
+    let reserved: Decimal = budget["reserved"].as_str().unwrap().parse().unwrap();
+    assert!(reserved > Decimal::ZERO, "the stream's hold: {budget}");
+    let today = &seen["usage_today"];
+    assert_eq!(today["day"], Utc::now().date_naive().to_string());
+    assert_eq!(today["events"], 2);
+    assert_eq!(
+        today["cost"].as_str().unwrap().parse::<Decimal>().unwrap(),
+        spent
+    );
+    assert_eq!(today["input_tokens"], 2400);
+    stream.bytes().await.unwrap();
+
+    // Without a key, nothing.
+    let (status, _, body) = gw.call(Method::GET, "/api/v1/key", None, None).await;
+    assert_eq!((status, code(&body)), (401, "MALFORMED"));
+}

@@ -33,6 +33,7 @@ pub mod cache;
 pub mod changes;
 pub mod hash;
 pub mod header;
+pub mod inspection;
 pub mod issuer;
 pub mod kdf;
 pub mod models;
@@ -51,6 +52,7 @@ pub use hash::{
     Argon2Config, HashError, HashScheme, KdfLimits, KeyHash, KeyHasher, Pepper, PepperRing,
 };
 pub use header::{HeaderError, credential_from_header};
+pub use inspection::{KeyInspection, inspect};
 pub use issuer::{IssuedKey, KeyIssuer, NewKey, RotatedKey};
 pub use models::ModelRule;
 pub use record::{KeyFilter, KeyLookup, KeyRecord, PreviousSecret, RateLimit, RatePer};

@@ -109,9 +109,10 @@ pub(crate) async fn run(config: &Config, cmd: KeysCommand, json_mode: bool) -> O
         }
         KeysCommand::Show { id } => match dyn_store.get(&id).await? {
             Some(r) => {
-                let value = record_json(store.as_ref(), &r).await?;
-                let human = record_fields(&r, &value, Utc::now());
-                Ok((value, human))
+                let mut value = record_json(store.as_ref(), &r).await?;
+                let fields = record_fields(&r, &value, Utc::now());
+                let standing = crate::standing::add(config, store.clone(), &r, &mut value).await?;
+                Ok((value, format!("{fields}{standing}")))
             }
             None => Err(Error::NotFound { what: "key", id }.into()),
         },

@@ -11,6 +11,7 @@ mod keys;
 mod limits;
 mod price;
 mod setup;
+mod standing;
 mod usage;
 mod view;
 
