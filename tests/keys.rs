@@ -1281,6 +1281,9 @@ impl keymeter::limits::RateLimiter for Unreachable {
     async fn charge(&self, _: &[keymeter::limits::Charge], _: i64) -> keymeter::Result<()> {
         Err(keymeter::Error::Config("limiter down".into()))
     }
+    async fn refund(&self, _: &[keymeter::limits::Charge], _: i64) -> keymeter::Result<()> {
+        Err(keymeter::Error::Config("limiter down".into()))
+    }
 }
 
 #[tokio::test]

@@ -57,6 +57,12 @@ mod slots {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refund_gives_a_request_back() {
+    let Some(url) = url() else { return };
+    keymeter::conformance::limits::refund_gives_a_request_back(limiter(&url).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_or_none() {
     let Some(url) = url() else { return };
     keymeter::conformance::limits::all_or_none(limiter(&url).await).await;

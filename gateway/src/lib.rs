@@ -246,7 +246,8 @@ fn scopes(list: &[&str]) -> ScopeRequirement {
 /// The endpoint table (README: "The axum adapter and the reference gateway").
 pub fn router(app: Arc<App>) -> Router {
     let auth = KeyAuth::new(app.verifier.clone()).with_client_ip(app.settings.client_ip.clone());
-    let chat = auth.require(scopes(&["llm:chat"]));
+    // The proxies read the body before the rate limits are charged (DESIGN §15's order): their layer defers them.
+    let chat = auth.require(scopes(&["llm:chat"])).deferring_limits();
     let any = auth.require(ScopeRequirement::None);
     let admin = auth.require(scopes(&["admin"]));
     Router::new()
@@ -262,7 +263,10 @@ pub fn router(app: Arc<App>) -> Router {
             "/v1/embeddings",
             post(proxies::embeddings).layer(chat.clone()),
         )
-        .route("/v1/models", get(proxies::models).layer(chat.clone()))
+        .route(
+            "/v1/models",
+            get(proxies::models).layer(auth.require(scopes(&["llm:chat"]))),
+        )
         .route("/v1/messages", post(proxies::messages).layer(chat.clone()))
         // Gemini's `{model}:{action}` is one path segment: the handler splits it. Google's SDKs call `v1beta` or,
         // newer ones, `v1`.

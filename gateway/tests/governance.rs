@@ -504,3 +504,84 @@ async fn a_key_reads_its_own_limits_budgets_and_usage() {
     let (status, _, body) = gw.call(Method::GET, "/api/v1/key", None, None).await;
     assert_eq!((status, code(&body)), (401, "MALFORMED"));
 }
+
+/// DESIGN §15's order of checks: what the body refuses costs no quota, and what is refused after the rate limits
+/// (no concurrency slot, no provider key, no budget) gives the request's charge back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_cost_no_rate_limit_quota() {
+    let up = support::upstream().await;
+    let gw = support::sqlite_gateway(&up).await;
+    let owner = BudgetScope::Owner("order".into());
+    gw.budget(owner.clone(), Decimal::from(10), BudgetPeriod::Monthly)
+        .await;
+    let (_, key) = gw
+        .key(json!({"name": "two", "owner": "order", "permissions": ["llm:chat"], "rate_limit": "2/min",
+            "max_parallel": 1, "allowed_models": ["gpt-4o*", "claude-*"]}))
+        .await;
+    let refusals = [
+        // The body: a model off the allowlist, a body that is not JSON, a request id of the wrong shape.
+        (403, "MODEL_NOT_ALLOWED"),
+        (400, ""),
+        (400, "INVALID_REQUEST"),
+        // After the charge: no provider key for Anthropic (the gateway has only OpenAI's and Google's).
+        (424, "NO_CREDENTIAL"),
+    ];
+    for _ in 0..3 {
+        let (status, body) = ask(&gw, &key, "/v1/chat/completions", "o3").await;
+        assert_eq!((status, code(&body)), refusals[0]);
+        let bad = gw.post_raw("/v1/chat/completions", &key, "{not json").await;
+        assert_eq!(bad.status(), refusals[1].0);
+        let odd_id = support::send(
+            gw.post("/v1/chat/completions", &key)
+                .header("x-request-id", "has space")
+                .json(&chat("gpt-4o-mini")),
+        )
+        .await;
+        assert_eq!(odd_id.status(), refusals[2].0);
+        let (status, body) = ask(&gw, &key, "/v1/messages", "claude-sonnet-4-5").await;
+        assert_eq!((status, code(&body)), refusals[3], "{body}");
+    }
+    // A budget with no room: 402, and the charge given back.
+    gw.budget(owner.clone(), Decimal::new(1, 6), BudgetPeriod::Monthly)
+        .await;
+    for _ in 0..3 {
+        let (status, body) = ask(&gw, &key, "/v1/chat/completions", "gpt-4o-mini").await;
+        assert_eq!((status, code(&body)), (402, "BUDGET_EXCEEDED"), "{body}");
+    }
+    gw.budget(owner, Decimal::from(10), BudgetPeriod::Monthly)
+        .await;
+    // The one slot held by a stream: 429 TOO_MANY_CONCURRENT, and the charge given back.
+    let stream = gw
+        .post_json(
+            "/v1/chat/completions",
+            &key,
+            &json!({"model": "gpt-4o-mini", "max_tokens": 50, "stream": true, "user": "slow",
+                "messages": [{"role": "user", "content": "Say hello"}]}),
+        )
+        .await;
+    assert_eq!(stream.status(), 200);
+    assert!(
+        stream.headers().contains_key("ratelimit"),
+        "the route sets the RateLimit headers itself"
+    );
+    for _ in 0..3 {
+        let (status, body) = ask(&gw, &key, "/v1/chat/completions", "gpt-4o-mini").await;
+        assert_eq!(
+            (status, code(&body)),
+            (429, "TOO_MANY_CONCURRENT"),
+            "{body}"
+        );
+    }
+    stream.bytes().await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    // Of the 2/min, the stream took one: one more is served, the next is the limit's.
+    let (status, body) = ask(&gw, &key, "/v1/chat/completions", "gpt-4o-mini").await;
+    assert_eq!(status, 200, "{body}");
+    let limited = gw
+        .post_json("/v1/chat/completions", &key, &chat("gpt-4o-mini"))
+        .await;
+    assert_eq!(limited.status(), 429);
+    assert!(limited.headers().contains_key("retry-after"));
+    let body: Value = limited.json().await.unwrap();
+    assert_eq!(code(&body), "RATE_LIMITED", "{body}");
+}

@@ -1,6 +1,7 @@
 //! Checks of [`crate::limits::LimitStore`] and [`crate::limits::RateLimiter`]. Time is the `now` each call is
 //! given (microseconds), so the checks are exact; a limiter with its own clock (Redis) runs only the checks that
-//! take no time travel ([`concurrent_checks_admit_exactly_the_quota`], [`all_or_none`]).
+//! take no time travel ([`concurrent_checks_admit_exactly_the_quota`], [`all_or_none`],
+//! [`refund_gives_a_request_back`]).
 
 use std::sync::Arc;
 
@@ -135,6 +136,30 @@ pub async fn limits_set_replace_clear(store: Arc<dyn LimitStore>) {
         assert!(matches!(err, Error::InvalidInput { .. }), "{err:?}");
     }
     assert_eq!(store.limits(&[org]).await.expect("limits"), vec![b]);
+}
+
+/// A refund gives a charged request back (the next check is admitted), all the charges of it; a refund to a full
+/// bucket leaves it full (never more than the quota). Needs no time travel.
+pub async fn refund_gives_a_request_back(limiter: Arc<dyn RateLimiter>) {
+    let c = [
+        charge("conf:refund", "2/min", 1),
+        charge("conf:refund-b", "100/min", 1),
+    ];
+    for _ in 0..2 {
+        assert!(limiter.check(&c, T0).await.expect("check").allowed);
+    }
+    assert!(!limiter.check(&c, T0).await.expect("check").allowed);
+    limiter.refund(&c, T0).await.expect("refund");
+    let again = limiter.check(&c, T0).await.expect("check");
+    assert!(again.allowed, "the refunded request's room came back");
+    assert!(!limiter.check(&c, T0).await.expect("check").allowed);
+    // A bucket never charged stays full after a refund: a quota's burst, not more.
+    let fresh = [charge("conf:refund-fresh", "2/min", 1)];
+    limiter.refund(&fresh, T0).await.expect("refund");
+    for _ in 0..2 {
+        assert!(limiter.check(&fresh, T0).await.expect("check").allowed);
+    }
+    assert!(!limiter.check(&fresh, T0).await.expect("check").allowed);
 }
 
 /// A quota admits its whole burst at once, then refuses with the exact wait, then admits one more per interval.

@@ -123,7 +123,7 @@ macro_rules! rate_limiter_conformance {
     ($make:expr) => {
         $crate::__limiter_tests!($make;
             burst_then_one_per_interval, all_or_none, token_debt_delays_the_next_request,
-            concurrent_checks_admit_exactly_the_quota);
+            concurrent_checks_admit_exactly_the_quota, refund_gives_a_request_back);
     };
 }
 

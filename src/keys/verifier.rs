@@ -17,7 +17,7 @@ use crate::keys::scope::ScopeRequirement;
 use crate::keys::store::{KeyStore, MAX_KEYS_PER_HINT};
 use crate::keys::token::{self, DEFAULT_PREFIX, KeyEnv};
 use crate::keys::verdict::{Verdict, VerdictCode};
-use crate::limits::{LimitStore, RateLimiter, SlotGuard, SlotKeeper};
+use crate::limits::{Charge, Decision, LimitStore, RateLimiter, SlotGuard, SlotKeeper};
 use crate::random::{OsRandom, RandomSource};
 use crate::stats::StatsRecorder;
 
@@ -80,6 +80,10 @@ pub struct Requirement {
     pub scopes: ScopeRequirement,
     /// The client's address, if known.
     pub client_ip: Option<IpAddr>,
+    /// Leave the rate limits to the caller ([`Verifier::charge_requests`]): a host that reads the request's body
+    /// first (the model, a request id) charges them after those checks, so a request its body refuses costs no
+    /// quota. The verdict still carries the key's rules.
+    pub defer_limits: bool,
 }
 
 impl Requirement {
@@ -99,6 +103,13 @@ impl Requirement {
     #[must_use]
     pub fn client_ip(mut self, ip: IpAddr) -> Self {
         self.client_ip = Some(ip);
+        self
+    }
+
+    /// Leaves the rate limits to the caller ([`Requirement::defer_limits`]).
+    #[must_use]
+    pub fn defer_limits(mut self) -> Self {
+        self.defer_limits = true;
         self
     }
 }
@@ -374,7 +385,15 @@ impl Verifier {
         }
         let mut limit = None;
         let mut rules = None;
-        if let Some(gate) = &self.limits {
+        if let Some(gate) = &self.limits
+            && requirement.defer_limits
+        {
+            // The rules only; a limit store that cannot answer now is the caller's to meet when it charges.
+            rules = match gate.compiled_now(&record, now) {
+                Some(compiled) => Some(compiled),
+                None => Box::pin(gate.compiled(&record, now)).await.ok(),
+            };
+        } else if let Some(gate) = &self.limits {
             let (compiled, decided) = match gate.check_now(&record, now) {
                 Some((compiled, decided)) => (Some(compiled), decided),
                 // Boxed: a limiter's future stays out of the verify future of deployments without limits.
@@ -405,6 +424,73 @@ impl Verifier {
         Ok(Verdict::with_key(code, record)
             .with_limit(limit)
             .with_rules(rules))
+    }
+
+    /// Charges one request of `key` against every request limit in its `rules` and pre-checks its token limits,
+    /// all or none: what [`Verifier::verify`] does last unless the requirement deferred it
+    /// ([`Requirement::defer_limits`]). A refused check charges nothing and counts as the key's `RATE_LIMITED`.
+    /// Without [`Verifier::with_limits`], [`Decision::UNLIMITED`].
+    ///
+    /// # Errors
+    /// An unreachable limiter: [`crate::Error::Unavailable`] when limits fail closed (failing open, admitted and
+    /// logged).
+    pub async fn charge_requests(&self, key: &KeyRecord, rules: &KeyRules) -> Result<Decision> {
+        let Some(gate) = &self.limits else {
+            return Ok(Decision::UNLIMITED);
+        };
+        if rules.charges.is_empty() {
+            return Ok(Decision::UNLIMITED);
+        }
+        let now = self.clock.now_micros();
+        let decided = match gate.limiter.check_now(&rules.charges, now) {
+            Some(decided) => decided,
+            None => gate.limiter.check(&rules.charges, now).await,
+        };
+        match decided {
+            Ok(decision) => {
+                if !decision.allowed {
+                    self.count(&key.id, VerdictCode::RateLimited, now);
+                }
+                Ok(decision)
+            }
+            Err(e) if self.config.limits_fail_open => {
+                tracing::warn!(key_id = %key.id, error = %e, "rate limiter unreachable: failing open");
+                Ok(Decision::UNLIMITED)
+            }
+            Err(e) => {
+                tracing::warn!(key_id = %key.id, error = %e, "rate limiter unreachable: failing closed");
+                Err(crate::Error::Unavailable {
+                    dependency: crate::error::Dependency::Limiter,
+                    source: Box::new(e),
+                })
+            }
+        }
+    }
+
+    /// Gives back the request charges of one admitted request of `key` (its `rules`'): a request a later step
+    /// refused (no concurrency slot, no provider key, no budget, a duplicate id) costs its limits nothing. Token
+    /// limits were only pre-checked, so nothing of theirs is given back.
+    ///
+    /// # Errors
+    /// The limiter's failures (the request's charge then stands: the caller logs it).
+    pub async fn refund_requests(&self, key: &KeyRecord, rules: &KeyRules) -> Result<()> {
+        let Some(gate) = &self.limits else {
+            return Ok(());
+        };
+        let charged: Vec<Charge> = rules
+            .charges
+            .iter()
+            .filter(|c| c.cost > 0)
+            .cloned()
+            .collect();
+        if charged.is_empty() {
+            return Ok(());
+        }
+        gate.limiter
+            .refund(&charged, self.clock.now_micros())
+            .await?;
+        tracing::debug!(key_id = %key.id, "request charges given back");
+        Ok(())
     }
 
     /// Charges the tokens a response used against the token limits of `key`, its owner and its org (a bucket may

@@ -113,6 +113,14 @@ pub fn force(tat: Option<i64>, now: i64, quota: &Quota, cost: u64) -> i64 {
         .saturating_add(cost_micros(quota, cost))
 }
 
+/// Takes back `cost` units a check charged (a request a later step refused): the bucket's TAT moves back by their
+/// time, never before `now` (a full bucket stays full). Returns the TAT to store.
+pub fn refund(tat: Option<i64>, now: i64, quota: &Quota, cost: u64) -> i64 {
+    tat.map_or(now, |tat| {
+        tat.saturating_sub(cost_micros(quota, cost)).max(now)
+    })
+}
+
 /// Decides every charge at once, all or none: `states[i]` is the stored TAT of `charges[i]`'s bucket. Returns the
 /// decision and, when admitted, the TAT to store for each charge (in order); when refused, nothing is to be stored.
 pub fn decide_all(states: &[Option<i64>], now: i64, charges: &[Charge]) -> (Decision, Vec<i64>) {

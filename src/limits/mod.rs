@@ -88,6 +88,13 @@ pub trait RateLimiter: Send + Sync + std::fmt::Debug {
     /// Backend failures.
     async fn charge(&self, charges: &[Charge], now: i64) -> Result<()>;
 
+    /// Gives back every charge ([`gcra::refund`]): a request admitted and charged, then refused by a later step
+    /// (no concurrency slot, no provider key, no budget), costs its limits nothing.
+    ///
+    /// # Errors
+    /// Backend failures.
+    async fn refund(&self, charges: &[Charge], now: i64) -> Result<()>;
+
     /// Whether the limiter can be reached now (a readiness probe); in-process limiters always can.
     ///
     /// # Errors
@@ -182,6 +189,10 @@ impl RateLimiter for Unlimited {
     }
 
     async fn charge(&self, _: &[Charge], _: i64) -> Result<()> {
+        Ok(())
+    }
+
+    async fn refund(&self, _: &[Charge], _: i64) -> Result<()> {
         Ok(())
     }
 }

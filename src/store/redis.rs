@@ -20,12 +20,15 @@ use crate::limits::{
     Charge, Decision, LimitScope, RateLimiter, Slot, SlotRefusal, SlotStore, gcra,
 };
 
-/// Admission by GCRA over every key at once, all or none. ARGV: mode (`check` or `charge`), then per key its
-/// emission interval, period and cost in microseconds/units. Returns `{now, admitted, state before…}`.
+/// Admission by GCRA over every key at once, all or none. ARGV: mode (`check`, `charge`, or `refund`: each TAT
+/// moved back by the cost, never before now), then per key its emission interval, period and cost in
+/// microseconds/units. Returns `{now, admitted, state before…}`.
 const SCRIPT: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local force = ARGV[1] == 'charge'
+local force = ARGV[1] ~= 'check'
+local sign = 1
+if ARGV[1] == 'refund' then sign = -1 end
 local before = {}
 local after = {}
 local admitted = 1
@@ -43,7 +46,8 @@ for i = 1, #KEYS do
   else
     before[i] = ''
   end
-  after[i] = tat + cost * emission
+  after[i] = tat + sign * cost * emission
+  if after[i] < now then after[i] = now end
   if (not force) and after[i] - period > now then admitted = 0 end
 end
 if admitted == 1 then
@@ -233,6 +237,13 @@ impl RateLimiter for RedisLimiter {
             return Ok(());
         }
         self.run("charge", charges).await.map(|_| ())
+    }
+
+    async fn refund(&self, charges: &[Charge], _now: i64) -> Result<()> {
+        if charges.is_empty() {
+            return Ok(());
+        }
+        self.run("refund", charges).await.map(|_| ())
     }
 
     async fn reachable(&self) -> Result<()> {

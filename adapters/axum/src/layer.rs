@@ -88,6 +88,7 @@ impl KeyAuth {
         RequireKeyLayer {
             auth: self.clone(),
             scopes: Arc::new(scopes),
+            defer_limits: false,
         }
     }
 
@@ -122,12 +123,26 @@ impl KeyAuth {
         let requirement = Requirement {
             scopes: scopes.clone(),
             client_ip,
+            defer_limits: false,
         };
+        self.verify_requirement(headers, &requirement).await
+    }
+
+    /// [`KeyAuth::verify`] against a whole [`Requirement`] (one that defers the rate limits, say).
+    ///
+    /// # Errors
+    /// As [`KeyAuth::verify`].
+    pub async fn verify_requirement(
+        &self,
+        headers: &HeaderMap,
+        requirement: &Requirement,
+    ) -> Result<Verdict, ApiError> {
+        let (scopes, client_ip) = (&requirement.scopes, requirement.client_ip);
         let verdict = match credential_header(headers) {
             Some((name, value)) => {
                 self.shared
                     .verifier
-                    .verify_header(name, value, &requirement)
+                    .verify_header(name, value, requirement)
                     .await?
             }
             None => return Err(missing_key()),
@@ -185,6 +200,18 @@ fn missing_key() -> ApiError {
 pub struct RequireKeyLayer {
     auth: KeyAuth,
     scopes: Arc<ScopeRequirement>,
+    defer_limits: bool,
+}
+
+impl RequireKeyLayer {
+    /// Leaves the rate limits to the route ([`keymeter::keys::Requirement::defer_limits`]): a handler that reads
+    /// the body first charges them with [`keymeter::keys::Verifier::charge_requests`] after its own checks, from
+    /// the `Arc<KeyRules>` in the request's extensions, and sets the `RateLimit` headers itself.
+    #[must_use]
+    pub fn deferring_limits(mut self) -> Self {
+        self.defer_limits = true;
+        self
+    }
 }
 
 impl<S> Layer<S> for RequireKeyLayer {
@@ -227,9 +254,14 @@ where
         let layer = self.layer.clone();
         Box::pin(async move {
             let client_ip = layer.auth.client_ip(&request);
+            let requirement = Requirement {
+                scopes: (*layer.scopes).clone(),
+                client_ip,
+                defer_limits: layer.defer_limits,
+            };
             let verified = layer
                 .auth
-                .verify(request.headers(), client_ip, &layer.scopes)
+                .verify_requirement(request.headers(), &requirement)
                 .await;
             let verdict = match verified {
                 Ok(verdict) => verdict,

@@ -31,9 +31,10 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use chrono::Utc;
 use keymeter::credentials::Provider;
+use keymeter::keys::VerdictCode;
 use keymeter::keys::{KeyRecord, KeyRules};
 use keymeter::ledger::MeteredRequest;
-use keymeter::limits::SlotGuard;
+use keymeter::limits::{LimitStatus, SlotGuard};
 use keymeter::pricing::{ServiceTier, UsageFormat};
 use keymeter_axum::{ApiError, VerifiedKey};
 use secrecy::ExposeSecret;
@@ -139,10 +140,11 @@ impl Caller {
     }
 }
 
-/// Reads the body and the request, checks the model and takes the concurrency slot, then hands the request to a
-/// task of its own: once a reservation exists the exchange runs to its end (settled or released) whether or not
-/// the client is still there to read the answer. The slot is the client's: it is given back when the answer has
-/// been sent or the client has left, whichever comes first (a cancel frees it at once).
+/// Reads the body and admits the request (DESIGN §15's order: the body's checks, then the rate limits, then a
+/// concurrency slot), then hands it to a task of its own: once a reservation exists the exchange runs to its end
+/// (settled or released) whether or not the client is still there to read the answer. The slot is the client's:
+/// it is given back when the answer has been sent or the client has left, whichever comes first (a cancel frees
+/// it at once).
 pub(crate) async fn run(
     axum::extract::State(app): State,
     caller: Caller,
@@ -161,44 +163,114 @@ pub(crate) async fn run(
         target,
         query,
     };
-    let (plan, slot) = match admit(&app, &caller, &inbound, planner).await {
+    let admitted = match admit(&app, &caller, &inbound, planner).await {
         Ok(admitted) => admitted,
         Err(e) => return e.into_response(),
     };
+    let Admitted {
+        plan,
+        request_id,
+        limit,
+        charged,
+        slot,
+    } = admitted;
     let (tx, rx) = oneshot::channel();
     let tracker = app.exchanges.clone();
-    let key = caller.key;
     tracker.spawn(async move {
         let mut reply = Reply {
             tx: Some(tx),
             upstream: Duration::ZERO,
         };
-        if let Err(e) = exchange(app, key, inbound.headers, plan, &mut reply).await {
+        if let Err(e) = exchange(charged, request_id, plan, &mut reply).await {
             reply.send(e.into_response());
         }
     });
-    let response = rx.await.unwrap_or_else(|_| {
+    let mut response = rx.await.unwrap_or_else(|_| {
         ApiError::from(keymeter::Error::Internal(
             "the exchange ended without an answer".into(),
         ))
         .into_response()
     });
+    if let Some(limit) = &limit {
+        keymeter_axum::rate_limit_headers(response.headers_mut(), limit);
+    }
     response.map(|body| Body::new(Held { body, _slot: slot }))
 }
 
-/// The checks before anything is resolved or reserved: the request read into a [`Plan`], the model against the
-/// allowlists (a model off one costs nothing), then a concurrency slot.
+/// A request past every check that needs no provider: what the exchange starts from.
+struct Admitted {
+    plan: Plan,
+    /// The client's request id, as the ledger keys it (per owner).
+    request_id: Option<String>,
+    /// The tightest rate limit after the charge, for the `RateLimit` headers.
+    limit: Option<LimitStatus>,
+    charged: Charged,
+    slot: SlotGuard,
+}
+
+/// A request's charge to its key's rate limits, given back when a later step refuses the request.
+struct Charged {
+    app: Arc<App>,
+    key: Arc<KeyRecord>,
+    rules: Arc<KeyRules>,
+}
+
+impl Charged {
+    async fn refund(&self) {
+        if let Err(e) = self
+            .app
+            .verifier
+            .refund_requests(&self.key, &self.rules)
+            .await
+        {
+            tracing::warn!(key_id = %self.key.id, error = %e,
+                "could not give back the rate-limit charge of a refused request");
+        }
+    }
+}
+
+/// DESIGN §15's order of checks after the key's: what the body says (the API's reading of it into a [`Plan`], the
+/// model against the allowlists, the request id's shape), so a request refused for its body costs no quota;
+/// then the rate limits (charged here: the key's layer deferred them); then a concurrency slot, whose refusal
+/// gives the charge back. Nothing is resolved or reserved yet.
 async fn admit(
-    app: &App,
+    app: &Arc<App>,
     caller: &Caller,
     inbound: &Inbound,
     planner: Planner,
-) -> Result<(Plan, SlotGuard), ApiError> {
+) -> Result<Admitted, ApiError> {
+    let key = &caller.key;
     let plan = planner(app, inbound)?;
     let rules = caller.rules(app).await?;
-    rules.check_model(&caller.key, plan.provider.as_str(), &plan.model)?;
-    let slot = app.verifier.claim_slot(&caller.key, &rules).await?;
-    Ok((plan, slot))
+    rules.check_model(key, plan.provider.as_str(), &plan.model)?;
+    let request_id =
+        client_request_id(&inbound.headers)?.map(|id| owner_request_id(&key.owner, id));
+    let decision = app.verifier.charge_requests(key, &rules).await?;
+    if !decision.allowed {
+        return Err(ApiError::for_verdict_code(
+            VerdictCode::RateLimited,
+            decision.tightest.as_ref(),
+        ));
+    }
+    let charged = Charged {
+        app: app.clone(),
+        key: key.clone(),
+        rules: rules.clone(),
+    };
+    let slot = match app.verifier.claim_slot(key, &rules).await {
+        Ok(slot) => slot,
+        Err(e) => {
+            charged.refund().await;
+            return Err(e.into());
+        }
+    };
+    Ok(Admitted {
+        plan,
+        request_id,
+        limit: decision.tightest,
+        charged,
+        slot,
+    })
 }
 
 /// An answer's body holding the request's concurrency slot: dropped (the slot given back) when the body has been
@@ -269,15 +341,22 @@ fn upstream_timeout(provider: &Provider, why: &str) -> ApiError {
     )
 }
 
-/// One admitted request from its plan to its settle: resolve, reserve, forward, answer, settle.
+/// One admitted request from its plan to its settle: resolve, reserve, forward, answer, settle. A refusal before
+/// anything is forwarded (no provider key, no budget, a duplicate request id) gives the rate-limit charge back.
 async fn exchange(
-    app: Arc<App>,
-    key: Arc<KeyRecord>,
-    headers: HeaderMap,
+    charged: Charged,
+    request_id: Option<String>,
     mut plan: Plan,
     reply: &mut Reply,
 ) -> Result<(), ApiError> {
-    let credential = app.resolver.resolve(&key.owner, &plan.provider).await?;
+    let (app, key) = (charged.app.clone(), charged.key.clone());
+    let credential = match app.resolver.resolve(&key.owner, &plan.provider).await {
+        Ok(credential) => credential,
+        Err(e) => {
+            charged.refund().await;
+            return Err(e.into());
+        }
+    };
     let priced = Priced {
         model: plan.model.clone(),
         at: Utc::now(),
@@ -287,11 +366,18 @@ async fn exchange(
         .credential_source(credential.source)
         .at(priced.at)
         .tier(priced.tier);
-    if let Some(id) = client_request_id(&headers)? {
-        request = request.request_id(owner_request_id(&key.owner, id));
+    if let Some(id) = request_id {
+        request = request.request_id(id);
     }
     let worst = worst::worst_case(&app, &priced.model, priced.at, &plan.bound);
-    let hold = app.meter.reserve(request, &worst).await?;
+    let hold = match app.meter.reserve(request, &worst).await {
+        Ok(hold) => hold,
+        Err(e) => {
+            // No budget, a duplicate request id, an unreachable store: nothing went upstream.
+            charged.refund().await;
+            return Err(e.into());
+        }
+    };
     let bill = Bill::new(app.clone(), key, hold, worst);
 
     let mut upstream = app

@@ -143,6 +143,7 @@ pub(crate) async fn run(config: &Config, cmd: KeysCommand, json_mode: bool) -> O
                             .map_err(|_| Failure::Usage(format!("invalid --ip {s:?}")))
                     })
                     .transpose()?,
+                defer_limits: false,
             };
             let mut settings = config.verifier_config();
             if let Some(env) = env {

@@ -172,13 +172,27 @@ impl RateLimiter for MemoryStore {
     }
 
     async fn charge(&self, charges: &[Charge], now: i64) -> Result<()> {
+        self.apply(charges, now, gcra::force);
+        Ok(())
+    }
+
+    async fn refund(&self, charges: &[Charge], now: i64) -> Result<()> {
+        self.apply(charges, now, gcra::refund);
+        Ok(())
+    }
+}
+
+/// A change to a bucket whatever it holds: [`gcra::force`] or [`gcra::refund`].
+type Rule = fn(Option<i64>, i64, &crate::limits::Quota, u64) -> i64;
+
+impl MemoryStore {
+    fn apply(&self, charges: &[Charge], now: i64, rule: Rule) {
         let (mut guards, of) = self.buckets.lock(charges);
         for (c, &shard) in charges.iter().zip(&of) {
             let map = guard_for(&mut guards, shard);
-            let tat = gcra::force(map.get(&c.bucket).copied(), now, &c.quota, c.cost);
+            let tat = rule(map.get(&c.bucket).copied(), now, &c.quota, c.cost);
             store(map, &c.bucket, tat, now);
         }
-        Ok(())
     }
 }
 

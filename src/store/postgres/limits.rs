@@ -130,6 +130,19 @@ impl RateLimiter for PostgresStore {
     }
 
     async fn charge(&self, charges: &[Charge], now: i64) -> Result<()> {
+        self.apply(charges, now, gcra::force).await
+    }
+
+    async fn refund(&self, charges: &[Charge], now: i64) -> Result<()> {
+        self.apply(charges, now, gcra::refund).await
+    }
+}
+
+/// A change to a bucket whatever it holds: [`gcra::force`] or [`gcra::refund`].
+type Rule = fn(Option<i64>, i64, &crate::limits::Quota, u64) -> i64;
+
+impl PostgresStore {
+    async fn apply(&self, charges: &[Charge], now: i64, rule: Rule) -> Result<()> {
         if charges.is_empty() {
             return Ok(());
         }
@@ -139,7 +152,7 @@ impl RateLimiter for PostgresStore {
                 let tats: Vec<i64> = charges
                     .iter()
                     .zip(states)
-                    .map(|(c, tat)| gcra::force(tat, now, &c.quota, c.cost))
+                    .map(|(c, tat)| rule(tat, now, &c.quota, c.cost))
                     .collect();
                 save(tx, charges, &tats).await
             }

@@ -120,6 +120,19 @@ impl RateLimiter for SqliteStore {
     }
 
     async fn charge(&self, charges: &[Charge], now: i64) -> Result<()> {
+        self.apply(charges, now, gcra::force).await
+    }
+
+    async fn refund(&self, charges: &[Charge], now: i64) -> Result<()> {
+        self.apply(charges, now, gcra::refund).await
+    }
+}
+
+/// A change to a bucket whatever it holds: [`gcra::force`] or [`gcra::refund`].
+type Rule = fn(Option<i64>, i64, &crate::limits::Quota, u64) -> i64;
+
+impl SqliteStore {
+    async fn apply(&self, charges: &[Charge], now: i64, rule: Rule) -> Result<()> {
         if charges.is_empty() {
             return Ok(());
         }
@@ -127,7 +140,7 @@ impl RateLimiter for SqliteStore {
             async {
                 let states = load(tx, charges).await?;
                 for (c, tat) in charges.iter().zip(states) {
-                    save(tx, &c.bucket, gcra::force(tat, now, &c.quota, c.cost)).await?;
+                    save(tx, &c.bucket, rule(tat, now, &c.quota, c.cost)).await?;
                 }
                 Ok(())
             }
