@@ -367,6 +367,34 @@ mod revocation {
             took < Duration::from_secs(1),
             "a disabled key admitted {took:?} after"
         );
+        // A key's allowlist changed through the other pool (a PATCH): `a`'s cached record follows.
+        let issued = KeyIssuer::new(b.store.clone(), hasher())
+            .issue(NewKey::new("ci", "alice"))
+            .await
+            .expect("issue");
+        let id = issued.record.id.clone();
+        assert_eq!(
+            code(&a, issued.token.expose_secret()).await,
+            VerdictCode::Valid
+        );
+        let rules = keymeter::keys::models::parse_rules("anthropic/*").expect("rules");
+        let patch = keymeter::keys::KeyPatch {
+            allowed_models: Some(rules.clone()),
+            ..Default::default()
+        };
+        b.store.update(&id, &patch).await.expect("update");
+        let changed = Instant::now();
+        loop {
+            let seen = a.cache.get(&id).await.expect("get").expect("present");
+            if seen.allowed_models == rules {
+                break;
+            }
+            assert!(
+                changed.elapsed() < Duration::from_secs(1),
+                "a changed allowlist not seen after a second"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         // A revoke by another process altogether: the CLI.
         let cli = async |id: &str| {
             let out = std::process::Command::new(env!("CARGO_BIN_EXE_keymeter"))

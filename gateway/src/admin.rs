@@ -47,6 +47,23 @@ enum OneOrMany {
     Many(Vec<String>),
 }
 
+/// A key never grants what the admin making or changing it lacks (`*` only from `*`).
+fn within_admins(admin: &KeyRecord, scopes: &[Scope]) -> Result<(), ApiError> {
+    match scopes
+        .iter()
+        .find(|s| !admin.scopes.iter().any(|held| held.grants(s)))
+    {
+        Some(beyond) => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "INSUFFICIENT_SCOPE",
+            format!(
+                "this admin key lacks the scope {beyond}: a key never grants scopes its creator lacks"
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
 /// The key if `admin` may manage it; unknown and not permitted are the same 404.
 async fn managed(
     app: &super::App,
@@ -76,19 +93,7 @@ pub async fn create(
         .iter()
         .map(|s| Scope::new(s))
         .collect::<keymeter::Result<Vec<_>>>()?;
-    // A key never grants what its creator lacks (`*` only from `*`).
-    if let Some(beyond) = scopes
-        .iter()
-        .find(|s| !admin.scopes.iter().any(|held| held.grants(s)))
-    {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "INSUFFICIENT_SCOPE",
-            format!(
-                "this admin key lacks the scope {beyond}: a key never grants scopes its creator lacks"
-            ),
-        ));
-    }
+    within_admins(&admin, &scopes)?;
     let mut new = NewKey::new(req.name, req.owner.unwrap_or_else(|| admin.owner.clone()))
         .scopes(scopes)
         .allowed_ips(parse_networks(req.allowed_ips.iter().map(String::as_str))?)
@@ -189,6 +194,87 @@ pub async fn revoke_all(
     };
     let revoked = app.verifier.revoke_org(&org).await?;
     Ok(Json(json!({ "revoked": revoked })))
+}
+
+/// `PATCH /api/v1/api-keys/{id}`: the fields to change, the others left as they are.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateKey {
+    name: Option<String>,
+    permissions: Option<Vec<String>>,
+    allowed_ips: Option<Vec<String>>,
+    allowed_models: Option<Vec<keymeter::keys::ModelRule>>,
+    metadata: Option<Value>,
+    /// From now (`30d`); or `expires_at`.
+    expires_in: Option<String>,
+    /// RFC 3339, or `null` for no expiry.
+    #[serde(default, deserialize_with = "present")]
+    expires_at: Option<Option<String>>,
+    disabled: Option<bool>,
+}
+
+/// A field that may be `null` on purpose: absent is `None`, `null` is `Some(None)`.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Ok(Some(Option::deserialize(d)?))
+}
+
+pub async fn update(
+    axum::extract::State(app): State,
+    VerifiedKey(admin): VerifiedKey,
+    Path(id): Path<String>,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let req: UpdateKey = parse_json(&body_bytes(&app, body, app.settings.max_api_body).await?)?;
+    managed(&app, &admin, &id).await?;
+    let scopes = match req.permissions {
+        Some(names) => {
+            let scopes = names
+                .iter()
+                .map(|s| Scope::new(s))
+                .collect::<keymeter::Result<Vec<_>>>()?;
+            within_admins(&admin, &scopes)?;
+            Some(scopes)
+        }
+        None => None,
+    };
+    let expires_at = match (req.expires_in, req.expires_at) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::unprocessable(
+                "give expires_in or expires_at, not both",
+            ));
+        }
+        (Some(life), None) => {
+            let life = keymeter::validate::duration("expires_in", &life, false)?;
+            let at = Utc::now()
+                .checked_add_signed(life)
+                .ok_or_else(|| ApiError::unprocessable("expires_in is too far in the future"))?;
+            Some(Some(at))
+        }
+        (None, Some(Some(at))) => Some(Some(keymeter::validate::instant(
+            "expires_at",
+            &at,
+            chrono_tz::UTC,
+        )?)),
+        (None, Some(None)) => Some(None),
+        (None, None) => None,
+    };
+    let patch = keymeter::keys::KeyPatch {
+        name: req.name,
+        scopes,
+        allowed_ips: req
+            .allowed_ips
+            .map(|nets| parse_networks(nets.iter().map(String::as_str)))
+            .transpose()?,
+        allowed_models: req.allowed_models,
+        metadata: req.metadata,
+        expires_at,
+        disabled: req.disabled,
+    };
+    if patch.is_empty() {
+        return Err(ApiError::unprocessable("name at least one field to change"));
+    }
+    let changed = app.verifier.update(&id, &patch).await?;
+    Ok(Json(json!(changed)))
 }
 
 #[derive(Debug, Deserialize)]

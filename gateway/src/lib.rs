@@ -293,7 +293,9 @@ pub fn router(app: Arc<App>) -> Router {
         )
         .route(
             "/api/v1/api-keys/{id}",
-            delete(admin::revoke).layer(admin.clone()),
+            delete(admin::revoke)
+                .patch(admin::update)
+                .layer(admin.clone()),
         )
         .route(
             "/api/v1/api-keys/revoke-all",

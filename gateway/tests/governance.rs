@@ -585,3 +585,162 @@ async fn refusals_cost_no_rate_limit_quota() {
     let body: Value = limited.json().await.unwrap();
     assert_eq!(code(&body), "RATE_LIMITED", "{body}");
 }
+
+/// `PATCH /api/v1/api-keys/{id}`: what the CLI sets at creation, an HTTP client changes later, and the next
+/// request meets it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_changes_a_key_and_the_next_request_meets_it() {
+    let up = support::upstream().await;
+    let gw = support::sqlite_gateway(&up).await;
+    gw.budget(
+        BudgetScope::Owner("patch".into()),
+        Decimal::from(10),
+        BudgetPeriod::Monthly,
+    )
+    .await;
+    let (id, key) = gw
+        .key(json!({"name": "before", "owner": "patch", "permissions": ["llm:chat"]}))
+        .await;
+    let path = format!("/api/v1/api-keys/{id}");
+    assert_eq!(
+        ask(&gw, &key, "/v1/chat/completions", "gpt-4o").await.0,
+        200
+    );
+
+    let (status, _, changed) = gw
+        .call(
+            Method::PATCH,
+            &path,
+            Some(&gw.admin),
+            Some(json!({"name": "after", "allowed_models": ["anthropic/*"], "metadata": {"team": "ml"},
+                "expires_in": "30d"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{changed}");
+    assert_eq!(changed["name"], "after");
+    assert_eq!(changed["allowed_models"], json!(["anthropic/*"]));
+    assert_eq!(changed["metadata"], json!({"team": "ml"}));
+    assert!(changed["expires_at"].is_string());
+    assert_eq!(changed["scopes"], json!(["llm:chat"]), "the rest as it was");
+    // At once, not after a cache's second.
+    let (status, body) = ask(&gw, &key, "/v1/chat/completions", "gpt-4o").await;
+    assert_eq!((status, code(&body)), (403, "MODEL_NOT_ALLOWED"), "{body}");
+
+    let (status, _, _) = gw
+        .call(
+            Method::PATCH,
+            &path,
+            Some(&gw.admin),
+            Some(json!({"disabled": true, "expires_at": null})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, body) = ask(&gw, &key, "/v1/chat/completions", "gpt-4o").await;
+    assert_eq!((status, code(&body)), (403, "DISABLED"), "{body}");
+    let (status, _, back) = gw
+        .call(
+            Method::PATCH,
+            &path,
+            Some(&gw.admin),
+            Some(json!({"disabled": false, "allowed_models": []})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert!(back["expires_at"].is_null(), "{back}");
+    assert_eq!(
+        ask(&gw, &key, "/v1/chat/completions", "gpt-4o").await.0,
+        200
+    );
+
+    // Refusals change nothing.
+    let (_, acme_admin) = gw
+        .key(
+            json!({"name": "acme admin", "owner": "acme-ops", "organization_id": "acme",
+            "permissions": ["admin", "llm:chat"]}),
+        )
+        .await;
+    let (member, _) = gw
+        .key(
+            json!({"name": "member", "owner": "acme-dev", "organization_id": "acme",
+            "permissions": ["llm:chat"]}),
+        )
+        .await;
+    let member_path = format!("/api/v1/api-keys/{member}");
+    for (admin, path, body, status, expected) in [
+        (
+            &acme_admin,
+            &member_path,
+            json!({"permissions": ["*"]}),
+            403,
+            "INSUFFICIENT_SCOPE",
+        ),
+        (
+            &acme_admin,
+            &path,
+            json!({"name": "theirs"}),
+            404,
+            "NOT_FOUND_ID",
+        ),
+        (&gw.admin, &path, json!({}), 422, "INVALID_REQUEST"),
+        (
+            &gw.admin,
+            &path,
+            json!({"name": ""}),
+            422,
+            "INVALID_REQUEST",
+        ),
+        (
+            &gw.admin,
+            &path,
+            json!({"metadata": {"big": "x".repeat(5000)}}),
+            422,
+            "INVALID_REQUEST",
+        ),
+        (
+            &gw.admin,
+            &path,
+            json!({"expires_in": "1d", "expires_at": null}),
+            422,
+            "INVALID_REQUEST",
+        ),
+        (
+            &gw.admin,
+            &path,
+            json!({"owner": "someone"}),
+            422,
+            "INVALID_REQUEST",
+        ),
+        (
+            &gw.admin,
+            &"/api/v1/api-keys/nope".to_owned(),
+            json!({"name": "x"}),
+            404,
+            "NOT_FOUND_ID",
+        ),
+        (&key, &path, json!({"name": "x"}), 403, "INSUFFICIENT_SCOPE"),
+    ] {
+        let (got, _, answer) = gw
+            .call(Method::PATCH, path, Some(admin), Some(body.clone()))
+            .await;
+        assert_eq!((got, code(&answer)), (status, expected), "{body}: {answer}");
+    }
+    let (_, _, listed) = gw
+        .call(Method::GET, "/api/v1/api-keys", Some(&gw.admin), None)
+        .await;
+    let ours = listed["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["id"] == id.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(ours["name"], "after");
+    let theirs = listed["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["id"] == member.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(theirs["scopes"], json!(["llm:chat"]));
+}

@@ -285,6 +285,80 @@ pub async fn disable_enable(store: Arc<dyn KeyStore>) {
     assert!(matches!(err, Error::NotFound { .. }), "{err:?}");
 }
 
+/// `update` changes the fields its patch names and nothing else, answers the record as stored, refuses bad values
+/// (changing nothing) and unknown ids.
+pub async fn update(store: Arc<dyn KeyStore>) {
+    let before = sample("UUUUUUUUUUU1");
+    store.create(&before).await.expect("create");
+    let patch = crate::keys::KeyPatch {
+        name: Some("renamed".into()),
+        scopes: Some(Scope::parse_list("llm:chat").expect("scopes")),
+        allowed_ips: Some(Vec::new()),
+        allowed_models: Some(crate::keys::models::parse_rules("google/*").expect("rules")),
+        metadata: Some(serde_json::json!({"team": "ml"})),
+        expires_at: Some(None),
+        disabled: Some(true),
+    };
+    let changed = store.update("UUUUUUUUUUU1", &patch).await.expect("update");
+    let got = store
+        .get("UUUUUUUUUUU1")
+        .await
+        .expect("get")
+        .expect("present");
+    assert_eq!(*changed, *got, "the answer is the stored record");
+    let mut expected = before.clone();
+    expected.name = "renamed".into();
+    expected.scopes = Scope::parse_list("llm:chat").expect("scopes");
+    expected.allowed_ips = Vec::new();
+    expected.allowed_models = crate::keys::models::parse_rules("google/*").expect("rules");
+    expected.metadata = serde_json::json!({"team": "ml"});
+    expected.expires_at = None;
+    expected.disabled = true;
+    assert_eq!(*got, expected, "every other field as it was");
+    // One field only: the rest stays.
+    let later = t0() + Duration::days(7);
+    let one = crate::keys::KeyPatch {
+        expires_at: Some(Some(later)),
+        ..Default::default()
+    };
+    let changed = store.update("UUUUUUUUUUU1", &one).await.expect("update");
+    expected.expires_at = Some(later);
+    assert_eq!(*changed, expected);
+    for bad in [
+        crate::keys::KeyPatch {
+            name: Some(String::new()),
+            ..Default::default()
+        },
+        crate::keys::KeyPatch {
+            metadata: Some(serde_json::json!(["not", "an", "object"])),
+            ..Default::default()
+        },
+        crate::keys::KeyPatch {
+            metadata: Some(serde_json::json!({"big": "x".repeat(5000)})),
+            ..Default::default()
+        },
+    ] {
+        let err = store
+            .update("UUUUUUUUUUU1", &bad)
+            .await
+            .expect_err("refused");
+        assert!(matches!(err, Error::InvalidInput { .. }), "{err:?}");
+    }
+    assert_eq!(
+        *store
+            .get("UUUUUUUUUUU1")
+            .await
+            .expect("get")
+            .expect("present"),
+        expected
+    );
+    let err = store
+        .update("UUUUUUUUUUU9", &one)
+        .await
+        .expect_err("unknown");
+    assert!(matches!(err, Error::NotFound { .. }), "{err:?}");
+}
+
 /// `replace_hash` is a compare-and-swap.
 pub async fn replace_hash(store: Arc<dyn KeyStore>) {
     let record = sample("IIIIIIIIIII1");

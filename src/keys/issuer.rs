@@ -139,9 +139,7 @@ impl NewKey {
         if let Some(org) = &self.org {
             crate::validate::name("org", org)?;
         }
-        if !self.metadata.is_object() {
-            return Err(Error::invalid("metadata", "must be a JSON object"));
-        }
+        crate::keys::patch::check_metadata(&self.metadata)?;
         crate::keys::models::check_rules(&self.allowed_models)
     }
 

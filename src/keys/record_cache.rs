@@ -363,6 +363,12 @@ impl KeyStore for CachedKeyStore {
         done
     }
 
+    async fn update(&self, id: &str, patch: &crate::keys::KeyPatch) -> Result<Arc<KeyRecord>> {
+        let done = self.inner.update(id, patch).await;
+        self.evict(id);
+        done
+    }
+
     async fn replace_hash(&self, id: &str, old: &KeyHash, new: &KeyHash) -> Result<bool> {
         let done = self.inner.replace_hash(id, old, new).await;
         self.evict(id);

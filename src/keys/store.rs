@@ -90,6 +90,14 @@ pub trait KeyStore: Send + Sync + std::fmt::Debug {
     /// [`Error::NotFound`](crate::Error::NotFound) for an unknown id.
     async fn set_disabled(&self, id: &str, disabled: bool) -> Result<()>;
 
+    /// Changes the fields `patch` names ([`KeyPatch`](crate::keys::KeyPatch)) and nothing else, atomically;
+    /// answers the record as changed. Every process's record cache learns of it (the change feed).
+    ///
+    /// # Errors
+    /// [`crate::Error::InvalidInput`] for a bad value ([`KeyPatch::validate`](crate::keys::KeyPatch::validate));
+    /// [`crate::Error::NotFound`] for an unknown id.
+    async fn update(&self, id: &str, patch: &crate::keys::KeyPatch) -> Result<Arc<KeyRecord>>;
+
     /// Replaces the hash of `id` if it is still `old`; returns whether it did.
     ///
     /// # Errors

@@ -788,6 +788,17 @@ impl Verifier {
         Ok(())
     }
 
+    /// Changes a key's fields ([`KeyStore::update`]) and drops its cached verifications, so new scopes, networks
+    /// or an expiry hold from the next request.
+    ///
+    /// # Errors
+    /// As [`KeyStore::update`].
+    pub async fn update(&self, id: &str, patch: &crate::keys::KeyPatch) -> Result<Arc<KeyRecord>> {
+        let changed = self.store.update(id, patch).await?;
+        self.cache.invalidate(id);
+        Ok(changed)
+    }
+
     /// Rotates a key through `issuer` ([`KeyIssuer::rotate`](crate::keys::KeyIssuer::rotate)) and drops its
     /// cached verifications.
     ///

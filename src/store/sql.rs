@@ -195,6 +195,17 @@ pub(crate) fn models_text(rules: &[crate::keys::ModelRule]) -> String {
     serde_json::to_string(rules).unwrap_or_else(|_| "[]".into())
 }
 
+/// A key's scopes, allowed networks and allowed models as stored: JSON arrays.
+pub(crate) fn json_lists(r: &KeyRecord) -> Result<(String, String, String)> {
+    let scopes =
+        serde_json::to_string(&r.scopes).map_err(|e| Error::invalid("scopes", e.to_string()))?;
+    let nets = serde_json::to_string(&r.allowed_ips)
+        .map_err(|e| Error::invalid("ip networks", e.to_string()))?;
+    let models = serde_json::to_string(&r.allowed_models)
+        .map_err(|e| Error::invalid("model rules", e.to_string()))?;
+    Ok((scopes, nets, models))
+}
+
 /// A quota list as stored.
 pub(crate) fn quotas_text(quotas: &[Quota]) -> String {
     serde_json::to_string(quotas).unwrap_or_else(|_| "[]".into())

@@ -144,6 +144,16 @@ impl KeyStore for MemoryStore {
         self.write().update(id, |r| r.disabled = disabled)
     }
 
+    async fn update(&self, id: &str, patch: &crate::keys::KeyPatch) -> Result<Arc<KeyRecord>> {
+        patch.validate()?;
+        let mut keys = self.write();
+        keys.update(id, |r| *r = patch.apply(r))?;
+        keys.by_id
+            .get(id)
+            .cloned()
+            .ok_or_else(|| Error::key_not_found(id))
+    }
+
     async fn replace_hash(&self, id: &str, old: &KeyHash, new: &KeyHash) -> Result<bool> {
         let mut keys = self.write();
         match keys.by_id.get(id) {

@@ -84,6 +84,11 @@ const MIGRATIONS: &[Migration] = &[
         "concurrency_slots",
         include_str!("../../../migrations/postgres/0014_concurrency_slots.sql"),
     ),
+    (
+        15,
+        "key_changes_models",
+        include_str!("../../../migrations/postgres/0015_key_changes_models.sql"),
+    ),
 ];
 
 /// The advisory lock migrations take: "keymeter" in ASCII, so it stays clear of an application's own numbers.

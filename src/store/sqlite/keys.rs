@@ -10,7 +10,7 @@ use super::{SqliteStore, db, micros};
 use crate::error::{Error, Result};
 use crate::keys::store::check_rotatable;
 use crate::keys::{KeyFilter, KeyHash, KeyLookup, KeyRecord, KeyStore, MAX_KEYS_PER_HINT};
-use crate::store::sql::{ABSENT_HASH, KEY_COLUMNS, key_record};
+use crate::store::sql::{ABSENT_HASH, KEY_COLUMNS, json_lists, key_record};
 
 impl SqliteStore {
     /// The key record matching `condition` (with one parameter, `value`), if any.
@@ -55,12 +55,7 @@ async fn count(tx: &mut super::Tx, sql: &'static str, value: &str) -> Result<i64
 #[async_trait]
 impl KeyStore for SqliteStore {
     async fn create(&self, r: &KeyRecord) -> Result<()> {
-        let scopes = serde_json::to_string(&r.scopes)
-            .map_err(|e| Error::invalid("scopes", e.to_string()))?;
-        let nets = serde_json::to_string(&r.allowed_ips)
-            .map_err(|e| Error::invalid("ip networks", e.to_string()))?;
-        let models = serde_json::to_string(&r.allowed_models)
-            .map_err(|e| Error::invalid("model rules", e.to_string()))?;
+        let (scopes, nets, models) = json_lists(r)?;
         // One write transaction: the uniqueness and hint checks and the insert cannot interleave with another
         // writer, and each refusal is told by its own query, never by reading an error's text.
         immediate!(self, tx => {
@@ -207,6 +202,42 @@ impl KeyStore for SqliteStore {
             return Err(Error::key_not_found(id));
         }
         Ok(())
+    }
+
+    async fn update(&self, id: &str, patch: &crate::keys::KeyPatch) -> Result<Arc<KeyRecord>> {
+        patch.validate()?;
+        let read = format!("SELECT {KEY_COLUMNS} FROM keymeter_api_keys WHERE id = ?1");
+        immediate!(self, tx => {
+            async {
+                let row = sqlx::query(sqlx::AssertSqlSafe(read.as_str()))
+                    .bind(id)
+                    .fetch_optional(&mut **tx)
+                    .await
+                    .map_err(db)?;
+                let Some(row) = row else {
+                    return Err(Error::key_not_found(id));
+                };
+                let changed = patch.apply(&key_record(&row)?);
+                let (scopes, nets, models) = json_lists(&changed)?;
+                sqlx::query(
+                    "UPDATE keymeter_api_keys SET name = ?1, scopes = ?2, allowed_ips = ?3, allowed_models = ?4, \
+                     metadata = ?5, expires_at = ?6, disabled = ?7 WHERE id = ?8",
+                )
+                .bind(&changed.name)
+                .bind(&scopes)
+                .bind(&nets)
+                .bind(&models)
+                .bind(changed.metadata.to_string())
+                .bind(changed.expires_at.map(micros))
+                .bind(changed.disabled)
+                .bind(id)
+                .execute(&mut **tx)
+                .await
+                .map_err(db)?;
+                Ok(Arc::new(changed))
+            }
+            .await
+        })
     }
 
     async fn replace_hash(&self, id: &str, old: &KeyHash, new: &KeyHash) -> Result<bool> {

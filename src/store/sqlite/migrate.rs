@@ -90,6 +90,11 @@ const MIGRATIONS: &[Migration] = &[
         "concurrency_slots",
         include_str!("../../../migrations/sqlite/0015_concurrency_slots.sql"),
     ),
+    (
+        16,
+        "key_changes_models",
+        include_str!("../../../migrations/sqlite/0016_key_changes_models.sql"),
+    ),
 ];
 
 /// The migration that creates the report rollups: when it runs, the events already stored are rolled up.

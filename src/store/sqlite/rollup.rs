@@ -655,6 +655,11 @@ mod tests {
              ALTER TABLE keymeter_reservations DROP COLUMN instance_id; \
              ALTER TABLE keymeter_reservations DROP COLUMN estimate; \
              DROP TRIGGER keymeter_api_keys_created; \
+             DROP TRIGGER keymeter_api_keys_changed; \
+             CREATE TRIGGER keymeter_api_keys_changed AFTER UPDATE OF name, owner, org, env, scopes, hash, \
+               lookup_kind, lookup_value, expires_at, disabled, revoked_at, allowed_ips, rate_limit, metadata, \
+               previous_hash, previous_valid_until ON keymeter_api_keys \
+             BEGIN INSERT INTO keymeter_key_changes (key_id) VALUES (NEW.id); END; \
              ALTER TABLE keymeter_api_keys DROP COLUMN allowed_models; \
              ALTER TABLE keymeter_limits DROP COLUMN models; \
              ALTER TABLE keymeter_limits DROP COLUMN max_parallel; DROP TABLE keymeter_slots; \
