@@ -313,6 +313,7 @@ pub fn router(app: Arc<App>) -> Router {
             "/api/v1/budgets/{scope}",
             put(scoped::put_budget)
                 .get(scoped::get_budget)
+                .delete(scoped::delete_budget)
                 .layer(admin.clone()),
         )
         .route(

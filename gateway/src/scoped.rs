@@ -118,6 +118,25 @@ pub async fn get_budget(
     }
 }
 
+/// `DELETE /api/v1/budgets/{scope}`: the budget and its spend counters go (a budget set again later counts its
+/// spend from the events stored); 404 when there is none.
+pub async fn delete_budget(
+    axum::extract::State(app): State,
+    VerifiedKey(admin): VerifiedKey,
+    Path(scope): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let scope = permitted(&app, &admin, &scope).await?;
+    if app.store.delete_budget(&scope).await? {
+        Ok(Json(json!({"scope": scope.to_string(), "deleted": true})))
+    } else {
+        Err(keymeter::Error::NotFound {
+            what: "budget",
+            id: scope.to_string(),
+        }
+        .into())
+    }
+}
+
 /// `PUT /api/v1/limits/{scope}`: as `keymeter limits set` (replaces them; empty lists clear them).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

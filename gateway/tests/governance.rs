@@ -308,7 +308,6 @@ async fn budgets_and_limits_are_set_over_http_within_the_admins_organisation() {
         )
         .await;
     assert_eq!((status, code(&body)), (404, "NOT_FOUND_ID"));
-
     // Limits with an allowlist: the member's next request meets it (within the second limits are trusted).
     let (status, _, set) = gw
         .call(
@@ -399,6 +398,32 @@ async fn budgets_and_limits_are_set_over_http_within_the_admins_organisation() {
         )
         .await;
     assert_eq!(standing["limit"], "25.00");
+    // Deleted: gone from the standing; a second delete finds none; another organisation's is not the admin's.
+    let (status, _, deleted) = gw
+        .call(
+            Method::DELETE,
+            "/api/v1/budgets/owner:mo",
+            Some(&acme_admin),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{deleted}");
+    assert_eq!(deleted, json!({"scope": "owner:mo", "deleted": true}));
+    assert_eq!(
+        gw.app
+            .store
+            .budget(&BudgetScope::Owner("mo".into()))
+            .await
+            .unwrap(),
+        None
+    );
+    for (path, expected) in [
+        ("/api/v1/budgets/owner:mo", 404),
+        ("/api/v1/budgets/org:other", 403),
+    ] {
+        let (status, _, body) = gw.call(Method::DELETE, path, Some(&acme_admin), None).await;
+        assert_eq!(status, expected, "{path}: {body}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

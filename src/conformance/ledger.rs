@@ -949,6 +949,50 @@ pub async fn set_budget_counts_past_events(ledger: Arc<dyn Ledger>) {
     );
 }
 
+/// A deleted budget no longer holds requests back and no longer shows; set again, it counts its spend from the
+/// events stored.
+pub async fn delete_budget_lifts_it(ledger: Arc<dyn Ledger>) {
+    ledger
+        .record(&event("d1", "alice", "0.4", t0()))
+        .await
+        .expect("record");
+    let alice = alice_budget(&ledger, "1", BudgetPeriod::Monthly).await;
+    let scopes = std::slice::from_ref(&alice);
+    let refused = ledger
+        .reserve(scopes, d("0.7"), t0(), Duration::minutes(1))
+        .await
+        .expect_err("over the budget");
+    assert!(
+        matches!(refused, Error::BudgetExceeded { .. }),
+        "{refused:?}"
+    );
+    assert!(ledger.delete_budget(&alice).await.expect("delete"));
+    assert!(!ledger.delete_budget(&alice).await.expect("delete again"));
+    assert_eq!(ledger.budget(&alice).await.expect("budget"), None);
+    assert_eq!(
+        ledger.budget_status(&alice, t0()).await.expect("status"),
+        None
+    );
+    ledger
+        .reserve(scopes, d("0.7"), t0(), Duration::minutes(1))
+        .await
+        .expect("no budget: admitted");
+    let again = alice_budget(&ledger, "1", BudgetPeriod::Monthly).await;
+    let status = ledger
+        .budget_status(&again, t0())
+        .await
+        .expect("status")
+        .expect("a budget");
+    assert_eq!(status.spent, d("0.4"));
+    // Someone else's budget was never touched.
+    assert!(
+        !ledger
+            .delete_budget(&BudgetScope::Owner("bob".into()))
+            .await
+            .expect("delete")
+    );
+}
+
 /// Bad input is refused with [`Error::InvalidInput`] before anything is stored: a negative or zero-ttl
 /// reservation, a blank budget scope, an event with a blank owner, a control character or a negative cost, a
 /// budget with a negative limit.

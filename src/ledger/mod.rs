@@ -122,6 +122,14 @@ pub trait Ledger: Send + Sync + std::fmt::Debug {
     /// Backend failures.
     async fn set_budget(&self, budget: &Budget) -> Result<()>;
 
+    /// Removes the budget of `scope`, and its spend counters with it: requests are no longer held to it, and a
+    /// budget set for the scope later counts its spend from the events stored then (events pruned before no
+    /// longer count). Holds already taken stay until settled or released. Whether there was one.
+    ///
+    /// # Errors
+    /// Backend failures.
+    async fn delete_budget(&self, scope: &BudgetScope) -> Result<bool>;
+
     /// The budget of `scope`, if any.
     ///
     /// # Errors

@@ -456,6 +456,19 @@ impl Ledger for MemoryStore {
         Ok(())
     }
 
+    async fn delete_budget(&self, scope: &BudgetScope) -> Result<bool> {
+        let mut state = self.ledger();
+        let id = scope.id();
+        // Out of the index: no request meets it again. The entry stays behind, unreachable, so the holds that
+        // refer to it by position keep working until they end.
+        let removed = match scope {
+            BudgetScope::Key(_) => state.by_key.remove(id),
+            BudgetScope::Owner(_) => state.by_owner.remove(id),
+            BudgetScope::Org(_) => state.by_org.remove(id),
+        };
+        Ok(removed.is_some())
+    }
+
     async fn budget(&self, scope: &BudgetScope) -> Result<Option<Budget>> {
         let state = self.ledger();
         Ok(state.index(scope).map(|i| state.budgets[i].budget.clone()))

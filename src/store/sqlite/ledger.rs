@@ -526,6 +526,27 @@ impl Ledger for SqliteStore {
         })
     }
 
+    async fn delete_budget(&self, scope: &BudgetScope) -> Result<bool> {
+        immediate!(self, tx => {
+            async {
+                let done = sqlx::query("DELETE FROM keymeter_budgets WHERE scope_kind = ?1 AND scope_id = ?2")
+                    .bind(scope.kind())
+                    .bind(scope.id())
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(db)?;
+                sqlx::query("DELETE FROM keymeter_budget_spend WHERE scope_kind = ?1 AND scope_id = ?2")
+                    .bind(scope.kind())
+                    .bind(scope.id())
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(db)?;
+                Ok(done.rows_affected() > 0)
+            }
+            .await
+        })
+    }
+
     async fn set_budget(&self, budget: &Budget) -> Result<()> {
         budget.validate()?;
         // Same periods: the spend stands as counted (pruned events included); only the limits change.
