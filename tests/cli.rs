@@ -410,6 +410,26 @@ fn usage_errors_exit_2() {
             "a",
             "--owner",
             "b",
+            "--metadata",
+            "{not json",
+        ],
+        &[
+            "keys",
+            "create",
+            "--name",
+            "a",
+            "--owner",
+            "b",
+            "--metadata",
+            "[1, 2]",
+        ],
+        &[
+            "keys",
+            "create",
+            "--name",
+            "a",
+            "--owner",
+            "b",
             "--expires-in",
             "soon",
         ],
@@ -791,7 +811,13 @@ fn rate_limits_hold_across_invocations_on(cli: Cli) {
         "gpt-4o*,anthropic/*",
         "--max-parallel",
         "2",
+        "--metadata",
+        r#"{"team": "ml", "cost_centre": 42}"#,
     ]);
+    assert_eq!(
+        created["metadata"],
+        serde_json::json!({"team": "ml", "cost_centre": 42})
+    );
     assert_eq!(
         created["allowed_models"],
         serde_json::json!(["gpt-4o*", "anthropic/*"])
@@ -799,6 +825,7 @@ fn rate_limits_hold_across_invocations_on(cli: Cli) {
     let id = created["id"].as_str().unwrap();
     let key = created["key"].as_str().unwrap();
     let shown = cli.ok(&["keys", "show", id]);
+    assert_eq!(shown["metadata"], created["metadata"]);
     assert_eq!(shown["rate_limit"], "3/min");
     assert_eq!(shown["allowed_models"], created["allowed_models"]);
     assert_eq!(

@@ -37,6 +37,8 @@ struct CreateKey {
     allowed_models: Vec<keymeter::keys::ModelRule>,
     /// The most requests the key may have in flight at once.
     max_parallel: Option<u32>,
+    /// A JSON object of at most 4 KiB, kept with the key.
+    metadata: Option<Value>,
 }
 
 /// `"100/min"` or `["100/min", "5000/day"]`.
@@ -98,6 +100,9 @@ pub async fn create(
         .scopes(scopes)
         .allowed_ips(parse_networks(req.allowed_ips.iter().map(String::as_str))?)
         .allowed_models(req.allowed_models);
+    if let Some(metadata) = req.metadata {
+        new = new.metadata(metadata);
+    }
     if let Some(org) = org {
         new = new.org(org);
     }

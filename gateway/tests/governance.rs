@@ -624,7 +624,7 @@ async fn an_admin_changes_a_key_and_the_next_request_meets_it() {
     )
     .await;
     let (id, key) = gw
-        .key(json!({"name": "before", "owner": "patch", "permissions": ["llm:chat"]}))
+        .key(json!({"name": "before", "owner": "patch", "permissions": ["llm:chat"], "metadata": {"team": "web"}}))
         .await;
     let path = format!("/api/v1/api-keys/{id}");
     assert_eq!(
@@ -643,6 +643,11 @@ async fn an_admin_changes_a_key_and_the_next_request_meets_it() {
         .await;
     assert_eq!(status, 200, "{changed}");
     assert_eq!(changed["name"], "after");
+    assert_ne!(
+        changed["metadata"],
+        json!({"team": "web"}),
+        "the metadata given at creation, replaced"
+    );
     assert_eq!(changed["allowed_models"], json!(["anthropic/*"]));
     assert_eq!(changed["metadata"], json!({"team": "ml"}));
     assert!(changed["expires_at"].is_string());

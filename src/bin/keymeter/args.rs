@@ -584,6 +584,9 @@ pub(crate) struct CreateArgs {
     /// The most requests the key may have in flight at once.
     #[arg(long = "max-parallel")]
     pub(crate) max_parallel: Option<u32>,
+    /// Free-form metadata kept with the key: a JSON object of at most 4 KiB ('{"team": "ml"}').
+    #[arg(long)]
+    pub(crate) metadata: Option<String>,
     #[arg(long, default_value = token::DEFAULT_PREFIX)]
     pub(crate) prefix: String,
 }

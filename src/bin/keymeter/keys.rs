@@ -37,6 +37,12 @@ pub(crate) async fn run(config: &Config, cmd: KeysCommand, json_mode: bool) -> O
             if let Some(org) = a.org {
                 new = new.org(org);
             }
+            if let Some(text) = &a.metadata {
+                let metadata = serde_json::from_str(text).map_err(|e| {
+                    Failure::Usage(format!("invalid --metadata: not JSON ({e}); give an object such as '{{\"team\": \"ml\"}}'"))
+                })?;
+                new = new.metadata(metadata);
+            }
             if let Some(life) = a.expires_in {
                 let at = Utc::now()
                     .checked_add_signed(keymeter::validate::duration("--expires-in", &life, false)?)
@@ -76,7 +82,7 @@ pub(crate) async fn run(config: &Config, cmd: KeysCommand, json_mode: bool) -> O
             let value = json!({
                 "id": r.id, "key": key, "name": r.name, "owner": r.owner, "org": r.org, "env": r.env,
                 "scopes": r.scopes, "expires_at": r.expires_at, "hint": r.hint,
-                "allowed_models": r.allowed_models,
+                "allowed_models": r.allowed_models, "metadata": r.metadata,
             });
             let human = format!(
                 "{key}\n\nid: {}  ({})\nStore this key now: it is not shown again.",
