@@ -15,6 +15,7 @@
 //! GATEWAY_LOAD_REQUESTS=600 cargo bench -p keymeter-gateway --bench gateway_load
 //! GATEWAY_LOAD_JOURNAL=always cargo bench -p keymeter-gateway --bench gateway_load   # one mode: 10ms, always, off
 //! GATEWAY_LOAD_PHASES=1 cargo bench -p keymeter-gateway --bench gateway_load   # also time each library call
+//! GATEWAY_LOAD_PARALLEL=64 cargo bench -p keymeter-gateway --bench gateway_load   # the key has a concurrency limit
 //! ```
 
 #[path = "../tests/support/mod.rs"]
@@ -211,9 +212,12 @@ async fn run(up: &support::Upstream, n: usize, mode: &str, sync: Option<SyncPoli
         "ops",
     )
     .await;
-    let (_, key) = gw
-        .key(json!({"name": "load", "owner": "load", "permissions": ["llm:chat"]}))
-        .await;
+    // GATEWAY_LOAD_PARALLEL=N: the key also has a concurrency limit, so each request takes and gives back a slot.
+    let mut new_key = json!({"name": "load", "owner": "load", "permissions": ["llm:chat"]});
+    if let Ok(n) = std::env::var("GATEWAY_LOAD_PARALLEL") {
+        new_key["max_parallel"] = json!(n.parse::<u32>().expect("GATEWAY_LOAD_PARALLEL: a number"));
+    }
+    let (_, key) = gw.key(new_key).await;
     let client = gw.client.clone();
     let direct = format!("{}/v1/chat/completions", up.url);
     let proxied = format!("{}/v1/chat/completions", gw.url);
