@@ -1939,7 +1939,7 @@ fn usage_export_import_prune_on(source: Cli, target: Cli) {
     );
     assert!(
         header.contains("usage.cache_read")
-            && header.ends_with("cost,credential_source,estimated,estimated_first")
+            && header.ends_with("cost,credential_source,estimated,estimated_first,tags,end_user")
     );
     assert_eq!(rows.count(), 3);
     assert!(csv.contains("\"Smith, \"\"Al\"\"\""), "{csv}");

@@ -6,7 +6,9 @@ use chrono::{DateTime, Duration, TimeZone, Utc};
 use rust_decimal::Decimal;
 
 use crate::error::Error;
-use crate::ledger::{Budget, BudgetPeriod, BudgetScope, EventFilter, GroupBy, Ledger, UsageEvent};
+use crate::ledger::{
+    Budget, BudgetPeriod, BudgetScope, EventCursor, EventFilter, GroupBy, Ledger, UsageEvent,
+};
 use crate::pricing::Usage;
 use crate::random::SeededRandom;
 
@@ -947,6 +949,106 @@ pub async fn set_budget_counts_past_events(ledger: Arc<dyn Ledger>) {
             .spent,
         d("0.75")
     );
+}
+
+/// Events keep their tags and end user; reports group by each (an event with two tags in both groups, once in
+/// the total) and filter by them, on their own and with the other filters; paging with such a filter is exact.
+pub async fn reports_by_tag_and_end_user(ledger: Arc<dyn Ledger>) {
+    let tagged = |r: &str, cost: &str, tags: &[&str], user: Option<&str>| {
+        let mut e = event(r, "alice", cost, t0());
+        e.tags = tags.iter().map(|t| (*t).to_owned()).collect();
+        e.end_user = user.map(str::to_owned);
+        e
+    };
+    let events = [
+        tagged("t1", "0.1", &["batch", "eu"], Some("user-1")),
+        tagged("t2", "0.2", &["batch"], Some("user-2")),
+        tagged("t3", "0.4", &[], None),
+        tagged("t4", "0.8", &["eu"], Some("user-1")),
+    ];
+    ledger.record_batch(&events).await.expect("record");
+    let mut bob = tagged("t5", "1.6", &["batch"], Some("user-1"));
+    bob.owner = "bob".into();
+    ledger.record(&bob).await.expect("record");
+    let stored = ledger
+        .events(&EventFilter::new().owner("alice"))
+        .await
+        .expect("events");
+    assert_eq!(stored.len(), 4);
+    for e in &events {
+        let got = stored
+            .iter()
+            .find(|s| s.request_id == e.request_id)
+            .expect("stored");
+        assert_eq!((&got.tags, &got.end_user), (&e.tags, &e.end_user));
+    }
+    let groups = |r: &crate::ledger::Report| -> Vec<(String, Decimal, u64)> {
+        r.groups
+            .iter()
+            .map(|g| (g.key.clone(), g.cost, g.events))
+            .collect()
+    };
+    let alice = EventFilter::new().owner("alice");
+    let by_tag = ledger
+        .report(&alice, GroupBy::Tag, chrono_tz::UTC)
+        .await
+        .expect("report");
+    assert_eq!(
+        groups(&by_tag),
+        vec![
+            ("(none)".to_owned(), d("0.4"), 1),
+            ("batch".to_owned(), d("0.3"), 2),
+            ("eu".to_owned(), d("0.9"), 2),
+        ]
+    );
+    assert_eq!(by_tag.total, d("1.5"), "each event once");
+    let by_user = ledger
+        .report(&alice, GroupBy::EndUser, chrono_tz::UTC)
+        .await
+        .expect("report");
+    assert_eq!(
+        groups(&by_user),
+        vec![
+            ("(none)".to_owned(), d("0.4"), 1),
+            ("user-1".to_owned(), d("0.9"), 2),
+            ("user-2".to_owned(), d("0.2"), 1),
+        ]
+    );
+    let batch = alice.clone().tag("batch");
+    let by_model = ledger
+        .report(&batch, GroupBy::Model, chrono_tz::UTC)
+        .await
+        .expect("report");
+    assert_eq!(by_model.total, d("0.3"));
+    let everyone = ledger
+        .report(
+            &EventFilter::new().tag("batch"),
+            GroupBy::Owner,
+            chrono_tz::UTC,
+        )
+        .await
+        .expect("report");
+    assert_eq!(
+        groups(&everyone),
+        vec![
+            ("alice".to_owned(), d("0.3"), 2),
+            ("bob".to_owned(), d("1.6"), 1)
+        ]
+    );
+    let user_1 = EventFilter::new().end_user("user-1");
+    let mut page = Vec::new();
+    let mut after = None;
+    loop {
+        let next = ledger
+            .events_after(&user_1, after.as_ref(), 1)
+            .await
+            .expect("page");
+        let Some(e) = next.first() else { break };
+        after = Some(EventCursor::after(e));
+        page.push(e.request_id.clone());
+    }
+    page.sort();
+    assert_eq!(page, ["t1", "t4", "t5"]);
 }
 
 /// A deleted budget no longer holds requests back and no longer shows; set again, it counts its spend from the

@@ -55,7 +55,7 @@ macro_rules! ledger_conformance {
         $crate::__ledger_tests!($make;
             record_once, events_and_reports, reports_match_the_events, prune_keeps_spend_and_request_ids, events_page_in_order, budget_status_and_soft_limit, reserve_all_or_none,
             settle_and_release, reservations_expire, concurrent_reservations_never_overshoot,
-            set_budget_counts_past_events, delete_budget_lifts_it, invalid_input_is_refused, estimated_replaced_by_exact,
+            set_budget_counts_past_events, delete_budget_lifts_it, reports_by_tag_and_end_user, invalid_input_is_refused, estimated_replaced_by_exact,
             request_ids_are_claimed_with_the_reservation, lapsed_claims_are_billed_never_dropped,
             settle_batch_settles_each);
     };

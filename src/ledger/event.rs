@@ -42,6 +42,62 @@ pub struct UsageEvent {
     /// The event was first recorded as `estimated` and later replaced by the exact usage.
     #[serde(skip_serializing_if = "is_false")]
     pub estimated_first: bool,
+    /// The request's tags (`x-keymeter-tags`): at most [`MAX_TAGS`] of at most [`MAX_TAG_LEN`] characters.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    /// Whom the request was made for, in the caller's own terms (`x-keymeter-end-user`, or OpenAI's `user`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub end_user: Option<String>,
+}
+
+/// The most tags an event carries.
+pub const MAX_TAGS: usize = 16;
+/// The longest tag, in characters.
+pub const MAX_TAG_LEN: usize = 64;
+/// The longest end-user id, in characters.
+pub const MAX_END_USER_LEN: usize = 256;
+
+/// Checks a request's tags: at most [`MAX_TAGS`], each 1–[`MAX_TAG_LEN`] visible ASCII characters without a comma.
+///
+/// # Errors
+/// [`crate::Error::InvalidInput`] saying what is wrong.
+pub fn check_tags(tags: &[String]) -> Result<()> {
+    if tags.len() > MAX_TAGS {
+        return Err(crate::Error::invalid(
+            "tags",
+            format!("at most {MAX_TAGS} tags"),
+        ));
+    }
+    for tag in tags {
+        if tag.is_empty()
+            || tag.len() > MAX_TAG_LEN
+            || !tag.bytes().all(|b| b.is_ascii_graphic() && b != b',')
+        {
+            return Err(crate::Error::invalid(
+                "tags",
+                format!(
+                    "{:?}: a tag is 1–{MAX_TAG_LEN} visible ASCII characters without a comma",
+                    tag.chars().take(80).collect::<String>()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Parses a comma-separated tag list (`x-keymeter-tags: a,b`): blanks around tags dropped, duplicates once.
+///
+/// # Errors
+/// As [`check_tags`].
+pub fn parse_tags(text: &str) -> Result<Vec<String>> {
+    let mut tags: Vec<String> = Vec::new();
+    for tag in text.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+        if !tags.iter().any(|t| t == tag) {
+            tags.push(tag.to_owned());
+        }
+    }
+    check_tags(&tags)?;
+    Ok(tags)
 }
 
 /// The earliest time an event may carry: the Unix epoch.
@@ -93,6 +149,8 @@ impl UsageEvent {
             credential_source: None,
             estimated: false,
             estimated_first: false,
+            tags: Vec::new(),
+            end_user: None,
         };
         event.validate()?;
         Ok(event)
@@ -156,6 +214,17 @@ impl UsageEvent {
         if let Some(o) = &self.org {
             name("org", o)?;
         }
+        check_tags(&self.tags)?;
+        if let Some(u) = &self.end_user
+            && (u.is_empty()
+                || u.chars().count() > MAX_END_USER_LEN
+                || u.chars().any(char::is_control))
+        {
+            return Err(crate::Error::invalid(
+                "end user",
+                format!("1–{MAX_END_USER_LEN} characters without control characters"),
+            ));
+        }
         if self.at < earliest() || self.at > latest() {
             return Err(crate::Error::invalid(
                 "event time",
@@ -186,6 +255,20 @@ impl UsageEvent {
         self.credential_source = Some(source);
         self
     }
+
+    /// Sets the tags.
+    #[must_use]
+    pub fn tags(mut self, tags: Vec<String>) -> Self {
+        self.tags = tags;
+        self
+    }
+
+    /// Sets the end user.
+    #[must_use]
+    pub fn end_user(mut self, end_user: impl Into<String>) -> Self {
+        self.end_user = Some(end_user.into());
+        self
+    }
 }
 
 /// One line of `usage export --format jsonl` as it is read back: every field of [`UsageEvent`], the cost a
@@ -210,6 +293,10 @@ struct EventLine {
     estimated: bool,
     #[serde(default)]
     estimated_first: bool,
+    #[serde(default)]
+    tags: Vec<String>,
+    #[serde(default)]
+    end_user: Option<String>,
 }
 
 impl std::str::FromStr for UsageEvent {
@@ -254,6 +341,8 @@ impl TryFrom<EventLine> for UsageEvent {
             credential_source,
             estimated: raw.estimated,
             estimated_first: raw.estimated_first,
+            tags: raw.tags,
+            end_user: raw.end_user,
         };
         event.validate()?;
         Ok(event)
@@ -345,6 +434,12 @@ pub struct EventFilter {
     pub since: Option<DateTime<Utc>>,
     /// Before this instant.
     pub until: Option<DateTime<Utc>>,
+    /// Only events carrying this tag.
+    #[serde(default)]
+    pub tag: Option<String>,
+    /// Only events made for this end user.
+    #[serde(default)]
+    pub end_user: Option<String>,
 }
 
 impl EventFilter {
@@ -395,6 +490,26 @@ impl EventFilter {
         self
     }
 
+    /// Only events carrying `tag`.
+    #[must_use]
+    pub fn tag(mut self, tag: impl Into<String>) -> Self {
+        self.tag = Some(tag.into());
+        self
+    }
+
+    /// Only events made for `end_user`.
+    #[must_use]
+    pub fn end_user(mut self, end_user: impl Into<String>) -> Self {
+        self.end_user = Some(end_user.into());
+        self
+    }
+
+    /// Whether it filters on what the stores keep outside their indexes (a tag, an end user): such a filter is
+    /// applied to the events the rest of it selects.
+    pub fn by_attribution(&self) -> bool {
+        self.tag.is_some() || self.end_user.is_some()
+    }
+
     /// Whether `e` passes.
     pub fn matches(&self, e: &UsageEvent) -> bool {
         self.owner.as_ref().is_none_or(|o| *o == e.owner)
@@ -406,6 +521,20 @@ impl EventFilter {
             && self.model.as_ref().is_none_or(|m| *m == e.model)
             && self.since.is_none_or(|s| e.at >= s)
             && self.until.is_none_or(|u| e.at < u)
+            && self.tag.as_ref().is_none_or(|t| e.tags.contains(t))
+            && self
+                .end_user
+                .as_ref()
+                .is_none_or(|u| e.end_user.as_ref() == Some(u))
+    }
+
+    /// This filter without its tag and end user (what a store's query selects by).
+    pub fn without_attribution(&self) -> EventFilter {
+        EventFilter {
+            tag: None,
+            end_user: None,
+            ..self.clone()
+        }
     }
 }
 

@@ -107,6 +107,8 @@ pub struct MeteredRequest {
     terms: Terms,
     credential_source: Option<CredentialSource>,
     at: Option<DateTime<Utc>>,
+    tags: Vec<String>,
+    end_user: Option<String>,
 }
 
 impl MeteredRequest {
@@ -119,7 +121,24 @@ impl MeteredRequest {
             terms: Terms::default(),
             credential_source: None,
             at: None,
+            tags: Vec::new(),
+            end_user: None,
         }
+    }
+
+    /// The request's tags (at most 16 of 64 characters: [`crate::ledger::event::check_tags`]), kept on its
+    /// event for reports by tag.
+    #[must_use]
+    pub fn tags(mut self, tags: Vec<String>) -> Self {
+        self.tags = tags;
+        self
+    }
+
+    /// Whom the request was made for, in the caller's own terms, kept on its event for reports by end user.
+    #[must_use]
+    pub fn end_user(mut self, end_user: impl Into<String>) -> Self {
+        self.end_user = Some(end_user.into());
+        self
     }
 
     /// The idempotency key: the same request id is recorded once however often it is settled or sent (default:
@@ -528,6 +547,9 @@ impl Meter {
         estimate.org = request.payer.org.clone();
         estimate.credential_source = request.credential_source;
         estimate.estimated = true;
+        estimate.tags.clone_from(&request.tags);
+        estimate.end_user.clone_from(&request.end_user);
+        estimate.validate()?;
         // A caller's request id is claimed with the reservation (a fresh random one cannot collide). With a
         // journal the claim is the instance's, renewed by its heartbeat, and lapses soon after the instance dies.
         let claim = Claim {
@@ -557,6 +579,8 @@ impl Meter {
                 amount: cost.total,
                 credential_source: request.credential_source.map(|s| s.as_str().to_owned()),
                 expires_at: reservation.expires_at,
+                tags: request.tags.clone(),
+                end_user: request.end_user.clone(),
             };
             if let Err(e) = journal.hold(record) {
                 if let Err(release) = self.ledger.release(&reservation.id).await {
@@ -820,6 +844,9 @@ impl Meter {
         event.key_id = request.payer.key_id.clone();
         event.org = request.payer.org.clone();
         event.credential_source = request.credential_source;
+        event.tags.clone_from(&request.tags);
+        event.end_user.clone_from(&request.end_user);
+        event.validate()?;
         Ok((event, cost))
     }
 }

@@ -389,3 +389,49 @@ pub(crate) fn reservation_id(random: &dyn crate::random::RandomSource) -> Result
         id.iter().map(|&b| char::from(b)).collect::<String>()
     ))
 }
+
+/// A backend's page of events selected by the indexed fields of a filter (never by a tag or an end user): what
+/// [`attributed`] pages through.
+#[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
+pub(crate) trait EventPages: Sync {
+    fn events_page(
+        &self,
+        f: &EventFilter,
+        after: Option<&EventCursor>,
+        limit: usize,
+    ) -> impl std::future::Future<Output = Result<Vec<UsageEvent>>> + Send;
+}
+
+/// The page of events after `after` that `f` selects, at most `limit`, from `store`'s pages: a filter on a tag
+/// or an end user reads the pages of the rest of the filter and keeps what matches, so paging stays exact.
+#[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
+pub(crate) async fn attributed(
+    store: &impl EventPages,
+    f: &EventFilter,
+    after: Option<&EventCursor>,
+    limit: usize,
+) -> Result<Vec<UsageEvent>> {
+    if !f.by_attribution() {
+        return store.events_page(f, after, limit).await;
+    }
+    const PAGE: usize = 1000;
+    let base = f.without_attribution();
+    let mut cursor = after.cloned();
+    let mut out = Vec::new();
+    loop {
+        let read = store.events_page(&base, cursor.as_ref(), PAGE).await?;
+        let last = read.len() < PAGE;
+        cursor = read.last().map(EventCursor::after);
+        for e in read {
+            if out.len() == limit {
+                return Ok(out);
+            }
+            if f.matches(&e) {
+                out.push(e);
+            }
+        }
+        if last || out.len() == limit {
+            return Ok(out);
+        }
+    }
+}

@@ -1,4 +1,4 @@
-//! Spend reports: events grouped by key, owner, org, model, day, ISO week or month, with exact sums.
+//! Spend reports: events grouped by key, owner, org, model, day, ISO week, month, tag or end user, with exact sums.
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
@@ -28,6 +28,11 @@ pub enum GroupBy {
     Week,
     /// The calendar month in the report's time zone, `YYYY-MM`.
     Month,
+    /// Each tag the request carried (`(none)` for events without one): an event with several tags counts in
+    /// each of their groups, and once in the total.
+    Tag,
+    /// The end user the request was made for (`(none)` for events without one).
+    EndUser,
 }
 
 impl FromStr for GroupBy {
@@ -41,9 +46,11 @@ impl FromStr for GroupBy {
             "day" => Ok(GroupBy::Day),
             "week" => Ok(GroupBy::Week),
             "month" => Ok(GroupBy::Month),
+            "tag" => Ok(GroupBy::Tag),
+            "end_user" | "end-user" => Ok(GroupBy::EndUser),
             _ => Err(Error::invalid(
                 "group",
-                "expected owner, key, org, model, day, week or month",
+                "expected owner, key, org, model, day, week, month, tag or end-user",
             )),
         }
     }
@@ -141,6 +148,12 @@ impl GroupBy {
         matches!(self, GroupBy::Day | GroupBy::Week | GroupBy::Month)
     }
 
+    /// Whether it groups by what the stores keep outside their rollups (a tag, an end user): such a report is
+    /// summed from the events themselves ([`aggregate`]).
+    pub fn by_attribution(self) -> bool {
+        matches!(self, GroupBy::Tag | GroupBy::EndUser)
+    }
+
     /// The calendar group of the instant `at` in `tz`; `None` for the field groupings.
     pub(crate) fn calendar_key(self, at: DateTime<Utc>, tz: Tz) -> Option<String> {
         let format = match self {
@@ -170,6 +183,8 @@ impl GroupBy {
             GroupBy::Day | GroupBy::Week | GroupBy::Month => {
                 self.calendar_key(at, tz).unwrap_or_default()
             }
+            // Not a field of these: [`aggregate`] groups them from the events.
+            GroupBy::Tag | GroupBy::EndUser => NONE.to_owned(),
         }
     }
 
@@ -248,9 +263,28 @@ pub fn aggregate<'a>(
 ) -> Report {
     let mut report = ReportBuilder::default();
     let mut estimated = Estimated::default();
+    let mut total = Decimal::ZERO;
     for e in events {
         if e.estimated {
             estimated.add(e.cost);
+        }
+        total += e.cost;
+        match by {
+            GroupBy::Tag if !e.tags.is_empty() => {
+                for tag in &e.tags {
+                    report.add(tag, &Totals::of(e));
+                }
+                continue;
+            }
+            GroupBy::Tag => {
+                report.add(NONE, &Totals::of(e));
+                continue;
+            }
+            GroupBy::EndUser => {
+                report.add(e.end_user.as_deref().unwrap_or(NONE), &Totals::of(e));
+                continue;
+            }
+            _ => {}
         }
         let key = by.key_of(
             e.at,
@@ -263,6 +297,8 @@ pub fn aggregate<'a>(
         report.add(&key, &Totals::of(e));
     }
     let mut report = report.finish();
+    // By tag, groups overlap: the total counts each event once.
+    report.total = total.normalize();
     estimated.cost = estimated.cost.normalize();
     report.estimated = estimated;
     report

@@ -69,6 +69,8 @@ pub fn csv_header() -> String {
             "credential_source",
             "estimated",
             "estimated_first",
+            "tags",
+            "end_user",
         ]
         .map(str::to_owned),
     );
@@ -108,6 +110,9 @@ pub fn csv_line(e: &UsageEvent) -> String {
     );
     fields.push(e.estimated.to_string());
     fields.push(e.estimated_first.to_string());
+    // Tags never hold a comma: one field, comma-separated (quoted when there are several).
+    fields.push(e.tags.join(","));
+    fields.push(e.end_user.clone().unwrap_or_default());
     fields
         .iter()
         .map(|f| csv_field(f))

@@ -28,6 +28,10 @@ pub(crate) trait Columns {
         self.flag(column).map(Some)
     }
     fn opt_decimal(&self, column: &str) -> Result<Option<Decimal>>;
+    /// A text column that older schemas lack: `None` when absent (or null).
+    fn opt_text_if_present(&self, column: &str) -> Result<Option<String>> {
+        self.opt_text(column)
+    }
     /// The backend's error for a stored value that does not decode.
     fn corrupt(&self, what: &'static str) -> Error;
 
@@ -124,6 +128,12 @@ pub(crate) fn usage_event(row: &impl Columns) -> Result<UsageEvent> {
         // Absent while migrations before the one that adds them rebuild rollups from the events.
         estimated: row.opt_flag("estimated")?.unwrap_or(false),
         estimated_first: row.opt_flag("estimated_first")?.unwrap_or(false),
+        // Absent, like the flags above, while older migrations rebuild from the events.
+        tags: match row.opt_text_if_present("tags")? {
+            Some(text) => serde_json::from_str(&text).map_err(|_| row.corrupt("tags"))?,
+            None => Vec::new(),
+        },
+        end_user: row.opt_text_if_present("end_user")?,
     })
 }
 
@@ -204,6 +214,11 @@ pub(crate) fn json_lists(r: &KeyRecord) -> Result<(String, String, String)> {
     let models = serde_json::to_string(&r.allowed_models)
         .map_err(|e| Error::invalid("model rules", e.to_string()))?;
     Ok((scopes, nets, models))
+}
+
+/// An event's tags as stored: a JSON array.
+pub(crate) fn tags_text(tags: &[String]) -> String {
+    serde_json::to_string(tags).unwrap_or_else(|_| "[]".into())
 }
 
 /// A quota list as stored.

@@ -163,6 +163,12 @@ pub(crate) enum UsageCommand {
         /// IANA time zone for days and months (default UTC).
         #[arg(long, default_value = "UTC")]
         tz: String,
+        /// Only the events carrying this tag.
+        #[arg(long)]
+        tag: Option<String>,
+        /// Only the events made for this end user.
+        #[arg(long = "end-user")]
+        end_user: Option<String>,
     },
     /// Stream every event on stdout, oldest first: JSON lines (what `usage import` reads) or CSV.
     ///

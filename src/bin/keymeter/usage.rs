@@ -64,6 +64,8 @@ fn report_table(report: &keymeter::ledger::Report, by: GroupBy, tz: chrono_tz::T
         GroupBy::Owner => "Owner".to_owned(),
         GroupBy::Org => "Org".to_owned(),
         GroupBy::Model => "Model".to_owned(),
+        GroupBy::Tag => "Tag".to_owned(),
+        GroupBy::EndUser => "End user".to_owned(),
     };
     let mut t = view::table([
         first.as_str(),
@@ -176,6 +178,8 @@ pub(crate) async fn run(config: &Config, cmd: UsageCommand) -> Outcome {
             since,
             until,
             tz,
+            tag,
+            end_user,
         } => {
             let by: GroupBy = by.parse()?;
             let tz = parse_tz(&tz)?;
@@ -184,6 +188,8 @@ pub(crate) async fn run(config: &Config, cmd: UsageCommand) -> Outcome {
                 org,
                 since: since.map(|s| parse_instant(&s, tz)).transpose()?,
                 until: until.map(|s| parse_instant(&s, tz)).transpose()?,
+                tag,
+                end_user,
                 ..EventFilter::default()
             };
             let report = store.report(&filter, by, tz).await?;

@@ -167,6 +167,12 @@ pub struct HoldRecord {
     pub credential_source: Option<String>,
     /// When the reservation expires by itself in the store.
     pub expires_at: DateTime<Utc>,
+    /// The request's tags (absent in records written before they were kept).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    /// The end user the request was made for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_user: Option<String>,
 }
 
 impl HoldRecord {
@@ -193,6 +199,9 @@ impl HoldRecord {
             .as_deref()
             .and_then(|s| s.parse().ok());
         event.estimated = true;
+        event.tags.clone_from(&self.tags);
+        event.end_user.clone_from(&self.end_user);
+        event.validate()?;
         Ok(event)
     }
 }
@@ -1015,5 +1024,33 @@ async fn syncer(inner: Weak<Inner>, interval: Duration) {
                 tracing::error!(dir = %dir.display(), error = %e, "journal: fsync failed");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::HoldRecord;
+
+    /// A hold written before tags were kept reads back without them; one with them bills its estimate with them.
+    #[test]
+    fn hold_records_carry_attribution_and_read_older_ones() {
+        let old = r#"{"request_id":"r1","reservation_id":"rsv_1","at":"2026-12-01T00:00:00Z","key_id":null,
+            "owner":"alice","org":null,"provider":"openai","model":"gpt-4o","worst":{"input":10},
+            "amount":"0.5","credential_source":null,"expires_at":"2026-12-01T00:00:30Z"}"#;
+        let mut hold: HoldRecord = serde_json::from_str(old).unwrap();
+        assert!(hold.tags.is_empty() && hold.end_user.is_none());
+        hold.tags = vec!["batch".into()];
+        hold.end_user = Some("user-1".into());
+        let back: HoldRecord =
+            serde_json::from_str(&serde_json::to_string(&hold).unwrap()).unwrap();
+        assert_eq!(back, hold);
+        let event = back
+            .estimated_event(&crate::random::SeededRandom::new(1))
+            .unwrap();
+        assert_eq!(
+            (event.tags, event.end_user.as_deref()),
+            (vec!["batch".to_owned()], Some("user-1"))
+        );
+        assert!(event.estimated);
     }
 }

@@ -81,6 +81,9 @@ struct StoredEvent {
     credential_source: Option<crate::credentials::CredentialSource>,
     estimated: bool,
     estimated_first: bool,
+    /// Most events carry none: no allocation then.
+    tags: Box<[Arc<str>]>,
+    end_user: Option<Arc<str>>,
 }
 
 impl StoredEvent {
@@ -99,6 +102,8 @@ impl StoredEvent {
             credential_source: self.credential_source,
             estimated: self.estimated,
             estimated_first: self.estimated_first,
+            tags: self.tags.iter().map(|t| t.to_string()).collect(),
+            end_user: self.end_user.as_deref().map(str::to_owned),
         }
     }
 }
@@ -327,6 +332,8 @@ impl LedgerState {
             credential_source: event.credential_source,
             estimated: event.estimated,
             estimated_first: event.estimated_first,
+            tags: event.tags.iter().map(|t| self.intern(t)).collect(),
+            end_user: event.end_user.as_deref().map(|u| self.intern(u)),
         };
         self.push(stored);
         Recorded {

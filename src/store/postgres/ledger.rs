@@ -20,7 +20,7 @@ use crate::ledger::{
     Budget, BudgetScope, BudgetStatus, Claim, Estimated, EventCursor, EventFilter, GroupBy, Ledger,
     Recorded, Report, Reservation, Standing, UsageEvent, admit,
 };
-use crate::store::sql::{Columns, budget, estimate_text, usage_event, usage_text};
+use crate::store::sql::{Columns, budget, estimate_text, tags_text, usage_event, usage_text};
 
 /// The budgets of `scopes` that exist, locked `FOR UPDATE` in one fixed order.
 async fn lock_budgets<'a>(
@@ -137,7 +137,10 @@ async fn record_in(tx: &mut Tx, events: &[UsageEvent]) -> Result<Vec<Recorded>> 
         Vec::with_capacity(n),
     );
     let (mut estimated, mut estimated_first) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut tags, mut end_users) = (Vec::with_capacity(n), Vec::with_capacity(n));
     for e in &firsts {
+        tags.push(tags_text(&e.tags));
+        end_users.push(e.end_user.as_deref());
         event_ids.push(e.event_id.as_str());
         request_ids.push(e.request_id.as_str());
         ats.push(e.at);
@@ -156,10 +159,11 @@ async fn record_in(tx: &mut Tx, events: &[UsageEvent]) -> Result<Vec<Recorded>> 
     }
     let rows = sqlx::query(
         "INSERT INTO keymeter_usage_events (event_id, request_id, at, key_id, owner, org, provider, model, usage, \
-         input_tokens, output_tokens, cost, credential_source, estimated, estimated_first, bucket) \
+         input_tokens, output_tokens, cost, credential_source, estimated, estimated_first, tags, end_user, bucket) \
          SELECT e.*, floor(extract(epoch FROM e.at) / 900)::bigint FROM UNNEST($1::text[], $2::text[], \
          $3::timestamptz[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::bigint[], \
-         $11::bigint[], $12::numeric[], $13::text[], $14::bool[], $15::bool[]) AS e (event_id, request_id, at) \
+         $11::bigint[], $12::numeric[], $13::text[], $14::bool[], $15::bool[], $16::text[], $17::text[]) \
+         AS e (event_id, request_id, at) \
          WHERE NOT EXISTS (SELECT 1 FROM keymeter_pruned_requests p WHERE p.request_id = e.request_id) \
          ON CONFLICT (request_id) DO NOTHING RETURNING request_id, event_id",
     )
@@ -178,6 +182,8 @@ async fn record_in(tx: &mut Tx, events: &[UsageEvent]) -> Result<Vec<Recorded>> 
     .bind(&sources)
     .bind(&estimated)
     .bind(&estimated_first)
+    .bind(&tags)
+    .bind(&end_users)
     .fetch_all(&mut **tx)
     .await
     .map_err(db)?;
@@ -600,6 +606,10 @@ impl Ledger for PostgresStore {
     }
 
     async fn report(&self, f: &EventFilter, by: GroupBy, tz: Tz) -> Result<Report> {
+        if by.by_attribution() || f.by_attribution() {
+            // Tags and end users are not summed in the database: from the events.
+            return Ok(crate::ledger::aggregate(&self.events(f).await?, by, tz));
+        }
         let mut report = if by.is_calendar() {
             calendar_report(self, f, by, tz).await?
         } else {
@@ -624,18 +634,7 @@ impl Ledger for PostgresStore {
         after: Option<&EventCursor>,
         limit: usize,
     ) -> Result<Vec<UsageEvent>> {
-        let sql = format!(
-            "SELECT * FROM keymeter_usage_events WHERE {FILTER} AND ($7::timestamptz IS NULL OR \
-             (at, event_id) > ($7, $8::text)) ORDER BY at, event_id LIMIT $9"
-        );
-        let rows = filtered(&sql, f)
-            .bind(after.map(|c| c.at))
-            .bind(after.map(|c| c.event_id.as_str()))
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .fetch_all(self.pool())
-            .await
-            .map_err(db)?;
-        rows.iter().map(usage_event).collect()
+        crate::ledger::attributed(self, f, after, limit).await
     }
 
     async fn prune(&self, before: DateTime<Utc>) -> Result<u64> {
@@ -924,4 +923,26 @@ async fn grouped_report(store: &PostgresStore, f: &EventFilter, by: GroupBy) -> 
         out.add(&row.text("key")?, &totals(&row)?);
     }
     Ok(out.finish())
+}
+
+impl crate::ledger::EventPages for PostgresStore {
+    async fn events_page(
+        &self,
+        f: &EventFilter,
+        after: Option<&EventCursor>,
+        limit: usize,
+    ) -> Result<Vec<UsageEvent>> {
+        let sql = format!(
+            "SELECT * FROM keymeter_usage_events WHERE {FILTER} AND ($7::timestamptz IS NULL OR \
+             (at, event_id) > ($7, $8::text)) ORDER BY at, event_id LIMIT $9"
+        );
+        let rows = filtered(&sql, f)
+            .bind(after.map(|c| c.at))
+            .bind(after.map(|c| c.event_id.as_str()))
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(self.pool())
+            .await
+            .map_err(db)?;
+        rows.iter().map(usage_event).collect()
+    }
 }

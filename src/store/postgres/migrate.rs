@@ -89,6 +89,11 @@ const MIGRATIONS: &[Migration] = &[
         "key_changes_models",
         include_str!("../../../migrations/postgres/0015_key_changes_models.sql"),
     ),
+    (
+        16,
+        "event_attribution",
+        include_str!("../../../migrations/postgres/0016_event_attribution.sql"),
+    ),
 ];
 
 /// The advisory lock migrations take: "keymeter" in ASCII, so it stays clear of an application's own numbers.

@@ -148,6 +148,13 @@ impl Columns for PgRow {
             Err(e) => Err(db(e)),
         }
     }
+    fn opt_text_if_present(&self, column: &str) -> Result<Option<String>> {
+        match sqlx::Row::try_get(self, column) {
+            Ok(v) => Ok(v),
+            Err(sqlx::Error::ColumnNotFound(_)) => Ok(None),
+            Err(e) => Err(db(e)),
+        }
+    }
     fn opt_decimal(&self, column: &str) -> Result<Option<Decimal>> {
         sqlx::Row::try_get(self, column).map_err(db)
     }

@@ -18,7 +18,7 @@ use crate::ledger::{
     Budget, BudgetScope, BudgetStatus, Claim, EventCursor, EventFilter, GroupBy, Ledger, Recorded,
     Report, Reservation, Standing, UsageEvent, admit,
 };
-use crate::store::sql::{Columns, budget, estimate_text, usage_event, usage_text};
+use crate::store::sql::{Columns, budget, estimate_text, tags_text, usage_event, usage_text};
 
 async fn budget_of(tx: &mut Tx, scope: &BudgetScope) -> Result<Option<Budget>> {
     let row = sqlx::query("SELECT * FROM keymeter_budgets WHERE scope_kind = ?1 AND scope_id = ?2")
@@ -270,7 +270,7 @@ async fn record_in(tx: &mut Tx, events: &[UsageEvent]) -> Result<Vec<Recorded>> 
             .collect::<Result<Vec<_>>>()?;
         let mut qb = QueryBuilder::<Sqlite>::new(
             "INSERT INTO keymeter_usage_events (event_id, request_id, at, key_id, owner, org, provider, model, usage, cost, \
-             credential_source, estimated, estimated_first) ",
+             credential_source, estimated, estimated_first, tags, end_user) ",
         );
         qb.push_values(chunk.iter().zip(&usages), |mut row, (e, usage)| {
             row.push_bind(&e.event_id)
@@ -285,7 +285,9 @@ async fn record_in(tx: &mut Tx, events: &[UsageEvent]) -> Result<Vec<Recorded>> 
                 .push_bind(e.cost.normalize().to_string())
                 .push_bind(e.credential_source.map(CredentialSource::as_str))
                 .push_bind(e.estimated)
-                .push_bind(e.estimated_first);
+                .push_bind(e.estimated_first)
+                .push_bind(tags_text(&e.tags))
+                .push_bind(&e.end_user);
         });
         qb.push(" ON CONFLICT (request_id) DO NOTHING RETURNING request_id, event_id");
         for row in qb.build().fetch_all(&mut **tx).await.map_err(db)? {
@@ -469,6 +471,10 @@ impl Ledger for SqliteStore {
     }
 
     async fn report(&self, f: &EventFilter, by: GroupBy, tz: Tz) -> Result<Report> {
+        if by.by_attribution() || f.by_attribution() {
+            // Tags and end users are not rolled up: summed from the events.
+            return Ok(crate::ledger::aggregate(&self.events(f).await?, by, tz));
+        }
         let mut report = super::rollup::report(self, f, by, tz).await?;
         // Few and indexed apart (a partial index): summed from the events themselves.
         let sql =
@@ -487,18 +493,7 @@ impl Ledger for SqliteStore {
         after: Option<&EventCursor>,
         limit: usize,
     ) -> Result<Vec<UsageEvent>> {
-        let sql = format!(
-            "SELECT * FROM keymeter_usage_events WHERE {FILTER} \
-             AND (?7 IS NULL OR at > ?7 OR (at = ?7 AND event_id > ?8)) ORDER BY at, event_id LIMIT ?9"
-        );
-        let rows = filtered(&sql, f)
-            .bind(after.map(|c| micros(c.at)))
-            .bind(after.map(|c| c.event_id.as_str()))
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .fetch_all(self.pool())
-            .await
-            .map_err(db)?;
-        rows.iter().map(usage_event).collect()
+        crate::ledger::attributed(self, f, after, limit).await
     }
 
     async fn prune(&self, before: DateTime<Utc>) -> Result<u64> {
@@ -789,4 +784,26 @@ fn filtered<'q>(
         .bind(&f.model)
         .bind(f.since.map(micros))
         .bind(f.until.map(micros))
+}
+
+impl crate::ledger::EventPages for SqliteStore {
+    async fn events_page(
+        &self,
+        f: &EventFilter,
+        after: Option<&EventCursor>,
+        limit: usize,
+    ) -> Result<Vec<UsageEvent>> {
+        let sql = format!(
+            "SELECT * FROM keymeter_usage_events WHERE {FILTER} \
+             AND (?7 IS NULL OR at > ?7 OR (at = ?7 AND event_id > ?8)) ORDER BY at, event_id LIMIT ?9"
+        );
+        let rows = filtered(&sql, f)
+            .bind(after.map(|c| micros(c.at)))
+            .bind(after.map(|c| c.event_id.as_str()))
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(self.pool())
+            .await
+            .map_err(db)?;
+        rows.iter().map(usage_event).collect()
+    }
 }

@@ -95,6 +95,11 @@ const MIGRATIONS: &[Migration] = &[
         "key_changes_models",
         include_str!("../../../migrations/sqlite/0016_key_changes_models.sql"),
     ),
+    (
+        17,
+        "event_attribution",
+        include_str!("../../../migrations/sqlite/0017_event_attribution.sql"),
+    ),
 ];
 
 /// The migration that creates the report rollups: when it runs, the events already stored are rolled up.

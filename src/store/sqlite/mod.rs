@@ -178,6 +178,13 @@ impl crate::store::sql::Columns for sqlx::sqlite::SqliteRow {
             Err(e) => Err(db(e)),
         }
     }
+    fn opt_text_if_present(&self, column: &str) -> Result<Option<String>> {
+        match sqlx::Row::try_get(self, column) {
+            Ok(v) => Ok(v),
+            Err(sqlx::Error::ColumnNotFound(_)) => Ok(None),
+            Err(e) => Err(db(e)),
+        }
+    }
     /// Amounts are exact decimal strings: SQLite has no exact decimal type.
     fn opt_decimal(&self, column: &str) -> Result<Option<rust_decimal::Decimal>> {
         decimal_text(self.opt_text(column)?)

@@ -649,6 +649,8 @@ mod tests {
              DROP TABLE keymeter_pruned_requests; DROP INDEX keymeter_usage_events_estimated; \
              ALTER TABLE keymeter_usage_events DROP COLUMN estimated; \
              ALTER TABLE keymeter_usage_events DROP COLUMN estimated_first; \
+             ALTER TABLE keymeter_usage_events DROP COLUMN tags; \
+             ALTER TABLE keymeter_usage_events DROP COLUMN end_user; \
              DROP INDEX keymeter_reservations_request; \
              ALTER TABLE keymeter_reservations DROP COLUMN request_id; \
              DROP INDEX keymeter_reservations_instance; \
