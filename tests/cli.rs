@@ -388,6 +388,43 @@ fn env_reports_the_rule() {
     assert_eq!(v["reason"], "DEPLOY_ENV=render");
 }
 
+/// Events imported with tags and end users: `usage report --by tag|end-user`, `--tag`, `--end-user`, and the
+/// export keeps them.
+#[test]
+fn usage_reports_by_tag_and_end_user() {
+    let cli = Cli::new();
+    cli.ok(&["init"]);
+    let line = |request: &str, cost: &str, extra: &str| {
+        format!(
+            r#"{{"event_id":"ev_{request}","request_id":"{request}","at":"2026-11-02T10:00:00Z","owner":"alice","provider":"openai","model":"gpt-4o","usage":{{"input":100}},"cost":"{cost}"{extra}}}"#
+        )
+    };
+    let lines = [
+        line("r1", "0.1", r#","tags":["batch","eu"],"end_user":"u-1""#),
+        line("r2", "0.2", r#","tags":["batch"]"#),
+        line("r3", "0.4", ""),
+    ]
+    .join("\n");
+    let (code, imported) = cli.run(&["usage", "import", "-"], Some(&lines));
+    assert_eq!(code, 0, "{imported}");
+    let by_tag = cli.ok(&["usage", "report", "--by", "tag"]);
+    let keys: Vec<(&str, &str)> = by_tag["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| (g["key"].as_str().unwrap(), g["cost"].as_str().unwrap()))
+        .collect();
+    assert_eq!(keys, [("(none)", "0.4"), ("batch", "0.3"), ("eu", "0.1")]);
+    assert_eq!(by_tag["total"], "0.7");
+    let users = cli.ok(&["usage", "report", "--by", "end-user", "--tag", "batch"]);
+    assert_eq!(users["groups"][0]["key"], "(none)");
+    assert_eq!(users["groups"][1]["key"], "u-1");
+    let one = cli.ok(&["usage", "report", "--by", "model", "--end-user", "u-1"]);
+    assert_eq!(one["total"], "0.1");
+    let (code, _) = cli.run(&["usage", "report", "--by", "colour"], None);
+    assert_eq!(code, 2);
+}
+
 #[test]
 fn usage_errors_exit_2() {
     let cli = Cli::new();

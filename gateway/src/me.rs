@@ -136,6 +136,8 @@ pub struct ReportQuery {
     until: Option<String>,
     tz: Option<String>,
     owner: Option<String>,
+    tag: Option<String>,
+    end_user: Option<String>,
 }
 
 pub async fn report(
@@ -175,6 +177,8 @@ pub async fn report(
             .until
             .map(|s| keymeter::validate::instant("until", &s, tz))
             .transpose()?,
+        tag: q.tag,
+        end_user: q.end_user,
         ..EventFilter::default()
     };
     let report = app.store.report(&filter, by, tz).await?;

@@ -774,3 +774,116 @@ async fn an_admin_changes_a_key_and_the_next_request_meets_it() {
         .clone();
     assert_eq!(theirs["scopes"], json!(["llm:chat"]));
 }
+
+/// Attribution (DESIGN §15): a request's `x-keymeter-tags` and `x-keymeter-end-user` (else OpenAI's `user`) stay
+/// on its event, and the usage endpoint groups and filters by them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tags_and_end_users_reach_events_and_reports() {
+    let up = support::upstream().await;
+    let gw = support::sqlite_gateway(&up).await;
+    gw.budget(
+        BudgetScope::Owner("attr".into()),
+        Decimal::from(10),
+        BudgetPeriod::Monthly,
+    )
+    .await;
+    let (_, key) = gw
+        .key(json!({"name": "attr", "owner": "attr", "permissions": ["llm:chat", "reports"]}))
+        .await;
+    let send = |tags: Option<&str>, user: Option<&str>, body: Value| {
+        let mut request = gw.post("/v1/chat/completions", &key).json(&body);
+        if let Some(tags) = tags {
+            request = request.header("x-keymeter-tags", tags);
+        }
+        if let Some(user) = user {
+            request = request.header("x-keymeter-end-user", user);
+        }
+        support::send(request)
+    };
+    let plain = chat("gpt-4o-mini");
+    let mut with_user = chat("gpt-4o-mini");
+    with_user["user"] = json!("from-body");
+    let seventeen: Vec<String> = (0..17).map(|i| format!("t{i}")).collect();
+    let seventeen = seventeen.join(",");
+    for (tags, user, body) in [
+        (Some("batch, eu"), Some("user-1"), plain.clone()),
+        (Some("batch"), None, with_user.clone()),
+        // The header wins over the body's field.
+        (None, Some("user-1"), with_user),
+        (None, None, plain.clone()),
+    ] {
+        let answer = send(tags, user, body).await;
+        assert_eq!(answer.status(), 200);
+        answer.bytes().await.unwrap();
+    }
+    // A header of the wrong shape: 400, nothing sent or billed.
+    let calls = up.calls().len();
+    for (tags, user) in [
+        (Some("a b"), None),
+        (Some(seventeen.as_str()), None),
+        (None, Some("")),
+    ] {
+        let answer = send(tags, user, plain.clone()).await;
+        assert_eq!(answer.status(), 400, "{tags:?} {user:?}");
+    }
+    assert_eq!(up.calls().len(), calls);
+    let events = wait_events(&gw, "attr", 4).await;
+    assert_eq!(events.len(), 4);
+    let mut seen: Vec<(Vec<String>, Option<String>)> = events
+        .iter()
+        .map(|e| (e.tags.clone(), e.end_user.clone()))
+        .collect();
+    seen.sort();
+    let s = |v: &[&str]| v.iter().map(|t| (*t).to_owned()).collect::<Vec<_>>();
+    assert_eq!(
+        seen,
+        vec![
+            (s(&[]), None),
+            (s(&[]), Some("user-1".into())),
+            (s(&["batch"]), Some("from-body".into())),
+            (s(&["batch", "eu"]), Some("user-1".into())),
+        ]
+    );
+    let cost = events[0].cost;
+    let report = |query: &'static str| gw.call(Method::GET, query, Some(&key), None);
+    let (status, _, by_tag) = report("/api/v1/usage?by=tag").await;
+    assert_eq!(status, 200, "{by_tag}");
+    let groups: Vec<(String, u64)> = by_tag["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| {
+            (
+                g["key"].as_str().unwrap().to_owned(),
+                g["events"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        groups,
+        vec![("(none)".into(), 2), ("batch".into(), 2), ("eu".into(), 1)]
+    );
+    assert_eq!(
+        by_tag["total"]
+            .as_str()
+            .unwrap()
+            .parse::<Decimal>()
+            .unwrap(),
+        cost * Decimal::from(4)
+    );
+    let (_, _, by_user) = report("/api/v1/usage?by=end_user&tag=batch").await;
+    let groups: Vec<(String, u64)> = by_user["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| {
+            (
+                g["key"].as_str().unwrap().to_owned(),
+                g["events"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(groups, vec![("from-body".into(), 1), ("user-1".into(), 1)]);
+    let (_, _, one_user) = report("/api/v1/usage?by=model&end_user=user-1").await;
+    assert_eq!(one_user["groups"][0]["events"], 2);
+}

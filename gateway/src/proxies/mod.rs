@@ -170,6 +170,7 @@ pub(crate) async fn run(
     let Admitted {
         plan,
         request_id,
+        attribution,
         limit,
         charged,
         slot,
@@ -181,7 +182,7 @@ pub(crate) async fn run(
             tx: Some(tx),
             upstream: Duration::ZERO,
         };
-        if let Err(e) = exchange(charged, request_id, plan, &mut reply).await {
+        if let Err(e) = exchange(charged, (request_id, attribution), plan, &mut reply).await {
             reply.send(e.into_response());
         }
     });
@@ -204,6 +205,8 @@ struct Admitted {
     request_id: Option<String>,
     /// The tightest rate limit after the charge, for the `RateLimit` headers.
     limit: Option<LimitStatus>,
+    /// Who and what the request is for, kept on its event.
+    attribution: Attribution,
     charged: Charged,
     slot: SlotGuard,
 }
@@ -245,6 +248,7 @@ async fn admit(
     rules.check_model(key, plan.provider.as_str(), &plan.model)?;
     let request_id =
         client_request_id(&inbound.headers)?.map(|id| owner_request_id(&key.owner, id));
+    let attribution = attribution(&inbound.headers, &inbound.body)?;
     let decision = app.verifier.charge_requests(key, &rules).await?;
     if !decision.allowed {
         return Err(ApiError::for_verdict_code(
@@ -267,6 +271,7 @@ async fn admit(
     Ok(Admitted {
         plan,
         request_id,
+        attribution,
         limit: decision.tightest,
         charged,
         slot,
@@ -345,7 +350,7 @@ fn upstream_timeout(provider: &Provider, why: &str) -> ApiError {
 /// anything is forwarded (no provider key, no budget, a duplicate request id) gives the rate-limit charge back.
 async fn exchange(
     charged: Charged,
-    request_id: Option<String>,
+    (request_id, attribution): (Option<String>, Attribution),
     mut plan: Plan,
     reply: &mut Reply,
 ) -> Result<(), ApiError> {
@@ -368,6 +373,10 @@ async fn exchange(
         .tier(priced.tier);
     if let Some(id) = request_id {
         request = request.request_id(id);
+    }
+    request = request.tags(attribution.tags);
+    if let Some(end_user) = attribution.end_user {
+        request = request.end_user(end_user);
     }
     let worst = worst::worst_case(&app, &priced.model, priced.at, &plan.bound);
     let hold = match app.meter.reserve(request, &worst).await {
@@ -472,6 +481,58 @@ async fn exchange(
         .map_err(|why| upstream_unavailable(provider, why))?;
     }
     Ok(())
+}
+
+/// The tags and the end user of a request, for reports (DESIGN §15).
+#[derive(Debug, Default)]
+struct Attribution {
+    tags: Vec<String>,
+    end_user: Option<String>,
+}
+
+/// `x-keymeter-tags: a,b` and `x-keymeter-end-user`, else OpenAI's `user` field of the body. A header of the
+/// wrong shape is refused (400); a `user` field keymeter cannot keep is left out (it is the provider's field).
+fn attribution(headers: &HeaderMap, body: &[u8]) -> Result<Attribution, ApiError> {
+    let header = |name: &str| -> Result<Option<&str>, ApiError> {
+        match headers.get(name) {
+            None => Ok(None),
+            Some(v) => v
+                .to_str()
+                .map(Some)
+                .map_err(|_| ApiError::bad_request(format!("{name} must be visible ASCII"))),
+        }
+    };
+    let tags = match header("x-keymeter-tags")? {
+        Some(text) => keymeter::ledger::event::parse_tags(text)
+            .map_err(|e| ApiError::bad_request(format!("x-keymeter-tags: {e}")))?,
+        None => Vec::new(),
+    };
+    let fits = |u: &str| {
+        !u.is_empty()
+            && u.chars().count() <= keymeter::ledger::event::MAX_END_USER_LEN
+            && !u.chars().any(char::is_control)
+    };
+    let end_user = match header("x-keymeter-end-user")? {
+        Some(u) if fits(u) => Some(u.to_owned()),
+        Some(_) => {
+            return Err(ApiError::bad_request(format!(
+                "x-keymeter-end-user must be 1–{} characters",
+                keymeter::ledger::event::MAX_END_USER_LEN
+            )));
+        }
+        None => {
+            #[derive(serde::Deserialize)]
+            struct User {
+                user: Option<serde_json::Value>,
+            }
+            serde_json::from_slice::<User>(body)
+                .ok()
+                .and_then(|b| b.user)
+                .and_then(|u| u.as_str().map(str::to_owned))
+                .filter(|u| fits(u))
+        }
+    };
+    Ok(Attribution { tags, end_user })
 }
 
 /// The client's `x-request-id`: at most 128 visible ASCII characters.
