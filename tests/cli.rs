@@ -850,7 +850,10 @@ fn rate_limits_hold_across_invocations_on(cli: Cli) {
         "2",
         "--metadata",
         r#"{"team": "ml", "cost_centre": 42}"#,
+        "--tags",
+        "team-ml, batch",
     ]);
+    assert_eq!(created["tags"], serde_json::json!(["team-ml", "batch"]));
     assert_eq!(
         created["metadata"],
         serde_json::json!({"team": "ml", "cost_centre": 42})
@@ -863,6 +866,7 @@ fn rate_limits_hold_across_invocations_on(cli: Cli) {
     let key = created["key"].as_str().unwrap();
     let shown = cli.ok(&["keys", "show", id]);
     assert_eq!(shown["metadata"], created["metadata"]);
+    assert_eq!(shown["tags"], created["tags"]);
     assert_eq!(shown["rate_limit"], "3/min");
     assert_eq!(shown["allowed_models"], created["allowed_models"]);
     assert_eq!(

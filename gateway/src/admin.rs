@@ -39,6 +39,9 @@ struct CreateKey {
     max_parallel: Option<u32>,
     /// A JSON object of at most 4 KiB, kept with the key.
     metadata: Option<Value>,
+    /// Tags every event of the key carries.
+    #[serde(default)]
+    tags: Vec<String>,
 }
 
 /// `"100/min"` or `["100/min", "5000/day"]`.
@@ -103,6 +106,7 @@ pub async fn create(
     if let Some(metadata) = req.metadata {
         new = new.metadata(metadata);
     }
+    new = new.tags(req.tags);
     if let Some(org) = org {
         new = new.org(org);
     }
@@ -216,6 +220,7 @@ struct UpdateKey {
     #[serde(default, deserialize_with = "present")]
     expires_at: Option<Option<String>>,
     disabled: Option<bool>,
+    tags: Option<Vec<String>>,
 }
 
 /// A field that may be `null` on purpose: absent is `None`, `null` is `Some(None)`.
@@ -274,6 +279,7 @@ pub async fn update(
         metadata: req.metadata,
         expires_at,
         disabled: req.disabled,
+        tags: req.tags,
     };
     if patch.is_empty() {
         return Err(ApiError::unprocessable("name at least one field to change"));

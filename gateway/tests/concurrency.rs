@@ -350,3 +350,32 @@ async fn a_killed_gateways_slots_lapse_within_their_ttl() {
     eprintln!("200 slots of a killed gateway lapsed {lapsed:?} after the kill (TTL 2 s)");
     store.close().await;
 }
+
+/// A client that waits for each answer never meets its own last request's slot: with room for one, 60 requests
+/// one after another (whole answers, streams, refusals) are all served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_after_another_never_meets_its_own_slot() {
+    let up = support::upstream().await;
+    let gw = support::sqlite_gateway(&up).await;
+    gw.budget(
+        BudgetScope::Owner("seq".into()),
+        Decimal::from(100),
+        BudgetPeriod::Monthly,
+    )
+    .await;
+    let (_, key) = gw
+        .key(json!({"name": "one", "owner": "seq", "permissions": ["llm:chat"], "max_parallel": 1}))
+        .await;
+    for i in 0..60 {
+        let body = match i % 3 {
+            0 => chat("", false),
+            1 => chat("", true),
+            // The provider refuses: its error passes through, and the slot is back all the same.
+            _ => chat("fail", false),
+        };
+        let answer = gw.post_json("/v1/chat/completions", &key, &body).await;
+        let status = answer.status().as_u16();
+        answer.bytes().await.unwrap();
+        assert_eq!(status, if i % 3 == 2 { 500 } else { 200 }, "request {i}");
+    }
+}

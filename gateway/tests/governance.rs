@@ -788,7 +788,7 @@ async fn tags_and_end_users_reach_events_and_reports() {
     )
     .await;
     let (_, key) = gw
-        .key(json!({"name": "attr", "owner": "attr", "permissions": ["llm:chat", "reports"]}))
+        .key(json!({"name": "attr", "owner": "attr", "permissions": ["llm:chat", "reports"], "tags": ["team-a"]}))
         .await;
     let send = |tags: Option<&str>, user: Option<&str>, body: Value| {
         let mut request = gw.post("/v1/chat/completions", &key).json(&body);
@@ -803,7 +803,8 @@ async fn tags_and_end_users_reach_events_and_reports() {
     let plain = chat("gpt-4o-mini");
     let mut with_user = chat("gpt-4o-mini");
     with_user["user"] = json!("from-body");
-    let seventeen: Vec<String> = (0..17).map(|i| format!("t{i}")).collect();
+    // Sixteen of its own would do; with the key's tag they are seventeen.
+    let seventeen: Vec<String> = (0..16).map(|i| format!("t{i}")).collect();
     let seventeen = seventeen.join(",");
     for (tags, user, body) in [
         (Some("batch, eu"), Some("user-1"), plain.clone()),
@@ -835,13 +836,14 @@ async fn tags_and_end_users_reach_events_and_reports() {
         .collect();
     seen.sort();
     let s = |v: &[&str]| v.iter().map(|t| (*t).to_owned()).collect::<Vec<_>>();
+    // The key's own tag first, on every event.
     assert_eq!(
         seen,
         vec![
-            (s(&[]), None),
-            (s(&[]), Some("user-1".into())),
-            (s(&["batch"]), Some("from-body".into())),
-            (s(&["batch", "eu"]), Some("user-1".into())),
+            (s(&["team-a"]), None),
+            (s(&["team-a"]), Some("user-1".into())),
+            (s(&["team-a", "batch"]), Some("from-body".into())),
+            (s(&["team-a", "batch", "eu"]), Some("user-1".into())),
         ]
     );
     let cost = events[0].cost;
@@ -861,7 +863,7 @@ async fn tags_and_end_users_reach_events_and_reports() {
         .collect();
     assert_eq!(
         groups,
-        vec![("(none)".into(), 2), ("batch".into(), 2), ("eu".into(), 1)]
+        vec![("batch".into(), 2), ("eu".into(), 1), ("team-a".into(), 4)]
     );
     assert_eq!(
         by_tag["total"]

@@ -45,6 +45,7 @@ pub fn sample(id: &str) -> KeyRecord {
         rate_limit: Some("100/min".parse::<RateLimit>().expect("limit")),
         allowed_models: crate::keys::models::parse_rules("gpt-4o*,anthropic/*").expect("rules"),
         metadata: serde_json::json!({"team": "infra", "n": 1}),
+        tags: vec!["infra".into(), "ci".into()],
         previous: Some(PreviousSecret {
             hash: hasher().hash_hmac(b"the secret before"),
             valid_until: t0() + Duration::hours(24),
@@ -298,6 +299,7 @@ pub async fn update(store: Arc<dyn KeyStore>) {
         metadata: Some(serde_json::json!({"team": "ml"})),
         expires_at: Some(None),
         disabled: Some(true),
+        tags: Some(vec!["ml".into()]),
     };
     let changed = store.update("UUUUUUUUUUU1", &patch).await.expect("update");
     let got = store
@@ -314,6 +316,7 @@ pub async fn update(store: Arc<dyn KeyStore>) {
     expected.metadata = serde_json::json!({"team": "ml"});
     expected.expires_at = None;
     expected.disabled = true;
+    expected.tags = vec!["ml".into()];
     assert_eq!(*got, expected, "every other field as it was");
     // One field only: the rest stays.
     let later = t0() + Duration::days(7);

@@ -42,6 +42,8 @@ pub struct NewKey {
     pub prefix: String,
     /// Free-form JSON metadata (default `{}`).
     pub metadata: serde_json::Value,
+    /// Tags every event of the key carries ([`crate::ledger::event::check_tags`]).
+    pub tags: Vec<String>,
 }
 
 impl NewKey {
@@ -59,6 +61,7 @@ impl NewKey {
             allowed_models: Vec::new(),
             prefix: DEFAULT_PREFIX.to_owned(),
             metadata: serde_json::Value::Object(Default::default()),
+            tags: Vec::new(),
         }
     }
 
@@ -126,6 +129,13 @@ impl NewKey {
         self
     }
 
+    /// Sets the tags every event of the key carries.
+    #[must_use]
+    pub fn tags(mut self, tags: Vec<String>) -> Self {
+        self.tags = tags;
+        self
+    }
+
     /// Sets the metadata.
     #[must_use]
     pub fn metadata(mut self, metadata: serde_json::Value) -> Self {
@@ -140,6 +150,7 @@ impl NewKey {
             crate::validate::name("org", org)?;
         }
         crate::keys::patch::check_metadata(&self.metadata)?;
+        crate::ledger::event::check_tags(&self.tags)?;
         crate::keys::models::check_rules(&self.allowed_models)
     }
 
@@ -172,6 +183,7 @@ impl NewKey {
             rate_limit: self.rate_limit,
             allowed_models: self.allowed_models,
             metadata: self.metadata,
+            tags: self.tags,
             previous: None,
         }
     }

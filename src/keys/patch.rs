@@ -64,6 +64,8 @@ pub struct KeyPatch {
     pub expires_at: Option<Option<DateTime<Utc>>>,
     /// Disable or enable.
     pub disabled: Option<bool>,
+    /// New tags (replacing them).
+    pub tags: Option<Vec<String>>,
 }
 
 impl KeyPatch {
@@ -85,6 +87,9 @@ impl KeyPatch {
         }
         if let Some(metadata) = &self.metadata {
             check_metadata(metadata)?;
+        }
+        if let Some(tags) = &self.tags {
+            crate::ledger::event::check_tags(tags)?;
         }
         Ok(())
     }
@@ -112,6 +117,9 @@ impl KeyPatch {
         }
         if let Some(disabled) = self.disabled {
             r.disabled = disabled;
+        }
+        if let Some(tags) = &self.tags {
+            r.tags.clone_from(tags);
         }
         r
     }

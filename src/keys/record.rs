@@ -204,6 +204,8 @@ pub struct KeyRecord {
     pub allowed_models: Vec<ModelRule>,
     /// Free-form JSON metadata.
     pub metadata: serde_json::Value,
+    /// Tags every event of the key carries (with the request's own): at most 16 of 64 characters.
+    pub tags: Vec<String>,
     /// The secret a rotation replaced, still accepted until its grace period ends.
     pub previous: Option<PreviousSecret>,
 }
@@ -273,6 +275,7 @@ struct RecordView<'a> {
     rate_limit: Option<RateLimit>,
     allowed_models: &'a [ModelRule],
     metadata: &'a serde_json::Value,
+    tags: &'a [String],
     grace_until: Option<DateTime<Utc>>,
 }
 
@@ -296,6 +299,7 @@ impl Serialize for KeyRecord {
             rate_limit: self.rate_limit,
             allowed_models: &self.allowed_models,
             metadata: &self.metadata,
+            tags: &self.tags,
             grace_until: self.previous.as_ref().map(|p| p.valid_until),
         }
         .serialize(s)

@@ -48,6 +48,8 @@ pub struct Payer {
     pub owner: String,
     /// The organisation, if any.
     pub org: Option<String>,
+    /// The tags of the key: every event of the key carries them, with the request's own.
+    pub tags: Vec<String>,
 }
 
 impl Payer {
@@ -57,6 +59,7 @@ impl Payer {
             key_id: None,
             owner: owner.into(),
             org: None,
+            tags: Vec::new(),
         }
     }
 
@@ -87,13 +90,14 @@ impl From<&Arc<KeyRecord>> for Payer {
     }
 }
 
-/// The key's id, owner and org.
+/// The key's id, owner, org and tags.
 impl From<&KeyRecord> for Payer {
     fn from(key: &KeyRecord) -> Self {
         Payer {
             key_id: Some(key.id.clone()),
             owner: key.owner.clone(),
             org: key.org.clone(),
+            tags: key.tags.clone(),
         }
     }
 }
@@ -132,6 +136,17 @@ impl MeteredRequest {
     pub fn tags(mut self, tags: Vec<String>) -> Self {
         self.tags = tags;
         self
+    }
+
+    /// The event's tags: the payer's key's, then the request's own not already among them.
+    fn event_tags(&self) -> Vec<String> {
+        let mut tags = self.payer.tags.clone();
+        for t in &self.tags {
+            if !tags.contains(t) {
+                tags.push(t.clone());
+            }
+        }
+        tags
     }
 
     /// Whom the request was made for, in the caller's own terms, kept on its event for reports by end user.
@@ -547,7 +562,7 @@ impl Meter {
         estimate.org = request.payer.org.clone();
         estimate.credential_source = request.credential_source;
         estimate.estimated = true;
-        estimate.tags.clone_from(&request.tags);
+        estimate.tags = request.event_tags();
         estimate.end_user.clone_from(&request.end_user);
         estimate.validate()?;
         // A caller's request id is claimed with the reservation (a fresh random one cannot collide). With a
@@ -579,7 +594,7 @@ impl Meter {
                 amount: cost.total,
                 credential_source: request.credential_source.map(|s| s.as_str().to_owned()),
                 expires_at: reservation.expires_at,
-                tags: request.tags.clone(),
+                tags: request.event_tags(),
                 end_user: request.end_user.clone(),
             };
             if let Err(e) = journal.hold(record) {
@@ -844,7 +859,7 @@ impl Meter {
         event.key_id = request.payer.key_id.clone();
         event.org = request.payer.org.clone();
         event.credential_source = request.credential_source;
-        event.tags.clone_from(&request.tags);
+        event.tags = request.event_tags();
         event.end_user.clone_from(&request.end_user);
         event.validate()?;
         Ok((event, cost))

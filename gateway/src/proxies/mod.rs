@@ -195,7 +195,27 @@ pub(crate) async fn run(
     if let Some(limit) = &limit {
         keymeter_axum::rate_limit_headers(response.headers_mut(), limit);
     }
-    response.map(|body| Body::new(Held { body, _slot: slot }))
+    // The client sees an answer end only once its slot is back, so its next request finds the room: a whole
+    // answer (or a refusal) after the release here, a stream after the release at its end (`Held`).
+    if slot.slot().is_none() {
+        return response;
+    }
+    if http_body::Body::size_hint(response.body())
+        .exact()
+        .is_some()
+    {
+        if let Err(e) = slot.release().await {
+            tracing::warn!(error = %e, "concurrency slot not given back; it lapses within its TTL");
+        }
+        return response;
+    }
+    response.map(|body| {
+        Body::new(Held {
+            body,
+            slot: Some(slot),
+            releasing: None,
+        })
+    })
 }
 
 /// A request past every check that needs no provider: what the exchange starts from.
@@ -249,6 +269,18 @@ async fn admit(
     let request_id =
         client_request_id(&inbound.headers)?.map(|id| owner_request_id(&key.owner, id));
     let attribution = attribution(&inbound.headers, &inbound.body)?;
+    // The event carries the key's tags too: together within the bound, or refused before any charge.
+    let mut all = key.tags.clone();
+    all.extend(
+        attribution
+            .tags
+            .iter()
+            .filter(|t| !key.tags.contains(t))
+            .cloned(),
+    );
+    keymeter::ledger::event::check_tags(&all).map_err(|e| {
+        ApiError::bad_request(format!("x-keymeter-tags with the key's own tags: {e}"))
+    })?;
     let decision = app.verifier.charge_requests(key, &rules).await?;
     if !decision.allowed {
         return Err(ApiError::for_verdict_code(
@@ -278,11 +310,12 @@ async fn admit(
     })
 }
 
-/// An answer's body holding the request's concurrency slot: dropped (the slot given back) when the body has been
-/// sent or the client has gone.
+/// A streamed answer's body holding the request's concurrency slot: given back before the stream's end reaches
+/// the client, or when the body is dropped (the client gone).
 struct Held {
     body: Body,
-    _slot: SlotGuard,
+    slot: Option<SlotGuard>,
+    releasing: Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>,
 }
 
 impl http_body::Body for Held {
@@ -293,11 +326,34 @@ impl http_body::Body for Held {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
-        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+        use std::task::Poll;
+        if self.releasing.is_none() {
+            match std::pin::Pin::new(&mut self.body).poll_frame(cx) {
+                Poll::Ready(None) => match self.slot.take() {
+                    Some(slot) => {
+                        self.releasing = Some(Box::pin(async move {
+                            if let Err(e) = slot.release().await {
+                                tracing::warn!(error = %e,
+                                    "concurrency slot not given back; it lapses within its TTL");
+                            }
+                        }));
+                    }
+                    None => return Poll::Ready(None),
+                },
+                other => return other,
+            }
+        }
+        match self.releasing.as_mut().map(|f| f.as_mut().poll(cx)) {
+            Some(Poll::Pending) => Poll::Pending,
+            _ => {
+                self.releasing = None;
+                Poll::Ready(None)
+            }
+        }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        self.slot.is_none() && self.releasing.is_none() && self.body.is_end_stream()
     }
 
     fn size_hint(&self) -> http_body::SizeHint {

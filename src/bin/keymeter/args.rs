@@ -593,6 +593,9 @@ pub(crate) struct CreateArgs {
     /// Free-form metadata kept with the key: a JSON object of at most 4 KiB ('{"team": "ml"}').
     #[arg(long)]
     pub(crate) metadata: Option<String>,
+    /// Tags every event of the key carries, comma-separated (team-a,batch).
+    #[arg(long, default_value = "")]
+    pub(crate) tags: String,
     #[arg(long, default_value = token::DEFAULT_PREFIX)]
     pub(crate) prefix: String,
 }

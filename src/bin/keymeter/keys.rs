@@ -37,6 +37,7 @@ pub(crate) async fn run(config: &Config, cmd: KeysCommand, json_mode: bool) -> O
             if let Some(org) = a.org {
                 new = new.org(org);
             }
+            new = new.tags(keymeter::ledger::event::parse_tags(&a.tags)?);
             if let Some(text) = &a.metadata {
                 let metadata = serde_json::from_str(text).map_err(|e| {
                     Failure::Usage(format!("invalid --metadata: not JSON ({e}); give an object such as '{{\"team\": \"ml\"}}'"))
@@ -82,7 +83,7 @@ pub(crate) async fn run(config: &Config, cmd: KeysCommand, json_mode: bool) -> O
             let value = json!({
                 "id": r.id, "key": key, "name": r.name, "owner": r.owner, "org": r.org, "env": r.env,
                 "scopes": r.scopes, "expires_at": r.expires_at, "hint": r.hint,
-                "allowed_models": r.allowed_models, "metadata": r.metadata,
+                "allowed_models": r.allowed_models, "metadata": r.metadata, "tags": r.tags,
             });
             let human = format!(
                 "{key}\n\nid: {}  ({})\nStore this key now: it is not shown again.",
@@ -454,6 +455,9 @@ fn record_fields(r: &KeyRecord, value: &serde_json::Value, now: chrono::DateTime
             .map_or_else(|| "no limit".to_owned(), |n| n.to_string()),
     ));
     rows.push(("Models", any_or_list(&r.allowed_models)));
+    if !r.tags.is_empty() {
+        rows.push(("Tags", r.tags.join(", ")));
+    }
     rows.push(("Hash", r.hash.scheme().as_str().to_owned()));
     view::fields(rows).to_string()
 }

@@ -72,8 +72,8 @@ impl KeyStore for PostgresStore {
                 sqlx::query(
                     "INSERT INTO keymeter_api_keys (id, name, owner, org, env, scopes, hash, lookup_kind, lookup_value, \
                      hint, created_at, expires_at, last_used_at, disabled, revoked_at, allowed_ips, rate_limit, metadata, \
-                     previous_hash, previous_valid_until, allowed_models) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)",
+                     previous_hash, previous_valid_until, allowed_models, tags) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)",
                 )
                 .bind(&r.id)
                 .bind(&r.name)
@@ -96,6 +96,7 @@ impl KeyStore for PostgresStore {
                 .bind(r.previous.as_ref().map(|p| p.hash.as_str().to_owned()))
                 .bind(r.previous.as_ref().map(|p| p.valid_until))
                 .bind(&models)
+                .bind(crate::store::sql::tags_text(&r.tags))
                 .execute(&mut **tx)
                 .await
                 .map_err(db)?;
@@ -111,7 +112,7 @@ impl KeyStore for PostgresStore {
         let sql = format!(
             "SELECT {KEY_COLUMNS} FROM keymeter_api_keys WHERE id = $1 UNION ALL \
              SELECT '', 'absent', 'absent', NULL, 'live', '[\"read\"]', $2, 'id', NULL, 'km_live_…', \
-             'epoch'::timestamptz, NULL, NULL, FALSE, NULL, '[]', NULL, '{{}}', NULL, NULL, '[]' \
+             'epoch'::timestamptz, NULL, NULL, FALSE, NULL, '[]', NULL, '{{}}', NULL, NULL, '[]', '[]' \
              WHERE NOT EXISTS (SELECT 1 FROM keymeter_api_keys WHERE id = $1)"
         );
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -231,7 +232,7 @@ impl KeyStore for PostgresStore {
                 let (scopes, nets, models) = json_lists(&changed)?;
                 sqlx::query(
                     "UPDATE keymeter_api_keys SET name = $1, scopes = $2, allowed_ips = $3, allowed_models = $4, \
-                     metadata = $5, expires_at = $6, disabled = $7 WHERE id = $8",
+                     metadata = $5, expires_at = $6, disabled = $7, tags = $9 WHERE id = $8",
                 )
                 .bind(&changed.name)
                 .bind(&scopes)
@@ -241,6 +242,7 @@ impl KeyStore for PostgresStore {
                 .bind(changed.expires_at)
                 .bind(changed.disabled)
                 .bind(id)
+                .bind(crate::store::sql::tags_text(&changed.tags))
                 .execute(&mut **tx)
                 .await
                 .map_err(db)?;

@@ -86,8 +86,8 @@ const MIGRATIONS: &[Migration] = &[
     ),
     (
         15,
-        "key_changes_models",
-        include_str!("../../../migrations/postgres/0015_key_changes_models.sql"),
+        "key_tags",
+        include_str!("../../../migrations/postgres/0015_key_tags.sql"),
     ),
     (
         16,

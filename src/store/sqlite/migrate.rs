@@ -92,8 +92,8 @@ const MIGRATIONS: &[Migration] = &[
     ),
     (
         16,
-        "key_changes_models",
-        include_str!("../../../migrations/sqlite/0016_key_changes_models.sql"),
+        "key_tags",
+        include_str!("../../../migrations/sqlite/0016_key_tags.sql"),
     ),
     (
         17,

@@ -663,6 +663,7 @@ mod tests {
                previous_hash, previous_valid_until ON keymeter_api_keys \
              BEGIN INSERT INTO keymeter_key_changes (key_id) VALUES (NEW.id); END; \
              ALTER TABLE keymeter_api_keys DROP COLUMN allowed_models; \
+             ALTER TABLE keymeter_api_keys DROP COLUMN tags; \
              ALTER TABLE keymeter_limits DROP COLUMN models; \
              ALTER TABLE keymeter_limits DROP COLUMN max_parallel; DROP TABLE keymeter_slots; \
              DELETE FROM keymeter_migrations WHERE version >= 8",

@@ -1,8 +1,0 @@
--- A key's allowed models can change (PATCH /api/v1/api-keys/{id}): the change feed covers them too, so every
--- instance's record cache learns of it.
-DROP TRIGGER keymeter_api_keys_changed ON keymeter_api_keys;
-CREATE TRIGGER keymeter_api_keys_changed
-AFTER UPDATE OF name, owner, org, env, scopes, hash, lookup_kind, lookup_value, expires_at, disabled, revoked_at,
-    allowed_ips, rate_limit, metadata, previous_hash, previous_valid_until, allowed_models OR DELETE
-    ON keymeter_api_keys
-FOR EACH ROW EXECUTE FUNCTION keymeter_key_changed();
