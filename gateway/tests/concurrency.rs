@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use keymeter::ledger::{BudgetPeriod, BudgetScope};
+use keymeter::ledger::BudgetScope;
 use keymeter::limits::{LimitScope, Limits, SlotStore};
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
@@ -55,12 +55,7 @@ async fn wait_in_flight(store: &dyn SlotStore, scope: &LimitScope, n: u64, withi
 async fn a_full_scope_refuses_with_429_naming_it_and_spends_nothing() {
     let up = support::upstream().await;
     let gw = support::sqlite_gateway(&up).await;
-    gw.budget(
-        BudgetScope::Owner("busy".into()),
-        Decimal::from(10),
-        BudgetPeriod::Monthly,
-    )
-    .await;
+    gw.monthly_budget("busy", 10).await;
     // The admin API sets a key's own limit at creation.
     let (id, key) = gw
         .key(
@@ -210,12 +205,7 @@ async fn slots_of_requests_cut_mid_flight_all_come_back() {
         "ops",
     )
     .await;
-    gw.budget(
-        BudgetScope::Owner("cut".into()),
-        Decimal::from(1000),
-        BudgetPeriod::Monthly,
-    )
-    .await;
+    gw.monthly_budget("cut", 1000).await;
     let (id, key) = gw
         .key(
             json!({"name": "cut", "owner": "cut", "permissions": ["llm:chat"], "max_parallel": 64}),
@@ -357,12 +347,7 @@ async fn a_killed_gateways_slots_lapse_within_their_ttl() {
 async fn one_after_another_never_meets_its_own_slot() {
     let up = support::upstream().await;
     let gw = support::sqlite_gateway(&up).await;
-    gw.budget(
-        BudgetScope::Owner("seq".into()),
-        Decimal::from(100),
-        BudgetPeriod::Monthly,
-    )
-    .await;
+    gw.monthly_budget("seq", 100).await;
     let (_, key) = gw
         .key(json!({"name": "one", "owner": "seq", "permissions": ["llm:chat"], "max_parallel": 1}))
         .await;

@@ -59,12 +59,7 @@ async fn refused(gw: &Gateway, up: &Upstream, key: &str, path: &str, model: &str
 async fn model_allowlists_refuse_before_anything_is_spent() {
     let up = support::upstream().await;
     let gw = support::sqlite_gateway(&up).await;
-    gw.budget(
-        BudgetScope::Owner("gov".into()),
-        Decimal::from(10),
-        BudgetPeriod::Monthly,
-    )
-    .await;
+    gw.monthly_budget("gov", 10).await;
 
     // The key's own list: OpenAI's gpt-4o family and anything of Anthropic's. The record shows it.
     let (status, _, created) = gw
@@ -430,12 +425,7 @@ async fn budgets_and_limits_are_set_over_http_within_the_admins_organisation() {
 async fn a_key_reads_its_own_limits_budgets_and_usage() {
     let up = support::upstream().await;
     let gw = support::sqlite_gateway(&up).await;
-    gw.budget(
-        BudgetScope::Owner("self".into()),
-        Decimal::from(10),
-        BudgetPeriod::Monthly,
-    )
-    .await;
+    gw.monthly_budget("self", 10).await;
     let tokens = Limits {
         tokens: vec!["100000/h".parse().unwrap()],
         ..Limits::default()
@@ -617,12 +607,7 @@ async fn refusals_cost_no_rate_limit_quota() {
 async fn an_admin_changes_a_key_and_the_next_request_meets_it() {
     let up = support::upstream().await;
     let gw = support::sqlite_gateway(&up).await;
-    gw.budget(
-        BudgetScope::Owner("patch".into()),
-        Decimal::from(10),
-        BudgetPeriod::Monthly,
-    )
-    .await;
+    gw.monthly_budget("patch", 10).await;
     let (id, key) = gw
         .key(json!({"name": "before", "owner": "patch", "permissions": ["llm:chat"], "metadata": {"team": "web"}}))
         .await;
@@ -781,12 +766,7 @@ async fn an_admin_changes_a_key_and_the_next_request_meets_it() {
 async fn tags_and_end_users_reach_events_and_reports() {
     let up = support::upstream().await;
     let gw = support::sqlite_gateway(&up).await;
-    gw.budget(
-        BudgetScope::Owner("attr".into()),
-        Decimal::from(10),
-        BudgetPeriod::Monthly,
-    )
-    .await;
+    gw.monthly_budget("attr", 10).await;
     let (_, key) = gw
         .key(json!({"name": "attr", "owner": "attr", "permissions": ["llm:chat", "reports"], "tags": ["team-a"]}))
         .await;

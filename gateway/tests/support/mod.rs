@@ -508,6 +508,16 @@ impl Gateway {
         self.app.store.set_budget(&budget).await.unwrap();
     }
 
+    /// Sets a monthly budget of `dollars` on `owner`.
+    pub async fn monthly_budget(&self, owner: &str, dollars: i64) {
+        self.budget(
+            BudgetScope::Owner(owner.into()),
+            Decimal::from(dollars),
+            BudgetPeriod::Monthly,
+        )
+        .await;
+    }
+
     /// A key made through the admin endpoint: (id, secret).
     pub async fn key(&self, body: Value) -> (String, String) {
         let (status, _, created) = self
