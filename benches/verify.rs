@@ -147,6 +147,24 @@ fn verify(c: &mut Criterion) {
         })
     });
 
+    // The allowlist check alone, over the same 4,096 keys' verdicts (their rules as the verify handed them over):
+    // what the check adds to a verify, without the drift between two benches run minutes apart.
+    let verdicts: Vec<_> = cycle
+        .iter()
+        .map(|t| ready(limited.verify(t, &need_read)).unwrap())
+        .collect();
+    let mut i = 0;
+    group.bench_function("allowlist_check_alone", |b| {
+        b.iter(|| {
+            i = (i + 1) % CYCLE;
+            let v = &verdicts[i];
+            v.rules()
+                .unwrap()
+                .check_model(v.key().unwrap(), "openai", black_box("gpt-4o-mini"))
+                .unwrap()
+        })
+    });
+
     // The same, then a concurrency slot taken and given back (the memory store's slots).
     let mut i = 0;
     group.bench_function("valid_generated_key_100k_one_limit_allowlist_slot", |b| {
