@@ -599,6 +599,19 @@ async fn refusals_cost_no_rate_limit_quota() {
     assert!(limited.headers().contains_key("retry-after"));
     let body: Value = limited.json().await.unwrap();
     assert_eq!(code(&body), "RATE_LIMITED", "{body}");
+    // The limit that refused, in the body.
+    assert_eq!(
+        (
+            body["error"]["limit"].as_u64(),
+            body["error"]["period"].as_str()
+        ),
+        (Some(2), Some("min"))
+    );
+    assert_eq!(body["error"]["remaining"], 0);
+    assert!(
+        body["error"]["retry_after"].as_u64().unwrap() >= 1,
+        "{body}"
+    );
 }
 
 /// `PATCH /api/v1/api-keys/{id}`: what the CLI sets at creation, an HTTP client changes later, and the next

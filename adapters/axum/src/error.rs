@@ -87,6 +87,12 @@ impl ApiError {
             if code == VerdictCode::RateLimited {
                 e.0.headers
                     .insert(header::RETRY_AFTER, limit.retry_after_secs().max(1).into());
+                // The limit that refused, in the body too (the headers say the same).
+                e = e
+                    .with_detail("limit", limit.limit)
+                    .with_detail("period", limit.period.as_str())
+                    .with_detail("remaining", limit.remaining)
+                    .with_detail("retry_after", limit.retry_after_secs().max(1));
             }
             rate_limit_headers(&mut e.0.headers, limit);
         }
