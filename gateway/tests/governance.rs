@@ -773,6 +773,21 @@ async fn an_admin_changes_a_key_and_the_next_request_meets_it() {
     assert_eq!(theirs["scopes"], json!(["llm:chat"]));
 }
 
+/// A report's groups as (key, events).
+fn group_events(report: &Value) -> Vec<(String, u64)> {
+    report["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| {
+            (
+                g["key"].as_str().unwrap().to_owned(),
+                g["events"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
 /// Attribution (DESIGN §15): a request's `x-keymeter-tags` and `x-keymeter-end-user` (else OpenAI's `user`) stay
 /// on its event, and the usage endpoint groups and filters by them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -843,17 +858,7 @@ async fn tags_and_end_users_reach_events_and_reports() {
     let report = |query: &'static str| gw.call(Method::GET, query, Some(&key), None);
     let (status, _, by_tag) = report("/api/v1/usage?by=tag").await;
     assert_eq!(status, 200, "{by_tag}");
-    let groups: Vec<(String, u64)> = by_tag["groups"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|g| {
-            (
-                g["key"].as_str().unwrap().to_owned(),
-                g["events"].as_u64().unwrap(),
-            )
-        })
-        .collect();
+    let groups = group_events(&by_tag);
     assert_eq!(
         groups,
         vec![("batch".into(), 2), ("eu".into(), 1), ("team-a".into(), 4)]
@@ -867,17 +872,7 @@ async fn tags_and_end_users_reach_events_and_reports() {
         cost * Decimal::from(4)
     );
     let (_, _, by_user) = report("/api/v1/usage?by=end_user&tag=batch").await;
-    let groups: Vec<(String, u64)> = by_user["groups"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|g| {
-            (
-                g["key"].as_str().unwrap().to_owned(),
-                g["events"].as_u64().unwrap(),
-            )
-        })
-        .collect();
+    let groups = group_events(&by_user);
     assert_eq!(groups, vec![("from-body".into(), 1), ("user-1".into(), 1)]);
     let (_, _, one_user) = report("/api/v1/usage?by=model&end_user=user-1").await;
     assert_eq!(one_user["groups"][0]["events"], 2);
