@@ -524,19 +524,9 @@ impl Ledger for SqliteStore {
     async fn delete_budget(&self, scope: &BudgetScope) -> Result<bool> {
         immediate!(self, tx => {
             async {
-                let done = sqlx::query("DELETE FROM keymeter_budgets WHERE scope_kind = ?1 AND scope_id = ?2")
-                    .bind(scope.kind())
-                    .bind(scope.id())
-                    .execute(&mut **tx)
-                    .await
-                    .map_err(db)?;
-                sqlx::query("DELETE FROM keymeter_budget_spend WHERE scope_kind = ?1 AND scope_id = ?2")
-                    .bind(scope.kind())
-                    .bind(scope.id())
-                    .execute(&mut **tx)
-                    .await
-                    .map_err(db)?;
-                Ok(done.rows_affected() > 0)
+                let deleted = delete_scope(tx, "keymeter_budgets", scope).await?;
+                delete_scope(tx, "keymeter_budget_spend", scope).await?;
+                Ok(deleted > 0)
             }
             .await
         })
@@ -595,12 +585,7 @@ impl Ledger for SqliteStore {
                 // Recount this scope's spend under the (possibly new) period and time zone. Events recorded
                 // between the read above and this transaction were counted by their own transactions under
                 // the old settings, so the recount covers exactly the events read.
-                sqlx::query("DELETE FROM keymeter_budget_spend WHERE scope_kind = ?1 AND scope_id = ?2")
-                    .bind(scope.kind())
-                    .bind(scope.id())
-                    .execute(&mut **tx)
-                    .await
-                    .map_err(db)?;
+                delete_scope(tx, "keymeter_budget_spend", scope).await?;
                 let mut sums: std::collections::BTreeMap<i64, Decimal> = std::collections::BTreeMap::new();
                 for e in events.iter().filter(|e| scope.covers(e)) {
                     *sums.entry(micros(budget.period_start(e.at))).or_default() += e.cost;
@@ -769,6 +754,18 @@ impl Ledger for SqliteStore {
 }
 
 /// An [`EventFilter`] as SQL over parameters `?1`–`?6`, bound by [`filtered`].
+/// Deletes the rows of `scope` from `table` (one of keymeter's budget tables, keyed by scope kind and id).
+async fn delete_scope(tx: &mut Tx, table: &'static str, scope: &BudgetScope) -> Result<u64> {
+    let sql = format!("DELETE FROM {table} WHERE scope_kind = ?1 AND scope_id = ?2");
+    let done = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(scope.kind())
+        .bind(scope.id())
+        .execute(&mut **tx)
+        .await
+        .map_err(db)?;
+    Ok(done.rows_affected())
+}
+
 const FILTER: &str = "(?1 IS NULL OR owner = ?1) AND (?2 IS NULL OR org = ?2) AND (?3 IS NULL OR key_id = ?3) \
      AND (?4 IS NULL OR model = ?4) AND (?5 IS NULL OR at >= ?5) AND (?6 IS NULL OR at < ?6)";
 
