@@ -30,6 +30,13 @@ async fn ask(gw: &Gateway, key: &str, path: &str, model: &str) -> (u16, Value) {
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
+/// A one-second stream (the stand-in's `slow`), its headers read: it holds its slot and reservation until read.
+async fn slow_stream(gw: &Gateway, key: &str) -> reqwest::Response {
+    let body = json!({"model": "gpt-4o-mini", "max_tokens": 50, "stream": true, "user": "slow",
+        "messages": [{"role": "user", "content": "Say hello"}]});
+    gw.post_json("/v1/chat/completions", key, &body).await
+}
+
 /// Sets the model allowlist of `scope` (an owner's or organisation's limits).
 async fn allow(gw: &Gateway, scope: LimitScope, rules: &str) {
     let limits = Limits {
@@ -446,14 +453,7 @@ async fn a_key_reads_its_own_limits_budgets_and_usage() {
     }
     let events = wait_events(&gw, "self", 2).await;
     let spent: Decimal = events.iter().map(|e| e.cost).sum();
-    let stream = gw
-        .post_json(
-            "/v1/chat/completions",
-            &key,
-            &json!({"model": "gpt-4o-mini", "max_tokens": 50, "stream": true, "user": "slow",
-                "messages": [{"role": "user", "content": "Say hello"}]}),
-        )
-        .await;
+    let stream = slow_stream(&gw, &key).await;
     assert_eq!(stream.status(), 200);
 
     // Any valid key may ask, whatever its scopes.
@@ -566,14 +566,7 @@ async fn refusals_cost_no_rate_limit_quota() {
     gw.budget(owner, Decimal::from(10), BudgetPeriod::Monthly)
         .await;
     // The one slot held by a stream: 429 TOO_MANY_CONCURRENT, and the charge given back.
-    let stream = gw
-        .post_json(
-            "/v1/chat/completions",
-            &key,
-            &json!({"model": "gpt-4o-mini", "max_tokens": 50, "stream": true, "user": "slow",
-                "messages": [{"role": "user", "content": "Say hello"}]}),
-        )
-        .await;
+    let stream = slow_stream(&gw, &key).await;
     assert_eq!(stream.status(), 200);
     assert!(
         stream.headers().contains_key("ratelimit"),

@@ -554,6 +554,18 @@ async fn calendar_report(
 }
 
 /// The `WHERE` clause of an [`EventFilter`], on parameters `$1`–`$6`.
+/// Deletes the rows of `scope` from `table` (one of keymeter's budget tables, keyed by scope kind and id).
+async fn delete_scope(tx: &mut Tx, table: &'static str, scope: &BudgetScope) -> Result<u64> {
+    let sql = format!("DELETE FROM {table} WHERE scope_kind = $1 AND scope_id = $2");
+    let done = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(scope.kind())
+        .bind(scope.id())
+        .execute(&mut **tx)
+        .await
+        .map_err(db)?;
+    Ok(done.rows_affected())
+}
+
 const FILTER: &str = "($1::text IS NULL OR owner = $1) AND ($2::text IS NULL OR org = $2) \
      AND ($3::text IS NULL OR key_id = $3) AND ($4::text IS NULL OR model = $4) \
      AND ($5::timestamptz IS NULL OR at >= $5) AND ($6::timestamptz IS NULL OR at < $6)";
@@ -667,19 +679,9 @@ impl Ledger for PostgresStore {
     async fn delete_budget(&self, scope: &BudgetScope) -> Result<bool> {
         transaction!(self, tx => {
             async {
-                let done = sqlx::query("DELETE FROM keymeter_budgets WHERE scope_kind = $1 AND scope_id = $2")
-                    .bind(scope.kind())
-                    .bind(scope.id())
-                    .execute(&mut **tx)
-                    .await
-                    .map_err(db)?;
-                sqlx::query("DELETE FROM keymeter_budget_spend WHERE scope_kind = $1 AND scope_id = $2")
-                    .bind(scope.kind())
-                    .bind(scope.id())
-                    .execute(&mut **tx)
-                    .await
-                    .map_err(db)?;
-                Ok(done.rows_affected() > 0)
+                let deleted = delete_scope(tx, "keymeter_budgets", scope).await?;
+                delete_scope(tx, "keymeter_budget_spend", scope).await?;
+                Ok(deleted > 0)
             }
             .await
         })
@@ -732,12 +734,7 @@ impl Ledger for PostgresStore {
                 .execute(&mut **tx)
                 .await
                 .map_err(db)?;
-                sqlx::query("DELETE FROM keymeter_budget_spend WHERE scope_kind = $1 AND scope_id = $2")
-                    .bind(scope.kind())
-                    .bind(scope.id())
-                    .execute(&mut **tx)
-                    .await
-                    .map_err(db)?;
+                delete_scope(tx, "keymeter_budget_spend", scope).await?;
                 // Streamed: memory grows with the number of periods, not of events.
                 let sql = format!("SELECT at, cost FROM keymeter_usage_events WHERE {column} = $1");
                 let mut sums: BTreeMap<(BudgetScope, DateTime<Utc>), Decimal> = BTreeMap::new();
