@@ -3,6 +3,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs)]
 
+pub mod alerts;
 pub mod clock;
 pub mod config;
 #[cfg(feature = "test-suite")]

@@ -26,6 +26,9 @@ mod memory {
             std::sync::Arc::new(keymeter::store::MemoryStore::new())
         );
     }
+    mod alerts {
+        keymeter::outbox_conformance!(std::sync::Arc::new(keymeter::store::MemoryStore::new()));
+    }
 }
 
 #[cfg(feature = "sqlite")]
@@ -62,6 +65,10 @@ mod sqlite {
         use super::fresh;
         keymeter::stats_store_conformance!(fresh().await);
     }
+    mod alerts {
+        use super::fresh;
+        keymeter::outbox_conformance!(fresh().await);
+    }
 }
 
 #[cfg(feature = "postgres")]
@@ -96,5 +103,8 @@ mod postgres {
     }
     mod stats {
         keymeter::stats_store_conformance!(fresh!());
+    }
+    mod alerts {
+        keymeter::outbox_conformance!(fresh!());
     }
 }

@@ -1154,6 +1154,7 @@ pub async fn invalid_input_is_refused(ledger: Arc<dyn Ledger>) {
         soft_limit: None,
         period: BudgetPeriod::Monthly,
         tz: chrono_tz::UTC,
+        thresholds: None,
     };
     invalid(ledger.set_budget(&budget).await, "negative limit");
     assert!(

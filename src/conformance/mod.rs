@@ -21,6 +21,32 @@ macro_rules! key_store_conformance {
     };
 }
 
+/// Generates one `#[tokio::test]` per [`alerts`] check; `$make` gives a fresh [`crate::store::Store`] (the
+/// outbox's checks need its ledger and key table too).
+#[cfg_attr(docsrs, doc(cfg(feature = "test-suite")))]
+#[macro_export]
+macro_rules! outbox_conformance {
+    ($make:expr) => {
+        $crate::__outbox_tests!($make;
+            outbox_fans_out_once_and_leases, endpoints_and_secrets, budget_alerts_once_per_period,
+            revoke_leaked_once);
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __outbox_tests {
+    ($make:expr; $($name:ident),*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let store: ::std::sync::Arc<dyn $crate::store::Store> = $make;
+                $crate::conformance::alerts::$name(store).await;
+            }
+        )*
+    };
+}
+
 /// Generates one `#[tokio::test]` per [`credentials`] check; `$make` gives a fresh
 /// `Arc<dyn CredentialStore>`.
 #[cfg_attr(docsrs, doc(cfg(feature = "test-suite")))]
@@ -173,6 +199,7 @@ macro_rules! __key_store_tests {
     };
 }
 
+pub mod alerts;
 pub mod credentials;
 pub mod keys;
 pub mod ledger;

@@ -275,6 +275,16 @@ pub fn associated_data(scope: &CredentialScope, provider: &Provider, key_id: &st
     aad
 }
 
+/// The associated data of a secret sealed for a context ([`Vault::seal_for`]).
+fn context_data(context: &[u8], key_id: &str) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(32 + context.len() + key_id.len());
+    aad.extend_from_slice(b"keymeter-sealed-secret/v1\0");
+    aad.extend_from_slice(context);
+    aad.push(0);
+    aad.extend_from_slice(key_id.as_bytes());
+    aad
+}
+
 /// Seals and opens provider keys.
 ///
 /// ```
@@ -370,6 +380,73 @@ impl Vault {
             .get(&sealed.key_id)
             .ok_or_else(|| VaultError::UnknownKey(sealed.key_id.clone()))?;
         let aad = associated_data(scope, provider, &key.id);
+        let plaintext = Zeroizing::new(
+            key.cipher
+                .decrypt(
+                    &Nonce::from(sealed.nonce),
+                    Payload {
+                        msg: &sealed.ciphertext,
+                        aad: &aad,
+                    },
+                )
+                .map_err(|_| VaultError::Decrypt)?,
+        );
+        let text = std::str::from_utf8(&plaintext).map_err(|_| VaultError::Decrypt)?;
+        Ok(SecretString::from(text))
+    }
+
+    /// Encrypts `plaintext` bound to `context` (what the secret is and whose: a webhook endpoint's signing
+    /// secret is bound to the endpoint's id), under the active master key. The associated data differs from a
+    /// provider credential's in kind, so neither opens as the other.
+    ///
+    /// ```
+    /// # use keymeter::credentials::{MasterKey, MasterKeyRing, Vault};
+    /// # let vault = Vault::new(MasterKeyRing::new(vec![MasterKey::generate("k1", &keymeter::random::OsRandom).unwrap()]).unwrap());
+    /// let sealed = vault.seal_for(b"webhook\0whk_1", "whsec_abc")?;
+    /// use keymeter::ExposeSecret;
+    /// assert_eq!(vault.open_for(b"webhook\0whk_1", &sealed).unwrap().expose_secret(), "whsec_abc");
+    /// assert!(vault.open_for(b"webhook\0whk_2", &sealed).is_err());
+    /// # Ok::<(), keymeter::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Random`] when no nonce can be drawn.
+    pub fn seal_for(&self, context: &[u8], plaintext: &str) -> Result<SealedCredential> {
+        let key = self.keys.active();
+        let mut nonce = [0u8; 12];
+        self.random.fill(&mut nonce)?;
+        let aad = context_data(context, &key.id);
+        let ciphertext = key
+            .cipher
+            .encrypt(
+                &Nonce::from(nonce),
+                Payload {
+                    msg: plaintext.as_bytes(),
+                    aad: &aad,
+                },
+            )
+            .map_err(|_| Error::Internal("AES-GCM encryption failed".into()))?;
+        Ok(SealedCredential {
+            key_id: key.id.clone(),
+            nonce,
+            ciphertext,
+        })
+    }
+
+    /// Decrypts what [`Vault::seal_for`] sealed for `context`.
+    ///
+    /// # Errors
+    /// [`VaultError::UnknownKey`]; [`VaultError::Decrypt`] for tampered data, another context or the wrong key.
+    pub fn open_for(
+        &self,
+        context: &[u8],
+        sealed: &SealedCredential,
+    ) -> Result<SecretString, VaultError> {
+        let key = self
+            .keys
+            .get(&sealed.key_id)
+            .ok_or_else(|| VaultError::UnknownKey(sealed.key_id.clone()))?;
+        let aad = context_data(context, &key.id);
         let plaintext = Zeroizing::new(
             key.cipher
                 .decrypt(

@@ -121,6 +121,9 @@ pub struct Budget {
     pub period: BudgetPeriod,
     /// The time zone of the period's calendar.
     pub tz: Tz,
+    /// The percentages of the limit whose crossing is alerted (`budget.threshold`), ascending; `None`: the
+    /// defaults ([`crate::alerts::DEFAULT_THRESHOLDS`], 50, 80 and 100).
+    pub thresholds: Option<Vec<u8>>,
 }
 
 impl Budget {
@@ -135,6 +138,7 @@ impl Budget {
             soft_limit: None,
             period,
             tz: Tz::UTC,
+            thresholds: None,
         };
         budget.validate()?;
         Ok(budget)
@@ -157,7 +161,37 @@ impl Budget {
                 "must be between 0 and the limit",
             ));
         }
+        if let Some(t) = &self.thresholds {
+            check_thresholds(t)?;
+        }
         Ok(())
+    }
+
+    /// Sets the alert thresholds: percentages of the limit, 1–100, at most 10 (empty: none).
+    ///
+    /// ```
+    /// # use keymeter::ledger::{Budget, BudgetPeriod, BudgetScope};
+    /// let b = Budget::new(BudgetScope::Owner("a".into()), 10.into(), BudgetPeriod::Monthly)?.thresholds(vec![90, 25])?;
+    /// assert_eq!(b.alert_thresholds(), [25, 90]);
+    /// assert!(Budget::new(BudgetScope::Owner("a".into()), 10.into(), BudgetPeriod::Monthly)?.thresholds(vec![0]).is_err());
+    /// # Ok::<(), keymeter::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for a percentage outside 1–100 or more than 10 of them.
+    pub fn thresholds(mut self, mut percents: Vec<u8>) -> Result<Self> {
+        percents.sort_unstable();
+        percents.dedup();
+        check_thresholds(&percents)?;
+        self.thresholds = Some(percents);
+        Ok(self)
+    }
+
+    /// The thresholds alerted: its own, else the defaults.
+    pub fn alert_thresholds(&self) -> &[u8] {
+        self.thresholds
+            .as_deref()
+            .unwrap_or(&crate::alerts::DEFAULT_THRESHOLDS)
     }
 
     /// Sets the soft limit.
@@ -186,6 +220,39 @@ impl Budget {
     pub fn period_start(&self, at: DateTime<Utc>) -> DateTime<Utc> {
         self.period.bounds(at, self.tz).0
     }
+}
+
+fn check_thresholds(percents: &[u8]) -> Result<()> {
+    if percents.len() > 10 || percents.iter().any(|p| !(1..=100).contains(p)) {
+        return Err(Error::invalid(
+            "alert thresholds",
+            "must be at most 10 percentages of the limit, each 1–100",
+        ));
+    }
+    Ok(())
+}
+
+/// Parses thresholds written `50,80,100` (the CLI's and the stores' form).
+///
+/// # Errors
+/// [`Error::InvalidInput`] for anything but up to 10 comma-separated percentages 1–100.
+pub fn parse_thresholds(text: &str) -> Result<Vec<u8>> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut out = text
+        .split(',')
+        .map(|p| {
+            p.trim().trim_end_matches('%').parse::<u8>().map_err(|_| {
+                Error::invalid("alert thresholds", "must be percentages such as 50,80,100")
+            })
+        })
+        .collect::<Result<Vec<u8>>>()?;
+    out.sort_unstable();
+    out.dedup();
+    check_thresholds(&out)?;
+    Ok(out)
 }
 
 /// Where a budget stands now.

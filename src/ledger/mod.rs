@@ -38,7 +38,7 @@ use chrono::{DateTime, Duration, Utc};
 use chrono_tz::Tz;
 use rust_decimal::Decimal;
 
-pub use budget::{Budget, BudgetScope, BudgetStatus, Reservation, parse_amount};
+pub use budget::{Budget, BudgetScope, BudgetStatus, Reservation, parse_amount, parse_thresholds};
 pub use event::{EventCursor, EventFilter, Recorded, UsageEvent};
 pub use meter::{Hold, Meter, Metered, MeteredRequest, Payer, ReportedUsage, Unsettled};
 pub use period::BudgetPeriod;

@@ -53,6 +53,7 @@ pub use redis::RedisLimiter;
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
 
+use crate::alerts::Outbox;
 use crate::credentials::CredentialStore;
 use crate::error::{Error, Result};
 use crate::keys::KeyStore;
@@ -61,11 +62,11 @@ use crate::ledger::Ledger;
 use crate::limits::{LimitStore, RateLimiter, SlotStore};
 use crate::stats::StatsStore;
 
-/// A backend that keeps keys, credentials, the ledger, rate limits, concurrency slots and key statistics together:
-/// what [`connect`] returns.
+/// A backend that keeps keys, credentials, the ledger, rate limits, concurrency slots, key statistics and the
+/// alerts' outbox together: what [`connect`] returns.
 #[async_trait]
 pub trait Store:
-    KeyStore + CredentialStore + Ledger + LimitStore + RateLimiter + SlotStore + StatsStore
+    KeyStore + CredentialStore + Ledger + LimitStore + RateLimiter + SlotStore + StatsStore + Outbox
 {
     /// The backend's name: `memory`, `sqlite`, `postgres`.
     fn backend(&self) -> &'static str;

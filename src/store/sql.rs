@@ -150,7 +150,21 @@ pub(crate) fn budget(row: &impl Columns) -> Result<Budget> {
             .text("tz")?
             .parse::<chrono_tz::Tz>()
             .map_err(|_| row.corrupt("time zone"))?,
+        thresholds: row
+            .opt_text_if_present("thresholds")?
+            .map(|t| {
+                crate::ledger::parse_thresholds(&t).map_err(|_| row.corrupt("alert thresholds"))
+            })
+            .transpose()?,
     })
+}
+
+/// A budget's thresholds as stored (`50,80,100`; null for the defaults).
+pub(crate) fn thresholds_text(budget: &Budget) -> Option<String> {
+    budget
+        .thresholds
+        .as_ref()
+        .map(|t| t.iter().map(u8::to_string).collect::<Vec<_>>().join(","))
 }
 
 /// A stored quota list (`["100/min"]`).

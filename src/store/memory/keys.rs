@@ -28,7 +28,7 @@ impl Keys {
     }
 
     /// Copy-on-write update of one record: readers holding the old `Arc` keep a consistent snapshot.
-    fn update(&mut self, id: &str, f: impl FnOnce(&mut KeyRecord)) -> Result<()> {
+    pub(super) fn update(&mut self, id: &str, f: impl FnOnce(&mut KeyRecord)) -> Result<()> {
         let slot = self
             .by_id
             .get_mut(id)

@@ -129,6 +129,8 @@ pub(crate) struct LedgerState {
     claims: HashMap<Arc<str>, u64>,
     expiries: BTreeSet<(DateTime<Utc>, u64)>,
     next_id: u64,
+    // Under the ledger's lock, so a budget's alerts are written with the spend that crossed its marks.
+    pub(super) outbox: super::outbox::OutboxState,
 }
 
 const EVENT_CHUNK: usize = 4096;
@@ -277,6 +279,23 @@ impl LedgerState {
         })
     }
 
+    /// Adds `amount` to budget `b`'s spend in the period of `at`, alerting the marks it crosses (at `now`).
+    fn add_spend(&mut self, b: usize, at: DateTime<Utc>, amount: Decimal, now: DateTime<Utc>) {
+        let entry = &mut self.budgets[b];
+        let start = entry.period_start(at);
+        let spent = entry.spent.entry(start).or_default();
+        let before = *spent;
+        *spent += amount;
+        let after = *spent;
+        if after > before
+            && let Some(start) = DateTime::from_timestamp_micros(start)
+        {
+            let alerts =
+                crate::alerts::Alert::budget_crossings(&entry.budget, start, before, after, now);
+            self.outbox.insert(&alerts);
+        }
+    }
+
     fn record(&mut self, event: &UsageEvent) -> Recorded {
         if let Some(event_id) = self.pruned.get(event.request_id.as_str()) {
             return Recorded {
@@ -297,9 +316,7 @@ impl LedgerState {
             let replaced = stored.replaced_by(event);
             let delta = replaced.cost - stored.cost;
             for b in self.event_budgets(&stored).into_iter().flatten() {
-                let entry = &mut self.budgets[b];
-                let start = entry.period_start(stored.at);
-                *entry.spent.entry(start).or_default() += delta;
+                self.add_spend(b, stored.at, delta, event.at);
             }
             let slot = &mut self.events[i / EVENT_CHUNK][i % EVENT_CHUNK];
             slot.usage = replaced.usage;
@@ -314,9 +331,7 @@ impl LedgerState {
             };
         }
         for i in self.event_budgets(event).into_iter().flatten() {
-            let entry = &mut self.budgets[i];
-            let start = entry.period_start(event.at);
-            *entry.spent.entry(start).or_default() += event.cost;
+            self.add_spend(i, event.at, event.cost, event.at);
         }
         let stored = StoredEvent {
             event_id: event.event_id.as_str().into(),
@@ -357,7 +372,7 @@ impl LedgerState {
 }
 
 impl MemoryStore {
-    fn ledger(&self) -> std::sync::MutexGuard<'_, LedgerState> {
+    pub(super) fn ledger(&self) -> std::sync::MutexGuard<'_, LedgerState> {
         self.ledger.lock().unwrap_or_else(|e| e.into_inner())
     }
 

@@ -4,6 +4,7 @@ mod credentials;
 mod keys;
 mod ledger;
 mod limits;
+mod outbox;
 mod slots;
 mod stats;
 

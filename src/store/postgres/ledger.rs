@@ -13,6 +13,7 @@ use rust_decimal::Decimal;
 use sqlx::Row;
 
 use super::{PostgresStore, Tx, corrupt, db};
+use crate::alerts::Alert;
 use crate::credentials::CredentialSource;
 use crate::error::{Error, Result};
 use crate::ledger::report::{ReportBuilder, Totals};
@@ -20,7 +21,9 @@ use crate::ledger::{
     Budget, BudgetScope, BudgetStatus, Claim, Estimated, EventCursor, EventFilter, GroupBy, Ledger,
     Recorded, Report, Reservation, Standing, UsageEvent, admit,
 };
-use crate::store::sql::{Columns, budget, estimate_text, tags_text, usage_event, usage_text};
+use crate::store::sql::{
+    Columns, budget, estimate_text, tags_text, thresholds_text, usage_event, usage_text,
+};
 
 /// The budgets of `scopes` that exist, locked `FOR UPDATE` in one fixed order.
 async fn lock_budgets<'a>(
@@ -69,13 +72,13 @@ async fn standing_of(
     Ok((row.decimal("spent")?, row.decimal("reserved")?))
 }
 
-/// Adds `amounts` to the spend of each (budget, period).
+/// Adds `amounts` to the spend of each (budget, period); returns each one's spend after.
 async fn add_spend(
     tx: &mut Tx,
     amounts: &BTreeMap<(BudgetScope, DateTime<Utc>), Decimal>,
-) -> Result<()> {
+) -> Result<HashMap<(BudgetScope, DateTime<Utc>), Decimal>> {
     if amounts.is_empty() {
-        return Ok(());
+        return Ok(HashMap::new());
     }
     let mut kinds = Vec::with_capacity(amounts.len());
     let mut ids = Vec::with_capacity(amounts.len());
@@ -91,16 +94,23 @@ async fn add_spend(
         "INSERT INTO keymeter_budget_spend (scope_kind, scope_id, period_start, spent) \
          SELECT * FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::numeric[]) \
          ON CONFLICT (scope_kind, scope_id, period_start) DO UPDATE \
-         SET spent = keymeter_budget_spend.spent + excluded.spent",
+         SET spent = keymeter_budget_spend.spent + excluded.spent \
+         RETURNING scope_kind, scope_id, period_start, spent",
     )
     .bind(&kinds)
     .bind(&ids)
     .bind(&starts)
     .bind(&spent)
-    .execute(&mut **tx)
+    .fetch_all(&mut **tx)
     .await
-    .map_err(db)?;
-    Ok(())
+    .map_err(db)?
+    .iter()
+    .map(|row| {
+        let scope = BudgetScope::from_parts(&row.text("scope_kind")?, &row.text("scope_id")?)
+            .map_err(|_| corrupt("budget scope"))?;
+        Ok(((scope, row.time("period_start")?), row.decimal("spent")?))
+    })
+    .collect()
 }
 
 /// Records `events` (each idempotent by request id) and adds the new ones to their budgets' spend, in one
@@ -472,16 +482,36 @@ async fn add_to_budgets(tx: &mut Tx, events: &[(&UsageEvent, Decimal)]) -> Resul
         .map(|b| (b.scope.clone(), b))
         .collect();
     let mut deltas: BTreeMap<(BudgetScope, DateTime<Utc>), Decimal> = BTreeMap::new();
+    // The latest event's time per budget and period: when a crossing happened.
+    let mut latest: HashMap<(BudgetScope, DateTime<Utc>), DateTime<Utc>> = HashMap::new();
     for (e, amount) in events {
         for scope in BudgetScope::of_event(e) {
             if let Some(budget) = budgets.get(&scope) {
-                *deltas
-                    .entry((scope, budget.period_start(e.at)))
-                    .or_default() += *amount;
+                let period = (scope, budget.period_start(e.at));
+                let at = latest.entry(period.clone()).or_insert(e.at);
+                *at = (*at).max(e.at);
+                *deltas.entry(period).or_default() += *amount;
             }
         }
     }
-    add_spend(tx, &deltas).await
+    let after = add_spend(tx, &deltas).await?;
+    let mut alerts = Vec::new();
+    for (period, amount) in &deltas {
+        if let (Some(budget), Some(&spent), Some(&at)) = (
+            budgets.get(&period.0),
+            after.get(period),
+            latest.get(period),
+        ) {
+            alerts.extend(Alert::budget_crossings(
+                budget,
+                period.1,
+                spent - amount,
+                spent,
+                at,
+            ));
+        }
+    }
+    super::outbox::insert_alerts(tx, &alerts).await.map(drop)
 }
 
 /// A grouped row's sums.
@@ -691,7 +721,7 @@ impl Ledger for PostgresStore {
         budget.validate()?;
         // Same periods: the spend stands as counted (pruned events included); only the limits change.
         let kept = sqlx::query(
-            "UPDATE keymeter_budgets SET limit_amount = $3, soft_limit = $4 \
+            "UPDATE keymeter_budgets SET limit_amount = $3, soft_limit = $4, thresholds = $7 \
              WHERE scope_kind = $1 AND scope_id = $2 AND period = $5 AND tz = $6",
         )
         .bind(budget.scope.kind())
@@ -700,6 +730,7 @@ impl Ledger for PostgresStore {
         .bind(budget.soft_limit)
         .bind(budget.period.as_str())
         .bind(budget.tz.name())
+        .bind(thresholds_text(budget))
         .execute(self.pool())
         .await
         .map_err(db)?;
@@ -720,10 +751,10 @@ impl Ledger for PostgresStore {
                     .await
                     .map_err(db)?;
                 sqlx::query(
-                    "INSERT INTO keymeter_budgets (scope_kind, scope_id, limit_amount, soft_limit, period, tz) \
-                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (scope_kind, scope_id) DO UPDATE SET \
+                    "INSERT INTO keymeter_budgets (scope_kind, scope_id, limit_amount, soft_limit, period, tz, thresholds) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (scope_kind, scope_id) DO UPDATE SET \
                      limit_amount = excluded.limit_amount, soft_limit = excluded.soft_limit, \
-                     period = excluded.period, tz = excluded.tz",
+                     period = excluded.period, tz = excluded.tz, thresholds = excluded.thresholds",
                 )
                 .bind(scope.kind())
                 .bind(scope.id())
@@ -731,6 +762,7 @@ impl Ledger for PostgresStore {
                 .bind(budget.soft_limit)
                 .bind(budget.period.as_str())
                 .bind(budget.tz.name())
+                .bind(thresholds_text(budget))
                 .execute(&mut **tx)
                 .await
                 .map_err(db)?;
@@ -745,7 +777,7 @@ impl Ledger for PostgresStore {
                             row.decimal("cost")?;
                     }
                 }
-                add_spend(tx, &sums).await
+                add_spend(tx, &sums).await.map(drop)
             }
             .await
         })

@@ -94,6 +94,11 @@ const MIGRATIONS: &[Migration] = &[
         "event_attribution",
         include_str!("../../../migrations/postgres/0016_event_attribution.sql"),
     ),
+    (
+        17,
+        "alerts",
+        include_str!("../../../migrations/postgres/0017_alerts.sql"),
+    ),
 ];
 
 /// The advisory lock migrations take: "keymeter" in ASCII, so it stays clear of an application's own numbers.

@@ -51,6 +51,7 @@ mod keys;
 mod ledger;
 mod limits;
 mod migrate;
+mod outbox;
 mod slots;
 mod stats;
 

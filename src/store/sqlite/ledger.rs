@@ -12,13 +12,16 @@ use sqlx::sqlite::Sqlite;
 use sqlx::{QueryBuilder, Row};
 
 use super::{SqliteStore, Tx, corrupt, db, micros};
+use crate::alerts::Alert;
 use crate::credentials::CredentialSource;
 use crate::error::{Error, Result};
 use crate::ledger::{
     Budget, BudgetScope, BudgetStatus, Claim, EventCursor, EventFilter, GroupBy, Ledger, Recorded,
     Report, Reservation, Standing, UsageEvent, admit,
 };
-use crate::store::sql::{Columns, budget, estimate_text, tags_text, usage_event, usage_text};
+use crate::store::sql::{
+    Columns, budget, estimate_text, tags_text, thresholds_text, usage_event, usage_text,
+};
 
 async fn budget_of(tx: &mut Tx, scope: &BudgetScope) -> Result<Option<Budget>> {
     let row = sqlx::query("SELECT * FROM keymeter_budgets WHERE scope_kind = ?1 AND scope_id = ?2")
@@ -103,8 +106,15 @@ async fn purge(tx: &mut Tx, now: DateTime<Utc>) -> Result<u64> {
     Ok(billed)
 }
 
-async fn add_spend(tx: &mut Tx, scope: &BudgetScope, start: i64, amount: Decimal) -> Result<()> {
-    let total = spent_in(tx, scope, start).await? + amount;
+/// Adds `amount` to a budget's spend in the period starting `start`; returns the spend before and after.
+async fn add_spend(
+    tx: &mut Tx,
+    scope: &BudgetScope,
+    start: i64,
+    amount: Decimal,
+) -> Result<(Decimal, Decimal)> {
+    let before = spent_in(tx, scope, start).await?;
+    let total = before + amount;
     sqlx::query(
         "INSERT INTO keymeter_budget_spend (scope_kind, scope_id, period_start, spent) VALUES (?1, ?2, ?3, ?4) \
          ON CONFLICT (scope_kind, scope_id, period_start) DO UPDATE SET spent = excluded.spent",
@@ -116,7 +126,7 @@ async fn add_spend(tx: &mut Tx, scope: &BudgetScope, start: i64, amount: Decimal
     .execute(&mut **tx)
     .await
     .map_err(db)?;
-    Ok(())
+    Ok((before, total))
 }
 
 /// Reserves `amount` as reservation `id` against the budgets of `scopes`, claiming `request_id` if given: one
@@ -428,20 +438,29 @@ async fn add_to_budgets(tx: &mut Tx, events: &[(&UsageEvent, Decimal)]) -> Resul
     if budgets.is_empty() {
         return Ok(());
     }
-    let mut deltas: BTreeMap<(BudgetScope, i64), Decimal> = BTreeMap::new();
+    // Per budget and period: the amount, and the latest event's time (when a crossing happened).
+    let mut deltas: BTreeMap<(BudgetScope, i64), (Decimal, DateTime<Utc>)> = BTreeMap::new();
     for (e, amount) in events {
         for scope in BudgetScope::of_event(e) {
             if let Some(budget) = budgets.get(&scope) {
-                *deltas
+                let entry = deltas
                     .entry((scope, micros(budget.period_start(e.at))))
-                    .or_default() += *amount;
+                    .or_insert((Decimal::ZERO, e.at));
+                entry.0 += *amount;
+                entry.1 = entry.1.max(e.at);
             }
         }
     }
-    for ((scope, start), amount) in deltas {
-        add_spend(tx, &scope, start, amount).await?;
+    let mut alerts = Vec::new();
+    for ((scope, start), (amount, at)) in deltas {
+        let (before, after) = add_spend(tx, &scope, start, amount).await?;
+        if let (Some(budget), Some(start)) =
+            (budgets.get(&scope), DateTime::from_timestamp_micros(start))
+        {
+            alerts.extend(Alert::budget_crossings(budget, start, before, after, at));
+        }
     }
-    Ok(())
+    super::outbox::insert_alerts(tx, &alerts).await.map(drop)
 }
 
 #[async_trait]
@@ -537,7 +556,7 @@ impl Ledger for SqliteStore {
         // Same periods: the spend stands as counted (pruned events included); only the limits change.
         let kept = immediate!(self, tx => {
             sqlx::query(
-                "UPDATE keymeter_budgets SET limit_amount = ?3, soft_limit = ?4 \
+                "UPDATE keymeter_budgets SET limit_amount = ?3, soft_limit = ?4, thresholds = ?7 \
                  WHERE scope_kind = ?1 AND scope_id = ?2 AND period = ?5 AND tz = ?6",
             )
             .bind(budget.scope.kind())
@@ -546,6 +565,7 @@ impl Ledger for SqliteStore {
             .bind(budget.soft_limit.map(|s| s.to_string()))
             .bind(budget.period.as_str())
             .bind(budget.tz.name())
+            .bind(thresholds_text(budget))
             .execute(&mut **tx)
             .await
             .map_err(db)
@@ -568,10 +588,10 @@ impl Ledger for SqliteStore {
             async {
                 let scope = &budget.scope;
                 sqlx::query(
-                    "INSERT INTO keymeter_budgets (scope_kind, scope_id, limit_amount, soft_limit, period, tz) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (scope_kind, scope_id) DO UPDATE SET \
+                    "INSERT INTO keymeter_budgets (scope_kind, scope_id, limit_amount, soft_limit, period, tz, thresholds) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (scope_kind, scope_id) DO UPDATE SET \
                      limit_amount = excluded.limit_amount, soft_limit = excluded.soft_limit, \
-                     period = excluded.period, tz = excluded.tz",
+                     period = excluded.period, tz = excluded.tz, thresholds = excluded.thresholds",
                 )
                 .bind(scope.kind())
                 .bind(scope.id())
@@ -579,6 +599,7 @@ impl Ledger for SqliteStore {
                 .bind(budget.soft_limit.map(|s| s.to_string()))
                 .bind(budget.period.as_str())
                 .bind(budget.tz.name())
+                .bind(thresholds_text(budget))
                 .execute(&mut **tx)
                 .await
                 .map_err(db)?;

@@ -100,6 +100,11 @@ const MIGRATIONS: &[Migration] = &[
         "event_attribution",
         include_str!("../../../migrations/sqlite/0017_event_attribution.sql"),
     ),
+    (
+        18,
+        "alerts",
+        include_str!("../../../migrations/sqlite/0018_alerts.sql"),
+    ),
 ];
 
 /// The migration that creates the report rollups: when it runs, the events already stored are rolled up.

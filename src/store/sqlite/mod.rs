@@ -69,6 +69,7 @@ mod keys;
 mod ledger;
 mod limits;
 mod migrate;
+mod outbox;
 mod point;
 mod reserve;
 mod rollup;
