@@ -17,6 +17,7 @@
 //! | `KEYMETER_CLAIM_TTL` | how long a journaled instance's claims live without its heartbeat; past it, they are billed as estimated | `30s` |
 //! | `KEYMETER_INSTANCE_ID` | this instance's stable id | one kept in the journal directory |
 //! | `KEYMETER_ENV`, `DEPLOY_ENV`, `DEBUG` | the environment ([`crate::env`]) | development, with a warning |
+//! | `KEYMETER_WEBHOOK_TIMEOUT`, `…_RETRY`, `…_ATTEMPTS`, `KEYMETER_GITHUB_KEYS` | alert delivery and leak intake ([`crate::alerts::AlertSettings`]) | 10s, 10s, 12, GitHub's URL |
 //!
 //! In development (only), a secret missing from the environment is read from the **secrets file**
 //! `keymeter.secrets` beside a SQLite database (in the working directory for a PostgreSQL one), which [`Config::init_secrets`] (`keymeter init`) writes with mode
@@ -97,6 +98,9 @@ pub struct Config {
     pub claim_ttl: chrono::Duration,
     /// This instance's id (`KEYMETER_INSTANCE_ID`), if set.
     pub instance_id: Option<String>,
+    /// Webhook delivery and leak intake ([`crate::alerts::AlertSettings`]: `KEYMETER_WEBHOOK_*`,
+    /// `KEYMETER_GITHUB_KEYS`).
+    pub alerts: crate::alerts::AlertSettings,
     hasher: Option<Arc<KeyHasher>>,
     vault: Option<Arc<Vault>>,
     warnings: Vec<String>,
@@ -219,7 +223,9 @@ impl Config {
             crate::validate::name("KEYMETER_INSTANCE_ID", id)
                 .map_err(|e| Error::Config(e.to_string()))?;
         }
+        let alerts = crate::alerts::AlertSettings::from_source(source)?;
         let mut config = Config {
+            alerts,
             journal_dir,
             journal_sync,
             claim_ttl,

@@ -18,6 +18,7 @@ mod file;
 pub mod http;
 mod keymeter;
 pub mod keys;
+pub mod leaks;
 pub mod ledger;
 pub mod limits;
 pub mod pricing;

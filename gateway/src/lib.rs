@@ -25,6 +25,7 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+mod leaks;
 pub mod logs;
 mod me;
 mod proxies;
@@ -72,6 +73,9 @@ async fn overhead(
     }
     response
 }
+
+/// How often the gateway delivers due alerts.
+const DELIVERY_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What the flags and defaults decide beyond [`Config`].
 #[derive(Debug, Clone)]
@@ -148,6 +152,13 @@ pub struct App {
     pub settings: Settings,
     /// The exchanges in flight: each runs in a task of its own, which shutdown waits for.
     pub exchanges: TaskTracker,
+    /// Judges leaked tokens and revokes their keys.
+    pub intake: keymeter::leaks::LeakIntake,
+    /// GitHub's secret scanning keys (`KEYMETER_GITHUB_KEYS`), loaded at first use.
+    pub github_keys: keymeter::leaks::github::KeyCache,
+    /// Delivers alerts to webhooks (and watches the store and limiter), every second until closed.
+    pub deliverer: Arc<keymeter::alerts::Deliverer>,
+    delivering: tokio::task::JoinHandle<()>,
 }
 /// The state every handler gets.
 pub type State = axum::extract::State<Arc<App>>;
@@ -167,6 +178,11 @@ impl Gateway {
     /// Configuration and store failures.
     pub async fn build(config: &Config, settings: Settings) -> keymeter::Result<Gateway> {
         let km = config.open().await?;
+        let deliverer = Arc::new(config.deliverer(&km)?);
+        let delivering = deliverer.clone().spawn(DELIVERY_INTERVAL);
+        let github_keys =
+            keymeter::leaks::github::KeyCache::new(config.alerts.github_keys.parse()?);
+        let intake = keymeter::leaks::LeakIntake::new(km.verifier.clone(), km.store.clone());
         let http = keymeter::http::builder()?
             .connect_timeout(settings.connect_timeout)
             .build()
@@ -184,6 +200,10 @@ impl Gateway {
             limiter: km.limiter,
             settings,
             exchanges: TaskTracker::new(),
+            intake,
+            github_keys,
+            deliverer,
+            delivering,
         });
         Ok(Gateway {
             router: router(app.clone()),
@@ -224,6 +244,7 @@ impl App {
     /// Writes the statistics still counted in memory and closes the store, each within a few seconds (a store
     /// that does not answer must not keep the process from exiting).
     pub async fn close(&self) {
+        self.delivering.abort();
         let bound = Duration::from_secs(5);
         match tokio::time::timeout(bound, self.stats.close()).await {
             Ok(Ok(())) => {}
@@ -337,6 +358,7 @@ pub fn router(app: Arc<App>) -> Router {
             "/api/v1/budget",
             get(me::budget).layer(auth.require(scopes(&["billing"]))),
         )
+        .route("/secret-scanning/github", post(leaks::github))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(not_found)

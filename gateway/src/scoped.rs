@@ -71,6 +71,8 @@ struct SetBudget {
     soft: Option<String>,
     /// An IANA zone (default UTC): where periods start.
     tz: Option<String>,
+    /// Percentages of the limit alerted once per period (default `[50, 80, 100]`; `[]` for none).
+    thresholds: Option<Vec<u8>>,
 }
 
 pub async fn put_budget(
@@ -94,10 +96,14 @@ pub async fn put_budget(
     if let Some(soft) = req.soft {
         budget = budget.soft_limit(parse_amount(&soft)?)?;
     }
+    if let Some(thresholds) = req.thresholds {
+        budget = budget.thresholds(thresholds)?;
+    }
     app.store.set_budget(&budget).await?;
     Ok(Json(json!({
         "scope": budget.scope, "limit": budget.limit.to_string(),
         "soft": budget.soft_limit.map(|s| s.to_string()), "period": budget.period, "tz": budget.tz.name(),
+        "thresholds": budget.alert_thresholds(),
     })))
 }
 

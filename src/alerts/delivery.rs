@@ -406,6 +406,44 @@ impl Deliverer {
     }
 }
 
+impl crate::Config {
+    /// The delivery policy of this configuration: its `KEYMETER_WEBHOOK_*` settings, `http://` to loopback
+    /// allowed in development only.
+    pub fn delivery_policy(&self) -> DeliveryPolicy {
+        DeliveryPolicy {
+            timeout: self.alerts.webhook_timeout,
+            backoff: Duration::from_std(self.alerts.webhook_retry).unwrap_or(Duration::seconds(10)),
+            max_attempts: self.alerts.webhook_attempts,
+            development: self.environment.environment.is_development(),
+            ..DeliveryPolicy::default()
+        }
+    }
+
+    /// The deliverer a service runs: `km`'s outbox and vault, this configuration's policy, watching `km`'s store
+    /// and limiter, with its spool in the journal's directory (`alerts/`) when there is a journal.
+    ///
+    /// # Errors
+    /// [`Error::Config`] when the HTTP client or the spool cannot be made.
+    pub fn deliverer(&self, km: &crate::Keymeter) -> Result<Deliverer> {
+        let instance = km
+            .meter
+            .journal()
+            .map(|j| j.instance_id().to_string())
+            .or_else(|| self.instance_id.clone())
+            .unwrap_or_else(|| "keymeter".into());
+        let mut deliverer = Deliverer::new(
+            km.store.clone(),
+            km.vault.clone(),
+            self.delivery_policy(),
+        )?
+        .watching(km.store.clone(), km.limiter.clone(), instance);
+        if let Some(journal) = km.meter.journal() {
+            deliverer = deliverer.with_spool(Spool::open(journal.dir().join("alerts"))?);
+        }
+        Ok(deliverer)
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -301,7 +301,10 @@ mod tests {
             .unwrap();
         let second = second.expose_secret().to_string();
         assert_eq!(open(&endpoint, now), [second.clone(), first.clone()]);
-        assert_eq!(open(&endpoint, now + Duration::hours(2)), std::slice::from_ref(&second));
+        assert_eq!(
+            open(&endpoint, now + Duration::hours(2)),
+            std::slice::from_ref(&second)
+        );
         let third = endpoint
             .rotate(&vault, &OsRandom, now, Duration::zero())
             .unwrap();

@@ -28,6 +28,7 @@
 mod delivery;
 mod endpoint;
 mod outbox;
+mod settings;
 pub mod signature;
 mod spool;
 
@@ -44,6 +45,7 @@ use sha2::{Digest, Sha256};
 pub use delivery::{Deliverer, DeliveryPolicy, Pass};
 pub use endpoint::{Endpoint, EndpointSecret, NewEndpoint, check_url};
 pub use outbox::{Delivery, DeliveryState, Outbox};
+pub use settings::AlertSettings;
 pub use spool::{Spool, Spooled};
 
 use crate::error::{Error, Result};

@@ -303,7 +303,12 @@ pub async fn budget_alerts_once_per_period(store: Arc<dyn Store>) {
     );
     // A settle past the limit: 80 %, 100 % and exhausted at once.
     let held = store
-        .reserve(std::slice::from_ref(&alice), Decimal::from(1), t, Duration::seconds(60))
+        .reserve(
+            std::slice::from_ref(&alice),
+            Decimal::from(1),
+            t,
+            Duration::seconds(60),
+        )
         .await
         .expect("reserve");
     store

@@ -756,6 +756,31 @@ impl Verifier {
         }
     }
 
+    /// The key whose secret `token` is, whatever its state (revoked, disabled, expired, either environment): what a
+    /// report of a leaked token asks. Generated tokens only, checked offline first (shape, checksum, a configured
+    /// prefix), then matched against the key's secret, or the one a rotation replaced while its grace runs.
+    /// Charges no limit and counts no statistic. `None` when it is none of this store's keys.
+    ///
+    /// # Errors
+    /// Store failures.
+    pub async fn key_of_token(&self, token: &str) -> Result<Option<Arc<KeyRecord>>> {
+        let Ok(parsed) = token::parse(token) else {
+            return Ok(None);
+        };
+        if !self.config.prefixes.iter().any(|p| p == parsed.prefix) {
+            return Ok(None);
+        }
+        let Some(record) = self.store.get(parsed.id).await? else {
+            return Ok(None);
+        };
+        if record.lookup != KeyLookup::Id {
+            return Ok(None);
+        }
+        let matched = self.hasher.verify(token.as_bytes(), &record.hash)?
+            || self.matches_previous(token, &record, self.clock.now_micros())?;
+        Ok(matched.then_some(record))
+    }
+
     /// Revokes a key and drops its cached verifications.
     ///
     /// # Errors

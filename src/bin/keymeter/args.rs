@@ -85,6 +85,54 @@ pub(crate) enum Command {
         after_help = "Examples:\n  keymeter limits set --owner alice --requests 100/min --tokens 50000/h\n  keymeter limits show --owner alice"
     )]
     Limits(LimitsCommand),
+    /// Webhook endpoints that receive alerts, and their deliveries.
+    #[command(subcommand)]
+    #[command(
+        after_help = "Examples:\n  keymeter webhooks add https://hooks.example.com/keymeter --events budget.threshold,key.leaked\n  keymeter webhooks deliveries"
+    )]
+    Webhooks(WebhooksCommand),
+}
+
+#[derive(Subcommand)]
+pub(crate) enum WebhooksCommand {
+    /// Add an endpoint; prints its signing secret once.
+    #[command(
+        after_help = "Examples:\n  keymeter webhooks add https://hooks.example.com/keymeter\n  keymeter webhooks add https://hooks.example.com/k --events budget.threshold,budget.exhausted"
+    )]
+    Add {
+        /// Where deliveries are posted (https://; http:// to a loopback host in development only).
+        url: String,
+        /// The event types it receives, comma-separated (default: all): budget.threshold, budget.soft_limit,
+        /// budget.exhausted, key.unusual, key.leaked, dependency.down, dependency.up, webhook.test.
+        #[arg(long, default_value = "")]
+        events: String,
+    },
+    /// List the endpoints (never their secrets).
+    #[command(after_help = "Examples:\n  keymeter webhooks list")]
+    List,
+    /// Remove an endpoint and its pending deliveries.
+    #[command(after_help = "Examples:\n  keymeter webhooks remove whk_…")]
+    Remove { id: String },
+    /// Send a webhook.test to an endpoint now and say how it went.
+    #[command(after_help = "Examples:\n  keymeter webhooks test whk_…")]
+    Test { id: String },
+    /// Give an endpoint a new signing secret; the old one keeps signing until the grace ends.
+    #[command(after_help = "Examples:\n  keymeter webhooks rotate-secret whk_… --grace 24h")]
+    RotateSecret {
+        id: String,
+        /// How long the previous secret keeps signing too (0s: not at all).
+        #[arg(long, default_value = "24h")]
+        grace: String,
+    },
+    /// The most recent deliveries and where each stands.
+    #[command(after_help = "Examples:\n  keymeter webhooks deliveries --limit 20")]
+    Deliveries {
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Deliver what is due, once (for hosts without the gateway's worker; cron-friendly: exit 0 when nothing failed).
+    #[command(after_help = "Examples:\n  keymeter webhooks deliver")]
+    Deliver,
 }
 
 #[derive(Subcommand)]
@@ -264,6 +312,9 @@ pub(crate) enum BudgetCommand {
         /// Soft limit for alerts.
         #[arg(long)]
         soft: Option<String>,
+        /// Percentages of the limit alerted once per period (default 50,80,100; "" for none).
+        #[arg(long)]
+        thresholds: Option<String>,
         /// IANA time zone of the period's calendar (default UTC).
         #[arg(long, default_value = "UTC")]
         tz: String,
@@ -536,6 +587,15 @@ pub(crate) enum KeysCommand {
         /// How many days back, today included.
         #[arg(long, default_value_t = 30)]
         days: u32,
+    },
+    /// Report a leaked token (on stdin): if it is one of the store's keys, revoke it and alert (key.leaked).
+    #[command(
+        after_help = "Examples:\n  printf %s \"$TOKEN\" | keymeter keys leaked --url https://github.com/acme/app/blob/main/.env"
+    )]
+    Leaked {
+        /// Where it was found.
+        #[arg(long)]
+        url: Option<String>,
     },
     /// Revoke every key of an organisation.
     #[command(after_help = "Examples:\n  keymeter keys revoke-all --org acme")]

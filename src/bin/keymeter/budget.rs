@@ -16,6 +16,7 @@ pub(crate) async fn run(config: &Config, cmd: BudgetCommand) -> Outcome {
             limit,
             period,
             soft,
+            thresholds,
             tz,
         } => {
             let mut budget = Budget::new(
@@ -27,10 +28,14 @@ pub(crate) async fn run(config: &Config, cmd: BudgetCommand) -> Outcome {
             if let Some(soft) = soft {
                 budget = budget.soft_limit(parse_amount(&soft)?)?;
             }
+            if let Some(thresholds) = thresholds {
+                budget = budget.thresholds(keymeter::ledger::parse_thresholds(&thresholds)?)?;
+            }
             store.set_budget(&budget).await?;
             let value = json!({
                 "scope": budget.scope, "limit": budget.limit.to_string(),
                 "soft": budget.soft_limit.map(|s| s.to_string()), "period": budget.period, "tz": budget.tz.name(),
+                "thresholds": budget.alert_thresholds(),
             });
             let per = match budget.period {
                 BudgetPeriod::Daily => "a day",

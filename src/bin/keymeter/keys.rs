@@ -268,6 +268,39 @@ pub(crate) async fn run(config: &Config, cmd: KeysCommand, json_mode: bool) -> O
             let human = stats_human(&stats, days, Utc::now());
             Ok((to_json(&stats)?, human))
         }
+        KeysCommand::Leaked { url } => {
+            let token = crate::read_stdin_secret()?;
+            let mut settings = config.verifier_config();
+            // A token names its own prefix: judge it whatever prefixes this deployment verifies.
+            if let Ok(parsed) = token::parse(&token)
+                && !settings.prefixes.iter().any(|p| p == parsed.prefix)
+            {
+                settings.prefixes.push(parsed.prefix.to_owned());
+            }
+            let verifier = Arc::new(Verifier::new(dyn_store, config.hasher()?, settings)?);
+            let intake = keymeter::leaks::LeakIntake::new(verifier, store.clone());
+            let report = keymeter::leaks::LeakReport {
+                token: keymeter::SecretString::from(token.as_str()),
+                token_type: "keymeter_api_key".into(),
+                url,
+                source: Some("manual".into()),
+            };
+            let found = intake.report(&[report]).await?;
+            let finding = found
+                .first()
+                .ok_or_else(|| Failure::Usage("no finding".into()))?;
+            let value = json!({"label": finding.label, "key_id": finding.key_id, "revoked": finding.revoked});
+            match (&finding.key_id, finding.revoked) {
+                (None, _) => Err(Failure::Negative(
+                    value,
+                    "not a key of this store: nothing revoked".into(),
+                )),
+                (Some(id), true) => {
+                    Ok((value, format!("revoked {id}; a key.leaked alert is queued")))
+                }
+                (Some(id), false) => Ok((value, format!("{id} was revoked already"))),
+            }
+        }
         KeysCommand::RevokeAll { org } => {
             let ids = dyn_store.revoke_org(&org, Utc::now()).await?;
             let human = format!("revoked {} key(s) of {org}", ids.len());

@@ -14,6 +14,7 @@ mod setup;
 mod standing;
 mod usage;
 mod view;
+mod webhooks;
 
 use std::io::{Read, Write};
 use std::process::ExitCode;
@@ -164,6 +165,7 @@ async fn run(cli: Cli) -> Outcome {
         Command::Usage(cmd) => usage::run(&config, cmd).await,
         Command::Budget(cmd) => budget::run(&config, cmd).await,
         Command::Limits(cmd) => limits::run(&config, cmd).await,
+        Command::Webhooks(cmd) => webhooks::run(&config, cmd).await,
         Command::Env | Command::Vault(_) => unreachable!("handled above"),
     }
 }
