@@ -73,7 +73,10 @@ impl Config {
         let keys = self.key_cache(store.clone()).await?;
         let (limiter, slot_store) = self.limiters(store.clone()).await?;
         let slots = crate::limits::SlotKeeper::new(slot_store, self.claim_ttl);
-        let stats = Arc::new(StatsRecorder::new(store.clone()));
+        let stats = Arc::new(
+            StatsRecorder::new(store.clone())
+                .with_watch(crate::stats::UnusualWatch::new(store.clone(), keys.clone())),
+        );
         stats.spawn_flusher(STATS_INTERVAL);
         let verifier = Arc::new(
             self.verifier(keys.clone())?

@@ -100,7 +100,7 @@ pub struct Deliverer {
     clock: Arc<dyn Clock>,
     spool: Option<Spool>,
     /// The endpoints as last read, for spooled alerts while the store is away.
-    endpoints: Mutex<Vec<Endpoint>>,
+    endpoints: Mutex<Option<Vec<Endpoint>>>,
     watched: Option<Watched>,
     watch: Mutex<Watch>,
 }
@@ -132,7 +132,7 @@ impl Deliverer {
             policy,
             clock: Arc::new(SystemClock),
             spool: None,
-            endpoints: Mutex::new(Vec::new()),
+            endpoints: Mutex::new(None),
             watched: None,
             watch: Mutex::default(),
         })
@@ -184,9 +184,13 @@ impl Deliverer {
     /// The store's failure to claim or record (what was delivered before it stays delivered).
     pub async fn pass(&self) -> Result<Pass> {
         let mut pass = Pass::default();
-        self.probe().await;
+        if self.probe().await {
+            // The store is away: only what the spool holds can go, to the endpoints last read.
+            self.spooled(&mut pass).await;
+            return Ok(pass);
+        }
         match self.outbox.endpoints().await {
-            Ok(endpoints) => *lock(&self.endpoints) = endpoints,
+            Ok(endpoints) => *lock(&self.endpoints) = Some(endpoints),
             Err(e) => {
                 self.spooled(&mut pass).await;
                 return Err(e);
@@ -195,13 +199,16 @@ impl Deliverer {
         self.spooled(&mut pass).await;
         for _ in 0..16 {
             let now = self.clock.now();
-            let lease = Duration::from_std(self.policy.timeout).unwrap_or(Duration::seconds(10))
-                + Duration::seconds(30);
+            // Long enough for an attempt (bounded by the timeout) and its record; a deliverer that dies holding
+            // a claim gives it back when this runs out.
+            let lease = Duration::from_std(self.policy.timeout * 2)
+                .unwrap_or(Duration::seconds(20))
+                + Duration::seconds(5);
             let due = self
                 .outbox
                 .claim_deliveries(now, lease, self.policy.batch)
                 .await?;
-            let endpoints = lock(&self.endpoints).clone();
+            let endpoints = lock(&self.endpoints).clone().unwrap_or_default();
             let round = due.len();
             let attempts = due.into_iter().map(|d| {
                 let endpoint = endpoints.iter().find(|e| e.id == d.endpoint_id).cloned();
@@ -309,7 +316,10 @@ impl Deliverer {
                 return;
             }
         };
-        let endpoints = lock(&self.endpoints).clone();
+        // Never read (the store was away from the start): keep everything until the endpoints are known.
+        let Some(endpoints) = lock(&self.endpoints).clone() else {
+            return;
+        };
         for mut entry in entries {
             let targets: Vec<&Endpoint> = endpoints
                 .iter()
@@ -348,10 +358,10 @@ impl Deliverer {
     }
 
     /// Probes the watched dependencies and alerts on a change: the store's own outage into the spool, the rest
-    /// into the outbox.
-    async fn probe(&self) {
+    /// into the outbox. True when the store is down.
+    async fn probe(&self) -> bool {
         let Some((store, limiter, instance)) = &self.watched else {
-            return;
+            return false;
         };
         let within = StdDuration::from_secs(2);
         let probe = |r: std::result::Result<Result<()>, tokio::time::error::Elapsed>| match r {
@@ -359,10 +369,11 @@ impl Deliverer {
             Ok(Err(e)) => Some(e.to_string()),
             Err(_) => Some("no answer within 2 s".to_string()),
         };
-        let (s, l) = tokio::join!(
+        let (s, l) = futures_util::future::join(
             tokio::time::timeout(within, store.ping()),
-            tokio::time::timeout(within, limiter.reachable())
-        );
+            tokio::time::timeout(within, limiter.reachable()),
+        )
+        .await;
         let (store_error, limiter_error) = (probe(s), probe(l));
         let now = self.clock.now();
         let mut changes = Vec::new();
@@ -403,6 +414,7 @@ impl Deliverer {
                 tracing::warn!(error = %e, alert = %alert.id, "cannot keep a dependency alert");
             }
         }
+        store_error.is_some()
     }
 }
 

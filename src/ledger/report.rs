@@ -126,6 +126,7 @@ impl Totals {
     }
 
     /// Takes `other` away (an event replaced in place); counts never fall below zero.
+    #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
     pub(crate) fn sub(&mut self, other: &Totals) {
         self.cost -= other.cost;
         self.events = self.events.saturating_sub(other.events);

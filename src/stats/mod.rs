@@ -5,6 +5,7 @@
 //! [`KeyStats::summary`] gives what `keymeter keys stats` prints, with the plain "unusual" rule of §10.
 
 mod recorder;
+mod watch;
 
 use std::collections::BTreeMap;
 
@@ -16,6 +17,7 @@ use crate::error::Result;
 use crate::keys::VerdictCode;
 
 pub use recorder::StatsRecorder;
+pub use watch::UnusualWatch;
 
 /// Verifications of one key on one UTC day, by verdict code ([`VerdictCode::index`]).
 pub type Counts = [u64; VerdictCode::ALL.len()];

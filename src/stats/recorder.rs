@@ -43,6 +43,7 @@ impl Pending {
 pub struct StatsRecorder {
     store: Arc<dyn StatsStore>,
     shards: [Mutex<PendingMap>; SHARDS],
+    watch: Option<crate::stats::UnusualWatch>,
 }
 
 /// Key ids are made by keymeter (not chosen by callers), so a fast hasher is safe here; this is the verify path.
@@ -66,7 +67,15 @@ impl StatsRecorder {
         StatsRecorder {
             store,
             shards: Default::default(),
+            watch: None,
         }
+    }
+
+    /// After each flush, alerts the keys whose statistics turned unusual ([`crate::stats::UnusualWatch`]).
+    #[must_use]
+    pub fn with_watch(mut self, watch: crate::stats::UnusualWatch) -> Self {
+        self.watch = Some(watch);
+        self
     }
 
     fn shard(&self, key_id: &str) -> MutexGuard<'_, PendingMap> {
@@ -166,6 +175,11 @@ impl StatsRecorder {
         if let Err(e) = self.store.add_stats(&deltas).await {
             self.put_back(deltas);
             return Err(e);
+        }
+        if let Some(watch) = &self.watch
+            && let Err(e) = watch.after_flush(&*self.store, &deltas, Utc::now()).await
+        {
+            tracing::warn!(error = %e, "could not check keys for unusual use; the next flush looks again");
         }
         Ok(())
     }
