@@ -343,25 +343,7 @@ impl Vault {
         provider: &Provider,
         plaintext: &str,
     ) -> Result<SealedCredential> {
-        let key = self.keys.active();
-        let mut nonce = [0u8; 12];
-        self.random.fill(&mut nonce)?;
-        let aad = associated_data(scope, provider, &key.id);
-        let ciphertext = key
-            .cipher
-            .encrypt(
-                &Nonce::from(nonce),
-                Payload {
-                    msg: plaintext.as_bytes(),
-                    aad: &aad,
-                },
-            )
-            .map_err(|_| Error::Internal("AES-GCM encryption failed".into()))?;
-        Ok(SealedCredential {
-            key_id: key.id.clone(),
-            nonce,
-            ciphertext,
-        })
+        self.seal_with(|key_id| associated_data(scope, provider, key_id), plaintext)
     }
 
     /// Decrypts a credential of `scope` and `provider`.
@@ -375,24 +357,7 @@ impl Vault {
         provider: &Provider,
         sealed: &SealedCredential,
     ) -> Result<SecretString, VaultError> {
-        let key = self
-            .keys
-            .get(&sealed.key_id)
-            .ok_or_else(|| VaultError::UnknownKey(sealed.key_id.clone()))?;
-        let aad = associated_data(scope, provider, &key.id);
-        let plaintext = Zeroizing::new(
-            key.cipher
-                .decrypt(
-                    &Nonce::from(sealed.nonce),
-                    Payload {
-                        msg: &sealed.ciphertext,
-                        aad: &aad,
-                    },
-                )
-                .map_err(|_| VaultError::Decrypt)?,
-        );
-        let text = std::str::from_utf8(&plaintext).map_err(|_| VaultError::Decrypt)?;
-        Ok(SecretString::from(text))
+        self.open_with(|key_id| associated_data(scope, provider, key_id), sealed)
     }
 
     /// Encrypts `plaintext` bound to `context` (what the secret is and whose: a webhook endpoint's signing
@@ -412,25 +377,7 @@ impl Vault {
     /// # Errors
     /// [`Error::Random`] when no nonce can be drawn.
     pub fn seal_for(&self, context: &[u8], plaintext: &str) -> Result<SealedCredential> {
-        let key = self.keys.active();
-        let mut nonce = [0u8; 12];
-        self.random.fill(&mut nonce)?;
-        let aad = context_data(context, &key.id);
-        let ciphertext = key
-            .cipher
-            .encrypt(
-                &Nonce::from(nonce),
-                Payload {
-                    msg: plaintext.as_bytes(),
-                    aad: &aad,
-                },
-            )
-            .map_err(|_| Error::Internal("AES-GCM encryption failed".into()))?;
-        Ok(SealedCredential {
-            key_id: key.id.clone(),
-            nonce,
-            ciphertext,
-        })
+        self.seal_with(|key_id| context_data(context, key_id), plaintext)
     }
 
     /// Decrypts what [`Vault::seal_for`] sealed for `context`.
@@ -442,18 +389,48 @@ impl Vault {
         context: &[u8],
         sealed: &SealedCredential,
     ) -> Result<SecretString, VaultError> {
+        self.open_with(|key_id| context_data(context, key_id), sealed)
+    }
+
+    /// Encrypts under the active key with a fresh nonce and the associated data `aad` gives for that key's id.
+    fn seal_with(&self, aad: impl Fn(&str) -> Vec<u8>, plaintext: &str) -> Result<SealedCredential> {
+        let key = self.keys.active();
+        let mut nonce = [0u8; 12];
+        self.random.fill(&mut nonce)?;
+        let ciphertext = key
+            .cipher
+            .encrypt(
+                &Nonce::from(nonce),
+                Payload {
+                    msg: plaintext.as_bytes(),
+                    aad: &aad(&key.id),
+                },
+            )
+            .map_err(|_| Error::Internal("AES-GCM encryption failed".into()))?;
+        Ok(SealedCredential {
+            key_id: key.id.clone(),
+            nonce,
+            ciphertext,
+        })
+    }
+
+    /// Decrypts under the key `sealed` names, with the associated data `aad` gives for its id.
+    fn open_with(
+        &self,
+        aad: impl Fn(&str) -> Vec<u8>,
+        sealed: &SealedCredential,
+    ) -> Result<SecretString, VaultError> {
         let key = self
             .keys
             .get(&sealed.key_id)
             .ok_or_else(|| VaultError::UnknownKey(sealed.key_id.clone()))?;
-        let aad = context_data(context, &key.id);
         let plaintext = Zeroizing::new(
             key.cipher
                 .decrypt(
                     &Nonce::from(sealed.nonce),
                     Payload {
                         msg: &sealed.ciphertext,
-                        aad: &aad,
+                        aad: &aad(&key.id),
                     },
                 )
                 .map_err(|_| VaultError::Decrypt)?,
