@@ -666,6 +666,8 @@ mod tests {
              ALTER TABLE keymeter_api_keys DROP COLUMN tags; \
              ALTER TABLE keymeter_limits DROP COLUMN models; \
              ALTER TABLE keymeter_limits DROP COLUMN max_parallel; DROP TABLE keymeter_slots; \
+             ALTER TABLE keymeter_budgets DROP COLUMN thresholds; DROP TABLE keymeter_deliveries; \
+             DROP TABLE keymeter_webhooks; DROP TABLE keymeter_alerts; \
              DELETE FROM keymeter_migrations WHERE version >= 8",
         )
         .execute(store.pool())
