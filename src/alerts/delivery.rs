@@ -379,25 +379,24 @@ impl Deliverer {
         let mut changes = Vec::new();
         {
             let mut watch = lock(&self.watch);
-            if watch.store_down != store_error.is_some() {
-                watch.store_down = store_error.is_some();
-                changes.push(Alert::dependency(
-                    "store",
-                    !watch.store_down,
-                    instance,
-                    store_error.as_deref(),
-                    now,
-                ));
-            }
-            if watch.limiter_down != limiter_error.is_some() {
-                watch.limiter_down = limiter_error.is_some();
-                changes.push(Alert::dependency(
-                    "limiter",
-                    !watch.limiter_down,
-                    instance,
-                    limiter_error.as_deref(),
-                    now,
-                ));
+            let Watch {
+                store_down,
+                limiter_down,
+            } = &mut *watch;
+            for (name, was_down, error) in [
+                ("store", store_down, &store_error),
+                ("limiter", limiter_down, &limiter_error),
+            ] {
+                if *was_down != error.is_some() {
+                    *was_down = error.is_some();
+                    changes.push(Alert::dependency(
+                        name,
+                        error.is_none(),
+                        instance,
+                        error.as_deref(),
+                        now,
+                    ));
+                }
             }
         }
         for alert in changes {

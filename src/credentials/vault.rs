@@ -393,7 +393,11 @@ impl Vault {
     }
 
     /// Encrypts under the active key with a fresh nonce and the associated data `aad` gives for that key's id.
-    fn seal_with(&self, aad: impl Fn(&str) -> Vec<u8>, plaintext: &str) -> Result<SealedCredential> {
+    fn seal_with(
+        &self,
+        aad: impl Fn(&str) -> Vec<u8>,
+        plaintext: &str,
+    ) -> Result<SealedCredential> {
         let key = self.keys.active();
         let mut nonce = [0u8; 12];
         self.random.fill(&mut nonce)?;

@@ -14,20 +14,26 @@ use crate::error::{Error, Result};
 pub(super) async fn insert_alerts(tx: &mut Tx, alerts: &[Alert]) -> Result<u64> {
     let mut added = 0;
     for alert in alerts {
-        added += sqlx::query(
-            "INSERT INTO keymeter_alerts (id, kind, created_at, data) VALUES (?1, ?2, ?3, ?4) \
-             ON CONFLICT (id) DO NOTHING",
-        )
-        .bind(&alert.id)
-        .bind(alert.kind.as_str())
-        .bind(micros(alert.created_at))
-        .bind(alert.data.to_string())
-        .execute(&mut **tx)
-        .await
-        .map_err(db)?
-        .rows_affected();
+        added += insert_alert(tx, alert, false).await?;
     }
     Ok(added)
+}
+
+/// Inserts one alert unless its id is stored; `fanned_out` when its deliveries are made by the caller.
+async fn insert_alert(tx: &mut Tx, alert: &Alert, fanned_out: bool) -> Result<u64> {
+    let done = sqlx::query(
+        "INSERT INTO keymeter_alerts (id, kind, created_at, data, fanned_out) VALUES (?1, ?2, ?3, ?4, ?5) \
+         ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(&alert.id)
+    .bind(alert.kind.as_str())
+    .bind(micros(alert.created_at))
+    .bind(alert.data.to_string())
+    .bind(fanned_out)
+    .execute(&mut **tx)
+    .await
+    .map_err(db)?;
+    Ok(done.rows_affected())
 }
 
 fn alert_of(row: &SqliteRow) -> Result<Alert> {
@@ -135,17 +141,7 @@ impl Outbox for SqliteStore {
                 if known.is_none() {
                     return Err(Error::NotFound { what: "webhook", id: endpoint_id.to_string() });
                 }
-                sqlx::query(
-                    "INSERT INTO keymeter_alerts (id, kind, created_at, data, fanned_out) VALUES (?1, ?2, ?3, ?4, 1) \
-                     ON CONFLICT (id) DO NOTHING",
-                )
-                .bind(&alert.id)
-                .bind(alert.kind.as_str())
-                .bind(micros(alert.created_at))
-                .bind(alert.data.to_string())
-                .execute(&mut **tx)
-                .await
-                .map_err(db)?;
+                insert_alert(tx, alert, true).await?;
                 sqlx::query(
                     "INSERT INTO keymeter_deliveries (alert_id, endpoint_id, state, next_at) \
                      VALUES (?1, ?2, 'pending', ?3) ON CONFLICT DO NOTHING",
