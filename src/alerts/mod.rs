@@ -157,6 +157,53 @@ pub struct Alert {
     pub data: Value,
 }
 
+/// A budget's alert marks as amounts (its thresholds' shares of the limit, the soft limit, the limit), ascending:
+/// computed once per budget, so a spend update learns with a comparison or two whether it crossed any.
+///
+/// ```
+/// # use keymeter::alerts::Marks;
+/// # use keymeter::ledger::{Budget, BudgetPeriod, BudgetScope};
+/// let budget = Budget::new(BudgetScope::Owner("a".into()), 10.into(), BudgetPeriod::Monthly)?;
+/// let marks = Marks::of(&budget); // 5, 8, 10
+/// assert!(marks.crossed(4.into(), 5.into()));
+/// assert!(!marks.crossed(5.into(), 7.into()));
+/// # Ok::<(), keymeter::Error>(())
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Marks(Vec<Decimal>);
+
+impl Marks {
+    /// The marks of `budget`.
+    pub fn of(budget: &Budget) -> Self {
+        let mut marks: Vec<Decimal> = budget
+            .alert_thresholds()
+            .iter()
+            .filter_map(|&p| {
+                budget
+                    .limit
+                    .checked_mul(Decimal::from(p))
+                    .map(|m| m / Decimal::ONE_HUNDRED)
+            })
+            .chain(budget.soft_limit)
+            .chain(std::iter::once(budget.limit))
+            .collect();
+        marks.sort_unstable();
+        marks.dedup();
+        Marks(marks)
+    }
+
+    /// Whether spend moving from `before` to `after` passes a mark: the first mark above `before` is at most
+    /// `after`.
+    pub fn crossed(&self, before: Decimal, after: Decimal) -> bool {
+        after > before
+            && self
+                .0
+                .iter()
+                .find(|&&m| m > before)
+                .is_some_and(|&m| m <= after)
+    }
+}
+
 /// An alert id derived from `parts`: the same parts, the same id.
 fn derived_id(parts: &[&str]) -> String {
     let mut hash = Sha256::new();
@@ -199,11 +246,18 @@ impl Alert {
         after: Decimal,
         at: DateTime<Utc>,
     ) -> Vec<Alert> {
+        let crossed = |mark: Decimal| before < mark && mark <= after;
+        let mark_of = |percent: u8| {
+            budget
+                .limit
+                .checked_mul(Decimal::from(percent))
+                .map(|m| m / Decimal::ONE_HUNDRED)
+        };
+        let any = Marks::of(budget).crossed(before, after);
         let mut out = Vec::new();
-        if after <= before {
+        if !any {
             return out;
         }
-        let crossed = |mark: Decimal| before < mark && mark <= after;
         let scope = budget.scope.to_string();
         let start = period_start.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         let data = |extra: Value| {
@@ -220,8 +274,7 @@ impl Alert {
             data
         };
         for &percent in budget.alert_thresholds() {
-            let mark = budget.limit * Decimal::from(percent) / Decimal::from(100);
-            if crossed(mark) {
+            if mark_of(percent).is_some_and(crossed) {
                 out.push(Alert::once(
                     AlertKind::BudgetThreshold,
                     &[&scope, &start, &percent.to_string()],

@@ -19,6 +19,8 @@ use crate::store::memory::MemoryStore;
 #[derive(Debug, Clone)]
 struct BudgetEntry {
     budget: Budget,
+    /// Its alert marks, so a spend update that crosses none costs a comparison or two.
+    marks: crate::alerts::Marks,
     bounds: (DateTime<Utc>, DateTime<Utc>),
     spent: BTreeMap<i64, Decimal>,
     reserved: BTreeMap<i64, Decimal>,
@@ -27,6 +29,7 @@ struct BudgetEntry {
 impl BudgetEntry {
     fn new(budget: Budget) -> Self {
         BudgetEntry {
+            marks: crate::alerts::Marks::of(&budget),
             budget,
             bounds: (DateTime::<Utc>::MAX_UTC, DateTime::<Utc>::MAX_UTC),
             spent: BTreeMap::new(),
@@ -287,7 +290,7 @@ impl LedgerState {
         let before = *spent;
         *spent += amount;
         let after = *spent;
-        if after > before
+        if entry.marks.crossed(before, after)
             && let Some(start) = DateTime::from_timestamp_micros(start)
         {
             let alerts =
@@ -445,6 +448,7 @@ impl Ledger for MemoryStore {
             if entry.budget.period == budget.period && entry.budget.tz == budget.tz {
                 // Same periods: the spend stands as counted (pruned events included).
                 entry.budget = budget.clone();
+                entry.marks = crate::alerts::Marks::of(budget);
                 return Ok(());
             }
         }
