@@ -310,4 +310,11 @@ impl Error {
             id: id.to_owned(),
         }
     }
+
+    pub(crate) fn webhook_not_found(id: &str) -> Self {
+        Error::NotFound {
+            what: "webhook",
+            id: id.to_owned(),
+        }
+    }
 }

@@ -117,34 +117,27 @@ fn webhooks_are_added_tested_rotated_delivered_and_removed() {
     }
 
     // A budget with thresholds; usage that crosses 25 % of it; one delivery pass.
-    let set = cli.ok(&[
-        "budget",
-        "set",
-        "--owner",
-        "alice",
-        "--limit",
-        "1",
-        "--period",
-        "monthly",
-        "--thresholds",
-        "90,25",
-    ]);
+    let budget_set = |thresholds: &str| {
+        cli.run(
+            &[
+                "budget",
+                "set",
+                "--owner",
+                "alice",
+                "--limit",
+                "1",
+                "--period",
+                "monthly",
+                "--thresholds",
+                thresholds,
+            ],
+            None,
+        )
+    };
+    let (code, set) = budget_set("90,25");
+    assert_eq!(code, 0, "{set}");
     assert_eq!(set["thresholds"], serde_json::json!([25, 90]));
-    let (code, _) = cli.run(
-        &[
-            "budget",
-            "set",
-            "--owner",
-            "alice",
-            "--limit",
-            "1",
-            "--period",
-            "monthly",
-            "--thresholds",
-            "0",
-        ],
-        None,
-    );
+    let (code, _) = budget_set("0");
     assert_eq!(code, 2);
     cli.ok(&[
         "usage", "record", "--owner", "alice", "--model", "gpt-4o", "--input", "120000",

@@ -76,10 +76,7 @@ impl Outbox for MemoryStore {
     async fn push_to(&self, alert: &Alert, endpoint_id: &str) -> Result<()> {
         self.outbox(|o| {
             if !o.endpoints.contains_key(endpoint_id) {
-                return Err(Error::NotFound {
-                    what: "webhook",
-                    id: endpoint_id.to_string(),
-                });
+                return Err(Error::webhook_not_found(endpoint_id));
             }
             o.alerts
                 .entry(alert.id.clone())
@@ -116,10 +113,7 @@ impl Outbox for MemoryStore {
                 e.secrets = secrets.to_vec();
                 Ok(())
             }
-            None => Err(Error::NotFound {
-                what: "webhook",
-                id: id.to_string(),
-            }),
+            None => Err(Error::webhook_not_found(id)),
         })
     }
 

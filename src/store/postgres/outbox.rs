@@ -143,7 +143,7 @@ impl Outbox for PostgresStore {
                     .await
                     .map_err(db)?;
                 if known.is_none() {
-                    return Err(Error::NotFound { what: "webhook", id: endpoint_id.to_string() });
+                    return Err(Error::webhook_not_found(endpoint_id));
                 }
                 sqlx::query(
                     "INSERT INTO keymeter_alerts (id, kind, created_at, data, fanned_out) \
@@ -217,10 +217,7 @@ impl Outbox for PostgresStore {
             .await
             .map_err(db)?;
         if done.rows_affected() == 0 {
-            return Err(Error::NotFound {
-                what: "webhook",
-                id: id.to_string(),
-            });
+            return Err(Error::webhook_not_found(id));
         }
         Ok(())
     }

@@ -139,7 +139,7 @@ impl Outbox for SqliteStore {
                     .await
                     .map_err(db)?;
                 if known.is_none() {
-                    return Err(Error::NotFound { what: "webhook", id: endpoint_id.to_string() });
+                    return Err(Error::webhook_not_found(endpoint_id));
                 }
                 insert_alert(tx, alert, true).await?;
                 sqlx::query(
@@ -207,10 +207,7 @@ impl Outbox for SqliteStore {
                 .map_err(db)
         })?;
         if done.rows_affected() == 0 {
-            return Err(Error::NotFound {
-                what: "webhook",
-                id: id.to_string(),
-            });
+            return Err(Error::webhook_not_found(id));
         }
         Ok(())
     }
