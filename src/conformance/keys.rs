@@ -50,6 +50,7 @@ pub fn sample(id: &str) -> KeyRecord {
             hash: hasher().hash_hmac(b"the secret before"),
             valid_until: t0() + Duration::hours(24),
         }),
+        created_by: Some("CREATOR00001".into()),
     }
 }
 
@@ -220,6 +221,64 @@ pub async fn revoke(store: Arc<dyn KeyStore>) {
         .await
         .expect_err("unknown");
     assert!(matches!(err, Error::NotFound { .. }), "{err:?}");
+}
+
+/// Revoking a key revokes the live keys it created (`created_by`), keeps an earlier revocation's time, and leaves
+/// other keys alone.
+pub async fn revoke_takes_created(store: Arc<dyn KeyStore>) {
+    let mut creator = sample("CCCCCCCCCCC1");
+    creator.created_by = None;
+    let mut made = sample("CCCCCCCCCCC2");
+    made.created_by = Some(creator.id.clone());
+    let mut made_revoked = sample("CCCCCCCCCCC3");
+    made_revoked.created_by = Some(creator.id.clone());
+    let mut other = sample("CCCCCCCCCCC4");
+    other.created_by = Some("CCCCCCCCCCC9".into());
+    for r in [&creator, &made, &made_revoked, &other] {
+        store.create(r).await.expect("create");
+    }
+    store
+        .revoke(&made_revoked.id, t0())
+        .await
+        .expect("revoke one");
+    let later = t0() + Duration::hours(2);
+    store
+        .revoke(&creator.id, later)
+        .await
+        .expect("revoke creator");
+    let revoked_at = |id: &'static str| {
+        let store = store.clone();
+        async move {
+            store
+                .get(id)
+                .await
+                .expect("get")
+                .expect("present")
+                .revoked_at
+        }
+    };
+    assert_eq!(revoked_at("CCCCCCCCCCC1").await, Some(later));
+    assert_eq!(
+        revoked_at("CCCCCCCCCCC2").await,
+        Some(later),
+        "a created key goes with its creator"
+    );
+    assert_eq!(
+        revoked_at("CCCCCCCCCCC3").await,
+        Some(t0()),
+        "an earlier revocation keeps its time"
+    );
+    assert_eq!(
+        revoked_at("CCCCCCCCCCC4").await,
+        None,
+        "another creator's key stays"
+    );
+    let got = store
+        .get("CCCCCCCCCCC2")
+        .await
+        .expect("get")
+        .expect("present");
+    assert_eq!(got.created_by.as_deref(), Some("CCCCCCCCCCC1"));
 }
 
 /// Revoking an org revokes its unrevoked keys only, and says which.

@@ -17,7 +17,7 @@ macro_rules! key_store_conformance {
     ($make:expr) => {
         $crate::__key_store_tests!($make;
             create_and_get, duplicate_id, digest_lookup, hint_bound, list_filters, revoke, revoke_org,
-            disable_enable, update, replace_hash, rotate, record_use, concurrent_create);
+            revoke_takes_created, disable_enable, update, replace_hash, rotate, record_use, concurrent_create);
     };
 }
 

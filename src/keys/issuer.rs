@@ -44,6 +44,8 @@ pub struct NewKey {
     pub metadata: serde_json::Value,
     /// Tags every event of the key carries ([`crate::ledger::event::check_tags`]).
     pub tags: Vec<String>,
+    /// The key creating this one on its owner's behalf ([`KeyRecord::created_by`]).
+    pub created_by: Option<String>,
 }
 
 impl NewKey {
@@ -62,6 +64,7 @@ impl NewKey {
             prefix: DEFAULT_PREFIX.to_owned(),
             metadata: serde_json::Value::Object(Default::default()),
             tags: Vec::new(),
+            created_by: None,
         }
     }
 
@@ -136,6 +139,13 @@ impl NewKey {
         self
     }
 
+    /// Records the key creating this one: revoking it revokes this key too.
+    #[must_use]
+    pub fn created_by(mut self, key_id: impl Into<String>) -> Self {
+        self.created_by = Some(key_id.into());
+        self
+    }
+
     /// Sets the metadata.
     #[must_use]
     pub fn metadata(mut self, metadata: serde_json::Value) -> Self {
@@ -148,6 +158,9 @@ impl NewKey {
         crate::validate::name("owner", &self.owner)?;
         if let Some(org) = &self.org {
             crate::validate::name("org", org)?;
+        }
+        if let Some(creator) = &self.created_by {
+            crate::validate::name("created_by", creator)?;
         }
         crate::keys::patch::check_metadata(&self.metadata)?;
         crate::ledger::event::check_tags(&self.tags)?;
@@ -185,6 +198,7 @@ impl NewKey {
             metadata: self.metadata,
             tags: self.tags,
             previous: None,
+            created_by: self.created_by,
         }
     }
 }

@@ -208,6 +208,9 @@ pub struct KeyRecord {
     pub tags: Vec<String>,
     /// The secret a rotation replaced, still accepted until its grace period ends.
     pub previous: Option<PreviousSecret>,
+    /// The key that created this one through the self-service endpoints (`me/keys`), if any: revoking that key
+    /// revokes this one too.
+    pub created_by: Option<String>,
 }
 
 /// The secret a key had before its last rotation ([`crate::keys::KeyIssuer::rotate`]): its hash, and the end of
@@ -277,6 +280,8 @@ struct RecordView<'a> {
     metadata: &'a serde_json::Value,
     tags: &'a [String],
     grace_until: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    created_by: Option<&'a str>,
 }
 
 impl Serialize for KeyRecord {
@@ -301,6 +306,7 @@ impl Serialize for KeyRecord {
             metadata: &self.metadata,
             tags: &self.tags,
             grace_until: self.previous.as_ref().map(|p| p.valid_until),
+            created_by: self.created_by.as_deref(),
         }
         .serialize(s)
     }

@@ -212,6 +212,16 @@ impl CachedKeyStore {
         self.write().remove(id);
     }
 
+    /// Evicts `id` and the keys it created, which a revocation of `id` revokes too.
+    fn evict_with_created(&self, id: &str) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        let mut entries = self.write();
+        entries.by_id.remove(id);
+        entries
+            .by_id
+            .retain(|_, e| e.record.created_by.as_deref() != Some(id));
+    }
+
     fn clear(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
         self.write().clear();
@@ -345,7 +355,7 @@ impl KeyStore for CachedKeyStore {
 
     async fn revoke(&self, id: &str, at: DateTime<Utc>) -> Result<()> {
         let done = self.inner.revoke(id, at).await;
-        self.evict(id);
+        self.evict_with_created(id);
         done
     }
 

@@ -11,7 +11,7 @@ use crate::error::Result;
 use crate::keys::cache::VerifiedTokenCache;
 use crate::keys::hash::{KeyHash, KeyHasher};
 use crate::keys::header::credential_from_header;
-use crate::keys::record::{KeyLookup, KeyRecord};
+use crate::keys::record::{KeyFilter, KeyLookup, KeyRecord};
 use crate::keys::rules::{KeyRules, LimitGate};
 use crate::keys::scope::ScopeRequirement;
 use crate::keys::store::{KeyStore, MAX_KEYS_PER_HINT};
@@ -781,13 +781,22 @@ impl Verifier {
         Ok(matched.then_some(record))
     }
 
-    /// Revokes a key and drops its cached verifications.
+    /// Revokes a key and the keys it created (`me/keys`), and drops their cached verifications.
     ///
     /// # Errors
     /// [`crate::Error::NotFound`] for an unknown id; store failures.
     pub async fn revoke(&self, id: &str) -> Result<()> {
+        let owner = self.store.get(id).await?.map(|r| r.owner.clone());
         self.store.revoke(id, self.clock.now()).await?;
         self.cache.invalidate(id);
+        // The keys it created went with it (always its owner's): their cached verifications go too.
+        if let Some(owner) = owner {
+            for created in self.store.list(&KeyFilter::new().owner(owner)).await? {
+                if created.created_by.as_deref() == Some(id) {
+                    self.cache.invalidate(&created.id);
+                }
+            }
+        }
         Ok(())
     }
 

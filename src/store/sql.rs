@@ -49,7 +49,7 @@ pub(crate) trait Columns {
 /// The key table's columns, in the order [`key_record`] reads them.
 pub(crate) const KEY_COLUMNS: &str = "id, name, owner, org, env, scopes, hash, lookup_kind, lookup_value, hint, \
      created_at, expires_at, last_used_at, disabled, revoked_at, allowed_ips, rate_limit, metadata, \
-     previous_hash, previous_valid_until, allowed_models, tags";
+     previous_hash, previous_valid_until, allowed_models, tags, created_by";
 
 /// The stand-in row's hash (an unknown id reads one, so it costs what a wrong secret costs): well-formed, under
 /// a pepper id no ring has.
@@ -107,6 +107,7 @@ pub(crate) fn key_record(row: &impl Columns) -> Result<KeyRecord> {
         tags: serde_json::from_str(&row.text("tags")?).map_err(|_| c("tags"))?,
         metadata: serde_json::from_str(&row.text("metadata")?).map_err(|_| c("metadata"))?,
         previous,
+        created_by: row.opt_text("created_by")?,
     })
 }
 

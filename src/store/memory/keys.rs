@@ -36,6 +36,15 @@ impl Keys {
         f(Arc::make_mut(slot));
         Ok(())
     }
+
+    /// Revokes the keys `creator` created that are still live (DESIGN §12: they go with it).
+    pub(super) fn revoke_created_by(&mut self, creator: &str, at: DateTime<Utc>) {
+        for slot in self.by_id.values_mut() {
+            if slot.created_by.as_deref() == Some(creator) && slot.revoked_at.is_none() {
+                Arc::make_mut(slot).revoked_at = Some(at);
+            }
+        }
+    }
 }
 
 #[async_trait]
@@ -121,9 +130,12 @@ impl KeyStore for MemoryStore {
     }
 
     async fn revoke(&self, id: &str, at: DateTime<Utc>) -> Result<()> {
-        self.write().update(id, |r| {
+        let mut keys = self.write();
+        keys.update(id, |r| {
             r.revoked_at.get_or_insert(at);
-        })
+        })?;
+        keys.revoke_created_by(id, at);
+        Ok(())
     }
 
     async fn revoke_org(&self, org: &str, at: DateTime<Utc>) -> Result<Vec<String>> {

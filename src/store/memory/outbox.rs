@@ -191,6 +191,7 @@ impl Outbox for MemoryStore {
                 revoked = true;
             }
         })?;
+        keys.revoke_created_by(key_id, at);
         if revoked {
             self.outbox(|o| o.insert(std::slice::from_ref(alert)));
         }

@@ -99,6 +99,11 @@ const MIGRATIONS: &[Migration] = &[
         "alerts",
         include_str!("../../../migrations/postgres/0017_alerts.sql"),
     ),
+    (
+        18,
+        "key_creators",
+        include_str!("../../../migrations/postgres/0018_key_creators.sql"),
+    ),
 ];
 
 /// The advisory lock migrations take: "keymeter" in ASCII, so it stays clear of an application's own numbers.

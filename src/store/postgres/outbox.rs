@@ -307,7 +307,9 @@ impl Outbox for PostgresStore {
         transaction!(self, tx => {
             async {
                 let done = sqlx::query(
-                    "UPDATE keymeter_api_keys SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL",
+                    // With the keys it created (DESIGN §12).
+                    "UPDATE keymeter_api_keys SET revoked_at = $2 \
+                     WHERE (id = $1 OR created_by = $1) AND revoked_at IS NULL",
                 )
                 .bind(key_id)
                 .bind(at)

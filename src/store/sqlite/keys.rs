@@ -40,7 +40,7 @@ pub(super) static GET_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::ne
     format!(
         "SELECT {KEY_COLUMNS} FROM keymeter_api_keys WHERE id = ?1 UNION ALL \
          SELECT '', 'absent', 'absent', NULL, 'live', '[\"read\"]', '{ABSENT_HASH}', 'id', NULL, 'km_live_…', 0, NULL, \
-         NULL, 0, NULL, '[]', NULL, '{{}}', NULL, NULL, '[]', '[]' WHERE NOT EXISTS (SELECT 1 FROM keymeter_api_keys WHERE id = ?1)"
+         NULL, 0, NULL, '[]', NULL, '{{}}', NULL, NULL, '[]', '[]', NULL WHERE NOT EXISTS (SELECT 1 FROM keymeter_api_keys WHERE id = ?1)"
     )
 });
 
@@ -81,8 +81,8 @@ impl KeyStore for SqliteStore {
                 sqlx::query(
                     "INSERT INTO keymeter_api_keys (id, name, owner, org, env, scopes, hash, lookup_kind, lookup_value, \
                      hint, created_at, expires_at, last_used_at, disabled, revoked_at, allowed_ips, rate_limit, metadata, \
-                     previous_hash, previous_valid_until, allowed_models, tags) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)",
+                     previous_hash, previous_valid_until, allowed_models, tags, created_by) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)",
                 )
                 .bind(&r.id)
                 .bind(&r.name)
@@ -106,6 +106,7 @@ impl KeyStore for SqliteStore {
                 .bind(r.previous.as_ref().map(|p| micros(p.valid_until)))
                 .bind(&models)
                 .bind(crate::store::sql::tags_text(&r.tags))
+                .bind(&r.created_by)
                 .execute(&mut **tx)
                 .await
                 .map_err(db)?;
@@ -165,7 +166,9 @@ impl KeyStore for SqliteStore {
 
     async fn revoke(&self, id: &str, at: DateTime<Utc>) -> Result<()> {
         let done = sqlx::query(
-            "UPDATE keymeter_api_keys SET revoked_at = COALESCE(revoked_at, ?1) WHERE id = ?2",
+            // The keys it created go with it, in the same statement.
+            "UPDATE keymeter_api_keys SET revoked_at = COALESCE(revoked_at, ?1) \
+             WHERE id = ?2 OR (created_by = ?2 AND revoked_at IS NULL)",
         )
         .bind(micros(at))
         .bind(id)

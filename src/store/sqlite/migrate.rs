@@ -105,6 +105,11 @@ const MIGRATIONS: &[Migration] = &[
         "alerts",
         include_str!("../../../migrations/sqlite/0018_alerts.sql"),
     ),
+    (
+        19,
+        "key_creators",
+        include_str!("../../../migrations/sqlite/0019_key_creators.sql"),
+    ),
 ];
 
 /// The migration that creates the report rollups: when it runs, the events already stored are rolled up.

@@ -664,6 +664,7 @@ mod tests {
              BEGIN INSERT INTO keymeter_key_changes (key_id) VALUES (NEW.id); END; \
              ALTER TABLE keymeter_api_keys DROP COLUMN allowed_models; \
              ALTER TABLE keymeter_api_keys DROP COLUMN tags; \
+             DROP INDEX keymeter_api_keys_created_by; ALTER TABLE keymeter_api_keys DROP COLUMN created_by; \
              ALTER TABLE keymeter_limits DROP COLUMN models; \
              ALTER TABLE keymeter_limits DROP COLUMN max_parallel; DROP TABLE keymeter_slots; \
              ALTER TABLE keymeter_budgets DROP COLUMN thresholds; DROP TABLE keymeter_deliveries; \
