@@ -47,26 +47,50 @@ struct CreateKey {
 /// `"100/min"` or `["100/min", "5000/day"]`.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
-enum OneOrMany {
+pub(crate) enum OneOrMany {
     One(String),
     Many(Vec<String>),
 }
 
-/// A key never grants what the admin making or changing it lacks (`*` only from `*`).
-fn within_admins(admin: &KeyRecord, scopes: &[Scope]) -> Result<(), ApiError> {
+/// A key never grants what the key making or changing it lacks (`*` only from `*`).
+pub(crate) fn within(creator: &KeyRecord, scopes: &[Scope]) -> Result<(), ApiError> {
     match scopes
         .iter()
-        .find(|s| !admin.scopes.iter().any(|held| held.grants(s)))
+        .find(|s| !creator.scopes.iter().any(|held| held.grants(s)))
     {
         Some(beyond) => Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "INSUFFICIENT_SCOPE",
             format!(
-                "this admin key lacks the scope {beyond}: a key never grants scopes its creator lacks"
+                "this key lacks the scope {beyond}: a key never grants scopes its creator lacks"
             ),
         )),
         None => Ok(()),
     }
+}
+
+/// The scopes named in a request.
+pub(crate) fn parse_scopes(names: &[String]) -> Result<Vec<Scope>, ApiError> {
+    Ok(names
+        .iter()
+        .map(|s| Scope::new(s))
+        .collect::<keymeter::Result<Vec<_>>>()?)
+}
+
+/// `expires_in` (`30d`) as an instant from now.
+pub(crate) fn expiry(life: &str) -> Result<chrono::DateTime<Utc>, ApiError> {
+    let life = keymeter::validate::duration("expires_in", life, false)?;
+    Utc::now()
+        .checked_add_signed(life)
+        .ok_or_else(|| ApiError::unprocessable("expires_in is too far in the future"))
+}
+
+/// A create answer: the record's fields and the secret, flat (shown this once).
+pub(crate) fn issued_json(issued: &keymeter::keys::IssuedKey) -> Result<Value, ApiError> {
+    let mut value = serde_json::to_value(&issued.record)
+        .map_err(|e| ApiError::from(keymeter::Error::Internal(e.to_string())))?;
+    value["secret"] = Value::String(issued.token.expose_secret().to_owned());
+    Ok(value)
 }
 
 /// The key if `admin` may manage it; unknown and not permitted are the same 404.
@@ -77,12 +101,17 @@ async fn managed(
 ) -> Result<Arc<KeyRecord>, ApiError> {
     match app.keys.get(id).await? {
         Some(record) if manages(admin, &record) => Ok(record),
-        _ => Err(keymeter::Error::NotFound {
-            what: "key",
-            id: id.to_owned(),
-        }
-        .into()),
+        _ => Err(key_not_found(id)),
     }
+}
+
+/// 404 `NOT_FOUND_ID` for a key id the caller may not see (or that does not exist: the same answer).
+pub(crate) fn key_not_found(id: &str) -> ApiError {
+    keymeter::Error::NotFound {
+        what: "key",
+        id: id.to_owned(),
+    }
+    .into()
 }
 
 pub async fn create(
@@ -93,12 +122,8 @@ pub async fn create(
     let req: CreateKey = parse_json(&body_bytes(&app, body, app.settings.max_api_body).await?)?;
     // An organisation's admin creates keys in its organisation only.
     let org = org_of(&admin, req.organization_id)?;
-    let scopes = req
-        .permissions
-        .iter()
-        .map(|s| Scope::new(s))
-        .collect::<keymeter::Result<Vec<_>>>()?;
-    within_admins(&admin, &scopes)?;
+    let scopes = parse_scopes(&req.permissions)?;
+    within(&admin, &scopes)?;
     let mut new = NewKey::new(req.name, req.owner.unwrap_or_else(|| admin.owner.clone()))
         .scopes(scopes)
         .allowed_ips(parse_networks(req.allowed_ips.iter().map(String::as_str))?)
@@ -111,13 +136,21 @@ pub async fn create(
         new = new.org(org);
     }
     if let Some(life) = req.expires_in {
-        let life = keymeter::validate::duration("expires_in", &life, false)?;
-        let at = Utc::now()
-            .checked_add_signed(life)
-            .ok_or_else(|| ApiError::unprocessable("expires_in is too far in the future"))?;
-        new = new.expires_at(at);
+        new = new.expires_at(expiry(&life)?);
     }
-    let limits: Vec<String> = match req.rate_limit {
+    let issued = issue_limited(&app, new, req.rate_limit, req.max_parallel).await?;
+    Ok((StatusCode::CREATED, Json(issued_json(&issued)?)))
+}
+
+/// Issues `new` with its rate limits (`"100/min"` or a list) and concurrency limit: the key is handed out only
+/// once its limits hold.
+pub(crate) async fn issue_limited(
+    app: &super::App,
+    mut new: NewKey,
+    rate_limit: Option<OneOrMany>,
+    max_parallel: Option<u32>,
+) -> Result<keymeter::keys::IssuedKey, ApiError> {
+    let limits: Vec<String> = match rate_limit {
         None => Vec::new(),
         Some(OneOrMany::One(one)) => vec![one],
         Some(OneOrMany::Many(many)) => many,
@@ -128,7 +161,7 @@ pub async fn create(
         .collect::<keymeter::Result<Vec<_>>>()?;
     let limits_set = Limits {
         requests: quotas,
-        max_parallel: req.max_parallel,
+        max_parallel,
         ..Limits::default()
     };
     limits_set.validate()?;
@@ -144,10 +177,7 @@ pub async fn create(
             return Err(e.into());
         }
     }
-    let mut value = serde_json::to_value(&issued.record)
-        .map_err(|e| ApiError::from(keymeter::Error::Internal(e.to_string())))?;
-    value["secret"] = Value::String(issued.token.expose_secret().to_owned());
-    Ok((StatusCode::CREATED, Json(value)))
+    Ok(issued)
 }
 
 #[derive(Debug, Deserialize)]
@@ -238,11 +268,8 @@ pub async fn update(
     managed(&app, &admin, &id).await?;
     let scopes = match req.permissions {
         Some(names) => {
-            let scopes = names
-                .iter()
-                .map(|s| Scope::new(s))
-                .collect::<keymeter::Result<Vec<_>>>()?;
-            within_admins(&admin, &scopes)?;
+            let scopes = parse_scopes(&names)?;
+            within(&admin, &scopes)?;
             Some(scopes)
         }
         None => None,
@@ -253,13 +280,7 @@ pub async fn update(
                 "give expires_in or expires_at, not both",
             ));
         }
-        (Some(life), None) => {
-            let life = keymeter::validate::duration("expires_in", &life, false)?;
-            let at = Utc::now()
-                .checked_add_signed(life)
-                .ok_or_else(|| ApiError::unprocessable("expires_in is too far in the future"))?;
-            Some(Some(at))
-        }
+        (Some(life), None) => Some(Some(expiry(&life)?)),
         (None, Some(Some(at))) => Some(Some(keymeter::validate::instant(
             "expires_at",
             &at,
@@ -294,30 +315,46 @@ struct Rotate {
     grace_period: Option<String>,
 }
 
+/// A rotation's grace period from its body (`{"grace_period"?: "24h"}`; an empty body is none).
+pub(crate) async fn rotate_grace(
+    app: &super::App,
+    body: Body,
+) -> Result<chrono::Duration, ApiError> {
+    let bytes = body_bytes(app, body, app.settings.max_api_body).await?;
+    let req: Rotate = if bytes.iter().all(u8::is_ascii_whitespace) {
+        Rotate { grace_period: None }
+    } else {
+        parse_json(&bytes)?
+    };
+    Ok(match req.grace_period {
+        Some(g) => keymeter::validate::duration("grace_period", &g, true)?,
+        None => chrono::Duration::zero(),
+    })
+}
+
+/// Rotates `id` and answers `{"id", "secret", "grace_until"}`.
+pub(crate) async fn rotated_json(
+    app: &super::App,
+    id: &str,
+    grace: chrono::Duration,
+) -> Result<Json<Value>, ApiError> {
+    let rotated = app.verifier.rotate(&app.issuer, id, grace).await?;
+    Ok(Json(json!({
+        "id": rotated.id,
+        "secret": rotated.token.expose_secret(),
+        "grace_until": rotated.grace_until,
+    })))
+}
+
 pub async fn rotate(
     axum::extract::State(app): State,
     VerifiedKey(admin): VerifiedKey,
     Path(id): Path<String>,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
-    let bytes = body_bytes(&app, body, app.settings.max_api_body).await?;
-    // An empty body rotates with no grace period.
-    let req: Rotate = if bytes.iter().all(u8::is_ascii_whitespace) {
-        Rotate { grace_period: None }
-    } else {
-        parse_json(&bytes)?
-    };
-    let grace = match req.grace_period {
-        Some(g) => keymeter::validate::duration("grace_period", &g, true)?,
-        None => chrono::Duration::zero(),
-    };
+    let grace = rotate_grace(&app, body).await?;
     managed(&app, &admin, &id).await?;
-    let rotated = app.verifier.rotate(&app.issuer, &id, grace).await?;
-    Ok(Json(json!({
-        "id": rotated.id,
-        "secret": rotated.token.expose_secret(),
-        "grace_until": rotated.grace_until,
-    })))
+    rotated_json(&app, &id, grace).await
 }
 
 #[derive(Debug, Deserialize)]

@@ -28,6 +28,7 @@ mod admin;
 mod leaks;
 pub mod logs;
 mod me;
+mod own_keys;
 mod proxies;
 mod scoped;
 pub mod server;
@@ -271,6 +272,7 @@ pub fn router(app: Arc<App>) -> Router {
     let chat = auth.require(scopes(&["llm:chat"])).deferring_limits();
     let any = auth.require(ScopeRequirement::None);
     let admin = auth.require(scopes(&["admin"]));
+    let own = auth.require(scopes(&["keys:write"]));
     Router::new()
         .route(
             "/v1/chat/completions",
@@ -301,6 +303,20 @@ pub fn router(app: Arc<App>) -> Router {
             get(me::key_status).layer(any.clone()),
         )
         .route("/api/v1/key", get(me::key).layer(any))
+        .route(
+            "/api/v1/me/keys",
+            get(own_keys::list)
+                .post(own_keys::create)
+                .layer(own.clone()),
+        )
+        .route(
+            "/api/v1/me/keys/{id}",
+            delete(own_keys::revoke).layer(own.clone()),
+        )
+        .route(
+            "/api/v1/me/keys/{id}/rotate",
+            post(own_keys::rotate).layer(own),
+        )
         .route(
             "/v2/users/me/api-key",
             // Changing or deleting the owner's provider keys needs `write`; reading their status needs none.
