@@ -25,6 +25,7 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+pub mod console;
 mod leaks;
 pub mod logs;
 mod me;
@@ -375,6 +376,11 @@ pub fn router(app: Arc<App>) -> Router {
             get(me::budget).layer(auth.require(scopes(&["billing"]))),
         )
         .route("/secret-scanning/github", post(leaks::github))
+        .route("/console", get(console::page))
+        .route("/console/", get(console::page))
+        .route("/console/app.js", get(console::script))
+        .route("/console/app.css", get(console::style))
+        .route("/console/icon.svg", get(console::icon))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(not_found)

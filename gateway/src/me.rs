@@ -82,14 +82,29 @@ pub async fn set_keys(
     Ok(Json(status_json(&app, &key.owner).await?))
 }
 
+#[derive(Debug, Deserialize)]
+pub struct DeleteQuery {
+    /// One provider's key (`anthropic`, `openai`, `google`) instead of all of them.
+    provider: Option<String>,
+}
+
 pub async fn delete_keys(
     axum::extract::State(app): State,
     VerifiedKey(key): VerifiedKey,
+    Params(q): Params<DeleteQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let deleted = app
-        .store
-        .delete_all(&CredentialScope::user(&key.owner)?)
-        .await?;
+    let scope = CredentialScope::user(&key.owner)?;
+    let deleted = match q.provider {
+        None => app.store.delete_all(&scope).await?,
+        Some(name) => {
+            let Some((_, provider)) = fields().into_iter().find(|(n, _)| *n == name) else {
+                return Err(ApiError::unprocessable(
+                    "provider: one of anthropic, openai, google",
+                ));
+            };
+            u64::from(app.store.delete(&scope, &provider).await?)
+        }
+    };
     let mut status = status_json(&app, &key.owner).await?;
     status["deleted"] = json!(deleted);
     Ok(Json(status))
@@ -212,5 +227,16 @@ pub async fn key(
     };
     let seen =
         keymeter::keys::inspect(&*app.store, &*app.limiter, &*slots, &key, Utc::now()).await?;
-    Ok(Json(json!(seen)))
+    let mut out = json!(seen);
+    // Which provider keys would pay for this key's owner: its own, else the system's (the console shows both).
+    let status = app.resolver.status(&key.owner).await?;
+    out["providers"] = fields()
+        .into_iter()
+        .map(|(name, provider)| {
+            let of = status.get(&provider);
+            json!({"provider": name, "personal": of.is_some_and(|s| s.user),
+                "system": of.is_some_and(|s| s.system)})
+        })
+        .collect();
+    Ok(Json(out))
 }

@@ -898,3 +898,121 @@ async fn admins_adjust_estimated_events() {
         .await;
     assert_eq!(s, 404);
 }
+
+/// What the console reads beside the seeds' fields: each provider's personal and system key in `/api/v1/key`,
+/// today's prices in `/v1/models`, and one provider's personal key deleted on its own.
+#[tokio::test]
+async fn provider_status_prices_and_one_provider_deleted() {
+    let up = support::upstream().await;
+    let gw = support::sqlite_gateway(&up).await;
+    let (_, alice) = gw
+        .key(json!({"name": "alice", "owner": "alice", "permissions": ["llm:chat", "write"]}))
+        .await;
+    let providers = |me: &Value| {
+        me["providers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                (
+                    p["provider"].as_str().unwrap().to_owned(),
+                    p["personal"].as_bool().unwrap(),
+                    p["system"].as_bool().unwrap(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let (_, _, me) = gw
+        .call(Method::GET, "/api/v1/key", Some(&alice), None)
+        .await;
+    let p = |name: &str, personal, system| (name.to_owned(), personal, system);
+    assert_eq!(
+        providers(&me),
+        [
+            p("anthropic", false, false),
+            p("openai", false, true),
+            p("google", false, true)
+        ]
+    );
+    let body =
+        json!({"openai_api_key": USER_OPENAI_KEY, "google_api_key": support::USER_GOOGLE_KEY});
+    let (s, _, _) = gw
+        .call(
+            Method::PATCH,
+            "/v2/users/me/api-key",
+            Some(&alice),
+            Some(body),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let (s, _, deleted) = gw
+        .call(
+            Method::DELETE,
+            "/v2/users/me/api-key?provider=openai",
+            Some(&alice),
+            None,
+        )
+        .await;
+    assert_eq!((s, deleted["deleted"].as_u64()), (200, Some(1)));
+    assert_eq!(
+        (&deleted["has_openai_key"], &deleted["has_google_key"]),
+        (&json!(false), &json!(true)),
+        "only OpenAI's went"
+    );
+    let (s, _, body) = gw
+        .call(
+            Method::DELETE,
+            "/v2/users/me/api-key?provider=mistral",
+            Some(&alice),
+            None,
+        )
+        .await;
+    assert_eq!((s, code(&body)), (422, "INVALID_REQUEST"));
+    let (_, _, me) = gw
+        .call(Method::GET, "/api/v1/key", Some(&alice), None)
+        .await;
+    assert_eq!(providers(&me)[2], p("google", true, true));
+
+    // Prices per 1M tokens, exact decimal strings from the catalog.
+    let (s, _, models) = gw.call(Method::GET, "/v1/models", Some(&alice), None).await;
+    assert_eq!(s, 200);
+    let mini = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == "gpt-4o-mini")
+        .expect("gpt-4o-mini listed");
+    let catalog = gw.app.meter.catalog();
+    let window = catalog
+        .resolve("gpt-4o-mini")
+        .unwrap()
+        .window_at(Utc::now())
+        .unwrap()
+        .clone();
+    let per_million = |class| {
+        (window
+            .rate(&window.bands[0], ServiceTier::Standard, class)
+            .unwrap()
+            * Decimal::from(1_000_000))
+        .normalize()
+        .to_string()
+    };
+    use keymeter::pricing::TokenClass;
+    assert_eq!(
+        mini["pricing"]["input_per_1m"],
+        per_million(TokenClass::Input)
+    );
+    assert_eq!(
+        mini["pricing"]["output_per_1m"],
+        per_million(TokenClass::Output)
+    );
+    assert_eq!(
+        mini["pricing"]["cached_input_per_1m"],
+        per_million(TokenClass::CacheRead)
+    );
+    assert_eq!(mini["pricing"]["currency"], "USD");
+    assert_eq!(
+        mini["pricing"]["input_per_1m"], "0.15",
+        "gpt-4o-mini's published price"
+    );
+}
