@@ -427,6 +427,34 @@ async fn the_console_in_a_real_browser() {
     );
     screenshots(&client, &shots, "models").await;
 
+    // Earlier days' usage, ingested as an SDK reports it (so the chart has a history).
+    for back in 1..=12_i64 {
+        let at = chrono::Utc::now() - chrono::Duration::days(back);
+        let (model, format, usage) = if back % 3 == 0 {
+            (
+                "claude-sonnet-4-5",
+                "anthropic",
+                json!({"input_tokens": 900 * back, "output_tokens": 400}),
+            )
+        } else {
+            (
+                "gpt-4o",
+                "openai",
+                json!({"prompt_tokens": 1500 * back, "completion_tokens": 600, "total_tokens": 1500 * back + 600}),
+            )
+        };
+        let body = json!({"request_id": format!("earlier-{back}"), "model": model, "usage": usage,
+            "usage_format": format, "at": at});
+        let answer = http
+            .post(format!("{}/api/v1/usage", gw.url))
+            .bearer_auth(&console_key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200, "{}", answer.text().await.unwrap());
+    }
+
     // Overview: today's bar carries the day's spend as the report gives it (the journal drains within moments).
     let today = chrono::Utc::now().date_naive().to_string();
     let started = Instant::now();
@@ -467,19 +495,28 @@ async fn the_console_in_a_real_browser() {
     .await;
     until(
         &client,
-        "return document.querySelectorAll('#by-model tbody tr').length == 1",
+        "return [...document.querySelectorAll('#by-model tbody tr')].some(r => r.cells[0].textContent == 'gpt-4o-mini')",
     )
     .await;
+    let bars = js(
+        &client,
+        "return [...document.querySelectorAll('#chart rect')].filter(r => parseFloat(r.getAttribute('height')) > 0).length",
+    )
+    .await;
+    assert_eq!(bars, json!(13), "today and the twelve days before");
     screenshots(&client, &shots, "overview").await;
 
     // Usage: the table, and a CSV the page builds from it.
     visit(&client, "usage").await;
     until(
         &client,
-        "return document.querySelectorAll('#usage-table tbody tr').length == 1",
+        "return document.querySelectorAll('#usage-table tbody tr').length > 0",
     )
     .await;
-    assert_eq!(text(&client, "#usage-table tbody td").await, today);
+    assert_eq!(
+        text(&client, "#usage-table tbody tr:last-child td").await,
+        today
+    );
     screenshots(&client, &shots, "usage").await;
 
     // Where the key may be: only this tab's sessionStorage.
@@ -538,6 +575,33 @@ async fn the_console_in_a_real_browser() {
     // The key it created went with it.
     let (status, _) = call_as(&http, &gw.url, &made, Method::GET, "/api/v1/key").await;
     assert_eq!(status, 401);
+
+    // An admin key sees and manages every key (its organisation's, for an organisation's admin).
+    type_into(&client, "#signin-key", &format!("{admin}\u{e007}")).await;
+    until(
+        &client,
+        "return !document.getElementById('overview').hidden",
+    )
+    .await;
+    visit(&client, "keys").await;
+    until(
+        &client,
+        "return document.getElementById('keys-scope').textContent.startsWith('An admin key') \
+         && document.querySelectorAll('#key-table tbody tr').length == 4",
+    )
+    .await;
+    let owners = js(
+        &client,
+        "return [...document.querySelectorAll('#key-table tbody tr')].map(r => r.cells[3].textContent).sort()",
+    )
+    .await;
+    assert_eq!(owners, json!(["alice", "alice", "alice", "ops"]));
+    click(&client, "#signout").await;
+    until(
+        &client,
+        "return !document.getElementById('signin').hidden && sessionStorage.length == 0",
+    )
+    .await;
 
     // No script errors and no CSP violation in the whole run (the refusals the page meant to show were answers
     // with an error status, which the browser logs as network entries: those are not script errors).
