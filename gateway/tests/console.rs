@@ -339,6 +339,18 @@ async fn the_console_in_a_real_browser() {
     )
     .await;
     assert_eq!(bars, json!(13), "today and the twelve days before");
+    // What the page costs beside the API calls it makes (printed for the record, not asserted: timing is the
+    // benches' business): the page's own load, and the overview's four calls as the browser timed them.
+    let timing = js(
+        &client,
+        "const nav = performance.getEntriesByType('navigation')[0]; \
+         const calls = performance.getEntriesByType('resource').filter(r => r.name.includes('/api/v1/')); \
+         return {page_loaded_ms: nav.loadEventEnd - nav.startTime, \
+           assets: performance.getEntriesByType('resource').filter(r => r.name.includes('/console/')).length, \
+           api_calls: calls.length, api_median_ms: calls.map(r => r.duration).sort((a, b) => a - b)[calls.length >> 1]}",
+    )
+    .await;
+    eprintln!("console timing: {timing}");
     screenshots(&client, &shots, "overview").await;
 
     // Usage: the table, and a CSV the page builds from it.
