@@ -790,11 +790,16 @@ impl Verifier {
         self.store.revoke(id, self.clock.now()).await?;
         self.cache.invalidate(id);
         // The keys it created went with it (always its owner's): their cached verifications go too.
+        // The revocation is stored: a failure to read them here must not report it failed (the change feed and
+        // the cache's TTL still catch up).
         if let Some(owner) = owner {
-            for created in self.store.list(&KeyFilter::new().owner(owner)).await? {
-                if created.created_by.as_deref() == Some(id) {
-                    self.cache.invalidate(&created.id);
-                }
+            match self.store.list(&KeyFilter::new().owner(owner)).await {
+                Ok(keys) => keys
+                    .iter()
+                    .filter(|k| k.created_by.as_deref() == Some(id))
+                    .for_each(|k| self.cache.invalidate(&k.id)),
+                Err(e) => tracing::warn!(key_id = %id, error = %e,
+                    "revoked, but the keys it created could not be read to drop their cached verifications"),
             }
         }
         Ok(())
