@@ -365,6 +365,27 @@ async fn the_console_in_a_real_browser() {
         today
     );
     screenshots(&client, &shots, "usage").await;
+    // The CSV download: the file the page hands the browser, read as it is made.
+    js(
+        &client,
+        "window.__csv = null; const made = URL.createObjectURL; \
+         URL.createObjectURL = (blob) => { blob.text().then(t => window.__csv = t); return made(blob); }; \
+         return true",
+    )
+    .await;
+    click(&client, "#usage-csv").await;
+    until(&client, "return typeof window.__csv == 'string'").await;
+    let csv = js(&client, "return window.__csv").await;
+    let csv = csv.as_str().unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines[0], "day,cost,requests,input_tokens,output_tokens");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with(&format!("{today},{spent},1,"))),
+        "{csv}"
+    );
+    assert!(lines.last().unwrap().starts_with("total,"), "{csv}");
 
     // Where the key may be: only this tab's sessionStorage.
     assert!(
