@@ -8,7 +8,7 @@
 //! | `KEYMETER_MASTER_KEYS` | the master-key ring, same format | development: the secrets file |
 //! | `KEYMETER_PREFIXES` | token prefixes verified as keymeter's own, comma-separated | `km` |
 //! | `KEYMETER_CATALOG` | a price catalog file (keymeter's format or LiteLLM's) | the bundled snapshot |
-//! | `KEYMETER_LIMITER` | where rate-limit buckets live: `redis://…` (feature `redis`) | the store |
+//! | `KEYMETER_LIMITER` | where rate limits and concurrency slots live: `memory` (this process, written to the store in batches), `store` (a store transaction per check), `redis://…` (feature `redis`) | `memory` on SQLite, `store` on PostgreSQL |
 //! | `KEYMETER_LIMITS_FAIL_OPEN` | `1`/`true`: admit requests when the limiter cannot be reached | fail closed |
 //! | `KEYMETER_FAILED_VERIFICATIONS` | failed verifications of imported keys allowed per client address before it is refused without a KDF: `N/PERIOD`, or `off` | `10/min` |
 //! | `KEYMETER_KEY_CACHE` | key records cached in process by [`Config::key_cache`] (`0`: none) | 10000 |
@@ -81,7 +81,8 @@ pub struct Config {
     pub catalog_path: Option<PathBuf>,
     /// Where development secrets live (beside a SQLite database), whether or not the file exists yet.
     pub secrets_file: Option<PathBuf>,
-    /// Where rate-limit buckets live, if not in the store (`redis://…`).
+    /// Where rate limits live as `KEYMETER_LIMITER` says: `memory`, `store` or `redis://…`; `None`: memory on
+    /// SQLite and in-memory stores, the store on PostgreSQL ([`Config::open`]).
     pub limiter_url: Option<String>,
     /// Admit requests when the limiter cannot be reached (default: refuse them).
     pub limits_fail_open: bool,
@@ -380,8 +381,9 @@ impl Config {
         Ok(self.limiters(store).await?.0)
     }
 
-    /// The rate limiter and the concurrency slots' store together: both in Redis when `KEYMETER_LIMITER` names
-    /// one (one connection), else both in `store`.
+    /// The rate limiter and the concurrency slots' store together as another process sees them: both in Redis
+    /// when `KEYMETER_LIMITER` names one (one connection), else both in `store` (where a serving instance with
+    /// limits in memory writes its buckets every second). [`Config::open`] gives a serving instance its own.
     ///
     /// # Errors
     /// [`Error::Config`] for an unsupported limiter URL; the limiter's failure to connect.
@@ -393,15 +395,27 @@ impl Config {
         Arc<dyn crate::limits::SlotStore>,
     )> {
         match self.limiter_url.as_deref() {
-            None => Ok((store.clone(), store)),
+            None | Some("memory" | "store") => Ok((store.clone(), store)),
             #[cfg(feature = "redis")]
             Some(url) if url.starts_with("redis://") || url.starts_with("rediss://") => {
                 let redis = Arc::new(crate::store::RedisLimiter::connect(url).await?);
                 Ok((redis.clone(), redis))
             }
             Some(_) => Err(Error::Config(
-                "KEYMETER_LIMITER: expected redis://HOST:PORT (feature `redis`)".into(),
+                "KEYMETER_LIMITER: expected memory, store or redis://HOST:PORT (feature `redis`)"
+                    .into(),
             )),
+        }
+    }
+
+    /// Whether a serving instance keeps rate limits and concurrency slots in its own memory: `KEYMETER_LIMITER`
+    /// is `memory`, or unset on a store of one machine (SQLite, memory). Exact for one instance; instances
+    /// sharing a database share limits through the store (`store`) or Redis.
+    pub fn limits_in_memory(&self, backend: &str) -> bool {
+        match self.limiter_url.as_deref() {
+            Some("memory") => true,
+            None => backend != "postgres",
+            Some(_) => false,
         }
     }
 

@@ -25,6 +25,8 @@ use crate::store::Store;
 
 /// How often [`Keymeter`]'s verifier writes key statistics.
 const STATS_INTERVAL: Duration = Duration::from_secs(10);
+/// How often a limiter in memory writes its changed buckets to the store.
+const LIMITS_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The parts a service uses, built the way the reference gateway builds them: the store; the key records cached
 /// in process and kept fresh by the store's change feed; a verifier with the configured rate limits and
@@ -39,11 +41,15 @@ pub struct Keymeter {
     /// Verifies inbound keys, charging rate limits, holding concurrency slots (in the limiter's Redis, else the
     /// store, with the configured claim TTL) and counting statistics.
     pub verifier: Arc<Verifier>,
-    /// The rate limiter the verifier charges: Redis when configured, else the store.
+    /// The rate limiter the verifier charges: this process's memory (written to the store every second), the
+    /// store, or Redis, as [`Config::limits_in_memory`] and `KEYMETER_LIMITER` say.
     pub limiter: Arc<dyn RateLimiter>,
     /// Issues, imports and rotates keys.
     pub issuer: Arc<KeyIssuer>,
-    /// Resolves the provider key a request uses: the owner's own, else the system's.
+    /// The sealed provider keys, cached in process in front of the store: write through this (not the store)
+    /// so this process forgets a changed key at once (others within a second, through the store's version).
+    pub credentials: Arc<dyn crate::credentials::CredentialStore>,
+    /// Resolves the provider key a request uses (through `credentials`): the owner's own, else the system's.
     pub resolver: Arc<CredentialResolver>,
     /// Seals provider keys for storage (with [`crate::credentials::set_key`]).
     pub vault: Arc<crate::credentials::Vault>,
@@ -71,7 +77,7 @@ impl Config {
         self.announce();
         let store = self.connect().await?;
         let keys = self.key_cache(store.clone()).await?;
-        let (limiter, slot_store) = self.limiters(store.clone()).await?;
+        let (limiter, slot_store) = self.serving_limiters(store.clone()).await?;
         let slots = crate::limits::SlotKeeper::new(slot_store, self.claim_ttl);
         let stats = Arc::new(
             StatsRecorder::new(store.clone())
@@ -105,9 +111,13 @@ impl Config {
             // No heartbeat without a journal: sweep lapsed claims all the same, so an idle store bills them.
             crate::ledger::journal::spawn_sweeper(&store, store.clone());
         }
+        let credentials: Arc<dyn crate::credentials::CredentialStore> = Arc::new(
+            crate::credentials::CachedCredentialStore::new(store.clone()),
+        );
         Ok(Keymeter {
             issuer: Arc::new(self.issuer(keys.clone())?),
-            resolver: Arc::new(self.resolver(store.clone())?),
+            resolver: Arc::new(self.resolver(credentials.clone())?),
+            credentials,
             vault: self.vault()?,
             keys,
             verifier,
@@ -120,6 +130,22 @@ impl Config {
 }
 
 impl Config {
+    /// The limiter and slot store of a serving instance: in its memory when [`Config::limits_in_memory`] (the
+    /// buckets read from the store at start and written back every second), else [`Config::limiters`].
+    async fn serving_limiters(
+        &self,
+        store: Arc<dyn Store>,
+    ) -> Result<(Arc<dyn RateLimiter>, Arc<dyn crate::limits::SlotStore>)> {
+        if !self.limits_in_memory(store.backend()) {
+            return self.limiters(store).await;
+        }
+        let now = crate::clock::Clock::now(&crate::clock::SystemClock).timestamp_micros();
+        let local = Arc::new(crate::limits::LocalLimiter::open(store, now).await?);
+        local.spawn_flusher(LIMITS_INTERVAL);
+        // Slots die with the process that holds them: memory is where one instance keeps them.
+        Ok((local, Arc::new(crate::store::MemoryStore::new())))
+    }
+
     /// Says what a host must know before serving: the environment when it is not production or staging, and
     /// each configuration warning. Through `tracing`, and on standard error when no subscriber would show them.
     fn announce(&self) {
@@ -178,6 +204,9 @@ impl Keymeter {
     pub async fn close(&self) {
         if let Err(e) = self.stats.close().await {
             tracing::warn!(error = %e, "could not write the last key statistics");
+        }
+        if let Err(e) = self.limiter.flush().await {
+            tracing::warn!(error = %e, "could not write the last rate-limit states");
         }
         if let Some(journal) = self.meter.journal()
             && !journal.flush(Duration::from_secs(5)).await

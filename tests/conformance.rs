@@ -17,6 +17,19 @@ mod memory {
         keymeter::rate_limiter_conformance!(std::sync::Arc::new(
             keymeter::store::MemoryStore::new()
         ));
+        keymeter::bucket_store_conformance!(std::sync::Arc::new(
+            keymeter::store::MemoryStore::new()
+        ));
+        mod local {
+            keymeter::rate_limiter_conformance!(std::sync::Arc::new(
+                keymeter::limits::LocalLimiter::open(
+                    std::sync::Arc::new(keymeter::store::MemoryStore::new()),
+                    0
+                )
+                .await
+                .expect("open")
+            ));
+        }
     }
     mod slots {
         keymeter::slot_store_conformance!(std::sync::Arc::new(keymeter::store::MemoryStore::new()));
@@ -56,6 +69,7 @@ mod sqlite {
         use super::fresh;
         keymeter::limit_store_conformance!(fresh().await);
         keymeter::rate_limiter_conformance!(fresh().await);
+        keymeter::bucket_store_conformance!(fresh().await);
     }
     mod slots {
         use super::fresh;
@@ -97,6 +111,7 @@ mod postgres {
     mod limits {
         keymeter::limit_store_conformance!(fresh!());
         keymeter::rate_limiter_conformance!(fresh!());
+        keymeter::bucket_store_conformance!(fresh!());
     }
     mod slots {
         keymeter::slot_store_conformance!(fresh!());

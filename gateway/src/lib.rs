@@ -140,6 +140,8 @@ pub struct App {
     pub verifier: Arc<Verifier>,
     /// Issues keys.
     pub issuer: Arc<KeyIssuer>,
+    /// The sealed provider keys behind the in-process cache the resolver reads: the gateway writes through it.
+    pub credentials: Arc<dyn keymeter::credentials::CredentialStore>,
     /// Resolves the provider key that pays.
     pub resolver: Arc<CredentialResolver>,
     /// Seals and opens provider keys.
@@ -193,6 +195,7 @@ impl Gateway {
             issuer: km.issuer,
             keys: km.keys,
             resolver: km.resolver,
+            credentials: km.credentials,
             vault: km.vault,
             meter: km.meter,
             http,

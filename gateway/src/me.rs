@@ -77,7 +77,7 @@ pub async fn set_keys(
         ));
     }
     for (provider, sealed) in &sealed {
-        app.store.put(&scope, provider, sealed).await?;
+        app.credentials.put(&scope, provider, sealed).await?;
     }
     Ok(Json(status_json(&app, &key.owner).await?))
 }
@@ -95,14 +95,14 @@ pub async fn delete_keys(
 ) -> Result<Json<Value>, ApiError> {
     let scope = CredentialScope::user(&key.owner)?;
     let deleted = match q.provider {
-        None => app.store.delete_all(&scope).await?,
+        None => app.credentials.delete_all(&scope).await?,
         Some(name) => {
             let Some((_, provider)) = fields().into_iter().find(|(n, _)| *n == name) else {
                 return Err(ApiError::unprocessable(
                     "provider: one of anthropic, openai, google",
                 ));
             };
-            u64::from(app.store.delete(&scope, &provider).await?)
+            u64::from(app.credentials.delete(&scope, &provider).await?)
         }
     };
     let mut status = status_json(&app, &key.owner).await?;

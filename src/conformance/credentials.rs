@@ -3,7 +3,8 @@
 use std::sync::Arc;
 
 use crate::credentials::{
-    CredentialScope, CredentialStore, MasterKey, MasterKeyRing, Provider, SealedCredential, Vault,
+    CachedCredentialStore, CredentialScope, CredentialStore, MasterKey, MasterKeyRing, Provider,
+    SealedCredential, Vault,
 };
 use crate::random::SeededRandom;
 
@@ -179,4 +180,122 @@ pub async fn concurrent_puts(store: Arc<dyn CredentialStore>) {
         );
     }
     assert_eq!(store.list().await.expect("list").len(), 50);
+}
+
+/// A store that keeps a [`CredentialStore::credential_version`] moves it with every write (put, replace, delete,
+/// delete all) and with none of the reads; a store that keeps none says `None` every time.
+pub async fn version_moves_with_every_write(store: Arc<dyn CredentialStore>) {
+    let Some(mut last) = store.credential_version().await.expect("version") else {
+        assert_eq!(store.credential_version().await.expect("version"), None);
+        return;
+    };
+    let alice = user("alice");
+    let openai = Provider::openai();
+    fn moved(last: &mut i64, now: Option<i64>, what: &str) {
+        let now = now.expect("still kept");
+        assert_ne!(now, *last, "{what} did not move the version");
+        *last = now;
+    }
+    let first = seal(&alice, &openai, "sk-proj-version-000000000000000000000000");
+    store.put(&alice, &openai, &first).await.expect("put");
+    moved(
+        &mut last,
+        store.credential_version().await.expect("v"),
+        "put",
+    );
+    let second = seal(&alice, &openai, "sk-proj-version-111111111111111111111111");
+    assert!(
+        store
+            .replace(&alice, &openai, &first, &second)
+            .await
+            .expect("replace")
+    );
+    moved(
+        &mut last,
+        store.credential_version().await.expect("v"),
+        "replace",
+    );
+    store.get(&alice, &openai).await.expect("get");
+    store.providers(&alice).await.expect("providers");
+    store.list().await.expect("list");
+    assert_eq!(
+        store.credential_version().await.expect("v"),
+        Some(last),
+        "a read moved it"
+    );
+    assert!(store.delete(&alice, &openai).await.expect("delete"));
+    moved(
+        &mut last,
+        store.credential_version().await.expect("v"),
+        "delete",
+    );
+    store.put(&alice, &openai, &first).await.expect("put");
+    moved(
+        &mut last,
+        store.credential_version().await.expect("v"),
+        "put",
+    );
+    assert_eq!(store.delete_all(&alice).await.expect("delete all"), 1);
+    moved(
+        &mut last,
+        store.credential_version().await.expect("v"),
+        "delete all",
+    );
+}
+
+/// A [`CachedCredentialStore`] in front of the store answers what was written through it at once, and what was
+/// written to the store beside it (another process) once a second has passed.
+pub async fn a_cache_sees_every_write(store: Arc<dyn CredentialStore>) {
+    use crate::clock::ManualClock;
+    use chrono::{Duration, TimeZone, Utc};
+
+    let clock = Arc::new(ManualClock::new(
+        Utc.with_ymd_and_hms(2026, 12, 3, 12, 0, 0).unwrap(),
+    ));
+    let cache = CachedCredentialStore::new(store.clone()).with_clock(clock.clone());
+    let bob = user("bob");
+    let openai = Provider::openai();
+    assert_eq!(cache.get(&bob, &openai).await.expect("get"), None);
+    assert_eq!(
+        cache
+            .get(&CredentialScope::System, &openai)
+            .await
+            .expect("get"),
+        None
+    );
+    let through = seal(&bob, &openai, "sk-proj-through-00000000000000000000000");
+    cache.put(&bob, &openai, &through).await.expect("put");
+    assert_eq!(
+        cache.get(&bob, &openai).await.expect("get"),
+        Some(through.clone())
+    );
+    // Beside the cache: the system key appears and bob's changes.
+    let system = seal(
+        &CredentialScope::System,
+        &openai,
+        "sk-proj-system-0000000000000000000000000",
+    );
+    store
+        .put(&CredentialScope::System, &openai, &system)
+        .await
+        .expect("put");
+    let beside = seal(&bob, &openai, "sk-proj-beside-00000000000000000000000000");
+    assert!(
+        store
+            .replace(&bob, &openai, &through, &beside)
+            .await
+            .expect("replace")
+    );
+    clock.advance(Duration::seconds(1));
+    assert_eq!(
+        cache
+            .get(&CredentialScope::System, &openai)
+            .await
+            .expect("get"),
+        Some(system)
+    );
+    assert_eq!(cache.get(&bob, &openai).await.expect("get"), Some(beside));
+    assert!(store.delete(&bob, &openai).await.expect("delete"));
+    clock.advance(Duration::seconds(1));
+    assert_eq!(cache.get(&bob, &openai).await.expect("get"), None);
 }

@@ -6,7 +6,9 @@
 use std::sync::Arc;
 
 use crate::error::Error;
-use crate::limits::{Charge, LimitScope, LimitStore, Limits, Quota, RateLimiter};
+use crate::limits::{
+    BucketStore, Charge, LimitScope, LimitStore, Limits, LocalLimiter, Quota, RateLimiter,
+};
 
 const SECOND: i64 = 1_000_000;
 // 2026-03-01T12:00:00Z in microseconds.
@@ -279,4 +281,102 @@ pub async fn concurrent_checks_admit_exactly_the_quota(limiter: Arc<dyn RateLimi
         }
     }
     assert_eq!(admitted, 10);
+}
+
+/// Bucket states are saved in one call, replaced by a later save, and read back only while live (TAT after the
+/// time asked).
+pub async fn bucket_states_round_trip(store: Arc<dyn BucketStore>) {
+    assert!(store.bucket_states(T0).await.expect("none yet").is_empty());
+    store.save_bucket_states(&[]).await.expect("empty save");
+    let states = [
+        ("key:a:requests:10/min".to_owned(), T0 + 6 * SECOND),
+        ("key:b:requests:10/min".to_owned(), T0 - SECOND),
+        ("owner:c:tokens:1000/h".to_owned(), T0 + 3600 * SECOND),
+    ];
+    store.save_bucket_states(&states).await.expect("save");
+    let mut live = store.bucket_states(T0).await.expect("states");
+    live.sort();
+    assert_eq!(live, vec![states[0].clone(), states[2].clone()]);
+    // A later save replaces (a refund may lower a TAT), and states are many per call.
+    let many: Vec<(String, i64)> = (0..1200)
+        .map(|i| (format!("key:k{i}:requests:5/s"), T0 + i64::from(i) + 1))
+        .chain([("key:a:requests:10/min".to_owned(), T0 + SECOND)])
+        .collect();
+    store.save_bucket_states(&many).await.expect("save many");
+    let live = store.bucket_states(T0).await.expect("states");
+    assert_eq!(live.len(), 1202);
+    assert!(live.contains(&("key:a:requests:10/min".to_owned(), T0 + SECOND)));
+    assert!(live.contains(&("key:k1199:requests:5/s".to_owned(), T0 + 1200)));
+    assert_eq!(
+        store
+            .bucket_states(T0 + 3600 * SECOND)
+            .await
+            .expect("later"),
+        vec![]
+    );
+}
+
+/// A [`LocalLimiter`] on the store writes what it charged when flushed, only what changed, and a new one opened
+/// on the store (a restart) refuses what the first had used up; a failed check writes nothing.
+pub async fn local_limiter_survives_a_restart(store: Arc<dyn BucketStore>) {
+    let first = LocalLimiter::open(store.clone(), T0).await.expect("open");
+    let two = [charge("key:r:requests:2/min", "2/min", 1)];
+    let other = [charge("key:s:requests:5/min", "5/min", 1)];
+    assert!(first.check(&two, T0).await.expect("1").allowed);
+    assert!(first.check(&two, T0).await.expect("2").allowed);
+    assert!(!first.check(&two, T0).await.expect("3").allowed);
+    assert_eq!(first.flush().await.expect("flush"), 1);
+    assert_eq!(first.flush().await.expect("nothing new"), 0);
+    assert!(first.check(&other, T0).await.expect("other").allowed);
+    first
+        .charge(&[charge("key:r:tokens:100/min", "100/min", 150)], T0)
+        .await
+        .expect("token debt");
+    RateLimiter::flush(&first).await.expect("flush");
+    drop(first);
+
+    let second = LocalLimiter::open(store.clone(), T0 + SECOND)
+        .await
+        .expect("reopen");
+    assert!(
+        !second
+            .check(&two, T0 + SECOND)
+            .await
+            .expect("still spent")
+            .allowed
+    );
+    // One of five spent, four left.
+    for i in 0..4 {
+        assert!(
+            second
+                .check(&other, T0 + SECOND)
+                .await
+                .expect("left")
+                .allowed,
+            "request {i}"
+        );
+    }
+    assert!(
+        !second
+            .check(&other, T0 + SECOND)
+            .await
+            .expect("five")
+            .allowed
+    );
+    // The token bucket is in debt: a zero-cost pre-check is refused.
+    assert!(
+        !second
+            .check(&[charge("key:r:tokens:100/min", "100/min", 0)], T0 + SECOND)
+            .await
+            .expect("debt")
+            .allowed
+    );
+    // Half a minute later one of the two requests is back.
+    assert!(
+        second
+            .check(&two, T0 + 31 * SECOND)
+            .await
+            .expect("back")
+            .allowed
+    );
 }

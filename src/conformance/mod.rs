@@ -55,7 +55,7 @@ macro_rules! credential_store_conformance {
     ($make:expr) => {
         $crate::__credential_store_tests!($make;
             put_get_replace, scopes_are_separate, delete_and_delete_all, providers_and_list, compare_and_swap,
-            concurrent_puts);
+            concurrent_puts, version_moves_with_every_write, a_cache_sees_every_write);
     };
 }
 
@@ -162,6 +162,30 @@ macro_rules! __limiter_tests {
             async fn $name() {
                 let limiter: ::std::sync::Arc<dyn $crate::limits::RateLimiter> = $make;
                 $crate::conformance::limits::$name(limiter).await;
+            }
+        )*
+    };
+}
+
+/// Generates the [`limits`] checks of a [`crate::limits::BucketStore`] (and of a
+/// [`crate::limits::LocalLimiter`] on it); `$make` gives a fresh store (an `Arc` of it).
+#[cfg_attr(docsrs, doc(cfg(feature = "test-suite")))]
+#[macro_export]
+macro_rules! bucket_store_conformance {
+    ($make:expr) => {
+        $crate::__bucket_tests!($make; bucket_states_round_trip, local_limiter_survives_a_restart);
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __bucket_tests {
+    ($make:expr; $($name:ident),*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let store: ::std::sync::Arc<dyn $crate::limits::BucketStore> = $make;
+                $crate::conformance::limits::$name(store).await;
             }
         )*
     };

@@ -1,5 +1,6 @@
 //! Outbound provider credentials ("bring your own key"): providers and key shapes, the AES-256-GCM
-//! [`Vault`], the ciphertext-only [`CredentialStore`], and the [`CredentialResolver`] (user → system → error).
+//! [`Vault`], the ciphertext-only [`CredentialStore`] (and its in-process [`CachedCredentialStore`]), and the
+//! [`CredentialResolver`] (user → system → error).
 //!
 //! ```
 //! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
@@ -23,11 +24,13 @@
 //! # Ok::<(), keymeter::Error>(()) }).unwrap();
 //! ```
 
+pub mod cache;
 pub mod provider;
 pub mod resolver;
 pub mod store;
 pub mod vault;
 
+pub use cache::CachedCredentialStore;
 pub use provider::Provider;
 pub use resolver::{
     CredentialResolver, CredentialSource, ProviderStatus, RequestCredentials, ResolvedCredential,

@@ -76,4 +76,14 @@ pub trait CredentialStore: Send + Sync + std::fmt::Debug {
         old: &SealedCredential,
         new: &SealedCredential,
     ) -> Result<bool>;
+
+    /// A number that moves whenever any credential changes, by any writer (every process sharing the store):
+    /// what lets a [`CachedCredentialStore`](crate::credentials::CachedCredentialStore) keep answers. `None`
+    /// (the default) for a backend that keeps none; a cache then keeps an answer at most a second.
+    ///
+    /// # Errors
+    /// Backend failures.
+    async fn credential_version(&self) -> Result<Option<i64>> {
+        Ok(None)
+    }
 }

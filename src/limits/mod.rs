@@ -5,6 +5,7 @@
 //! - [`LimitStore`]: where each scope's limits are kept. [`RateLimiter`]: where bucket states are kept, checked
 //!   and charged atomically — all the charges of one check, or none. Both are object safe; the memory and
 //!   SQLite stores implement them, and [`crate::conformance::limits`] checks any backend.
+//! - [`LocalLimiter`]: one instance's buckets in its memory, written to a [`BucketStore`] in batches.
 //! - [`slots`]: concurrency limits, slots held while a request is in flight ([`SlotStore`], [`SlotKeeper`]).
 //! - The [`Verifier`](crate::keys::Verifier) charges request limits at verify and pre-checks token limits
 //!   ([`Verifier::with_limits`](crate::keys::Verifier::with_limits)); [`charge_tokens`] charges the tokens a
@@ -27,13 +28,16 @@
 //! # Ok::<(), keymeter::Error>(()) }).unwrap();
 //! ```
 
+pub(crate) mod buckets;
 pub mod gcra;
+pub mod local;
 pub mod quota;
 pub mod slots;
 
 use async_trait::async_trait;
 
 pub use gcra::{Charge, Decision, LimitStatus};
+pub use local::LocalLimiter;
 pub use quota::{LimitScope, Limits, MAX_QUOTA, MAX_QUOTAS, Period, Quota};
 pub use slots::{MAX_PARALLEL, Slot, SlotClaim, SlotGuard, SlotKeeper, SlotRefusal, SlotStore};
 
@@ -102,6 +106,33 @@ pub trait RateLimiter: Send + Sync + std::fmt::Debug {
     async fn reachable(&self) -> Result<()> {
         Ok(())
     }
+
+    /// Writes what the limiter holds only in process memory to where it keeps it ([`LocalLimiter`]); a
+    /// service calls it at shutdown. Nothing to do for the others (the default).
+    ///
+    /// # Errors
+    /// Backend failures.
+    async fn flush(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Where a [`LocalLimiter`] keeps its bucket states between runs: written in batches, read at start. Object safe.
+/// The memory, SQLite and PostgreSQL stores keep them in the same place as their own [`RateLimiter`], so a
+/// process that checks through the store (the CLI) sees a local limiter's states once written.
+#[async_trait]
+pub trait BucketStore: Send + Sync + std::fmt::Debug {
+    /// Every bucket state whose TAT is after `now` (microseconds since the epoch), in no order.
+    ///
+    /// # Errors
+    /// Backend failures.
+    async fn bucket_states(&self, now: i64) -> Result<Vec<(String, i64)>>;
+
+    /// Stores each `(bucket, TAT)` in one atomic step, replacing what was kept.
+    ///
+    /// # Errors
+    /// Backend failures; nothing is written then.
+    async fn save_bucket_states(&self, states: &[(String, i64)]) -> Result<()>;
 }
 
 /// Whether a bucket counts requests or tokens.

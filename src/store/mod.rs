@@ -59,14 +59,22 @@ use crate::error::{Error, Result};
 use crate::keys::KeyStore;
 use crate::keys::changes::KeyChangeFeed;
 use crate::ledger::Ledger;
-use crate::limits::{LimitStore, RateLimiter, SlotStore};
+use crate::limits::{BucketStore, LimitStore, RateLimiter, SlotStore};
 use crate::stats::StatsStore;
 
-/// A backend that keeps keys, credentials, the ledger, rate limits, concurrency slots, key statistics and the
+/// A backend that keeps keys, credentials, the ledger, rate limits (and a local limiter's bucket states), concurrency slots, key statistics and the
 /// alerts' outbox together: what [`connect`] returns.
 #[async_trait]
 pub trait Store:
-    KeyStore + CredentialStore + Ledger + LimitStore + RateLimiter + SlotStore + StatsStore + Outbox
+    KeyStore
+    + CredentialStore
+    + Ledger
+    + LimitStore
+    + RateLimiter
+    + BucketStore
+    + SlotStore
+    + StatsStore
+    + Outbox
 {
     /// The backend's name: `memory`, `sqlite`, `postgres`.
     fn backend(&self) -> &'static str;

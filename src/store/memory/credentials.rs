@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::RwLockWriteGuard;
+use std::sync::atomic::Ordering;
 
 use async_trait::async_trait;
 
@@ -15,7 +16,10 @@ impl MemoryStore {
     fn creds(
         &self,
     ) -> RwLockWriteGuard<'_, BTreeMap<(CredentialScope, Provider), SealedCredential>> {
-        self.credentials.write().unwrap_or_else(|e| e.into_inner())
+        let guard = self.credentials.write().unwrap_or_else(|e| e.into_inner());
+        // Every write takes this guard: move the version while holding it (a no-op write moves it too).
+        self.credential_version.fetch_add(1, Ordering::Relaxed);
+        guard
     }
 }
 
@@ -92,5 +96,9 @@ impl CredentialStore for MemoryStore {
             }
             _ => Ok(false),
         }
+    }
+
+    async fn credential_version(&self) -> Result<Option<i64>> {
+        Ok(Some(self.credential_version.load(Ordering::Relaxed)))
     }
 }

@@ -23,9 +23,11 @@ use ledger::LedgerState;
 pub struct MemoryStore {
     keys: RwLock<Keys>,
     credentials: RwLock<BTreeMap<(CredentialScope, Provider), SealedCredential>>,
+    // Moved by every write to the credentials ([`crate::credentials::CredentialStore::credential_version`]).
+    credential_version: std::sync::atomic::AtomicI64,
     ledger: std::sync::Mutex<LedgerState>,
     limits: limits::LimitLock,
-    buckets: limits::Buckets,
+    buckets: crate::limits::buckets::Buckets,
     stats: std::sync::Mutex<stats::StatsTable>,
     slots: std::sync::Mutex<slots::SlotTable>,
     // Reservation ids are this per-store random prefix and a counter: unique without a syscall per reserve.
@@ -50,9 +52,10 @@ impl Default for MemoryStore {
         MemoryStore {
             keys: RwLock::default(),
             credentials: RwLock::default(),
+            credential_version: std::sync::atomic::AtomicI64::new(0),
             ledger: std::sync::Mutex::default(),
             limits: limits::LimitLock::default(),
-            buckets: limits::Buckets::default(),
+            buckets: crate::limits::buckets::Buckets::default(),
             stats: std::sync::Mutex::default(),
             slots: std::sync::Mutex::default(),
             reservation_prefix: reservation_prefix(&OsRandom),

@@ -115,4 +115,14 @@ impl CredentialStore for PostgresStore {
         .map_err(db)?;
         Ok(done.rows_affected() == 1)
     }
+
+    async fn credential_version(&self) -> Result<Option<i64>> {
+        let version = sqlx::query_scalar::<_, i64>(
+            "SELECT version FROM keymeter_credential_version WHERE id = 1",
+        )
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(Some(version.unwrap_or(0)))
+    }
 }

@@ -9,7 +9,9 @@ use sqlx::Row;
 
 use super::{PostgresStore, db};
 use crate::error::Result;
-use crate::limits::{Charge, Decision, LimitScope, LimitStore, Limits, RateLimiter, gcra};
+use crate::limits::{
+    BucketStore, Charge, Decision, LimitScope, LimitStore, Limits, RateLimiter, gcra,
+};
 use crate::store::sql::{Columns, limits_of, models_text, quotas_text};
 
 /// The buckets' states, each row locked for the rest of the transaction. A bucket seen for the first time is
@@ -158,5 +160,38 @@ impl PostgresStore {
             }
             .await
         })
+    }
+}
+
+#[async_trait]
+impl BucketStore for PostgresStore {
+    async fn bucket_states(&self, now: i64) -> Result<Vec<(String, i64)>> {
+        let rows = sqlx::query_as::<_, (String, i64)>(
+            "SELECT bucket, tat FROM keymeter_rate_buckets WHERE tat > $1",
+        )
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(rows)
+    }
+
+    async fn save_bucket_states(&self, states: &[(String, i64)]) -> Result<()> {
+        if states.is_empty() {
+            return Ok(());
+        }
+        let names: Vec<&str> = states.iter().map(|(b, _)| b.as_str()).collect();
+        let tats: Vec<i64> = states.iter().map(|(_, t)| *t).collect();
+        // One statement: atomic without a transaction.
+        sqlx::query(
+            "INSERT INTO keymeter_rate_buckets (bucket, tat) SELECT * FROM UNNEST($1::text[], $2::bigint[]) \
+             ON CONFLICT (bucket) DO UPDATE SET tat = excluded.tat",
+        )
+        .bind(&names)
+        .bind(&tats)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(())
     }
 }

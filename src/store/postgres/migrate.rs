@@ -104,6 +104,11 @@ const MIGRATIONS: &[Migration] = &[
         "key_creators",
         include_str!("../../../migrations/postgres/0018_key_creators.sql"),
     ),
+    (
+        19,
+        "credential_version",
+        include_str!("../../../migrations/postgres/0019_credential_version.sql"),
+    ),
 ];
 
 /// The advisory lock migrations take: "keymeter" in ASCII, so it stays clear of an application's own numbers.

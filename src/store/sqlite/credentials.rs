@@ -123,4 +123,20 @@ impl CredentialStore for SqliteStore {
         .map_err(db)?;
         Ok(done.rows_affected() == 1)
     }
+
+    async fn credential_version(&self) -> Result<Option<i64>> {
+        const VERSION: &str = "SELECT version FROM keymeter_credential_version WHERE id = 1";
+        let read = self
+            .points
+            .as_ref()
+            .and_then(|p| p.row(VERSION, &[], |r| r.get::<i64>("version")));
+        let version = match read {
+            Some(read) => read?,
+            None => sqlx::query_scalar::<_, i64>(VERSION)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db)?,
+        };
+        Ok(Some(version.unwrap_or(0)))
+    }
 }

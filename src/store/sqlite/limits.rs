@@ -6,7 +6,9 @@ use async_trait::async_trait;
 
 use super::{SqliteStore, db};
 use crate::error::Result;
-use crate::limits::{Charge, Decision, LimitScope, LimitStore, Limits, RateLimiter, gcra};
+use crate::limits::{
+    BucketStore, Charge, Decision, LimitScope, LimitStore, Limits, RateLimiter, gcra,
+};
 use crate::store::sql::{limits_of, models_text, quotas_text};
 
 async fn load(tx: &mut super::Tx, charges: &[Charge]) -> Result<Vec<Option<i64>>> {
@@ -125,6 +127,50 @@ impl RateLimiter for SqliteStore {
 
     async fn refund(&self, charges: &[Charge], now: i64) -> Result<()> {
         self.apply(charges, now, gcra::refund).await
+    }
+}
+
+// Rows per statement when saving states: 2 parameters each, well under SQLite's parameter limit.
+const SAVE_CHUNK: usize = 500;
+
+#[async_trait]
+impl BucketStore for SqliteStore {
+    async fn bucket_states(&self, now: i64) -> Result<Vec<(String, i64)>> {
+        let rows = sqlx::query_as::<_, (String, i64)>(
+            "SELECT bucket, tat FROM keymeter_rate_buckets WHERE tat > ?1",
+        )
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(rows)
+    }
+
+    async fn save_bucket_states(&self, states: &[(String, i64)]) -> Result<()> {
+        if states.is_empty() {
+            return Ok(());
+        }
+        immediate!(self, tx => {
+            async {
+                for chunk in states.chunks(SAVE_CHUNK) {
+                    let mut sql = String::from("INSERT INTO keymeter_rate_buckets (bucket, tat) VALUES ");
+                    for i in 0..chunk.len() {
+                        if i > 0 {
+                            sql.push_str(", ");
+                        }
+                        sql.push_str(&format!("(?{}, ?{})", 2 * i + 1, 2 * i + 2));
+                    }
+                    sql.push_str(" ON CONFLICT (bucket) DO UPDATE SET tat = excluded.tat");
+                    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+                    for (bucket, tat) in chunk {
+                        query = query.bind(bucket).bind(*tat);
+                    }
+                    query.execute(&mut **tx).await.map_err(db)?;
+                }
+                Ok(())
+            }
+            .await
+        })
     }
 }
 

@@ -110,6 +110,11 @@ const MIGRATIONS: &[Migration] = &[
         "key_creators",
         include_str!("../../../migrations/sqlite/0019_key_creators.sql"),
     ),
+    (
+        20,
+        "credential_version",
+        include_str!("../../../migrations/sqlite/0020_credential_version.sql"),
+    ),
 ];
 
 /// The migration that creates the report rollups: when it runs, the events already stored are rolled up.

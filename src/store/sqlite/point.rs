@@ -209,7 +209,7 @@ fn busy_or<T>(e: rusqlite::Error) -> Option<Result<T>> {
 pub(super) struct PointRow<'a, 'b>(pub(super) &'a rusqlite::Row<'b>);
 
 impl PointRow<'_, '_> {
-    fn get<T: rusqlite::types::FromSql>(&self, column: &str) -> Result<T> {
+    pub(super) fn get<T: rusqlite::types::FromSql>(&self, column: &str) -> Result<T> {
         self.0
             .get(column)
             .map_err(|e| Error::from(SqliteError::Point(e)))

@@ -669,6 +669,8 @@ mod tests {
              ALTER TABLE keymeter_limits DROP COLUMN max_parallel; DROP TABLE keymeter_slots; \
              ALTER TABLE keymeter_budgets DROP COLUMN thresholds; DROP TABLE keymeter_deliveries; \
              DROP TABLE keymeter_webhooks; DROP TABLE keymeter_alerts; \
+             DROP TRIGGER keymeter_credentials_inserted; DROP TRIGGER keymeter_credentials_updated; \
+             DROP TRIGGER keymeter_credentials_deleted; DROP TABLE keymeter_credential_version; \
              DELETE FROM keymeter_migrations WHERE version >= 8",
         )
         .execute(store.pool())
