@@ -16,7 +16,10 @@
 //! GATEWAY_LOAD_JOURNAL=always cargo bench -p keymeter-gateway --bench gateway_load   # one mode: 10ms, always, off
 //! GATEWAY_LOAD_PHASES=1 cargo bench -p keymeter-gateway --bench gateway_load   # also time each library call
 //! GATEWAY_LOAD_PARALLEL=64 cargo bench -p keymeter-gateway --bench gateway_load   # the key has a concurrency limit
+//! GATEWAY_LOAD_BARE=1 cargo bench -p keymeter-gateway --bench gateway_load   # no rate limit, no budget
 //! ```
+//!
+//! By default the key has a rate limit and its owner a budget (every check on, DESIGN §14).
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -212,8 +215,14 @@ async fn run(up: &support::Upstream, n: usize, mode: &str, sync: Option<SyncPoli
         "ops",
     )
     .await;
+    // Every check on (DESIGN §14): the key has a rate limit it never reaches and its owner a budget it never
+    // spends, so each request is charged and reserved. GATEWAY_LOAD_BARE=1: neither.
     // GATEWAY_LOAD_PARALLEL=N: the key also has a concurrency limit, so each request takes and gives back a slot.
     let mut new_key = json!({"name": "load", "owner": "load", "permissions": ["llm:chat"]});
+    if std::env::var_os("GATEWAY_LOAD_BARE").is_none() {
+        new_key["rate_limit"] = json!("1000000/min");
+        gw.monthly_budget("load", 1_000_000).await;
+    }
     if let Ok(n) = std::env::var("GATEWAY_LOAD_PARALLEL") {
         new_key["max_parallel"] = json!(n.parse::<u32>().expect("GATEWAY_LOAD_PARALLEL: a number"));
     }
