@@ -346,17 +346,28 @@ impl Config {
     /// # Errors
     /// [`Error::Store`] when the change feed cannot start (PostgreSQL's listener cannot connect).
     pub async fn key_cache(&self, store: Arc<dyn Store>) -> Result<Arc<dyn KeyStore>> {
+        Ok(match self.cached_keys(store.clone()).await? {
+            Some(cache) => cache,
+            None => store,
+        })
+    }
+
+    /// The cache [`Config::key_cache`] puts in front of `store`, if it puts one.
+    pub(crate) async fn cached_keys(
+        &self,
+        store: Arc<dyn Store>,
+    ) -> Result<Option<Arc<CachedKeyStore>>> {
         if self.key_cache == 0 {
-            return Ok(store);
+            return Ok(None);
         }
         let Some(feed) = store.key_changes().await? else {
-            return Ok(store);
+            return Ok(None);
         };
-        Ok(Arc::new(CachedKeyStore::new(
+        Ok(Some(Arc::new(CachedKeyStore::new(
             store,
             Some(feed),
             self.key_cache,
-        )))
+        ))))
     }
 
     /// The verifier settings this configuration implies (prefixes, failing open or closed).

@@ -57,6 +57,17 @@ pub struct Keymeter {
     pub meter: Meter,
     /// The verifier's statistics, written every 10 s and at [`Keymeter::close`].
     pub stats: Arc<StatsRecorder>,
+    /// Hits and misses of the in-process caches, for metrics.
+    pub lookups: CacheLookups,
+}
+
+/// Hits and misses of [`Keymeter`]'s in-process caches.
+#[derive(Debug, Clone)]
+pub struct CacheLookups {
+    /// The key records' cache, when there is one (a store with a change feed and `KEYMETER_KEY_CACHE` > 0).
+    pub keys: Option<Arc<crate::lookups::Lookups>>,
+    /// The sealed provider keys' cache.
+    pub credentials: Arc<crate::lookups::Lookups>,
 }
 
 impl Config {
@@ -76,7 +87,11 @@ impl Config {
         let catalog = self.catalog()?;
         self.announce();
         let store = self.connect().await?;
-        let keys = self.key_cache(store.clone()).await?;
+        let key_cache = self.cached_keys(store.clone()).await?;
+        let keys: Arc<dyn KeyStore> = match &key_cache {
+            Some(cache) => cache.clone(),
+            None => store.clone(),
+        };
         let (limiter, slot_store) = self.serving_limiters(store.clone()).await?;
         let slots = crate::limits::SlotKeeper::new(slot_store, self.claim_ttl);
         let stats = Arc::new(
@@ -111,10 +126,16 @@ impl Config {
             // No heartbeat without a journal: sweep lapsed claims all the same, so an idle store bills them.
             crate::ledger::journal::spawn_sweeper(&store, store.clone());
         }
-        let credentials: Arc<dyn crate::credentials::CredentialStore> = Arc::new(
-            crate::credentials::CachedCredentialStore::new(store.clone()),
-        );
+        let credential_cache = Arc::new(crate::credentials::CachedCredentialStore::new(
+            store.clone(),
+        ));
+        let lookups = CacheLookups {
+            keys: key_cache.map(|c| c.lookups().clone()),
+            credentials: credential_cache.lookups().clone(),
+        };
+        let credentials: Arc<dyn crate::credentials::CredentialStore> = credential_cache;
         Ok(Keymeter {
+            lookups,
             issuer: Arc::new(self.issuer(keys.clone())?),
             resolver: Arc::new(self.resolver(credentials.clone())?),
             credentials,

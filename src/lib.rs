@@ -21,6 +21,7 @@ pub mod keys;
 pub mod leaks;
 pub mod ledger;
 pub mod limits;
+pub mod lookups;
 pub mod pricing;
 pub mod random;
 pub mod secret;
@@ -30,7 +31,7 @@ pub mod validate;
 
 pub use config::Config;
 pub use error::{Dependency, Error, Result};
-pub use keymeter::Keymeter;
+pub use keymeter::{CacheLookups, Keymeter};
 
 // The foreign types keymeter's public API speaks in, so a host needs no matching versions of its own: amounts
 // are `Decimal`, report time zones `Tz`, times `DateTime<Utc>`, secrets `SecretString` (read with

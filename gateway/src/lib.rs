@@ -29,6 +29,7 @@ pub mod console;
 mod leaks;
 pub mod logs;
 mod me;
+pub mod metrics;
 mod own_keys;
 mod proxies;
 mod scoped;
@@ -57,18 +58,33 @@ pub use proxies::{COST_HEADER, REQUEST_ID_HEADER, SOURCE_HEADER};
 pub const OVERHEAD_HEADER: axum::http::HeaderName =
     axum::http::HeaderName::from_static("x-keymeter-overhead-ms");
 
-/// Stamps [`OVERHEAD_HEADER`] on every answer (key checks included: it wraps every route).
+/// Stamps [`OVERHEAD_HEADER`] on every answer (key checks included: it wraps every route) and counts the answer
+/// in the metrics.
 async fn overhead(
+    axum::extract::State(app): State,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     let started = std::time::Instant::now();
+    let method = request.method().clone();
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .cloned();
     let mut response = next.run(request).await;
-    let upstream = response
+    let waited = response
         .extensions()
         .get::<proxies::UpstreamWait>()
-        .map_or(Duration::ZERO, |w| w.0);
+        .map(|w| w.0);
+    let upstream = waited.unwrap_or(Duration::ZERO);
     let own = started.elapsed().saturating_sub(upstream);
+    app.metrics.answered(
+        &method,
+        route.as_ref().map(axum::extract::MatchedPath::as_str),
+        response.status().as_u16(),
+        own,
+        waited,
+    );
     let millis = format!("{:.3}", own.as_secs_f64() * 1000.0);
     if let Ok(value) = axum::http::HeaderValue::from_str(&millis) {
         response.headers_mut().insert(OVERHEAD_HEADER, value);
@@ -107,6 +123,9 @@ pub struct Settings {
     pub body_read_timeout: Duration,
     /// Where the client address comes from.
     pub client_ip: ClientIp,
+    /// Whether `GET /metrics` is served beside the API (`false` when `--metrics-listen` gives it a listener of
+    /// its own: [`Gateway::metrics_router`]).
+    pub metrics_on_main: bool,
 }
 
 impl Default for Settings {
@@ -123,6 +142,7 @@ impl Default for Settings {
             upstream_timeout: Duration::from_secs(600),
             body_read_timeout: Duration::from_secs(30),
             client_ip: ClientIp::Connection,
+            metrics_on_main: true,
         }
     }
 }
@@ -150,6 +170,8 @@ pub struct App {
     pub meter: Meter,
     /// Counts verifications.
     pub stats: Arc<StatsRecorder>,
+    /// What `/metrics` serves.
+    pub metrics: metrics::Metrics,
     /// The client for the providers.
     pub http: reqwest::Client,
     /// The settings.
@@ -174,6 +196,13 @@ pub struct Gateway {
 }
 
 impl Gateway {
+    /// `GET /metrics` alone, for a listener of its own (`--metrics-listen`), where only the scraper reaches it.
+    pub fn metrics_router(&self) -> Router {
+        Router::new()
+            .route("/metrics", get(serve_metrics))
+            .with_state(self.app.clone())
+    }
+
     /// Opens keymeter as [`Config::open`] does (the store, cached keys, rate limits, statistics, issuer, resolver,
     /// and the meter with the configured journal: [`Config::journal_dir`], `None` to settle straight to the
     /// store) and builds the routes on it.
@@ -191,7 +220,13 @@ impl Gateway {
             .connect_timeout(settings.connect_timeout)
             .build()
             .map_err(|e| keymeter::Error::Config(format!("cannot build the HTTP client: {e}")))?;
+        let metrics = metrics::Metrics::new(
+            km.verifier.totals().clone(),
+            km.lookups.clone(),
+            km.meter.journal().cloned(),
+        );
         let app = Arc::new(App {
+            metrics,
             issuer: km.issuer,
             keys: km.keys,
             resolver: km.resolver,
@@ -251,6 +286,13 @@ impl App {
     pub async fn close(&self) {
         self.delivering.abort();
         let bound = Duration::from_secs(5);
+        match tokio::time::timeout(bound, self.limiter.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "could not write rate-limit states at shutdown")
+            }
+            Err(_) => tracing::warn!("rate-limit states not written within 5 s at shutdown"),
+        }
         match tokio::time::timeout(bound, self.stats.close()).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "could not write key statistics at shutdown"),
@@ -277,7 +319,7 @@ pub fn router(app: Arc<App>) -> Router {
     let any = auth.require(ScopeRequirement::None);
     let admin = auth.require(scopes(&["admin"]));
     let own = auth.require(scopes(&["keys:write"]));
-    Router::new()
+    let router = Router::new()
         .route(
             "/v1/chat/completions",
             post(proxies::chat).layer(chat.clone()),
@@ -385,11 +427,47 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/console/app.css", get(console::style))
         .route("/console/icon.svg", get(console::icon))
         .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+        .route("/readyz", get(readyz));
+    let router = if app.settings.metrics_on_main {
+        router.route("/metrics", get(serve_metrics))
+    } else {
+        router
+    };
+    router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(axum::middleware::from_fn(overhead))
+        .layer(axum::middleware::from_fn_with_state(app.clone(), overhead))
         .with_state(app)
+}
+
+/// `GET /metrics` (Prometheus' text format), after probing the dependencies as `/readyz` does.
+async fn serve_metrics(axum::extract::State(app): State) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let probed = probe(&app)
+        .await
+        .into_iter()
+        .map(|(name, r)| (name, r.is_ok()))
+        .collect();
+    (
+        [(axum::http::header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
+        app.metrics.render(probed),
+    )
+        .into_response()
+}
+
+/// Each dependency's answer to a probe of at most 2 s: the store's and the limiter's.
+async fn probe(app: &App) -> [(&'static str, Result<(), String>); 2] {
+    let probe = Duration::from_secs(2);
+    let state = |r: Result<keymeter::Result<()>, tokio::time::error::Elapsed>| match r {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {} s", probe.as_secs())),
+    };
+    let (store, limiter) = tokio::join!(
+        tokio::time::timeout(probe, app.store.ping()),
+        tokio::time::timeout(probe, app.limiter.reachable())
+    );
+    [("store", state(store)), ("limiter", state(limiter))]
 }
 
 async fn method_not_allowed() -> ApiError {
@@ -426,19 +504,9 @@ async fn healthz() -> axum::Json<serde_json::Value> {
 /// Whether the service can serve: each dependency's state, 200 when all are up, else 503 (for load balancers).
 async fn readyz(axum::extract::State(app): State) -> axum::response::Response {
     use axum::response::IntoResponse;
-    let probe = Duration::from_secs(2);
-    let state = |r: Result<keymeter::Result<()>, tokio::time::error::Elapsed>| match r {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!("no answer within {} s", probe.as_secs())),
-    };
-    let (store, limiter) = tokio::join!(
-        tokio::time::timeout(probe, app.store.ping()),
-        tokio::time::timeout(probe, app.limiter.reachable())
-    );
     let mut ready = true;
     let mut out = serde_json::Map::new();
-    for (name, r) in [("store", state(store)), ("limiter", state(limiter))] {
+    for (name, r) in probe(&app).await {
         let entry = match r {
             Ok(()) => serde_json::json!({"status": "up"}),
             Err(e) => {

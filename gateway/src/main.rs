@@ -3,7 +3,7 @@
 //! embedded SQLite store by default.
 //!
 //! ```sh
-//! cargo run -p keymeter-gateway -- [--listen 127.0.0.1:8080] [--store URL] [--limiter URL] \
+//! cargo run -p keymeter-gateway -- [--listen 127.0.0.1:8080] [--metrics-listen ADDR] [--store URL] [--limiter URL] \
 //!     [--journal DIR | --no-journal] [--openai-base-url URL] [--anthropic-base-url URL] \
 //!     [--gemini-base-url URL] [--default-max-tokens N] [--trust-forwarded CIDR,…] \
 //!     [--connect-timeout 10s] [--first-byte-timeout 300s] [--upstream-timeout 600s] [--body-timeout 30s] \
@@ -25,7 +25,7 @@ use keymeter::random::OsRandom;
 use keymeter_axum::ClientIp;
 use keymeter_gateway::{Gateway, Settings, logs, server};
 
-const USAGE: &str = "usage: keymeter-gateway [--listen ADDR] [--store URL] [--limiter URL] \
+const USAGE: &str = "usage: keymeter-gateway [--listen ADDR] [--metrics-listen ADDR] [--store URL] [--limiter URL] \
 [--journal DIR | --no-journal] \
 [--openai-base-url URL] [--anthropic-base-url URL] [--gemini-base-url URL] [--default-max-tokens N] \
 [--trust-forwarded CIDR,…] \
@@ -37,6 +37,7 @@ const USAGE: &str = "usage: keymeter-gateway [--listen ADDR] [--store URL] [--li
 /// beside the store the flags name.
 struct Flags {
     listen: SocketAddr,
+    metrics_listen: Option<SocketAddr>,
     store: Option<String>,
     limiter: Option<String>,
     settings: Settings,
@@ -76,6 +77,7 @@ fn positive(flag: &str, value: &str) -> Result<u64, String> {
 fn parse_flags() -> Result<Flags, String> {
     let mut flags = Flags {
         listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+        metrics_listen: None,
         store: None,
         limiter: None,
         settings: Settings::default(),
@@ -99,6 +101,12 @@ fn parse_flags() -> Result<Flags, String> {
                 flags.listen = value.parse().map_err(|_| {
                     format!("--listen {value:?}: use HOST:PORT such as 127.0.0.1:8080")
                 })?
+            }
+            "--metrics-listen" => {
+                flags.metrics_listen = Some(value.parse().map_err(|_| {
+                    format!("--metrics-listen {value:?}: use HOST:PORT such as 127.0.0.1:9090")
+                })?);
+                settings.metrics_on_main = false;
             }
             "--store" => flags.store = Some(value),
             "--limiter" => flags.limiter = Some(value),
@@ -191,6 +199,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         gateway.app.store.backend(),
         config.environment.environment.as_str()
     );
+    if let Some(addr) = flags.metrics_listen {
+        let metrics = tokio::net::TcpListener::bind(addr).await?;
+        tracing::info!("metrics on http://{}/metrics", metrics.local_addr()?);
+        let router = gateway.metrics_router();
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(metrics, router).await {
+                tracing::error!(error = %e, "the metrics listener stopped");
+            }
+        });
+    }
     server::serve(listener, gateway, flags.limits, server::signal()).await?;
     tracing::info!("stopped");
     Ok(())

@@ -35,6 +35,7 @@ use crate::credentials::provider::Provider;
 use crate::credentials::store::{CredentialStore, StoredCredential};
 use crate::credentials::vault::{CredentialScope, SealedCredential};
 use crate::error::Result;
+use crate::lookups::Lookups;
 
 /// How often the store's version is read, and how old an answer may be without one.
 const INTERVAL: i64 = 1_000_000;
@@ -122,6 +123,7 @@ pub struct CachedCredentialStore {
     // Whether the store keeps a version (answers are then good while the version is fresh, not by their age).
     versioned: std::sync::atomic::AtomicBool,
     clock: Arc<dyn Clock>,
+    lookups: Arc<Lookups>,
 }
 
 impl std::fmt::Debug for CachedCredentialStore {
@@ -146,6 +148,7 @@ impl CachedCredentialStore {
             checked_at: AtomicI64::new(i64::MIN),
             versioned: std::sync::atomic::AtomicBool::new(false),
             clock: Arc::new(SystemClock),
+            lookups: Arc::default(),
         }
     }
 
@@ -161,6 +164,11 @@ impl CachedCredentialStore {
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
         self
+    }
+
+    /// How many reads were answered from memory and how many from the store.
+    pub fn lookups(&self) -> &Arc<Lookups> {
+        &self.lookups
     }
 
     /// The number of answers kept.
@@ -259,8 +267,10 @@ impl CredentialStore for CachedCredentialStore {
         if let Some(answer) = self.read().get(scope, provider)
             && self.good(answer, now)
         {
+            self.lookups.hit();
             return Ok(answer.sealed.clone());
         }
+        self.lookups.miss();
         let generation = self.generation.load(Ordering::Acquire);
         let sealed = self.inner.get(scope, provider).await?;
         if self.capacity > 0 {
@@ -443,6 +453,10 @@ mod tests {
             assert_eq!(t.cache.get(&alice(), &openai).await.unwrap(), None);
         }
         assert_eq!(t.reads(), 2, "kept: no store read");
+        assert_eq!(
+            (t.cache.lookups().hits(), t.cache.lookups().misses()),
+            (100, 2)
+        );
         assert_eq!(t.cache.len(), 2);
 
         // Another process writes (straight to the store): seen once the version is read again.

@@ -44,6 +44,7 @@ pub mod rules;
 pub mod scope;
 pub mod store;
 pub mod token;
+pub mod totals;
 pub mod verdict;
 pub mod verifier;
 
@@ -63,5 +64,6 @@ pub use rules::KeyRules;
 pub use scope::{Scope, ScopeRequirement};
 pub use store::{KeyStore, MAX_KEYS_PER_HINT};
 pub use token::{KeyEnv, ParsedToken, TokenError};
+pub use totals::VerdictTotals;
 pub use verdict::{Verdict, VerdictCode};
 pub use verifier::{Requirement, Verifier, VerifierConfig};

@@ -85,6 +85,7 @@ pub struct CachedKeyStore {
     poll_micros: i64,
     polling: tokio::sync::Mutex<()>,
     clears: AtomicU64,
+    lookups: Arc<crate::lookups::Lookups>,
 }
 
 impl std::fmt::Debug for CachedKeyStore {
@@ -129,7 +130,13 @@ impl CachedKeyStore {
             poll_micros: feed_interval,
             polling: tokio::sync::Mutex::new(()),
             clears: AtomicU64::new(0),
+            lookups: Arc::default(),
         }
+    }
+
+    /// How many reads were answered from memory and how many from the store.
+    pub fn lookups(&self) -> &Arc<crate::lookups::Lookups> {
+        &self.lookups
     }
 
     /// Injects the clock (record ages, poll times).
@@ -303,8 +310,10 @@ impl KeyStore for CachedKeyStore {
         if !self.poll_due(now)
             && let Some(known) = self.cached(id, now)
         {
+            self.lookups.hit();
             return Ok(known);
         }
+        self.lookups.miss();
         let generation = self.generation.load(Ordering::Acquire);
         let record = self.inner.get(id).await?;
         match &record {
@@ -320,7 +329,11 @@ impl KeyStore for CachedKeyStore {
         if self.poll_due(now) {
             return None;
         }
-        self.cached(id, now)
+        let known = self.cached(id, now);
+        if known.is_some() {
+            self.lookups.hit();
+        }
+        known
     }
 
     async fn find_by_digest(&self, digest: &str) -> Result<Option<Arc<KeyRecord>>> {
@@ -329,9 +342,11 @@ impl KeyStore for CachedKeyStore {
         if !self.poll_due(now) {
             let id = self.read().by_digest.get(digest).cloned();
             if let Some(record) = id.and_then(|id| self.cached(&id, now)).flatten() {
+                self.lookups.hit();
                 return Ok(Some(record));
             }
         }
+        self.lookups.miss();
         let generation = self.generation.load(Ordering::Acquire);
         let record = self.inner.find_by_digest(digest).await?;
         if let Some(r) = &record {

@@ -147,6 +147,7 @@ pub struct Verifier {
     limits: Option<LimitGate>,
     slots: Option<Arc<SlotKeeper>>,
     stats: Option<Arc<StatsRecorder>>,
+    totals: Arc<crate::keys::VerdictTotals>,
 }
 
 impl Verifier {
@@ -194,6 +195,7 @@ impl Verifier {
             limits: None,
             slots: None,
             stats: None,
+            totals: Arc::default(),
         })
     }
 
@@ -298,6 +300,17 @@ impl Verifier {
     /// Store failures, and a stored hash this verifier cannot check (an unknown pepper id, bcrypt without the
     /// feature). A bad token is never an error: it is a [`Verdict`].
     pub async fn verify(&self, credential: &str, requirement: &Requirement) -> Result<Verdict> {
+        let verdict = self.decide(credential, requirement).await?;
+        self.totals.add(verdict.code());
+        Ok(verdict)
+    }
+
+    /// Every verdict [`Verifier::verify`] gave, by code (for metrics).
+    pub fn totals(&self) -> &Arc<crate::keys::VerdictTotals> {
+        &self.totals
+    }
+
+    async fn decide(&self, credential: &str, requirement: &Requirement) -> Result<Verdict> {
         if credential.is_empty() || credential.len() > MAX_CREDENTIAL_LEN {
             return Ok(Verdict::reject(VerdictCode::Malformed));
         }
@@ -450,6 +463,8 @@ impl Verifier {
             Ok(decision) => {
                 if !decision.allowed {
                     self.count(&key.id, VerdictCode::RateLimited, now);
+                    // Deferred limits: the request's verify was counted valid; its refusal is counted here.
+                    self.totals.add(VerdictCode::RateLimited);
                 }
                 Ok(decision)
             }

@@ -86,6 +86,7 @@ impl Bill {
             }
         };
         if metered.cost.total > amount {
+            app.metrics.settled_above();
             tracing::warn!(
                 request_id,
                 reserved = %amount,

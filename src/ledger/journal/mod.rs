@@ -258,6 +258,8 @@ struct State {
     total_bytes: u64,
     /// Records queued for the drain and not yet confirmed.
     queued: usize,
+    /// When each of them was queued, oldest first (the drain confirms in order): the drain's lag.
+    queued_at: std::collections::VecDeque<std::time::Instant>,
 }
 
 struct Inner {
@@ -468,6 +470,7 @@ impl Journal {
                     holds: HashMap::new(),
                     total_bytes: 0,
                     queued: 0,
+                    queued_at: std::collections::VecDeque::new(),
                 }),
                 dirty: AtomicBool::new(false),
                 drain,
@@ -591,6 +594,15 @@ impl Journal {
         self.lock().queued
     }
 
+    /// How long the oldest record not yet confirmed by the store has waited (zero when none waits): the drain's
+    /// lag behind the requests.
+    pub fn lag(&self) -> Duration {
+        self.lock()
+            .queued_at
+            .front()
+            .map_or(Duration::ZERO, std::time::Instant::elapsed)
+    }
+
     /// Waits until the store has confirmed every record queued so far, or `timeout` passes; returns whether it
     /// did. Also `fsync`s.
     pub async fn flush(&self, timeout: Duration) -> bool {
@@ -709,6 +721,7 @@ impl Journal {
             s.pending += 1;
         }
         state.queued += 1;
+        state.queued_at.push_back(std::time::Instant::now());
         drop(state);
         // The receiver lives as long as the journal's drain; without one started, records wait in the channel.
         let _ = self.inner.drain.send(Queued { segment, op });
@@ -801,6 +814,7 @@ impl Journal {
     fn confirm(&self, segment: u64) {
         let mut state = self.lock();
         state.queued = state.queued.saturating_sub(1);
+        state.queued_at.pop_front();
         if let Some(s) = state.segments.get_mut(&segment) {
             s.pending = s.pending.saturating_sub(1);
         }
