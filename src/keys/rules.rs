@@ -16,6 +16,8 @@ use crate::limits::{Charge, Decision, LimitScope, LimitStore, Limits, RateLimite
 #[derive(Debug, Default)]
 pub struct KeyRules {
     pub(crate) charges: Arc<[Charge]>,
+    /// The token limits alone (cost 0: [`Verifier::charge_tokens`](crate::keys::Verifier::charge_tokens) sets it).
+    pub(crate) tokens: Arc<[Charge]>,
     /// The scopes with an allowlist, in the order of `models`' lists.
     model_scopes: Vec<LimitScope>,
     models: PackedRules,
@@ -118,6 +120,13 @@ impl LimitGate {
         };
         let compiled = Arc::new(KeyRules {
             charges: crate::limits::charges(scopes, &limits, None, 0).into(),
+            tokens: crate::limits::charges(
+                scopes,
+                &limits,
+                Some(crate::limits::LimitKind::Tokens),
+                0,
+            )
+            .into(),
             parallel: scopes
                 .iter()
                 .zip(&limits)

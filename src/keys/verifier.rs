@@ -514,19 +514,24 @@ impl Verifier {
     /// # Errors
     /// The limiter's failures (whatever `limits_fail_open` says: a lost charge is the caller's to log).
     pub async fn charge_tokens(&self, key: &KeyRecord, tokens: u64) -> Result<()> {
-        match &self.limits {
-            Some(gate) => {
-                crate::limits::charge_tokens(
-                    gate.rules.as_ref(),
-                    gate.limiter.as_ref(),
-                    key,
-                    tokens,
-                    self.clock.now_micros(),
-                )
-                .await
-            }
-            None => Ok(()),
+        let Some(gate) = &self.limits else {
+            return Ok(());
+        };
+        // The key's rules as its verify compiled them (cached for a second): no limits read per response.
+        let now = self.clock.now_micros();
+        let rules = gate.compiled(key, now).await?;
+        if rules.tokens.is_empty() {
+            return Ok(());
         }
+        let charges: Vec<crate::limits::Charge> = rules
+            .tokens
+            .iter()
+            .map(|c| crate::limits::Charge {
+                cost: tokens,
+                ..c.clone()
+            })
+            .collect();
+        gate.limiter.charge(&charges, now).await
     }
 
     /// Whether `key` may call `model` through `provider` (a provider name such as `openai`): the key's own
