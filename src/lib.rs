@@ -27,6 +27,7 @@ pub mod random;
 pub mod secret;
 pub mod stats;
 pub mod store;
+mod streak;
 pub mod validate;
 
 pub use config::Config;

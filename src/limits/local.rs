@@ -82,25 +82,18 @@ impl LocalLimiter {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut failing = false;
+            let mut streak = crate::streak::Streak::default();
             loop {
                 tick.tick().await;
                 let Some(limiter) = weak.upgrade() else {
                     return;
                 };
-                match limiter.flush().await {
-                    Ok(_) if failing => {
-                        failing = false;
-                        tracing::info!("rate-limit states are written to the store again");
-                    }
-                    Ok(_) => {}
-                    Err(e) if !failing => {
-                        failing = true;
-                        tracing::warn!(error = %e, "could not write rate-limit states to the store; \
-                            they are kept and written when it answers (a restart before then forgets them)");
-                    }
-                    Err(_) => {}
-                }
+                streak.note(
+                    &limiter.flush().await,
+                    "could not write rate-limit states to the store; they are kept and written when it answers \
+                     (a restart before then forgets them)",
+                    "rate-limit states are written to the store again",
+                );
             }
         })
     }

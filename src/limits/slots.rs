@@ -273,25 +273,17 @@ async fn heartbeat(keeper: Weak<SlotKeeper>, every: Duration) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
-    let mut failing = false;
+    let mut streak = crate::streak::Streak::default();
     loop {
         tick.tick().await;
         let Some(keeper) = keeper.upgrade() else {
             return;
         };
-        match keeper.renew().await {
-            Ok(()) if failing => {
-                failing = false;
-                tracing::info!("concurrency slots: the store takes renewals again");
-            }
-            Ok(()) => {}
-            Err(e) if !failing => {
-                failing = true;
-                tracing::warn!(error = %e,
-                    "concurrency slots: cannot renew this process's slots; past their TTL other requests may take them");
-            }
-            Err(_) => {}
-        }
+        streak.note(
+            &keeper.renew().await,
+            "concurrency slots: cannot renew this process's slots; past their TTL other requests may take them",
+            "concurrency slots: the store takes renewals again",
+        );
     }
 }
 

@@ -41,7 +41,7 @@ pub(crate) async fn beat<T: ?Sized + Send + Sync + 'static>(
     };
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut failing = false;
+    let mut streak = crate::streak::Streak::default();
     loop {
         tick.tick().await;
         if alive.strong_count() == 0 {
@@ -56,19 +56,11 @@ pub(crate) async fn beat<T: ?Sized + Send + Sync + 'static>(
             Ok(_) => ledger.sweep(now).await.map(|_| ()),
             Err(e) => Err(e),
         };
-        match outcome {
-            Ok(()) if failing => {
-                failing = false;
-                tracing::info!("heartbeat: the store takes renewals again");
-            }
-            Ok(()) => {}
-            Err(e) if !failing => {
-                failing = true;
-                tracing::warn!(error = %e,
-                    "heartbeat: cannot renew this instance's claims; past the claim TTL other instances bill them as estimated");
-            }
-            Err(_) => {}
-        }
+        streak.note(
+            &outcome,
+            "heartbeat: cannot renew this instance's claims; past the claim TTL other instances bill them as estimated",
+            "heartbeat: the store takes renewals again",
+        );
     }
 }
 
