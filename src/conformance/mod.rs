@@ -84,6 +84,24 @@ macro_rules! ledger_conformance {
             set_budget_counts_past_events, delete_budget_lifts_it, reports_by_tag_and_end_user, invalid_input_is_refused, estimated_replaced_by_exact,
             request_ids_are_claimed_with_the_reservation, lapsed_claims_are_billed_never_dropped,
             settle_batch_settles_each);
+        $crate::__lease_tests!($make;
+            leases_grow_as_far_as_room_and_shrink, settled_draws_leave_their_lease, leases_lapse_unbilled,
+            two_instances_of_leases_never_overshoot, warm_leases_answer_from_memory,
+            open_draws_are_carved_and_billed_when_lost, earlier_runs_leases_end);
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __lease_tests {
+    ($make:expr; $($name:ident),*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let ledger: ::std::sync::Arc<dyn $crate::ledger::Ledger> = $make;
+                $crate::conformance::lease::$name(ledger).await;
+            }
+        )*
     };
 }
 
@@ -226,6 +244,7 @@ macro_rules! __key_store_tests {
 pub mod alerts;
 pub mod credentials;
 pub mod keys;
+pub mod lease;
 pub mod ledger;
 pub mod limits;
 pub mod slots;

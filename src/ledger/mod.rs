@@ -28,6 +28,7 @@
 pub mod budget;
 pub mod event;
 pub mod journal;
+pub mod lease;
 pub mod meter;
 pub mod period;
 pub mod report;
@@ -253,6 +254,62 @@ pub trait Ledger: Send + Sync + std::fmt::Debug {
             out.push(self.settle(reservation_id, event, now).await?);
         }
         Ok(out)
+    }
+
+    /// Leases budget room to an instance (DESIGN §14, [`lease`]), atomically: ends the lease `ask.replaces` (if
+    /// the instance still holds it), then reserves `ask.keep` (whatever the budgets say: holds drawn from the old
+    /// lease and not yet ended) plus as much of `ask.want` as every budget of `ask.scopes` has room for
+    /// ([`lease::grant`]), as a reservation of `ask.instance` without a request id or estimate: renewed with the
+    /// instance's other claims ([`Ledger::renew`]), freed if it lapses. No reservation is written when no scope
+    /// has a budget, or when there is nothing to hold. The default refuses: such a ledger is only reserved
+    /// against request by request.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for a bad ask; backend failures (nothing changes then).
+    async fn lease(
+        &self,
+        ask: lease::LeaseAsk<'_>,
+        now: DateTime<Utc>,
+        ttl: Duration,
+    ) -> Result<lease::Lease> {
+        let _ = (ask, now, ttl);
+        Err(Error::Config(
+            "this ledger does not lease budget room".to_owned(),
+        ))
+    }
+
+    /// Carves holds drawn from leases ([`lease::draw_id`]) out of them, atomically: each becomes a reservation of
+    /// its own under its draw id — its amount moved from its lease (room the lease held, so nothing is admitted
+    /// again), claiming its estimate's request id, held by `instance` and billed its estimate if it lapses
+    /// ([`Ledger::sweep`]) — as the per-request reservations of [`Ledger::reserve_claim`] are. What a journal's
+    /// heartbeat writes for the holds still open, so a machine lost with its journal has them billed. A draw
+    /// whose request id is recorded or claimed already, or whose lease is gone, is left (`false`). A later
+    /// settle of a carved draw ends its reservation and leaves the lease alone. The default carves nothing.
+    ///
+    /// # Errors
+    /// Backend failures (nothing is carved then).
+    async fn carve(
+        &self,
+        holds: &[(&str, &UsageEvent)],
+        instance: &str,
+        now: DateTime<Utc>,
+        ttl: Duration,
+    ) -> Result<Vec<bool>> {
+        let _ = (instance, now, ttl);
+        Ok(vec![false; holds.len()])
+    }
+
+    /// Ends the leases ([`Ledger::lease`]) that earlier runs of `instance` left behind — those of claimants
+    /// `{instance}.…` other than `current` (the naming of [`journal::Journal::claimant`]) — so their room is back
+    /// at once rather than when they lapse. A restarted instance calls it once its journal's replay is in the
+    /// store (the replay's settles and bills are what those leases held room for). Returns how many it ended.
+    /// The default ends none (they lapse).
+    ///
+    /// # Errors
+    /// Backend failures.
+    async fn end_leases(&self, instance: &str, current: &str) -> Result<u64> {
+        let _ = (instance, current);
+        Ok(0)
     }
 
     /// Frees a reservation; returns whether it was still held.

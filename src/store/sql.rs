@@ -315,6 +315,18 @@ pub(crate) fn pending(
         .collect())
 }
 
+/// `text` with `LIKE`'s wildcards (and the escape character `\`) escaped, for a pattern with `ESCAPE '\'`.
+pub(crate) fn like_escaped(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,6 +8,7 @@ use chrono::{DateTime, Duration, Utc};
 use rust_decimal::Decimal;
 
 use crate::error::{Error, Result};
+use crate::ledger::lease::{Lease, LeaseAsk, drawn, grant};
 use crate::ledger::{
     Budget, BudgetScope, BudgetStatus, Claim, EventFilter, Ledger, Recorded, Reservation, Standing,
     UsageEvent, admit,
@@ -63,6 +64,8 @@ struct Held {
     instance: Option<Arc<str>>,
     /// What to bill if it lapses unsettled.
     estimate: Option<Box<UsageEvent>>,
+    /// The id its caller chose (a lease's, [`Ledger::lease`], or a carved draw's, [`Ledger::carve`]).
+    name: Option<Arc<str>>,
     /// (index into `LedgerState::budgets`, period start).
     slots: Vec<(usize, i64)>,
 }
@@ -130,6 +133,8 @@ pub(crate) struct LedgerState {
     holds: HashMap<u64, Held>,
     // Request ids claimed by live holds.
     claims: HashMap<Arc<str>, u64>,
+    // Holds whose ids their callers chose (leases, and holds carved from them), by id.
+    named: HashMap<Arc<str>, u64>,
     expiries: BTreeSet<(DateTime<Utc>, u64)>,
     next_id: u64,
     // Under the ledger's lock, so a budget's alerts are written with the spend that crossed its marks.
@@ -198,6 +203,9 @@ impl LedgerState {
         if let Some(request) = &held.request {
             self.claims.remove(request);
         }
+        if let Some(name) = &held.name {
+            self.named.remove(name);
+        }
         // A zero left in place is cheaper than freeing and re-allocating the entry on the next reserve.
         for &(i, start) in &held.slots {
             if let Some(r) = self.budgets[i].reserved.get_mut(&start) {
@@ -247,12 +255,24 @@ impl LedgerState {
             amount,
             now,
         )?;
+        Ok(self.hold(slots, amount, now + ttl, claim, None, prefix))
+    }
+
+    /// Holds `amount` in `slots` (admitted already) until `expires_at`, with `claim`.
+    fn hold(
+        &mut self,
+        slots: Vec<(usize, i64)>,
+        amount: Decimal,
+        expires_at: DateTime<Utc>,
+        claim: Claim<'_>,
+        name: Option<&str>,
+        prefix: &str,
+    ) -> Reservation {
         for &(i, start) in &slots {
             *self.budgets[i].reserved.entry(start).or_default() += amount;
         }
         self.next_id += 1;
         let number = self.next_id;
-        let expires_at = now + ttl;
         self.expiries.insert((expires_at, number));
         let scopes = slots
             .iter()
@@ -263,6 +283,10 @@ impl LedgerState {
             self.claims.insert(r.clone(), number);
         }
         let instance = claim.instance.map(|i| self.intern(i));
+        let name: Option<Arc<str>> = name.map(Arc::from);
+        if let Some(id) = &name {
+            self.named.insert(id.clone(), number);
+        }
         self.holds.insert(
             number,
             Held {
@@ -271,15 +295,121 @@ impl LedgerState {
                 request,
                 instance,
                 estimate: claim.estimate.map(|e| Box::new(e.clone())),
+                name,
                 slots,
             },
         );
-        Ok(Reservation {
-            id: format!("{prefix}{number}"),
+        Reservation {
+            id: self
+                .holds
+                .get(&number)
+                .and_then(|h| h.name.as_deref())
+                .map_or_else(|| format!("{prefix}{number}"), str::to_owned),
             amount,
             expires_at,
             scopes,
-        })
+        }
+    }
+
+    /// Grows or shrinks lease `ask.id` of `ask.instance` as the budgets allow ([`grant`]).
+    fn lease(
+        &mut self,
+        ask: &LeaseAsk<'_>,
+        now: DateTime<Utc>,
+        ttl: Duration,
+        prefix: &str,
+    ) -> Result<Lease> {
+        let mut held = Decimal::ZERO;
+        if let Some(&n) = self.named.get(ask.id) {
+            if self.holds.get(&n).and_then(|h| h.instance.as_deref()) != Some(ask.instance) {
+                return Err(Error::invalid("lease id", "held by another instance"));
+            }
+            held = self.take_hold(n).map_or(Decimal::ZERO, |h| h.amount);
+        }
+        let mut slots: Vec<(usize, i64)> = Vec::with_capacity(ask.scopes.len());
+        for scope in ask.scopes {
+            let Some(i) = self.index(scope) else {
+                continue;
+            };
+            if !slots.iter().any(|(j, _)| *j == i) {
+                slots.push((i, self.budgets[i].period_start(now)));
+            }
+        }
+        let lease = grant(
+            slots
+                .iter()
+                .map(|&(i, start)| self.budgets[i].standing(start)),
+            held,
+            ask.change,
+            now,
+        );
+        if let Some(room) = lease.room.filter(|r| *r > Decimal::ZERO) {
+            let claim = Claim::default().instance(Some(ask.instance));
+            self.hold(slots, room, now + ttl, claim, Some(ask.id), prefix);
+        }
+        Ok(lease)
+    }
+
+    /// Moves draw `id`'s amount out of its lease into a hold of its own billed `estimate` if it lapses.
+    fn carve(
+        &mut self,
+        id: &str,
+        estimate: &UsageEvent,
+        instance: &str,
+        expires_at: DateTime<Utc>,
+        prefix: &str,
+    ) -> bool {
+        let Some((lease, amount)) = drawn(id) else {
+            return false;
+        };
+        let request = estimate.request_id.as_str();
+        if self.by_request.contains_key(request)
+            || self.pruned.contains_key(request)
+            || self.claims.contains_key(request)
+            || self.named.contains_key(id)
+        {
+            return false;
+        }
+        let Some(slots) = self
+            .named
+            .get(lease)
+            .and_then(|n| self.holds.get(n))
+            .filter(|h| h.instance.as_deref() == Some(instance))
+            .map(|h| h.slots.clone())
+        else {
+            return false;
+        };
+        self.shrink_lease(lease, amount);
+        let claim = Claim::request(request)
+            .instance(Some(instance))
+            .estimate(estimate);
+        self.hold(slots, amount, expires_at, claim, Some(id), prefix);
+        true
+    }
+
+    /// Ends the hold `id` names when it is a carved draw (whose lease then keeps its room); whether it was.
+    fn end_named(&mut self, id: &str) -> bool {
+        match self.named.get(id) {
+            Some(&n) if drawn(id).is_some() => self.drop_hold(n),
+            _ => false,
+        }
+    }
+
+    /// Takes a settled draw's `amount` out of lease `lease` (what the draw held there).
+    fn shrink_lease(&mut self, lease: &str, amount: Decimal) {
+        let Some(&n) = self.named.get(lease) else {
+            return;
+        };
+        let Some(held) = self.holds.get_mut(&n) else {
+            return;
+        };
+        let by = amount.min(held.amount);
+        held.amount -= by;
+        for &(i, start) in &held.slots {
+            if let Some(r) = self.budgets[i].reserved.get_mut(&start) {
+                *r -= by;
+            }
+        }
     }
 
     /// Adds `amount` to budget `b`'s spend in the period of `at`, alerting the marks it crosses (at `now`).
@@ -568,7 +698,15 @@ impl Ledger for MemoryStore {
         if let Some(n) = number {
             state.drop_hold(n);
         }
-        Ok(state.record(event))
+        let carved = state.end_named(reservation_id);
+        let recorded = state.record(event);
+        if let Some((lease, amount)) = drawn(reservation_id)
+            && !recorded.duplicate
+            && !carved
+        {
+            state.shrink_lease(lease, amount);
+        }
+        Ok(recorded)
     }
 
     async fn settle_batch(
@@ -582,18 +720,77 @@ impl Ledger for MemoryStore {
         let mut state = self.ledger();
         state.purge(now);
         let mut out = Vec::with_capacity(settles.len());
-        for ((_, event), number) in settles.iter().zip(numbers) {
+        for ((id, event), number) in settles.iter().zip(numbers) {
             if let Some(n) = number {
                 state.drop_hold(n);
             }
-            out.push(state.record(event));
+            let carved = state.end_named(id);
+            let recorded = state.record(event);
+            if let Some((lease, amount)) = drawn(id)
+                && !recorded.duplicate
+                && !carved
+            {
+                state.shrink_lease(lease, amount);
+            }
+            out.push(recorded);
         }
         Ok(out)
     }
 
+    async fn lease(&self, ask: LeaseAsk<'_>, now: DateTime<Utc>, ttl: Duration) -> Result<Lease> {
+        crate::ledger::lease::validate(&ask)?;
+        crate::validate::positive("lease ttl", ttl)?;
+        let mut state = self.ledger();
+        state.purge(now);
+        state.lease(&ask, now, ttl, &self.reservation_prefix)
+    }
+
+    async fn carve(
+        &self,
+        holds: &[(&str, &UsageEvent)],
+        instance: &str,
+        now: DateTime<Utc>,
+        ttl: Duration,
+    ) -> Result<Vec<bool>> {
+        crate::validate::name("instance", instance)?;
+        crate::validate::positive("claim ttl", ttl)?;
+        for (_, estimate) in holds {
+            estimate.validate()?;
+        }
+        let mut state = self.ledger();
+        state.purge(now);
+        Ok(holds
+            .iter()
+            .map(|(id, estimate)| {
+                state.carve(id, estimate, instance, now + ttl, &self.reservation_prefix)
+            })
+            .collect())
+    }
+
+    async fn end_leases(&self, instance: &str, current: &str) -> Result<u64> {
+        let earlier = format!("{instance}.");
+        let mut state = self.ledger();
+        let leases: Vec<u64> = state
+            .holds
+            .iter()
+            .filter(|(_, h)| {
+                h.request.is_none()
+                    && h.estimate.is_none()
+                    && h.instance
+                        .as_deref()
+                        .is_some_and(|i| i.starts_with(&earlier) && i != current)
+            })
+            .map(|(&n, _)| n)
+            .collect();
+        for &n in &leases {
+            state.drop_hold(n);
+        }
+        Ok(leases.len() as u64)
+    }
+
     async fn release(&self, reservation_id: &str) -> Result<bool> {
         let Some(n) = self.hold_number(reservation_id) else {
-            return Ok(false);
+            return Ok(self.ledger().end_named(reservation_id));
         };
         Ok(self.ledger().drop_hold(n))
     }

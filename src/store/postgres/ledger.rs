@@ -16,6 +16,7 @@ use super::{PostgresStore, Tx, corrupt, db};
 use crate::alerts::Alert;
 use crate::credentials::CredentialSource;
 use crate::error::{Error, Result};
+use crate::ledger::lease::{Lease, LeaseAsk};
 use crate::ledger::report::{ReportBuilder, Totals};
 use crate::ledger::{
     Budget, BudgetScope, BudgetStatus, Claim, Estimated, EventCursor, EventFilter, GroupBy, Ledger,
@@ -26,7 +27,7 @@ use crate::store::sql::{
 };
 
 /// The budgets of `scopes` that exist, locked `FOR UPDATE` in one fixed order.
-async fn lock_budgets<'a>(
+pub(super) async fn lock_budgets<'a>(
     tx: &mut Tx,
     scopes: impl IntoIterator<Item = &'a BudgetScope>,
 ) -> Result<Vec<Budget>> {
@@ -48,7 +49,7 @@ async fn lock_budgets<'a>(
 }
 
 /// Settled spend and live reservations of `scope` in the period starting at `start`.
-async fn standing_of(
+pub(super) async fn standing_of(
     executor: impl sqlx::PgExecutor<'_>,
     scope: &BudgetScope,
     start: DateTime<Utc>,
@@ -890,13 +891,18 @@ impl Ledger for PostgresStore {
         event.validate()?;
         transaction!(self, tx => {
             async {
-                sqlx::query("DELETE FROM keymeter_reservations WHERE id = $1")
-                    .bind(reservation_id)
-                    .execute(&mut **tx)
-                    .await
-                    .map_err(db)?;
+                let ended: std::collections::HashSet<String> =
+                    sqlx::query_scalar("DELETE FROM keymeter_reservations WHERE id = $1 RETURNING id")
+                        .bind(reservation_id)
+                        .fetch_all(&mut **tx)
+                        .await
+                        .map_err(db)?
+                        .into_iter()
+                        .collect();
                 let mut one = record_in(tx, std::slice::from_ref(event)).await?;
-                one.pop().ok_or_else(|| corrupt("usage event"))
+                let recorded = one.pop().ok_or_else(|| corrupt("usage event"))?;
+                super::lease::shrink_for(tx, &[(reservation_id, &recorded)], &ended).await?;
+                Ok(recorded)
             }
             .await
         })
@@ -912,15 +918,56 @@ impl Ledger for PostgresStore {
         let events: Vec<UsageEvent> = settles.iter().map(|(_, e)| (*e).clone()).collect();
         transaction!(self, tx => {
             async {
-                sqlx::query("DELETE FROM keymeter_reservations WHERE id = ANY($1)")
-                    .bind(&ids)
-                    .execute(&mut **tx)
-                    .await
-                    .map_err(db)?;
-                record_in(tx, &events).await
+                let ended: std::collections::HashSet<String> =
+                    sqlx::query_scalar("DELETE FROM keymeter_reservations WHERE id = ANY($1) RETURNING id")
+                        .bind(&ids)
+                        .fetch_all(&mut **tx)
+                        .await
+                        .map_err(db)?
+                        .into_iter()
+                        .collect();
+                let recorded = record_in(tx, &events).await?;
+                let settled: Vec<(&str, &Recorded)> = ids.iter().copied().zip(&recorded).collect();
+                super::lease::shrink_for(tx, &settled, &ended).await?;
+                Ok(recorded)
             }
             .await
         })
+    }
+
+    async fn lease(&self, ask: LeaseAsk<'_>, now: DateTime<Utc>, ttl: Duration) -> Result<Lease> {
+        crate::ledger::lease::validate(&ask)?;
+        crate::validate::positive("lease ttl", ttl)?;
+        transaction!(self, tx => { super::lease::lease_in(tx, &ask, now, ttl).await })
+    }
+
+    async fn carve(
+        &self,
+        holds: &[(&str, &UsageEvent)],
+        instance: &str,
+        now: DateTime<Utc>,
+        ttl: Duration,
+    ) -> Result<Vec<bool>> {
+        crate::validate::name("instance", instance)?;
+        crate::validate::positive("claim ttl", ttl)?;
+        for (_, estimate) in holds {
+            estimate.validate()?;
+        }
+        transaction!(self, tx => { super::lease::carve_in(tx, holds, instance, now + ttl).await })
+    }
+
+    async fn end_leases(&self, instance: &str, current: &str) -> Result<u64> {
+        let earlier = format!("{}.%", crate::store::sql::like_escaped(instance));
+        let done = sqlx::query(
+            "DELETE FROM keymeter_reservations WHERE instance_id LIKE $1 ESCAPE '\\' AND instance_id <> $2 \
+             AND request_id IS NULL AND estimate IS NULL",
+        )
+        .bind(&earlier)
+        .bind(current)
+        .execute(self.pool())
+        .await
+        .map_err(db)?;
+        Ok(done.rows_affected())
     }
 
     async fn release(&self, reservation_id: &str) -> Result<bool> {

@@ -48,6 +48,7 @@ macro_rules! transaction {
 mod changes;
 mod credentials;
 mod keys;
+mod lease;
 mod ledger;
 mod limits;
 mod migrate;

@@ -15,6 +15,7 @@ use super::{SqliteStore, Tx, corrupt, db, micros};
 use crate::alerts::Alert;
 use crate::credentials::CredentialSource;
 use crate::error::{Error, Result};
+use crate::ledger::lease::{Lease, LeaseAsk};
 use crate::ledger::{
     Budget, BudgetScope, BudgetStatus, Claim, EventCursor, EventFilter, GroupBy, Ledger, Recorded,
     Report, Reservation, Standing, UsageEvent, admit,
@@ -61,7 +62,7 @@ async fn reserved_in(tx: &mut Tx, scope: &BudgetScope, start: i64) -> Result<Dec
 
 /// Ends the lapsed reservations: each with an estimate is billed it (once), the others freed. Returns how many
 /// were billed. A row whose estimate does not read stays, counted as reserved, and is logged: never freed unbilled.
-async fn purge(tx: &mut Tx, now: DateTime<Utc>) -> Result<u64> {
+pub(super) async fn purge(tx: &mut Tx, now: DateTime<Utc>) -> Result<u64> {
     let lapsed = sqlx::query(
         "SELECT id, estimate FROM keymeter_reservations WHERE expires_at <= ?1 AND estimate IS NOT NULL LIMIT 256",
     )
@@ -145,29 +146,70 @@ async fn reserve_in(
     if let Some(request) = claim.request_id {
         claimable(tx, request).await?;
     }
-    let estimate = claim.estimate.map(estimate_text).transpose()?;
-    let mut found: Vec<(Budget, Decimal, Decimal, i64)> = Vec::new();
+    let found = standings(tx, scopes, now).await?;
+    admit(found.iter().map(Found::standing), amount, now)?;
+    let slots: Vec<(BudgetScope, i64)> = found
+        .into_iter()
+        .map(|f| (f.budget.scope, f.start))
+        .collect();
+    insert_reservation(tx, id, claim, amount, expires_at, slots).await
+}
+
+/// A budget as a reservation finds it: its spend and live reservations in the period containing the
+/// reservation's time, which starts at `start`.
+pub(super) struct Found {
+    pub(super) budget: Budget,
+    spent: Decimal,
+    reserved: Decimal,
+    pub(super) start: i64,
+}
+
+impl Found {
+    pub(super) fn standing(&self) -> Standing<'_> {
+        Standing {
+            budget: &self.budget,
+            spent: self.spent,
+            reserved: self.reserved,
+        }
+    }
+}
+
+/// The budgets of `scopes` (each once) as they stand at `now`.
+pub(super) async fn standings(
+    tx: &mut Tx,
+    scopes: &[BudgetScope],
+    now: DateTime<Utc>,
+) -> Result<Vec<Found>> {
+    let mut found: Vec<Found> = Vec::new();
     for scope in scopes {
-        if found.iter().any(|(b, ..)| b.scope == *scope) {
+        if found.iter().any(|f| f.budget.scope == *scope) {
             continue;
         }
         if let Some(budget) = budget_of(tx, scope).await? {
             let start = micros(budget.period_start(now));
             let spent = spent_in(tx, scope, start).await?;
             let reserved = reserved_in(tx, scope, start).await?;
-            found.push((budget, spent, reserved, start));
+            found.push(Found {
+                budget,
+                spent,
+                reserved,
+                start,
+            });
         }
     }
-    let standings = found.iter().map(|(budget, spent, reserved, _)| Standing {
-        budget,
-        spent: *spent,
-        reserved: *reserved,
-    });
-    admit(standings, amount, now)?;
-    let slots: Vec<(BudgetScope, i64)> = found
-        .into_iter()
-        .map(|(budget, _, _, start)| (budget.scope, start))
-        .collect();
+    Ok(found)
+}
+
+/// Writes reservation `id` of `amount` in `slots` (admitted already), with `claim`.
+pub(super) async fn insert_reservation(
+    tx: &mut Tx,
+    id: &str,
+    claim: Claim<'_>,
+    amount: Decimal,
+    expires_at: DateTime<Utc>,
+    slots: Vec<(BudgetScope, i64)>,
+) -> Result<Reservation> {
+    let estimate = claim.estimate.map(estimate_text).transpose()?;
     sqlx::query(
         "INSERT INTO keymeter_reservations (id, amount, expires_at, request_id, instance_id, estimate) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -725,13 +767,17 @@ impl Ledger for SqliteStore {
         immediate!(self, tx => {
             async {
                 purge(tx, now).await?;
-                sqlx::query("DELETE FROM keymeter_reservations WHERE id = ?1")
+                let ended: HashSet<String> = sqlx::query_scalar("DELETE FROM keymeter_reservations WHERE id = ?1 RETURNING id")
                     .bind(reservation_id)
-                    .execute(&mut **tx)
+                    .fetch_all(&mut **tx)
                     .await
-                    .map_err(db)?;
+                    .map_err(db)?
+                    .into_iter()
+                    .collect();
                 let mut one = record_in(tx, std::slice::from_ref(event)).await?;
-                one.pop().ok_or_else(|| corrupt("usage event"))
+                let recorded = one.pop().ok_or_else(|| corrupt("usage event"))?;
+                super::lease::shrink_for(tx, &[(reservation_id, &recorded)], &ended).await?;
+                Ok(recorded)
             }
             .await
         })
@@ -747,18 +793,61 @@ impl Ledger for SqliteStore {
         immediate!(self, tx => {
             async {
                 purge(tx, now).await?;
+                let mut ended: HashSet<String> = HashSet::new();
                 for chunk in settles.chunks(INSERT_CHUNK) {
                     let mut qb = QueryBuilder::<Sqlite>::new("DELETE FROM keymeter_reservations WHERE id IN (");
                     let mut ids = qb.separated(", ");
                     for (id, _) in chunk {
                         ids.push_bind(*id);
                     }
-                    qb.push(")");
-                    qb.build().execute(&mut **tx).await.map_err(db)?;
+                    qb.push(") RETURNING id");
+                    let gone: Vec<String> = qb.build_query_scalar().fetch_all(&mut **tx).await.map_err(db)?;
+                    ended.extend(gone);
                 }
-                record_in(tx, &events).await
+                let recorded = record_in(tx, &events).await?;
+                let settled: Vec<(&str, &Recorded)> =
+                    settles.iter().map(|(id, _)| *id).zip(&recorded).collect();
+                super::lease::shrink_for(tx, &settled, &ended).await?;
+                Ok(recorded)
             }
             .await
+        })
+    }
+
+    async fn lease(&self, ask: LeaseAsk<'_>, now: DateTime<Utc>, ttl: Duration) -> Result<Lease> {
+        crate::ledger::lease::validate(&ask)?;
+        crate::validate::positive("lease ttl", ttl)?;
+        immediate!(self, tx => { super::lease::lease_in(tx, &ask, now, ttl).await })
+    }
+
+    async fn carve(
+        &self,
+        holds: &[(&str, &UsageEvent)],
+        instance: &str,
+        now: DateTime<Utc>,
+        ttl: Duration,
+    ) -> Result<Vec<bool>> {
+        crate::validate::name("instance", instance)?;
+        crate::validate::positive("claim ttl", ttl)?;
+        for (_, estimate) in holds {
+            estimate.validate()?;
+        }
+        immediate!(self, tx => { super::lease::carve_in(tx, holds, instance, now + ttl).await })
+    }
+
+    async fn end_leases(&self, instance: &str, current: &str) -> Result<u64> {
+        let earlier = format!("{}.%", crate::store::sql::like_escaped(instance));
+        immediate!(self, tx => {
+            sqlx::query(
+                "DELETE FROM keymeter_reservations WHERE instance_id LIKE ?1 ESCAPE '\\' AND instance_id <> ?2 \
+                 AND request_id IS NULL AND estimate IS NULL",
+            )
+            .bind(&earlier)
+            .bind(current)
+            .execute(&mut **tx)
+            .await
+            .map_err(db)
+            .map(|done| done.rows_affected())
         })
     }
 

@@ -66,6 +66,7 @@ macro_rules! immediate {
 mod changes;
 mod credentials;
 mod keys;
+mod lease;
 mod ledger;
 mod limits;
 mod migrate;
