@@ -16,6 +16,7 @@
 //! | `KEYMETER_JOURNAL_SYNC` | when journal records reach the disk: `always`, or an interval such as `10ms` | `10ms` |
 //! | `KEYMETER_CLAIM_TTL` | how long a journaled instance's claims live without its heartbeat; past it, they are billed as estimated | `30s` |
 //! | `KEYMETER_INSTANCE_ID` | this instance's stable id | one kept in the journal directory |
+//! | `KEYMETER_LEASES` | budget leases ([`crate::ledger::lease`]) with a journal: their window, such as `1s`, or `off` (every hold reserved in the store) | `1s` |
 //! | `KEYMETER_ENV`, `DEPLOY_ENV`, `DEBUG` | the environment ([`crate::env`]) | development, with a warning |
 //! | `KEYMETER_WEBHOOK_TIMEOUT`, `…_RETRY`, `…_ATTEMPTS`, `KEYMETER_GITHUB_KEYS` | alert delivery and leak intake ([`crate::alerts::AlertSettings`]) | 10s, 10s, 12, GitHub's URL |
 //!
@@ -99,6 +100,9 @@ pub struct Config {
     pub claim_ttl: chrono::Duration,
     /// This instance's id (`KEYMETER_INSTANCE_ID`), if set.
     pub instance_id: Option<String>,
+    /// The window of budget leases (`KEYMETER_LEASES`); `None`: no leases, every hold is reserved in the store.
+    /// Leases need a journal.
+    pub lease_window: Option<std::time::Duration>,
     /// Webhook delivery and leak intake ([`crate::alerts::AlertSettings`]: `KEYMETER_WEBHOOK_*`,
     /// `KEYMETER_GITHUB_KEYS`).
     pub alerts: crate::alerts::AlertSettings,
@@ -224,8 +228,25 @@ impl Config {
             crate::validate::name("KEYMETER_INSTANCE_ID", id)
                 .map_err(|e| Error::Config(e.to_string()))?;
         }
+        let lease_window = match source.var("KEYMETER_LEASES").map(|v| v.trim().to_owned()) {
+            Some(v) if v == "off" => None,
+            Some(v) if !v.is_empty() => Some(
+                crate::validate::duration("KEYMETER_LEASES", &v, false)
+                    .ok()
+                    .filter(|d| *d >= chrono::Duration::milliseconds(10))
+                    .and_then(|d| d.to_std().ok())
+                    .ok_or_else(|| {
+                        Error::Config(
+                            "KEYMETER_LEASES must be `off` or a window of at least 10ms, such as 1s"
+                                .into(),
+                        )
+                    })?,
+            ),
+            _ => Some(std::time::Duration::from_secs(1)),
+        };
         let alerts = crate::alerts::AlertSettings::from_source(source)?;
         let mut config = Config {
+            lease_window,
             alerts,
             journal_dir,
             journal_sync,

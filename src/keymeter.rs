@@ -122,6 +122,10 @@ impl Config {
             );
             journal.start(store.clone());
             meter = meter.with_journal(journal);
+            if let Some(window) = self.lease_window {
+                meter =
+                    meter.with_leases(crate::ledger::lease::LeaseConfig::default().window(window));
+            }
         } else {
             // No heartbeat without a journal: sweep lapsed claims all the same, so an idle store bills them.
             crate::ledger::journal::spawn_sweeper(&store, store.clone());
@@ -236,6 +240,9 @@ impl Keymeter {
                 backlog = journal.backlog(),
                 "the store did not take the whole journal: the next start replays it"
             );
+        }
+        if let Some(leases) = self.meter.leases() {
+            leases.close().await;
         }
         self.store.close().await;
     }

@@ -34,6 +34,7 @@ use crate::credentials::CredentialSource;
 use crate::error::{Error, Result};
 use crate::keys::KeyRecord;
 use crate::ledger::journal::{HoldRecord, Journal};
+use crate::ledger::lease::{LeaseConfig, Leases};
 use crate::ledger::{BudgetScope, Claim, Ledger, Recorded, Reservation, UsageEvent};
 use crate::pricing::normalize::normalize;
 use crate::pricing::{Cost, PriceCatalog, Region, ServiceTier, Terms, Usage, UsageFormat};
@@ -465,6 +466,9 @@ pub struct Meter {
     random: Arc<dyn RandomSource>,
     hold_ttl: Duration,
     journal: Option<Journal>,
+    lease_config: Option<LeaseConfig>,
+    /// Built at the first reservation (whatever the order of the builder's calls) and shared by clones.
+    leases: Arc<std::sync::OnceLock<Leases>>,
 }
 
 impl Meter {
@@ -478,7 +482,40 @@ impl Meter {
             random: Arc::new(OsRandom),
             hold_ttl: Duration::minutes(10),
             journal: None,
+            lease_config: None,
+            leases: Arc::default(),
         }
+    }
+
+    /// Reserves against budget leases (DESIGN §14, [`crate::ledger::lease`]) when the meter has a journal: a
+    /// request without a caller's request id draws its hold from its scopes' lease in memory, and the journal's
+    /// drain settles it in the store with the lease's share. A request the lease cannot cover, or one with its own
+    /// request id (claimed in the store), is reserved in the store as without leases. Without a journal this
+    /// does nothing: a hold in memory only would die unbilled with the process.
+    #[must_use]
+    pub fn with_leases(mut self, config: LeaseConfig) -> Self {
+        self.lease_config = Some(config);
+        self
+    }
+
+    /// The budget leases, once the first reservation has made them ([`Meter::with_leases`]).
+    pub fn leases(&self) -> Option<&Leases> {
+        self.leases.get()
+    }
+
+    /// The leases holds are drawn from, built (and attached to the journal) at the first call.
+    fn lease_book(&self) -> Option<&Leases> {
+        let (journal, config) = (self.journal.as_ref()?, self.lease_config?);
+        Some(self.leases.get_or_init(|| {
+            let leases = Leases::new(
+                self.ledger.clone(),
+                journal.claimant(),
+                config.ttl(journal.claim_ttl()),
+            )
+            .with_clock(self.clock.clone());
+            journal.attach(leases.clone());
+            leases
+        }))
     }
 
     /// Writes every hold, forward, settle and release to `journal` first: a settle then returns
@@ -576,10 +613,27 @@ impl Meter {
             Some(journal) => self.hold_ttl.min(journal.claim_ttl()),
             None => self.hold_ttl,
         };
-        let reservation = self
-            .ledger
-            .reserve_claim(claim, &scopes, cost.total, now, ttl)
-            .await?;
+        let drawn = match self.lease_book() {
+            // A caller's request id is claimed in the store; a fresh one needs no claim.
+            Some(leases) if request.request_id.is_none() => leases
+                .draw(&scopes, cost.total)
+                .await
+                .map(|draw| Reservation {
+                    id: draw.id,
+                    amount: cost.total,
+                    expires_at: now + ttl,
+                    scopes: draw.scopes,
+                }),
+            _ => None,
+        };
+        let reservation = match drawn {
+            Some(reservation) => reservation,
+            None => {
+                self.ledger
+                    .reserve_claim(claim, &scopes, cost.total, now, ttl)
+                    .await?
+            }
+        };
         if let Some(journal) = &self.journal {
             let record = HoldRecord {
                 request_id: request_id.clone(),
@@ -598,7 +652,7 @@ impl Meter {
                 end_user: request.end_user.clone(),
             };
             if let Err(e) = journal.hold(record) {
-                if let Err(release) = self.ledger.release(&reservation.id).await {
+                if let Err(release) = self.give_back(&reservation.id).await {
                     tracing::warn!(error = %release, "could not give back a reservation the journal refused");
                 }
                 return Err(e);
@@ -722,6 +776,9 @@ impl Meter {
         {
             Ok(recorded) => {
                 hold.disarm();
+                if let Some(leases) = self.leases() {
+                    leases.settled(&hold.reservation.id);
+                }
                 Ok(Metered::new(event, cost, recorded))
             }
             Err(error) => Err(Unsettled { error, hold }),
@@ -740,7 +797,19 @@ impl Meter {
         {
             tracing::warn!(request_id = %hold.request_id, error = %e, "could not journal a release");
         }
-        self.ledger.release(&hold.reservation.id).await
+        self.give_back(&hold.reservation.id).await
+    }
+
+    /// Frees reservation `id`: in its lease when it was drawn from one (the store holds nothing of it alone),
+    /// else in the store.
+    async fn give_back(&self, id: &str) -> Result<bool> {
+        if let Some(leases) = self.leases()
+            && leases.holds(id)
+        {
+            leases.released(id);
+            return Ok(true);
+        }
+        self.ledger.release(id).await
     }
 
     /// Prices and records a request that had no reservation (usage reported after the fact, as by an SDK). A

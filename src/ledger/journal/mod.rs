@@ -47,6 +47,7 @@
 //! # Ok::<(), keymeter::Error>(()) }).unwrap();
 //! ```
 
+mod carve;
 pub mod frame;
 mod heartbeat;
 
@@ -255,6 +256,9 @@ struct State {
     /// The segments holding each open hold's records (its `hold`, and its `forwarded` when that went to a later
     /// segment), by request id: they stay until the hold is settled or released.
     holds: HashMap<String, Vec<u64>>,
+    /// The open holds drawn from budget leases, by request id: what the drain carves into reservations of their
+    /// own now and then ([`carve`]), so a lost machine's are billed.
+    draws: HashMap<String, HoldRecord>,
     total_bytes: u64,
     /// Records queued for the drain and not yet confirmed.
     queued: usize,
@@ -273,6 +277,8 @@ struct Inner {
     drain: mpsc::UnboundedSender<Queued>,
     drain_rx: Mutex<Option<mpsc::UnboundedReceiver<Queued>>>,
     drained: Notify,
+    /// The meter's budget leases, told when the store holds a settle of one of their draws.
+    leases: std::sync::OnceLock<crate::ledger::lease::Leases>,
     _lock: File,
 }
 
@@ -468,6 +474,7 @@ impl Journal {
                         },
                     )]),
                     holds: HashMap::new(),
+                    draws: HashMap::new(),
                     total_bytes: 0,
                     queued: 0,
                     queued_at: std::collections::VecDeque::new(),
@@ -476,6 +483,7 @@ impl Journal {
                 drain,
                 drain_rx: Mutex::new(Some(drain_rx)),
                 drained: Notify::new(),
+                leases: std::sync::OnceLock::new(),
                 _lock: lock,
             }),
         };
@@ -641,6 +649,14 @@ impl Journal {
             .map_err(|e| io("cannot sync", self.dir(), e))
     }
 
+    /// Tells `leases` each time the store has taken a settle of one of their draws ([`Leases::settled`]), so
+    /// the draw's room leaves the lease in memory as it has in the store. The first leases given stay.
+    ///
+    /// [`Leases::settled`]: crate::ledger::lease::Leases::settled
+    pub fn attach(&self, leases: crate::ledger::lease::Leases) {
+        let _ = self.inner.leases.set(leases);
+    }
+
     /// Writes a `hold` record; refuses with `JOURNAL_FULL` when the journal is past its size bound.
     ///
     /// # Errors
@@ -685,16 +701,20 @@ impl Journal {
         })
     }
 
-    /// Writes a `release` record (the caller frees the reservation in the store itself).
+    /// Writes a `release` record. The caller frees the reservation in the store itself, except a hold drawn
+    /// from a lease ([`crate::ledger::lease`]): the drain frees it, in order after its carving ([`Ledger::carve`]).
     ///
     /// # Errors
     /// [`Error::Unavailable`] (journal) when the disk refuses.
     pub fn release(&self, request_id: &str, reservation_id: &str) -> Result<()> {
-        self.append(Record::Release {
+        let record = Record::Release {
             request_id: request_id.to_owned(),
             reservation_id: reservation_id.to_owned(),
-        })
-        .map(|_| ())
+        };
+        if crate::ledger::lease::drawn(reservation_id).is_some() {
+            return self.append_and_queue(record);
+        }
+        self.append(record).map(|_| ())
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -770,6 +790,9 @@ impl Journal {
                     s.pending += 1;
                 }
                 state.holds.insert(h.request_id.clone(), vec![active]);
+                if crate::ledger::lease::drawn(&h.reservation_id).is_some() {
+                    state.draws.insert(h.request_id.clone(), (**h).clone());
+                }
             }
             Record::Forwarded { request_id } => {
                 // The marker that turns a crash's release into a bill must outlive its segment's other records.
@@ -834,6 +857,7 @@ struct Replayed {
 }
 
 fn close_hold(state: &mut State, request_id: &str) {
+    state.draws.remove(request_id);
     for segment in state.holds.remove(request_id).unwrap_or_default() {
         if let Some(s) = state.segments.get_mut(&segment) {
             s.pending = s.pending.saturating_sub(1);
@@ -897,7 +921,34 @@ async fn drain(
     mut rx: mpsc::UnboundedReceiver<Queued>,
 ) {
     let mut batch: Vec<Queued> = Vec::with_capacity(DRAIN_BATCH);
-    while let Some(first) = rx.recv().await {
+    // The records recovery queued come first: once the store holds them, the leases earlier runs of this
+    // instance left hold room for nothing, and end.
+    let (every, mut recovering) = match inner.upgrade() {
+        Some(inner) => {
+            let queued = inner.state.lock().unwrap_or_else(|p| p.into_inner()).queued;
+            (carve::every(inner.config.claim_ttl), Some(queued))
+        }
+        None => return,
+    };
+    if recovering == Some(0) {
+        recovering = None;
+        carve::end_earlier_leases(&inner, &ledger).await;
+    }
+    let mut carving = tokio::time::interval(every);
+    carving.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let first = tokio::select! {
+            first = rx.recv() => match first {
+                Some(first) => first,
+                None => return,
+            },
+            _ = carving.tick() => {
+                if !carve::open_draws(&inner, &ledger).await {
+                    return;
+                }
+                continue;
+            }
+        };
         batch.push(first);
         while batch.len() < DRAIN_BATCH {
             match rx.try_recv() {
@@ -965,9 +1016,28 @@ async fn drain(
         let Some(inner) = inner.upgrade() else {
             return;
         };
+        if let Some(leases) = inner.leases.get() {
+            for queued in &batch {
+                match &queued.op {
+                    Op::Settle { reservation_id, .. } => leases.settled(reservation_id),
+                    Op::Release { reservation_id } => leases.released(reservation_id),
+                }
+            }
+        }
         let journal = Journal { inner };
+        let confirmed = batch.len();
         for queued in batch.drain(..) {
             journal.confirm(queued.segment);
+        }
+        let inner = Arc::downgrade(&journal.inner);
+        drop(journal);
+        if let Some(left) = recovering {
+            if left <= confirmed {
+                recovering = None;
+                carve::end_earlier_leases(&inner, &ledger).await;
+            } else {
+                recovering = Some(left - confirmed);
+            }
         }
     }
 }
