@@ -223,7 +223,7 @@ impl Gateway {
         let metrics = metrics::Metrics::new(
             km.verifier.totals().clone(),
             km.lookups.clone(),
-            km.meter.journal().cloned(),
+            km.meter.clone(),
         );
         let app = Arc::new(App {
             metrics,
@@ -276,6 +276,14 @@ impl App {
             tracing::warn!(
                 backlog = journal.backlog(),
                 "the store did not take the whole journal before shutdown: the next start replays it"
+            );
+        }
+        // The room leased and no longer in use goes back to the store now, not when the leases lapse.
+        if let Some(leases) = self.meter.leases()
+            && tokio::time::timeout(grace, leases.close()).await.is_err()
+        {
+            tracing::warn!(
+                "budget leases not given back within the grace: they lapse with the claim TTL"
             );
         }
         self.close().await;

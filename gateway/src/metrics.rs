@@ -8,6 +8,7 @@ use std::time::Duration;
 use axum::http::Method;
 use keymeter::CacheLookups;
 use keymeter::keys::VerdictTotals;
+use keymeter::ledger::Meter;
 use keymeter::ledger::journal::Journal;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
@@ -45,16 +46,14 @@ struct Live {
     verdicts: Arc<VerdictTotals>,
     lookups: CacheLookups,
     journal: Option<Journal>,
+    /// The meter, whose budget leases exist from its first reservation on.
+    meter: Meter,
     dependencies: Arc<Mutex<Vec<(&'static str, bool)>>>,
 }
 
 impl Metrics {
-    /// Metrics reading `verdicts`, `lookups` and `journal` at each scrape.
-    pub fn new(
-        verdicts: Arc<VerdictTotals>,
-        lookups: CacheLookups,
-        journal: Option<Journal>,
-    ) -> Self {
+    /// Metrics reading `verdicts`, `lookups` and `meter`'s journal and budget leases at each scrape.
+    pub fn new(verdicts: Arc<VerdictTotals>, lookups: CacheLookups, meter: Meter) -> Self {
         let mut registry = Registry::default();
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
@@ -91,7 +90,8 @@ impl Metrics {
         registry.register_collector(Box::new(Live {
             verdicts,
             lookups,
-            journal,
+            journal: meter.journal().cloned(),
+            meter,
             dependencies: dependencies.clone(),
         }));
         Metrics {
@@ -214,6 +214,22 @@ impl Collector for Live {
             "Reads of the in-process caches, answered from memory (hit) or by the store (miss)",
             lookups.into_iter().map(|(l, n)| (l, ConstCounter::new(n))),
         )?;
+        if let Some(leases) = self.meter.leases() {
+            let draws = [
+                ("hit", leases.lookups().hits()),
+                ("miss", leases.lookups().misses()),
+                ("fallback", leases.fallbacks()),
+            ];
+            family(
+                &mut encoder,
+                "keymeter_lease_draws",
+                "Holds drawn from budget leases: from a warm lease (hit), after waiting for the store to resize it \
+                 (miss), or handed to the store's exact check because no lease could cover them (fallback)",
+                draws
+                    .into_iter()
+                    .map(|(result, n)| ([("result", result)], ConstCounter::new(n))),
+            )?;
+        }
         if let Some(journal) = &self.journal {
             one(
                 &mut encoder,

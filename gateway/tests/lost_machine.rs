@@ -1,6 +1,7 @@
 //! A lost machine: an instance killed (`kill -9`) with its journal gone, while its requests were at the provider.
 //! Nothing of it can settle them, so its claims lapse (no heartbeat renews them) and a live instance on the same
-//! database bills each at its reservation as `estimated`. The live instance's own exchanges, longer than several
+//! database bills each at its reservation as `estimated` — holds drawn from budget leases as well, once the
+//! instance has reported them (carved them into claims, every third of the claim TTL); its leases lapse unbilled. The live instance's own exchanges, longer than several
 //! claim lifetimes, are renewed by its heartbeat and billed exactly, never as estimated.
 
 mod support;
@@ -85,6 +86,10 @@ async fn a_lost_machines_claims_are_billed_by_a_live_instance_and_a_live_ones_ne
     })
     .await;
 
+    // Holds drawn from a budget lease live in the instance and its journal; the instance reports the open ones to
+    // the store (carves them into claims of their own) every third of the claim TTL (DESIGN §14: the outstanding
+    // holds a heartbeat reports). Lost after two such reports: what it held then is billed.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
     // The machine is lost: the process and its journal.
     lost.child.start_kill().unwrap();
     lost.child.wait().await.unwrap();

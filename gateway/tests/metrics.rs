@@ -187,16 +187,20 @@ async fn metrics_listen_serves_them_on_their_own_listener_with_the_journal() {
     )
     .await;
     let client = keymeter::http::client(Duration::from_secs(10)).unwrap();
-    let response = client
-        .post(format!("{}/v1/chat/completions", gateway.url))
-        .bearer_auth(&key)
-        .json(&json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    assert!(response.headers().contains_key("x-keymeter-overhead-ms"));
-    response.bytes().await.unwrap();
+    // Three requests: the first takes the budget lease (a draw that waited for the store), the next two draw
+    // from it in memory.
+    for _ in 0..3 {
+        let response = client
+            .post(format!("{}/v1/chat/completions", gateway.url))
+            .bearer_auth(&key)
+            .json(&json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert!(response.headers().contains_key("x-keymeter-overhead-ms"));
+        response.bytes().await.unwrap();
+    }
 
     let (status, _, _) = scrape(&client, &gateway.url).await;
     assert_eq!(
@@ -210,7 +214,20 @@ async fn metrics_listen_serves_them_on_their_own_listener_with_the_journal() {
             &text,
             "keymeter_http_requests_total{method=\"POST\",route=\"/v1/chat/completions\",status=\"200\"}"
         ),
-        Some(1.0),
+        Some(3.0),
+        "{text}"
+    );
+    // With the journal, holds are drawn from budget leases: one miss, then hits.
+    let draws = |result: &str| {
+        sample(
+            &text,
+            &format!("keymeter_lease_draws_total{{result=\"{result}\"}}"),
+        )
+        .unwrap_or_else(|| panic!("no lease draws {result} in\n{text}"))
+    };
+    assert_eq!(
+        (draws("miss"), draws("hit"), draws("fallback")),
+        (1.0, 2.0, 0.0),
         "{text}"
     );
     // The binary journals beside SQLite: its depth, size and lag are there.
