@@ -1,7 +1,10 @@
 //! Budget enforcement and event recording.
 //!
 //! Targets (issue #5): reserve + settle in memory ≤ 1 µs; recording events into SQLite ≥ 20,000 events/s,
-//! batched. Issue #11: importing an export's JSON lines ≥ 20,000 events/s. Run: `cargo bench --bench ledger`.
+//! batched. Issue #11: importing an export's JSON lines ≥ 20,000 events/s. Issue #26 (DESIGN §14): reserve +
+//! settle against a warm lease, journal off, ≤ 2 µs on every backend (`lease_reserve_settle_*`, beside its
+//! floor); the journaled `Meter` path ≤ 10 µs (`meter_journaled_reserve_settle_*`); the per-request fallback
+//! near a limit (`lease_near_limit_*`, beside the store's own reserve + settle). Run: `cargo bench --bench ledger`.
 
 use std::future::Future;
 use std::hint::black_box;
@@ -15,6 +18,8 @@ use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_mai
 #[cfg(feature = "postgres")]
 #[path = "common/events.rs"]
 mod events;
+#[path = "common/lease.rs"]
+mod lease;
 #[path = "common/pg.rs"]
 mod pg;
 use keymeter::ledger::{Budget, BudgetPeriod, BudgetScope, Ledger, UsageEvent};
@@ -195,6 +200,39 @@ fn ledger(c: &mut Criterion) {
         )
         .unwrap();
     batches_and_import(&mut group, &runtime, "sqlite", &sqlite);
+    let memory_leased: std::sync::Arc<dyn Ledger> = std::sync::Arc::new(MemoryStore::new());
+    for scope in &scopes {
+        let budget = Budget::new(
+            scope.clone(),
+            Decimal::from(1_000_000_000u64),
+            BudgetPeriod::Monthly,
+        );
+        runtime
+            .block_on(memory_leased.set_budget(&budget.unwrap()))
+            .unwrap();
+    }
+    let sqlite_leased: std::sync::Arc<dyn Ledger> = std::sync::Arc::new(sqlite.clone());
+    lease::draw_settle(
+        &mut group,
+        &runtime,
+        "memory",
+        memory_leased.clone(),
+        &scopes,
+        now,
+    );
+    lease::draw_settle(
+        &mut group,
+        &runtime,
+        "sqlite",
+        sqlite_leased.clone(),
+        &scopes,
+        now,
+    );
+    lease::journaled_meter(&mut group, "memory", memory_leased.clone());
+    lease::journaled_meter(&mut group, "sqlite", sqlite_leased.clone());
+    group.sample_size(20);
+    lease::near_limit(&mut group, &runtime, "memory", memory_leased, now);
+    lease::near_limit(&mut group, &runtime, "sqlite", sqlite_leased, now);
     group.throughput(Throughput::Elements(1));
     group.sample_size(20);
     group.bench_function("record_sqlite_one_by_one", |b| {
@@ -242,6 +280,16 @@ fn ledger(c: &mut Criterion) {
         }
         let mut group = c.benchmark_group("ledger");
         batches_and_import(&mut group, &runtime, "postgres", store.as_ref());
+        let leased: std::sync::Arc<dyn Ledger> = store.clone();
+        lease::draw_settle(
+            &mut group,
+            &runtime,
+            "postgres",
+            leased.clone(),
+            &scopes,
+            now,
+        );
+        lease::journaled_meter(&mut group, "postgres", leased.clone());
         group.throughput(Throughput::Elements(1));
         group.sample_size(50);
         group.bench_function("reserve_settle_postgres_two_budgets", |b| {
@@ -264,6 +312,8 @@ fn ledger(c: &mut Criterion) {
                 BatchSize::SmallInput,
             )
         });
+        group.sample_size(20);
+        lease::near_limit(&mut group, &runtime, "postgres", leased, now);
         group.finish();
     }
 }
