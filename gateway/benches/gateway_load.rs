@@ -17,7 +17,13 @@
 //! GATEWAY_LOAD_PHASES=1 cargo bench -p keymeter-gateway --bench gateway_load   # also time each library call
 //! GATEWAY_LOAD_PARALLEL=64 cargo bench -p keymeter-gateway --bench gateway_load   # the key has a concurrency limit
 //! GATEWAY_LOAD_BARE=1 cargo bench -p keymeter-gateway --bench gateway_load   # no rate limit, no budget
+//! GATEWAY_LOAD_STORE=postgres cargo bench -p keymeter-gateway --bench gateway_load   # two instances, one database
+//! GATEWAY_LOAD_STORE=postgres GATEWAY_LOAD_LIMITER=redis://127.0.0.1/ cargo bench …   # their limits in Redis
 //! ```
+//!
+//! `GATEWAY_LOAD_STORE=postgres` runs two gateways (each with its own pool, journal, caches and budget leases) on
+//! one PostgreSQL cluster of the run's own (the server binaries and the `postgres` user are needed), the requests
+//! alternating between them: DESIGN §14's two-instance case.
 //!
 //! By default the key has a rate limit and its owner a budget (every check on, DESIGN §14).
 
@@ -57,13 +63,14 @@ async fn open_loop(
     n: usize,
 ) -> Timings {
     let auth = key.map(|k| ("authorization", format!("Bearer {k}")));
-    open_loop_of(client, url, auth, &chat(), rate, n).await
+    open_loop_of(client, &[url], auth, &chat(), rate, n).await
 }
 
-/// `n` requests of `body` with the header `auth`, sent at `rate` per second, open loop.
+/// `n` requests of `body` with the header `auth`, sent at `rate` per second, open loop, request `i` to
+/// `urls[i % urls.len()]`.
 async fn open_loop_of(
     client: &reqwest::Client,
-    url: &str,
+    urls: &[&str],
     auth: Option<(&'static str, String)>,
     body: &serde_json::Value,
     rate: f64,
@@ -73,7 +80,7 @@ async fn open_loop_of(
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..n {
         tokio::time::sleep_until(start + Duration::from_secs_f64(i as f64 / rate)).await;
-        let mut request = client.post(url).json(body);
+        let mut request = client.post(urls[i % urls.len()]).json(body);
         if let Some((name, value)) = &auth {
             request = request.header(*name, value);
         }
@@ -188,6 +195,10 @@ async fn main() {
     }
     let n = requests();
     let up = support::upstream().await;
+    if std::env::var("GATEWAY_LOAD_STORE").as_deref() == Ok("postgres") {
+        two_on_postgres(&up, n).await;
+        return;
+    }
     let modes = std::env::var("GATEWAY_LOAD_JOURNAL").unwrap_or_else(|_| "10ms,always,off".into());
     for mode in modes.split(',') {
         let sync = match mode.trim() {
@@ -267,9 +278,17 @@ async fn run(up: &support::Upstream, n: usize, mode: &str, sync: Option<SyncPoli
     let (direct_stream, proxied_stream) =
         (format!("{}{path}", up.url), format!("{}{path}", gw.url));
     let auth = Some(("x-goog-api-key", key.clone()));
-    open_loop_of(&client, &proxied_stream, auth.clone(), &gemini, 300.0, 200).await;
-    let floor = open_loop_of(&client, &direct_stream, None, &gemini, 300.0, n).await;
-    let gateway = open_loop_of(&client, &proxied_stream, auth, &gemini, 300.0, n).await;
+    open_loop_of(
+        &client,
+        &[&proxied_stream],
+        auth.clone(),
+        &gemini,
+        300.0,
+        200,
+    )
+    .await;
+    let floor = open_loop_of(&client, &[&direct_stream], None, &gemini, 300.0, n).await;
+    let gateway = open_loop_of(&client, &[&proxied_stream], auth, &gemini, 300.0, n).await;
     println!("  Gemini streams at 300/s, to the last event:");
     added(
         &floor.latency,
@@ -287,6 +306,93 @@ async fn run(up: &support::Upstream, n: usize, mode: &str, sync: Option<SyncPoli
     let wal = std::fs::metadata(dir.path().join("gateway.db-wal")).map_or(0, |m| m.len());
     println!("  WAL after the run: {} KiB", wal / 1024);
     gw.app.shutdown(Duration::from_secs(10)).await;
+}
+
+/// Two gateways on one PostgreSQL database, journal every 10 ms, requests alternating between them.
+async fn two_on_postgres(up: &support::Upstream, n: usize) {
+    let Some(pg) = support::postgres::Postgres::start_new() else {
+        println!(
+            "gateway_load: skipped the PostgreSQL run: no server binaries or no postgres user here"
+        );
+        return;
+    };
+    let store = pg.url();
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let mut gateways = Vec::new();
+    for dir in &dirs {
+        let mut config = support::config(&store);
+        config.journal_dir = Some(dir.path().join("journal"));
+        config.journal_sync = SyncPolicy::Every(Duration::from_millis(10));
+        // Where the rate limits live: the database by default on PostgreSQL (one transaction a check), or
+        // `memory`, `redis://…`.
+        if let Ok(limiter) = std::env::var("GATEWAY_LOAD_LIMITER") {
+            config.limiter_url = Some(limiter);
+        }
+        gateways.push(
+            support::serve_with(
+                &config,
+                support::settings(up),
+                keymeter_gateway::server::Limits::default(),
+                "ops",
+            )
+            .await,
+        );
+    }
+    let gw = &gateways[0];
+    let mut new_key = json!({"name": "load", "owner": "load", "permissions": ["llm:chat"]});
+    if std::env::var_os("GATEWAY_LOAD_BARE").is_none() {
+        new_key["rate_limit"] = json!("1000000/min");
+        gw.monthly_budget("load", 1_000_000).await;
+    }
+    let (_, key) = gw.key(new_key).await;
+    let client = gw.client.clone();
+    let direct = format!("{}/v1/chat/completions", up.url);
+    let proxied: Vec<String> = gateways
+        .iter()
+        .map(|g| format!("{}/v1/chat/completions", g.url))
+        .collect();
+    open_loop(&client, &direct, None, 300.0, 200).await;
+    open_loop_across(&client, &proxied, &key, 300.0, 400).await;
+    for rate in [300.0, 1000.0] {
+        let floor = open_loop(&client, &direct, None, rate, n).await;
+        let gateway = open_loop_across(&client, &proxied, &key, rate, n).await;
+        println!(
+            "gateway_load: {n} requests at {rate}/s, open loop, two gateways on one PostgreSQL, loopback, journal 10ms"
+        );
+        added(
+            &floor.latency,
+            &gateway.latency,
+            &[("p50", 0.50), ("p90", 0.90), ("p99", 0.99)],
+        );
+        own_time(&gateway);
+    }
+    for concurrency in [8, 32] {
+        let started = Instant::now();
+        let per = n / 2;
+        let (a, b) = tokio::join!(
+            closed_loop(&client, &proxied[0], &key, concurrency / 2, per),
+            closed_loop(&client, &proxied[1], &key, concurrency / 2, per)
+        );
+        let _ = (a, b);
+        let rate = (2 * per) as f64 / started.elapsed().as_secs_f64();
+        println!("  closed loop, {concurrency} in flight across both: {rate:.0} req/s");
+    }
+    for g in &gateways {
+        g.app.shutdown(Duration::from_secs(10)).await;
+    }
+}
+
+/// [`open_loop`] with request `i` sent to `urls[i % urls.len()]`.
+async fn open_loop_across(
+    client: &reqwest::Client,
+    urls: &[String],
+    key: &str,
+    rate: f64,
+    n: usize,
+) -> Timings {
+    let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
+    let auth = Some(("authorization", format!("Bearer {key}")));
+    open_loop_of(client, &urls, auth, &chat(), rate, n).await
 }
 
 /// The mean time of each library call a proxied request makes, one at a time: where the added latency goes.
