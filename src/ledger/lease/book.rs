@@ -352,7 +352,8 @@ impl Leases {
     }
 
     fn parse(&self, id: &str) -> Option<(Arc<Slot>, u64)> {
-        let (lease, _) = super::drawn(id)?;
+        // Only the lease and the number: the amount is the one kept with the draw.
+        let (lease, _) = id.split_once('/')?;
         let number = lease
             .strip_prefix(&*self.inner.prefix)?
             .parse::<usize>()
@@ -402,7 +403,9 @@ impl Leases {
 
     /// Starts the keeper once: it renews used leases before their window ends and shrinks idle ones.
     fn keep_in_background(&self) {
-        if !self.inner.keeper.swap(true, Ordering::AcqRel) {
+        if !self.inner.keeper.load(Ordering::Relaxed)
+            && !self.inner.keeper.swap(true, Ordering::AcqRel)
+        {
             tokio::spawn(keeper(Arc::downgrade(&self.inner)));
         }
     }
