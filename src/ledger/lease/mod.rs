@@ -179,3 +179,20 @@ pub fn validate(ask: &LeaseAsk<'_>) -> crate::Result<()> {
     crate::validate::name("instance", ask.instance)?;
     crate::validate::amount("lease change", ask.change.abs())
 }
+
+/// Checks a carving's arguments as every backend does first ([`Ledger::carve`](super::Ledger::carve)): the
+/// instance's name, a positive time to live, estimates that are valid events.
+///
+/// # Errors
+/// [`crate::Error::InvalidInput`]; an estimate's own errors.
+pub fn validate_carve(
+    holds: &[(&str, &super::UsageEvent)],
+    instance: &str,
+    ttl: chrono::Duration,
+) -> crate::Result<()> {
+    crate::validate::name("instance", instance)?;
+    crate::validate::positive("claim ttl", ttl)?;
+    holds
+        .iter()
+        .try_for_each(|(_, estimate)| estimate.validate())
+}

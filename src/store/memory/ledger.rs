@@ -752,11 +752,7 @@ impl Ledger for MemoryStore {
         now: DateTime<Utc>,
         ttl: Duration,
     ) -> Result<Vec<bool>> {
-        crate::validate::name("instance", instance)?;
-        crate::validate::positive("claim ttl", ttl)?;
-        for (_, estimate) in holds {
-            estimate.validate()?;
-        }
+        crate::ledger::lease::validate_carve(holds, instance, ttl)?;
         let mut state = self.ledger();
         state.purge(now);
         Ok(holds

@@ -8,11 +8,11 @@ use chrono::{DateTime, Duration, Utc};
 use rust_decimal::Decimal;
 use sqlx::Row;
 
-use super::ledger::{lock_budgets, standing_of};
+use super::ledger::{insert_budgets, lock_budgets, standing_of};
 use super::{Tx, db};
 use crate::error::{Error, Result};
 use crate::ledger::lease::{Lease, LeaseAsk, drawn, grant};
-use crate::ledger::{Recorded, Standing, UsageEvent};
+use crate::ledger::{BudgetScope, Recorded, Standing, UsageEvent};
 use crate::store::sql::estimate_text;
 
 /// Grows or shrinks lease `ask.id` as the budgets allow.
@@ -71,20 +71,11 @@ pub(super) async fn lease_in(
     .execute(&mut **tx)
     .await
     .map_err(db)?;
-    let kinds: Vec<&str> = found.iter().map(|(b, ..)| b.scope.kind()).collect();
-    let ids: Vec<&str> = found.iter().map(|(b, ..)| b.scope.id()).collect();
-    let starts: Vec<DateTime<Utc>> = found.iter().map(|(.., s)| *s).collect();
-    sqlx::query(
-        "INSERT INTO keymeter_reservation_budgets (reservation_id, scope_kind, scope_id, period_start) \
-         SELECT $1, * FROM UNNEST($2::text[], $3::text[], $4::timestamptz[])",
-    )
-    .bind(ask.id)
-    .bind(&kinds)
-    .bind(&ids)
-    .bind(&starts)
-    .execute(&mut **tx)
-    .await
-    .map_err(db)?;
+    let slots: Vec<(&BudgetScope, DateTime<Utc>)> = found
+        .iter()
+        .map(|(b, .., start)| (&b.scope, *start))
+        .collect();
+    insert_budgets(tx, ask.id, &slots).await?;
     Ok(lease)
 }
 

@@ -313,20 +313,11 @@ async fn reserve_in(
         .await
         .map_err(db)?;
     }
-    let kinds: Vec<&str> = found.iter().map(|(b, ..)| b.scope.kind()).collect();
-    let ids: Vec<&str> = found.iter().map(|(b, ..)| b.scope.id()).collect();
-    let starts: Vec<DateTime<Utc>> = found.iter().map(|(.., s)| *s).collect();
-    sqlx::query(
-        "INSERT INTO keymeter_reservation_budgets (reservation_id, scope_kind, scope_id, period_start) \
-         SELECT $1, * FROM UNNEST($2::text[], $3::text[], $4::timestamptz[])",
-    )
-    .bind(id)
-    .bind(&kinds)
-    .bind(&ids)
-    .bind(&starts)
-    .execute(&mut **tx)
-    .await
-    .map_err(db)?;
+    let slots: Vec<(&BudgetScope, DateTime<Utc>)> = found
+        .iter()
+        .map(|(b, .., start)| (&b.scope, *start))
+        .collect();
+    insert_budgets(tx, id, &slots).await?;
     // In the caller's order, as the other backends give them.
     let mut held: Vec<BudgetScope> = Vec::with_capacity(budgets.len());
     for s in scopes {
@@ -340,6 +331,29 @@ async fn reserve_in(
         expires_at,
         scopes: held,
     })
+}
+
+/// Writes the budget rows of reservation `id`: each scope and the start of the period it holds room in.
+pub(super) async fn insert_budgets(
+    tx: &mut Tx,
+    id: &str,
+    slots: &[(&BudgetScope, DateTime<Utc>)],
+) -> Result<()> {
+    let kinds: Vec<&str> = slots.iter().map(|(s, _)| s.kind()).collect();
+    let ids: Vec<&str> = slots.iter().map(|(s, _)| s.id()).collect();
+    let starts: Vec<DateTime<Utc>> = slots.iter().map(|(_, start)| *start).collect();
+    sqlx::query(
+        "INSERT INTO keymeter_reservation_budgets (reservation_id, scope_kind, scope_id, period_start) \
+         SELECT $1, * FROM UNNEST($2::text[], $3::text[], $4::timestamptz[])",
+    )
+    .bind(id)
+    .bind(&kinds)
+    .bind(&ids)
+    .bind(&starts)
+    .execute(&mut **tx)
+    .await
+    .map_err(db)?;
+    Ok(())
 }
 
 /// A reservation row as [`reserve_in`] writes it.
@@ -948,11 +962,7 @@ impl Ledger for PostgresStore {
         now: DateTime<Utc>,
         ttl: Duration,
     ) -> Result<Vec<bool>> {
-        crate::validate::name("instance", instance)?;
-        crate::validate::positive("claim ttl", ttl)?;
-        for (_, estimate) in holds {
-            estimate.validate()?;
-        }
+        crate::ledger::lease::validate_carve(holds, instance, ttl)?;
         transaction!(self, tx => { super::lease::carve_in(tx, holds, instance, now + ttl).await })
     }
 

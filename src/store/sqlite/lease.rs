@@ -74,24 +74,39 @@ pub(super) async fn shrink_for(
         if recorded.duplicate || carved.contains(*id) {
             continue;
         }
-        let row = sqlx::query("SELECT amount FROM keymeter_reservations WHERE id = ?1")
-            .bind(lease)
-            .fetch_optional(&mut **tx)
-            .await
-            .map_err(db)?;
-        let Some(row) = row else {
-            continue;
-        };
-        let held: String = row.try_get("amount").map_err(db)?;
-        let held: Decimal = held.parse().map_err(|_| corrupt("reservation amount"))?;
-        sqlx::query("UPDATE keymeter_reservations SET amount = ?2 WHERE id = ?1")
-            .bind(lease)
-            .bind((held - amount).max(Decimal::ZERO).to_string())
-            .execute(&mut **tx)
-            .await
-            .map_err(db)?;
+        take_from(tx, lease, None, amount).await?;
     }
     Ok(())
+}
+
+/// Takes `amount` out of lease `lease` (down to nothing), if it exists (and is `instance`'s, when given);
+/// whether it did. Amounts are text in SQLite: the arithmetic is `Decimal`'s, under the writer's transaction.
+async fn take_from(
+    tx: &mut Tx,
+    lease: &str,
+    instance: Option<&str>,
+    amount: Decimal,
+) -> Result<bool> {
+    let row = sqlx::query(
+        "SELECT amount FROM keymeter_reservations WHERE id = ?1 AND (?2 IS NULL OR instance_id = ?2)",
+    )
+    .bind(lease)
+    .bind(instance)
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(db)?;
+    let Some(row) = row else {
+        return Ok(false);
+    };
+    let held: String = row.try_get("amount").map_err(db)?;
+    let held: Decimal = held.parse().map_err(|_| corrupt("reservation amount"))?;
+    sqlx::query("UPDATE keymeter_reservations SET amount = ?2 WHERE id = ?1")
+        .bind(lease)
+        .bind((held - amount).max(Decimal::ZERO).to_string())
+        .execute(&mut **tx)
+        .await
+        .map_err(db)?;
+    Ok(true)
 }
 
 /// Moves each open draw's amount out of its lease into a reservation of its own (id the draw's, claiming the
@@ -119,26 +134,10 @@ pub(super) async fn carve_in(
         .await
         .map_err(db)?
         .is_some();
-        let held = sqlx::query(
-            "SELECT amount FROM keymeter_reservations WHERE id = ?1 AND instance_id = ?2",
-        )
-        .bind(lease)
-        .bind(instance)
-        .fetch_optional(&mut **tx)
-        .await
-        .map_err(db)?;
-        let (false, Some(held)) = (taken, held) else {
+        if taken || !take_from(tx, lease, Some(instance), amount).await? {
             out.push(false);
             continue;
-        };
-        let held: String = held.try_get("amount").map_err(db)?;
-        let held: Decimal = held.parse().map_err(|_| corrupt("reservation amount"))?;
-        sqlx::query("UPDATE keymeter_reservations SET amount = ?2 WHERE id = ?1")
-            .bind(lease)
-            .bind((held - amount).max(Decimal::ZERO).to_string())
-            .execute(&mut **tx)
-            .await
-            .map_err(db)?;
+        }
         sqlx::query(
             "INSERT INTO keymeter_reservations (id, amount, expires_at, request_id, instance_id, estimate) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",

@@ -827,11 +827,7 @@ impl Ledger for SqliteStore {
         now: DateTime<Utc>,
         ttl: Duration,
     ) -> Result<Vec<bool>> {
-        crate::validate::name("instance", instance)?;
-        crate::validate::positive("claim ttl", ttl)?;
-        for (_, estimate) in holds {
-            estimate.validate()?;
-        }
+        crate::ledger::lease::validate_carve(holds, instance, ttl)?;
         immediate!(self, tx => { super::lease::carve_in(tx, holds, instance, now + ttl).await })
     }
 
