@@ -217,7 +217,7 @@ async fn metrics_listen_serves_them_on_their_own_listener_with_the_journal() {
         Some(3.0),
         "{text}"
     );
-    // With the journal, holds are drawn from budget leases: one miss, then hits.
+    // With the journal, holds are drawn from budget leases: the first takes the lease (a miss), the rest hit.
     let draws = |result: &str| {
         sample(
             &text,
@@ -225,11 +225,10 @@ async fn metrics_listen_serves_them_on_their_own_listener_with_the_journal() {
         )
         .unwrap_or_else(|| panic!("no lease draws {result} in\n{text}"))
     };
-    assert_eq!(
-        (draws("miss"), draws("hit"), draws("fallback")),
-        (1.0, 2.0, 0.0),
-        "{text}"
-    );
+    // (A machine slow enough to let the 1 s window pass between them turns a hit into a miss: never a fallback.)
+    assert_eq!(draws("miss") + draws("hit"), 3.0, "{text}");
+    assert!(draws("hit") >= 1.0, "{text}");
+    assert_eq!(draws("fallback"), 0.0, "{text}");
     // The binary journals beside SQLite: its depth, size and lag are there.
     for gauge in [
         "keymeter_journal_backlog",
