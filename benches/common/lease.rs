@@ -80,6 +80,13 @@ pub fn draw_settle(
     });
 }
 
+/// An event of `owner` that costs nothing: near a limit, the room stays.
+fn free(owner: &str) -> keymeter::ledger::UsageEvent {
+    let mut e = event(owner);
+    e.cost = Decimal::ZERO;
+    e
+}
+
 /// Near a limit every hold asks the store: the lease has room for less than two holds, so each draw grows it
 /// (one lease transaction) and each settle is the store's own (one transaction); the settles cost nothing, so
 /// the room stays. Beside it, the same hold reserved and settled in the store without leases.
@@ -100,11 +107,7 @@ pub fn near_limit(
     let owner = format!("near-{name}");
     group.bench_function(format!("lease_near_limit_{name}"), |b| {
         b.iter_batched(
-            || {
-                let mut e = event(&owner);
-                e.cost = Decimal::ZERO;
-                e
-            },
+            || free(&owner),
             |e| {
                 runtime.block_on(async {
                     let draw = leases
@@ -120,11 +123,7 @@ pub fn near_limit(
     });
     group.bench_function(format!("store_reserve_settle_near_limit_{name}"), |b| {
         b.iter_batched(
-            || {
-                let mut e = event(&owner);
-                e.cost = Decimal::ZERO;
-                e
-            },
+            || free(&owner),
             |e| {
                 runtime.block_on(async {
                     let hold = ledger

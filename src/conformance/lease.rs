@@ -31,13 +31,22 @@ async fn budget(ledger: &Arc<dyn Ledger>, owner: &str, limit: &str) -> BudgetSco
     scope
 }
 
-async fn reserved(ledger: &Arc<dyn Ledger>, scope: &BudgetScope, at: DateTime<Utc>) -> Decimal {
+/// The spend and reservations of `scope`'s budget at `at`.
+async fn standing(
+    ledger: &Arc<dyn Ledger>,
+    scope: &BudgetScope,
+    at: DateTime<Utc>,
+) -> (Decimal, Decimal) {
     let s = ledger
         .budget_status(scope, at)
         .await
         .expect("status")
         .expect("budget");
-    s.reserved
+    (s.spent, s.reserved)
+}
+
+async fn reserved(ledger: &Arc<dyn Ledger>, scope: &BudgetScope, at: DateTime<Utc>) -> Decimal {
+    standing(ledger, scope, at).await.1
 }
 
 fn ask<'a>(
@@ -135,12 +144,7 @@ pub async fn settled_draws_leave_their_lease(ledger: Arc<dyn Ledger>) {
     let first = draw_id("lse_a_0", d("2"), 1);
     let settled = event("req-1", "alice", "1.5", t0());
     ledger.settle(&first, &settled, t0()).await.expect("settle");
-    let status = ledger
-        .budget_status(&alice[0], t0())
-        .await
-        .expect("status")
-        .expect("budget");
-    assert_eq!((status.spent, status.reserved), (d("1.5"), d("3")));
+    assert_eq!(standing(&ledger, &alice[0], t0()).await, (d("1.5"), d("3")));
     let again = ledger.settle(&first, &settled, t0()).await.expect("resend");
     assert!(again.duplicate);
     assert_eq!(reserved(&ledger, &alice[0], t0()).await, d("3"));
@@ -153,12 +157,10 @@ pub async fn settled_draws_leave_their_lease(ledger: Arc<dyn Ledger>) {
         .settle_batch(&[(&second, &e2), (&third, &e3)], t0())
         .await
         .expect("batch");
-    let status = ledger
-        .budget_status(&alice[0], t0())
-        .await
-        .expect("status")
-        .expect("budget");
-    assert_eq!((status.spent, status.reserved), (d("2.25"), d("1")));
+    assert_eq!(
+        standing(&ledger, &alice[0], t0()).await,
+        (d("2.25"), d("1"))
+    );
     assert!(
         !ledger
             .release(&draw_id("lse_a_0", d("1"), 4))
@@ -172,12 +174,10 @@ pub async fn settled_draws_leave_their_lease(ledger: Arc<dyn Ledger>) {
         .settle(&big, &event("req-5", "alice", "0.1", t0()), t0())
         .await
         .expect("settle");
-    let status = ledger
-        .budget_status(&alice[0], t0())
-        .await
-        .expect("status")
-        .expect("budget");
-    assert_eq!((status.spent, status.reserved), (d("2.35"), Decimal::ZERO));
+    assert_eq!(
+        standing(&ledger, &alice[0], t0()).await,
+        (d("2.35"), Decimal::ZERO)
+    );
 }
 
 /// A lease whose instance stops renewing it lapses and frees its room, billing nothing (it is room, not
@@ -365,12 +365,7 @@ pub async fn open_draws_are_carved_and_billed_when_lost(ledger: Arc<dyn Ledger>)
         .settle(&one, &event("req-1", "alice", "1.5", t0()), t0())
         .await
         .expect("settle");
-    let status = ledger
-        .budget_status(&alice[0], t0())
-        .await
-        .expect("status")
-        .expect("budget");
-    assert_eq!((status.spent, status.reserved), (d("1.5"), d("3")));
+    assert_eq!(standing(&ledger, &alice[0], t0()).await, (d("1.5"), d("3")));
     let again = ledger
         .carve(&[(&one, &e1)], "gw-a", t0(), ttl)
         .await
@@ -406,12 +401,10 @@ pub async fn open_draws_are_carved_and_billed_when_lost(ledger: Arc<dyn Ledger>)
     // The instance is lost: its lease lapses unbilled, its carved draw is billed its estimate.
     let later = t0() + Duration::minutes(2);
     assert_eq!(ledger.sweep(later).await.expect("sweep"), 1);
-    let status = ledger
-        .budget_status(&alice[0], later)
-        .await
-        .expect("status")
-        .expect("budget");
-    assert_eq!((status.spent, status.reserved), (d("2.5"), Decimal::ZERO));
+    assert_eq!(
+        standing(&ledger, &alice[0], later).await,
+        (d("2.5"), Decimal::ZERO)
+    );
     let events = ledger
         .events(&crate::ledger::EventFilter::default())
         .await
