@@ -26,6 +26,67 @@ impl RandomSource for OsRandom {
     }
 }
 
+/// The OS CSPRNG read ahead: each thread keeps [`READ_AHEAD`] bytes from `getrandom` and hands them out in
+/// order, wiping each byte as it goes, so one system call serves many ids instead of one each. For ids made on a
+/// hot path (the meter's request and event ids); key secrets and salts come from [`OsRandom`] directly. A forked
+/// child reads afresh (the buffer remembers the process it was filled in), so parent and child never share bytes.
+///
+/// ```
+/// use keymeter::random::{BufferedOsRandom, RandomSource};
+/// let (mut a, mut b) = ([0u8; 16], [0u8; 16]);
+/// BufferedOsRandom.fill(&mut a)?;
+/// BufferedOsRandom.fill(&mut b)?;
+/// assert_ne!(a, b);
+/// # Ok::<(), keymeter::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BufferedOsRandom;
+
+/// How many bytes [`BufferedOsRandom`] reads at a time, per thread.
+pub const READ_AHEAD: usize = 1024;
+
+struct ReadAhead {
+    bytes: [u8; READ_AHEAD],
+    /// Bytes from here on are unused.
+    next: usize,
+    /// The process that filled `bytes`.
+    pid: u32,
+}
+
+impl Drop for ReadAhead {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.bytes);
+    }
+}
+
+thread_local! {
+    static READ_AHEAD_BYTES: std::cell::RefCell<ReadAhead> = const {
+        std::cell::RefCell::new(ReadAhead { bytes: [0; READ_AHEAD], next: READ_AHEAD, pid: 0 })
+    };
+}
+
+impl RandomSource for BufferedOsRandom {
+    fn fill(&self, dest: &mut [u8]) -> Result<()> {
+        // Large requests gain nothing from the buffer.
+        if dest.len() > READ_AHEAD / 4 {
+            return OsRandom.fill(dest);
+        }
+        READ_AHEAD_BYTES.with_borrow_mut(|ahead| {
+            let pid = std::process::id();
+            if ahead.pid != pid || READ_AHEAD - ahead.next < dest.len() {
+                OsRandom.fill(&mut ahead.bytes)?;
+                ahead.next = 0;
+                ahead.pid = pid;
+            }
+            let taken = &mut ahead.bytes[ahead.next..ahead.next + dest.len()];
+            dest.copy_from_slice(taken);
+            zeroize::Zeroize::zeroize(taken);
+            ahead.next += dest.len();
+            Ok(())
+        })
+    }
+}
+
 /// A reproducible byte stream (SHA-256 in counter mode over a seed), **for tests only**: anyone who knows the seed
 /// knows every "secret" it produced.
 #[derive(Debug)]
@@ -65,11 +126,23 @@ const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnop
 /// # Errors
 /// [`Error::Random`] when the source fails.
 pub fn fill_base62(random: &dyn RandomSource, out: &mut [u8]) -> Result<()> {
+    base62_reading(random, out, 64)
+}
+
+/// [`fill_base62`] reading only a few bytes more than `out` needs (a draw is refused 8 times in 256), for ids made
+/// per request from a [`BufferedOsRandom`], whose buffer then lasts three times as long.
+pub(crate) fn fill_base62_lean(random: &dyn RandomSource, out: &mut [u8]) -> Result<()> {
+    base62_reading(random, out, (out.len() + 4).min(64))
+}
+
+/// Fills `out` reading `read` (at most 64) bytes at a time.
+fn base62_reading(random: &dyn RandomSource, out: &mut [u8], read: usize) -> Result<()> {
     let mut buf = [0u8; 64];
+    let buf = &mut buf[..read.clamp(1, 64)];
     let mut filled = 0;
     while filled < out.len() {
-        random.fill(&mut buf)?;
-        for &b in &buf {
+        random.fill(buf)?;
+        for &b in buf.iter() {
             // 248 = 4 * 62: the largest multiple of 62 that fits in a byte.
             if b < 248 {
                 out[filled] = BASE62[usize::from(b % 62)];
@@ -80,10 +153,33 @@ pub fn fill_base62(random: &dyn RandomSource, out: &mut [u8]) -> Result<()> {
             }
         }
     }
-    zeroize::Zeroize::zeroize(&mut buf);
+    zeroize::Zeroize::zeroize(buf);
     Ok(())
 }
 
 pub(crate) fn base62_alphabet() -> &'static [u8; 62] {
     BASE62
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{BufferedOsRandom, READ_AHEAD, RandomSource};
+
+    /// Reads across refills and past the buffer's size never repeat a chunk, and what was handed out is wiped.
+    #[test]
+    fn buffered_os_random_hands_out_each_byte_once() {
+        let mut seen = std::collections::HashSet::new();
+        // 100-byte reads: ten per buffer, then a refill with the tail unused.
+        for _ in 0..3 * READ_AHEAD / 100 {
+            let mut chunk = [0u8; 100];
+            BufferedOsRandom.fill(&mut chunk).unwrap();
+            assert!(seen.insert(chunk.to_vec()), "a chunk came back twice");
+        }
+        let mut large = vec![0u8; READ_AHEAD];
+        BufferedOsRandom.fill(&mut large).unwrap();
+        assert!(large.iter().any(|&b| b != 0));
+        super::READ_AHEAD_BYTES.with_borrow(|ahead| {
+            assert!(ahead.bytes[..ahead.next].iter().all(|&b| b == 0));
+        });
+    }
 }

@@ -304,16 +304,38 @@ proptest! {
     }
 }
 
-/// The fuzz seed is written by an independent implementation of the documented format (four frames: hold,
-/// forwarded, settle, release): the decoder must read it whole.
+/// The fuzz seeds are written by independent implementations of the documented format, version 1 (JSON, what
+/// earlier releases wrote) and version 2 (binary), four frames each: hold, forwarded, settle, release. The decoder
+/// must read both whole.
 #[test]
 fn the_documented_format_reads_back() {
-    let bytes = std::fs::read(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/fuzz/seeds/journal_frames/segment.log"
-    ))
-    .unwrap();
-    let decoded = frame::decode(&bytes);
+    let seeds = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/seeds/journal_frames");
+    let v1 = read_seed(&std::fs::read(format!("{seeds}/segment.log")).unwrap());
+    assert_eq!(v1.cost, Decimal::new(2, 3));
+    let v2 = read_seed(&std::fs::read(format!("{seeds}/segment-v2.log")).unwrap());
+    assert_eq!(
+        (
+            v2.cost,
+            v2.usage.output,
+            v2.usage.tier,
+            v2.end_user.as_deref()
+        ),
+        (
+            Decimal::new(3, 3),
+            300,
+            Some(keymeter::pricing::ServiceTier::Priority),
+            Some("user-1")
+        )
+    );
+    assert_eq!(
+        (v2.at.timestamp(), v2.tags.as_slice(), v2.org.as_deref()),
+        (1_796_000_001, ["batch".to_owned()].as_slice(), Some("acme"))
+    );
+}
+
+/// The settle's event of a seed segment read whole.
+fn read_seed(bytes: &[u8]) -> keymeter::ledger::UsageEvent {
+    let decoded = frame::decode(bytes);
     assert_eq!(decoded.valid_len, bytes.len());
     let kinds: Vec<_> = decoded
         .records
@@ -337,7 +359,7 @@ fn the_documented_format_reads_back() {
     let frame::Record::Settle { event, .. } = &decoded.records[2].1 else {
         unreachable!()
     };
-    assert_eq!(event.cost, Decimal::new(2, 3));
+    (**event).clone()
 }
 
 /// Waits (at most 5 s) until `check` holds.

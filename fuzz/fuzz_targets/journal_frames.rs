@@ -12,7 +12,7 @@ fuzz_target!(|data: &[u8]| {
     for (seq, record) in &decoded.records {
         again.extend(encode(*seq, record).expect("a decoded record encodes"));
     }
-    // JSON may be written differently (spacing, field order), so compare what it decodes to, not the bytes.
+    // A version-1 (JSON) frame is written back as version 2, so compare what it decodes to, not the bytes.
     let redecoded = decode(&again);
     assert_eq!(redecoded.records, decoded.records);
     assert_eq!(redecoded.valid_len, again.len());

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::credentials::CredentialSource;
 use crate::error::Result;
 use crate::pricing::Usage;
-use crate::random::{RandomSource, fill_base62};
+use crate::random::{RandomSource, fill_base62_lean};
 
 /// One priced request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -114,6 +114,59 @@ fn is_false(b: &bool) -> bool {
     !*b
 }
 
+/// What an event says of whose request it was and what it cost, borrowed: the part of an event a hold record
+/// ([`crate::ledger::journal::HoldRecord`]) keeps too, checked by one rule for both.
+pub(crate) struct Attribution<'a> {
+    pub request_id: &'a str,
+    pub at: DateTime<Utc>,
+    pub owner: &'a str,
+    pub provider: &'a str,
+    pub model: &'a str,
+    pub key_id: Option<&'a str>,
+    pub org: Option<&'a str>,
+    pub tags: &'a [String],
+    pub end_user: Option<&'a str>,
+    pub usage: &'a Usage,
+    pub cost: Decimal,
+}
+
+impl Attribution<'_> {
+    /// # Errors
+    /// [`crate::Error::InvalidInput`] as [`UsageEvent::validate`].
+    pub(crate) fn check(&self) -> Result<()> {
+        use crate::validate::name;
+        name("request id", self.request_id)?;
+        name("owner", self.owner)?;
+        name("provider", self.provider)?;
+        name("model", self.model)?;
+        if let Some(k) = self.key_id {
+            name("key id", k)?;
+        }
+        if let Some(o) = self.org {
+            name("org", o)?;
+        }
+        check_tags(self.tags)?;
+        if let Some(u) = self.end_user
+            && (u.is_empty()
+                || u.chars().count() > MAX_END_USER_LEN
+                || u.chars().any(char::is_control))
+        {
+            return Err(crate::Error::invalid(
+                "end user",
+                format!("1–{MAX_END_USER_LEN} characters without control characters"),
+            ));
+        }
+        if self.at < earliest() || self.at > latest() {
+            return Err(crate::Error::invalid(
+                "event time",
+                format!("{} is outside the years 1970–9999", self.at),
+            ));
+        }
+        self.usage.check_bounds()?;
+        crate::validate::amount("cost", self.cost)
+    }
+}
+
 impl UsageEvent {
     /// A new event with a fresh id; `request_id` is the idempotency key (a fresh random one if `None`).
     ///
@@ -130,12 +183,30 @@ impl UsageEvent {
         cost: Decimal,
         random: &dyn RandomSource,
     ) -> Result<Self> {
+        let event =
+            UsageEvent::unchecked(request_id, at, owner, provider, model, usage, cost, random)?;
+        event.validate()?;
+        Ok(event)
+    }
+
+    /// [`UsageEvent::new`] without the check, for a caller that sets more fields and then validates once.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn unchecked(
+        request_id: Option<&str>,
+        at: DateTime<Utc>,
+        owner: &str,
+        provider: &str,
+        model: &str,
+        usage: Usage,
+        cost: Decimal,
+        random: &dyn RandomSource,
+    ) -> Result<Self> {
         let event_id = time_ordered_id(at, random)?;
         let request_id = match request_id {
             Some(r) => r.to_owned(),
             None => format!("req_{}", random_id(random)?),
         };
-        let event = UsageEvent {
+        Ok(UsageEvent {
             event_id,
             request_id,
             at,
@@ -151,9 +222,7 @@ impl UsageEvent {
             estimated_first: false,
             tags: Vec::new(),
             end_user: None,
-        };
-        event.validate()?;
-        Ok(event)
+        })
     }
 
     /// Whether `incoming`, recorded for this stored event's request id, replaces it: only exact usage replaces an
@@ -202,37 +271,21 @@ impl UsageEvent {
     /// # Errors
     /// [`crate::Error::InvalidInput`] naming the field.
     pub fn validate(&self) -> Result<()> {
-        use crate::validate::name;
-        name("event id", &self.event_id)?;
-        name("request id", &self.request_id)?;
-        name("owner", &self.owner)?;
-        name("provider", &self.provider)?;
-        name("model", &self.model)?;
-        if let Some(k) = &self.key_id {
-            name("key id", k)?;
+        crate::validate::name("event id", &self.event_id)?;
+        Attribution {
+            request_id: &self.request_id,
+            at: self.at,
+            owner: &self.owner,
+            provider: &self.provider,
+            model: &self.model,
+            key_id: self.key_id.as_deref(),
+            org: self.org.as_deref(),
+            tags: &self.tags,
+            end_user: self.end_user.as_deref(),
+            usage: &self.usage,
+            cost: self.cost,
         }
-        if let Some(o) = &self.org {
-            name("org", o)?;
-        }
-        check_tags(&self.tags)?;
-        if let Some(u) = &self.end_user
-            && (u.is_empty()
-                || u.chars().count() > MAX_END_USER_LEN
-                || u.chars().any(char::is_control))
-        {
-            return Err(crate::Error::invalid(
-                "end user",
-                format!("1–{MAX_END_USER_LEN} characters without control characters"),
-            ));
-        }
-        if self.at < earliest() || self.at > latest() {
-            return Err(crate::Error::invalid(
-                "event time",
-                format!("{} is outside the years 1970–9999", self.at),
-            ));
-        }
-        self.usage.check_bounds()?;
-        crate::validate::amount("cost", self.cost)
+        .check()
     }
 
     /// Sets the inbound key id.
@@ -361,13 +414,13 @@ fn time_ordered_id(at: DateTime<Utc>, random: &dyn RandomSource) -> Result<Strin
         *digit = alphabet[(micros % 62) as usize];
         micros /= 62;
     }
-    fill_base62(random, &mut id[3 + TIME_DIGITS..])?;
+    fill_base62_lean(random, &mut id[3 + TIME_DIGITS..])?;
     Ok(id.iter().map(|&b| char::from(b)).collect())
 }
 
 pub(crate) fn random_id(random: &dyn RandomSource) -> Result<String> {
     let mut id = [0u8; 16];
-    fill_base62(random, &mut id)?;
+    fill_base62_lean(random, &mut id)?;
     Ok(id.iter().map(|&b| char::from(b)).collect())
 }
 

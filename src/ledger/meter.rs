@@ -38,7 +38,7 @@ use crate::ledger::lease::{LeaseConfig, Leases};
 use crate::ledger::{BudgetScope, Claim, Ledger, Recorded, Reservation, UsageEvent};
 use crate::pricing::normalize::normalize;
 use crate::pricing::{Cost, PriceCatalog, Region, ServiceTier, Terms, Usage, UsageFormat};
-use crate::random::{OsRandom, RandomSource};
+use crate::random::{BufferedOsRandom, RandomSource};
 
 /// Who pays for a request: the key, owner and org whose budgets it counts against.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -479,7 +479,7 @@ impl Meter {
             ledger,
             catalog,
             clock: Arc::new(SystemClock),
-            random: Arc::new(OsRandom),
+            random: Arc::new(BufferedOsRandom),
             hold_ttl: Duration::minutes(10),
             journal: None,
             lease_config: None,
@@ -539,7 +539,7 @@ impl Meter {
         self
     }
 
-    /// Injects the random source of event and request ids.
+    /// Injects the random source of event and request ids ([`BufferedOsRandom`] by default).
     #[must_use]
     pub fn with_random(mut self, random: Arc<dyn RandomSource>) -> Self {
         self.random = random;
@@ -584,35 +584,29 @@ impl Meter {
         )?;
         let request_id = self.request_id(&request)?;
         let scopes = request.payer.scopes();
-        // What the store bills if this claim lapses unsettled (its process died with its journal).
-        let mut estimate = UsageEvent::new(
-            Some(&request_id),
-            request.at.unwrap_or(now),
-            &request.payer.owner,
-            &cost.provider,
-            &cost.model,
-            *worst,
-            cost.total,
-            self.random.as_ref(),
-        )?;
-        estimate.key_id = request.payer.key_id.clone();
-        estimate.org = request.payer.org.clone();
-        estimate.credential_source = request.credential_source;
-        estimate.estimated = true;
-        estimate.tags = request.event_tags();
-        estimate.end_user.clone_from(&request.end_user);
-        estimate.validate()?;
-        // A caller's request id is claimed with the reservation (a fresh random one cannot collide). With a
-        // journal the claim is the instance's, renewed by its heartbeat, and lapses soon after the instance dies.
-        let claim = Claim {
-            request_id: request.request_id.as_deref(),
-            instance: self.journal.as_ref().map(Journal::claimant),
-            estimate: Some(&estimate),
-        };
         let ttl = match &self.journal {
             Some(journal) => self.hold_ttl.min(journal.claim_ttl()),
             None => self.hold_ttl,
         };
+        // What the journal keeps of the hold, and what the store bills if it lapses unsettled (its process died
+        // with its journal): checked before anything is held.
+        let mut record = HoldRecord {
+            request_id: request_id.clone(),
+            reservation_id: String::new(),
+            at: request.at.unwrap_or(now),
+            key_id: request.payer.key_id.clone(),
+            owner: request.payer.owner.clone(),
+            org: request.payer.org.clone(),
+            provider: cost.provider.to_string(),
+            model: cost.model.to_string(),
+            worst: *worst,
+            amount: cost.total,
+            credential_source: request.credential_source.map(|s| s.as_str().to_owned()),
+            expires_at: now + ttl,
+            tags: request.event_tags(),
+            end_user: request.end_user.clone(),
+        };
+        record.validate()?;
         let drawn = match self.lease_book() {
             // A caller's request id is claimed in the store; a fresh one needs no claim.
             Some(leases) if request.request_id.is_none() => leases
@@ -621,7 +615,7 @@ impl Meter {
                 .map(|draw| Reservation {
                     id: draw.id,
                     amount: cost.total,
-                    expires_at: now + ttl,
+                    expires_at: record.expires_at,
                     scopes: draw.scopes,
                 }),
             _ => None,
@@ -629,28 +623,23 @@ impl Meter {
         let reservation = match drawn {
             Some(reservation) => reservation,
             None => {
+                // A caller's request id is claimed with the reservation (a fresh random one cannot collide).
+                // With a journal the claim is the instance's, renewed by its heartbeat, and lapses soon after the
+                // instance dies, billing its estimate.
+                let estimate = record.estimated_event(self.random.as_ref())?;
+                let claim = Claim {
+                    request_id: request.request_id.as_deref(),
+                    instance: self.journal.as_ref().map(Journal::claimant),
+                    estimate: Some(&estimate),
+                };
                 self.ledger
                     .reserve_claim(claim, &scopes, cost.total, now, ttl)
                     .await?
             }
         };
         if let Some(journal) = &self.journal {
-            let record = HoldRecord {
-                request_id: request_id.clone(),
-                reservation_id: reservation.id.clone(),
-                at: request.at.unwrap_or(now),
-                key_id: request.payer.key_id.clone(),
-                owner: request.payer.owner.clone(),
-                org: request.payer.org.clone(),
-                provider: cost.provider.to_string(),
-                model: cost.model.to_string(),
-                worst: *worst,
-                amount: cost.total,
-                credential_source: request.credential_source.map(|s| s.as_str().to_owned()),
-                expires_at: reservation.expires_at,
-                tags: request.event_tags(),
-                end_user: request.end_user.clone(),
-            };
+            record.reservation_id.clone_from(&reservation.id);
+            record.expires_at = reservation.expires_at;
             if let Err(e) = journal.hold(record) {
                 if let Err(release) = self.give_back(&reservation.id).await {
                     tracing::warn!(error = %release, "could not give back a reservation the journal refused");
@@ -915,7 +904,7 @@ impl Meter {
         let cost = self
             .catalog
             .cost(&request.model, &usage, at, request.terms)?;
-        let mut event = UsageEvent::new(
+        let mut event = UsageEvent::unchecked(
             Some(request_id),
             at,
             &request.payer.owner,

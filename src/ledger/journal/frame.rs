@@ -6,10 +6,12 @@
 //! | --- | --- |
 //! | 4 | `len`: the body's length, little-endian u32 |
 //! | 4 | `crc`: CRC-32C (Castagnoli) of the body, little-endian u32 |
-//! | `len` | body: `version` (u8, [`FORMAT_VERSION`]), `seq` (u64 LE), `kind` (u8), then the record as JSON |
+//! | `len` | body: `version` (u8, [`FORMAT_VERSION`]), `seq` (u64 LE), `kind` (u8), then the record |
 //!
-//! Kinds: 1 `hold`, 2 `forwarded`, 3 `settle`, 4 `release` ([`Record`]). A frame whose length runs past the end
-//! of the file, whose CRC does not match or whose body does not parse ends the readable part of a segment: a
+//! Kinds: 1 `hold`, 2 `forwarded`, 3 `settle`, 4 `release` ([`Record`]). Version 2 writes the record's fields in
+//! binary (`journal/body.rs` lists them); version 1, which older releases wrote, held it as JSON and is still
+//! read, so a journal left by one is recovered. A frame whose length runs past the end of the file, whose CRC
+//! does not match, whose version is unknown or whose body does not parse ends the readable part of a segment: a
 //! torn or corrupt tail, which is cut off before new appends.
 
 use serde::{Deserialize, Serialize};
@@ -18,8 +20,11 @@ use crate::error::{Error, Result};
 use crate::ledger::UsageEvent;
 use crate::ledger::journal::HoldRecord;
 
-/// The version written in every frame; a reader refuses frames of another.
-pub const FORMAT_VERSION: u8 = 1;
+/// The version written in every frame; a reader takes this one and [`JSON_VERSION`], and refuses others.
+pub const FORMAT_VERSION: u8 = 2;
+
+/// The version whose records are JSON: written by earlier releases, still read.
+pub const JSON_VERSION: u8 = 1;
 
 /// The largest body a frame may carry (a hold or settle is a few hundred bytes).
 pub const MAX_BODY: usize = 1 << 20;
@@ -57,10 +62,17 @@ struct Forwarded<'a> {
     request_id: std::borrow::Cow<'a, str>,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct Settle<'a> {
     reservation_id: std::borrow::Cow<'a, str>,
     event: UsageEvent,
+}
+
+/// [`Settle`] as written: the event borrowed, not copied.
+#[derive(Serialize)]
+struct SettleRef<'a> {
+    reservation_id: &'a str,
+    event: &'a UsageEvent,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -88,7 +100,7 @@ impl Record {
         }
     }
 
-    fn payload(&self) -> Result<Vec<u8>> {
+    fn json(&self) -> Result<Vec<u8>> {
         let json = match self {
             Record::Hold(h) => serde_json::to_vec(h),
             Record::Forwarded { request_id } => serde_json::to_vec(&Forwarded {
@@ -97,9 +109,9 @@ impl Record {
             Record::Settle {
                 reservation_id,
                 event,
-            } => serde_json::to_vec(&Settle {
-                reservation_id: reservation_id.into(),
-                event: (**event).clone(),
+            } => serde_json::to_vec(&SettleRef {
+                reservation_id,
+                event,
             }),
             Record::Release {
                 request_id,
@@ -112,7 +124,7 @@ impl Record {
         json.map_err(|e| Error::Internal(format!("journal record: {e}")))
     }
 
-    fn from_payload(kind: u8, payload: &[u8]) -> Option<Record> {
+    fn from_json(kind: u8, payload: &[u8]) -> Option<Record> {
         match kind {
             1 => serde_json::from_slice::<HoldRecord>(payload)
                 .ok()
@@ -144,7 +156,18 @@ impl Record {
 /// # Errors
 /// [`Error::Internal`] when the record cannot be serialised or is larger than [`MAX_BODY`].
 pub fn encode(seq: u64, record: &Record) -> Result<Vec<u8>> {
-    let payload = record.payload()?;
+    framed(FORMAT_VERSION, seq, record, &super::body::write(record))
+}
+
+/// `record` framed as version 1 (JSON) wrote it: what a journal left by an earlier release holds.
+///
+/// # Errors
+/// As [`encode`].
+pub fn encode_json(seq: u64, record: &Record) -> Result<Vec<u8>> {
+    framed(JSON_VERSION, seq, record, &record.json()?)
+}
+
+fn framed(version: u8, seq: u64, record: &Record, payload: &[u8]) -> Result<Vec<u8>> {
     let len = 1 + 8 + 1 + payload.len();
     if len > MAX_BODY {
         return Err(Error::Internal(format!(
@@ -154,10 +177,10 @@ pub fn encode(seq: u64, record: &Record) -> Result<Vec<u8>> {
     let mut frame = Vec::with_capacity(HEADER + len);
     frame.extend_from_slice(&(len as u32).to_le_bytes());
     frame.extend_from_slice(&[0; 4]);
-    frame.push(FORMAT_VERSION);
+    frame.push(version);
     frame.extend_from_slice(&seq.to_le_bytes());
     frame.push(record.kind());
-    frame.extend_from_slice(&payload);
+    frame.extend_from_slice(payload);
     let crc = crc32c::crc32c(&frame[HEADER..]);
     frame[4..8].copy_from_slice(&crc.to_le_bytes());
     Ok(frame)
@@ -187,12 +210,17 @@ pub fn decode(bytes: &[u8]) -> Decoded {
         let Some(body) = bytes.get(at + HEADER..at + HEADER + len) else {
             break;
         };
-        if crc32c::crc32c(body) != crc || body[0] != FORMAT_VERSION {
+        if crc32c::crc32c(body) != crc {
             break;
         }
         let mut seq = [0u8; 8];
         seq.copy_from_slice(&body[1..9]);
-        let Some(record) = Record::from_payload(body[9], &body[10..]) else {
+        let record = match body[0] {
+            FORMAT_VERSION => super::body::read(body[9], &body[10..]),
+            JSON_VERSION => Record::from_json(body[9], &body[10..]),
+            _ => None,
+        };
+        let Some(record) = record else {
             break;
         };
         out.records.push((u64::from_le_bytes(seq), record));

@@ -47,6 +47,7 @@
 //! # Ok::<(), keymeter::Error>(()) }).unwrap();
 //! ```
 
+mod body;
 mod carve;
 pub mod frame;
 mod heartbeat;
@@ -183,7 +184,7 @@ impl HoldRecord {
     /// # Errors
     /// [`Error::Random`]; [`Error::InvalidInput`] for a record with invalid names.
     pub fn estimated_event(&self, random: &dyn RandomSource) -> Result<UsageEvent> {
-        let mut event = UsageEvent::new(
+        let mut event = UsageEvent::unchecked(
             Some(&self.request_id),
             self.at,
             &self.owner,
@@ -204,6 +205,29 @@ impl HoldRecord {
         event.end_user.clone_from(&self.end_user);
         event.validate()?;
         Ok(event)
+    }
+
+    /// Checks the names, tags, time, worst case and amount as an event holding them is checked
+    /// ([`UsageEvent::validate`]): what [`HoldRecord::estimated_event`] would refuse, found before the hold is
+    /// taken.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] naming the first field that fails.
+    pub fn validate(&self) -> Result<()> {
+        crate::ledger::event::Attribution {
+            request_id: &self.request_id,
+            at: self.at,
+            owner: &self.owner,
+            provider: &self.provider,
+            model: &self.model,
+            key_id: self.key_id.as_deref(),
+            org: self.org.as_deref(),
+            tags: &self.tags,
+            end_user: self.end_user.as_deref(),
+            usage: &self.worst,
+            cost: self.amount,
+        }
+        .check()
     }
 }
 
@@ -662,21 +686,24 @@ impl Journal {
     /// # Errors
     /// [`Error::Unavailable`] ([`Dependency::Journal`]) when full or when the disk refuses.
     pub fn hold(&self, hold: HoldRecord) -> Result<()> {
-        let full = {
-            let state = self.lock();
-            state.total_bytes >= self.inner.config.max_bytes
-        };
-        if full {
+        let drawn = crate::ledger::lease::drawn(&hold.reservation_id).is_some();
+        let record = Record::Hold(Box::new(hold));
+        let mut state = self.lock();
+        if state.total_bytes >= self.inner.config.max_bytes {
             return Err(Error::Unavailable {
                 dependency: Dependency::Journal,
                 source: Box::new(Error::Internal(format!(
                     "journal: {} bytes waiting for the store, over the bound of {}",
-                    self.bytes(),
-                    self.inner.config.max_bytes
+                    state.total_bytes, self.inner.config.max_bytes
                 ))),
             });
         }
-        self.append(Record::Hold(Box::new(hold))).map(|_| ())
+        self.append_locked(&mut state, &record)?;
+        // A drawn hold is kept until it ends, for the drain's carving ([`Ledger::carve`]).
+        if drawn && let Record::Hold(hold) = record {
+            state.draws.insert(hold.request_id.clone(), *hold);
+        }
+        Ok(())
     }
 
     /// Writes a `forwarded` record: the request is about to go upstream.
@@ -722,21 +749,19 @@ impl Journal {
     }
 
     fn append_and_queue(&self, record: Record) -> Result<()> {
-        let op = match &record {
+        let mut state = self.lock();
+        let segment = self.append_locked(&mut state, &record)?;
+        let op = match record {
             Record::Settle {
                 reservation_id,
                 event,
             } => Op::Settle {
-                reservation_id: reservation_id.clone(),
-                event: event.clone(),
+                reservation_id,
+                event,
             },
-            Record::Release { reservation_id, .. } => Op::Release {
-                reservation_id: reservation_id.clone(),
-            },
-            _ => return self.append(record).map(|_| ()),
+            Record::Release { reservation_id, .. } => Op::Release { reservation_id },
+            Record::Hold(_) | Record::Forwarded { .. } => return Ok(()),
         };
-        let mut state = self.lock();
-        let segment = self.append_locked(&mut state, &record)?;
         if let Some(s) = state.segments.get_mut(&segment) {
             s.pending += 1;
         }
@@ -790,9 +815,6 @@ impl Journal {
                     s.pending += 1;
                 }
                 state.holds.insert(h.request_id.clone(), vec![active]);
-                if crate::ledger::lease::drawn(&h.reservation_id).is_some() {
-                    state.draws.insert(h.request_id.clone(), (**h).clone());
-                }
             }
             Record::Forwarded { request_id } => {
                 // The marker that turns a crash's release into a bill must outlive its segment's other records.
@@ -834,14 +856,17 @@ impl Journal {
         Ok(())
     }
 
-    fn confirm(&self, segment: u64) {
+    /// Counts the records of `segments` (one entry per record) as in the store, under one lock for the batch.
+    fn confirm(&self, segments: impl Iterator<Item = u64>) {
         let mut state = self.lock();
-        state.queued = state.queued.saturating_sub(1);
-        state.queued_at.pop_front();
-        if let Some(s) = state.segments.get_mut(&segment) {
-            s.pending = s.pending.saturating_sub(1);
+        for segment in segments {
+            state.queued = state.queued.saturating_sub(1);
+            state.queued_at.pop_front();
+            if let Some(s) = state.segments.get_mut(&segment) {
+                s.pending = s.pending.saturating_sub(1);
+            }
+            delete_if_done(&mut state, segment);
         }
-        delete_if_done(&mut state, segment);
         drop(state);
         self.inner.drained.notify_waiters();
     }
@@ -911,6 +936,11 @@ fn empty_active_if_done(state: &mut State, past: u64) {
 
 /// The most records the drain writes in one store transaction.
 const DRAIN_BATCH: usize = 256;
+
+/// The drain's pause after a batch that was not full. Records sent meanwhile wait in the channel without waking
+/// the drain, so a busy instance pays a wake (a futex call on the request's thread, a round of contention for the
+/// journal's lock) per batch rather than per record; a record reaches the store at most this much later.
+const DRAIN_PAUSE: Duration = Duration::from_millis(1);
 
 /// Records queued settles and releases in the store, retrying while it cannot be reached. What has queued up
 /// while the store was busy goes in one batch: its settles in one transaction ([`Ledger::settle_batch`]), so
@@ -1026,9 +1056,7 @@ async fn drain(
         }
         let journal = Journal { inner };
         let confirmed = batch.len();
-        for queued in batch.drain(..) {
-            journal.confirm(queued.segment);
-        }
+        journal.confirm(batch.drain(..).map(|queued| queued.segment));
         let inner = Arc::downgrade(&journal.inner);
         drop(journal);
         if let Some(left) = recovering {
@@ -1038,6 +1066,9 @@ async fn drain(
             } else {
                 recovering = Some(left - confirmed);
             }
+        }
+        if confirmed < DRAIN_BATCH {
+            tokio::time::sleep(DRAIN_PAUSE).await;
         }
     }
 }
