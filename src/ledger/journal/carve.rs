@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use chrono::Utc;
 
-use super::{Inner, until_stored};
+use super::Inner;
+use super::drain::{DRAIN_BATCH, until_stored};
 use crate::ledger::{Ledger, UsageEvent};
 use crate::random::OsRandom;
 
@@ -44,7 +45,7 @@ pub(super) async fn open_draws(inner: &Weak<Inner>, ledger: &Arc<dyn Ledger>) ->
     }
     let (claimant, ttl) = (strong.claimant.clone(), strong.config.claim_ttl);
     drop(strong);
-    for chunk in open.chunks(super::DRAIN_BATCH) {
+    for chunk in open.chunks(DRAIN_BATCH) {
         let holds: Vec<(&str, &UsageEvent)> =
             chunk.iter().map(|(id, e)| (id.as_str(), e)).collect();
         let done = until_stored(inner, || ledger.carve(&holds, &claimant, Utc::now(), ttl)).await;

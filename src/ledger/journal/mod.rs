@@ -49,29 +49,29 @@
 
 mod body;
 mod carve;
+mod drain;
 pub mod frame;
 mod heartbeat;
+mod hold;
+mod recovery;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-use rust_decimal::Decimal;
-use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, mpsc};
 
 use crate::error::{Dependency, Error, Result};
 use crate::ledger::{Ledger, UsageEvent};
-use crate::pricing::Usage;
 use crate::random::RandomSource;
 
 pub use frame::Record;
 pub use heartbeat::{CLAIM_TTL, HEARTBEAT, spawn_sweeper};
+pub use hold::HoldRecord;
 
 /// When records reach the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,96 +138,6 @@ impl JournalConfig {
     pub fn max_bytes(mut self, bytes: u64) -> Self {
         self.max_bytes = bytes;
         self
-    }
-}
-
-/// What a `hold` record keeps of a request: enough to bill its reservation as an `estimated` event if the
-/// process dies after forwarding it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HoldRecord {
-    /// The request id (the idempotency key).
-    pub request_id: String,
-    /// The reservation in the store.
-    pub reservation_id: String,
-    /// When the request arrived (the estimated event's time).
-    pub at: DateTime<Utc>,
-    /// The inbound key, if any.
-    pub key_id: Option<String>,
-    /// The owner.
-    pub owner: String,
-    /// The organisation, if any.
-    pub org: Option<String>,
-    /// The provider of the model.
-    pub provider: String,
-    /// The model.
-    pub model: String,
-    /// The worst case reserved.
-    pub worst: Usage,
-    /// Its price: what an estimated bill records.
-    pub amount: Decimal,
-    /// Whose provider key pays (`user`, `system`, `env-file`), if known.
-    pub credential_source: Option<String>,
-    /// When the reservation expires by itself in the store.
-    pub expires_at: DateTime<Utc>,
-    /// The request's tags (absent in records written before they were kept).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub tags: Vec<String>,
-    /// The end user the request was made for.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub end_user: Option<String>,
-}
-
-impl HoldRecord {
-    /// The event that bills this hold's reservation when the usage never arrived: the worst case at the
-    /// reserved amount, marked `estimated`.
-    ///
-    /// # Errors
-    /// [`Error::Random`]; [`Error::InvalidInput`] for a record with invalid names.
-    pub fn estimated_event(&self, random: &dyn RandomSource) -> Result<UsageEvent> {
-        let mut event = UsageEvent::unchecked(
-            Some(&self.request_id),
-            self.at,
-            &self.owner,
-            &self.provider,
-            &self.model,
-            self.worst,
-            self.amount,
-            random,
-        )?;
-        event.key_id = self.key_id.clone();
-        event.org = self.org.clone();
-        event.credential_source = self
-            .credential_source
-            .as_deref()
-            .and_then(|s| s.parse().ok());
-        event.estimated = true;
-        event.tags.clone_from(&self.tags);
-        event.end_user.clone_from(&self.end_user);
-        event.validate()?;
-        Ok(event)
-    }
-
-    /// Checks the names, tags, time, worst case and amount as an event holding them is checked
-    /// ([`UsageEvent::validate`]): what [`HoldRecord::estimated_event`] would refuse, found before the hold is
-    /// taken.
-    ///
-    /// # Errors
-    /// [`Error::InvalidInput`] naming the first field that fails.
-    pub fn validate(&self) -> Result<()> {
-        crate::ledger::event::Attribution {
-            request_id: &self.request_id,
-            at: self.at,
-            owner: &self.owner,
-            provider: &self.provider,
-            model: &self.model,
-            key_id: self.key_id.as_deref(),
-            org: self.org.as_deref(),
-            tags: &self.tags,
-            end_user: self.end_user.as_deref(),
-            usage: &self.worst,
-            cost: self.amount,
-        }
-        .check()
     }
 }
 
@@ -379,197 +289,6 @@ fn instance_id(dir: &Path, given: Option<String>, random: &dyn RandomSource) -> 
 }
 
 impl Journal {
-    /// Opens (creating) the journal in `config.dir`, takes its lock, and recovers what an earlier process left:
-    /// the returned [`Recovery`] says what was queued for the store. Call [`Journal::start`] to drain it.
-    ///
-    /// # Errors
-    /// [`Error::Config`] when another process holds the directory; [`Error::Unavailable`] (journal) when it
-    /// cannot be created, read or written.
-    pub fn open(
-        config: JournalConfig,
-        random: Arc<dyn RandomSource>,
-    ) -> Result<(Journal, Recovery)> {
-        Journal::open_as(config, None, random)
-    }
-
-    /// [`Journal::open`] with a given instance id (`KEYMETER_INSTANCE_ID`) instead of the one kept in the
-    /// directory.
-    ///
-    /// # Errors
-    /// As [`Journal::open`].
-    pub fn open_as(
-        config: JournalConfig,
-        instance: Option<String>,
-        random: Arc<dyn RandomSource>,
-    ) -> Result<(Journal, Recovery)> {
-        let dir = config.dir.clone();
-        let mut builder = std::fs::DirBuilder::new();
-        builder.recursive(true);
-        #[cfg(unix)]
-        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-        builder
-            .create(&dir)
-            .map_err(|e| io("cannot create", &dir, e))?;
-        let lock_path = dir.join("LOCK");
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| io("cannot open", &lock_path, e))?;
-        if lock.try_lock().is_err() {
-            return Err(Error::Config(format!(
-                "the journal {} is in use by another process (one process per journal directory)",
-                dir.display()
-            )));
-        }
-        let instance_id = instance_id(&dir, instance, random.as_ref())?;
-
-        // Read every segment in order.
-        let mut ids = Vec::new();
-        for entry in std::fs::read_dir(&dir).map_err(|e| io("cannot read", &dir, e))? {
-            let entry = entry.map_err(|e| io("cannot read", &dir, e))?;
-            let name = entry.file_name();
-            let name = name.to_string_lossy();
-            if let Some(id) = name
-                .strip_prefix("seg-")
-                .and_then(|n| n.strip_suffix(".log"))
-                .and_then(|n| n.parse::<u64>().ok())
-            {
-                ids.push(id);
-            }
-        }
-        ids.sort_unstable();
-        let mut recovery = Recovery::default();
-        let mut max_seq = 0;
-        let mut requests: BTreeMap<String, Replayed> = BTreeMap::new();
-        for &id in &ids {
-            let path = segment_path(&dir, id);
-            let bytes = std::fs::read(&path).map_err(|e| io("cannot read", &path, e))?;
-            let decoded = frame::decode(&bytes);
-            if decoded.valid_len < bytes.len() {
-                let cut = (bytes.len() - decoded.valid_len) as u64;
-                tracing::warn!(
-                    segment = %path.display(),
-                    bytes = cut,
-                    "journal: torn or corrupt tail cut off"
-                );
-                recovery.cut_bytes += cut;
-            }
-            for (seq, record) in decoded.records {
-                max_seq = max_seq.max(seq);
-                let entry = requests.entry(record.request_id().to_owned()).or_default();
-                match record {
-                    Record::Hold(h) => entry.hold = Some(*h),
-                    Record::Forwarded { .. } => entry.forwarded = true,
-                    Record::Settle {
-                        reservation_id,
-                        event,
-                    } => entry.settled = Some((reservation_id, *event)),
-                    Record::Release { reservation_id, .. } => entry.released = Some(reservation_id),
-                }
-            }
-        }
-
-        // Resolve every request and write the outcome to a fresh segment.
-        // Past every sequence number and every segment seen (an empty segment has no records to say its id).
-        let active = max_seq.max(ids.last().copied().unwrap_or(0)) + 1;
-        let file = new_segment(&dir, active)?;
-        let (drain, drain_rx) = mpsc::unbounded_channel();
-        let journal = Journal {
-            inner: Arc::new(Inner {
-                config,
-                claimant: format!(
-                    "{instance_id}.{}",
-                    crate::ledger::event::random_id(random.as_ref())?
-                ),
-                instance_id,
-                state: Mutex::new(State {
-                    file,
-                    active,
-                    active_len: 0,
-                    next_seq: active,
-                    segments: BTreeMap::from([(
-                        active,
-                        Segment {
-                            path: segment_path(&dir, active),
-                            bytes: 0,
-                            pending: 0,
-                        },
-                    )]),
-                    holds: HashMap::new(),
-                    draws: HashMap::new(),
-                    total_bytes: 0,
-                    queued: 0,
-                    queued_at: std::collections::VecDeque::new(),
-                }),
-                dirty: AtomicBool::new(false),
-                drain,
-                drain_rx: Mutex::new(Some(drain_rx)),
-                drained: Notify::new(),
-                leases: std::sync::OnceLock::new(),
-                _lock: lock,
-            }),
-        };
-        for (request_id, r) in requests {
-            if let Some((reservation_id, event)) = r.settled {
-                recovery.settled += 1;
-                journal.append_and_queue(Record::Settle {
-                    reservation_id,
-                    event: Box::new(event),
-                })?;
-            } else if let Some(reservation_id) = r.released {
-                recovery.released += 1;
-                journal.append_and_queue(Record::Release {
-                    request_id,
-                    reservation_id,
-                })?;
-            } else if let Some(hold) = r.hold {
-                if r.forwarded {
-                    let event = hold.estimated_event(random.as_ref())?;
-                    tracing::warn!(
-                        request_id = %hold.request_id,
-                        amount = %hold.amount,
-                        "journal replay: forwarded but never settled; billing the reservation as estimated"
-                    );
-                    recovery.estimated += 1;
-                    journal.append_and_queue(Record::Settle {
-                        reservation_id: hold.reservation_id,
-                        event: Box::new(event),
-                    })?;
-                } else {
-                    recovery.released += 1;
-                    journal.append_and_queue(Record::Release {
-                        request_id,
-                        reservation_id: hold.reservation_id,
-                    })?;
-                }
-            }
-        }
-        {
-            let state = journal.lock();
-            state
-                .file
-                .sync_data()
-                .map_err(|e| io("cannot sync", &dir, e))?;
-        }
-        for id in ids {
-            let path = segment_path(&dir, id);
-            std::fs::remove_file(&path).map_err(|e| io("cannot delete", &path, e))?;
-        }
-        sync_dir(&dir)?;
-        if recovery != Recovery::default() {
-            tracing::info!(
-                settled = recovery.settled,
-                estimated = recovery.estimated,
-                released = recovery.released,
-                cut_bytes = recovery.cut_bytes,
-                "journal replayed"
-            );
-        }
-        Ok((journal, recovery))
-    }
-
     /// Starts the background work: the drain into `ledger`, the heartbeat that renews this instance's claims
     /// and sweeps lapsed ones (see [`HEARTBEAT`]) and, with [`SyncPolicy::Every`], the periodic `fsync`. Needs a
     /// tokio runtime. Calling it again does nothing.
@@ -588,9 +307,9 @@ impl Journal {
             ledger.clone(),
             Some((self.inner.claimant.clone(), self.inner.config.claim_ttl)),
         ));
-        tokio::spawn(drain(Arc::downgrade(&self.inner), ledger, rx));
+        tokio::spawn(drain::drain(Arc::downgrade(&self.inner), ledger, rx));
         if let SyncPolicy::Every(interval) = self.inner.config.sync {
-            tokio::spawn(syncer(Arc::downgrade(&self.inner), interval));
+            tokio::spawn(drain::syncer(Arc::downgrade(&self.inner), interval));
         }
     }
 
@@ -872,15 +591,6 @@ impl Journal {
     }
 }
 
-/// What one request left in the journal, gathered during recovery.
-#[derive(Debug, Default)]
-struct Replayed {
-    hold: Option<HoldRecord>,
-    forwarded: bool,
-    settled: Option<(String, UsageEvent)>,
-    released: Option<String>,
-}
-
 fn close_hold(state: &mut State, request_id: &str) {
     state.draws.remove(request_id);
     for segment in state.holds.remove(request_id).unwrap_or_default() {
@@ -931,241 +641,5 @@ fn empty_active_if_done(state: &mut State, past: u64) {
         Err(e) => {
             tracing::warn!(segment = %s.path.display(), error = %e, "journal: cannot empty a finished segment")
         }
-    }
-}
-
-/// The most records the drain writes in one store transaction.
-const DRAIN_BATCH: usize = 256;
-
-/// The drain's pause after a batch that was not full. Records sent meanwhile wait in the channel without waking
-/// the drain, so a busy instance pays a wake (a futex call on the request's thread, a round of contention for the
-/// journal's lock) per batch rather than per record; a record reaches the store at most this much later.
-const DRAIN_PAUSE: Duration = Duration::from_millis(1);
-
-/// Records queued settles and releases in the store, retrying while it cannot be reached. What has queued up
-/// while the store was busy goes in one batch: its settles in one transaction ([`Ledger::settle_batch`]), so
-/// the store commits once per batch rather than once per request, then its releases.
-async fn drain(
-    inner: Weak<Inner>,
-    ledger: Arc<dyn Ledger>,
-    mut rx: mpsc::UnboundedReceiver<Queued>,
-) {
-    let mut batch: Vec<Queued> = Vec::with_capacity(DRAIN_BATCH);
-    // The records recovery queued come first: once the store holds them, the leases earlier runs of this
-    // instance left hold room for nothing, and end.
-    let (every, mut recovering) = match inner.upgrade() {
-        Some(inner) => {
-            let queued = inner.state.lock().unwrap_or_else(|p| p.into_inner()).queued;
-            (carve::every(inner.config.claim_ttl), Some(queued))
-        }
-        None => return,
-    };
-    if recovering == Some(0) {
-        recovering = None;
-        carve::end_earlier_leases(&inner, &ledger).await;
-    }
-    let mut carving = tokio::time::interval(every);
-    carving.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let first = tokio::select! {
-            first = rx.recv() => match first {
-                Some(first) => first,
-                None => return,
-            },
-            _ = carving.tick() => {
-                if !carve::open_draws(&inner, &ledger).await {
-                    return;
-                }
-                continue;
-            }
-        };
-        batch.push(first);
-        while batch.len() < DRAIN_BATCH {
-            match rx.try_recv() {
-                Ok(next) => batch.push(next),
-                Err(_) => break,
-            }
-        }
-        let settles: Vec<(&str, &UsageEvent)> = batch
-            .iter()
-            .filter_map(|q| match &q.op {
-                Op::Settle {
-                    reservation_id,
-                    event,
-                } => Some((reservation_id.as_str(), &**event)),
-                Op::Release { .. } => None,
-            })
-            .collect();
-        let written = match settles.len() {
-            0 => true,
-            1 => false, // one settle goes the per-record way below
-            _ => {
-                let done = until_stored(&inner, || ledger.settle_batch(&settles, Utc::now())).await;
-                match done {
-                    Some(Ok(_)) => true,
-                    Some(Err(e)) => {
-                        // One bad record must not cost the others theirs: each is tried alone.
-                        tracing::warn!(error = %e, records = settles.len(),
-                            "journal drain: the store refused a batch; writing its records one by one");
-                        false
-                    }
-                    None => return,
-                }
-            }
-        };
-        for queued in &batch {
-            let done = match &queued.op {
-                Op::Settle { .. } if written => continue,
-                Op::Settle {
-                    reservation_id,
-                    event,
-                } => {
-                    until_stored(&inner, || async {
-                        ledger
-                            .settle(reservation_id, event, Utc::now())
-                            .await
-                            .map(|_| ())
-                    })
-                    .await
-                }
-                Op::Release { reservation_id } => {
-                    until_stored(&inner, || async {
-                        ledger.release(reservation_id).await.map(|_| ())
-                    })
-                    .await
-                }
-            };
-            match done {
-                Some(Ok(())) => {}
-                Some(Err(e)) => {
-                    tracing::error!(error = %e, "journal drain: the store refused a record; dropped");
-                }
-                None => return,
-            }
-        }
-        let Some(inner) = inner.upgrade() else {
-            return;
-        };
-        if let Some(leases) = inner.leases.get() {
-            for queued in &batch {
-                match &queued.op {
-                    Op::Settle { reservation_id, .. } => leases.settled(reservation_id),
-                    Op::Release { reservation_id } => leases.released(reservation_id),
-                }
-            }
-        }
-        let journal = Journal { inner };
-        let confirmed = batch.len();
-        journal.confirm(batch.drain(..).map(|queued| queued.segment));
-        let inner = Arc::downgrade(&journal.inner);
-        drop(journal);
-        if let Some(left) = recovering {
-            if left <= confirmed {
-                recovering = None;
-                carve::end_earlier_leases(&inner, &ledger).await;
-            } else {
-                recovering = Some(left - confirmed);
-            }
-        }
-        if confirmed < DRAIN_BATCH {
-            tokio::time::sleep(DRAIN_PAUSE).await;
-        }
-    }
-}
-
-/// Runs `write` until the store takes it or refuses it for good (`Some`), retrying with a growing pause while
-/// it cannot be reached; `None` when the journal is gone meanwhile.
-async fn until_stored<T, F, Fut>(inner: &Weak<Inner>, mut write: F) -> Option<Result<T>>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T>>,
-{
-    let mut pause = Duration::from_millis(20);
-    let mut down_since: Option<tokio::time::Instant> = None;
-    loop {
-        match write().await {
-            Err(e) if e.unavailable().is_some() => {
-                if down_since.is_none() {
-                    tracing::warn!(error = %e, "journal drain: the store cannot be reached; retrying");
-                    down_since = Some(tokio::time::Instant::now());
-                }
-                if inner.strong_count() == 0 {
-                    return None;
-                }
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_millis(500));
-            }
-            done => {
-                if let Some(since) = down_since
-                    && done.is_ok()
-                {
-                    tracing::info!(
-                        after_ms = since.elapsed().as_millis() as u64,
-                        "journal drain: the store is back"
-                    );
-                }
-                return Some(done);
-            }
-        }
-    }
-}
-
-/// `fsync`s the active segment every `interval` while there is something new.
-async fn syncer(inner: Weak<Inner>, interval: Duration) {
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let Some(inner) = inner.upgrade() else {
-            return;
-        };
-        if inner.dirty.swap(false, Ordering::Relaxed) {
-            let file = inner
-                .state
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .file
-                .try_clone();
-            let dir = inner.config.dir.clone();
-            drop(inner);
-            // On the blocking pool: a flush can take milliseconds, which a request worker should not wait out.
-            let synced = match file {
-                Ok(file) => tokio::task::spawn_blocking(move || file.sync_data())
-                    .await
-                    .unwrap_or_else(|e| Err(std::io::Error::other(e))),
-                Err(e) => Err(e),
-            };
-            if let Err(e) = synced {
-                tracing::error!(dir = %dir.display(), error = %e, "journal: fsync failed");
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::HoldRecord;
-
-    /// A hold written before tags were kept reads back without them; one with them bills its estimate with them.
-    #[test]
-    fn hold_records_carry_attribution_and_read_older_ones() {
-        let old = r#"{"request_id":"r1","reservation_id":"rsv_1","at":"2026-12-01T00:00:00Z","key_id":null,
-            "owner":"alice","org":null,"provider":"openai","model":"gpt-4o","worst":{"input":10},
-            "amount":"0.5","credential_source":null,"expires_at":"2026-12-01T00:00:30Z"}"#;
-        let mut hold: HoldRecord = serde_json::from_str(old).unwrap();
-        assert!(hold.tags.is_empty() && hold.end_user.is_none());
-        hold.tags = vec!["batch".into()];
-        hold.end_user = Some("user-1".into());
-        let back: HoldRecord =
-            serde_json::from_str(&serde_json::to_string(&hold).unwrap()).unwrap();
-        assert_eq!(back, hold);
-        let event = back
-            .estimated_event(&crate::random::SeededRandom::new(1))
-            .unwrap();
-        assert_eq!(
-            (event.tags, event.end_user.as_deref()),
-            (vec!["batch".to_owned()], Some("user-1"))
-        );
-        assert!(event.estimated);
     }
 }
