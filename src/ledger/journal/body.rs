@@ -512,6 +512,16 @@ mod tests {
         assert_eq!(In(&[200, 1, 0]).list(), None);
     }
 
+    /// Negative zero (a JSON amount may say `-0.00`) reads back equal: the mantissa drops its sign.
+    #[test]
+    fn negative_zero_reads_back_equal() {
+        let (mut hold, _) = every_field();
+        hold.amount = "-0.00".parse().unwrap();
+        let record = Record::Hold(Box::new(hold));
+        let back = decode(&encode(0, &record).unwrap()).records;
+        assert_eq!(back, vec![(0, record)]);
+    }
+
     /// The binary body is smaller than the JSON one (and so never past the frame bound where JSON was not).
     #[test]
     fn the_binary_body_is_smaller() {
