@@ -30,6 +30,13 @@ mod memory {
                 .expect("open")
             ));
         }
+        mod leased {
+            keymeter::rate_limiter_conformance!(std::sync::Arc::new(
+                keymeter::limits::LeasedLimiter::new(std::sync::Arc::new(
+                    keymeter::store::MemoryStore::new()
+                ))
+            ));
+        }
     }
     mod slots {
         keymeter::slot_store_conformance!(std::sync::Arc::new(keymeter::store::MemoryStore::new()));
@@ -70,6 +77,12 @@ mod sqlite {
         keymeter::limit_store_conformance!(fresh().await);
         keymeter::rate_limiter_conformance!(fresh().await);
         keymeter::bucket_store_conformance!(fresh().await);
+        mod leased {
+            use super::fresh;
+            keymeter::rate_limiter_conformance!(std::sync::Arc::new(
+                keymeter::limits::LeasedLimiter::new(fresh().await)
+            ));
+        }
     }
     mod slots {
         use super::fresh;
@@ -112,6 +125,11 @@ mod postgres {
         keymeter::limit_store_conformance!(fresh!());
         keymeter::rate_limiter_conformance!(fresh!());
         keymeter::bucket_store_conformance!(fresh!());
+        mod leased {
+            keymeter::rate_limiter_conformance!(std::sync::Arc::new(
+                keymeter::limits::LeasedLimiter::new(fresh!())
+            ));
+        }
     }
     mod slots {
         keymeter::slot_store_conformance!(fresh!());

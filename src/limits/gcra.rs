@@ -124,16 +124,44 @@ pub fn refund(tat: Option<i64>, now: i64, quota: &Quota, cost: u64) -> i64 {
 /// Decides every charge at once, all or none: `states[i]` is the stored TAT of `charges[i]`'s bucket. Returns the
 /// decision and, when admitted, the TAT to store for each charge (in order); when refused, nothing is to be stored.
 pub fn decide_all(states: &[Option<i64>], now: i64, charges: &[Charge]) -> (Decision, Vec<i64>) {
-    let mut allowed = true;
-    let mut tightest: Option<LimitStatus> = None;
+    let mut fold = Tightest::default();
     let mut tats = Vec::with_capacity(charges.len());
     for (charge, &tat) in charges.iter().zip(states) {
         let (ok, new_tat, status) = decide(tat, now, &charge.quota, charge.cost);
         tats.push(new_tat);
-        // `allowed` still says whether every earlier charge was admitted.
-        let tighter = match tightest {
+        fold.add(ok, status);
+    }
+    let decision = fold.decision();
+    if !decision.allowed {
+        tats.clear();
+    }
+    (decision, tats)
+}
+
+/// Folds the answers of one check's limits, in order, into its [`Decision`]: admitted when every limit admitted,
+/// and the tightest limit as [`Decision::tightest`] says.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Tightest {
+    allowed: bool,
+    tightest: Option<LimitStatus>,
+}
+
+impl Default for Tightest {
+    fn default() -> Self {
+        Tightest {
+            allowed: true,
+            tightest: None,
+        }
+    }
+}
+
+impl Tightest {
+    /// Adds one limit's answer.
+    pub(crate) fn add(&mut self, ok: bool, status: LimitStatus) {
+        // `allowed` still says whether every earlier limit admitted.
+        let tighter = match self.tightest {
             None => true,
-            Some(t) => match (ok, allowed) {
+            Some(t) => match (ok, self.allowed) {
                 (false, true) => true,
                 (false, false) => status.retry_after_micros > t.retry_after_micros,
                 (true, false) => false,
@@ -141,14 +169,26 @@ pub fn decide_all(states: &[Option<i64>], now: i64, charges: &[Charge]) -> (Deci
             },
         };
         if tighter {
-            tightest = Some(status);
+            self.tightest = Some(status);
         }
-        allowed &= ok;
+        self.allowed &= ok;
     }
-    if !allowed {
-        tats.clear();
+
+    /// Adds another check's decision (its tightest limit stands for all of its limits).
+    pub(crate) fn merge(&mut self, other: Decision) {
+        match other.tightest {
+            Some(status) => self.add(other.allowed, status),
+            None => self.allowed &= other.allowed,
+        }
     }
-    (Decision { allowed, tightest }, tats)
+
+    /// The decision.
+    pub(crate) fn decision(self) -> Decision {
+        Decision {
+            allowed: self.allowed,
+            tightest: self.tightest,
+        }
+    }
 }
 
 #[cfg(test)]

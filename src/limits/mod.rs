@@ -6,6 +6,7 @@
 //!   and charged atomically — all the charges of one check, or none. Both are object safe; the memory and
 //!   SQLite stores implement them, and [`crate::conformance::limits`] checks any backend.
 //! - [`LocalLimiter`]: one instance's buckets in its memory, written to a [`BucketStore`] in batches.
+//! - [`LeasedLimiter`]: several instances' buckets in the store, each spending leased slices of them in memory.
 //! - [`slots`]: concurrency limits, slots held while a request is in flight ([`SlotStore`], [`SlotKeeper`]).
 //! - The [`Verifier`](crate::keys::Verifier) charges request limits at verify and pre-checks token limits
 //!   ([`Verifier::with_limits`](crate::keys::Verifier::with_limits)); [`charge_tokens`] charges the tokens a
@@ -30,6 +31,7 @@
 
 pub(crate) mod buckets;
 pub mod gcra;
+pub mod leased;
 pub mod local;
 pub mod quota;
 pub mod slots;
@@ -37,6 +39,7 @@ pub mod slots;
 use async_trait::async_trait;
 
 pub use gcra::{Charge, Decision, LimitStatus};
+pub use leased::LeasedLimiter;
 pub use local::LocalLimiter;
 pub use quota::{LimitScope, Limits, MAX_QUOTA, MAX_QUOTAS, Period, Quota};
 pub use slots::{MAX_PARALLEL, Slot, SlotClaim, SlotGuard, SlotKeeper, SlotRefusal, SlotStore};

@@ -1,0 +1,256 @@
+//! Leased request quotas (DESIGN §14): instances sharing rate limits through the store admit from slices in memory,
+//! never more than a quota together, and ask the store a fraction of the time.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use async_trait::async_trait;
+use keymeter::limits::{Charge, Decision, LeasedLimiter, Quota, RateLimiter};
+use keymeter::store::MemoryStore;
+
+#[cfg(feature = "postgres")]
+#[path = "common/mod.rs"]
+mod common;
+
+const SECOND: i64 = 1_000_000;
+const T0: i64 = 1_772_366_400 * SECOND;
+
+fn charge(bucket: &str, quota: &str, cost: u64) -> Charge {
+    Charge {
+        bucket: bucket.into(),
+        quota: quota.parse::<Quota>().expect("quota"),
+        cost,
+    }
+}
+
+/// A limiter that counts the calls it passes on.
+#[derive(Debug)]
+struct Counting {
+    inner: Arc<dyn RateLimiter>,
+    checks: AtomicUsize,
+    charges: AtomicUsize,
+    refunds: AtomicUsize,
+}
+
+impl Counting {
+    fn new(inner: Arc<dyn RateLimiter>) -> Arc<Self> {
+        Arc::new(Counting {
+            inner,
+            checks: AtomicUsize::new(0),
+            charges: AtomicUsize::new(0),
+            refunds: AtomicUsize::new(0),
+        })
+    }
+}
+
+#[async_trait]
+impl RateLimiter for Counting {
+    async fn check(&self, charges: &[Charge], now: i64) -> keymeter::Result<Decision> {
+        self.checks.fetch_add(1, Ordering::Relaxed);
+        self.inner.check(charges, now).await
+    }
+
+    async fn charge(&self, charges: &[Charge], now: i64) -> keymeter::Result<()> {
+        self.charges.fetch_add(1, Ordering::Relaxed);
+        self.inner.charge(charges, now).await
+    }
+
+    async fn refund(&self, charges: &[Charge], now: i64) -> keymeter::Result<()> {
+        self.refunds.fetch_add(1, Ordering::Relaxed);
+        self.inner.refund(charges, now).await
+    }
+}
+
+/// 32 tasks on each of two instances check one quota at one instant until it is spent; returns what each
+/// instance admitted.
+async fn two_instances_spend(
+    a: Arc<dyn RateLimiter>,
+    b: Arc<dyn RateLimiter>,
+    quota: &str,
+) -> [u64; 2] {
+    let c = Arc::new([charge("key:shared:requests", quota, 1)]);
+    let mut tasks = Vec::new();
+    for (i, limiter) in [a, b].into_iter().enumerate() {
+        for _ in 0..32 {
+            let (limiter, c) = (limiter.clone(), c.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut admitted = 0u64;
+                let mut refused = 0;
+                // Past the quota each task sees a few refusals in a row before it stops (and at most 200
+                // checks, so a limiter that never refuses fails the count, not the test's time).
+                let mut left = 200;
+                while refused < 3 && left > 0 {
+                    left -= 1;
+                    if limiter.check(&c[..], T0).await.expect("check").allowed {
+                        admitted += 1;
+                        refused = 0;
+                    } else {
+                        refused += 1;
+                    }
+                }
+                (i, admitted)
+            }));
+        }
+    }
+    let mut admitted = [0u64; 2];
+    for t in tasks {
+        let (i, n) = t.await.expect("task");
+        admitted[i] += n;
+    }
+    admitted
+}
+
+/// What the store still admits of `quota` at `T0`, asked one unit at a time.
+async fn room_left(store: &dyn RateLimiter, quota: &str) -> u64 {
+    let c = [charge("key:shared:requests", quota, 1)];
+    let mut room = 0;
+    while store.check(&c, T0).await.expect("check").allowed {
+        room += 1;
+    }
+    room
+}
+
+async fn never_more_than_the_quota(store_a: Arc<dyn RateLimiter>, store_b: Arc<dyn RateLimiter>) {
+    let quota = "2000/h";
+    let a = Arc::new(LeasedLimiter::new(store_a.clone()));
+    let b = Arc::new(LeasedLimiter::new(store_b));
+    let [in_a, in_b] = two_instances_spend(a.clone(), b.clone(), quota).await;
+    let total = in_a + in_b;
+    println!("admitted {in_a} + {in_b} = {total} of 2000");
+    assert!(total <= 2000, "admitted {total} past a quota of 2000");
+    // Each task stopped only after refusals, so neither instance kept units it could have used: the early
+    // refusals are at most the slices the other held (1/16 of the quota each: two slices of 1/32), and here
+    // none.
+    assert!(
+        total >= 2000 - 2 * (2000 / 16),
+        "admitted only {total} of 2000"
+    );
+    a.flush().await.expect("flush");
+    b.flush().await.expect("flush");
+    // What the instances did not use is back in the store, and nothing more.
+    assert_eq!(room_left(&*store_a, quota).await, 2000 - total);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_on_memory_never_admit_more_than_the_quota() {
+    let store = Arc::new(MemoryStore::new());
+    never_more_than_the_quota(store.clone(), store).await;
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_on_postgres_never_admit_more_than_the_quota() {
+    let Some(url) = common::pg_schema_url(module_path!()).await else {
+        return;
+    };
+    // Two pools, as two processes would have.
+    let a = keymeter::store::PostgresStore::connect(&url)
+        .await
+        .expect("connect");
+    let b = keymeter::store::PostgresStore::connect(&url)
+        .await
+        .expect("connect");
+    never_more_than_the_quota(Arc::new(a), Arc::new(b)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_instance_asks_the_store_for_a_fraction_of_its_checks() {
+    let store = Counting::new(Arc::new(MemoryStore::new()));
+    let limiter = LeasedLimiter::new(store.clone());
+    let c = [charge("key:busy:requests", "1000000/min", 1)];
+    // 1,000 requests a second for two seconds.
+    for i in 0..2000 {
+        let now = T0 + i * 1_000;
+        let d = limiter.check(&c, now).await.expect("check");
+        assert!(d.allowed);
+        tokio::task::yield_now().await;
+    }
+    let calls = store.checks.load(Ordering::Relaxed);
+    println!("2000 checks, {calls} store calls");
+    assert!(calls <= 100, "{calls} store calls for 2000 checks");
+}
+
+/// Admits `c` at `now` until refused three times in a row (at most 1,000 checks); returns how many.
+async fn admit_all(limiter: &dyn RateLimiter, c: &[Charge], now: i64) -> u64 {
+    let (mut admitted, mut refused, mut left) = (0, 0, 1000);
+    while refused < 3 && left > 0 {
+        left -= 1;
+        if limiter.check(c, now).await.expect("check").allowed {
+            admitted += 1;
+            refused = 0;
+        } else {
+            refused += 1;
+        }
+    }
+    admitted
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn units_held_unused_come_back_when_the_window_ends() {
+    let store = Arc::new(MemoryStore::new());
+    let c = [charge("key:shared:requests", "64/h", 1)];
+    let a = LeasedLimiter::new(store.clone());
+    let b = LeasedLimiter::new(store.clone());
+    for _ in 0..10 {
+        assert!(a.check(&c, T0).await.expect("check").allowed);
+    }
+    // The slices a's traffic asked for land in the background (the last may still be in flight when one has).
+    let mut held = 0;
+    for _ in 0..200 {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let now_held = a.leased_units(&c[0].bucket, T0);
+        if now_held > 0 && now_held == held {
+            break;
+        }
+        held = now_held;
+    }
+    assert!(
+        (1..=4).contains(&held),
+        "a holds at most two slices of 1/32: {held}"
+    );
+    // b is refused early by exactly what a holds…
+    assert_eq!(admit_all(&b, &c, T0).await, 64 - 10 - held);
+    // …until a's window ends and its sweep gives them back (64/h refills one unit per 56.25 s: none in 2 s).
+    let later = T0 + 2 * SECOND;
+    a.sweep(later).await.expect("sweep");
+    assert_eq!(a.leased_units(&c[0].bucket, later), 0);
+    assert_eq!(admit_all(&b, &c, later).await, held);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_charges_reach_the_store_in_one_call_per_sweep() {
+    let store = Counting::new(Arc::new(MemoryStore::new()));
+    let limiter = LeasedLimiter::new(store.clone());
+    // 600/min: a token costs 0.1 s of the bucket.
+    let precheck = [charge("key:t:tokens", "600/min", 0)];
+    assert!(limiter.check(&precheck, T0).await.expect("check").allowed);
+    // The pre-check's slice (no units: a token limit only asks whether the bucket is in debt) lands.
+    for _ in 0..200 {
+        if store.checks.load(Ordering::Relaxed) >= 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let before = store.charges.load(Ordering::Relaxed);
+    for _ in 0..100 {
+        limiter
+            .charge(&[charge("key:t:tokens", "600/min", 10)], T0)
+            .await
+            .expect("charge");
+    }
+    assert_eq!(
+        store.charges.load(Ordering::Relaxed),
+        before,
+        "no store call per charge"
+    );
+    // This instance already counts them: 1,000 tokens are 100 s, 40 s past the burst.
+    let d = limiter.check(&precheck, T0).await.expect("check");
+    assert!(!d.allowed);
+    assert_eq!(d.tightest.expect("status").retry_after_micros, 40 * SECOND);
+    assert_eq!(limiter.sweep(T0).await.expect("sweep"), 1);
+    assert_eq!(store.charges.load(Ordering::Relaxed), before + 1);
+    // And so does the store, as of when they were made.
+    let d = store.check(&precheck, T0).await.expect("check");
+    assert_eq!(d.tightest.expect("status").retry_after_micros, 40 * SECOND);
+}
