@@ -8,7 +8,7 @@
 //! | `KEYMETER_MASTER_KEYS` | the master-key ring, same format | development: the secrets file |
 //! | `KEYMETER_PREFIXES` | token prefixes verified as keymeter's own, comma-separated | `km` |
 //! | `KEYMETER_CATALOG` | a price catalog file (keymeter's format or LiteLLM's) | the bundled snapshot |
-//! | `KEYMETER_LIMITER` | where rate limits and concurrency slots live: `memory` (this process, written to the store in batches), `store` (a store transaction per check), `redis://…` (feature `redis`) | `memory` on SQLite, `store` on PostgreSQL |
+//! | `KEYMETER_LIMITER` | where rate limits and concurrency slots live: `memory` (this process, written to the store in batches), `leased` (slices of the store's buckets spent in memory: [`crate::limits::LeasedLimiter`]), `store` (a store transaction per check), `redis://…` (feature `redis`) | `memory` on SQLite, `leased` on PostgreSQL |
 //! | `KEYMETER_LIMITS_FAIL_OPEN` | `1`/`true`: admit requests when the limiter cannot be reached | fail closed |
 //! | `KEYMETER_FAILED_VERIFICATIONS` | failed verifications of imported keys allowed per client address before it is refused without a KDF: `N/PERIOD`, or `off` | `10/min` |
 //! | `KEYMETER_KEY_CACHE` | key records cached in process by [`Config::key_cache`] (`0`: none) | 10000 |
@@ -82,8 +82,8 @@ pub struct Config {
     pub catalog_path: Option<PathBuf>,
     /// Where development secrets live (beside a SQLite database), whether or not the file exists yet.
     pub secrets_file: Option<PathBuf>,
-    /// Where rate limits live as `KEYMETER_LIMITER` says: `memory`, `store` or `redis://…`; `None`: memory on
-    /// SQLite and in-memory stores, the store on PostgreSQL ([`Config::open`]).
+    /// Where rate limits live as `KEYMETER_LIMITER` says: `memory`, `leased`, `store` or `redis://…`; `None`:
+    /// memory on SQLite and in-memory stores, leased from the store on PostgreSQL ([`Config::open`]).
     pub limiter_url: Option<String>,
     /// Admit requests when the limiter cannot be reached (default: refuse them).
     pub limits_fail_open: bool,
@@ -427,14 +427,14 @@ impl Config {
         Arc<dyn crate::limits::SlotStore>,
     )> {
         match self.limiter_url.as_deref() {
-            None | Some("memory" | "store") => Ok((store.clone(), store)),
+            None | Some("memory" | "leased" | "store") => Ok((store.clone(), store)),
             #[cfg(feature = "redis")]
             Some(url) if url.starts_with("redis://") || url.starts_with("rediss://") => {
                 let redis = Arc::new(crate::store::RedisLimiter::connect(url).await?);
                 Ok((redis.clone(), redis))
             }
             Some(_) => Err(Error::Config(
-                "KEYMETER_LIMITER: expected memory, store or redis://HOST:PORT (feature `redis`)"
+                "KEYMETER_LIMITER: expected memory, leased, store or redis://HOST:PORT (feature `redis`)"
                     .into(),
             )),
         }
@@ -447,6 +447,17 @@ impl Config {
         match self.limiter_url.as_deref() {
             Some("memory") => true,
             None => backend != "postgres",
+            Some(_) => false,
+        }
+    }
+
+    /// Whether a serving instance leases slices of the store's rate-limit buckets and spends them in memory
+    /// ([`crate::limits::LeasedLimiter`]): `KEYMETER_LIMITER` is `leased`, or unset on PostgreSQL. Instances
+    /// sharing the database never admit more than a quota together; concurrency slots stay in the store.
+    pub fn limits_leased(&self, backend: &str) -> bool {
+        match self.limiter_url.as_deref() {
+            Some("leased") => true,
+            None => backend == "postgres",
             Some(_) => false,
         }
     }

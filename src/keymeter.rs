@@ -41,8 +41,9 @@ pub struct Keymeter {
     /// Verifies inbound keys, charging rate limits, holding concurrency slots (in the limiter's Redis, else the
     /// store, with the configured claim TTL) and counting statistics.
     pub verifier: Arc<Verifier>,
-    /// The rate limiter the verifier charges: this process's memory (written to the store every second), the
-    /// store, or Redis, as [`Config::limits_in_memory`] and `KEYMETER_LIMITER` say.
+    /// The rate limiter the verifier charges: this process's memory (written to the store every second),
+    /// slices leased from the store, the store, or Redis, as [`Config::limits_in_memory`],
+    /// [`Config::limits_leased`] and `KEYMETER_LIMITER` say.
     pub limiter: Arc<dyn RateLimiter>,
     /// Issues, imports and rotates keys.
     pub issuer: Arc<KeyIssuer>,
@@ -155,12 +156,18 @@ impl Config {
 }
 
 impl Config {
-    /// The limiter and slot store of a serving instance: in its memory when [`Config::limits_in_memory`] (the
-    /// buckets read from the store at start and written back every second), else [`Config::limiters`].
+    /// The limiter and slot store of a serving instance: slices leased from the store when
+    /// [`Config::limits_leased`]; in its memory when [`Config::limits_in_memory`] (the buckets read from the store
+    /// at start and written back every second); else [`Config::limiters`].
     async fn serving_limiters(
         &self,
         store: Arc<dyn Store>,
     ) -> Result<(Arc<dyn RateLimiter>, Arc<dyn crate::limits::SlotStore>)> {
+        if self.limits_leased(store.backend()) {
+            let leased = crate::limits::LeasedLimiter::new(store.clone());
+            leased.spawn_sweeper();
+            return Ok((Arc::new(leased), store));
+        }
         if !self.limits_in_memory(store.backend()) {
             return self.limiters(store).await;
         }

@@ -323,8 +323,8 @@ async fn two_on_postgres(up: &support::Upstream, n: usize) {
         let mut config = support::config(&store);
         config.journal_dir = Some(dir.path().join("journal"));
         config.journal_sync = SyncPolicy::Every(Duration::from_millis(10));
-        // Where the rate limits live: the database by default on PostgreSQL (one transaction a check), or
-        // `memory`, `redis://…`.
+        // Where the rate limits live: slices leased from the database by default on PostgreSQL (a store call
+        // per slice), or `store` (a transaction per check), `memory`, `redis://…`.
         if let Ok(limiter) = std::env::var("GATEWAY_LOAD_LIMITER") {
             config.limiter_url = Some(limiter);
         }
