@@ -69,6 +69,9 @@ pub struct CacheLookups {
     pub keys: Option<Arc<crate::lookups::Lookups>>,
     /// The sealed provider keys' cache.
     pub credentials: Arc<crate::lookups::Lookups>,
+    /// The rate-limit checks of a [`crate::limits::LeasedLimiter`], when limits are leased: answered from its
+    /// slices (hits) or by the store (misses).
+    pub limits: Option<Arc<crate::lookups::Lookups>>,
 }
 
 impl Config {
@@ -93,7 +96,7 @@ impl Config {
             Some(cache) => cache.clone(),
             None => store.clone(),
         };
-        let (limiter, slot_store) = self.serving_limiters(store.clone()).await?;
+        let (limiter, slot_store, limit_leases) = self.serving_limiters(store.clone()).await?;
         let slots = crate::limits::SlotKeeper::new(slot_store, self.claim_ttl);
         let stats = Arc::new(
             StatsRecorder::new(store.clone())
@@ -137,6 +140,7 @@ impl Config {
         let lookups = CacheLookups {
             keys: key_cache.map(|c| c.lookups().clone()),
             credentials: credential_cache.lookups().clone(),
+            limits: limit_leases,
         };
         let credentials: Arc<dyn crate::credentials::CredentialStore> = credential_cache;
         Ok(Keymeter {
@@ -162,20 +166,26 @@ impl Config {
     async fn serving_limiters(
         &self,
         store: Arc<dyn Store>,
-    ) -> Result<(Arc<dyn RateLimiter>, Arc<dyn crate::limits::SlotStore>)> {
+    ) -> Result<(
+        Arc<dyn RateLimiter>,
+        Arc<dyn crate::limits::SlotStore>,
+        Option<Arc<crate::lookups::Lookups>>,
+    )> {
         if self.limits_leased(store.backend()) {
             let leased = crate::limits::LeasedLimiter::new(store.clone());
             leased.spawn_sweeper();
-            return Ok((Arc::new(leased), store));
+            let lookups = leased.lookups().clone();
+            return Ok((Arc::new(leased), store, Some(lookups)));
         }
         if !self.limits_in_memory(store.backend()) {
-            return self.limiters(store).await;
+            let (limiter, slots) = self.limiters(store).await?;
+            return Ok((limiter, slots, None));
         }
         let now = crate::clock::Clock::now(&crate::clock::SystemClock).timestamp_micros();
         let local = Arc::new(crate::limits::LocalLimiter::open(store, now).await?);
         local.spawn_flusher(LIMITS_INTERVAL);
         // Slots die with the process that holds them: memory is where one instance keeps them.
-        Ok((local, Arc::new(crate::store::MemoryStore::new())))
+        Ok((local, Arc::new(crate::store::MemoryStore::new()), None))
     }
 
     /// Says what a host must know before serving: the environment when it is not production or staging, and

@@ -168,6 +168,11 @@ async fn a_busy_instance_asks_the_store_for_a_fraction_of_its_checks() {
     let calls = store.checks.load(Ordering::Relaxed);
     println!("2000 checks, {calls} store calls");
     assert!(calls <= 100, "{calls} store calls for 2000 checks");
+    // The metrics' count: the checks that asked the store are the misses.
+    let lookups = limiter.lookups();
+    assert_eq!(lookups.hits() + lookups.misses(), 2000);
+    println!("{} hits, {} misses", lookups.hits(), lookups.misses());
+    assert!(lookups.misses() <= 50, "{} misses", lookups.misses());
 }
 
 /// Admits `c` at `now` until refused three times in a row (at most 1,000 checks); returns how many.

@@ -202,6 +202,7 @@ impl Collector for Live {
         for (cache, counts) in [
             ("keys", self.lookups.keys.as_ref()),
             ("credentials", Some(&self.lookups.credentials)),
+            ("rate_limits", self.lookups.limits.as_ref()),
         ] {
             if let Some(counts) = counts {
                 lookups.push(([("cache", cache), ("result", "hit")], counts.hits()));
@@ -211,7 +212,8 @@ impl Collector for Live {
         family(
             &mut encoder,
             "keymeter_cache_lookups",
-            "Reads of the in-process caches, answered from memory (hit) or by the store (miss)",
+            "Reads of the in-process caches (and checks of leased rate-limit slices), answered from memory (hit) \
+             or by the store (miss)",
             lookups.into_iter().map(|(l, n)| (l, ConstCounter::new(n))),
         )?;
         if let Some(leases) = self.meter.leases() {

@@ -44,6 +44,7 @@ use async_trait::async_trait;
 use crate::error::Result;
 use crate::limits::gcra::{self, Tightest};
 use crate::limits::{Charge, Decision, Quota, RateLimiter};
+use crate::lookups::Lookups;
 
 /// How long a leased slice may be used after it was leased (or last refilled), by default.
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(1);
@@ -67,8 +68,10 @@ struct Shared {
     state: Mutex<State>,
     /// Charges and refunds the store still owes: token charges, units of ended windows, failed sends.
     owed: Mutex<Owed>,
-    /// Woken when a lease lands, for a check that the store refused while one was in flight.
+    /// Woken when a lease lands, for a check that found one in flight.
     leased: tokio::sync::Notify,
+    /// Checks answered from the slices alone (hits) and with the store (misses).
+    lookups: Arc<Lookups>,
 }
 
 #[derive(Debug, Default)]
@@ -221,8 +224,14 @@ impl LeasedLimiter {
                 state: Mutex::new(State::default()),
                 owed: Mutex::new(Owed::default()),
                 leased: tokio::sync::Notify::new(),
+                lookups: Arc::default(),
             }),
         }
+    }
+
+    /// How many checks the slices answered alone (hits) and how many asked the store (misses), for metrics.
+    pub fn lookups(&self) -> &Arc<Lookups> {
+        &self.shared.lookups
     }
 
     /// Units this instance holds unused for `bucket` (0 when it holds no live slice of it).
@@ -578,6 +587,11 @@ impl RateLimiter for LeasedLimiter {
                 match self.local(charges, now, true, true) {
                     Local::Done(decision, wants) => {
                         self.lease(wants, now);
+                        if attempt == 1 {
+                            self.shared.lookups.hit();
+                        } else {
+                            self.shared.lookups.miss();
+                        }
                         return Ok(decision);
                     }
                     Local::Missing {
@@ -602,6 +616,7 @@ impl RateLimiter for LeasedLimiter {
                 // Kept as owed; the exact check below still runs.
                 tracing::debug!(error = %e, "ended rate-limit slices kept for the next sweep");
             }
+            self.shared.lookups.miss();
             let exact: Vec<Charge> = missing.iter().map(|&i| charges[i].clone()).collect();
             let answer = match self.shared.inner.check(&exact, now).await {
                 Ok(answer) => self.count_held(answer, &exact, now),
@@ -628,6 +643,7 @@ impl RateLimiter for LeasedLimiter {
         match self.local(charges, now, false, can_lease) {
             Local::Done(decision, wants) => {
                 self.lease(wants, now);
+                self.shared.lookups.hit();
                 Some(Ok(decision))
             }
             Local::Missing { .. } => None,
