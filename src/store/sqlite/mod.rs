@@ -417,10 +417,12 @@ async fn checkpoints(
         if !std::fs::metadata(&wal).is_ok_and(|m| m.len() > WAL_BOUND) {
             continue;
         }
+        // The writer lock first, then a connection: the order of every write transaction, so the two never wait
+        // for each other.
+        let _writer = lock.lock().await;
         let Ok(mut conn) = pool.acquire().await else {
             continue;
         };
-        let _writer = lock.lock().await;
         // Wait for the readers of the moment at most 200 ms (a long report may hold its snapshot for longer: the
         // next tick tries again) — the process's writers are queued behind this.
         let truncated = sqlx::raw_sql(
