@@ -228,8 +228,12 @@ fn ledger(c: &mut Criterion) {
         &scopes,
         now,
     );
-    lease::journaled_meter(&mut group, "memory", memory_leased.clone());
-    lease::journaled_meter(&mut group, "sqlite", sqlite_leased.clone());
+    lease::journaled_meter(&mut group, "memory", async || memory_leased.clone());
+    let meter_db = format!("sqlite://{}", dir.path().join("meter.db").display());
+    lease::journaled_meter(&mut group, "sqlite", async || {
+        std::sync::Arc::new(SqliteStore::connect(&meter_db).await.unwrap())
+            as std::sync::Arc<dyn Ledger>
+    });
     group.sample_size(20);
     lease::near_limit(&mut group, &runtime, "memory", memory_leased, now);
     lease::near_limit(&mut group, &runtime, "sqlite", sqlite_leased, now);
@@ -315,7 +319,7 @@ fn ledger(c: &mut Criterion) {
         lease::near_limit(&mut group, &runtime, "postgres", leased.clone(), now);
         // Last: its runtime of its own opens pool connections that die with it.
         group.sample_size(100);
-        lease::journaled_meter(&mut group, "postgres", leased);
+        lease::journaled_meter(&mut group, "postgres", async move || leased);
         group.finish();
     }
 }

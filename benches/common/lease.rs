@@ -145,17 +145,21 @@ pub fn near_limit(
 
 /// The journaled `Meter` path with leases: price the worst case, draw it, journal the hold (`write(2)`, no
 /// fsync wait: the journal syncs every 10 ms), price the reported usage and journal the settle. The drain
-/// writes the settles to the store on the runtime's other thread, outside the timed path.
+/// writes the settles to the store on the runtime's other thread, outside the timed path. `make` opens the
+/// store on this case's own runtime, so its background tasks (SQLite's checkpoints) run while it is measured: a
+/// store of another runtime that is not being driven keeps whatever lock its tasks held (SQLite's writer lock
+/// once hung this case).
 pub fn journaled_meter(
     group: &mut BenchmarkGroup<'_, WallTime>,
     name: &str,
-    ledger: Arc<dyn Ledger>,
+    make: impl AsyncFnOnce() -> Arc<dyn Ledger>,
 ) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()
         .unwrap();
+    let ledger = runtime.block_on(make());
     let dir = tempfile::tempdir().unwrap();
     let config = JournalConfig::new(dir.path().join("journal"))
         .sync(SyncPolicy::Every(std::time::Duration::from_millis(10)));
