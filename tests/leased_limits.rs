@@ -175,9 +175,9 @@ async fn a_busy_instance_asks_the_store_for_a_fraction_of_its_checks() {
     assert!(lookups.misses() <= 50, "{} misses", lookups.misses());
 }
 
-/// Admits `c` at `now` until refused three times in a row (at most 1,000 checks); returns how many.
+/// Admits `c` at `now` until refused three times in a row (at most 5,000 checks); returns how many.
 async fn admit_all(limiter: &dyn RateLimiter, c: &[Charge], now: i64) -> u64 {
-    let (mut admitted, mut refused, mut left) = (0, 0, 1000);
+    let (mut admitted, mut refused, mut left) = (0, 0, 5000);
     while refused < 3 && left > 0 {
         left -= 1;
         if limiter.check(c, now).await.expect("check").allowed {
@@ -258,4 +258,98 @@ async fn token_charges_reach_the_store_in_one_call_per_sweep() {
     // And so does the store, as of when they were made.
     let d = store.check(&precheck, T0).await.expect("check");
     assert_eq!(d.tightest.expect("status").retry_after_micros, 40 * SECOND);
+}
+
+const CHILD_STORE: &str = "KEYMETER_LEASED_CHILD_STORE";
+const KILLED_QUOTA: &str = "1600/h";
+const KILLED_BUCKET: &str = "key:killed:requests";
+
+/// Waits until the units `limiter` holds of `bucket` stop changing (a lease in flight has landed); returns them.
+async fn settled_units(limiter: &LeasedLimiter, bucket: &str) -> u64 {
+    let mut held = u64::MAX;
+    for _ in 0..250 {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let now_held = limiter.leased_units(bucket, T0);
+        if now_held > 0 && now_held == held {
+            break;
+        }
+        held = now_held;
+    }
+    held
+}
+
+/// Runs only as a child of `a_killed_instance_strands_at_most_its_slices`: spends part of a quota through leased
+/// slices, prints what it admitted and holds, and waits to be killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leased_child() {
+    let Ok(url) = std::env::var(CHILD_STORE) else {
+        return;
+    };
+    let store = keymeter::store::connect(&url).await.expect("connect");
+    let limiter = LeasedLimiter::new(store);
+    let c = [charge(KILLED_BUCKET, KILLED_QUOTA, 1)];
+    let mut admitted = 0;
+    for _ in 0..300 {
+        if limiter.check(&c, T0).await.expect("check").allowed {
+            admitted += 1;
+        }
+    }
+    let held = settled_units(&limiter, KILLED_BUCKET).await;
+    println!("\nHELD {admitted} {held}");
+    use std::io::Write;
+    std::io::stdout().flush().expect("flush");
+    tokio::time::sleep(std::time::Duration::from_secs(120)).await;
+}
+
+/// A process killed (`kill -9`) while it holds slices strands at most two slices (1/16 of the quota): the bucket
+/// counts them spent, nothing more, and refills them at the quota's rate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_instance_strands_at_most_its_slices() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}", dir.path().join("leased.db").display());
+    let store = keymeter::store::connect(&url).await.expect("connect");
+    let mut child = std::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args(["leased_child", "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD_STORE, &url)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn the child");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Some(rest) = line.strip_prefix("HELD ") {
+                let _ = tx.send(rest.to_owned());
+                return;
+            }
+        }
+    });
+    let said = rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("the child says what it holds");
+    // SIGKILL: nothing of the child's runs after this, its units are never given back.
+    child.kill().expect("kill -9");
+    child.wait().expect("reap");
+    let numbers: Vec<u64> = said
+        .split(' ')
+        .map(|n| n.parse().expect("number"))
+        .collect();
+    let (admitted, held) = (numbers[0], numbers[1]);
+    println!("the child admitted {admitted} and held {held} when killed");
+    assert_eq!(admitted, 300, "a roomy quota admits all the child's checks");
+    assert!(
+        (1..=1600 / 16).contains(&held),
+        "the child held {held}: at most two slices of 1/32"
+    );
+    let c = [charge(KILLED_BUCKET, KILLED_QUOTA, 1)];
+    // The store admits exactly what the child neither used nor stranded…
+    assert_eq!(admit_all(&*store, &c, T0).await, 1600 - admitted - held);
+    // …and the stranded units come back as the bucket refills (1600/h: one every 2.25 s).
+    let back = T0 + i64::try_from(held).expect("held") * 2_250_000;
+    assert_eq!(admit_all(&*store, &c, back).await, held);
 }
