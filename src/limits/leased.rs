@@ -36,7 +36,7 @@
 //! ```
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -271,29 +271,20 @@ impl LeasedLimiter {
     /// Sweeps every quarter window in the background while the limiter lives, on the callers' clock; a failure
     /// is logged once per streak (and the send retried).
     pub fn spawn_sweeper(&self) -> tokio::task::JoinHandle<()> {
-        let weak: Weak<Shared> = Arc::downgrade(&self.shared);
-        let every = Duration::from_micros((self.shared.window / 4).max(1) as u64);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut streak = crate::streak::Streak::default();
-            loop {
-                tick.tick().await;
-                let Some(shared) = weak.upgrade() else {
-                    return;
+        crate::streak::spawn_every(
+            Arc::downgrade(&self.shared),
+            Duration::from_micros((self.shared.window / 4).max(1) as u64),
+            "could not give leased rate-limit units back to the store or send token charges; kept and sent \
+             when it answers",
+            "leased rate-limit units and token charges reach the store again",
+            |shared: Arc<Shared>| async move {
+                // No check yet: nothing to sweep.
+                let Some(now) = shared.now() else {
+                    return Ok(0);
                 };
-                let limiter = LeasedLimiter { shared };
-                let Some(now) = limiter.shared.now() else {
-                    continue;
-                };
-                streak.note(
-                    &limiter.sweep(now).await,
-                    "could not give leased rate-limit units back to the store or send token charges; kept and \
-                     sent when it answers",
-                    "leased rate-limit units and token charges reach the store again",
-                );
-            }
-        })
+                LeasedLimiter { shared }.sweep(now).await
+            },
+        )
     }
 
     /// Looks at the slices of `charges` under the lock and takes what they cover.

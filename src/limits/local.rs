@@ -19,7 +19,7 @@
 //! # Ok::<(), keymeter::Error>(()) }).unwrap();
 //! ```
 
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -78,24 +78,14 @@ impl LocalLimiter {
     /// Flushes every `every` in the background while the limiter lives; a failure is logged (and the states
     /// are written by a later flush).
     pub fn spawn_flusher(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
-        let weak: Weak<Self> = Arc::downgrade(self);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut streak = crate::streak::Streak::default();
-            loop {
-                tick.tick().await;
-                let Some(limiter) = weak.upgrade() else {
-                    return;
-                };
-                streak.note(
-                    &limiter.flush().await,
-                    "could not write rate-limit states to the store; they are kept and written when it answers \
-                     (a restart before then forgets them)",
-                    "rate-limit states are written to the store again",
-                );
-            }
-        })
+        crate::streak::spawn_every(
+            Arc::downgrade(self),
+            every,
+            "could not write rate-limit states to the store; they are kept and written when it answers \
+             (a restart before then forgets them)",
+            "rate-limit states are written to the store again",
+            |limiter: Arc<Self>| async move { limiter.flush().await },
+        )
     }
 }
 

@@ -242,7 +242,14 @@ impl SlotKeeper {
             let me = self.me.clone();
             let every = (self.ttl.to_std().unwrap_or(Duration::from_secs(30)) / 3)
                 .max(Duration::from_millis(100));
-            tokio::spawn(heartbeat(me, every));
+            crate::streak::spawn_every(
+                me,
+                every,
+                "concurrency slots: cannot renew this process's slots; past their TTL other requests may take \
+                 them",
+                "concurrency slots: the store takes renewals again",
+                |keeper: Arc<SlotKeeper>| async move { keeper.renew().await },
+            );
         });
     }
 
@@ -266,24 +273,6 @@ impl SlotKeeper {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(id);
-    }
-}
-
-async fn heartbeat(keeper: Weak<SlotKeeper>, every: Duration) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
-    let mut streak = crate::streak::Streak::default();
-    loop {
-        tick.tick().await;
-        let Some(keeper) = keeper.upgrade() else {
-            return;
-        };
-        streak.note(
-            &keeper.renew().await,
-            "concurrency slots: cannot renew this process's slots; past their TTL other requests may take them",
-            "concurrency slots: the store takes renewals again",
-        );
     }
 }
 
