@@ -1,6 +1,7 @@
 //! Rate-limit checks (issue 12): one request charge against the in-memory limiter, ≤ 100 ns, beside a floor that
 //! does the least any limiter must (one map lookup under a lock, the GCRA decision, one store), cycling over the
-//! same 4,096 buckets with the same clock. Run: `cargo bench --bench limits`.
+//! same 4,096 buckets with the same clock; and the same check against warm leased slices (`LeasedLimiter`, the
+//! default on PostgreSQL). Run: `cargo bench --bench limits`.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -70,6 +71,32 @@ fn limits(c: &mut Criterion) {
         b.iter(|| {
             i = (i + 1) % BUCKETS;
             ready(limiter.check(black_box(&charges[i]), now)).unwrap()
+        })
+    });
+    // Leased slices (DESIGN §14), warm: the check the verifier makes first (`check_now`) answers from this
+    // process's slices while the next ones are leased on the runtime's thread; a check that finds its slice
+    // empty (the next still in flight) takes the async path, as the verifier would.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let _enter = rt.enter();
+    let leased = keymeter::limits::LeasedLimiter::new(std::sync::Arc::new(MemoryStore::new()));
+    for _ in 0..64 {
+        for c in &charges {
+            assert!(rt.block_on(leased.check(c, now)).unwrap().allowed);
+        }
+    }
+    let mut i = 0;
+    group.bench_function("check_leased_warm", |b| {
+        b.iter(|| {
+            i = (i + 1) % BUCKETS;
+            let c = black_box(&charges[i]);
+            match leased.check_now(c, now) {
+                Some(decision) => decision.unwrap(),
+                None => rt.block_on(leased.check(c, now)).unwrap(),
+            }
         })
     });
     group.finish();

@@ -244,7 +244,10 @@ impl LeasedLimiter {
             };
             g.units -= c.cost;
             g.used += c.cost;
-            taken.push(i);
+            if !missing.is_empty() {
+                // Given back if the store refuses the rest.
+                taken.push(i);
+            }
             if can_lease && g.wants_lease(now, window) {
                 g.refilling = true;
                 wants.push(c.bucket.clone());
