@@ -52,7 +52,7 @@ use slice::{Grant, Owed, charge};
 
 /// How long a leased slice may be used after it was leased (or last refilled), by default.
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(1);
-/// How often a refused check waits for a lease in flight and tries again before it answers.
+/// How often a check that finds a lease of its bucket in flight waits for it before it asks the store.
 const ATTEMPTS: usize = 3;
 
 /// Rate limits leased from a shared [`RateLimiter`] (the store's, one transaction per call) and spent in this
@@ -88,15 +88,18 @@ struct State {
 enum Local {
     /// The whole answer; the buckets whose slices want a lease.
     Done(Decision, Vec<String>),
-    /// Some charges need the store: the others were taken (`taken`, their answers folded), the expired slices of
-    /// the missing buckets were retired (`retire`), and whether a lease of a missing bucket is in flight.
-    Missing {
-        fold: Tightest,
-        taken: Vec<usize>,
-        missing: Vec<usize>,
-        retire: Owed,
-        in_flight: bool,
-    },
+    /// Some charges need the store.
+    Missing(Partial),
+}
+
+/// A check the slices cover in part: the covered charges were taken (`taken`, their answers folded), the ended
+/// slices of the `missing` ones retired (`retire`), and whether a lease of a missing bucket is in flight.
+struct Partial {
+    fold: Tightest,
+    taken: Vec<usize>,
+    missing: Vec<usize>,
+    retire: Owed,
+    in_flight: bool,
 }
 
 impl LeasedLimiter {
@@ -208,13 +211,13 @@ impl LeasedLimiter {
         }
         if !missing.is_empty() && !partial {
             // The synchronous path only looks: nothing taken.
-            return Local::Missing {
+            return Local::Missing(Partial {
                 fold,
                 taken: Vec::new(),
                 missing,
                 retire: Owed::default(),
                 in_flight: false,
-            };
+            });
         }
         let mut wants = Vec::new();
         let mut taken = Vec::new();
@@ -258,13 +261,13 @@ impl LeasedLimiter {
         }
         drop(state);
         self.lease(wants, now);
-        Local::Missing {
+        Local::Missing(Partial {
             fold,
             taken,
             missing,
             retire,
             in_flight,
-        }
+        })
     }
 
     /// Puts back the units taken for a check the store then refused.
@@ -382,25 +385,24 @@ impl RateLimiter for LeasedLimiter {
             let leased = self.shared.leased.notified();
             tokio::pin!(leased);
             leased.as_mut().enable();
-            let (mut fold, taken, missing, retire, in_flight) =
-                match self.local(charges, now, true, true) {
-                    Local::Done(decision, wants) => {
-                        self.lease(wants, now);
-                        if attempt == 1 {
-                            self.shared.lookups.hit();
-                        } else {
-                            self.shared.lookups.miss();
-                        }
-                        return Ok(decision);
+            let Partial {
+                mut fold,
+                taken,
+                missing,
+                retire,
+                in_flight,
+            } = match self.local(charges, now, true, true) {
+                Local::Missing(partial) => partial,
+                Local::Done(decision, wants) => {
+                    self.lease(wants, now);
+                    if attempt == 1 {
+                        self.shared.lookups.hit();
+                    } else {
+                        self.shared.lookups.miss();
                     }
-                    Local::Missing {
-                        fold,
-                        taken,
-                        missing,
-                        retire,
-                        in_flight,
-                    } => (fold, taken, missing, retire, in_flight),
-                };
+                    return Ok(decision);
+                }
+            };
             if in_flight && attempt < ATTEMPTS {
                 // A lease of a missing bucket is in flight: its units (already charged in the store) serve this
                 // check, and the store's answer would not count them.
@@ -445,7 +447,7 @@ impl RateLimiter for LeasedLimiter {
                 self.shared.lookups.hit();
                 Some(Ok(decision))
             }
-            Local::Missing { .. } => None,
+            Local::Missing(_) => None,
         }
     }
 
