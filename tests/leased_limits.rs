@@ -353,3 +353,86 @@ async fn a_killed_instance_strands_at_most_its_slices() {
     let back = T0 + i64::try_from(held).expect("held") * 2_250_000;
     assert_eq!(admit_all(&*store, &c, back).await, held);
 }
+
+/// Passes calls on, except that a lease of `blocked` (a check of more than one unit) never answers.
+#[derive(Debug)]
+struct LeaseNeverLands {
+    inner: Arc<dyn RateLimiter>,
+    blocked: String,
+}
+
+#[async_trait]
+impl RateLimiter for LeaseNeverLands {
+    async fn check(&self, charges: &[Charge], now: i64) -> keymeter::Result<Decision> {
+        if charges
+            .iter()
+            .any(|c| c.bucket == self.blocked && c.cost > 1)
+        {
+            std::future::pending::<()>().await;
+        }
+        self.inner.check(charges, now).await
+    }
+
+    async fn charge(&self, charges: &[Charge], now: i64) -> keymeter::Result<()> {
+        self.inner.charge(charges, now).await
+    }
+
+    async fn refund(&self, charges: &[Charge], now: i64) -> keymeter::Result<()> {
+        self.inner.refund(charges, now).await
+    }
+}
+
+/// Token charges held in an ended slice reach the store even when the check that ends it waits for a lease of
+/// another bucket: the store then refuses the debt they made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ended_slices_tokens_are_not_lost_while_a_check_waits_for_a_lease() {
+    let store = Arc::new(MemoryStore::new());
+    let window = std::time::Duration::from_millis(100);
+    let limiter = LeasedLimiter::with_window(
+        Arc::new(LeaseNeverLands {
+            inner: store.clone(),
+            blocked: "key:r:requests".into(),
+        }),
+        window,
+    );
+    let tokens = charge("key:t:tokens", "1000/min", 0);
+    let request = charge("key:r:requests", "1000000/min", 1);
+    assert!(
+        limiter
+            .check(std::slice::from_ref(&tokens), T0)
+            .await
+            .expect("check")
+            .allowed
+    );
+    // The token slice lands (no units, the bucket's state); 3,000 tokens are charged into it, not yet sent.
+    for _ in 0..200 {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        if limiter
+            .check_now(std::slice::from_ref(&tokens), T0)
+            .is_some()
+        {
+            break;
+        }
+    }
+    limiter
+        .charge(&[charge("key:t:tokens", "1000/min", 3000)], T0)
+        .await
+        .expect("charge");
+    // The request bucket's lease is asked for and never lands.
+    assert!(
+        limiter
+            .check(std::slice::from_ref(&request), T0)
+            .await
+            .expect("check")
+            .allowed
+    );
+    // Later, past the token slice's window: the check ends it, waits for the request lease, then asks the store,
+    // which has the 3,000 tokens: two minutes of debt less the one second passed.
+    let later = T0 + SECOND;
+    let d = limiter
+        .check(&[tokens, request], later)
+        .await
+        .expect("check");
+    assert!(!d.allowed, "the tokens of the ended slice count");
+    assert_eq!(d.tightest.expect("status").retry_after_micros, 119 * SECOND);
+}

@@ -92,13 +92,14 @@ enum Local {
     Missing(Partial),
 }
 
-/// A check the slices cover in part: the covered charges were taken (`taken`, their answers folded), the ended
-/// slices of the `missing` ones retired (`retire`), and whether a lease of a missing bucket is in flight.
+/// A check the slices cover in part: the covered charges were taken (`taken`, their answers folded), whether the
+/// ended slices of the `missing` ones were retired (their units and tokens now owed to the store), and whether a
+/// lease of a missing bucket is in flight.
 struct Partial {
     fold: Tightest,
     taken: Vec<usize>,
     missing: Vec<usize>,
-    retire: Owed,
+    retired: bool,
     in_flight: bool,
 }
 
@@ -215,12 +216,13 @@ impl LeasedLimiter {
                 fold,
                 taken: Vec::new(),
                 missing,
-                retire: Owed::default(),
+                retired: false,
                 in_flight: false,
             });
         }
         let mut wants = Vec::new();
         let mut taken = Vec::new();
+        // What ended slices owe goes where every owed charge waits, so that nothing drops it.
         let mut retire = Owed::default();
         let mut in_flight = false;
         let mut next_missing = missing.iter().peekable();
@@ -259,13 +261,17 @@ impl LeasedLimiter {
         if missing.is_empty() {
             return Local::Done(fold.decision(), wants);
         }
+        let retired = !retire.is_empty();
+        if retired {
+            self.shared.owed().append(retire);
+        }
         drop(state);
         self.lease(wants, now);
         Local::Missing(Partial {
             fold,
             taken,
             missing,
-            retire,
+            retired,
             in_flight,
         })
     }
@@ -379,6 +385,8 @@ impl RateLimiter for LeasedLimiter {
             return Ok(Decision::UNLIMITED);
         }
         let mut attempt = 0;
+        // Whether this check retired a slice (in any attempt): the store gets what it owes before it is asked.
+        let mut retired_any = false;
         loop {
             attempt += 1;
             // Made before looking, so a lease that lands after the look still wakes this check.
@@ -389,7 +397,7 @@ impl RateLimiter for LeasedLimiter {
                 mut fold,
                 taken,
                 missing,
-                retire,
+                retired,
                 in_flight,
             } = match self.local(charges, now, true, true) {
                 Local::Missing(partial) => partial,
@@ -403,6 +411,7 @@ impl RateLimiter for LeasedLimiter {
                     return Ok(decision);
                 }
             };
+            retired_any |= retired;
             if in_flight && attempt < ATTEMPTS {
                 // A lease of a missing bucket is in flight: its units (already charged in the store) serve this
                 // check, and the store's answer would not count them.
@@ -411,9 +420,7 @@ impl RateLimiter for LeasedLimiter {
                 let _ = tokio::time::timeout(wait, leased).await;
                 continue;
             }
-            if !retire.is_empty()
-                && let Err(e) = self.shared.send(retire, now).await
-            {
+            if retired_any && let Err(e) = self.shared.send(Owed::default(), now).await {
                 // Kept as owed; the exact check below still runs.
                 tracing::debug!(error = %e, "ended rate-limit slices kept for the next sweep");
             }
